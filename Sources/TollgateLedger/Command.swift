@@ -1,0 +1,208 @@
+/// Every change to the ledger is one of these values, applied with `Ledger.apply(_:key:at:)`.
+/// Because commands are plain values, the journal can record them with the instant they were
+/// decided at and replay them, and the wire can carry them.
+public enum Command: Hashable, Sendable {
+    // Gate operations.
+    case reserve(Reserve)
+    case spend(Spend)
+    case commit(Commit)
+    case release(HoldReference)
+    case extend(Extend)
+
+    // Admin operations.
+    case createAccount(CreateAccount)
+    case setParent(account: String, parent: String?)
+    case setOverage(account: String, policy: OveragePolicy)
+    case setPeriod(account: String, period: BillingPeriod)
+    case setAccountCap(account: String, limit: Credits?)
+    case addMember(account: String, member: String)
+    case removeMember(account: String, member: String)
+    case setMemberCap(account: String, member: String, limit: Credits?)
+    case createGroup(account: String, group: String)
+    case deleteGroup(account: String, group: String)
+    case setGroupCap(account: String, group: String, limit: Credits?)
+    case addToGroup(account: String, group: String, member: String)
+    case removeFromGroup(account: String, group: String, member: String)
+    case addGrant(AddGrant)
+    case voidGrant(account: String, grant: GrantID)
+    /// The rate for everyone from `effectiveAt` on. Versions in the future wait for their instant.
+    case setRate(product: String, creditsPerUnit: Credits, effectiveAt: Instant)
+    /// An account's own rate from `effectiveAt` on; `nil` returns it to the rate card.
+    case setAccountRate(account: String, product: String, creditsPerUnit: Credits?, effectiveAt: Instant)
+
+    /// The account the command belongs to: idempotency keys are scoped by it, and later the
+    /// server checks a credential's scope against it. Rate-card changes belong to no account.
+    public var account: String {
+        switch self {
+        case .reserve(let r): r.request.account
+        case .spend(let s): s.request.account
+        case .commit(let c): c.hold.account
+        case .release(let h): h.account
+        case .extend(let e): e.hold.account
+        case .createAccount(let c): c.account
+        case .setParent(let a, _), .setOverage(let a, _), .setPeriod(let a, _), .setAccountCap(let a, _),
+            .addMember(let a, _), .removeMember(let a, _), .setMemberCap(let a, _, _),
+            .createGroup(let a, _), .deleteGroup(let a, _), .setGroupCap(let a, _, _),
+            .addToGroup(let a, _, _), .removeFromGroup(let a, _, _), .voidGrant(let a, _),
+            .setAccountRate(let a, _, _, _):
+            a
+        case .addGrant(let g): g.account
+        case .setRate: ""
+        }
+    }
+
+    /// Gate commands are what an agent runtime may send; everything else is admin.
+    public var isGate: Bool {
+        switch self {
+        case .reserve, .spend, .commit, .release, .extend: true
+        default: false
+        }
+    }
+}
+
+/// What is being asked for: `quantity` units of `product`, by `member` of `account`.
+/// A request without a member is charged to the account alone (no member or group caps).
+public struct DecisionRequest: Hashable, Sendable {
+    public var account: String
+    public var member: String?
+    public var product: String
+    public var quantity: Int64
+
+    public init(account: String, member: String?, product: String, quantity: Int64) {
+        self.account = account
+        self.member = member
+        self.product = product
+        self.quantity = quantity
+    }
+}
+
+public struct Reserve: Hashable, Sendable {
+    public var request: DecisionRequest
+    /// How long the hold lives unless committed, released or extended.
+    public var ttlMicroseconds: Int64
+
+    public init(_ request: DecisionRequest, ttlMicroseconds: Int64) {
+        self.request = request
+        self.ttlMicroseconds = ttlMicroseconds
+    }
+}
+
+/// Reserve and commit in one step.
+public struct Spend: Hashable, Sendable {
+    public var request: DecisionRequest
+
+    public init(_ request: DecisionRequest) {
+        self.request = request
+    }
+}
+
+public typealias HoldID = UInt64
+public typealias GrantID = UInt64
+
+public struct HoldReference: Hashable, Sendable {
+    public var account: String
+    public var hold: HoldID
+
+    public init(account: String, hold: HoldID) {
+        self.account = account
+        self.hold = hold
+    }
+}
+
+public struct Commit: Hashable, Sendable {
+    public enum Amount: Hashable, Sendable {
+        /// Everything still held.
+        case held
+        /// Units of the product, priced at the rate the hold was reserved at.
+        case quantity(Int64)
+        /// Credits directly.
+        case credits(Credits)
+    }
+
+    public var hold: HoldReference
+    public var amount: Amount
+    /// A final commit resolves the hold and returns what was not used. A partial commit
+    /// consumes the amount and keeps the rest held, for long agent runs.
+    public var isFinal: Bool
+
+    public init(_ hold: HoldReference, amount: Amount = .held, isFinal: Bool = true) {
+        self.hold = hold
+        self.amount = amount
+        self.isFinal = isFinal
+    }
+}
+
+public struct Extend: Hashable, Sendable {
+    public var hold: HoldReference
+    /// The new deadline is the decision instant plus this.
+    public var ttlMicroseconds: Int64
+
+    public init(_ hold: HoldReference, ttlMicroseconds: Int64) {
+        self.hold = hold
+        self.ttlMicroseconds = ttlMicroseconds
+    }
+}
+
+public enum OveragePolicy: Hashable, Sendable {
+    /// A hard gate at zero. The default.
+    case deny
+    /// The balance may go down to `-limit`; what is drawn past zero is billed later.
+    case overdraft(limit: Credits)
+    /// A commit may exceed its hold by up to `percent` percent of the hold even when the
+    /// grants are empty, so a started task can finish. Reserves stay a hard gate at zero.
+    case finish(percent: Int64)
+}
+
+public struct CreateAccount: Hashable, Sendable {
+    public var account: String
+    public var parent: String?
+    public var overage: OveragePolicy
+    /// `nil` means monthly, anchored at the instant the account is created.
+    public var period: BillingPeriod?
+
+    public init(account: String, parent: String? = nil, overage: OveragePolicy = .deny, period: BillingPeriod? = nil) {
+        self.account = account
+        self.parent = parent
+        self.overage = overage
+        self.period = period
+    }
+}
+
+public enum GrantScope: Hashable, Sendable {
+    /// The account's shared pool: any member, and the account's children, may draw.
+    case pool
+    /// One member only.
+    case member(String)
+}
+
+public enum GrantSource: UInt8, Hashable, Sendable, CaseIterable {
+    case recurring = 0
+    case topUp = 1
+    case promotional = 2
+    case manual = 3
+}
+
+public struct AddGrant: Hashable, Sendable {
+    public var account: String
+    public var scope: GrantScope
+    public var amount: Credits
+    /// Lower priorities are drawn first.
+    public var priority: Int32
+    public var effectiveAt: Instant
+    /// `Instant.distantFuture` for a grant that never expires.
+    public var expiresAt: Instant
+    public var source: GrantSource
+
+    public init(
+        account: String, scope: GrantScope = .pool, amount: Credits, priority: Int32 = 0,
+        effectiveAt: Instant, expiresAt: Instant = .distantFuture, source: GrantSource = .manual
+    ) {
+        self.account = account
+        self.scope = scope
+        self.amount = amount
+        self.priority = priority
+        self.effectiveAt = effectiveAt
+        self.expiresAt = expiresAt
+        self.source = source
+    }
+}

@@ -1,0 +1,400 @@
+/// The admin operations: accounts, members, groups, caps, grants, rates and policies.
+extension Ledger {
+    // MARK: - Accounts
+
+    mutating func createAccount(_ create: CreateAccount, at now: Instant) -> Answer {
+        if let error = validateIdentifier(create.account, "account") { return refused(error) }
+        if let error = validate(create.overage) { return refused(error) }
+        let period = create.period ?? .monthly(anchor: now)
+        if let error = validate(period) { return refused(error) }
+        guard accountSlots[create.account] == nil else {
+            return refused(LedgerError(.alreadyExists, level: .account, subject: create.account))
+        }
+        guard accounts.count < limits.accountsMax else {
+            return refused(LedgerError(.limitReached, level: .ledger, subject: "accounts"))
+        }
+        var parentSlot = noSlot
+        if let parent = create.parent {
+            switch parentFor(create.account, parent) {
+            case .failure(let error): return refused(error)
+            case .success(let slot): parentSlot = slot
+            }
+        }
+        let slot = Int32(accounts.count)
+        accounts.append(
+            AccountRecord(
+                id: create.account, parent: parentSlot, overage: create.overage, period: period,
+                usage: UsageCounter(windowEnd: period.window(containing: now).end)))
+        accountSlots[create.account] = slot
+        if parentSlot != noSlot { accounts[Int(parentSlot)].childCount += 1 }
+        return .done
+    }
+
+    /// A parent must exist, must not be the account itself and must not have a parent of its
+    /// own: the hierarchy is one level deep.
+    private func parentFor(_ account: String, _ parent: String) -> Result<Int32, LedgerError> {
+        guard let slot = accountSlots[parent] else {
+            return .failure(LedgerError(.unknownAccount, level: .parent, subject: parent))
+        }
+        guard parent != account, accounts[Int(slot)].parent == noSlot else {
+            return .failure(LedgerError(.invalidArgument, level: .parent, subject: "a parent account cannot itself have a parent"))
+        }
+        return .success(slot)
+    }
+
+    /// Changing the parent of an account with open holds is refused: those holds may be
+    /// drawing on the old parent's pool. The new parent's cap counts from the change on.
+    mutating func setParent(_ account: String, parent: String?, at now: Instant) -> Answer {
+        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard accounts[Int(slot)].openHolds == 0 else {
+            return refused(LedgerError(.inUse, level: .account, subject: "account has open holds"))
+        }
+        var parentSlot = noSlot
+        if let parent {
+            guard accounts[Int(slot)].childCount == 0 else {
+                return refused(LedgerError(.invalidArgument, level: .account, subject: "an account with children cannot have a parent"))
+            }
+            switch parentFor(account, parent) {
+            case .failure(let error): return refused(error)
+            case .success(let value): parentSlot = value
+            }
+        }
+        let old = accounts[Int(slot)].parent
+        if old != noSlot { accounts[Int(old)].childCount -= 1 }
+        accounts[Int(slot)].parent = parentSlot
+        if parentSlot != noSlot { accounts[Int(parentSlot)].childCount += 1 }
+        return .done
+    }
+
+    mutating func setOverage(_ account: String, policy: OveragePolicy) -> Answer {
+        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        if let error = validate(policy) { return refused(error) }
+        accounts[Int(slot)].overage = policy
+        return .done
+    }
+
+    /// A new period takes effect at the end of the current one: consumption so far keeps
+    /// counting against the caps until then.
+    mutating func setPeriod(_ account: String, period: BillingPeriod) -> Answer {
+        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        if let error = validate(period) { return refused(error) }
+        accounts[Int(slot)].period = period
+        return .done
+    }
+
+    mutating func setAccountCap(_ account: String, limit: Credits?) -> Answer {
+        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        if let limit, let error = validateCredits(limit, "cap", allowZero: true) { return refused(error) }
+        accounts[Int(slot)].capLimit = limit
+        return .done
+    }
+
+    // MARK: - Members
+
+    mutating func addMember(_ account: String, member: String, at now: Instant) -> Answer {
+        guard let accountSlot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        if let error = validateIdentifier(member, "member") { return refused(error) }
+        guard accounts[Int(accountSlot)].memberSlots[member] == nil else {
+            return refused(LedgerError(.alreadyExists, level: .member, subject: member))
+        }
+        guard accounts[Int(accountSlot)].memberSlots.count < limits.membersPerAccountMax else {
+            return refused(LedgerError(.limitReached, level: .account, subject: "members per account"))
+        }
+        guard liveMemberCount < limits.membersMax else {
+            return refused(LedgerError(.limitReached, level: .ledger, subject: "members"))
+        }
+        let windowEnd = accounts[Int(accountSlot)].period.window(containing: now).end
+        let record = MemberRecord(id: member, account: accountSlot, usage: UsageCounter(windowEnd: windowEnd))
+        let slot: Int32
+        if let free = freeMemberSlots.popLast() {
+            slot = free
+            members[Int(slot)] = record
+        } else {
+            slot = Int32(members.count)
+            members.append(record)
+        }
+        accounts[Int(accountSlot)].memberSlots[member] = slot
+        liveMemberCount += 1
+        return .done
+    }
+
+    /// Removing a member with open holds is refused. Its groups stop counting its consumption,
+    /// and grants scoped to it are voided, since no one else can draw them.
+    mutating func removeMember(_ account: String, member: String, at now: Instant) -> Answer {
+        let slot: Int32
+        switch memberSlot(account, member) {
+        case .failure(let error): return refused(error)
+        case .success(let value): slot = value.member
+        }
+        let index = Int(slot)
+        guard members[index].openHolds == 0 else {
+            return refused(LedgerError(.inUse, level: .member, subject: "member has open holds"))
+        }
+        for group in members[index].groups { leave(group: group, member: slot, at: now) }
+        for grant in members[index].grantOrder { endGrant(grant, as: .voided) }
+        if members[index].pendingGrants > 0 {
+            for grant in grants.indices where grants[grant].isLive && grants[grant].member == slot {
+                endGrant(Int32(grant), as: .voided)
+            }
+        }
+        precondition(members[index].available == 0 && members[index].grantOrder.isEmpty, "a removed member keeps no grants")
+        members[index].isLive = false
+        members[index].groups = []
+        accounts[Int(members[index].account)].memberSlots.removeValue(forKey: member)
+        freeMemberSlots.append(slot)
+        liveMemberCount -= 1
+        return .done
+    }
+
+    mutating func setMemberCap(_ account: String, member: String, limit: Credits?) -> Answer {
+        if let limit, let error = validateCredits(limit, "cap", allowZero: true) { return refused(error) }
+        switch memberSlot(account, member) {
+        case .failure(let error): return refused(error)
+        case .success(let slots):
+            members[Int(slots.member)].capLimit = limit
+            return .done
+        }
+    }
+
+    // MARK: - Groups
+
+    mutating func createGroup(_ account: String, group: String, at now: Instant) -> Answer {
+        guard let accountSlot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        if let error = validateIdentifier(group, "group") { return refused(error) }
+        guard accounts[Int(accountSlot)].groupSlots[group] == nil else {
+            return refused(LedgerError(.alreadyExists, level: .group, subject: group))
+        }
+        guard accounts[Int(accountSlot)].groupSlots.count < limits.groupsPerAccountMax else {
+            return refused(LedgerError(.limitReached, level: .account, subject: "groups per account"))
+        }
+        let windowEnd = accounts[Int(accountSlot)].period.window(containing: now).end
+        accounts[Int(accountSlot)].groupSlots[group] = Int32(groups.count)
+        groups.append(GroupRecord(id: group, account: accountSlot, usage: UsageCounter(windowEnd: windowEnd)))
+        return .done
+    }
+
+    mutating func deleteGroup(_ account: String, group: String, at now: Instant) -> Answer {
+        let slots: (account: Int32, group: Int32)
+        switch groupSlot(account, group) {
+        case .failure(let error): return refused(error)
+        case .success(let value): slots = value
+        }
+        for member in accounts[Int(slots.account)].memberSlots.values where members[Int(member)].groups.contains(slots.group) {
+            leave(group: slots.group, member: member, at: now)
+        }
+        groups[Int(slots.group)].isLive = false
+        accounts[Int(slots.account)].groupSlots.removeValue(forKey: group)
+        return .done
+    }
+
+    mutating func setGroupCap(_ account: String, group: String, limit: Credits?) -> Answer {
+        if let limit, let error = validateCredits(limit, "cap", allowZero: true) { return refused(error) }
+        switch groupSlot(account, group) {
+        case .failure(let error): return refused(error)
+        case .success(let slots):
+            groups[Int(slots.group)].capLimit = limit
+            return .done
+        }
+    }
+
+    /// The member's consumption this period and what it holds now start counting against the
+    /// group's cap.
+    mutating func addToGroup(_ account: String, group: String, member: String, at now: Instant) -> Answer {
+        let groupSlot: Int32
+        switch self.groupSlot(account, group) {
+        case .failure(let error): return refused(error)
+        case .success(let value): groupSlot = value.group
+        }
+        let memberSlot: Int32
+        switch self.memberSlot(account, member) {
+        case .failure(let error): return refused(error)
+        case .success(let value): memberSlot = value.member
+        }
+        let memberIndex = Int(memberSlot)
+        guard !members[memberIndex].groups.contains(groupSlot) else {
+            return refused(LedgerError(.alreadyExists, level: .group, subject: "\(member) is already in \(group)"))
+        }
+        guard members[memberIndex].groups.count < limits.groupsPerMemberMax else {
+            return refused(LedgerError(.limitReached, level: .member, subject: "groups per member"))
+        }
+        let period = accounts[Int(members[memberIndex].account)].period
+        members[memberIndex].usage.roll(to: now, period: period)
+        groups[Int(groupSlot)].usage.roll(to: now, period: period)
+        groups[Int(groupSlot)].usage.consumed += members[memberIndex].usage.consumed
+        groups[Int(groupSlot)].usage.held += members[memberIndex].usage.held
+        groups[Int(groupSlot)].memberCount += 1
+        members[memberIndex].groups.append(groupSlot)
+        return .done
+    }
+
+    mutating func removeFromGroup(_ account: String, group: String, member: String, at now: Instant) -> Answer {
+        let groupSlot: Int32
+        switch self.groupSlot(account, group) {
+        case .failure(let error): return refused(error)
+        case .success(let value): groupSlot = value.group
+        }
+        let memberSlot: Int32
+        switch self.memberSlot(account, member) {
+        case .failure(let error): return refused(error)
+        case .success(let value): memberSlot = value.member
+        }
+        guard members[Int(memberSlot)].groups.contains(groupSlot) else {
+            return refused(LedgerError(.unknownGroup, level: .group, subject: "\(member) is not in \(group)"))
+        }
+        leave(group: groupSlot, member: memberSlot, at: now)
+        return .done
+    }
+
+    private mutating func leave(group: Int32, member: Int32, at now: Instant) {
+        let memberIndex = Int(member)
+        let period = accounts[Int(members[memberIndex].account)].period
+        members[memberIndex].usage.roll(to: now, period: period)
+        groups[Int(group)].usage.roll(to: now, period: period)
+        groups[Int(group)].usage.consumed -= members[memberIndex].usage.consumed
+        groups[Int(group)].usage.held -= members[memberIndex].usage.held
+        groups[Int(group)].memberCount -= 1
+        members[memberIndex].groups.removeAll { $0 == group }
+    }
+
+    // MARK: - Grants
+
+    mutating func addGrant(_ grant: AddGrant, at now: Instant) -> Answer {
+        guard let accountSlot = accountSlots[grant.account] else { return refused(unknownAccount(grant.account)) }
+        if let error = validateCredits(grant.amount, "grant amount") { return refused(error) }
+        let effectiveAt = max(grant.effectiveAt, now)
+        guard grant.expiresAt > effectiveAt else {
+            return refused(LedgerError(.invalidArgument, level: .request, subject: "expires-at must be after effective-at and after now"))
+        }
+        var memberSlot = noSlot
+        var memberID: String?
+        if case .member(let member) = grant.scope {
+            guard let slot = accounts[Int(accountSlot)].memberSlots[member] else {
+                return refused(LedgerError(.unknownMember, level: .member, subject: member))
+            }
+            memberSlot = slot
+            memberID = member
+        }
+        guard accounts[Int(accountSlot)].liveGrants < limits.grantsPerAccountMax else {
+            return refused(LedgerError(.limitReached, level: .account, subject: "grants per account"))
+        }
+        let id = nextGrantID
+        nextGrantID += 1
+        let record = GrantRecord(
+            id: id, account: accountSlot, member: memberSlot, memberID: memberID, amount: grant.amount,
+            available: grant.amount, priority: grant.priority, effectiveAt: effectiveAt, expiresAt: grant.expiresAt,
+            source: grant.source, createdAt: now, state: .pending)
+        let slot: Int32
+        if let free = freeGrantSlots.popLast() {
+            slot = free
+            grants[Int(slot)] = record
+        } else {
+            slot = Int32(grants.count)
+            grants.append(record)
+        }
+        grantSlotByID[id] = slot
+        accounts[Int(accountSlot)].liveGrants += 1
+        if effectiveAt <= now {
+            activateGrant(slot)
+        } else {
+            if memberSlot != noSlot { members[Int(memberSlot)].pendingGrants += 1 }
+            events.schedule(.grantEffective(slot: slot, grant: id), at: effectiveAt)
+        }
+        if grant.expiresAt != .distantFuture {
+            events.schedule(.grantExpiry(slot: slot, grant: id), at: grant.expiresAt)
+        }
+        return .grantAdded(id)
+    }
+
+    /// What is available moves to `voided`; what is held stays with its holds, and goes to
+    /// `voided` if they give it back.
+    mutating func voidGrant(_ account: String, grant: GrantID) -> Answer {
+        guard let accountSlot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let slot = grantSlotByID[grant], grants[Int(slot)].account == accountSlot else {
+            return refused(LedgerError(.unknownGrant, level: .account, subject: String(grant)))
+        }
+        switch grants[Int(slot)].state {
+        case .pending, .active:
+            endGrant(slot, as: .voided)
+            return .done
+        case .expired, .voided:
+            return refused(LedgerError(.grantNotLive, level: .account, subject: String(grant)))
+        }
+    }
+
+    // MARK: - Rates
+
+    /// An `effectiveAt` in the past takes effect at once. Holds already made keep the rate
+    /// they were priced at.
+    mutating func setRate(_ product: String, creditsPerUnit: Credits, effectiveAt: Instant, at now: Instant) -> Answer {
+        if let error = validateIdentifier(product, "product") { return refused(error) }
+        if let error = validateCredits(creditsPerUnit, "rate", allowZero: true) { return refused(error) }
+        guard rates[product] != nil || rates.count < limits.productsMax else {
+            return refused(LedgerError(.limitReached, level: .ledger, subject: "products"))
+        }
+        guard (rates[product]?.versions.count ?? 0) < limits.rateVersionsPerProductMax else {
+            return refused(LedgerError(.limitReached, level: .ledger, subject: "rate versions per product"))
+        }
+        rates[product, default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
+        return .done
+    }
+
+    mutating func setAccountRate(_ account: String, product: String, creditsPerUnit: Credits?, effectiveAt: Instant, at now: Instant) -> Answer {
+        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        if let error = validateIdentifier(product, "product") { return refused(error) }
+        if let creditsPerUnit, let error = validateCredits(creditsPerUnit, "rate", allowZero: true) { return refused(error) }
+        guard rates[product] != nil else {
+            return refused(LedgerError(.unknownProduct, level: .request, subject: product))
+        }
+        let versions = accounts[Int(slot)].rateOverrides.values.reduce(0) { $0 + $1.versions.count }
+        guard versions < limits.rateOverridesPerAccountMax else {
+            return refused(LedgerError(.limitReached, level: .account, subject: "rate overrides per account"))
+        }
+        accounts[Int(slot)].rateOverrides[product, default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
+        return .done
+    }
+
+    // MARK: - Helpers
+
+    func validate(_ policy: OveragePolicy) -> LedgerError? {
+        switch policy {
+        case .deny: return nil
+        case .overdraft(let limit): return validateCredits(limit, "overdraft limit", allowZero: true)
+        case .finish(let percent):
+            guard percent >= 0, percent <= limits.finishPercentMax else {
+                return LedgerError(.invalidArgument, level: .request, subject: "finish percent must be 0 to \(limits.finishPercentMax)")
+            }
+            return nil
+        }
+    }
+
+    func validate(_ period: BillingPeriod) -> LedgerError? {
+        if case .fixed(_, let length) = period, length <= 0 {
+            return LedgerError(.invalidArgument, level: .request, subject: "period length must be positive")
+        }
+        return nil
+    }
+
+    func refused(_ error: LedgerError) -> Answer {
+        .refused(Refusal(error))
+    }
+
+    func unknownAccount(_ account: String) -> LedgerError {
+        LedgerError(.unknownAccount, level: .account, subject: account)
+    }
+
+    func memberSlot(_ account: String, _ member: String) -> Result<(account: Int32, member: Int32), LedgerError> {
+        guard let accountSlot = accountSlots[account] else { return .failure(unknownAccount(account)) }
+        guard let slot = accounts[Int(accountSlot)].memberSlots[member] else {
+            return .failure(LedgerError(.unknownMember, level: .member, subject: member))
+        }
+        return .success((accountSlot, slot))
+    }
+
+    func groupSlot(_ account: String, _ group: String) -> Result<(account: Int32, group: Int32), LedgerError> {
+        guard let accountSlot = accountSlots[account] else { return .failure(unknownAccount(account)) }
+        guard let slot = accounts[Int(accountSlot)].groupSlots[group] else {
+            return .failure(LedgerError(.unknownGroup, level: .group, subject: group))
+        }
+        return .success((accountSlot, slot))
+    }
+}

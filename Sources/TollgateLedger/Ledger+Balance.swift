@@ -1,0 +1,173 @@
+/// A read of one account, or one member of it: what each level of the chain has consumed and
+/// holds this period, its cap and headroom, the funds behind it and the grants they come from.
+public struct Balance: Hashable, Sendable {
+    public var account: String
+    public var member: String?
+    /// The instant the balance is as of.
+    public var at: Instant
+    public var periodStart: Instant
+    public var periodEnd: Instant
+    public var headroom: Headroom
+    /// Member, each group, account and parent, in that order; only the levels that apply.
+    public var levels: [LevelUsage]
+    public var funds: Funds
+    /// The grants this account (or member) can draw on now, in draw order.
+    public var grants: [GrantView]
+    public var openHolds: Int
+}
+
+public struct LevelUsage: Hashable, Sendable {
+    public var level: LedgerError.Level
+    public var subject: String
+    public var limit: Credits?
+    public var consumed: Credits
+    public var held: Credits
+    public var headroom: Credits?
+}
+
+public struct Funds: Hashable, Sendable {
+    /// Available on grants scoped to the member.
+    public var member: Credits
+    /// Available in the account's pool.
+    public var pool: Credits
+    /// Available in the parent's pool.
+    public var parentPool: Credits
+    public var overage: OveragePolicy
+    /// Consumed with no grant behind it, to be billed.
+    public var overdrawn: Credits
+    /// Held beyond the grants under an overdraft policy.
+    public var overdraftHeld: Credits
+
+    /// What the grants hold minus what is owed: negative once the account is overdrawn.
+    public var balance: Credits { member + pool + parentPool - overdrawn - overdraftHeld }
+}
+
+public struct GrantView: Hashable, Sendable {
+    public enum State: UInt8, Hashable, Sendable {
+        case pending, active, expired, voided
+    }
+
+    public var id: GrantID
+    public var account: String
+    public var scope: GrantScope
+    public var amount: Credits
+    public var available: Credits
+    public var held: Credits
+    public var consumed: Credits
+    public var expired: Credits
+    public var voided: Credits
+    public var priority: Int32
+    public var effectiveAt: Instant
+    public var expiresAt: Instant
+    public var source: GrantSource
+    public var state: State
+}
+
+extension Ledger {
+    /// The balance of an account, or of one member of it, at `instant`.
+    public mutating func balance(account: String, member: String? = nil, at instant: Instant) -> Result<Balance, LedgerError> {
+        let now = advance(to: instant)
+        let chain: Chain
+        switch resolveChain(account: account, member: member) {
+        case .failure(let error): return .failure(error)
+        case .success(let value): chain = value
+        }
+        let accountIndex = Int(chain.account)
+        let record = accounts[accountIndex]
+        let window = record.period.window(containing: now)
+        var levels: [LevelUsage] = []
+        var ownSlots = record.poolOrder
+        var memberAvailable: Credits = 0
+        var openHolds = record.openHolds
+        if chain.member != noSlot {
+            let memberRecord = members[Int(chain.member)]
+            levels.append(usage(.member, memberRecord.id, memberRecord.capLimit, memberRecord.usage, now))
+            for group in memberRecord.groups {
+                let groupRecord = groups[Int(group)]
+                levels.append(usage(.group, groupRecord.id, groupRecord.capLimit, groupRecord.usage, now))
+            }
+            memberAvailable = memberRecord.available
+            openHolds = memberRecord.openHolds
+            // The member's grants and the pool interleave in one draw order.
+            ownSlots = (memberRecord.grantOrder + record.poolOrder).sorted { grants[Int($0)].drawsBefore(grants[Int($1)]) }
+        }
+        levels.append(usage(.account, record.id, record.capLimit, record.usage, now))
+        var parentSlots: [Int32] = []
+        var parentPool: Credits = 0
+        if chain.parent != noSlot {
+            let parent = accounts[Int(chain.parent)]
+            levels.append(usage(.parent, parent.id, parent.capLimit, parent.usage, now))
+            parentPool = parent.poolAvailable
+            parentSlots = parent.poolOrder
+        }
+        return .success(
+            Balance(
+                account: record.id, member: member, at: now, periodStart: window.start, periodEnd: window.end,
+                headroom: headroom(chain, at: now), levels: levels,
+                funds: Funds(
+                    member: memberAvailable, pool: record.poolAvailable, parentPool: parentPool, overage: record.overage,
+                    overdrawn: record.overdrawn, overdraftHeld: record.overdraftHeld),
+                grants: (ownSlots + parentSlots).map(view), openHolds: openHolds))
+    }
+
+    /// Every live grant of an account, including those not yet effective and those that are
+    /// spent or expired but still have credits held on them.
+    public func grants(of account: String) -> [GrantView] {
+        guard let slot = accountSlots[account] else { return [] }
+        return grants.indices
+            .filter { grants[$0].isLive && grants[$0].account == slot }
+            .sorted { grants[$0].id < grants[$1].id }
+            .map { view(Int32($0)) }
+    }
+
+    /// The hold with this id, if it is open.
+    public func hold(_ id: HoldID) -> HoldView? {
+        guard let hold = holds[id] else { return nil }
+        return HoldView(
+            id: hold.id, account: accounts[Int(hold.account)].id,
+            member: hold.member == noSlot ? nil : members[Int(hold.member)].id, product: hold.product,
+            quantity: hold.quantity, creditsPerUnit: hold.creditsPerUnit, original: hold.original, held: hold.held,
+            committed: hold.committed, createdAt: hold.createdAt, deadline: hold.deadline)
+    }
+
+    public var openHoldCount: Int { holds.count }
+    public var accountCount: Int { accounts.count }
+    public var memberCount: Int { liveMemberCount }
+    public var idempotencyKeyCount: Int { idempotency.count }
+
+    private func usage(_ level: LedgerError.Level, _ subject: String, _ limit: Credits?, _ counter: UsageCounter, _ now: Instant) -> LevelUsage {
+        LevelUsage(
+            level: level, subject: subject, limit: limit, consumed: counter.consumed(at: now), held: counter.held,
+            headroom: counter.headroom(limit: limit, at: now))
+    }
+
+    func view(_ slot: Int32) -> GrantView {
+        let grant = grants[Int(slot)]
+        let state: GrantView.State =
+            switch grant.state {
+            case .pending: .pending
+            case .active: .active
+            case .expired: .expired
+            case .voided: .voided
+            }
+        return GrantView(
+            id: grant.id, account: accounts[Int(grant.account)].id, scope: grant.memberID.map { .member($0) } ?? .pool,
+            amount: grant.amount, available: grant.available, held: grant.held, consumed: grant.consumed,
+            expired: grant.expired, voided: grant.voided, priority: grant.priority, effectiveAt: grant.effectiveAt,
+            expiresAt: grant.expiresAt, source: grant.source, state: state)
+    }
+}
+
+public struct HoldView: Hashable, Sendable {
+    public var id: HoldID
+    public var account: String
+    public var member: String?
+    public var product: String
+    public var quantity: Int64
+    public var creditsPerUnit: Credits
+    public var original: Credits
+    public var held: Credits
+    public var committed: Credits
+    public var createdAt: Instant
+    public var deadline: Instant
+}

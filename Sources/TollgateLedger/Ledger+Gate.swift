@@ -1,0 +1,319 @@
+/// The accounts and member one decision runs through.
+struct Chain: Hashable, Sendable {
+    var account: Int32
+    /// `noSlot` for a request made for the account as a whole.
+    var member: Int32
+    /// `noSlot` when the account has no parent.
+    var parent: Int32
+}
+
+/// A request that has been resolved and priced, with the headroom before it.
+struct PricedRequest: Sendable {
+    var chain: Chain
+    var creditsPerUnit: Credits
+    var cost: Credits
+    var headroom: Headroom
+}
+
+extension Headroom {
+    func after(spending cost: Credits) -> Headroom {
+        var result = self
+        result.member = member.map { $0 - cost }
+        result.group = group.map { $0 - cost }
+        result.account = account.map { $0 - cost }
+        result.parent = parent.map { $0 - cost }
+        result.funds = funds - cost
+        return result
+    }
+}
+
+extension Ledger {
+    // MARK: - Reads
+
+    /// Answers whether the request would be allowed now, holding nothing.
+    public mutating func check(_ request: DecisionRequest, at instant: Instant) -> Answer {
+        let now = advance(to: instant)
+        switch price(request, at: now) {
+        case .failure(let refusal):
+            return .refused(refusal)
+        case .success(let priced):
+            if let error = refusalFor(priced.cost, priced.headroom, priced.chain) {
+                return .refused(Refusal(error, headroom: priced.headroom))
+            }
+            return .decision(
+                Decision(
+                    hold: nil, cost: priced.cost, creditsPerUnit: priced.creditsPerUnit, deadline: nil,
+                    headroom: priced.headroom.after(spending: priced.cost)))
+        }
+    }
+
+    // MARK: - Reserve and spend
+
+    mutating func reserve(_ reserve: Reserve, at now: Instant) -> Answer {
+        guard reserve.ttlMicroseconds > 0, reserve.ttlMicroseconds <= limits.holdTTLMicrosecondsMax else {
+            return .refused(Refusal(invalidTTL()))
+        }
+        let priced: PricedRequest
+        switch price(reserve.request, at: now) {
+        case .failure(let refusal): return .refused(refusal)
+        case .success(let value): priced = value
+        }
+        let chain = priced.chain
+        if let error = refusalFor(priced.cost, priced.headroom, chain) {
+            return .refused(Refusal(error, headroom: priced.headroom))
+        }
+        guard holds.count < limits.holdsMax else {
+            return .refused(Refusal(LedgerError(.limitReached, level: .ledger, subject: "open holds"), headroom: priced.headroom))
+        }
+        guard accounts[Int(chain.account)].openHolds < limits.holdsPerAccountMax else {
+            return .refused(
+                Refusal(LedgerError(.limitReached, level: .account, subject: "open holds per account"), headroom: priced.headroom))
+        }
+
+        let id = nextHoldID
+        nextHoldID += 1
+        let draws = drawFunds(chain, priced.cost, holding: true)
+        addUsage(chain, held: priced.cost, consumed: 0, at: now)
+        let deadline = now.adding(microseconds: reserve.ttlMicroseconds)
+        holds[id] = HoldRecord(
+            id: id, account: chain.account, member: chain.member, product: reserve.request.product,
+            quantity: reserve.request.quantity, creditsPerUnit: priced.creditsPerUnit, original: priced.cost,
+            held: priced.cost, createdAt: now, deadline: deadline, draws: draws)
+        accounts[Int(chain.account)].openHolds += 1
+        if chain.member != noSlot { members[Int(chain.member)].openHolds += 1 }
+        events.schedule(.holdDeadline(id), at: deadline)
+        return .decision(
+            Decision(
+                hold: id, cost: priced.cost, creditsPerUnit: priced.creditsPerUnit, deadline: deadline,
+                headroom: priced.headroom.after(spending: priced.cost)))
+    }
+
+    mutating func spend(_ spend: Spend, at now: Instant) -> Answer {
+        let priced: PricedRequest
+        switch price(spend.request, at: now) {
+        case .failure(let refusal): return .refused(refusal)
+        case .success(let value): priced = value
+        }
+        if let error = refusalFor(priced.cost, priced.headroom, priced.chain) {
+            return .refused(Refusal(error, headroom: priced.headroom))
+        }
+        _ = drawFunds(priced.chain, priced.cost, holding: false)
+        addUsage(priced.chain, held: 0, consumed: priced.cost, at: now)
+        return .decision(
+            Decision(
+                hold: nil, cost: priced.cost, creditsPerUnit: priced.creditsPerUnit, deadline: nil,
+                headroom: priced.headroom.after(spending: priced.cost)))
+    }
+
+    // MARK: - Commit, release, extend
+
+    mutating func commit(_ commit: Commit, at now: Instant) -> Answer {
+        var hold: HoldRecord
+        switch openHold(commit.hold) {
+        case .failure(let error): return .refused(Refusal(error))
+        case .success(let value): hold = value
+        }
+        let actual: Credits
+        switch commit.amount {
+        case .held:
+            actual = hold.held
+        case .quantity(let quantity):
+            guard quantity >= 0, quantity <= limits.quantityMax else {
+                return .refused(Refusal(invalidQuantity()))
+            }
+            let (credits, overflow) = hold.creditsPerUnit.multipliedReportingOverflow(by: quantity)
+            guard !overflow, credits <= limits.creditsMax else { return .refused(Refusal(costOutOfRange())) }
+            actual = credits
+        case .credits(let credits):
+            if let error = validateCredits(credits, "commit amount", allowZero: true) { return .refused(Refusal(error)) }
+            actual = credits
+        }
+        let chain = chain(of: hold)
+
+        if actual <= hold.held {
+            consume(actual, from: &hold)
+            addUsage(chain, held: -actual, consumed: actual, at: now)
+        } else {
+            // Above the hold: the difference is a new draw, under the caps and the overage policy.
+            let excess = actual - hold.held
+            let headroom = self.headroom(chain, at: now)
+            if let error = refusalFor(excess, headroom, chain) {
+                let finishAllowed = error.code == .insufficientFunds && finishAllows(hold, committing: actual)
+                if !finishAllowed { return .refused(Refusal(error, headroom: headroom)) }
+            }
+            let held = hold.held
+            consume(held, from: &hold)
+            _ = drawFunds(chain, excess, holding: false)
+            addUsage(chain, held: -held, consumed: actual, at: now)
+        }
+        hold.committed += actual
+        precondition(hold.held >= 0 && hold.held == hold.draws.total, "a hold's draws must add up to what it holds")
+
+        let returned = commit.isFinal ? hold.held : 0
+        if commit.isFinal {
+            finish(hold, as: .committed, at: now)
+        } else {
+            holds[hold.id] = hold
+        }
+        return .committed(
+            CommitResult(
+                hold: hold.id, committed: actual, returned: returned, stillHeld: commit.isFinal ? 0 : hold.held,
+                headroom: headroom(chain, at: now)))
+    }
+
+    mutating func release(_ reference: HoldReference, at now: Instant) -> Answer {
+        let hold: HoldRecord
+        switch openHold(reference) {
+        case .failure(let error): return .refused(Refusal(error))
+        case .success(let value): hold = value
+        }
+        finish(hold, as: .released, at: now)
+        return .released(ReleaseResult(hold: hold.id, released: hold.held, headroom: headroom(chain(of: hold), at: now)))
+    }
+
+    mutating func extend(_ extend: Extend, at now: Instant) -> Answer {
+        guard extend.ttlMicroseconds > 0, extend.ttlMicroseconds <= limits.holdTTLMicrosecondsMax else {
+            return .refused(Refusal(invalidTTL()))
+        }
+        switch openHold(extend.hold) {
+        case .failure(let error):
+            return .refused(Refusal(error))
+        case .success(let hold):
+            let deadline = now.adding(microseconds: extend.ttlMicroseconds)
+            holds[hold.id]!.deadline = deadline
+            events.schedule(.holdDeadline(hold.id), at: deadline)
+            return .extended(ExtendResult(hold: hold.id, deadline: deadline))
+        }
+    }
+
+    /// Under `finish(percent)`, a commit may go past its hold by up to that share of the hold
+    /// with no funds behind it.
+    func finishAllows(_ hold: HoldRecord, committing actual: Credits) -> Bool {
+        guard case .finish(let percent) = accounts[Int(hold.account)].overage else { return false }
+        let beyondHold = hold.committed + actual - hold.original
+        return beyondHold * 100 <= hold.original * percent
+    }
+
+    // MARK: - Resolving and pricing
+
+    func openHold(_ reference: HoldReference) -> Result<HoldRecord, LedgerError> {
+        guard let account = accountSlots[reference.account] else {
+            return .failure(LedgerError(.unknownAccount, level: .account, subject: reference.account))
+        }
+        if let hold = holds[reference.hold], hold.account == account {
+            return .success(hold)
+        }
+        if let resolved = resolvedHolds[reference.hold], resolved.account == account {
+            return .failure(LedgerError(resolved.resolution.error, level: .request, subject: String(reference.hold)))
+        }
+        return .failure(LedgerError(.unknownHold, level: .request, subject: String(reference.hold)))
+    }
+
+    func chain(of hold: HoldRecord) -> Chain {
+        Chain(account: hold.account, member: hold.member, parent: accounts[Int(hold.account)].parent)
+    }
+
+    func resolveChain(account: String, member: String?) -> Result<Chain, LedgerError> {
+        guard let accountSlot = accountSlots[account] else {
+            return .failure(LedgerError(.unknownAccount, level: .account, subject: account))
+        }
+        var memberSlot = noSlot
+        if let member {
+            guard let slot = accounts[Int(accountSlot)].memberSlots[member] else {
+                return .failure(LedgerError(.unknownMember, level: .member, subject: member))
+            }
+            memberSlot = slot
+        }
+        return .success(Chain(account: accountSlot, member: memberSlot, parent: accounts[Int(accountSlot)].parent))
+    }
+
+    /// The rate in force for a product at an instant: the account's override if it has one,
+    /// otherwise the rate card's.
+    func rate(_ product: String, account: Int32, at now: Instant) -> Credits? {
+        let overrides = accounts[Int(account)].rateOverrides
+        if !overrides.isEmpty, let rate = overrides[product]?.version(at: now)?.creditsPerUnit {
+            return rate
+        }
+        return rates[product]?.version(at: now)?.creditsPerUnit
+    }
+
+    func price(_ request: DecisionRequest, at now: Instant) -> Result<PricedRequest, Refusal> {
+        guard request.quantity > 0, request.quantity <= limits.quantityMax else {
+            return .failure(Refusal(invalidQuantity()))
+        }
+        let chain: Chain
+        switch resolveChain(account: request.account, member: request.member) {
+        case .failure(let error): return .failure(Refusal(error))
+        case .success(let value): chain = value
+        }
+        let headroom = self.headroom(chain, at: now)
+        guard let rate = rate(request.product, account: chain.account, at: now) else {
+            return .failure(Refusal(LedgerError(.unknownProduct, level: .request, subject: request.product), headroom: headroom))
+        }
+        let (cost, overflow) = rate.multipliedReportingOverflow(by: request.quantity)
+        guard !overflow, cost <= limits.creditsMax else {
+            return .failure(Refusal(costOutOfRange(), headroom: headroom))
+        }
+        return .success(PricedRequest(chain: chain, creditsPerUnit: rate, cost: cost, headroom: headroom))
+    }
+
+    /// The headroom at every level of the chain at `now`.
+    func headroom(_ chain: Chain, at now: Instant) -> Headroom {
+        let account = Int(chain.account)
+        var result = Headroom(funds: 0)
+        var funds = accounts[account].poolAvailable + accounts[account].overdraftRemaining()
+        if chain.member != noSlot {
+            let member = Int(chain.member)
+            result.member = members[member].usage.headroom(limit: members[member].capLimit, at: now)
+            funds += members[member].available
+            for group in members[member].groups {
+                let record = groups[Int(group)]
+                if let headroom = record.usage.headroom(limit: record.capLimit, at: now), headroom < (result.group ?? Credits.max) {
+                    result.group = headroom
+                    result.groupID = record.id
+                }
+            }
+        }
+        result.account = accounts[account].usage.headroom(limit: accounts[account].capLimit, at: now)
+        if chain.parent != noSlot {
+            let parent = Int(chain.parent)
+            result.parent = accounts[parent].usage.headroom(limit: accounts[parent].capLimit, at: now)
+            funds += accounts[parent].poolAvailable
+        }
+        result.funds = funds
+        return result
+    }
+
+    /// The first level, walking member, groups, account, parent and then funds, that cannot
+    /// take `cost` more.
+    func refusalFor(_ cost: Credits, _ headroom: Headroom, _ chain: Chain) -> LedgerError? {
+        if let member = headroom.member, member < cost {
+            return LedgerError(.memberCap, level: .member, subject: members[Int(chain.member)].id)
+        }
+        if let group = headroom.group, group < cost {
+            return LedgerError(.groupCap, level: .group, subject: headroom.groupID ?? "")
+        }
+        if let account = headroom.account, account < cost {
+            return LedgerError(.accountCap, level: .account, subject: accounts[Int(chain.account)].id)
+        }
+        if let parent = headroom.parent, parent < cost {
+            return LedgerError(.parentCap, level: .parent, subject: accounts[Int(chain.parent)].id)
+        }
+        if headroom.funds < cost {
+            return LedgerError(.insufficientFunds, level: .account, subject: accounts[Int(chain.account)].id)
+        }
+        return nil
+    }
+
+    func invalidQuantity() -> LedgerError {
+        LedgerError(.amountOutOfRange, level: .request, subject: "quantity must be 1 to \(limits.quantityMax)")
+    }
+
+    func invalidTTL() -> LedgerError {
+        LedgerError(.invalidArgument, level: .request, subject: "ttl must be 1 to \(limits.holdTTLMicrosecondsMax) microseconds")
+    }
+
+    func costOutOfRange() -> LedgerError {
+        LedgerError(.amountOutOfRange, level: .request, subject: "cost exceeds \(limits.creditsMax) credits")
+    }
+}

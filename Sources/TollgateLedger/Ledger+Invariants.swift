@@ -1,0 +1,109 @@
+/// The invariants of DESIGN.md that can be read off the state alone. Tests call this after
+/// every step; an empty list means the state is consistent. Invariants about history (no
+/// decision exceeded a cap, retries never charged twice) are checked by the tests that drive
+/// the history.
+extension Ledger {
+    public func invariantViolations() -> [String] {
+        var violations: [String] = []
+        func expect(_ condition: Bool, _ message: @autoclosure () -> String) {
+            if !condition { violations.append(message()) }
+        }
+
+        // Grants: amount = available + held + consumed + expired + voided, and state rules.
+        var liveGrantsPerAccount = [Int](repeating: 0, count: accounts.count)
+        for (slot, grant) in grants.enumerated() where grant.isLive {
+            expect(grant.isBalanced, "grant \(grant.id): \(grant.amount) != \(grant.available) available + \(grant.held) held + \(grant.consumed) consumed + \(grant.expired) expired + \(grant.voided) voided")
+            expect(grantSlotByID[grant.id] == Int32(slot), "grant \(grant.id) is not indexed by its id")
+            liveGrantsPerAccount[Int(grant.account)] += 1
+            switch grant.state {
+            case .pending:
+                expect(grant.available == grant.amount && grant.effectiveAt > clock, "pending grant \(grant.id) was drawn or is overdue")
+            case .active:
+                expect(grant.effectiveAt <= clock && grant.expiresAt > clock, "active grant \(grant.id) is outside its window at \(clock)")
+                expect(grant.available > 0 || grant.held > 0, "spent grant \(grant.id) was not retired")
+            case .expired, .voided:
+                expect(grant.available == 0, "ended grant \(grant.id) still has credits available")
+                expect(grant.held > 0, "ended grant \(grant.id) with nothing held was not retired")
+            }
+            if grant.state == .expired { expect(grant.expiresAt <= clock, "grant \(grant.id) expired early") }
+        }
+
+        // Draw orders: sorted, active, and summing to the aggregates.
+        func checkOrder(_ order: [Int32], _ total: Credits, _ what: String, account: Int32, member: Int32) {
+            var sum: Credits = 0
+            for (index, slot) in order.enumerated() {
+                let grant = grants[Int(slot)]
+                expect(grant.isLive && grant.state == .active, "\(what) lists grant \(grant.id) that is not active")
+                expect(grant.account == account && grant.member == member, "\(what) lists grant \(grant.id) of another scope")
+                if index > 0 { expect(grants[Int(order[index - 1])].drawsBefore(grant), "\(what) is out of draw order") }
+                sum += grant.available
+            }
+            expect(sum == total, "\(what) available \(total) != sum of its grants \(sum)")
+        }
+        var activeListed = 0
+        for (slot, account) in accounts.enumerated() {
+            checkOrder(account.poolOrder, account.poolAvailable, "pool of \(account.id)", account: Int32(slot), member: noSlot)
+            activeListed += account.poolOrder.count
+            expect(account.liveGrants == liveGrantsPerAccount[slot], "account \(account.id) counts \(account.liveGrants) live grants, has \(liveGrantsPerAccount[slot])")
+            expect(account.overdrawn >= 0 && account.overdraftHeld >= 0, "account \(account.id) has a negative overdraft")
+        }
+        for (slot, member) in members.enumerated() where member.isLive {
+            checkOrder(member.grantOrder, member.available, "member \(member.id)", account: member.account, member: Int32(slot))
+            activeListed += member.grantOrder.count
+        }
+        expect(activeListed == grants.filter { $0.isLive && $0.state == .active }.count, "an active grant is missing from its draw order")
+
+        // Holds: draws add up, grants' held sums match, nothing outlives its deadline.
+        var heldPerGrant = [Credits](repeating: 0, count: grants.count)
+        var overdraftHeldPerAccount = [Credits](repeating: 0, count: accounts.count)
+        var heldPerAccount = [Credits](repeating: 0, count: accounts.count)
+        var heldPerMember = [Credits](repeating: 0, count: members.count)
+        var holdsPerAccount = [Int](repeating: 0, count: accounts.count)
+        var holdsPerMember = [Int](repeating: 0, count: members.count)
+        for hold in holds.values {
+            expect(hold.held >= 0 && hold.held == hold.draws.total, "hold \(hold.id) holds \(hold.held) but its draws total \(hold.draws.total)")
+            expect(hold.deadline > clock, "hold \(hold.id) outlived its deadline \(hold.deadline) at \(clock)")
+            for index in 0..<hold.draws.count {
+                let draw = hold.draws[index]
+                if draw.grant == noSlot {
+                    overdraftHeldPerAccount[Int(hold.account)] += draw.amount
+                } else {
+                    heldPerGrant[Int(draw.grant)] += draw.amount
+                    expect(grants[Int(draw.grant)].isLive, "hold \(hold.id) draws on a retired grant")
+                }
+            }
+            heldPerAccount[Int(hold.account)] += hold.held
+            holdsPerAccount[Int(hold.account)] += 1
+            let parent = accounts[Int(hold.account)].parent
+            if parent != noSlot { heldPerAccount[Int(parent)] += hold.held }
+            if hold.member != noSlot {
+                heldPerMember[Int(hold.member)] += hold.held
+                holdsPerMember[Int(hold.member)] += 1
+            }
+        }
+        for (slot, grant) in grants.enumerated() where grant.isLive {
+            expect(grant.held == heldPerGrant[slot], "grant \(grant.id) shows \(grant.held) held, its holds draw \(heldPerGrant[slot])")
+        }
+        for (slot, account) in accounts.enumerated() {
+            expect(account.overdraftHeld == overdraftHeldPerAccount[slot], "account \(account.id) overdraft held mismatch")
+            expect(account.usage.held == heldPerAccount[slot], "account \(account.id) counts \(account.usage.held) held, holds add to \(heldPerAccount[slot])")
+            expect(account.openHolds == holdsPerAccount[slot], "account \(account.id) open hold count mismatch")
+        }
+        var heldPerGroup = [Credits](repeating: 0, count: groups.count)
+        var membersPerGroup = [Int](repeating: 0, count: groups.count)
+        for (slot, member) in members.enumerated() where member.isLive {
+            expect(member.usage.held == heldPerMember[slot], "member \(member.id) counts \(member.usage.held) held, holds add to \(heldPerMember[slot])")
+            expect(member.openHolds == holdsPerMember[slot], "member \(member.id) open hold count mismatch")
+            for group in member.groups {
+                heldPerGroup[Int(group)] += member.usage.held
+                membersPerGroup[Int(group)] += 1
+            }
+        }
+        for (slot, group) in groups.enumerated() where group.isLive {
+            expect(group.usage.held == heldPerGroup[slot], "group \(group.id) counts \(group.usage.held) held, members hold \(heldPerGroup[slot])")
+            expect(group.memberCount == membersPerGroup[slot], "group \(group.id) member count mismatch")
+        }
+        expect(idempotency.count <= limits.idempotencyKeysMax, "idempotency table over its limit")
+        return violations
+    }
+}

@@ -1,0 +1,175 @@
+/// The in-memory ledger: accounts, members, groups, grants, rates, holds and the decision.
+///
+/// It does no I/O and reads no clock. Every change goes through `apply(_:key:at:)` with the
+/// instant it is decided at; reads (`check`, `balance`) also take an instant. The ledger never
+/// moves backwards in time: an instant earlier than one already seen is treated as that one,
+/// and `apply` reports the instant it actually used so the journal can record it.
+///
+/// Time-driven effects (holds past their deadline, grants becoming effective or expiring, cap
+/// periods rolling over, idempotency keys being forgotten) happen in `advance(to:)`, which
+/// every operation calls first. Advancing to t1 and then to t2 gives the same state as
+/// advancing straight to t2, so reads may advance the ledger without being journaled.
+///
+/// It is a value type meant to be owned by one thread; the server serialises access to it.
+public struct Ledger: Hashable, Sendable {
+    public let limits: LedgerLimits
+    /// The latest instant the ledger has seen.
+    public private(set) var clock: Instant
+
+    var accountSlots: [String: Int32] = [:]
+    var accounts: [AccountRecord] = []
+    var members: [MemberRecord] = []
+    var freeMemberSlots: [Int32] = []
+    var liveMemberCount = 0
+    var groups: [GroupRecord] = []
+    var grants: [GrantRecord] = []
+    var freeGrantSlots: [Int32] = []
+    var grantSlotByID: [GrantID: Int32] = [:]
+    var nextGrantID: GrantID = 1
+    var holds: [HoldID: HoldRecord] = [:]
+    var nextHoldID: HoldID = 1
+    var rates: [String: RateHistory] = [:]
+    var events = EventQueue()
+    var idempotency = IdempotencyTable()
+    var resolvedHolds = ResolvedHolds()
+
+    public init(limits: LedgerLimits = LedgerLimits(), startingAt start: Instant = .epoch) {
+        self.limits = limits
+        self.clock = start
+    }
+
+    /// Reserves room so that a ledger of known size grows without rehashing on the hot path.
+    public mutating func reserveCapacity(accounts accountCount: Int, members memberCount: Int, holds holdCount: Int, idempotencyKeys: Int) {
+        accountSlots.reserveCapacity(accountCount)
+        accounts.reserveCapacity(accountCount)
+        members.reserveCapacity(memberCount)
+        holds.reserveCapacity(holdCount)
+        idempotency.reserveCapacity(idempotencyKeys)
+    }
+
+    // MARK: - Applying commands
+
+    /// Applies one command at `instant` (or at the ledger's clock, if that is later) under an
+    /// idempotency key. A retry with the same key and the same command gets the first answer
+    /// back without changing anything; the same key with a different command is refused with
+    /// `.idempotencyConflict`. Keys are scoped by the command's account.
+    @discardableResult
+    public mutating func apply(_ command: Command, key: String, at instant: Instant) -> Answer {
+        let now = advance(to: instant)
+        if let error = validateKey(key) { return .refused(Refusal(error)) }
+        let scopedKey = IdempotencyTable.Key(scope: command.account, key: key)
+        switch idempotency.lookup(scopedKey, command: command) {
+        case .replay(let answer): return answer
+        case .conflict: return .refused(Refusal(LedgerError(.idempotencyConflict, level: .request, subject: key)))
+        case .new: break
+        }
+        guard idempotency.count < limits.idempotencyKeysMax else {
+            return .refused(Refusal(LedgerError(.limitReached, level: .ledger, subject: "idempotency keys")))
+        }
+        let answer = execute(command, at: now)
+        if answer.refusal?.error.isRemembered ?? true {
+            idempotency.remember(
+                scopedKey, command: command, answer: answer,
+                until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
+        }
+        return answer
+    }
+
+    /// The instant `apply` would decide a command at, given `instant`.
+    public func decisionInstant(for instant: Instant) -> Instant {
+        max(clock, instant)
+    }
+
+    private mutating func execute(_ command: Command, at now: Instant) -> Answer {
+        switch command {
+        case .reserve(let reserve): return self.reserve(reserve, at: now)
+        case .spend(let spend): return self.spend(spend, at: now)
+        case .commit(let commit): return self.commit(commit, at: now)
+        case .release(let reference): return self.release(reference, at: now)
+        case .extend(let extend): return self.extend(extend, at: now)
+        case .createAccount(let create): return createAccount(create, at: now)
+        case .setParent(let account, let parent): return setParent(account, parent: parent, at: now)
+        case .setOverage(let account, let policy): return setOverage(account, policy: policy)
+        case .setPeriod(let account, let period): return setPeriod(account, period: period)
+        case .setAccountCap(let account, let limit): return setAccountCap(account, limit: limit)
+        case .addMember(let account, let member): return addMember(account, member: member, at: now)
+        case .removeMember(let account, let member): return removeMember(account, member: member, at: now)
+        case .setMemberCap(let account, let member, let limit): return setMemberCap(account, member: member, limit: limit)
+        case .createGroup(let account, let group): return createGroup(account, group: group, at: now)
+        case .deleteGroup(let account, let group): return deleteGroup(account, group: group, at: now)
+        case .setGroupCap(let account, let group, let limit): return setGroupCap(account, group: group, limit: limit)
+        case .addToGroup(let account, let group, let member): return addToGroup(account, group: group, member: member, at: now)
+        case .removeFromGroup(let account, let group, let member):
+            return removeFromGroup(account, group: group, member: member, at: now)
+        case .addGrant(let grant): return addGrant(grant, at: now)
+        case .voidGrant(let account, let grant): return voidGrant(account, grant: grant)
+        case .setRate(let product, let rate, let effectiveAt):
+            return setRate(product, creditsPerUnit: rate, effectiveAt: effectiveAt, at: now)
+        case .setAccountRate(let account, let product, let rate, let effectiveAt):
+            return setAccountRate(account, product: product, creditsPerUnit: rate, effectiveAt: effectiveAt, at: now)
+        }
+    }
+
+    // MARK: - Time
+
+    /// The earliest instant at which something happens by itself (a hold deadline, a grant
+    /// becoming effective or expiring), if any. A server sweeps at least this often.
+    public var nextDue: Instant? { events.next }
+
+    /// Moves the ledger's clock to `instant` (never backwards) and carries out everything due
+    /// by then: holds past their deadline are released as expired, grants become effective or
+    /// expire, and idempotency keys and resolved holds past their retention are forgotten.
+    /// Returns the ledger's clock afterwards.
+    @discardableResult
+    public mutating func advance(to instant: Instant) -> Instant {
+        if instant > clock { clock = instant }
+        while let event = events.popDue(at: clock) {
+            switch event.kind {
+            case .holdDeadline(let id):
+                if let hold = holds[id], hold.deadline == event.at {
+                    finish(hold, as: .expired, at: event.at)
+                }
+            case .grantEffective(let slot, let id):
+                if grants[Int(slot)].id == id, grants[Int(slot)].isLive, grants[Int(slot)].state == .pending {
+                    activateGrant(slot)
+                }
+            case .grantExpiry(let slot, let id):
+                if grants[Int(slot)].id == id, grants[Int(slot)].isLive {
+                    expireGrant(slot)
+                }
+            }
+        }
+        idempotency.forget(through: clock)
+        resolvedHolds.forget(through: clock)
+        return clock
+    }
+
+    // MARK: - Validation helpers
+
+    func validateKey(_ key: String) -> LedgerError? {
+        let count = key.utf8.count
+        guard count > 0, count <= limits.idempotencyKeyBytesMax else {
+            return LedgerError(.invalidArgument, level: .request, subject: "idempotency key must be 1 to \(limits.idempotencyKeyBytesMax) bytes")
+        }
+        return nil
+    }
+
+    /// Identifiers are 1 to `identifierBytesMax` bytes of printable ASCII without spaces, so
+    /// they print, log and travel safely.
+    func validateIdentifier(_ identifier: String, _ what: String) -> LedgerError? {
+        let utf8 = identifier.utf8
+        guard !utf8.isEmpty, utf8.count <= limits.identifierBytesMax, utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            return LedgerError(
+                .invalidArgument, level: .request,
+                subject: "\(what) id must be 1 to \(limits.identifierBytesMax) printable ASCII bytes without spaces")
+        }
+        return nil
+    }
+
+    func validateCredits(_ amount: Credits, _ what: String, allowZero: Bool = false) -> LedgerError? {
+        guard amount >= (allowZero ? 0 : 1), amount <= limits.creditsMax else {
+            return LedgerError(.amountOutOfRange, level: .request, subject: "\(what) must be \(allowZero ? 0 : 1) to \(limits.creditsMax)")
+        }
+        return nil
+    }
+}

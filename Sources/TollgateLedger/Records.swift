@@ -1,0 +1,237 @@
+/// The ledger's internal records. Accounts, members, groups and grants live in arrays and
+/// refer to each other by slot (`Int32`), so the hot path touches no reference counts and
+/// allocates nothing. `-1` means "none".
+
+let noSlot: Int32 = -1
+
+/// Consumption and held credits for one level of the chain, over the account's billing
+/// period. `consumed` counts only the window that ends at `windowEnd`; it resets lazily the
+/// first time the level is touched after that.
+struct UsageCounter: Hashable, Sendable {
+    var consumed: Credits = 0
+    var held: Credits = 0
+    var windowEnd: Instant
+
+    init(windowEnd: Instant) {
+        self.windowEnd = windowEnd
+    }
+
+    func consumed(at now: Instant) -> Credits {
+        now >= windowEnd ? 0 : consumed
+    }
+
+    func used(at now: Instant) -> Credits {
+        consumed(at: now) + held
+    }
+
+    mutating func roll(to now: Instant, period: BillingPeriod) {
+        guard now >= windowEnd else { return }
+        consumed = 0
+        windowEnd = period.window(containing: now).end
+    }
+
+    func headroom(limit: Credits?, at now: Instant) -> Credits? {
+        guard let limit else { return nil }
+        return limit - used(at: now)
+    }
+}
+
+struct AccountRecord: Hashable, Sendable {
+    var id: String
+    var parent: Int32 = noSlot
+    var childCount: Int32 = 0
+    var overage: OveragePolicy
+    var period: BillingPeriod
+    var capLimit: Credits?
+    /// For a parent this includes what its children consume, so the parent's cap bounds the family.
+    var usage: UsageCounter
+    var memberSlots: [String: Int32] = [:]
+    var groupSlots: [String: Int32] = [:]
+    /// Active pool grants in draw order.
+    var poolOrder: [Int32] = []
+    /// Sum of `available` over `poolOrder`.
+    var poolAvailable: Credits = 0
+    /// Consumed with no grant behind it, under an overdraft or finish policy; billed later.
+    var overdrawn: Credits = 0
+    /// Held by open holds beyond the grants, under an overdraft policy.
+    var overdraftHeld: Credits = 0
+    var liveGrants = 0
+    var openHolds = 0
+    var rateOverrides: [String: RateHistory] = [:]
+
+    func overdraftRemaining() -> Credits {
+        guard case .overdraft(let limit) = overage else { return 0 }
+        return max(0, limit - overdrawn - overdraftHeld)
+    }
+}
+
+struct MemberRecord: Hashable, Sendable {
+    var id: String
+    var account: Int32
+    var isLive = true
+    var capLimit: Credits?
+    var usage: UsageCounter
+    var groups: [Int32] = []
+    /// Active member-scoped grants in draw order.
+    var grantOrder: [Int32] = []
+    var available: Credits = 0
+    var openHolds = 0
+    /// Member-scoped grants that are not yet effective; removing the member voids them.
+    var pendingGrants = 0
+}
+
+struct GroupRecord: Hashable, Sendable {
+    var id: String
+    var account: Int32
+    var isLive = true
+    var capLimit: Credits?
+    var usage: UsageCounter
+    var memberCount = 0
+}
+
+enum GrantState: UInt8, Hashable, Sendable {
+    /// Not yet effective.
+    case pending
+    case active
+    case expired
+    case voided
+}
+
+struct GrantRecord: Hashable, Sendable {
+    var id: GrantID
+    var account: Int32
+    /// `noSlot` for a pool grant.
+    var member: Int32
+    var memberID: String?
+    var amount: Credits
+    var available: Credits
+    var held: Credits = 0
+    var consumed: Credits = 0
+    var expired: Credits = 0
+    var voided: Credits = 0
+    var priority: Int32
+    var effectiveAt: Instant
+    var expiresAt: Instant
+    var source: GrantSource
+    var createdAt: Instant
+    var state: GrantState
+    /// False once the grant can neither hand out nor take back credits and its slot is free.
+    var isLive = true
+
+    /// The draw order: priority ascending, then expiry ascending, then creation order.
+    func drawsBefore(_ other: GrantRecord) -> Bool {
+        if priority != other.priority { return priority < other.priority }
+        if expiresAt != other.expiresAt { return expiresAt < other.expiresAt }
+        return id < other.id
+    }
+
+    var isBalanced: Bool {
+        available >= 0 && held >= 0 && consumed >= 0 && expired >= 0 && voided >= 0
+            && amount == available + held + consumed + expired + voided
+    }
+}
+
+/// One part of a hold: how much it took from which grant. `grant == noSlot` is the overdraft.
+struct Draw: Hashable, Sendable {
+    var grant: Int32
+    var amount: Credits
+}
+
+/// A hold's draws. Most holds draw from one to four grants, so those live inline and a hold
+/// costs no heap allocation; more spill into an array.
+struct DrawList: Hashable, Sendable {
+    private(set) var count = 0
+    private var first = Draw(grant: noSlot, amount: 0)
+    private var second = Draw(grant: noSlot, amount: 0)
+    private var third = Draw(grant: noSlot, amount: 0)
+    private var fourth = Draw(grant: noSlot, amount: 0)
+    private var spill: [Draw] = []
+
+    subscript(index: Int) -> Draw {
+        get {
+            precondition(index >= 0 && index < count, "draw index out of range")
+            switch index {
+            case 0: return first
+            case 1: return second
+            case 2: return third
+            case 3: return fourth
+            default: return spill[index - 4]
+            }
+        }
+        set {
+            precondition(index >= 0 && index < count, "draw index out of range")
+            switch index {
+            case 0: first = newValue
+            case 1: second = newValue
+            case 2: third = newValue
+            case 3: fourth = newValue
+            default: spill[index - 4] = newValue
+            }
+        }
+    }
+
+    mutating func append(_ draw: Draw) {
+        // Consecutive draws from the same grant merge, so the list stays short.
+        if count > 0, self[count - 1].grant == draw.grant {
+            self[count - 1].amount += draw.amount
+            return
+        }
+        count += 1
+        if count > 4 { spill.append(draw) } else { self[count - 1] = draw }
+    }
+
+    var total: Credits {
+        var sum: Credits = 0
+        for index in 0..<count { sum += self[index].amount }
+        return sum
+    }
+}
+
+struct HoldRecord: Hashable, Sendable {
+    var id: HoldID
+    var account: Int32
+    var member: Int32
+    var product: String
+    var quantity: Int64
+    var creditsPerUnit: Credits
+    /// What the reserve set aside.
+    var original: Credits
+    /// What is still set aside.
+    var held: Credits
+    var committed: Credits = 0
+    var createdAt: Instant
+    var deadline: Instant
+    var draws: DrawList
+}
+
+/// A product's rate over time. Versions are sorted by `effectiveAt`; an account override's
+/// `nil` version means "back to the rate card" from that instant.
+struct RateHistory: Hashable, Sendable {
+    struct Version: Hashable, Sendable {
+        var effectiveAt: Instant
+        var creditsPerUnit: Credits?
+    }
+
+    var versions: [Version] = []
+
+    /// The version in force at `instant`, if any has taken effect.
+    func version(at instant: Instant) -> Version? {
+        var index = versions.count - 1
+        while index >= 0 {
+            if versions[index].effectiveAt <= instant { return versions[index] }
+            index -= 1
+        }
+        return nil
+    }
+
+    /// Adds a version, replacing one at the same instant.
+    mutating func set(_ creditsPerUnit: Credits?, from effectiveAt: Instant) {
+        var index = versions.count
+        while index > 0 && versions[index - 1].effectiveAt > effectiveAt { index -= 1 }
+        if index > 0 && versions[index - 1].effectiveAt == effectiveAt {
+            versions[index - 1].creditsPerUnit = creditsPerUnit
+        } else {
+            versions.insert(Version(effectiveAt: effectiveAt, creditsPerUnit: creditsPerUnit), at: index)
+        }
+    }
+}
