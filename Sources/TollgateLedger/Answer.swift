@@ -87,17 +87,36 @@ public struct CommitResult: Hashable, Sendable {
     /// Still held after a partial commit; zero after a final one.
     public var stillHeld: Credits
     public var headroom: Headroom
+
+    public init(hold: HoldID, committed: Credits, returned: Credits, stillHeld: Credits, headroom: Headroom) {
+        self.hold = hold
+        self.committed = committed
+        self.returned = returned
+        self.stillHeld = stillHeld
+        self.headroom = headroom
+    }
 }
 
 public struct ReleaseResult: Hashable, Sendable {
     public var hold: HoldID
     public var released: Credits
     public var headroom: Headroom
+
+    public init(hold: HoldID, released: Credits, headroom: Headroom) {
+        self.hold = hold
+        self.released = released
+        self.headroom = headroom
+    }
 }
 
 public struct ExtendResult: Hashable, Sendable {
     public var hold: HoldID
     public var deadline: Instant
+
+    public init(hold: HoldID, deadline: Instant) {
+        self.hold = hold
+        self.deadline = deadline
+    }
 }
 
 /// How a hold ended, remembered for a while so that late requests get a precise answer.

@@ -293,10 +293,11 @@ extension Ledger {
         }
         grantSlotByID[id] = slot
         accounts[Int(accountSlot)].liveGrants += 1
+        // Every grant starts pending; activation moves it into its draw order.
+        if memberSlot != noSlot { members[Int(memberSlot)].pendingGrants += 1 }
         if effectiveAt <= now {
             activateGrant(slot)
         } else {
-            if memberSlot != noSlot { members[Int(memberSlot)].pendingGrants += 1 }
             events.schedule(.grantEffective(slot: slot, grant: id), at: effectiveAt)
         }
         if grant.expiresAt != .distantFuture {

@@ -11,12 +11,14 @@ extension Ledger {
 
         // Grants: amount = available + held + consumed + expired + voided, and state rules.
         var liveGrantsPerAccount = [Int](repeating: 0, count: accounts.count)
+        var pendingPerMember = [Int](repeating: 0, count: members.count)
         for (slot, grant) in grants.enumerated() where grant.isLive {
             expect(grant.isBalanced, "grant \(grant.id): \(grant.amount) != \(grant.available) available + \(grant.held) held + \(grant.consumed) consumed + \(grant.expired) expired + \(grant.voided) voided")
             expect(grantSlotByID[grant.id] == Int32(slot), "grant \(grant.id) is not indexed by its id")
             liveGrantsPerAccount[Int(grant.account)] += 1
             switch grant.state {
             case .pending:
+                if grant.member != noSlot { pendingPerMember[Int(grant.member)] += 1 }
                 expect(grant.available == grant.amount && grant.effectiveAt > clock, "pending grant \(grant.id) was drawn or is overdue")
             case .active:
                 expect(grant.effectiveAt <= clock && grant.expiresAt > clock, "active grant \(grant.id) is outside its window at \(clock)")
@@ -49,6 +51,7 @@ extension Ledger {
         }
         for (slot, member) in members.enumerated() where member.isLive {
             checkOrder(member.grantOrder, member.available, "member \(member.id)", account: member.account, member: Int32(slot))
+            expect(member.pendingGrants == pendingPerMember[slot], "member \(member.id) counts \(member.pendingGrants) pending grants, has \(pendingPerMember[slot])")
             activeListed += member.grantOrder.count
         }
         expect(activeListed == grants.filter { $0.isLive && $0.state == .active }.count, "an active grant is missing from its draw order")
