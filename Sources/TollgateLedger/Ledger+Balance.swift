@@ -171,3 +171,41 @@ public struct HoldView: Hashable, Sendable {
     public var createdAt: Instant
     public var deadline: Instant
 }
+
+/// Ledger-wide sums over every grant ever made, and over every account's overdraft. For every
+/// grant `amount = available + held + consumed + expired + voided`, so the same holds for the
+/// sums; `consumed + overdrawn` is everything ever committed or spent.
+public struct CreditTotals: Hashable, Sendable {
+    public var granted: Credits = 0
+    public var available: Credits = 0
+    public var held: Credits = 0
+    public var consumed: Credits = 0
+    public var expired: Credits = 0
+    public var voided: Credits = 0
+    public var overdrawn: Credits = 0
+    public var overdraftHeld: Credits = 0
+
+    public init() {}
+
+    mutating func add(_ grant: GrantRecord) {
+        granted += grant.amount
+        available += grant.available
+        held += grant.held
+        consumed += grant.consumed
+        expired += grant.expired
+        voided += grant.voided
+    }
+}
+
+extension Ledger {
+    /// Sums over all grants and accounts; O(grants + accounts), for tests and diagnostics.
+    public func creditTotals() -> CreditTotals {
+        var totals = retiredTotals
+        for grant in grants where grant.isLive { totals.add(grant) }
+        for account in accounts {
+            totals.overdrawn += account.overdrawn
+            totals.overdraftHeld += account.overdraftHeld
+        }
+        return totals
+    }
+}

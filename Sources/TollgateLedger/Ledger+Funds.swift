@@ -263,6 +263,7 @@ extension Ledger {
     private mutating func retire(_ slot: Int32) {
         let grant = Int(slot)
         grants[grant].isLive = false
+        retiredTotals.add(grants[grant])
         accounts[Int(grants[grant].account)].liveGrants -= 1
         grantSlotByID.removeValue(forKey: grants[grant].id)
         freeGrantSlots.append(slot)

@@ -32,6 +32,8 @@ public struct Ledger: Hashable, Sendable {
     var events = EventQueue()
     var idempotency = IdempotencyTable()
     var resolvedHolds = ResolvedHolds()
+    /// What retired grants ended with, so ledger-wide totals stay whole after their slots are reused.
+    var retiredTotals = CreditTotals()
 
     public init(limits: LedgerLimits = LedgerLimits(), startingAt start: Instant = .epoch) {
         self.limits = limits

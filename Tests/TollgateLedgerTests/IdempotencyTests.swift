@@ -1,0 +1,95 @@
+import Testing
+import TollgateLedger
+import TollgateLedgerTestSupport
+
+@Suite struct IdempotencyTests {
+    @Test func aRetryReturnsTheOriginalAnswerAndChangesNothing() throws {
+        var driver = makeDriver()
+        driver.grant(100)
+        let first = driver.reserve(30, key: "agent-step-1")
+        let before = driver.ledger
+        driver.advance(microseconds: second)
+        let retry = driver.reserve(30, key: "agent-step-1")
+        #expect(retry == first)
+        #expect(driver.ledger.openHoldCount == before.openHoldCount)
+        #expect(driver.balance(account: "acct").funds.pool == 70)
+        let hold = try #require(first.decision?.hold)
+        let commit = driver.commit(hold, .credits(10), key: "commit-1")
+        #expect(driver.commit(hold, .credits(10), key: "commit-1") == commit)
+        #expect(driver.balance(account: "acct").levels.last?.consumed == 10)
+    }
+
+    @Test func theSameKeyWithOtherFieldsIsAConflict() {
+        var driver = makeDriver()
+        driver.grant(100)
+        _ = driver.spend(10, key: "k")
+        let conflict = driver.spend(11, key: "k")
+        #expect(conflict.refusal?.error == LedgerError(.idempotencyConflict, level: .request, subject: "k"))
+        #expect(driver.balance(account: "acct").funds.pool == 90)
+    }
+
+    @Test func partialCommitRetriesNeverDoubleCharge() throws {
+        var driver = makeDriver()
+        driver.grant(100)
+        let hold = try #require(driver.reserve(50).decision?.hold)
+        for _ in 0..<3 { _ = driver.commit(hold, .credits(10), final: false, key: "chunk-1") }
+        for _ in 0..<3 { _ = driver.commit(hold, .credits(10), final: false, key: "chunk-2") }
+        #expect(driver.ledger.hold(hold)?.committed == 20)
+        #expect(driver.ledger.hold(hold)?.held == 30)
+    }
+
+    @Test func refusalsAreRememberedButInvalidInputIsNot() {
+        var driver = makeDriver()
+        #expect(driver.spend(10, key: "a").errorCode == .insufficientFunds)
+        driver.grant(100)
+        // A retry of a refused request gets the refusal again; a new attempt needs a new key.
+        #expect(driver.spend(10, key: "a").errorCode == .insufficientFunds)
+        #expect(driver.spend(10, key: "b").decision != nil)
+        #expect(driver.spend(0, key: "c").errorCode == .amountOutOfRange)
+        #expect(driver.spend(1, key: "c").decision != nil, "invalid input did not claim the key")
+    }
+
+    @Test func keysAreScopedByAccount() {
+        var driver = makeDriver()
+        driver.grant(100)
+        driver.setUp(.createAccount(CreateAccount(account: "other")))
+        driver.setUp(.addMember(account: "other", member: "m1"))
+        driver.grant(100, account: "other")
+        _ = driver.spend(10, key: "shared")
+        #expect(driver.spend(20, account: "other", key: "shared").decision?.cost == 20)
+    }
+
+    @Test func keysAreForgottenAfterTheRetention() {
+        var limits = LedgerLimits()
+        limits.idempotencyRetentionMicroseconds = 10 * second
+        var driver = makeDriver(limits: limits)
+        driver.grant(100)
+        _ = driver.spend(10, key: "k")
+        driver.advance(microseconds: 10 * second - 1)
+        _ = driver.spend(10, key: "k")
+        #expect(driver.balance(account: "acct").funds.pool == 90)
+        driver.advance(microseconds: 1)
+        _ = driver.spend(10, key: "k")
+        #expect(driver.balance(account: "acct").funds.pool == 80)
+    }
+
+    @Test func aFullTableRefusesRatherThanForgetting() {
+        var limits = LedgerLimits()
+        limits.idempotencyKeysMax = 20
+        var driver = makeDriver(limits: limits)
+        let used = driver.ledger.idempotencyKeyCount
+        driver.grant(100)
+        for index in 0..<(20 - used - 1) { _ = driver.spend(1, key: "fill-\(index)") }
+        let refused = driver.spend(1, key: "one-too-many")
+        #expect(refused.refusal?.error == LedgerError(.limitReached, level: .ledger, subject: "idempotency keys"))
+        // Known keys are still answered.
+        #expect(driver.spend(1, key: "fill-0").decision != nil)
+    }
+
+    @Test func keysMustBeUsable() {
+        var driver = makeDriver()
+        driver.grant(100)
+        #expect(driver.spend(1, key: "").errorCode == .invalidArgument)
+        #expect(driver.spend(1, key: String(repeating: "x", count: 129)).errorCode == .invalidArgument)
+    }
+}

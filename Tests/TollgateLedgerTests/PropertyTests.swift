@@ -1,0 +1,405 @@
+import Testing
+import TollgateLedger
+import TollgateLedgerTestSupport
+
+/// Random interleavings of every operation over several accounts (with policies deny,
+/// overdraft and finish, and children drawing on parents), members, groups and grants, with
+/// every invariant of DESIGN.md checked after every step. Each seed is one run; a failure
+/// prints the seed and the steps that led to it. `TOLLGATE_PROPERTY_SEEDS=N` runs more seeds
+/// and `TOLLGATE_PROPERTY_STEPS=N` longer runs.
+@Suite struct PropertyTests {
+    static let seedCount = Int(environment("TOLLGATE_PROPERTY_SEEDS") ?? "") ?? 48
+    static let stepCount = Int(environment("TOLLGATE_PROPERTY_STEPS") ?? "") ?? 600
+
+    @Test(arguments: 0..<seedCount)
+    func randomInterleavingsKeepEveryInvariant(seed: Int) {
+        var run = RandomRun(seed: UInt64(seed))
+        for _ in 0..<Self.stepCount {
+            run.step()
+            if !run.failures.isEmpty { break }
+        }
+        run.checkReplay()
+        #expect(run.failures.isEmpty, "seed \(seed): \(run.failures.joined(separator: "; "))\nlast steps:\n\(run.trace.suffix(15).joined(separator: "\n"))")
+    }
+
+    @Test(arguments: 0..<16)
+    func holdsRacingOnOnePoolNeverOverspend(seed: Int) throws {
+        var rng = SeededGenerator(seed: UInt64(1_000 + seed))
+        var driver = LedgerDriver()
+        driver.setUp(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: driver.now))
+        driver.setUp(.createAccount(CreateAccount(account: "pool")))
+        let agents = (0..<20).map { "agent\($0)" }
+        for agent in agents { driver.setUp(.addMember(account: "pool", member: agent)) }
+        let granted: Credits = 500
+        driver.setUp(.addGrant(AddGrant(account: "pool", amount: granted, effectiveAt: driver.now)))
+        var open: [HoldID] = []
+        var committed: Credits = 0
+        for _ in 0..<2_000 {
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0..<5:
+                let answer = driver.run(
+                    .reserve(
+                        Reserve(
+                            DecisionRequest(account: "pool", member: agents.randomElement(using: &rng)!, product: "p", quantity: .random(in: 1...40, using: &rng)),
+                            ttlMicroseconds: .random(in: 1...30, using: &rng) * Microseconds.perSecond)))
+                if let hold = answer.decision?.hold { open.append(hold) } else { #expect(answer.errorCode == .insufficientFunds) }
+            case 5..<8 where !open.isEmpty:
+                let hold = open.remove(at: .random(in: 0..<open.count, using: &rng))
+                let answer = driver.run(.commit(Commit(HoldReference(account: "pool", hold: hold), amount: .credits(.random(in: 0...60, using: &rng)))))
+                if let result = answer.committed { committed += result.committed }
+            case 8 where !open.isEmpty:
+                _ = driver.run(.release(HoldReference(account: "pool", hold: open.remove(at: .random(in: 0..<open.count, using: &rng)))))
+            default:
+                driver.advance(microseconds: .random(in: 0...3, using: &rng) * Microseconds.perSecond)
+            }
+            let totals = driver.ledger.creditTotals()
+            #expect(totals.consumed + totals.held + totals.available <= granted)
+            #expect(totals.consumed == committed, "consumed matches what commits reported")
+            #expect(totals.overdrawn == 0 && totals.overdraftHeld == 0)
+            #expect(driver.violations.isEmpty)
+        }
+    }
+}
+
+func environment(_ name: String) -> String? {
+    guard let value = getenv(name) else { return nil }
+    return String(cString: value)
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One random run and the model of what must be true about it.
+struct RandomRun {
+    struct Sent {
+        var command: Command
+        var key: String
+        var answer: Answer
+        var at: Instant
+    }
+
+    struct OpenHold {
+        var account: String
+        var deadline: Instant
+    }
+
+    var rng: SeededGenerator
+    var driver = LedgerDriver()
+    var sent: [Sent] = []
+    var openHolds: [HoldID: OpenHold] = [:]
+    var grantIDs: [(account: String, id: GrantID)] = []
+    var totalGranted: Credits = 0
+    var totalCommitted: Credits = 0
+    var failures: [String] = []
+    var trace: [String] = []
+    var memberCounter = 0
+
+    static let accounts = ["A0", "A1", "A2", "C0", "C1"]
+    static let products = ["p", "q", "r"]
+    var members: [String: [String]] = [:]
+
+    init(seed: UInt64) {
+        rng = SeededGenerator(seed: seed)
+        setUp()
+    }
+
+    mutating func setUp() {
+        send(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: driver.now))
+        send(.setRate(product: "q", creditsPerUnit: 3, effectiveAt: driver.now))
+        send(.setRate(product: "r", creditsPerUnit: 5, effectiveAt: driver.now))
+        send(.createAccount(CreateAccount(account: "A0")))
+        send(.createAccount(CreateAccount(account: "A1", overage: .overdraft(limit: 40))))
+        send(.createAccount(CreateAccount(account: "A2", overage: .finish(percent: 50))))
+        send(.createAccount(CreateAccount(account: "C0", parent: "A0")))
+        send(.createAccount(CreateAccount(account: "C1", parent: "A1", period: .fixed(anchor: driver.now, lengthMicroseconds: 90 * Microseconds.perSecond))))
+        for account in Self.accounts {
+            members[account] = []
+            for index in 0..<4 {
+                send(.addMember(account: account, member: "m\(index)"))
+                members[account]!.append("m\(index)")
+            }
+            send(.createGroup(account: account, group: "g0"))
+            send(.createGroup(account: account, group: "g1"))
+            for _ in 0..<2 { addRandomGrant(account: account) }
+        }
+        failures.removeAll()
+    }
+
+    // MARK: - Choosing
+
+    mutating func pick<T>(_ values: [T]) -> T { values.randomElement(using: &rng)! }
+    mutating func chance(_ percent: Int) -> Bool { Int.random(in: 0..<100, using: &rng) < percent }
+    mutating func randomAccount() -> String { pick(Self.accounts) }
+    mutating func randomMember(_ account: String) -> String? {
+        chance(10) ? nil : (members[account]!.isEmpty ? nil : pick(members[account]!))
+    }
+
+    mutating func randomRequest() -> DecisionRequest {
+        let account = randomAccount()
+        let product = chance(3) ? "unknown" : pick(Self.products)
+        let quantity: Int64 = chance(2) ? 0 : .random(in: 1...12, using: &rng)
+        return DecisionRequest(account: account, member: randomMember(account), product: product, quantity: quantity)
+    }
+
+    mutating func randomHold() -> (HoldID, String) {
+        if openHolds.isEmpty || chance(8) {
+            return (.random(in: 1...UInt64(max(2, sent.count)), using: &rng), randomAccount())
+        }
+        let hold = pick(Array(openHolds.keys).sorted())
+        return (hold, openHolds[hold]!.account)
+    }
+
+    mutating func addRandomGrant(account: String) {
+        let scope: GrantScope = chance(30) && !members[account]!.isEmpty ? .member(pick(members[account]!)) : .pool
+        let effective = chance(20) ? driver.now.adding(microseconds: .random(in: 1...30, using: &rng) * Microseconds.perSecond) : driver.now
+        let expires: Instant = chance(50) ? effective.adding(microseconds: .random(in: 1...300, using: &rng) * Microseconds.perSecond) : .distantFuture
+        send(
+            .addGrant(
+                AddGrant(
+                    account: account, scope: scope, amount: .random(in: 1...120, using: &rng), priority: .random(in: 0...3, using: &rng),
+                    effectiveAt: effective, expiresAt: expires, source: pick(GrantSource.allCases))))
+    }
+
+    // MARK: - Stepping
+
+    mutating func step() {
+        let roll = Int.random(in: 0..<100, using: &rng)
+        switch roll {
+        case 0..<20:
+            decide(.reserve(Reserve(randomRequest(), ttlMicroseconds: .random(in: 1...120, using: &rng) * Microseconds.perSecond)))
+        case 20..<30:
+            decide(.spend(Spend(randomRequest())))
+        case 30..<44:
+            let (hold, account) = randomHold()
+            let held = driver.ledger.hold(hold)?.held ?? 10
+            let amount: Commit.Amount
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0: amount = .held
+            case 1: amount = .quantity(.random(in: 0...6, using: &rng))
+            default: amount = .credits(.random(in: 0...(held * 2 + 2), using: &rng))
+            }
+            decide(.commit(Commit(HoldReference(account: account, hold: hold), amount: amount, isFinal: chance(70))))
+        case 44..<50:
+            let (hold, account) = randomHold()
+            decide(.release(HoldReference(account: account, hold: hold)))
+        case 50..<54:
+            let (hold, account) = randomHold()
+            decide(.extend(Extend(HoldReference(account: account, hold: hold), ttlMicroseconds: .random(in: 1...60, using: &rng) * Microseconds.perSecond)))
+        case 54..<59:
+            let request = randomRequest()
+            trace.append("check \(request)")
+            _ = driver.check(request)
+        case 59..<61:
+            let account = randomAccount()
+            _ = driver.ledger.balance(account: account, member: randomMember(account), at: driver.now)
+        case 61..<67:
+            addRandomGrant(account: randomAccount())
+        case 67..<69:
+            if let grant = grantIDs.randomElement(using: &rng) { send(.voidGrant(account: grant.account, grant: grant.id)) }
+        case 69..<74:
+            let account = randomAccount()
+            let limit: Credits? = chance(25) ? nil : .random(in: 0...200, using: &rng)
+            switch Int.random(in: 0..<3, using: &rng) {
+            case 0: if let member = randomMember(account) { send(.setMemberCap(account: account, member: member, limit: limit)) }
+            case 1: send(.setGroupCap(account: account, group: pick(["g0", "g1"]), limit: limit))
+            default: send(.setAccountCap(account: account, limit: limit))
+            }
+        case 74..<77:
+            let account = randomAccount()
+            if let member = randomMember(account) {
+                let group = pick(["g0", "g1"])
+                send(chance(60) ? .addToGroup(account: account, group: group, member: member) : .removeFromGroup(account: account, group: group, member: member))
+            }
+        case 77..<79:
+            send(.setRate(product: "r", creditsPerUnit: .random(in: 0...9, using: &rng), effectiveAt: driver.now.adding(microseconds: .random(in: 0...30, using: &rng) * Microseconds.perSecond)))
+        case 79:
+            let account = randomAccount()
+            send(.setAccountRate(account: account, product: "q", creditsPerUnit: chance(50) ? nil : .random(in: 1...4, using: &rng), effectiveAt: driver.now))
+        case 80:
+            let account = randomAccount()
+            let policy: OveragePolicy = pick([.deny, .overdraft(limit: .random(in: 0...60, using: &rng)), .finish(percent: .random(in: 0...100, using: &rng))])
+            send(.setOverage(account: account, policy: policy))
+        case 81:
+            let account = randomAccount()
+            if chance(50), let member = randomMember(account) {
+                let answer = send(.removeMember(account: account, member: member))
+                if answer == .done { members[account]!.removeAll { $0 == member } }
+            } else {
+                memberCounter += 1
+                let member = "x\(memberCounter)"
+                if send(.addMember(account: account, member: member)) == .done { members[account]!.append(member) }
+            }
+        case 82..<92:
+            let microseconds = chance(10) ? Int64.random(in: 0...200, using: &rng) * Microseconds.perSecond : Int64.random(in: 0...5_000_000, using: &rng)
+            driver.advance(microseconds: microseconds)
+            trace.append("advance \(microseconds)us")
+        case 92..<98:
+            retry()
+        default:
+            conflict()
+        }
+        checkState()
+    }
+
+    // MARK: - Sending and checking
+
+    @discardableResult
+    mutating func send(_ command: Command, key: String? = nil) -> Answer {
+        let key = key ?? driver.nextKey()
+        let at = driver.ledger.decisionInstant(for: driver.now)
+        let answer = driver.run(command, key: key)
+        sent.append(Sent(command: command, key: key, answer: answer, at: at))
+        trace.append("\(key) \(command) -> \(answer)")
+        record(command, answer)
+        return answer
+    }
+
+    mutating func record(_ command: Command, _ answer: Answer) {
+        switch (command, answer) {
+        case (.reserve(let reserve), .decision(let decision)):
+            openHolds[decision.hold!] = OpenHold(account: reserve.request.account, deadline: decision.deadline!)
+        case (.spend, .decision(let decision)):
+            totalCommitted += decision.cost
+        case (.commit(let commit), .committed(let result)):
+            totalCommitted += result.committed
+            if commit.isFinal { openHolds.removeValue(forKey: result.hold) }
+        case (.release, .released(let result)):
+            openHolds.removeValue(forKey: result.hold)
+        case (.extend, .extended(let result)):
+            openHolds[result.hold]?.deadline = result.deadline
+        case (.addGrant(let grant), .grantAdded(let id)):
+            totalGranted += grant.amount
+            grantIDs.append((grant.account, id))
+        default:
+            break
+        }
+    }
+
+    /// A gate command, checked against the caps and the overage policy: no decision may take
+    /// any level past its cap, or the funds past what the policy allows.
+    mutating func decide(_ command: Command) {
+        let account = command.account
+        let member: String?
+        var holdBefore: HoldView?
+        switch command {
+        case .reserve(let reserve): member = reserve.request.member
+        case .spend(let spend): member = spend.request.member
+        case .commit(let commit), .commit(let commit):
+            holdBefore = driver.ledger.hold(commit.hold.hold)
+            member = holdBefore?.member
+        default: member = nil
+        }
+        var probe = driver.ledger
+        let before = try? probe.balance(account: account, member: member, at: driver.now).get()
+        let answer = send(command)
+        guard !answer.isRefused, let before else { return }
+        var after = driver.ledger
+        guard let afterBalance = try? after.balance(account: account, member: member, at: driver.now).get() else { return }
+        for level in afterBalance.levels {
+            guard let limit = level.limit, level.consumed + level.held > limit else { continue }
+            let previous = before.levels.first { $0.level == level.level && $0.subject == level.subject }
+            let usedBefore = previous.map { $0.consumed + $0.held } ?? 0
+            if level.consumed + level.held > usedBefore {
+                failures.append("\(command) took \(level.level.name) \(level.subject) to \(level.consumed + level.held) over its cap \(limit)")
+            }
+        }
+        let owedBefore = before.funds.overdrawn + before.funds.overdraftHeld
+        let owedAfter = afterBalance.funds.overdrawn + afterBalance.funds.overdraftHeld
+        guard owedAfter > owedBefore else { return }
+        switch before.funds.overage {
+        case .deny:
+            failures.append("\(command) overdrew a deny account by \(owedAfter - owedBefore)")
+        case .overdraft(let limit):
+            if owedAfter > limit { failures.append("\(command) overdrew \(owedAfter) past the limit \(limit)") }
+        case .finish(let percent):
+            guard case .commit = command, let hold = holdBefore, case .committed(let result) = answer else {
+                failures.append("\(command) overdrew a finish account outside a commit")
+                return
+            }
+            let beyond = hold.committed + result.committed - hold.original
+            if beyond * 100 > hold.original * percent {
+                failures.append("\(command) went \(beyond) past a hold of \(hold.original) under finish(\(percent))")
+            }
+        }
+    }
+
+    mutating func retry() {
+        guard let original = sent.randomElement(using: &rng) else { return }
+        let retention = driver.ledger.limits.idempotencyRetentionMicroseconds
+        let stillKnown = driver.ledger.decisionInstant(for: driver.now) < original.at.adding(microseconds: retention)
+        let remembered = !(original.answer.refusal.map { [.invalidArgument, .amountOutOfRange, .limitReached].contains($0.error.code) } ?? false)
+        guard stillKnown, remembered else { return }
+        var expected = driver.ledger
+        expected.advance(to: driver.now)
+        let answer = driver.run(original.command, key: original.key)
+        trace.append("retry \(original.key) -> \(answer)")
+        if answer != original.answer { failures.append("retry of \(original.key) answered \(answer), first answer was \(original.answer)") }
+        if driver.ledger != expected { failures.append("retry of \(original.key) changed the ledger") }
+    }
+
+    mutating func conflict() {
+        guard let original = sent.last(where: { $0.command.isGate && !$0.answer.isRefused }) else { return }
+        let changed: Command
+        switch original.command {
+        case .reserve(var reserve):
+            reserve.request.quantity += 1
+            changed = .reserve(reserve)
+        case .spend(var spend):
+            spend.request.quantity += 1
+            changed = .spend(spend)
+        case .commit(var commit):
+            commit.isFinal.toggle()
+            changed = .commit(commit)
+        default:
+            return
+        }
+        let retention = driver.ledger.limits.idempotencyRetentionMicroseconds
+        guard driver.ledger.decisionInstant(for: driver.now) < original.at.adding(microseconds: retention) else { return }
+        var expected = driver.ledger
+        expected.advance(to: driver.now)
+        let answer = driver.run(changed, key: original.key)
+        if answer.errorCode != .idempotencyConflict { failures.append("reused key \(original.key) with other fields answered \(answer)") }
+        if driver.ledger != expected { failures.append("a conflicting request changed the ledger") }
+    }
+
+    mutating func checkState() {
+        failures += driver.ledger.invariantViolations()
+        let totals = driver.ledger.creditTotals()
+        if totals.granted != totalGranted { failures.append("granted \(totals.granted), grants accepted \(totalGranted)") }
+        if totals.granted != totals.available + totals.held + totals.consumed + totals.expired + totals.voided {
+            failures.append("ledger-wide totals do not balance: \(totals)")
+        }
+        if totals.consumed + totals.overdrawn != totalCommitted {
+            failures.append("consumed \(totals.consumed) + overdrawn \(totals.overdrawn) != committed \(totalCommitted)")
+        }
+        // Every hold resolves exactly once: a hold the model still thinks open is either open
+        // in the ledger before its deadline, or has expired at or after its deadline.
+        let clock = driver.ledger.clock
+        for (id, hold) in openHolds {
+            if let view = driver.ledger.hold(id) {
+                if view.deadline != hold.deadline { failures.append("hold \(id) deadline \(view.deadline), expected \(hold.deadline)") }
+                if clock >= hold.deadline { failures.append("hold \(id) open past its deadline") }
+            } else {
+                if clock < hold.deadline { failures.append("hold \(id) vanished before its deadline") }
+                openHolds.removeValue(forKey: id)
+            }
+        }
+        if driver.ledger.openHoldCount != openHolds.count {
+            failures.append("ledger has \(driver.ledger.openHoldCount) open holds, model \(openHolds.count)")
+        }
+    }
+
+    /// Replaying what was applied, from empty, gives exactly the same state, although the
+    /// original run also served reads in between.
+    mutating func checkReplay() {
+        var replayed = LedgerDriver.replay(driver.journal)
+        var original = driver.ledger
+        let end = max(replayed.clock, original.clock)
+        replayed.advance(to: end)
+        original.advance(to: end)
+        if replayed != original { failures.append("replaying the journal gave a different state") }
+    }
+}
