@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "TollgateLedger", targets: ["TollgateLedger"]),
         .library(name: "TollgateLedgerTestSupport", targets: ["TollgateLedgerTestSupport"]),
         .executable(name: "tollgate-demo", targets: ["TollgateDemo"]),
+        .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
@@ -27,6 +28,11 @@ let package = Package(
         .executableTarget(
             name: "TollgateDemo",
             dependencies: ["TollgateLedger", "TollgateLedgerTestSupport"]
+        ),
+        // Runs the benchmark workload alone, for a profiler.
+        .executableTarget(
+            name: "TollgateLedgerProfile",
+            dependencies: ["TollgateLedgerTestSupport"]
         ),
         .testTarget(
             name: "TollgateLedgerTests",

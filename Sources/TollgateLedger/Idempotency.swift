@@ -1,22 +1,41 @@
 import DequeModule
 
 /// Remembers, per (account, key), the command and the answer it got, for a retention period.
-/// Keys are forgotten in the order they were stored: retention is one fixed span and time only
-/// moves forward, so that is also the order they expire in.
+///
+/// Entries sit in a ring in the order they were stored, which is also the order they expire in
+/// (retention is one fixed span and time only moves forward); the hash index maps a key to its
+/// position in the ring. The index stays small and hot; the large entries are written once at
+/// the tail and read back only on a retry, and forgotten from the head.
 struct IdempotencyTable: Hashable, Sendable {
     struct Key: Hashable, Sendable {
-        var scope: String
-        var key: String
+        let scope: String
+        let key: String
+        let hash: UInt64
+
+        init(scope: String, key: String) {
+            self.scope = scope
+            self.key = key
+            self.hash = FastHash.mix(FastHash.hash(scope) ^ 0x5851_F42D_4C95_7F2D, FastHash.hash(key) | 1)
+        }
+
+        static func == (lhs: Key, rhs: Key) -> Bool {
+            lhs.hash == rhs.hash && lhs.key == rhs.key && lhs.scope == rhs.scope
+        }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(hash)
+        }
+
+        func _rawHashValue(seed: Int) -> Int {
+            Int(truncatingIfNeeded: FastHash.mix(hash ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
+        }
     }
 
     struct Entry: Hashable, Sendable {
+        var key: Key
         var command: Command
         var answer: Answer
-    }
-
-    struct Expiry: Hashable, Sendable {
-        var key: Key
-        var at: Instant
+        var expiresAt: Instant
     }
 
     enum Lookup {
@@ -25,30 +44,34 @@ struct IdempotencyTable: Hashable, Sendable {
         case conflict
     }
 
-    private(set) var entries: [Key: Entry] = [:]
-    private var expiries: Deque<Expiry> = []
+    private var positions: [Key: UInt64] = [:]
+    private var entries: Deque<Entry> = []
+    /// The absolute position of `entries.first`.
+    private var firstPosition: UInt64 = 0
 
     var count: Int { entries.count }
 
     mutating func reserveCapacity(_ count: Int) {
+        positions.reserveCapacity(count)
         entries.reserveCapacity(count)
-        expiries.reserveCapacity(count)
     }
 
     func lookup(_ key: Key, command: Command) -> Lookup {
-        guard let entry = entries[key] else { return .new }
-        return entry.command == command ? .replay(entry.answer) : .conflict
+        guard let position = positions[key] else { return .new }
+        let index = Int(position - firstPosition)
+        return entries[index].command == command ? .replay(entries[index].answer) : .conflict
     }
 
     mutating func remember(_ key: Key, command: Command, answer: Answer, until expiry: Instant) {
-        entries[key] = Entry(command: command, answer: answer)
-        expiries.append(Expiry(key: key, at: expiry))
+        positions[key] = firstPosition + UInt64(entries.count)
+        entries.append(Entry(key: key, command: command, answer: answer, expiresAt: expiry))
     }
 
     mutating func forget(through instant: Instant) {
-        while let first = expiries.first, first.at <= instant {
-            expiries.removeFirst()
-            entries.removeValue(forKey: first.key)
+        while !entries.isEmpty && entries[0].expiresAt <= instant {
+            positions.removeValue(forKey: entries[0].key)
+            entries.removeFirst()
+            firstPosition += 1
         }
     }
 }
@@ -60,7 +83,7 @@ struct ResolvedHolds: Hashable, Sendable {
         var resolution: HoldResolution
     }
 
-    private(set) var resolutions: [HoldID: Resolved] = [:]
+    private(set) var resolutions: [HoldKey: Resolved] = [:]
     private var order: Deque<Expiry> = []
 
     struct Expiry: Hashable, Sendable {
@@ -68,21 +91,21 @@ struct ResolvedHolds: Hashable, Sendable {
         var at: Instant
     }
 
-    subscript(hold: HoldID) -> Resolved? { resolutions[hold] }
+    subscript(hold: HoldID) -> Resolved? { resolutions[HoldKey(hold)] }
 
     mutating func remember(_ hold: HoldID, account: Int32, _ resolution: HoldResolution, until expiry: Instant, capacity: Int) {
         guard capacity > 0 else { return }
         while resolutions.count >= capacity, let oldest = order.popFirst() {
-            resolutions.removeValue(forKey: oldest.hold)
+            resolutions.removeValue(forKey: HoldKey(oldest.hold))
         }
-        resolutions[hold] = Resolved(account: account, resolution: resolution)
+        resolutions[HoldKey(hold)] = Resolved(account: account, resolution: resolution)
         order.append(Expiry(hold: hold, at: expiry))
     }
 
     mutating func forget(through instant: Instant) {
         while let first = order.first, first.at <= instant {
             order.removeFirst()
-            resolutions.removeValue(forKey: first.hold)
+            resolutions.removeValue(forKey: HoldKey(first.hold))
         }
     }
 }

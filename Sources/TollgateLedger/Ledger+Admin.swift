@@ -7,7 +7,7 @@ extension Ledger {
         if let error = validate(create.overage) { return refused(error) }
         let period = create.period ?? .monthly(anchor: now)
         if let error = validate(period) { return refused(error) }
-        guard accountSlots[create.account] == nil else {
+        guard accountSlots[HashedString(create.account)] == nil else {
             return refused(LedgerError(.alreadyExists, level: .account, subject: create.account))
         }
         guard accounts.count < limits.accountsMax else {
@@ -25,7 +25,7 @@ extension Ledger {
             AccountRecord(
                 id: create.account, parent: parentSlot, overage: create.overage, period: period,
                 usage: UsageCounter(windowEnd: period.window(containing: now).end)))
-        accountSlots[create.account] = slot
+        accountSlots[HashedString(create.account)] = slot
         if parentSlot != noSlot { accounts[Int(parentSlot)].childCount += 1 }
         return .done
     }
@@ -33,7 +33,7 @@ extension Ledger {
     /// A parent must exist, must not be the account itself and must not have a parent of its
     /// own: the hierarchy is one level deep.
     private func parentFor(_ account: String, _ parent: String) -> Result<Int32, LedgerError> {
-        guard let slot = accountSlots[parent] else {
+        guard let slot = accountSlots[HashedString(parent)] else {
             return .failure(LedgerError(.unknownAccount, level: .parent, subject: parent))
         }
         guard parent != account, accounts[Int(slot)].parent == noSlot else {
@@ -45,7 +45,7 @@ extension Ledger {
     /// Changing the parent of an account with open holds is refused: those holds may be
     /// drawing on the old parent's pool. The new parent's cap counts from the change on.
     mutating func setParent(_ account: String, parent: String?, at now: Instant) -> Answer {
-        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         guard accounts[Int(slot)].openHolds == 0 else {
             return refused(LedgerError(.inUse, level: .account, subject: "account has open holds"))
         }
@@ -67,7 +67,7 @@ extension Ledger {
     }
 
     mutating func setOverage(_ account: String, policy: OveragePolicy) -> Answer {
-        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let error = validate(policy) { return refused(error) }
         accounts[Int(slot)].overage = policy
         return .done
@@ -76,14 +76,14 @@ extension Ledger {
     /// A new period takes effect at the end of the current one: consumption so far keeps
     /// counting against the caps until then.
     mutating func setPeriod(_ account: String, period: BillingPeriod) -> Answer {
-        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let error = validate(period) { return refused(error) }
         accounts[Int(slot)].period = period
         return .done
     }
 
     mutating func setAccountCap(_ account: String, limit: Credits?) -> Answer {
-        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let limit, let error = validateCredits(limit, "cap", allowZero: true) { return refused(error) }
         accounts[Int(slot)].capLimit = limit
         return .done
@@ -92,9 +92,9 @@ extension Ledger {
     // MARK: - Members
 
     mutating func addMember(_ account: String, member: String, at now: Instant) -> Answer {
-        guard let accountSlot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let accountSlot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let error = validateIdentifier(member, "member") { return refused(error) }
-        guard accounts[Int(accountSlot)].memberSlots[member] == nil else {
+        guard accounts[Int(accountSlot)].memberSlots[HashedString(member)] == nil else {
             return refused(LedgerError(.alreadyExists, level: .member, subject: member))
         }
         guard accounts[Int(accountSlot)].memberSlots.count < limits.membersPerAccountMax else {
@@ -113,7 +113,7 @@ extension Ledger {
             slot = Int32(members.count)
             members.append(record)
         }
-        accounts[Int(accountSlot)].memberSlots[member] = slot
+        accounts[Int(accountSlot)].memberSlots[HashedString(member)] = slot
         liveMemberCount += 1
         return .done
     }
@@ -140,7 +140,7 @@ extension Ledger {
         precondition(members[index].available == 0 && members[index].grantOrder.isEmpty, "a removed member keeps no grants")
         members[index].isLive = false
         members[index].groups = []
-        accounts[Int(members[index].account)].memberSlots.removeValue(forKey: member)
+        accounts[Int(members[index].account)].memberSlots.removeValue(forKey: HashedString(member))
         freeMemberSlots.append(slot)
         liveMemberCount -= 1
         return .done
@@ -159,16 +159,16 @@ extension Ledger {
     // MARK: - Groups
 
     mutating func createGroup(_ account: String, group: String, at now: Instant) -> Answer {
-        guard let accountSlot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let accountSlot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let error = validateIdentifier(group, "group") { return refused(error) }
-        guard accounts[Int(accountSlot)].groupSlots[group] == nil else {
+        guard accounts[Int(accountSlot)].groupSlots[HashedString(group)] == nil else {
             return refused(LedgerError(.alreadyExists, level: .group, subject: group))
         }
         guard accounts[Int(accountSlot)].groupSlots.count < limits.groupsPerAccountMax else {
             return refused(LedgerError(.limitReached, level: .account, subject: "groups per account"))
         }
         let windowEnd = accounts[Int(accountSlot)].period.window(containing: now).end
-        accounts[Int(accountSlot)].groupSlots[group] = Int32(groups.count)
+        accounts[Int(accountSlot)].groupSlots[HashedString(group)] = Int32(groups.count)
         groups.append(GroupRecord(id: group, account: accountSlot, usage: UsageCounter(windowEnd: windowEnd)))
         return .done
     }
@@ -183,7 +183,7 @@ extension Ledger {
             leave(group: slots.group, member: member, at: now)
         }
         groups[Int(slots.group)].isLive = false
-        accounts[Int(slots.account)].groupSlots.removeValue(forKey: group)
+        accounts[Int(slots.account)].groupSlots.removeValue(forKey: HashedString(group))
         return .done
     }
 
@@ -259,7 +259,7 @@ extension Ledger {
     // MARK: - Grants
 
     mutating func addGrant(_ grant: AddGrant, at now: Instant) -> Answer {
-        guard let accountSlot = accountSlots[grant.account] else { return refused(unknownAccount(grant.account)) }
+        guard let accountSlot = accountSlots[HashedString(grant.account)] else { return refused(unknownAccount(grant.account)) }
         if let error = validateCredits(grant.amount, "grant amount") { return refused(error) }
         let effectiveAt = max(grant.effectiveAt, now)
         guard grant.expiresAt > effectiveAt else {
@@ -268,7 +268,7 @@ extension Ledger {
         var memberSlot = noSlot
         var memberID: String?
         if case .member(let member) = grant.scope {
-            guard let slot = accounts[Int(accountSlot)].memberSlots[member] else {
+            guard let slot = accounts[Int(accountSlot)].memberSlots[HashedString(member)] else {
                 return refused(LedgerError(.unknownMember, level: .member, subject: member))
             }
             memberSlot = slot
@@ -309,7 +309,7 @@ extension Ledger {
     /// What is available moves to `voided`; what is held stays with its holds, and goes to
     /// `voided` if they give it back.
     mutating func voidGrant(_ account: String, grant: GrantID) -> Answer {
-        guard let accountSlot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let accountSlot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         guard let slot = grantSlotByID[grant], grants[Int(slot)].account == accountSlot else {
             return refused(LedgerError(.unknownGrant, level: .account, subject: String(grant)))
         }
@@ -329,28 +329,28 @@ extension Ledger {
     mutating func setRate(_ product: String, creditsPerUnit: Credits, effectiveAt: Instant, at now: Instant) -> Answer {
         if let error = validateIdentifier(product, "product") { return refused(error) }
         if let error = validateCredits(creditsPerUnit, "rate", allowZero: true) { return refused(error) }
-        guard rates[product] != nil || rates.count < limits.productsMax else {
+        guard rates[HashedString(product)] != nil || rates.count < limits.productsMax else {
             return refused(LedgerError(.limitReached, level: .ledger, subject: "products"))
         }
-        guard (rates[product]?.versions.count ?? 0) < limits.rateVersionsPerProductMax else {
+        guard (rates[HashedString(product)]?.versions.count ?? 0) < limits.rateVersionsPerProductMax else {
             return refused(LedgerError(.limitReached, level: .ledger, subject: "rate versions per product"))
         }
-        rates[product, default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
+        rates[HashedString(product), default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
         return .done
     }
 
     mutating func setAccountRate(_ account: String, product: String, creditsPerUnit: Credits?, effectiveAt: Instant, at now: Instant) -> Answer {
-        guard let slot = accountSlots[account] else { return refused(unknownAccount(account)) }
+        guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let error = validateIdentifier(product, "product") { return refused(error) }
         if let creditsPerUnit, let error = validateCredits(creditsPerUnit, "rate", allowZero: true) { return refused(error) }
-        guard rates[product] != nil else {
+        guard rates[HashedString(product)] != nil else {
             return refused(LedgerError(.unknownProduct, level: .request, subject: product))
         }
         let versions = accounts[Int(slot)].rateOverrides.values.reduce(0) { $0 + $1.versions.count }
         guard versions < limits.rateOverridesPerAccountMax else {
             return refused(LedgerError(.limitReached, level: .account, subject: "rate overrides per account"))
         }
-        accounts[Int(slot)].rateOverrides[product, default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
+        accounts[Int(slot)].rateOverrides[HashedString(product), default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
         return .done
     }
 
@@ -384,16 +384,16 @@ extension Ledger {
     }
 
     func memberSlot(_ account: String, _ member: String) -> Result<(account: Int32, member: Int32), LedgerError> {
-        guard let accountSlot = accountSlots[account] else { return .failure(unknownAccount(account)) }
-        guard let slot = accounts[Int(accountSlot)].memberSlots[member] else {
+        guard let accountSlot = accountSlots[HashedString(account)] else { return .failure(unknownAccount(account)) }
+        guard let slot = accounts[Int(accountSlot)].memberSlots[HashedString(member)] else {
             return .failure(LedgerError(.unknownMember, level: .member, subject: member))
         }
         return .success((accountSlot, slot))
     }
 
     func groupSlot(_ account: String, _ group: String) -> Result<(account: Int32, group: Int32), LedgerError> {
-        guard let accountSlot = accountSlots[account] else { return .failure(unknownAccount(account)) }
-        guard let slot = accounts[Int(accountSlot)].groupSlots[group] else {
+        guard let accountSlot = accountSlots[HashedString(account)] else { return .failure(unknownAccount(account)) }
+        guard let slot = accounts[Int(accountSlot)].groupSlots[HashedString(group)] else {
             return .failure(LedgerError(.unknownGroup, level: .group, subject: group))
         }
         return .success((accountSlot, slot))

@@ -113,7 +113,7 @@ extension Ledger {
     /// Every live grant of an account, including those not yet effective and those that are
     /// spent or expired but still have credits held on them.
     public func grants(of account: String) -> [GrantView] {
-        guard let slot = accountSlots[account] else { return [] }
+        guard let slot = accountSlots[HashedString(account)] else { return [] }
         return grants.indices
             .filter { grants[$0].isLive && grants[$0].account == slot }
             .sorted { grants[$0].id < grants[$1].id }
@@ -122,7 +122,7 @@ extension Ledger {
 
     /// The hold with this id, if it is open.
     public func hold(_ id: HoldID) -> HoldView? {
-        guard let hold = holds[id] else { return nil }
+        guard let hold = holds[HoldKey(id)] else { return nil }
         return HoldView(
             id: hold.id, account: accounts[Int(hold.account)].id,
             member: hold.member == noSlot ? nil : members[Int(hold.member)].id, product: hold.product,

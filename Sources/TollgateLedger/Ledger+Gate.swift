@@ -75,7 +75,7 @@ extension Ledger {
         let draws = drawFunds(chain, priced.cost, holding: true)
         addUsage(chain, held: priced.cost, consumed: 0, at: now)
         let deadline = now.adding(microseconds: reserve.ttlMicroseconds)
-        holds[id] = HoldRecord(
+        holds[HoldKey(id)] = HoldRecord(
             id: id, account: chain.account, member: chain.member, product: reserve.request.product,
             quantity: reserve.request.quantity, creditsPerUnit: priced.creditsPerUnit, original: priced.cost,
             held: priced.cost, createdAt: now, deadline: deadline, draws: draws)
@@ -153,7 +153,7 @@ extension Ledger {
         if commit.isFinal {
             finish(hold, as: .committed, at: now)
         } else {
-            holds[hold.id] = hold
+            holds[HoldKey(hold.id)] = hold
         }
         return .committed(
             CommitResult(
@@ -180,7 +180,7 @@ extension Ledger {
             return .refused(Refusal(error))
         case .success(let hold):
             let deadline = now.adding(microseconds: extend.ttlMicroseconds)
-            holds[hold.id]!.deadline = deadline
+            holds[HoldKey(hold.id)]!.deadline = deadline
             events.schedule(.holdDeadline(hold.id), at: deadline)
             return .extended(ExtendResult(hold: hold.id, deadline: deadline))
         }
@@ -197,10 +197,10 @@ extension Ledger {
     // MARK: - Resolving and pricing
 
     func openHold(_ reference: HoldReference) -> Result<HoldRecord, LedgerError> {
-        guard let account = accountSlots[reference.account] else {
+        guard let account = accountSlots[HashedString(reference.account)] else {
             return .failure(LedgerError(.unknownAccount, level: .account, subject: reference.account))
         }
-        if let hold = holds[reference.hold], hold.account == account {
+        if let hold = holds[HoldKey(reference.hold)], hold.account == account {
             return .success(hold)
         }
         if let resolved = resolvedHolds[reference.hold], resolved.account == account {
@@ -214,12 +214,12 @@ extension Ledger {
     }
 
     func resolveChain(account: String, member: String?) -> Result<Chain, LedgerError> {
-        guard let accountSlot = accountSlots[account] else {
+        guard let accountSlot = accountSlots[HashedString(account)] else {
             return .failure(LedgerError(.unknownAccount, level: .account, subject: account))
         }
         var memberSlot = noSlot
         if let member {
-            guard let slot = accounts[Int(accountSlot)].memberSlots[member] else {
+            guard let slot = accounts[Int(accountSlot)].memberSlots[HashedString(member)] else {
                 return .failure(LedgerError(.unknownMember, level: .member, subject: member))
             }
             memberSlot = slot
@@ -230,11 +230,13 @@ extension Ledger {
     /// The rate in force for a product at an instant: the account's override if it has one,
     /// otherwise the rate card's.
     func rate(_ product: String, account: Int32, at now: Instant) -> Credits? {
-        let overrides = accounts[Int(account)].rateOverrides
-        if !overrides.isEmpty, let rate = overrides[product]?.version(at: now)?.creditsPerUnit {
+        let key = HashedString(product)
+        if !accounts[Int(account)].rateOverrides.isEmpty,
+            let rate = accounts[Int(account)].rateOverrides[key]?.version(at: now)?.creditsPerUnit
+        {
             return rate
         }
-        return rates[product]?.version(at: now)?.creditsPerUnit
+        return rates[key]?.version(at: now)?.creditsPerUnit
     }
 
     func price(_ request: DecisionRequest, at now: Instant) -> Result<PricedRequest, Refusal> {

@@ -16,7 +16,7 @@ public struct Ledger: Hashable, Sendable {
     /// The latest instant the ledger has seen.
     public private(set) var clock: Instant
 
-    var accountSlots: [String: Int32] = [:]
+    var accountSlots: [HashedString: Int32] = [:]
     var accounts: [AccountRecord] = []
     var members: [MemberRecord] = []
     var freeMemberSlots: [Int32] = []
@@ -26,9 +26,9 @@ public struct Ledger: Hashable, Sendable {
     var freeGrantSlots: [Int32] = []
     var grantSlotByID: [GrantID: Int32] = [:]
     var nextGrantID: GrantID = 1
-    var holds: [HoldID: HoldRecord] = [:]
+    var holds: [HoldKey: HoldRecord] = [:]
     var nextHoldID: HoldID = 1
-    var rates: [String: RateHistory] = [:]
+    var rates: [HashedString: RateHistory] = [:]
     var events = EventQueue()
     var idempotency = IdempotencyTable()
     var resolvedHolds = ResolvedHolds()
@@ -128,7 +128,7 @@ public struct Ledger: Hashable, Sendable {
         while let event = events.popDue(at: clock) {
             switch event.kind {
             case .holdDeadline(let id):
-                if let hold = holds[id], hold.deadline == event.at {
+                if let hold = holds[HoldKey(id)], hold.deadline == event.at {
                     finish(hold, as: .expired, at: event.at)
                 }
             case .grantEffective(let slot, let id):

@@ -45,8 +45,8 @@ struct AccountRecord: Hashable, Sendable {
     var capLimit: Credits?
     /// For a parent this includes what its children consume, so the parent's cap bounds the family.
     var usage: UsageCounter
-    var memberSlots: [String: Int32] = [:]
-    var groupSlots: [String: Int32] = [:]
+    var memberSlots: [HashedString: Int32] = [:]
+    var groupSlots: [HashedString: Int32] = [:]
     /// Active pool grants in draw order.
     var poolOrder: [Int32] = []
     /// Sum of `available` over `poolOrder`.
@@ -57,7 +57,7 @@ struct AccountRecord: Hashable, Sendable {
     var overdraftHeld: Credits = 0
     var liveGrants = 0
     var openHolds = 0
-    var rateOverrides: [String: RateHistory] = [:]
+    var rateOverrides: [HashedString: RateHistory] = [:]
 
     func overdraftRemaining() -> Credits {
         guard case .overdraft(let limit) = overage else { return 0 }

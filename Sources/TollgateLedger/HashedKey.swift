@@ -1,0 +1,90 @@
+/// Dictionary keys for the hot path. Swift's default hashing runs SipHash over every byte of
+/// a string on every lookup, which was the largest single cost of a decision. These keys hash
+/// their bytes once, with a fast multiply-mix hash seeded per process (so crafted keys cannot
+/// be made to collide ahead of time), and hand the dictionary that value directly.
+enum FastHash {
+    /// Chosen at random once per process. Hash values are never stored or compared across
+    /// processes; state equality compares keys, not hashes.
+    static let seed: UInt64 = {
+        var hasher = Hasher()
+        hasher.combine(0x746F_6C6C_6761_7465 as UInt64)
+        return UInt64(bitPattern: Int64(hasher.finalize()))
+    }()
+
+    @inline(__always)
+    static func mix(_ left: UInt64, _ right: UInt64) -> UInt64 {
+        let product = left.multipliedFullWidth(by: right)
+        return product.high ^ product.low
+    }
+
+    static func hash(_ string: String) -> UInt64 {
+        var copy = string
+        return copy.withUTF8 { bytes in hash(bytes) }
+    }
+
+    static func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var state = seed ^ UInt64(bytes.count) &* 0x9E37_79B9_7F4A_7C15
+        guard let base = bytes.baseAddress else { return mix(state, 0xA076_1D64_78BD_642F) }
+        let raw = UnsafeRawPointer(base)
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            let word = raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            state = mix(state ^ word, 0xA076_1D64_78BD_642F)
+            offset += 8
+        }
+        if offset < bytes.count {
+            var tail: UInt64 = 0
+            var shift: UInt64 = 0
+            while offset < bytes.count {
+                tail |= UInt64(raw.load(fromByteOffset: offset, as: UInt8.self)) << shift
+                shift += 8
+                offset += 1
+            }
+            state = mix(state ^ tail, 0xE703_7ED1_A0B4_28DB)
+        }
+        return mix(state, 0x8EBC_6AF0_9C88_C6E3)
+    }
+}
+
+/// A string with its hash computed once.
+struct HashedString: Hashable, Sendable, CustomStringConvertible {
+    let string: String
+    let hash: UInt64
+
+    init(_ string: String) {
+        self.string = string
+        self.hash = FastHash.hash(string)
+    }
+
+    static func == (lhs: HashedString, rhs: HashedString) -> Bool {
+        lhs.hash == rhs.hash && lhs.string == rhs.string
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(hash)
+    }
+
+    // Dictionary asks for this; answering from the stored hash skips SipHash entirely.
+    func _rawHashValue(seed: Int) -> Int {
+        Int(truncatingIfNeeded: FastHash.mix(hash ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
+    }
+
+    var description: String { string }
+}
+
+/// A hold id as a dictionary key, hashed with one multiply instead of SipHash.
+struct HoldKey: Hashable, Sendable {
+    let id: HoldID
+
+    init(_ id: HoldID) {
+        self.id = id
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(id)
+    }
+
+    func _rawHashValue(seed: Int) -> Int {
+        Int(truncatingIfNeeded: FastHash.mix(id ^ FastHash.seed ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
+    }
+}
