@@ -1,7 +1,9 @@
 /// Things that happen by themselves when time passes: a hold reaching its deadline, a grant
 /// becoming effective, a grant expiring. A binary min-heap ordered by instant, then by the
-/// order the events were scheduled, so processing is deterministic. Entries are never removed
-/// early; an entry that no longer matches its hold or grant is skipped when it comes up.
+/// order the events were scheduled, so processing is deterministic. An entry whose hold was
+/// resolved or extended, or whose grant ended, is not removed at once; it is skipped when it
+/// comes up, and `compact(keeping:)` drops such entries in bulk once they are the majority, so
+/// the queue stays proportional to what is really pending.
 struct EventQueue: Hashable, Sendable {
     enum Kind: Hashable, Sendable {
         case holdDeadline(HoldID)
@@ -21,6 +23,8 @@ struct EventQueue: Hashable, Sendable {
 
     private var heap: [Event] = []
     private var nextSequence: UInt64 = 0
+    /// The size at which the next compaction runs; doubles with what survives one.
+    private(set) var compactionThreshold = 4_096
 
     var count: Int { heap.count }
     var next: Instant? { heap.first?.at }
@@ -37,13 +41,32 @@ struct EventQueue: Hashable, Sendable {
         }
     }
 
+    var needsCompaction: Bool { heap.count >= compactionThreshold }
+
+    /// Keeps only the events `isLive` accepts and restores the heap order in place. Called when
+    /// `needsCompaction`, so its linear cost is spread over the pushes that made it necessary.
+    mutating func compact(keeping isLive: (Event) -> Bool) {
+        heap.removeAll { !isLive($0) }
+        var index = heap.count / 2
+        while index > 0 {
+            index -= 1
+            siftDown(from: index)
+        }
+        compactionThreshold = max(4_096, heap.count * 2)
+    }
+
     /// Removes and returns the earliest event if it is due at `instant`.
     mutating func popDue(at instant: Instant) -> Event? {
         guard let first = heap.first, first.at <= instant else { return nil }
         let last = heap.removeLast()
         if heap.isEmpty { return first }
         heap[0] = last
-        var parent = 0
+        siftDown(from: 0)
+        return first
+    }
+
+    private mutating func siftDown(from start: Int) {
+        var parent = start
         while true {
             let left = 2 * parent + 1
             let right = left + 1
@@ -54,6 +77,5 @@ struct EventQueue: Hashable, Sendable {
             heap.swapAt(parent, smallest)
             parent = smallest
         }
-        return first
     }
 }

@@ -32,10 +32,13 @@ struct IdempotencyTable: Hashable, Sendable {
     }
 
     struct Entry: Hashable, Sendable {
-        var key: Key
         var command: Command
         var answer: Answer
-        var expiresAt: Instant
+    }
+
+    struct Expiry: Hashable, Sendable {
+        var key: Key
+        var at: Instant
     }
 
     enum Lookup {
@@ -45,15 +48,19 @@ struct IdempotencyTable: Hashable, Sendable {
     }
 
     private var positions: [Key: UInt64] = [:]
+    /// The large entries, written at the tail and dropped from the head, never copied in between.
     private var entries: Deque<Entry> = []
+    /// The same order, small: what the head-of-line check reads on every operation.
+    private var expiries: Deque<Expiry> = []
     /// The absolute position of `entries.first`.
     private var firstPosition: UInt64 = 0
 
-    var count: Int { entries.count }
+    var count: Int { expiries.count }
 
     mutating func reserveCapacity(_ count: Int) {
         positions.reserveCapacity(count)
         entries.reserveCapacity(count)
+        expiries.reserveCapacity(count)
     }
 
     func lookup(_ key: Key, command: Command) -> Lookup {
@@ -63,13 +70,15 @@ struct IdempotencyTable: Hashable, Sendable {
     }
 
     mutating func remember(_ key: Key, command: Command, answer: Answer, until expiry: Instant) {
-        positions[key] = firstPosition + UInt64(entries.count)
-        entries.append(Entry(key: key, command: command, answer: answer, expiresAt: expiry))
+        positions[key] = firstPosition + UInt64(expiries.count)
+        entries.append(Entry(command: command, answer: answer))
+        expiries.append(Expiry(key: key, at: expiry))
     }
 
     mutating func forget(through instant: Instant) {
-        while !entries.isEmpty && entries[0].expiresAt <= instant {
-            positions.removeValue(forKey: entries[0].key)
+        while let first = expiries.first, first.at <= instant {
+            positions.removeValue(forKey: first.key)
+            expiries.removeFirst()
             entries.removeFirst()
             firstPosition += 1
         }

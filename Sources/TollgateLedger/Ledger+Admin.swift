@@ -298,10 +298,10 @@ extension Ledger {
         if effectiveAt <= now {
             activateGrant(slot)
         } else {
-            events.schedule(.grantEffective(slot: slot, grant: id), at: effectiveAt)
+            schedule(.grantEffective(slot: slot, grant: id), at: effectiveAt)
         }
         if grant.expiresAt != .distantFuture {
-            events.schedule(.grantExpiry(slot: slot, grant: id), at: grant.expiresAt)
+            schedule(.grantExpiry(slot: slot, grant: id), at: grant.expiresAt)
         }
         return .grantAdded(id)
     }

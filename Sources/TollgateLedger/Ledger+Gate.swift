@@ -81,7 +81,7 @@ extension Ledger {
             held: priced.cost, createdAt: now, deadline: deadline, draws: draws)
         accounts[Int(chain.account)].openHolds += 1
         if chain.member != noSlot { members[Int(chain.member)].openHolds += 1 }
-        events.schedule(.holdDeadline(id), at: deadline)
+        schedule(.holdDeadline(id), at: deadline)
         return .decision(
             Decision(
                 hold: id, cost: priced.cost, creditsPerUnit: priced.creditsPerUnit, deadline: deadline,
@@ -181,7 +181,7 @@ extension Ledger {
         case .success(let hold):
             let deadline = now.adding(microseconds: extend.ttlMicroseconds)
             holds[HoldKey(hold.id)]!.deadline = deadline
-            events.schedule(.holdDeadline(hold.id), at: deadline)
+            schedule(.holdDeadline(hold.id), at: deadline)
             return .extended(ExtendResult(hold: hold.id, deadline: deadline))
         }
     }

@@ -118,6 +118,9 @@ public struct Ledger: Hashable, Sendable {
     /// becoming effective or expiring), if any. A server sweeps at least this often.
     public var nextDue: Instant? { events.next }
 
+    /// Entries in the time-driven event queue, stale ones included (for tests and metrics).
+    public var scheduledEventCount: Int { events.count }
+
     /// Moves the ledger's clock to `instant` (never backwards) and carries out everything due
     /// by then: holds past their deadline are released as expired, grants become effective or
     /// expire, and idempotency keys and resolved holds past their retention are forgotten.
@@ -126,24 +129,41 @@ public struct Ledger: Hashable, Sendable {
     public mutating func advance(to instant: Instant) -> Instant {
         if instant > clock { clock = instant }
         while let event = events.popDue(at: clock) {
+            guard isLive(event) else { continue }
             switch event.kind {
-            case .holdDeadline(let id):
-                if let hold = holds[HoldKey(id)], hold.deadline == event.at {
-                    finish(hold, as: .expired, at: event.at)
-                }
-            case .grantEffective(let slot, let id):
-                if grants[Int(slot)].id == id, grants[Int(slot)].isLive, grants[Int(slot)].state == .pending {
-                    activateGrant(slot)
-                }
-            case .grantExpiry(let slot, let id):
-                if grants[Int(slot)].id == id, grants[Int(slot)].isLive {
-                    expireGrant(slot)
-                }
+            case .holdDeadline(let id): finish(holds[HoldKey(id)]!, as: .expired, at: event.at)
+            case .grantEffective(let slot, _): activateGrant(slot)
+            case .grantExpiry(let slot, _): expireGrant(slot)
             }
         }
         idempotency.forget(through: clock)
         resolvedHolds.forget(through: clock)
         return clock
+    }
+
+    /// Schedules a time-driven event, first dropping stale ones if they have piled up.
+    mutating func schedule(_ kind: EventQueue.Kind, at instant: Instant) {
+        if events.needsCompaction {
+            var queue = EventQueue()
+            swap(&queue, &events)
+            queue.compact { isLive($0) }
+            swap(&queue, &events)
+        }
+        events.schedule(kind, at: instant)
+    }
+
+    /// Whether an event still matches the hold or grant it was scheduled for.
+    func isLive(_ event: EventQueue.Event) -> Bool {
+        switch event.kind {
+        case .holdDeadline(let id):
+            return holds[HoldKey(id)]?.deadline == event.at
+        case .grantEffective(let slot, let id):
+            let grant = grants[Int(slot)]
+            return grant.id == id && grant.isLive && grant.state == .pending
+        case .grantExpiry(let slot, let id):
+            let grant = grants[Int(slot)]
+            return grant.id == id && grant.isLive
+        }
     }
 
     // MARK: - Validation helpers

@@ -131,3 +131,25 @@ import TollgateLedgerTestSupport
         #expect(driver.check(request).errorCode == .insufficientFunds)
     }
 }
+
+@Suite struct EventQueueTests {
+    @Test func resolvedHoldsDoNotPileUpInTheEventQueue() throws {
+        var driver = makeDriver()
+        driver.grant(1_000_000)
+        // Week-long holds committed at once leave their deadlines behind as stale events.
+        for _ in 0..<20_000 {
+            let hold = try #require(driver.reserve(1, ttl: 7 * Fixtures.day).decision?.hold)
+            _ = try #require(driver.commit(hold).committed)
+        }
+        #expect(driver.ledger.scheduledEventCount < 8_192)
+        // Open holds' deadlines survive compaction and still expire them.
+        let open = try #require(driver.reserve(1, ttl: second).decision?.hold)
+        for _ in 0..<10_000 {
+            let hold = try #require(driver.reserve(1, ttl: 7 * Fixtures.day).decision?.hold)
+            _ = driver.release(hold)
+        }
+        driver.advance(microseconds: second)
+        #expect(driver.commit(open).errorCode == .holdExpired)
+        #expect(driver.violations.isEmpty)
+    }
+}
