@@ -54,7 +54,7 @@ public struct Headroom: Hashable, Sendable {
 
     /// The most a single reserve could get right now: the smallest headroom of all levels.
     public var spendable: Credits {
-        [member, group, account, parent].compactMap { $0 }.reduce(funds) { min($0, $1) }
+        min(funds, member ?? .max, group ?? .max, account ?? .max, parent ?? .max)
     }
 }
 

@@ -368,12 +368,27 @@ extension Ledger {
         }
     }
 
+    /// Period anchors are kept to years 1900 to 9999 and fixed lengths to one second to one
+    /// year, so calendar arithmetic stays far from overflow whatever a client sends.
     func validate(_ period: BillingPeriod) -> LedgerError? {
-        if case .fixed(_, let length) = period, length <= 0 {
-            return LedgerError(.invalidArgument, level: .request, subject: "period length must be positive")
+        let anchor: Instant
+        switch period {
+        case .monthly(let value):
+            anchor = value
+        case .fixed(let value, let length):
+            anchor = value
+            guard length >= Microseconds.perSecond, length <= 366 * Microseconds.perDay else {
+                return LedgerError(.invalidArgument, level: .request, subject: "period length must be 1 second to 366 days")
+            }
+        }
+        guard anchor >= Ledger.earliestAnchor, anchor < Ledger.latestAnchor else {
+            return LedgerError(.invalidArgument, level: .request, subject: "period anchor must be in the years 1900 to 9999")
         }
         return nil
     }
+
+    static let earliestAnchor = CivilTime(year: 1900, month: 1, day: 1).instant
+    static let latestAnchor = CivilTime(year: 10_000, month: 1, day: 1).instant
 
     func refused(_ error: LedgerError) -> Answer {
         .refused(Refusal(error))

@@ -74,4 +74,25 @@ import TollgateLedgerTestSupport
         driver.setUp(.addToGroup(account: "second", group: "g", member: "x"))
         #expect(driver.violations.isEmpty)
     }
+
+    @Test func periodsAreBoundedSoCalendarMathCannotOverflow() {
+        var driver = makeDriver()
+        let extremes: [BillingPeriod] = [
+            .monthly(anchor: Instant(microsecondsSinceEpoch: Int64.min)),
+            .monthly(anchor: .distantFuture),
+            .fixed(anchor: driver.now, lengthMicroseconds: 0),
+            .fixed(anchor: driver.now, lengthMicroseconds: Int64.max),
+            .fixed(anchor: Instant(microsecondsSinceEpoch: Int64.min), lengthMicroseconds: Microseconds.perDay),
+        ]
+        for period in extremes {
+            #expect(driver.run(.createAccount(CreateAccount(account: "x", period: period))).errorCode == .invalidArgument)
+            #expect(driver.run(.setPeriod(account: "acct", period: period)).errorCode == .invalidArgument)
+        }
+        #expect(driver.run(.setPeriod(account: "acct", period: .fixed(anchor: driver.now, lengthMicroseconds: Microseconds.perDay))) == .done)
+    }
+
+    @Test func headroomSpendableIsTheTightestLevel() {
+        #expect(Headroom(member: 9, group: 4, groupID: "g", account: nil, parent: 7, funds: 12).spendable == 4)
+        #expect(Headroom(funds: 12).spendable == 12)
+    }
 }
