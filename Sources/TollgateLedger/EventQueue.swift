@@ -2,7 +2,7 @@
 /// becoming effective, a grant expiring. A binary min-heap ordered by instant, then by the
 /// order the events were scheduled, so processing is deterministic. An entry whose hold was
 /// resolved or extended, or whose grant ended, is not removed at once; it is skipped when it
-/// comes up, and `compact(keeping:)` drops such entries in bulk once they are the majority, so
+/// comes up, and the ledger drops such entries in bulk (`takeEvents`, `restore`) once they are the majority, so
 /// the queue stays proportional to what is really pending.
 struct EventQueue: Hashable, Sendable {
     enum Kind: Hashable, Sendable {
@@ -43,10 +43,17 @@ struct EventQueue: Hashable, Sendable {
 
     var needsCompaction: Bool { heap.count >= compactionThreshold }
 
-    /// Keeps only the events `isLive` accepts and restores the heap order in place. Called when
-    /// `needsCompaction`, so its linear cost is spread over the pushes that made it necessary.
-    mutating func compact(keeping isLive: (Event) -> Bool) {
-        heap.removeAll { !isLive($0) }
+    /// Hands over the events in no particular order, leaving the queue empty, so the caller
+    /// can filter them in place and `restore` them.
+    mutating func takeEvents() -> [Event] {
+        var taken: [Event] = []
+        swap(&taken, &heap)
+        return taken
+    }
+
+    /// Restores the heap order over `events` in place and sets the next compaction point.
+    mutating func restore(_ events: [Event]) {
+        heap = events
         var index = heap.count / 2
         while index > 0 {
             index -= 1

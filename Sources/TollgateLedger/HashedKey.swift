@@ -18,6 +18,7 @@ enum FastHash {
     }
 
     static func hash(_ string: String) -> UInt64 {
+        if let value = string.utf8.withContiguousStorageIfAvailable({ hash($0) }) { return value }
         var copy = string
         return copy.withUTF8 { bytes in hash(bytes) }
     }

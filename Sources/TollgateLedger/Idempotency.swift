@@ -78,8 +78,8 @@ struct IdempotencyTable: Hashable, Sendable {
     mutating func forget(through instant: Instant) {
         while let first = expiries.first, first.at <= instant {
             positions.removeValue(forKey: first.key)
-            expiries.removeFirst()
-            entries.removeFirst()
+            expiries.removeFirst(1)
+            entries.removeFirst(1)
             firstPosition += 1
         }
     }

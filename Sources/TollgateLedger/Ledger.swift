@@ -143,13 +143,22 @@ public struct Ledger: Hashable, Sendable {
 
     /// Schedules a time-driven event, first dropping stale ones if they have piled up.
     mutating func schedule(_ kind: EventQueue.Kind, at instant: Instant) {
-        if events.needsCompaction {
-            var queue = EventQueue()
-            swap(&queue, &events)
-            queue.compact { isLive($0) }
-            swap(&queue, &events)
-        }
+        if events.needsCompaction { compactEvents() }
         events.schedule(kind, at: instant)
+    }
+
+    /// Drops events that no longer match their hold or grant. A plain loop rather than a
+    /// closure: a closure here would capture (and copy) the whole ledger for every event.
+    @inline(never)
+    private mutating func compactEvents() {
+        var pending = events.takeEvents()
+        var kept = 0
+        for index in pending.indices where isLive(pending[index]) {
+            pending[kept] = pending[index]
+            kept += 1
+        }
+        pending.removeLast(pending.count - kept)
+        events.restore(pending)
     }
 
     /// Whether an event still matches the hold or grant it was scheduled for.
