@@ -89,3 +89,29 @@ struct HoldKey: Hashable, Sendable {
         Int(truncatingIfNeeded: FastHash.mix(id ^ FastHash.seed ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
     }
 }
+
+/// A member's id within its account, as one key for the ledger-wide member index: one hash
+/// table for every member instead of one per account, so a lookup touches fewer cache lines.
+struct MemberKey: Hashable, Sendable {
+    let account: Int32
+    let member: String
+    let hash: UInt64
+
+    init(account: Int32, member: String) {
+        self.account = account
+        self.member = member
+        self.hash = FastHash.mix(FastHash.hash(member) ^ UInt64(UInt32(bitPattern: account)), 0x9FB2_1C65_1E98_DF25)
+    }
+
+    static func == (lhs: MemberKey, rhs: MemberKey) -> Bool {
+        lhs.hash == rhs.hash && lhs.account == rhs.account && lhs.member == rhs.member
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(hash)
+    }
+
+    func _rawHashValue(seed: Int) -> Int {
+        Int(truncatingIfNeeded: FastHash.mix(hash ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
+    }
+}

@@ -94,10 +94,10 @@ extension Ledger {
     mutating func addMember(_ account: String, member: String, at now: Instant) -> Answer {
         guard let accountSlot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let error = validateIdentifier(member, "member") { return refused(error) }
-        guard accounts[Int(accountSlot)].memberSlots[HashedString(member)] == nil else {
+        guard memberSlots[MemberKey(account: accountSlot, member: member)] == nil else {
             return refused(LedgerError(.alreadyExists, level: .member, subject: member))
         }
-        guard accounts[Int(accountSlot)].memberSlots.count < limits.membersPerAccountMax else {
+        guard accounts[Int(accountSlot)].memberCount < limits.membersPerAccountMax else {
             return refused(LedgerError(.limitReached, level: .account, subject: "members per account"))
         }
         guard liveMemberCount < limits.membersMax else {
@@ -113,7 +113,8 @@ extension Ledger {
             slot = Int32(members.count)
             members.append(record)
         }
-        accounts[Int(accountSlot)].memberSlots[HashedString(member)] = slot
+        memberSlots[MemberKey(account: accountSlot, member: member)] = slot
+        accounts[Int(accountSlot)].memberCount += 1
         liveMemberCount += 1
         return .done
     }
@@ -140,7 +141,8 @@ extension Ledger {
         precondition(members[index].available == 0 && members[index].grantOrder.isEmpty, "a removed member keeps no grants")
         members[index].isLive = false
         members[index].groups = []
-        accounts[Int(members[index].account)].memberSlots.removeValue(forKey: HashedString(member))
+        memberSlots.removeValue(forKey: MemberKey(account: members[index].account, member: member))
+        accounts[Int(members[index].account)].memberCount -= 1
         freeMemberSlots.append(slot)
         liveMemberCount -= 1
         return .done
@@ -179,8 +181,8 @@ extension Ledger {
         case .failure(let error): return refused(error)
         case .success(let value): slots = value
         }
-        for member in accounts[Int(slots.account)].memberSlots.values where members[Int(member)].groups.contains(slots.group) {
-            leave(group: slots.group, member: member, at: now)
+        for member in members.indices where members[member].isLive && members[member].groups.contains(slots.group) {
+            leave(group: slots.group, member: Int32(member), at: now)
         }
         groups[Int(slots.group)].isLive = false
         accounts[Int(slots.account)].groupSlots.removeValue(forKey: HashedString(group))
@@ -268,7 +270,7 @@ extension Ledger {
         var memberSlot = noSlot
         var memberID: String?
         if case .member(let member) = grant.scope {
-            guard let slot = accounts[Int(accountSlot)].memberSlots[HashedString(member)] else {
+            guard let slot = memberSlots[MemberKey(account: accountSlot, member: member)] else {
                 return refused(LedgerError(.unknownMember, level: .member, subject: member))
             }
             memberSlot = slot
@@ -400,7 +402,7 @@ extension Ledger {
 
     func memberSlot(_ account: String, _ member: String) -> Result<(account: Int32, member: Int32), LedgerError> {
         guard let accountSlot = accountSlots[HashedString(account)] else { return .failure(unknownAccount(account)) }
-        guard let slot = accounts[Int(accountSlot)].memberSlots[HashedString(member)] else {
+        guard let slot = memberSlots[MemberKey(account: accountSlot, member: member)] else {
             return .failure(LedgerError(.unknownMember, level: .member, subject: member))
         }
         return .success((accountSlot, slot))

@@ -219,7 +219,7 @@ extension Ledger {
         }
         var memberSlot = noSlot
         if let member {
-            guard let slot = accounts[Int(accountSlot)].memberSlots[HashedString(member)] else {
+            guard let slot = memberSlots[MemberKey(account: accountSlot, member: member)] else {
                 return .failure(LedgerError(.unknownMember, level: .member, subject: member))
             }
             memberSlot = slot

@@ -107,6 +107,15 @@ extension Ledger {
             expect(group.usage.held == heldPerGroup[slot], "group \(group.id) counts \(group.usage.held) held, members hold \(heldPerGroup[slot])")
             expect(group.memberCount == membersPerGroup[slot], "group \(group.id) member count mismatch")
         }
+        var liveMembersPerAccount = [Int](repeating: 0, count: accounts.count)
+        for (slot, member) in members.enumerated() where member.isLive {
+            liveMembersPerAccount[Int(member.account)] += 1
+            expect(memberSlots[MemberKey(account: member.account, member: member.id)] == Int32(slot), "member \(member.id) is not indexed")
+        }
+        expect(memberSlots.count == liveMemberCount, "member index holds \(memberSlots.count), \(liveMemberCount) members live")
+        for (slot, account) in accounts.enumerated() {
+            expect(account.memberCount == liveMembersPerAccount[slot], "account \(account.id) member count mismatch")
+        }
         expect(idempotency.count <= limits.idempotencyKeysMax, "idempotency table over its limit")
         return violations
     }

@@ -19,6 +19,8 @@ public struct Ledger: Hashable, Sendable {
     var accountSlots: [HashedString: Int32] = [:]
     var accounts: [AccountRecord] = []
     var members: [MemberRecord] = []
+    /// Every live member of every account, by (account, member id).
+    var memberSlots: [MemberKey: Int32] = [:]
     var freeMemberSlots: [Int32] = []
     var liveMemberCount = 0
     var groups: [GroupRecord] = []
@@ -45,6 +47,7 @@ public struct Ledger: Hashable, Sendable {
         accountSlots.reserveCapacity(accountCount)
         accounts.reserveCapacity(accountCount)
         members.reserveCapacity(memberCount)
+        memberSlots.reserveCapacity(memberCount)
         holds.reserveCapacity(holdCount)
         idempotency.reserveCapacity(idempotencyKeys)
     }

@@ -45,7 +45,7 @@ struct AccountRecord: Hashable, Sendable {
     var capLimit: Credits?
     /// For a parent this includes what its children consume, so the parent's cap bounds the family.
     var usage: UsageCounter
-    var memberSlots: [HashedString: Int32] = [:]
+    var memberCount = 0
     var groupSlots: [HashedString: Int32] = [:]
     /// Active pool grants in draw order.
     var poolOrder: [Int32] = []
