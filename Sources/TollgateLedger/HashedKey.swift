@@ -47,8 +47,24 @@ enum FastHash {
     }
 }
 
+/// A key that carries its own 64-bit hash. Dictionary asks keys for `_rawHashValue(seed:)`;
+/// answering from the stored hash skips SipHash entirely.
+protocol PrehashedKey: Hashable {
+    var hash: UInt64 { get }
+}
+
+extension PrehashedKey {
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(hash)
+    }
+
+    func _rawHashValue(seed: Int) -> Int {
+        Int(truncatingIfNeeded: FastHash.mix(hash ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
+    }
+}
+
 /// A string with its hash computed once.
-struct HashedString: Hashable, Sendable, CustomStringConvertible {
+struct HashedString: PrehashedKey, Sendable, CustomStringConvertible {
     let string: String
     let hash: UInt64
 
@@ -61,38 +77,23 @@ struct HashedString: Hashable, Sendable, CustomStringConvertible {
         lhs.hash == rhs.hash && lhs.string == rhs.string
     }
 
-    func hash(into hasher: inout Hasher) {
-        hasher.combine(hash)
-    }
-
-    // Dictionary asks for this; answering from the stored hash skips SipHash entirely.
-    func _rawHashValue(seed: Int) -> Int {
-        Int(truncatingIfNeeded: FastHash.mix(hash ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
-    }
-
     var description: String { string }
 }
 
 /// A hold id as a dictionary key, hashed with one multiply instead of SipHash.
-struct HoldKey: Hashable, Sendable {
+struct HoldKey: PrehashedKey, Sendable {
     let id: HoldID
+
+    var hash: UInt64 { id ^ FastHash.seed }
 
     init(_ id: HoldID) {
         self.id = id
-    }
-
-    func hash(into hasher: inout Hasher) {
-        hasher.combine(id)
-    }
-
-    func _rawHashValue(seed: Int) -> Int {
-        Int(truncatingIfNeeded: FastHash.mix(id ^ FastHash.seed ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
     }
 }
 
 /// A member's id within its account, as one key for the ledger-wide member index: one hash
 /// table for every member instead of one per account, so a lookup touches fewer cache lines.
-struct MemberKey: Hashable, Sendable {
+struct MemberKey: PrehashedKey, Sendable {
     let account: Int32
     let member: String
     let hash: UInt64
@@ -105,13 +106,5 @@ struct MemberKey: Hashable, Sendable {
 
     static func == (lhs: MemberKey, rhs: MemberKey) -> Bool {
         lhs.hash == rhs.hash && lhs.account == rhs.account && lhs.member == rhs.member
-    }
-
-    func hash(into hasher: inout Hasher) {
-        hasher.combine(hash)
-    }
-
-    func _rawHashValue(seed: Int) -> Int {
-        Int(truncatingIfNeeded: FastHash.mix(hash ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
     }
 }

@@ -7,7 +7,7 @@ import DequeModule
 /// position in the ring. The index stays small and hot; the large entries are written once at
 /// the tail and read back only on a retry, and forgotten from the head.
 struct IdempotencyTable: Hashable, Sendable {
-    struct Key: Hashable, Sendable {
+    struct Key: PrehashedKey, Sendable {
         let scope: String
         let key: String
         let hash: UInt64
@@ -20,14 +20,6 @@ struct IdempotencyTable: Hashable, Sendable {
 
         static func == (lhs: Key, rhs: Key) -> Bool {
             lhs.hash == rhs.hash && lhs.key == rhs.key && lhs.scope == rhs.scope
-        }
-
-        func hash(into hasher: inout Hasher) {
-            hasher.combine(hash)
-        }
-
-        func _rawHashValue(seed: Int) -> Int {
-            Int(truncatingIfNeeded: FastHash.mix(hash ^ UInt64(bitPattern: Int64(seed)), 0x9E37_79B9_7F4A_7C15))
         }
     }
 
