@@ -69,11 +69,22 @@ struct IdempotencyTable: Hashable, Sendable {
 
     mutating func forget(through instant: Instant) {
         while let first = expiries.first, first.at <= instant {
-            positions.removeValue(forKey: first.key)
-            expiries.removeFirst(1)
-            entries.removeFirst(1)
-            firstPosition += 1
+            forgetFirst(first.key)
         }
+    }
+
+    /// Forgets the oldest key if it would expire by `instant`; false if it would not.
+    mutating func forgetOldest(ifExpiringBy instant: Instant) -> Bool {
+        guard let first = expiries.first, first.at <= instant else { return false }
+        forgetFirst(first.key)
+        return true
+    }
+
+    private mutating func forgetFirst(_ key: Key) {
+        positions.removeValue(forKey: key)
+        expiries.removeFirst(1)
+        entries.removeFirst(1)
+        firstPosition += 1
     }
 }
 

@@ -34,6 +34,8 @@ public struct Ledger: Hashable, Sendable {
     var events = EventQueue()
     var idempotency = IdempotencyTable()
     var resolvedHolds = ResolvedHolds()
+    /// Keys forgotten before their retention because the table was full.
+    public private(set) var idempotencyKeysForgottenEarly = 0
     /// What retired grants ended with, so ledger-wide totals stay whole after their slots are reused.
     var retiredTotals = CreditTotals()
 
@@ -68,8 +70,13 @@ public struct Ledger: Hashable, Sendable {
         case .conflict: return .refused(Refusal(LedgerError(.idempotencyConflict, level: .request, subject: key)))
         case .new: break
         }
-        guard idempotency.count < limits.idempotencyKeysMax else {
-            return .refused(Refusal(LedgerError(.limitReached, level: .ledger, subject: "idempotency keys")))
+        if idempotency.count >= limits.idempotencyKeysMax {
+            // Forget the oldest key early if it has been kept for at least the floor.
+            let keptSince = now.adding(microseconds: limits.idempotencyRetentionMicroseconds - limits.idempotencyMinimumRetentionMicroseconds)
+            guard idempotency.forgetOldest(ifExpiringBy: keptSince) else {
+                return .refused(Refusal(LedgerError(.limitReached, level: .ledger, subject: "idempotency keys")))
+            }
+            idempotencyKeysForgottenEarly += 1
         }
         let answer = execute(command, at: now)
         if answer.refusal?.error.isRemembered ?? true {

@@ -73,17 +73,28 @@ import TollgateLedgerTestSupport
         #expect(driver.balance(account: "acct").funds.pool == 80)
     }
 
-    @Test func aFullTableRefusesRatherThanForgetting() {
+    @Test func aFullTableForgetsTheOldestKeyOnlyPastTheFloor() {
         var limits = LedgerLimits()
         limits.idempotencyKeysMax = 20
+        limits.idempotencyMinimumRetentionMicroseconds = 10 * second
         var driver = makeDriver(limits: limits)
-        let used = driver.ledger.idempotencyKeyCount
         driver.grant(100)
-        for index in 0..<(20 - used - 1) { _ = driver.spend(1, key: "fill-\(index)") }
+        let used = driver.ledger.idempotencyKeyCount
+        for index in 0..<(20 - used) { _ = driver.spend(1, key: "fill-\(index)") }
+        // Full of keys younger than the floor: refused, and nothing is forgotten.
+        driver.advance(microseconds: 10 * second - 1)
         let refused = driver.spend(1, key: "one-too-many")
         #expect(refused.refusal?.error == LedgerError(.limitReached, level: .ledger, subject: "idempotency keys"))
-        // Known keys are still answered.
-        #expect(driver.spend(1, key: "fill-0").decision != nil)
+        #expect(driver.spend(1, key: "fill-0").decision != nil, "a retry of a known key is still answered")
+        #expect(driver.balance(account: "acct").funds.pool == 100 - (20 - used))
+        // At the floor the oldest key (from set-up) makes room; the newest keys are still known.
+        driver.advance(microseconds: 1)
+        #expect(driver.spend(1, key: "one-too-many").decision != nil)
+        #expect(driver.ledger.idempotencyKeysForgottenEarly == 1)
+        #expect(driver.ledger.idempotencyKeyCount == 20)
+        let before = driver.balance(account: "acct").funds.pool
+        _ = driver.spend(1, key: "fill-5")
+        #expect(driver.balance(account: "acct").funds.pool == before)
     }
 
     @Test func keysMustBeUsable() {
