@@ -222,8 +222,7 @@ extension Ledger {
         let period = accounts[Int(members[memberIndex].account)].period
         members[memberIndex].usage.roll(to: now, period: period)
         groups[Int(groupSlot)].usage.roll(to: now, period: period)
-        groups[Int(groupSlot)].usage.consumed += members[memberIndex].usage.consumed
-        groups[Int(groupSlot)].usage.held += members[memberIndex].usage.held
+        groups[Int(groupSlot)].usage.add(held: members[memberIndex].usage.held, consumed: members[memberIndex].usage.consumed)
         groups[Int(groupSlot)].memberCount += 1
         members[memberIndex].groups.append(groupSlot)
         return .done

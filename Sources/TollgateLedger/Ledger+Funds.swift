@@ -64,7 +64,7 @@ extension Ledger {
                 accounts[account].overdraftHeld += remaining
                 draws.append(Draw(grant: noSlot, amount: remaining))
             } else {
-                accounts[account].overdrawn += remaining
+                accounts[account].overdrawn = accounts[account].overdrawn.addingClamped(remaining)
             }
         }
         if spentSome {
@@ -120,7 +120,7 @@ extension Ledger {
                 remaining -= take
                 if slot == noSlot {
                     accounts[Int(hold.account)].overdraftHeld -= take
-                    accounts[Int(hold.account)].overdrawn += take
+                    accounts[Int(hold.account)].overdrawn = accounts[Int(hold.account)].overdrawn.addingClamped(take)
                 } else {
                     grants[Int(slot)].held -= take
                     grants[Int(slot)].consumed += take
@@ -183,22 +183,18 @@ extension Ledger {
         if chain.member != noSlot {
             let member = Int(chain.member)
             members[member].usage.roll(to: now, period: period)
-            members[member].usage.held += held
-            members[member].usage.consumed += consumed
+            members[member].usage.add(held: held, consumed: consumed)
             for group in members[member].groups {
                 groups[Int(group)].usage.roll(to: now, period: period)
-                groups[Int(group)].usage.held += held
-                groups[Int(group)].usage.consumed += consumed
+                groups[Int(group)].usage.add(held: held, consumed: consumed)
             }
         }
         accounts[account].usage.roll(to: now, period: period)
-        accounts[account].usage.held += held
-        accounts[account].usage.consumed += consumed
+        accounts[account].usage.add(held: held, consumed: consumed)
         if chain.parent != noSlot {
             let parent = Int(chain.parent)
             accounts[parent].usage.roll(to: now, period: accounts[parent].period)
-            accounts[parent].usage.held += held
-            accounts[parent].usage.consumed += consumed
+            accounts[parent].usage.add(held: held, consumed: consumed)
         }
     }
 

@@ -18,10 +18,10 @@ struct PricedRequest: Sendable {
 extension Headroom {
     func after(spending cost: Credits) -> Headroom {
         var result = self
-        result.member = member.map { $0 - cost }
-        result.group = group.map { $0 - cost }
-        result.account = account.map { $0 - cost }
-        result.parent = parent.map { $0 - cost }
+        result.member = member.map { $0.addingClamped(-cost) }
+        result.group = group.map { $0.addingClamped(-cost) }
+        result.account = account.map { $0.addingClamped(-cost) }
+        result.parent = parent.map { $0.addingClamped(-cost) }
         result.funds = funds - cost
         return result
     }
@@ -190,8 +190,8 @@ extension Ledger {
     /// with no funds behind it.
     func finishAllows(_ hold: HoldRecord, committing actual: Credits) -> Bool {
         guard case .finish(let percent) = accounts[Int(hold.account)].overage else { return false }
-        let beyondHold = hold.committed + actual - hold.original
-        return beyondHold * 100 <= hold.original * percent
+        let beyondHold = hold.committed.addingClamped(actual) - hold.original
+        return beyondHold <= hold.original * percent / 100
     }
 
     // MARK: - Resolving and pricing

@@ -20,9 +20,11 @@ public struct LedgerLimits: Hashable, Sendable {
     public var identifierBytesMax = 64
     public var idempotencyKeyBytesMax = 128
     public var quantityMax: Int64 = 1_000_000_000_000
-    /// The largest single amount: a grant, a cost, a cap, a rate, an overdraft limit.
-    /// With `grantsPerAccountMax` it keeps every sum far from `Int64.max`.
-    public var creditsMax: Credits = 100_000_000_000_000
+    /// The largest single amount: a grant, a cost, a cap, a rate, an overdraft limit. With
+    /// `grantsPerAccountMax` and `holdsMax` it keeps every balance and every held total far
+    /// below `Int64.max`; the counters that only grow (consumption in a period, what an
+    /// account has overdrawn) saturate instead of overflowing.
+    public var creditsMax: Credits = 1_000_000_000_000
     public var holdTTLMicrosecondsMax: Int64 = 7 * Microseconds.perDay
     public var finishPercentMax: Int64 = 1_000
     /// How long an idempotency key is remembered, and how many are remembered at once.

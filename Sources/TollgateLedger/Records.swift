@@ -21,7 +21,13 @@ struct UsageCounter: Hashable, Sendable {
     }
 
     func used(at now: Instant) -> Credits {
-        consumed(at: now) + held
+        consumed(at: now).addingClamped(held)
+    }
+
+    /// Consumption only grows within a period, so it saturates rather than overflow.
+    mutating func add(held heldDelta: Credits, consumed consumedDelta: Credits) {
+        held += heldDelta
+        consumed = consumed.addingClamped(consumedDelta)
     }
 
     mutating func roll(to now: Instant, period: BillingPeriod) {

@@ -58,6 +58,13 @@ public enum Microseconds {
 }
 
 extension Int64 {
+    /// Addition that stops at the ends of the range instead of trapping.
+    func addingClamped(_ other: Int64) -> Int64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        if overflow { return other > 0 ? Int64.max : Int64.min }
+        return sum
+    }
+
     func multipliedClamped(by other: Int64) -> Int64 {
         let (product, overflow) = multipliedReportingOverflow(by: other)
         if overflow { return (self < 0) != (other < 0) ? Int64.min : Int64.max }

@@ -20,7 +20,9 @@ import TollgateLedgerTestSupport
         #expect(driver.spend(0).errorCode == .amountOutOfRange)
         #expect(driver.spend(-5).errorCode == .amountOutOfRange)
         #expect(driver.spend(1_000_000_000_001).errorCode == .amountOutOfRange)
-        driver.setUp(.setRate(product: "dear", creditsPerUnit: 100_000_000_000_000, effectiveAt: driver.now))
+        driver.setUp(.setRate(product: "dear", creditsPerUnit: 1_000_000_000_000, effectiveAt: driver.now))
+        // Within Int64 but past the largest single amount.
+        #expect(driver.spend(2, product: "dear").errorCode == .amountOutOfRange)
         // rate × quantity overflows Int64: refused, not trapped.
         #expect(driver.spend(1_000_000, product: "dear").errorCode == .amountOutOfRange)
         #expect(driver.run(.setRate(product: "p", creditsPerUnit: -1, effectiveAt: driver.now)).errorCode == .amountOutOfRange)
