@@ -112,10 +112,12 @@ public struct ReleaseResult: Hashable, Sendable {
 public struct ExtendResult: Hashable, Sendable {
     public var hold: HoldID
     public var deadline: Instant
+    public var headroom: Headroom
 
-    public init(hold: HoldID, deadline: Instant) {
+    public init(hold: HoldID, deadline: Instant, headroom: Headroom) {
         self.hold = hold
         self.deadline = deadline
+        self.headroom = headroom
     }
 }
 

@@ -182,7 +182,7 @@ extension Ledger {
             let deadline = now.adding(microseconds: extend.ttlMicroseconds)
             holds[HoldKey(hold.id)]!.deadline = deadline
             schedule(.holdDeadline(hold.id), at: deadline)
-            return .extended(ExtendResult(hold: hold.id, deadline: deadline))
+            return .extended(ExtendResult(hold: hold.id, deadline: deadline, headroom: headroom(chain(of: hold), at: now)))
         }
     }
 

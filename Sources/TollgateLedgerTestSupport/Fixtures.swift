@@ -16,7 +16,7 @@ public enum Fixtures {
     /// The Team plan from the seeds: account `acme` with four seats (`ana`, `ben`, `cy`,
     /// `dee`) and 4 × 100 = 400 pooled credits for the month; AI Assistant 12 credits, AI
     /// Preview 5, AI Summary 7; and a 1,000-credit top-up at priority 100 that expires in a
-    /// year, so it is drawn only after the included credits. Returns the top-up's grant id.
+    /// year, so it is drawn only after the included credits. Returns the ids of both grants.
     @discardableResult
     public static func seedsExample(_ driver: inout LedgerDriver, topUp: Bool = true) -> (included: GrantID, topUp: GrantID?) {
         let now = driver.now

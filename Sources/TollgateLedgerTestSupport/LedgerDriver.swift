@@ -34,7 +34,7 @@ public struct LedgerDriver: Sendable {
     }
 
     /// Runs an admin command that must succeed.
-    public mutating func setUp(_ command: Command, sourceLocation: String = #function) {
+    public mutating func setUp(_ command: Command) {
         let answer = run(command)
         precondition(!answer.isRefused, "set-up command \(command) was refused: \(answer)")
     }

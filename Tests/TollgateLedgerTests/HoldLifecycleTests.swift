@@ -89,7 +89,9 @@ import TollgateLedgerTestSupport
         let hold = try #require(driver.reserve(30, ttl: 10 * second).decision?.hold)
         driver.advance(microseconds: 8 * second)
         let extended = driver.run(.extend(Extend(HoldReference(account: "acct", hold: hold), ttlMicroseconds: 10 * second)))
-        #expect(extended == .extended(ExtendResult(hold: hold, deadline: driver.now.adding(microseconds: 10 * second))))
+        guard case .extended(let result) = extended else { Issue.record("extend refused: \(extended)"); return }
+        #expect(result.hold == hold && result.deadline == driver.now.adding(microseconds: 10 * second))
+        #expect(result.headroom.funds == 70)
         driver.advance(microseconds: 9 * second)
         #expect(driver.ledger.hold(hold) != nil, "past the first deadline, the extended hold is still open")
         #expect(driver.commit(hold, .credits(5), final: false).committed != nil)
