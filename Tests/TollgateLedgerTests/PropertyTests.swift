@@ -8,8 +8,8 @@ import TollgateLedgerTestSupport
 /// prints the seed and the steps that led to it. `TOLLGATE_PROPERTY_SEEDS=N` runs more seeds
 /// and `TOLLGATE_PROPERTY_STEPS=N` longer runs.
 @Suite struct PropertyTests {
-    static let seedCount = Int(environment("TOLLGATE_PROPERTY_SEEDS") ?? "") ?? 48
-    static let stepCount = Int(environment("TOLLGATE_PROPERTY_STEPS") ?? "") ?? 600
+    static let seedCount = Int(environment("TOLLGATE_PROPERTY_SEEDS") ?? "") ?? 64
+    static let stepCount = Int(environment("TOLLGATE_PROPERTY_STEPS") ?? "") ?? 1_000
 
     @Test(arguments: 0..<seedCount)
     func randomInterleavingsKeepEveryInvariant(seed: Int) {
