@@ -17,13 +17,16 @@ enum FastHash {
         return product.high ^ product.low
     }
 
-    static func hash(_ string: String) -> UInt64 {
-        if let value = string.utf8.withContiguousStorageIfAvailable({ hash($0) }) { return value }
+    /// A second, independent seed, for 128-bit digests.
+    static let secondSeed: UInt64 = mix(seed ^ 0x2D35_8DCC_AA6C_78A5, 0x8BB8_4B93_962E_ACC9) | 1
+
+    static func hash(_ string: String, seed: UInt64 = FastHash.seed) -> UInt64 {
+        if let value = string.utf8.withContiguousStorageIfAvailable({ hash($0, seed: seed) }) { return value }
         var copy = string
-        return copy.withUTF8 { bytes in hash(bytes) }
+        return copy.withUTF8 { bytes in hash(bytes, seed: seed) }
     }
 
-    static func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
+    static func hash(_ bytes: UnsafeBufferPointer<UInt8>, seed: UInt64 = FastHash.seed) -> UInt64 {
         var state = seed ^ UInt64(bytes.count) &* 0x9E37_79B9_7F4A_7C15
         guard let base = bytes.baseAddress else { return mix(state, 0xA076_1D64_78BD_642F) }
         let raw = UnsafeRawPointer(base)
@@ -44,6 +47,31 @@ enum FastHash {
             state = mix(state ^ tail, 0xE703_7ED1_A0B4_28DB)
         }
         return mix(state, 0x8EBC_6AF0_9C88_C6E3)
+    }
+}
+
+/// Feeds values one at a time into a 64-bit hash, for fingerprints of whole commands.
+struct FastHasher {
+    private(set) var state: UInt64
+
+    init(tag: UInt64) {
+        state = FastHash.mix(FastHash.seed ^ tag, 0x9E37_79B9_7F4A_7C15)
+    }
+
+    mutating func add(_ value: UInt64) {
+        state = FastHash.mix(state ^ value, 0xA076_1D64_78BD_642F)
+    }
+
+    mutating func add(_ value: Int64) {
+        add(UInt64(bitPattern: value))
+    }
+
+    mutating func add(_ string: String) {
+        add(FastHash.hash(string))
+    }
+
+    mutating func add(_ string: String?) {
+        if let string { add(1 as UInt64); add(string) } else { add(0 as UInt64) }
     }
 }
 

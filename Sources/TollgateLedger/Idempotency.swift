@@ -1,30 +1,29 @@
 import DequeModule
 
-/// Remembers, per (account, key), the command and the answer it got, for a retention period.
+/// Remembers, per (account, key), a fingerprint of the command and the answer it got, for a
+/// retention period.
 ///
-/// Entries sit in a ring in the order they were stored, which is also the order they expire in
-/// (retention is one fixed span and time only moves forward); the hash index maps a key to its
-/// position in the ring. The index stays small and hot; the large entries are written once at
-/// the tail and read back only on a retry, and forgotten from the head.
+/// Built for the hot path and for millions of keys. A key is kept as a 128-bit digest of
+/// (account, key), not as strings; the command as a 64-bit fingerprint, not as a value. Both
+/// hashes are seeded per process, so they cannot be aimed at ahead of time, and the table is
+/// rebuilt by replay in each process. Entries sit in rings in the order they were stored —
+/// also the order they expire in, since retention is one fixed span and time only moves
+/// forward — and an open-addressing index of 16-byte slots maps a digest to its position.
 struct IdempotencyTable: Hashable, Sendable {
-    struct Key: PrehashedKey, Sendable {
-        let scope: String
-        let key: String
-        let hash: UInt64
+    struct Key: Hashable, Sendable {
+        let low: UInt64
+        let high: UInt64
 
         init(scope: String, key: String) {
-            self.scope = scope
-            self.key = key
-            self.hash = FastHash.mix(FastHash.hash(scope) ^ 0x5851_F42D_4C95_7F2D, FastHash.hash(key) | 1)
-        }
-
-        static func == (lhs: Key, rhs: Key) -> Bool {
-            lhs.hash == rhs.hash && lhs.key == rhs.key && lhs.scope == rhs.scope
+            low = FastHash.mix(FastHash.hash(scope) ^ 0x5851_F42D_4C95_7F2D, FastHash.hash(key) | 1)
+            high = FastHash.mix(
+                FastHash.hash(scope, seed: FastHash.secondSeed) ^ 0x1405_7B7E_F767_814F,
+                FastHash.hash(key, seed: FastHash.secondSeed) | 1)
         }
     }
 
-    struct Entry: Hashable, Sendable {
-        var command: Command
+    struct Stored: Hashable, Sendable {
+        var fingerprint: UInt64
         var answer: Answer
     }
 
@@ -33,37 +32,44 @@ struct IdempotencyTable: Hashable, Sendable {
         var at: Instant
     }
 
+    /// An index slot: the digest's low half and the entry's position plus one (zero = empty).
+    struct Slot: Hashable, Sendable {
+        var tag: UInt64 = 0
+        var positionPlusOne: UInt64 = 0
+    }
+
     enum Lookup {
         case new
         case replay(Answer)
         case conflict
     }
 
-    private var positions: [Key: UInt64] = [:]
-    /// The large entries, written at the tail and dropped from the head, never copied in between.
-    private var entries: Deque<Entry> = []
-    /// The same order, small: what the head-of-line check reads on every operation.
+    private var slots = [Slot](repeating: Slot(), count: 64)
+    private var answers: Deque<Stored> = []
     private var expiries: Deque<Expiry> = []
-    /// The absolute position of `entries.first`.
+    /// The absolute position of the first entry in the rings.
     private var firstPosition: UInt64 = 0
 
     var count: Int { expiries.count }
 
     mutating func reserveCapacity(_ count: Int) {
-        positions.reserveCapacity(count)
-        entries.reserveCapacity(count)
+        answers.reserveCapacity(count)
         expiries.reserveCapacity(count)
+        while slots.count < 2 * count { grow() }
     }
 
-    func lookup(_ key: Key, command: Command) -> Lookup {
-        guard let position = positions[key] else { return .new }
-        let index = Int(position - firstPosition)
-        return entries[index].command == command ? .replay(entries[index].answer) : .conflict
+    func lookup(_ key: Key, fingerprint: UInt64) -> Lookup {
+        guard let slot = find(key) else { return .new }
+        let index = Int(slots[slot].positionPlusOne - 1 - firstPosition)
+        return answers[index].fingerprint == fingerprint ? .replay(answers[index].answer) : .conflict
     }
 
-    mutating func remember(_ key: Key, command: Command, answer: Answer, until expiry: Instant) {
-        positions[key] = firstPosition + UInt64(expiries.count)
-        entries.append(Entry(command: command, answer: answer))
+    /// Stores an answer for a key that `lookup` reported as new.
+    mutating func remember(_ key: Key, fingerprint: UInt64, answer: Answer, until expiry: Instant) {
+        if 2 * (expiries.count + 1) > slots.count { grow() }
+        let position = firstPosition + UInt64(expiries.count)
+        insert(Slot(tag: key.low, positionPlusOne: position + 1))
+        answers.append(Stored(fingerprint: fingerprint, answer: answer))
         expiries.append(Expiry(key: key, at: expiry))
     }
 
@@ -80,11 +86,122 @@ struct IdempotencyTable: Hashable, Sendable {
         return true
     }
 
+    // MARK: - The index
+
+    private var mask: Int { slots.count - 1 }
+
+    private func ideal(_ tag: UInt64) -> Int {
+        Int(truncatingIfNeeded: tag) & mask
+    }
+
+    private func find(_ key: Key) -> Int? {
+        var index = ideal(key.low)
+        while slots[index].positionPlusOne != 0 {
+            if slots[index].tag == key.low {
+                let position = Int(slots[index].positionPlusOne - 1 - firstPosition)
+                if expiries[position].key.high == key.high { return index }
+            }
+            index = (index + 1) & mask
+        }
+        return nil
+    }
+
+    private mutating func insert(_ slot: Slot) {
+        var index = ideal(slot.tag)
+        while slots[index].positionPlusOne != 0 { index = (index + 1) & mask }
+        slots[index] = slot
+    }
+
     private mutating func forgetFirst(_ key: Key) {
-        positions.removeValue(forKey: key)
+        // The oldest entry's slot is the one in its probe chain holding its position.
+        var index = ideal(key.low)
+        while slots[index].positionPlusOne != firstPosition + 1 {
+            precondition(slots[index].positionPlusOne != 0, "the oldest idempotency entry is missing from the index")
+            index = (index + 1) & mask
+        }
+        removeSlot(at: index)
+        answers.removeFirst(1)
         expiries.removeFirst(1)
-        entries.removeFirst(1)
         firstPosition += 1
+    }
+
+    /// Linear-probing deletion without tombstones: later entries of the same run move back
+    /// into the hole unless their ideal slot lies after it.
+    private mutating func removeSlot(at start: Int) {
+        var hole = start
+        var index = (start + 1) & mask
+        while slots[index].positionPlusOne != 0 {
+            let home = ideal(slots[index].tag)
+            let homeIsAfterHole = hole <= index ? (home > hole && home <= index) : (home > hole || home <= index)
+            if !homeIsAfterHole {
+                slots[hole] = slots[index]
+                hole = index
+            }
+            index = (index + 1) & mask
+        }
+        slots[hole] = Slot()
+    }
+
+    private mutating func grow() {
+        let old = slots
+        slots = [Slot](repeating: Slot(), count: old.count * 2)
+        for slot in old where slot.positionPlusOne != 0 { insert(slot) }
+    }
+}
+
+extension Command {
+    /// A 64-bit fingerprint of every field, so a retry can be told from a different request
+    /// under the same key without keeping the request. The gate commands, which are most of
+    /// the traffic, are hashed field by field; admin commands use the standard hasher.
+    var fingerprint: UInt64 {
+        switch self {
+        case .reserve(let reserve):
+            var hasher = FastHasher(tag: 1)
+            hasher.add(reserve.request)
+            hasher.add(reserve.ttlMicroseconds)
+            return hasher.state
+        case .spend(let spend):
+            var hasher = FastHasher(tag: 2)
+            hasher.add(spend.request)
+            return hasher.state
+        case .commit(let commit):
+            var hasher = FastHasher(tag: 3)
+            hasher.add(commit.hold)
+            switch commit.amount {
+            case .held: hasher.add(0 as UInt64)
+            case .quantity(let quantity): hasher.add(1 as UInt64); hasher.add(quantity)
+            case .credits(let credits): hasher.add(2 as UInt64); hasher.add(credits)
+            }
+            hasher.add(commit.isFinal ? 1 as UInt64 : 0)
+            return hasher.state
+        case .release(let reference):
+            var hasher = FastHasher(tag: 4)
+            hasher.add(reference)
+            return hasher.state
+        case .extend(let extend):
+            var hasher = FastHasher(tag: 5)
+            hasher.add(extend.hold)
+            hasher.add(extend.ttlMicroseconds)
+            return hasher.state
+        default:
+            var hasher = FastHasher(tag: 6)
+            hasher.add(UInt64(bitPattern: Int64(hashValue)))
+            return hasher.state
+        }
+    }
+}
+
+extension FastHasher {
+    mutating func add(_ request: DecisionRequest) {
+        add(request.account)
+        add(request.member)
+        add(request.product)
+        add(request.quantity)
+    }
+
+    mutating func add(_ reference: HoldReference) {
+        add(reference.account)
+        add(reference.hold)
     }
 }
 

@@ -65,7 +65,8 @@ public struct Ledger: Hashable, Sendable {
         let now = advance(to: instant)
         if let error = validateKey(key) { return .refused(Refusal(error)) }
         let scopedKey = IdempotencyTable.Key(scope: command.account, key: key)
-        switch idempotency.lookup(scopedKey, command: command) {
+        let fingerprint = command.fingerprint
+        switch idempotency.lookup(scopedKey, fingerprint: fingerprint) {
         case .replay(let answer): return answer
         case .conflict: return .refused(Refusal(LedgerError(.idempotencyConflict, level: .request, subject: key)))
         case .new: break
@@ -81,7 +82,7 @@ public struct Ledger: Hashable, Sendable {
         let answer = execute(command, at: now)
         if answer.refusal?.error.isRemembered ?? true {
             idempotency.remember(
-                scopedKey, command: command, answer: answer,
+                scopedKey, fingerprint: fingerprint, answer: answer,
                 until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
         }
         return answer

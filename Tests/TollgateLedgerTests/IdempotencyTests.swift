@@ -103,4 +103,46 @@ import TollgateLedgerTestSupport
         #expect(driver.spend(1, key: "").errorCode == .invalidArgument)
         #expect(driver.spend(1, key: String(repeating: "x", count: 129)).errorCode == .invalidArgument)
     }
+
+    @Test func theIndexRemembersExactlyTheKeysWithinRetentionUnderChurn() throws {
+        var limits = LedgerLimits()
+        limits.idempotencyRetentionMicroseconds = 1_000
+        var driver = makeDriver(limits: limits)
+        driver.grant(1_000_000_000)
+        var rng = SeededGenerator(seed: 42)
+        var spentAt: [Instant] = []
+        var usedOwnKey: [Bool] = []
+        var charged: Credits = 0
+        for index in 0..<30_000 {
+            // Mostly new keys; now and then a retry of a key from the last 2,000 microseconds.
+            let back = Int.random(in: 1...max(1, min(index - 1, 2_000)), using: &rng)
+            if index > 10, Int.random(in: 0..<4, using: &rng) == 0, usedOwnKey[index - back] {
+                let original = index - back
+                let stillKnown = driver.ledger.decisionInstant(for: driver.now) < spentAt[original].adding(microseconds: 1_000)
+                let before = driver.ledger.creditTotals().consumed
+                _ = driver.spend(Int64(original % 7 + 1), key: "key-\(original)")
+                let after = driver.ledger.creditTotals().consumed
+                if stillKnown {
+                    #expect(after == before, "key-\(original) was charged again within retention")
+                } else {
+                    #expect(after == before + Int64(original % 7 + 1), "key-\(original) was remembered past retention")
+                    charged += Int64(original % 7 + 1)
+                    // Executed anew, so remembered anew from now.
+                    spentAt[original] = driver.ledger.clock
+                }
+                spentAt.append(driver.now)
+                usedOwnKey.append(false)
+                _ = driver.spend(1, key: "filler-\(index)")
+                charged += 1
+            } else {
+                spentAt.append(driver.ledger.decisionInstant(for: driver.now))
+                usedOwnKey.append(true)
+                _ = try #require(driver.spend(Int64(index % 7 + 1), key: "key-\(index)").decision)
+                charged += Int64(index % 7 + 1)
+            }
+            driver.advance(microseconds: Int64.random(in: 0...2, using: &rng))
+        }
+        #expect(driver.ledger.creditTotals().consumed == charged)
+        #expect(driver.ledger.idempotencyKeyCount < 3_000)
+    }
 }
