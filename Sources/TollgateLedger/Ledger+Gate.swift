@@ -119,7 +119,7 @@ extension Ledger {
             actual = hold.held
         case .quantity(let quantity):
             guard quantity >= 0, quantity <= limits.quantityMax else {
-                return .refused(Refusal(invalidQuantity()))
+                return .refused(Refusal(invalidQuantity(allowZero: true)))
             }
             let (credits, overflow) = hold.creditsPerUnit.multipliedReportingOverflow(by: quantity)
             guard !overflow, credits <= limits.creditsMax else { return .refused(Refusal(costOutOfRange())) }
@@ -146,7 +146,7 @@ extension Ledger {
             _ = drawFunds(chain, excess, holding: false)
             addUsage(chain, held: -held, consumed: actual, at: now)
         }
-        hold.committed += actual
+        hold.committed = hold.committed.addingClamped(actual)
         precondition(hold.held >= 0 && hold.held == hold.draws.total, "a hold's draws must add up to what it holds")
 
         let returned = commit.isFinal ? hold.held : 0
@@ -307,8 +307,8 @@ extension Ledger {
         return nil
     }
 
-    func invalidQuantity() -> LedgerError {
-        LedgerError(.amountOutOfRange, level: .request, subject: "quantity must be 1 to \(limits.quantityMax)")
+    func invalidQuantity(allowZero: Bool = false) -> LedgerError {
+        LedgerError(.amountOutOfRange, level: .request, subject: "quantity must be \(allowZero ? 0 : 1) to \(limits.quantityMax)")
     }
 
     func invalidTTL() -> LedgerError {
