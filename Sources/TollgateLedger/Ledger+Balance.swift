@@ -14,6 +14,22 @@ public struct Balance: Hashable, Sendable {
     /// The grants this account (or member) can draw on now, in draw order.
     public var grants: [GrantView]
     public var openHolds: Int
+
+    public init(
+        account: String, member: String?, at: Instant, periodStart: Instant, periodEnd: Instant, headroom: Headroom,
+        levels: [LevelUsage], funds: Funds, grants: [GrantView], openHolds: Int
+    ) {
+        self.account = account
+        self.member = member
+        self.at = at
+        self.periodStart = periodStart
+        self.periodEnd = periodEnd
+        self.headroom = headroom
+        self.levels = levels
+        self.funds = funds
+        self.grants = grants
+        self.openHolds = openHolds
+    }
 }
 
 public struct LevelUsage: Hashable, Sendable {
@@ -23,6 +39,15 @@ public struct LevelUsage: Hashable, Sendable {
     public var consumed: Credits
     public var held: Credits
     public var headroom: Credits?
+
+    public init(level: LedgerError.Level, subject: String, limit: Credits?, consumed: Credits, held: Credits, headroom: Credits?) {
+        self.level = level
+        self.subject = subject
+        self.limit = limit
+        self.consumed = consumed
+        self.held = held
+        self.headroom = headroom
+    }
 }
 
 public struct Funds: Hashable, Sendable {
@@ -38,12 +63,21 @@ public struct Funds: Hashable, Sendable {
     /// Held beyond the grants under an overdraft policy.
     public var overdraftHeld: Credits
 
+    public init(member: Credits, pool: Credits, parentPool: Credits, overage: OveragePolicy, overdrawn: Credits, overdraftHeld: Credits) {
+        self.member = member
+        self.pool = pool
+        self.parentPool = parentPool
+        self.overage = overage
+        self.overdrawn = overdrawn
+        self.overdraftHeld = overdraftHeld
+    }
+
     /// What the grants hold minus what is owed: negative once the account is overdrawn.
     public var balance: Credits { member + pool + parentPool - overdrawn - overdraftHeld }
 }
 
 public struct GrantView: Hashable, Sendable {
-    public enum State: UInt8, Hashable, Sendable {
+    public enum State: UInt8, Hashable, Sendable, CaseIterable {
         case pending, active, expired, voided
     }
 
@@ -61,6 +95,27 @@ public struct GrantView: Hashable, Sendable {
     public var expiresAt: Instant
     public var source: GrantSource
     public var state: State
+
+    public init(
+        id: GrantID, account: String, scope: GrantScope, amount: Credits, available: Credits, held: Credits,
+        consumed: Credits, expired: Credits, voided: Credits, priority: Int32, effectiveAt: Instant, expiresAt: Instant,
+        source: GrantSource, state: State
+    ) {
+        self.id = id
+        self.account = account
+        self.scope = scope
+        self.amount = amount
+        self.available = available
+        self.held = held
+        self.consumed = consumed
+        self.expired = expired
+        self.voided = voided
+        self.priority = priority
+        self.effectiveAt = effectiveAt
+        self.expiresAt = expiresAt
+        self.source = source
+        self.state = state
+    }
 }
 
 extension Ledger {

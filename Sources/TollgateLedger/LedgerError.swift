@@ -36,6 +36,33 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
         case amountOutOfRange = 20
         case grantNotLive = 21
 
+        /// The status name of proto/PROTOCOL.md §7.1, for logs, metrics labels and `--json`.
+        public var identifier: String {
+            switch self {
+            case .insufficientFunds: "insufficientFunds"
+            case .memberCap: "memberCap"
+            case .groupCap: "groupCap"
+            case .accountCap: "accountCap"
+            case .parentCap: "parentCap"
+            case .unknownProduct: "unknownProduct"
+            case .unknownAccount: "unknownAccount"
+            case .unknownMember: "unknownMember"
+            case .unknownGroup: "unknownGroup"
+            case .unknownHold: "unknownHold"
+            case .unknownGrant: "unknownGrant"
+            case .holdExpired: "holdExpired"
+            case .holdCommitted: "holdCommitted"
+            case .holdReleased: "holdReleased"
+            case .idempotencyConflict: "idempotencyConflict"
+            case .limitReached: "limitReached"
+            case .invalidArgument: "invalidArgument"
+            case .alreadyExists: "alreadyExists"
+            case .inUse: "inUse"
+            case .amountOutOfRange: "amountOutOfRange"
+            case .grantNotLive: "grantNotLive"
+            }
+        }
+
         public var name: String {
             switch self {
             case .insufficientFunds: "insufficient funds"

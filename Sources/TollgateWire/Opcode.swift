@@ -1,0 +1,80 @@
+/// The opcodes of proto/PROTOCOL.md §5. A response carries its request's opcode.
+public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
+    /// Opens a connection and agrees on a version.
+    case hello = 0x01
+    /// Answered with an empty body; for liveness and latency.
+    case ping = 0x02
+    /// Sent only by the server, when no single request can be named.
+    case error = 0x03
+
+    // Gate operations.
+    case check = 0x10
+    case reserve = 0x11
+    case commit = 0x12
+    case release = 0x13
+    case extend = 0x14
+    case spend = 0x15
+    case balance = 0x16
+    /// Many gate operations in one frame.
+    case batch = 0x17
+
+    // Admin operations.
+    case createAccount = 0x20
+    case setParent = 0x21
+    case setOverage = 0x22
+    case setPeriod = 0x23
+    case setAccountCap = 0x24
+    case addMember = 0x25
+    case removeMember = 0x26
+    case setMemberCap = 0x27
+    case createGroup = 0x28
+    case deleteGroup = 0x29
+    case setGroupCap = 0x2A
+    case addToGroup = 0x2B
+    case removeFromGroup = 0x2C
+    case addGrant = 0x2D
+    case voidGrant = 0x2E
+    case setRate = 0x2F
+    case setAccountRate = 0x30
+
+    public var name: String {
+        switch self {
+        case .hello: "HELLO"
+        case .ping: "PING"
+        case .error: "ERROR"
+        case .check: "CHECK"
+        case .reserve: "RESERVE"
+        case .commit: "COMMIT"
+        case .release: "RELEASE"
+        case .extend: "EXTEND"
+        case .spend: "SPEND"
+        case .balance: "BALANCE"
+        case .batch: "BATCH"
+        case .createAccount: "CREATE_ACCOUNT"
+        case .setParent: "SET_PARENT"
+        case .setOverage: "SET_OVERAGE"
+        case .setPeriod: "SET_PERIOD"
+        case .setAccountCap: "SET_ACCOUNT_CAP"
+        case .addMember: "ADD_MEMBER"
+        case .removeMember: "REMOVE_MEMBER"
+        case .setMemberCap: "SET_MEMBER_CAP"
+        case .createGroup: "CREATE_GROUP"
+        case .deleteGroup: "DELETE_GROUP"
+        case .setGroupCap: "SET_GROUP_CAP"
+        case .addToGroup: "ADD_TO_GROUP"
+        case .removeFromGroup: "REMOVE_FROM_GROUP"
+        case .addGrant: "ADD_GRANT"
+        case .voidGrant: "VOID_GRANT"
+        case .setRate: "SET_RATE"
+        case .setAccountRate: "SET_ACCOUNT_RATE"
+        }
+    }
+
+    /// The operations a BATCH may carry.
+    public var isBatchable: Bool {
+        switch self {
+        case .check, .reserve, .commit, .release, .extend, .spend: true
+        default: false
+        }
+    }
+}

@@ -1,0 +1,430 @@
+import NIOCore
+import TollgateLedger
+
+/// The HELLO request body (§4).
+public struct Hello: Hashable, Sendable {
+    public var minVersion: UInt8
+    public var maxVersion: UInt8
+    public var clientName: String
+    /// Empty for none.
+    public var token: String
+
+    public init(minVersion: UInt8 = 1, maxVersion: UInt8 = 1, clientName: String, token: String = "") {
+        self.minVersion = minVersion
+        self.maxVersion = maxVersion
+        self.clientName = clientName
+        self.token = token
+    }
+}
+
+/// Bounds the decoder applies beyond the frame size.
+public struct WireLimits: Hashable, Sendable {
+    public var maxBatchItems: Int
+
+    public init(maxBatchItems: Int = 1_024) {
+        self.maxBatchItems = maxBatchItems
+    }
+}
+
+/// Everything a client can ask, as one value per request frame.
+public enum WireRequest: Hashable, Sendable {
+    case hello(Hello)
+    case ping
+    case check(DecisionRequest)
+    case balance(account: String, member: String?)
+    /// Every mutating operation, gate or admin, with its idempotency key.
+    case command(Command, key: String)
+    /// Items are `.check` or gate `.command`s.
+    case batch([WireRequest])
+
+    public var opcode: Opcode {
+        switch self {
+        case .hello: .hello
+        case .ping: .ping
+        case .check: .check
+        case .balance: .balance
+        case .batch: .batch
+        case .command(let command, _): command.opcode
+        }
+    }
+
+    public func frame(requestID: UInt32) -> Frame {
+        var body = ByteBuffer()
+        encodeBody(into: &body)
+        return Frame(opcode: opcode.rawValue, isResponse: false, requestID: requestID, body: body)
+    }
+
+    public func encodeBody(into buffer: inout ByteBuffer) {
+        switch self {
+        case .hello(let hello):
+            buffer.writeInteger(hello.minVersion)
+            buffer.writeInteger(hello.maxVersion)
+            buffer.writeWireString(hello.clientName)
+            buffer.writeWireString(hello.token)
+        case .ping:
+            break
+        case .check(let request):
+            buffer.writeDecisionRequest(request)
+        case .balance(let account, let member):
+            buffer.writeWireString(account)
+            buffer.writeOptionalString(member)
+        case .command(let command, let key):
+            buffer.writeWireString(key)
+            buffer.writeCommandFields(command)
+        case .batch(let items):
+            buffer.writeInteger(UInt16(items.count))
+            for item in items {
+                buffer.writeInteger(item.opcode.rawValue)
+                let lengthIndex = buffer.writerIndex
+                buffer.writeInteger(UInt32(0))
+                let start = buffer.writerIndex
+                item.encodeBody(into: &buffer)
+                // Back-patch the item's length now that it is known.
+                buffer.setInteger(UInt32(buffer.writerIndex - start), at: lengthIndex)
+            }
+        }
+    }
+
+    /// Decodes a request body. The body must be consumed exactly.
+    public static func decode(opcode rawOpcode: UInt8, body: ByteBuffer, limits: WireLimits = WireLimits()) throws(WireError) -> WireRequest {
+        guard let opcode = Opcode(rawValue: rawOpcode), opcode != .error else {
+            throw WireError(.unknownOpcode, "opcode 0x\(String(rawOpcode, radix: 16)) is not a request")
+        }
+        var reader = BodyReader(body)
+        let request = try decodeFields(opcode, &reader, limits: limits)
+        try reader.finish()
+        return request
+    }
+
+    static func decodeFields(_ opcode: Opcode, _ reader: inout BodyReader, limits: WireLimits) throws(WireError) -> WireRequest {
+        switch opcode {
+        case .hello:
+            return .hello(
+                Hello(
+                    minVersion: try reader.u8("minVersion"), maxVersion: try reader.u8("maxVersion"),
+                    clientName: try reader.string("clientName"), token: try reader.string("token")))
+        case .ping:
+            return .ping
+        case .error:
+            throw WireError(.unknownOpcode, "ERROR frames are sent only by the server")
+        case .check:
+            return .check(try reader.decisionRequest())
+        case .balance:
+            return .balance(account: try reader.string("account"), member: try reader.optionalString("member"))
+        case .batch:
+            let count = Int(try reader.u16("count"))
+            guard count >= 1, count <= limits.maxBatchItems else {
+                throw WireError(.malformedFrame, "a batch carries 1 to \(limits.maxBatchItems) items, not \(count)")
+            }
+            var items: [WireRequest] = []
+            items.reserveCapacity(count)
+            for index in 0..<count {
+                let raw = try reader.u8("item \(index) opcode")
+                guard let itemOpcode = Opcode(rawValue: raw), itemOpcode.isBatchable else {
+                    throw WireError(.malformedFrame, "item \(index): opcode 0x\(String(raw, radix: 16)) cannot be batched")
+                }
+                let length = Int(try reader.u32("item \(index) length"))
+                var itemReader = BodyReader(try reader.slice("item \(index) body", length: length))
+                items.append(try decodeFields(itemOpcode, &itemReader, limits: limits))
+                do {
+                    try itemReader.finish()
+                } catch {
+                    throw WireError(.malformedFrame, "item \(index): \(error.message)")
+                }
+            }
+            return .batch(items)
+        default:
+            let key = try reader.string("key")
+            return .command(try reader.commandFields(opcode), key: key)
+        }
+    }
+}
+
+extension Command {
+    public var opcode: Opcode {
+        switch self {
+        case .reserve: .reserve
+        case .spend: .spend
+        case .commit: .commit
+        case .release: .release
+        case .extend: .extend
+        case .createAccount: .createAccount
+        case .setParent: .setParent
+        case .setOverage: .setOverage
+        case .setPeriod: .setPeriod
+        case .setAccountCap: .setAccountCap
+        case .addMember: .addMember
+        case .removeMember: .removeMember
+        case .setMemberCap: .setMemberCap
+        case .createGroup: .createGroup
+        case .deleteGroup: .deleteGroup
+        case .setGroupCap: .setGroupCap
+        case .addToGroup: .addToGroup
+        case .removeFromGroup: .removeFromGroup
+        case .addGrant: .addGrant
+        case .voidGrant: .voidGrant
+        case .setRate: .setRate
+        case .setAccountRate: .setAccountRate
+        }
+    }
+}
+
+// MARK: - Field encodings (§3)
+
+extension ByteBuffer {
+    mutating func writeDecisionRequest(_ request: DecisionRequest) {
+        writeWireString(request.account)
+        writeOptionalString(request.member)
+        writeWireString(request.product)
+        writeInteger(request.quantity)
+    }
+
+    mutating func writeHoldReference(_ reference: HoldReference) {
+        writeWireString(reference.account)
+        writeInteger(reference.hold)
+    }
+
+    mutating func writeOverage(_ policy: OveragePolicy) {
+        switch policy {
+        case .deny:
+            writeInteger(UInt8(0))
+            writeInteger(Int64(0))
+        case .overdraft(let limit):
+            writeInteger(UInt8(1))
+            writeInteger(limit)
+        case .finish(let percent):
+            writeInteger(UInt8(2))
+            writeInteger(percent)
+        }
+    }
+
+    mutating func writePeriod(_ period: BillingPeriod) {
+        switch period {
+        case .monthly(let anchor):
+            writeInteger(UInt8(0))
+            writeInstant(anchor)
+            writeInteger(Int64(0))
+        case .fixed(let anchor, let length):
+            writeInteger(UInt8(1))
+            writeInstant(anchor)
+            writeInteger(length)
+        }
+    }
+
+    mutating func writeScope(_ scope: GrantScope) {
+        switch scope {
+        case .pool:
+            writeInteger(UInt8(0))
+        case .member(let member):
+            writeInteger(UInt8(1))
+            writeWireString(member)
+        }
+    }
+
+    mutating func writeCommandFields(_ command: Command) {
+        switch command {
+        case .reserve(let reserve):
+            writeDecisionRequest(reserve.request)
+            writeInteger(reserve.ttlMicroseconds)
+        case .spend(let spend):
+            writeDecisionRequest(spend.request)
+        case .commit(let commit):
+            writeHoldReference(commit.hold)
+            switch commit.amount {
+            case .held:
+                writeInteger(UInt8(0))
+                writeInteger(Int64(0))
+            case .quantity(let quantity):
+                writeInteger(UInt8(1))
+                writeInteger(quantity)
+            case .credits(let credits):
+                writeInteger(UInt8(2))
+                writeInteger(credits)
+            }
+            writeBool(commit.isFinal)
+        case .release(let reference):
+            writeHoldReference(reference)
+        case .extend(let extend):
+            writeHoldReference(extend.hold)
+            writeInteger(extend.ttlMicroseconds)
+        case .createAccount(let create):
+            writeWireString(create.account)
+            writeOptionalString(create.parent)
+            writeOverage(create.overage)
+            if let period = create.period {
+                writeInteger(UInt8(1))
+                writePeriod(period)
+            } else {
+                writeInteger(UInt8(0))
+            }
+        case .setParent(let account, let parent):
+            writeWireString(account)
+            writeOptionalString(parent)
+        case .setOverage(let account, let policy):
+            writeWireString(account)
+            writeOverage(policy)
+        case .setPeriod(let account, let period):
+            writeWireString(account)
+            writePeriod(period)
+        case .setAccountCap(let account, let limit):
+            writeWireString(account)
+            writeOptionalInteger(limit)
+        case .addMember(let account, let member), .removeMember(let account, let member):
+            writeWireString(account)
+            writeWireString(member)
+        case .setMemberCap(let account, let member, let limit):
+            writeWireString(account)
+            writeWireString(member)
+            writeOptionalInteger(limit)
+        case .createGroup(let account, let group), .deleteGroup(let account, let group):
+            writeWireString(account)
+            writeWireString(group)
+        case .setGroupCap(let account, let group, let limit):
+            writeWireString(account)
+            writeWireString(group)
+            writeOptionalInteger(limit)
+        case .addToGroup(let account, let group, let member), .removeFromGroup(let account, let group, let member):
+            writeWireString(account)
+            writeWireString(group)
+            writeWireString(member)
+        case .addGrant(let grant):
+            writeWireString(grant.account)
+            writeScope(grant.scope)
+            writeInteger(grant.amount)
+            writeInteger(grant.priority)
+            writeInstant(grant.effectiveAt)
+            writeInstant(grant.expiresAt)
+            writeInteger(grant.source.rawValue)
+        case .voidGrant(let account, let grant):
+            writeWireString(account)
+            writeInteger(grant)
+        case .setRate(let product, let rate, let effectiveAt):
+            writeWireString(product)
+            writeInteger(rate)
+            writeInstant(effectiveAt)
+        case .setAccountRate(let account, let product, let rate, let effectiveAt):
+            writeWireString(account)
+            writeWireString(product)
+            writeOptionalInteger(rate)
+            writeInstant(effectiveAt)
+        }
+    }
+}
+
+extension BodyReader {
+    mutating func decisionRequest() throws(WireError) -> DecisionRequest {
+        DecisionRequest(
+            account: try string("account"), member: try optionalString("member"), product: try string("product"),
+            quantity: try i64("quantity"))
+    }
+
+    mutating func holdReference() throws(WireError) -> HoldReference {
+        HoldReference(account: try string("account"), hold: try u64("hold"))
+    }
+
+    mutating func overage() throws(WireError) -> OveragePolicy {
+        let kind = try u8("overage kind")
+        let value = try i64("overage value")
+        switch kind {
+        case 0: return .deny
+        case 1: return .overdraft(limit: value)
+        case 2: return .finish(percent: value)
+        default: throw malformed("overage kind", "is \(kind); must be 0, 1 or 2")
+        }
+    }
+
+    mutating func period() throws(WireError) -> BillingPeriod {
+        let kind = try u8("period kind")
+        let anchor = try instant("period anchor")
+        let length = try i64("period length")
+        switch kind {
+        case 0: return .monthly(anchor: anchor)
+        case 1: return .fixed(anchor: anchor, lengthMicroseconds: length)
+        default: throw malformed("period kind", "is \(kind); must be 0 or 1")
+        }
+    }
+
+    mutating func scope() throws(WireError) -> GrantScope {
+        switch try u8("scope kind") {
+        case 0: return .pool
+        case 1: return .member(try string("scope member"))
+        case let other: throw malformed("scope kind", "is \(other); must be 0 or 1")
+        }
+    }
+
+    mutating func source() throws(WireError) -> GrantSource {
+        let raw = try u8("source")
+        guard let source = GrantSource(rawValue: raw) else { throw malformed("source", "is \(raw); must be 0 to 3") }
+        return source
+    }
+
+    mutating func commandFields(_ opcode: Opcode) throws(WireError) -> Command {
+        switch opcode {
+        case .reserve:
+            return .reserve(Reserve(try decisionRequest(), ttlMicroseconds: try i64("ttlMicroseconds")))
+        case .spend:
+            return .spend(Spend(try decisionRequest()))
+        case .commit:
+            let hold = try holdReference()
+            let kind = try u8("amount kind")
+            let value = try i64("amount value")
+            let amount: Commit.Amount
+            switch kind {
+            case 0: amount = .held
+            case 1: amount = .quantity(value)
+            case 2: amount = .credits(value)
+            default: throw malformed("amount kind", "is \(kind); must be 0, 1 or 2")
+            }
+            return .commit(Commit(hold, amount: amount, isFinal: try bool("final")))
+        case .release:
+            return .release(try holdReference())
+        case .extend:
+            return .extend(Extend(try holdReference(), ttlMicroseconds: try i64("ttlMicroseconds")))
+        case .createAccount:
+            let account = try string("account")
+            let parent = try optionalString("parent")
+            let overage = try overage()
+            let period = try present("period") ? try period() : nil
+            return .createAccount(CreateAccount(account: account, parent: parent, overage: overage, period: period))
+        case .setParent:
+            return .setParent(account: try string("account"), parent: try optionalString("parent"))
+        case .setOverage:
+            return .setOverage(account: try string("account"), policy: try overage())
+        case .setPeriod:
+            return .setPeriod(account: try string("account"), period: try period())
+        case .setAccountCap:
+            return .setAccountCap(account: try string("account"), limit: try optionalI64("limit"))
+        case .addMember:
+            return .addMember(account: try string("account"), member: try string("member"))
+        case .removeMember:
+            return .removeMember(account: try string("account"), member: try string("member"))
+        case .setMemberCap:
+            return .setMemberCap(account: try string("account"), member: try string("member"), limit: try optionalI64("limit"))
+        case .createGroup:
+            return .createGroup(account: try string("account"), group: try string("group"))
+        case .deleteGroup:
+            return .deleteGroup(account: try string("account"), group: try string("group"))
+        case .setGroupCap:
+            return .setGroupCap(account: try string("account"), group: try string("group"), limit: try optionalI64("limit"))
+        case .addToGroup:
+            return .addToGroup(account: try string("account"), group: try string("group"), member: try string("member"))
+        case .removeFromGroup:
+            return .removeFromGroup(account: try string("account"), group: try string("group"), member: try string("member"))
+        case .addGrant:
+            return .addGrant(
+                AddGrant(
+                    account: try string("account"), scope: try scope(), amount: try i64("amount"), priority: try i32("priority"),
+                    effectiveAt: try instant("effectiveAt"), expiresAt: try instant("expiresAt"), source: try source()))
+        case .voidGrant:
+            return .voidGrant(account: try string("account"), grant: try u64("grant"))
+        case .setRate:
+            return .setRate(product: try string("product"), creditsPerUnit: try i64("creditsPerUnit"), effectiveAt: try instant("effectiveAt"))
+        case .setAccountRate:
+            return .setAccountRate(
+                account: try string("account"), product: try string("product"), creditsPerUnit: try optionalI64("creditsPerUnit"),
+                effectiveAt: try instant("effectiveAt"))
+        case .hello, .ping, .error, .check, .balance, .batch:
+            preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
+        }
+    }
+}

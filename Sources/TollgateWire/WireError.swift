@@ -1,0 +1,58 @@
+/// The status codes of proto/PROTOCOL.md §7.1 that are not ledger refusals (1–21 are
+/// `LedgerError.Code`).
+public enum ProtocolStatus: UInt16, Hashable, Sendable, CaseIterable {
+    case malformedFrame = 100
+    case unsupportedVersion = 101
+    case unknownOpcode = 102
+    case frameTooLarge = 103
+    case tooManyInFlight = 104
+    case tooManyConnections = 105
+    case idleTimeout = 106
+    case handshakeRequired = 107
+    case unavailable = 108
+    case unauthorized = 109
+    case forbidden = 110
+    case internalError = 111
+    case badFrame = 112
+
+    public var name: String {
+        switch self {
+        case .malformedFrame: "malformedFrame"
+        case .unsupportedVersion: "unsupportedVersion"
+        case .unknownOpcode: "unknownOpcode"
+        case .frameTooLarge: "frameTooLarge"
+        case .tooManyInFlight: "tooManyInFlight"
+        case .tooManyConnections: "tooManyConnections"
+        case .idleTimeout: "idleTimeout"
+        case .handshakeRequired: "handshakeRequired"
+        case .unavailable: "unavailable"
+        case .unauthorized: "unauthorized"
+        case .forbidden: "forbidden"
+        case .internalError: "internalError"
+        case .badFrame: "badFrame"
+        }
+    }
+
+    /// Whether the server closes the connection after sending this status.
+    public var closesConnection: Bool {
+        switch self {
+        case .unsupportedVersion, .frameTooLarge, .tooManyConnections, .idleTimeout, .handshakeRequired, .unauthorized, .badFrame:
+            true
+        default:
+            false
+        }
+    }
+}
+
+/// Every way bytes can fail to be a valid frame or body, with a sentence for the error body.
+public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var status: ProtocolStatus
+    public var message: String
+
+    public init(_ status: ProtocolStatus, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+
+    public var description: String { "\(status.name): \(message)" }
+}

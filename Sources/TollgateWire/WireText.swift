@@ -1,0 +1,217 @@
+import TollgateLedger
+
+/// A canonical one-line rendering of decoded frames: the "meaning" column of
+/// proto/vectors.json, and what the CLI prints when asked to trace. Field names are those of
+/// proto/PROTOCOL.md; strings are quoted, absent optionals are written `-`.
+public enum WireText {
+    public static func describe(_ header: FrameHeader, request: WireRequest) -> String {
+        let fields = requestFields(request)
+        return (["request", "id=\(header.requestID)", request.opcode.name] + fields).joined(separator: " ")
+    }
+
+    public static func describe(_ header: FrameHeader, response: WireResponse) -> String {
+        let opcode = Opcode(rawValue: header.opcode)?.name ?? "0x\(String(header.opcode, radix: 16))"
+        return (["response", "id=\(header.requestID)", opcode] + responseFields(response)).joined(separator: " ")
+    }
+
+    static func quote(_ string: String) -> String {
+        var quoted = "\""
+        for character in string {
+            if character == "\"" || character == "\\" { quoted.append("\\") }
+            quoted.append(character)
+        }
+        return quoted + "\""
+    }
+
+    static func optional(_ string: String?) -> String {
+        string.map(quote) ?? "-"
+    }
+
+    static func optional(_ value: Int64?) -> String {
+        value.map(String.init) ?? "-"
+    }
+
+    static func requestFields(_ request: WireRequest) -> [String] {
+        switch request {
+        case .hello(let hello):
+            return ["minVersion=\(hello.minVersion)", "maxVersion=\(hello.maxVersion)", "clientName=\(quote(hello.clientName))", "token=\(quote(hello.token))"]
+        case .ping:
+            return []
+        case .check(let request):
+            return decisionRequest(request)
+        case .balance(let account, let member):
+            return ["account=\(quote(account))", "member=\(optional(member))"]
+        case .command(let command, let key):
+            return ["key=\(quote(key))"] + commandFields(command)
+        case .batch(let items):
+            return ["count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + requestFields($0)).joined(separator: " "))]" }
+        }
+    }
+
+    static func decisionRequest(_ request: DecisionRequest) -> [String] {
+        ["account=\(quote(request.account))", "member=\(optional(request.member))", "product=\(quote(request.product))", "quantity=\(request.quantity)"]
+    }
+
+    static func hold(_ reference: HoldReference) -> [String] {
+        ["account=\(quote(reference.account))", "hold=\(reference.hold)"]
+    }
+
+    static func overage(_ policy: OveragePolicy) -> String {
+        switch policy {
+        case .deny: "deny"
+        case .overdraft(let limit): "overdraft(\(limit))"
+        case .finish(let percent): "finish(\(percent))"
+        }
+    }
+
+    static func period(_ period: BillingPeriod) -> String {
+        switch period {
+        case .monthly(let anchor): "monthly(anchor=\(anchor.microsecondsSinceEpoch))"
+        case .fixed(let anchor, let length): "fixed(anchor=\(anchor.microsecondsSinceEpoch),length=\(length))"
+        }
+    }
+
+    static func scope(_ scope: GrantScope) -> String {
+        switch scope {
+        case .pool: "pool"
+        case .member(let member): "member(\(quote(member)))"
+        }
+    }
+
+    static func commandFields(_ command: Command) -> [String] {
+        switch command {
+        case .reserve(let reserve):
+            return decisionRequest(reserve.request) + ["ttlMicroseconds=\(reserve.ttlMicroseconds)"]
+        case .spend(let spend):
+            return decisionRequest(spend.request)
+        case .commit(let commit):
+            let amount: String
+            switch commit.amount {
+            case .held: amount = "held"
+            case .quantity(let quantity): amount = "quantity(\(quantity))"
+            case .credits(let credits): amount = "credits(\(credits))"
+            }
+            return hold(commit.hold) + ["amount=\(amount)", "final=\(commit.isFinal)"]
+        case .release(let reference):
+            return hold(reference)
+        case .extend(let extend):
+            return hold(extend.hold) + ["ttlMicroseconds=\(extend.ttlMicroseconds)"]
+        case .createAccount(let create):
+            return [
+                "account=\(quote(create.account))", "parent=\(optional(create.parent))", "overage=\(overage(create.overage))",
+                "period=\(create.period.map(period) ?? "-")",
+            ]
+        case .setParent(let account, let parent):
+            return ["account=\(quote(account))", "parent=\(optional(parent))"]
+        case .setOverage(let account, let policy):
+            return ["account=\(quote(account))", "overage=\(overage(policy))"]
+        case .setPeriod(let account, let value):
+            return ["account=\(quote(account))", "period=\(period(value))"]
+        case .setAccountCap(let account, let limit):
+            return ["account=\(quote(account))", "limit=\(optional(limit))"]
+        case .addMember(let account, let member), .removeMember(let account, let member):
+            return ["account=\(quote(account))", "member=\(quote(member))"]
+        case .setMemberCap(let account, let member, let limit):
+            return ["account=\(quote(account))", "member=\(quote(member))", "limit=\(optional(limit))"]
+        case .createGroup(let account, let group), .deleteGroup(let account, let group):
+            return ["account=\(quote(account))", "group=\(quote(group))"]
+        case .setGroupCap(let account, let group, let limit):
+            return ["account=\(quote(account))", "group=\(quote(group))", "limit=\(optional(limit))"]
+        case .addToGroup(let account, let group, let member), .removeFromGroup(let account, let group, let member):
+            return ["account=\(quote(account))", "group=\(quote(group))", "member=\(quote(member))"]
+        case .addGrant(let grant):
+            return [
+                "account=\(quote(grant.account))", "scope=\(scope(grant.scope))", "amount=\(grant.amount)", "priority=\(grant.priority)",
+                "effectiveAt=\(grant.effectiveAt.microsecondsSinceEpoch)", "expiresAt=\(grant.expiresAt.microsecondsSinceEpoch)",
+                "source=\(grant.source.rawValue)",
+            ]
+        case .voidGrant(let account, let grant):
+            return ["account=\(quote(account))", "grant=\(grant)"]
+        case .setRate(let product, let rate, let effectiveAt):
+            return ["product=\(quote(product))", "creditsPerUnit=\(rate)", "effectiveAt=\(effectiveAt.microsecondsSinceEpoch)"]
+        case .setAccountRate(let account, let product, let rate, let effectiveAt):
+            return [
+                "account=\(quote(account))", "product=\(quote(product))", "creditsPerUnit=\(optional(rate))",
+                "effectiveAt=\(effectiveAt.microsecondsSinceEpoch)",
+            ]
+        }
+    }
+
+    static func headroom(_ headroom: Headroom) -> String {
+        var parts: [String] = []
+        if let member = headroom.member { parts.append("member=\(member)") }
+        if let group = headroom.group { parts.append("group=\(group)(\(quote(headroom.groupID ?? "")))") }
+        if let account = headroom.account { parts.append("account=\(account)") }
+        if let parent = headroom.parent { parts.append("parent=\(parent)") }
+        parts.append("funds=\(headroom.funds)")
+        return "headroom={" + parts.joined(separator: ",") + "}"
+    }
+
+    static func statusName(_ response: WireResponse) -> String {
+        switch response {
+        case .answer(.refused(let refusal)): refusal.error.code.identifier
+        case .error(let error): error.status.name
+        default: "ok"
+        }
+    }
+
+    static func responseFields(_ response: WireResponse) -> [String] {
+        let status = statusName(response)
+        switch response {
+        case .hello(let hello):
+            return [
+                status, "version=\(hello.version)", "serverName=\(quote(hello.serverName))", "maxFrameBody=\(hello.maxFrameBody)",
+                "maxInFlight=\(hello.maxInFlight)", "maxBatchItems=\(hello.maxBatchItems)",
+            ]
+        case .pong:
+            return [status]
+        case .answer(let answer):
+            return [status] + answerFields(answer)
+        case .balance(let balance):
+            var fields = [
+                status, "account=\(quote(balance.account))", "member=\(optional(balance.member))", "at=\(balance.at.microsecondsSinceEpoch)",
+                "periodStart=\(balance.periodStart.microsecondsSinceEpoch)", "periodEnd=\(balance.periodEnd.microsecondsSinceEpoch)",
+                headroom(balance.headroom),
+            ]
+            for level in balance.levels {
+                fields.append(
+                    "level=\(level.level.name)(\(quote(level.subject)),limit=\(optional(level.limit)),consumed=\(level.consumed),held=\(level.held),headroom=\(optional(level.headroom)))")
+            }
+            let funds = balance.funds
+            fields.append(
+                "funds=(member=\(funds.member),pool=\(funds.pool),parentPool=\(funds.parentPool),overage=\(overage(funds.overage)),overdrawn=\(funds.overdrawn),overdraftHeld=\(funds.overdraftHeld))")
+            for grant in balance.grants {
+                fields.append(
+                    "grant=(\(grant.id),\(quote(grant.account)),\(scope(grant.scope)),amount=\(grant.amount),available=\(grant.available),held=\(grant.held),consumed=\(grant.consumed),expired=\(grant.expired),voided=\(grant.voided),priority=\(grant.priority),effectiveAt=\(grant.effectiveAt.microsecondsSinceEpoch),expiresAt=\(grant.expiresAt.microsecondsSinceEpoch),source=\(grant.source.rawValue),state=\(grant.state.rawValue))")
+            }
+            fields.append("openHolds=\(balance.openHolds)")
+            return fields
+        case .batch(let items):
+            return [status, "count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + responseFields($0.response)).joined(separator: " "))]" }
+        case .error(let error):
+            return [status, "message=\(quote(error.message))"]
+        }
+    }
+
+    static func answerFields(_ answer: Answer) -> [String] {
+        switch answer {
+        case .decision(let decision):
+            return [
+                "hold=\(decision.hold.map(String.init) ?? "-")", "cost=\(decision.cost)", "creditsPerUnit=\(decision.creditsPerUnit)",
+                "deadline=\(optional(decision.deadline?.microsecondsSinceEpoch))", headroom(decision.headroom),
+            ]
+        case .committed(let result):
+            return ["hold=\(result.hold)", "committed=\(result.committed)", "returned=\(result.returned)", "stillHeld=\(result.stillHeld)", headroom(result.headroom)]
+        case .released(let result):
+            return ["hold=\(result.hold)", "released=\(result.released)", headroom(result.headroom)]
+        case .extended(let result):
+            return ["hold=\(result.hold)", "deadline=\(result.deadline.microsecondsSinceEpoch)", headroom(result.headroom)]
+        case .grantAdded(let id):
+            return ["grant=\(id)"]
+        case .done:
+            return []
+        case .refused(let refusal):
+            return ["level=\(refusal.error.level.name)", "subject=\(quote(refusal.error.subject))"] + (refusal.headroom.map { [headroom($0)] } ?? ["headroom=-"])
+        }
+    }
+}

@@ -1,0 +1,129 @@
+import TollgateLedger
+import TollgateWire
+
+/// One sample frame per shape of proto/PROTOCOL.md: every request opcode, every kind of
+/// response body, refusals and protocol errors. `proto/vectors.json` is generated from these.
+enum Samples {
+    enum Direction: String {
+        case request, response
+    }
+
+    struct Sample {
+        var name: String
+        var frame: Frame
+        var direction: Direction
+    }
+
+    static let t0 = Instant(microsecondsSinceEpoch: 1_767_225_600_000_000)  // 2026-01-01T00:00:00Z
+    static let acmeRequest = DecisionRequest(account: "acme", member: "ana", product: "ai.assistant", quantity: 1)
+    static let headroom = Headroom(member: 88, group: 40, groupID: "research", account: nil, parent: nil, funds: 1_388)
+
+    static func request(_ name: String, _ id: UInt32, _ request: WireRequest) -> Sample {
+        Sample(name: name, frame: request.frame(requestID: id), direction: .request)
+    }
+
+    static func response(_ name: String, _ id: UInt32, _ opcode: Opcode, _ response: WireResponse) -> Sample {
+        Sample(name: name, frame: response.frame(opcode: opcode, requestID: id), direction: .response)
+    }
+
+    static var all: [Sample] {
+        let hold = HoldReference(account: "acme", hold: 1)
+        let balance = Balance(
+            account: "acme", member: "ana", at: t0, periodStart: t0, periodEnd: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000),
+            headroom: Headroom(funds: 1_390),
+            levels: [
+                LevelUsage(level: .member, subject: "ana", limit: nil, consumed: 10, held: 0, headroom: nil),
+                LevelUsage(level: .account, subject: "acme", limit: 5_000, consumed: 10, held: 0, headroom: 4_990),
+            ],
+            funds: Funds(member: 0, pool: 1_390, parentPool: 0, overage: .deny, overdrawn: 0, overdraftHeld: 0),
+            grants: [
+                GrantView(
+                    id: 1, account: "acme", scope: .pool, amount: 400, available: 390, held: 0, consumed: 10, expired: 0, voided: 0,
+                    priority: 0, effectiveAt: t0, expiresAt: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000), source: .recurring,
+                    state: .active),
+                GrantView(
+                    id: 2, account: "acme", scope: .member("ana"), amount: 1_000, available: 1_000, held: 0, consumed: 0, expired: 0,
+                    voided: 0, priority: 100, effectiveAt: t0, expiresAt: .distantFuture, source: .topUp, state: .active),
+            ],
+            openHolds: 0)
+        return [
+            request("hello", 1, .hello(Hello(clientName: "example-client", token: ""))),
+            response("hello answer", 1, .hello, .hello(HelloAnswer(version: 1, serverName: "tollgated", maxFrameBody: 65_536, maxInFlight: 1_024, maxBatchItems: 1_024))),
+            request("ping", 7, .ping),
+            response("pong", 7, .ping, .pong),
+            request("check", 2, .check(acmeRequest)),
+            response(
+                "check allowed", 2, .check,
+                .answer(.decision(Decision(hold: nil, cost: 12, creditsPerUnit: 12, deadline: nil, headroom: headroom)))),
+            request("check for the account as a whole", 3, .check(DecisionRequest(account: "acme", member: nil, product: "ai.summary", quantity: 3))),
+            request("reserve", 4, .command(.reserve(Reserve(acmeRequest, ttlMicroseconds: 30_000_000)), key: "step-1")),
+            response(
+                "reserve allowed", 4, .reserve,
+                .answer(.decision(Decision(hold: 1, cost: 12, creditsPerUnit: 12, deadline: Instant(microsecondsSinceEpoch: 1_767_225_630_000_000), headroom: headroom)))),
+            response(
+                "reserve refused at zero", 5, .reserve,
+                .answer(.refused(Refusal(LedgerError(.insufficientFunds, level: .account, subject: "acme"), headroom: Headroom(funds: 8))))),
+            response(
+                "reserve refused by a group cap", 6, .reserve,
+                .answer(.refused(Refusal(LedgerError(.groupCap, level: .group, subject: "research"), headroom: Headroom(group: 3, groupID: "research", funds: 900))))),
+            response("unknown account", 8, .reserve, .answer(.refused(Refusal(LedgerError(.unknownAccount, level: .account, subject: "nobody"))))),
+            request("commit 10 credits, final", 9, .command(.commit(Commit(hold, amount: .credits(10))), key: "step-1-commit")),
+            response("commit result", 9, .commit, .answer(.committed(CommitResult(hold: 1, committed: 10, returned: 2, stillHeld: 0, headroom: Headroom(funds: 1_390))))),
+            request("commit by quantity, partial", 10, .command(.commit(Commit(hold, amount: .quantity(1), isFinal: false)), key: "chunk-1")),
+            request("commit what is held", 11, .command(.commit(Commit(hold)), key: "step-1-done")),
+            request("release", 12, .command(.release(hold), key: "step-1-cancel")),
+            response("release result", 12, .release, .answer(.released(ReleaseResult(hold: 1, released: 12, headroom: Headroom(funds: 1_400))))),
+            response("release of a committed hold", 13, .release, .answer(.refused(Refusal(LedgerError(.holdCommitted, level: .request, subject: "1"))))),
+            request("extend", 14, .command(.extend(Extend(hold, ttlMicroseconds: 60_000_000)), key: "step-1-extend")),
+            response("extend result", 14, .extend, .answer(.extended(ExtendResult(hold: 1, deadline: Instant(microsecondsSinceEpoch: 1_767_225_660_000_000), headroom: Headroom(funds: 1_388))))),
+            request("spend", 15, .command(.spend(Spend(DecisionRequest(account: "acme", member: "ben", product: "ai.summary", quantity: 10))), key: "summary-1")),
+            response("spend allowed", 15, .spend, .answer(.decision(Decision(hold: nil, cost: 70, creditsPerUnit: 7, deadline: nil, headroom: Headroom(funds: 1_318))))),
+            request("balance of a member", 16, .balance(account: "acme", member: "ana")),
+            request("balance of an account", 17, .balance(account: "acme", member: nil)),
+            response("balance", 16, .balance, .balance(balance)),
+            request(
+                "batch of two", 18,
+                .batch([.check(acmeRequest), .command(.spend(Spend(acmeRequest)), key: "batch-1")])),
+            response(
+                "batch answers", 18, .batch,
+                .batch([
+                    BatchItemResponse(opcode: .check, response: .answer(.decision(Decision(hold: nil, cost: 12, creditsPerUnit: 12, deadline: nil, headroom: Headroom(funds: 20))))),
+                    BatchItemResponse(opcode: .spend, response: .answer(.refused(Refusal(LedgerError(.memberCap, level: .member, subject: "ana"), headroom: Headroom(member: 5, funds: 20))))),
+                ])),
+            request("create account", 20, .command(.createAccount(CreateAccount(account: "acme")), key: "setup-1")),
+            request(
+                "create child account with overdraft and a monthly period", 21,
+                .command(.createAccount(CreateAccount(account: "acme-eu", parent: "acme", overage: .overdraft(limit: 500), period: .monthly(anchor: t0))), key: "setup-2")),
+            response("done", 21, .createAccount, .answer(.done)),
+            request("set parent", 22, .command(.setParent(account: "acme-eu", parent: nil), key: "setup-3")),
+            request("set overage finish", 23, .command(.setOverage(account: "acme", policy: .finish(percent: 20)), key: "setup-4")),
+            request("set fixed period", 24, .command(.setPeriod(account: "acme", period: .fixed(anchor: t0, lengthMicroseconds: 86_400_000_000)), key: "setup-5")),
+            request("set account cap", 25, .command(.setAccountCap(account: "acme", limit: 5_000), key: "setup-6")),
+            request("remove account cap", 26, .command(.setAccountCap(account: "acme", limit: nil), key: "setup-7")),
+            request("add member", 27, .command(.addMember(account: "acme", member: "ana"), key: "setup-8")),
+            request("remove member", 28, .command(.removeMember(account: "acme", member: "dee"), key: "setup-9")),
+            request("set member cap", 29, .command(.setMemberCap(account: "acme", member: "ana", limit: 100), key: "setup-10")),
+            request("create group", 30, .command(.createGroup(account: "acme", group: "research"), key: "setup-11")),
+            request("delete group", 31, .command(.deleteGroup(account: "acme", group: "research"), key: "setup-12")),
+            request("set group cap", 32, .command(.setGroupCap(account: "acme", group: "research", limit: 40), key: "setup-13")),
+            request("add to group", 33, .command(.addToGroup(account: "acme", group: "research", member: "ana"), key: "setup-14")),
+            request("remove from group", 34, .command(.removeFromGroup(account: "acme", group: "research", member: "ana"), key: "setup-15")),
+            request(
+                "add pooled grant", 35,
+                .command(.addGrant(AddGrant(account: "acme", amount: 400, priority: 0, effectiveAt: t0, expiresAt: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000), source: .recurring)), key: "setup-16")),
+            request(
+                "add member top-up that never expires", 36,
+                .command(.addGrant(AddGrant(account: "acme", scope: .member("ana"), amount: 1_000, priority: 100, effectiveAt: t0, source: .topUp)), key: "setup-17")),
+            response("grant added", 36, .addGrant, .answer(.grantAdded(2))),
+            request("void grant", 37, .command(.voidGrant(account: "acme", grant: 2), key: "setup-18")),
+            request("set rate", 38, .command(.setRate(product: "ai.assistant", creditsPerUnit: 12, effectiveAt: t0), key: "setup-19")),
+            request("set account rate", 39, .command(.setAccountRate(account: "acme", product: "ai.assistant", creditsPerUnit: 10, effectiveAt: t0), key: "setup-20")),
+            request("withdraw account rate", 40, .command(.setAccountRate(account: "acme", product: "ai.assistant", creditsPerUnit: nil, effectiveAt: t0), key: "setup-21")),
+            response("malformed body", 41, .reserve, .error(WireError(.malformedFrame, "2 bytes left over after the last field"))),
+            response("unknown opcode, answered by an ERROR frame with the request id", 42, .error, .error(WireError(.unknownOpcode, "opcode 0x7e is not a request"))),
+            Sample(
+                name: "error frame: frame too large", frame: WireResponse.error(WireError(.frameTooLarge, "body of 1048576 bytes exceeds the limit of 65536")).frame(opcode: .error, requestID: 0),
+                direction: .response),
+        ]
+    }
+}
