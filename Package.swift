@@ -50,6 +50,7 @@ let package = Package(
             dependencies: [
                 "TollgateWire", "TollgateLedger", "TollgateLedgerTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
