@@ -8,12 +8,19 @@ let package = Package(
         .library(name: "TollgateLedger", targets: ["TollgateLedger"]),
         .library(name: "TollgateLedgerTestSupport", targets: ["TollgateLedgerTestSupport"]),
         .library(name: "TollgateWire", targets: ["TollgateWire"]),
+        .executable(name: "tollgated", targets: ["tollgated"]),
         .executable(name: "tollgate-demo", targets: ["TollgateDemo"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         // The heart of Tollgate: balances, holds and the decision. No I/O; time is passed in.
@@ -26,11 +33,35 @@ let package = Package(
             name: "TollgateWire",
             dependencies: ["TollgateLedger", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        // tollgated's insides: connections, the shared ledger, the admin port, shutdown.
+        .target(
+            name: "TollgateServer",
+            dependencies: [
+                "TollgateLedger", "TollgateWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // Fixtures, a seeded random generator and the invariant checker, shared by the
         // tests and the benchmarks.
         .target(
             name: "TollgateLedgerTestSupport",
             dependencies: ["TollgateLedger"]
+        ),
+        .executableTarget(
+            name: "tollgated",
+            dependencies: [
+                "TollgateServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
         .executableTarget(
             name: "TollgateDemo",

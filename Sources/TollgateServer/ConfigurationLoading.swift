@@ -1,0 +1,91 @@
+/// Reading `ServerConfiguration` from settings: a config file's keys, environment variables
+/// and command-line flags all arrive as (name, text) pairs and are applied in that order, so
+/// flags win over the environment, which wins over the file.
+extension ServerConfiguration {
+    /// The setting names, as a config file spells them. The environment uses the same names
+    /// in upper snake case after `TOLLGATE_` (`adminPort` → `TOLLGATE_ADMIN_PORT`).
+    public static let settingNames = [
+        "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
+        "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
+        "serverName", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
+    ]
+
+    public static func environmentName(_ setting: String) -> String {
+        var name = "TOLLGATE_"
+        for character in setting {
+            if character.isUppercase { name.append("_") }
+            name.append(contentsOf: character.uppercased())
+        }
+        return name
+    }
+
+    /// The settings found in an environment.
+    public static func settings(fromEnvironment environment: [String: String]) -> [(String, String)] {
+        settingNames.compactMap { name in environment[environmentName(name)].map { (name, $0) } }
+    }
+
+    /// Applies settings in order; an unknown name or a bad value is an error naming both and
+    /// where they came from.
+    public mutating func apply(_ settings: [(String, String)], source: String) throws(ConfigurationError) {
+        for (name, value) in settings {
+            try apply(name, value, source: source)
+        }
+        try validate()
+    }
+
+    mutating func apply(_ name: String, _ value: String, source: String) throws(ConfigurationError) {
+        func integer(_ range: ClosedRange<Int64>) throws(ConfigurationError) -> Int64 {
+            guard let number = Int64(value.trimmingSpaces), range.contains(number) else {
+                throw ConfigurationError("\(source): \(name) must be a whole number from \(range.lowerBound) to \(range.upperBound), not \"\(value)\"")
+            }
+            return number
+        }
+        switch name {
+        case "host": host = value
+        case "port": port = Int(try integer(0...65_535))
+        case "adminHost": adminHost = value
+        case "adminPort":
+            let lowered = value.lowercased()
+            adminPort = (lowered == "off" || lowered == "none") ? nil : Int(try integer(0...65_535))
+        case "dataDirectory": dataDirectory = value
+        case "maxFrameBody": maxFrameBody = Int(try integer(1_024...16_777_216))
+        case "maxInFlight": maxInFlight = Int(try integer(1...65_535))
+        case "maxBatchItems": maxBatchItems = Int(try integer(1...65_535))
+        case "maxConnections": maxConnections = Int(try integer(1...1_000_000))
+        case "idleTimeoutMilliseconds": idleTimeoutMilliseconds = try integer(10...86_400_000)
+        case "sweepIntervalMilliseconds": sweepIntervalMilliseconds = try integer(1...60_000)
+        case "shutdownGraceMilliseconds": shutdownGraceMilliseconds = try integer(0...600_000)
+        case "threads": threads = Int(try integer(0...256))
+        case "serverName": serverName = value
+        case "idempotencyKeysMax": limits.idempotencyKeysMax = Int(try integer(1...1_000_000_000))
+        case "idempotencyRetentionHours": limits.idempotencyRetentionMicroseconds = try integer(1...8_760) * 3_600_000_000
+        case "idempotencyMinimumRetentionMinutes": limits.idempotencyMinimumRetentionMicroseconds = try integer(0...525_600) * 60_000_000
+        default:
+            throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
+        }
+    }
+
+    func validate() throws(ConfigurationError) {
+        guard !host.isEmpty, !dataDirectory.isEmpty else { throw ConfigurationError("host and dataDirectory must not be empty") }
+        guard limits.idempotencyMinimumRetentionMicroseconds <= limits.idempotencyRetentionMicroseconds else {
+            throw ConfigurationError("idempotencyMinimumRetentionMinutes must not exceed idempotencyRetentionHours")
+        }
+    }
+}
+
+public struct ConfigurationError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+
+    public init(_ description: String) {
+        self.description = description
+    }
+}
+
+extension String {
+    var trimmingSpaces: Substring {
+        var view = self[...]
+        while view.first == " " { view.removeFirst() }
+        while view.last == " " { view.removeLast() }
+        return view
+    }
+}

@@ -1,0 +1,76 @@
+import CoreMetrics
+import Synchronization
+import TollgateLedger
+import TollgateWire
+
+/// The server's metrics, through swift-metrics. Every label comes from a fixed set
+/// (opcodes, status names), so the number of series is bounded.
+public final class ServerMetrics: Sendable {
+    private struct Key: Hashable {
+        var operation: String
+        var outcome: String
+    }
+
+    private let decisions = Mutex<[Key: CoreMetrics.Counter]>([:])
+    private let errors = Mutex<[String: CoreMetrics.Counter]>([:])
+    private let latency: CoreMetrics.Timer
+    private let connections: CoreMetrics.Gauge
+    private let openHolds: CoreMetrics.Gauge
+    private let connectionCount = Atomic<Int>(0)
+
+    public init() {
+        latency = CoreMetrics.Timer(label: "tollgate_request_duration_seconds")
+        connections = CoreMetrics.Gauge(label: "tollgate_connections")
+        openHolds = CoreMetrics.Gauge(label: "tollgate_open_holds")
+    }
+
+    /// One request answered: its operation, its outcome (`ok` or a status name) and how long
+    /// the server took from decoding it to writing the answer.
+    public func recordRequest(_ opcode: Opcode, outcome: String, nanoseconds: Int64) {
+        let key = Key(operation: opcode.name.lowercased(), outcome: outcome)
+        let counter = decisions.withLock { cache in
+            if let counter = cache[key] { return counter }
+            let counter = CoreMetrics.Counter(
+                label: "tollgate_requests_total", dimensions: [("operation", key.operation), ("outcome", key.outcome)])
+            cache[key] = counter
+            return counter
+        }
+        counter.increment()
+        latency.recordNanoseconds(nanoseconds)
+    }
+
+    /// A protocol error, by status name.
+    public func recordError(_ status: ProtocolStatus) {
+        let counter = errors.withLock { cache in
+            if let counter = cache[status.name] { return counter }
+            let counter = CoreMetrics.Counter(label: "tollgate_protocol_errors_total", dimensions: [("kind", status.name)])
+            cache[status.name] = counter
+            return counter
+        }
+        counter.increment()
+    }
+
+    public func connectionOpened() {
+        connections.record(connectionCount.wrappingAdd(1, ordering: .relaxed).newValue)
+    }
+
+    public func connectionClosed() {
+        connections.record(connectionCount.wrappingSubtract(1, ordering: .relaxed).newValue)
+    }
+
+    public func recordOpenHolds(_ count: Int) {
+        openHolds.record(count)
+    }
+}
+
+extension WireResponse {
+    /// `ok`, or the status name, for the outcome label.
+    var outcome: String {
+        switch self {
+        case .answer(.refused(let refusal)): refusal.error.code.identifier
+        case .error(let error): error.status.name
+        case .batch: "batch"
+        default: "ok"
+        }
+    }
+}

@@ -1,0 +1,211 @@
+import Logging
+import Metrics
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+import TollgateLedger
+import TollgateWire
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The metrics registry the process reports from. swift-metrics can be bootstrapped once per
+/// process, so every server in a process (tests start several) shares it.
+public enum MetricsBootstrap {
+    public static let registry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // Decisions take microseconds: buckets from 10 µs to 1 s.
+        factory.durationHistogramBuckets["tollgate_request_duration_seconds"] = [
+            .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500),
+            .milliseconds(1), .milliseconds(5), .milliseconds(25), .milliseconds(100), .seconds(1),
+        ]
+        MetricsSystem.bootstrap(factory)
+        return registry
+    }()
+}
+
+/// `tollgated`: the gate port, the admin HTTP port and the sweep timer, as one `Service`.
+/// Graceful shutdown stops accepting, lets every open connection send what it has answered,
+/// then closes them (after `shutdownGraceMilliseconds` at most) and returns.
+public final class TollgateServer: Service, Sendable {
+    public let configuration: ServerConfiguration
+    public let service: LedgerService
+    public let readiness = Readiness()
+    private let logger: Logger
+    private let metrics: ServerMetrics
+    private let group: MultiThreadedEventLoopGroup
+    private let limiter: ConnectionLimiter
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    private let bound = Mutex<(gate: SocketAddress?, admin: SocketAddress?)>((nil, nil))
+    private let started = Mutex<[CheckedContinuation<Void, any Error>]>([])
+
+    public init(configuration: ServerConfiguration, logger: Logger, clock: @escaping @Sendable () -> Instant = wallClock) {
+        _ = MetricsBootstrap.registry
+        self.configuration = configuration
+        self.logger = logger
+        self.service = LedgerService(configuration: configuration, clock: clock)
+        self.metrics = ServerMetrics()
+        self.limiter = ConnectionLimiter(maximum: configuration.maxConnections)
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.threads > 0 ? configuration.threads : System.coreCount)
+    }
+
+    /// The addresses actually bound (useful with port 0), once `run` has started listening.
+    public var gateAddress: SocketAddress? { bound.withLock { $0.gate } }
+    public var adminAddress: SocketAddress? { bound.withLock { $0.admin } }
+    public var openConnections: Int { limiter.current }
+
+    /// Returns once the server is listening (or throws if it could not start).
+    public func waitUntilListening() async throws {
+        if gateAddress != nil { return }
+        try await withCheckedThrowingContinuation { continuation in
+            let listening = bound.withLock { $0.gate != nil }
+            if listening {
+                continuation.resume()
+            } else {
+                started.withLock { $0.append(continuation) }
+            }
+        }
+    }
+
+    public func run() async throws {
+        let gate: any Channel
+        var admin: (any Channel)?
+        do {
+            try createDataDirectory()
+            gate = try await bindGate()
+            admin = try await bindAdmin()
+        } catch {
+            let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }
+            for continuation in waiting { continuation.resume(throwing: error) }
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        bound.withLock { $0 = (gate.localAddress, admin?.localAddress) }
+        let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }
+        for continuation in waiting { continuation.resume() }
+        readiness.set(notReadyBecause: nil)
+        logger.info(
+            "tollgated listening",
+            metadata: [
+                "gate": "\(gate.localAddress.map(String.init(describing:)) ?? "?")",
+                "admin": "\(admin?.localAddress.map(String.init(describing:)) ?? "off")",
+                "data": "\(configuration.dataDirectory)",
+            ])
+        let sweep = group.next().scheduleRepeatedTask(
+            initialDelay: .milliseconds(configuration.sweepIntervalMilliseconds), delay: .milliseconds(configuration.sweepIntervalMilliseconds)
+        ) { [service] _ in
+            service.sweep()
+        }
+
+        // Serve until asked to stop.
+        await withGracefulShutdownHandler {
+            try? await gate.closeFuture.get()
+        } onGracefulShutdown: { [readiness, logger] in
+            readiness.set(notReadyBecause: "shutting down")
+            logger.info("shutting down: no new connections; finishing open ones")
+            gate.close(promise: nil)
+        }
+
+        await drainConnections()
+        sweep.cancel()
+        try? await admin?.close()
+        try await group.shutdownGracefully()
+        logger.info("tollgated stopped")
+    }
+
+    private func createDataDirectory() throws {
+        if mkdir(configuration.dataDirectory, 0o700) != 0 && errno != EEXIST {
+            throw ServerError("cannot create the data directory \(configuration.dataDirectory): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    private func bindGate() async throws -> any Channel {
+        let service = service
+        let metrics = metrics
+        let limiter = limiter
+        let logger = logger
+        let configuration = configuration
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1_024, high: 256 * 1_024))
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(BackPressureHandler())
+                    try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: configuration.maxFrameBody, expectsResponses: false)))
+                    try sync.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try sync.addHandler(GateConnectionHandler(service: service, metrics: metrics, limiter: limiter, logger: logger))
+                    self?.track(channel)
+                }
+            }
+        do {
+            return try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
+        } catch {
+            throw ServerError("cannot listen on \(configuration.host):\(configuration.port): \(error)")
+        }
+    }
+
+    private func bindAdmin() async throws -> (any Channel)? {
+        guard let port = configuration.adminPort else { return nil }
+        let readiness = readiness
+        let service = service
+        let metrics = metrics
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AdminHTTPHandler(registry: MetricsBootstrap.registry, readiness: readiness) {
+                            metrics.recordOpenHolds(service.openHolds)
+                        })
+                }
+            }
+        do {
+            return try await bootstrap.bind(host: configuration.adminHost, port: port).get()
+        } catch {
+            throw ServerError("cannot listen on the admin port \(configuration.adminHost):\(port): \(error)")
+        }
+    }
+
+    private func track(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        connections.withLock { $0[id] = channel }
+        channel.closeFuture.whenComplete { [weak self] _ in
+            self?.connections.withLock { _ = $0.removeValue(forKey: id) }
+        }
+    }
+
+    /// Asks every connection to send what it has answered and close; closes any still open
+    /// after the grace period.
+    private func drainConnections() async {
+        let open = connections.withLock { Array($0.values) }
+        for channel in open {
+            channel.eventLoop.execute { channel.pipeline.fireUserInboundEventTriggered(DrainEvent()) }
+        }
+        let deadline = NIODeadline.now() + .milliseconds(configuration.shutdownGraceMilliseconds)
+        while connections.withLock({ !$0.isEmpty }) && NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        for channel in connections.withLock({ Array($0.values) }) {
+            try? await channel.close()
+        }
+    }
+}
+
+public struct ServerError: Error, CustomStringConvertible {
+    public var description: String
+
+    public init(_ description: String) {
+        self.description = description
+    }
+}

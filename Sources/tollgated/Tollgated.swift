@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import TollgateServer
+import Yams
+
+/// `tollgated`: the Tollgate server. With no arguments it listens on 127.0.0.1:7400 (admin
+/// HTTP on 7401) and keeps data under ./tollgate-data.
+@main
+struct Tollgated: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tollgated",
+        abstract: "The Tollgate credit gate server.",
+        discussion: """
+            Settings come from, in increasing precedence: the config file (YAML or JSON, a mapping \
+            of setting names to values), TOLLGATE_* environment variables (TOLLGATE_ADMIN_PORT for \
+            adminPort), and these flags. Settings: \(ServerConfiguration.settingNames.joined(separator: ", ")).
+            """)
+
+    @Option(help: "A YAML or JSON config file (also TOLLGATE_CONFIG).") var config: String?
+    @Option(help: "Address of the gate port (default 127.0.0.1).") var host: String?
+    @Option(help: "Gate port (default 7400; 0 picks a free port).") var port: Int?
+    @Option(help: "Address of the admin HTTP port (default 127.0.0.1).") var adminHost: String?
+    @Option(help: "Admin HTTP port with /healthz, /readyz, /metrics (default 7401; 'off' disables it).") var adminPort: String?
+    @Option(help: "Data directory (default ./tollgate-data).") var dataDir: String?
+    @Option(help: "Largest frame body in bytes (default 65536).") var maxFrameBody: Int?
+    @Option(help: "Unsent answers per connection before tooManyInFlight (default 1024).") var maxInFlight: Int?
+    @Option(help: "Open connections (default 1024).") var maxConnections: Int?
+    @Option(help: "Close connections with no complete request for this long, in ms (default 300000).") var idleTimeoutMs: Int?
+    @Option(help: "How often expired holds are released, in ms (default 100).") var sweepIntervalMs: Int?
+    @Option(help: "Event-loop threads (default: one per core).") var threads: Int?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (also TOLLGATE_LOG_LEVEL; default info).")
+    var logLevel: String?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        var configuration = ServerConfiguration()
+        do {
+            if let file = config ?? environment["TOLLGATE_CONFIG"] {
+                try configuration.apply(try Self.settings(fromFile: file), source: file)
+            }
+            try configuration.apply(ServerConfiguration.settings(fromEnvironment: environment), source: "environment")
+            try configuration.apply(flagSettings(), source: "flags")
+        } catch let error as ConfigurationError {
+            throw ValidationError(error.description)
+        }
+        let levelName = logLevel ?? environment["TOLLGATE_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: levelName) else { throw ValidationError("unknown log level \"\(levelName)\"") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "tollgated")
+        let server = TollgateServer(configuration: configuration, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch let error as ServerError {
+            logger.critical("\(error.description)")
+            throw ExitCode(1)
+        }
+    }
+
+    func flagSettings() -> [(String, String)] {
+        var settings: [(String, String)] = []
+        func add(_ name: String, _ value: (some CustomStringConvertible)?) {
+            if let value { settings.append((name, value.description)) }
+        }
+        add("host", host)
+        add("port", port)
+        add("adminHost", adminHost)
+        add("adminPort", adminPort)
+        add("dataDirectory", dataDir)
+        add("maxFrameBody", maxFrameBody)
+        add("maxInFlight", maxInFlight)
+        add("maxConnections", maxConnections)
+        add("idleTimeoutMilliseconds", idleTimeoutMs)
+        add("sweepIntervalMilliseconds", sweepIntervalMs)
+        add("threads", threads)
+        return settings
+    }
+
+    /// A config file's top-level mapping, with scalar values as text.
+    static func settings(fromFile path: String) throws -> [(String, String)] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ValidationError("cannot read the config file \(path)")
+        }
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch {
+            throw ValidationError("\(path) is not valid YAML or JSON: \(error)")
+        }
+        guard let mapping = node?.mapping else { throw ValidationError("\(path) must be a mapping of setting names to values") }
+        return try mapping.map { key, value in
+            guard let name = key.string, let text = value.scalar?.string else {
+                throw ValidationError("\(path): every setting must be a name with a single value")
+            }
+            return (name, text)
+        }
+    }
+}
