@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "TollgateLedger", targets: ["TollgateLedger"]),
         .library(name: "TollgateLedgerTestSupport", targets: ["TollgateLedgerTestSupport"]),
         .library(name: "TollgateWire", targets: ["TollgateWire"]),
+        .library(name: "TollgateClient", targets: ["TollgateClient"]),
         .executable(name: "tollgated", targets: ["tollgated"]),
         .executable(name: "tollgate-demo", targets: ["TollgateDemo"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
@@ -47,6 +48,15 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The Swift client library.
+        .target(
+            name: "TollgateClient",
+            dependencies: [
+                "TollgateLedger", "TollgateWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // Fixtures, a seeded random generator and the invariant checker, shared by the
         // tests and the benchmarks.
         .target(
@@ -75,6 +85,16 @@ let package = Package(
         .testTarget(
             name: "TollgateLedgerTests",
             dependencies: ["TollgateLedger", "TollgateLedgerTestSupport"]
+        ),
+        .testTarget(
+            name: "TollgateServerTests",
+            dependencies: [
+                "TollgateServer", "TollgateClient", "TollgateWire", "TollgateLedger", "TollgateLedgerTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         .testTarget(
             name: "TollgateWireTests",

@@ -28,6 +28,7 @@ final class AdminHTTPHandler: ChannelInboundHandler {
     private let refreshGauges: @Sendable () -> Void
     private var path: String?
     private var method: HTTPMethod = .GET
+    private var keepAlive = true
 
     init(registry: PrometheusCollectorRegistry, readiness: Readiness, refreshGauges: @escaping @Sendable () -> Void) {
         self.registry = registry
@@ -40,6 +41,7 @@ final class AdminHTTPHandler: ChannelInboundHandler {
         case .head(let head):
             path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
             method = head.method
+            keepAlive = head.isKeepAlive
         case .body:
             break
         case .end:
@@ -76,7 +78,12 @@ final class AdminHTTPHandler: ChannelInboundHandler {
         if method != .HEAD {
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        if keepAlive {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in loopBound.value.close(promise: nil) }
+        }
         path = nil
     }
 }

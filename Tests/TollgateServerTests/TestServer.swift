@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import TollgateClient
+import TollgateLedger
+import TollgateServer
+import TollgateWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real tollgated on loopback with free ports, run by a ServiceGroup as in production.
+final class TestServer: Sendable {
+    let server: TollgateServer
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+    let port: Int
+    let adminPort: Int
+
+    static func start(_ adjust: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+        var configuration = ServerConfiguration()
+        configuration.port = 0
+        configuration.adminPort = 0
+        configuration.threads = 2
+        configuration.dataDirectory = NSTemporaryDirectory() + "tollgate-test-\(UUID().uuidString)"
+        adjust(&configuration)
+        var logger = Logger(label: "test-tollgated")
+        logger.logLevel = .warning
+        let server = TollgateServer(configuration: configuration, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [server], gracefulShutdownSignals: [], logger: logger))
+        let task = Task { try await group.run() }
+        try await server.waitUntilListening()
+        return TestServer(server: server, group: group, task: task)
+    }
+
+    private init(server: TollgateServer, group: ServiceGroup, task: Task<Void, any Error>) {
+        self.server = server
+        self.group = group
+        self.task = task
+        self.port = server.gateAddress?.port ?? 0
+        self.adminPort = server.adminAddress?.port ?? 0
+    }
+
+    func client(connections: Int = 1, requestTimeoutMilliseconds: Int64 = 5_000) async throws -> TollgateClient {
+        try await TollgateClient.connect(.init(port: port, connections: connections, requestTimeoutMilliseconds: requestTimeoutMilliseconds))
+    }
+
+    /// Graceful shutdown, as on SIGTERM; returns when the server has stopped.
+    func stop() async throws {
+        await group.triggerGracefulShutdown()
+        try await task.value
+    }
+}
+
+/// A blocking socket for sending arbitrary bytes, as a misbehaving client would.
+final class RawSocket {
+    let descriptor: Int32
+
+    init(port: Int, receiveTimeoutMilliseconds: Int = 3_000) throws {
+        descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { throw ServerError("connect failed: \(errno)") }
+        var timeout = timeval(tv_sec: receiveTimeoutMilliseconds / 1_000, tv_usec: (receiveTimeoutMilliseconds % 1_000) * 1_000)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var one: Int32 = 1
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    deinit { close(descriptor) }
+
+    func send(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    func send(_ request: WireRequest, id: UInt32) {
+        send(Array(request.frame(requestID: id).bytes.readableBytesView))
+    }
+
+    func hello() throws {
+        send(.hello(Hello(clientName: "raw")), id: 1)
+        let (header, _) = try readFrame()
+        guard header.status == 0 else { throw ServerError("hello refused: \(header.status)") }
+    }
+
+    /// Reads exactly `count` bytes, or fewer if the connection closes or the timeout passes.
+    func read(_ count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var received = 0
+        while received < count {
+            let n = bytes.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress! + received, count - received, 0) }
+            if n <= 0 { break }
+            received += n
+        }
+        return Array(bytes.prefix(received))
+    }
+
+    func readFrame() throws -> (FrameHeader, WireResponse) {
+        let headerBytes = read(FrameHeader.size)
+        guard headerBytes.count == FrameHeader.size, let header = try FrameHeader.peek(ByteBuffer(bytes: headerBytes)) else {
+            throw ServerError("no frame (got \(headerBytes.count) bytes)")
+        }
+        let body = read(Int(header.bodyLength))
+        let response = try WireResponse.decode(opcode: header.opcode, status: header.status, body: ByteBuffer(bytes: body))
+        return (header, response)
+    }
+
+    /// True when the server has closed the connection (a read returns end of stream).
+    func isClosedByServer() -> Bool {
+        var byte: UInt8 = 0
+        return recv(descriptor, &byte, 1, 0) == 0
+    }
+}
+
+extension TollgateClient {
+    /// The seeds' Team plan: acme with four seats and 400 pooled credits, rates 12/5/7, and a
+    /// 1,000-credit top-up at priority 100 unless `topUp` is false.
+    func setUpTeamPlan(account: String = "acme", topUp: Bool = true, now: Instant = Instant(microsecondsSinceEpoch: 0)) async throws {
+        _ = try await apply(.setRate(product: "ai.assistant", creditsPerUnit: 12, effectiveAt: now))
+        _ = try await apply(.setRate(product: "ai.preview", creditsPerUnit: 5, effectiveAt: now))
+        _ = try await apply(.setRate(product: "ai.summary", creditsPerUnit: 7, effectiveAt: now))
+        _ = try await apply(.createAccount(CreateAccount(account: account)))
+        for seat in ["ana", "ben", "cy", "dee"] {
+            _ = try await apply(.addMember(account: account, member: seat))
+        }
+        _ = try await apply(.addGrant(AddGrant(account: account, amount: 400, effectiveAt: now, source: .recurring)))
+        if topUp {
+            _ = try await apply(.addGrant(AddGrant(account: account, amount: 1_000, priority: 100, effectiveAt: now, source: .topUp)))
+        }
+    }
+}
