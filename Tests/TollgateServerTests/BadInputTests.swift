@@ -1,0 +1,193 @@
+import Foundation
+import NIOCore
+import Testing
+import TollgateClient
+import TollgateLedger
+import TollgateServer
+import TollgateWire
+
+/// Misbehaving clients get a clear error, and nobody else notices.
+@Suite(.serialized) struct BadInputTests {
+    /// A well-behaved client on its own connection must keep working throughout.
+    func bystanderWorks(_ server: TestServer) async throws {
+        let gate = try await server.client(requestTimeoutMilliseconds: 2_000)
+        try await gate.ping()
+        _ = try await gate.balance(account: "acme")
+        await gate.close()
+    }
+
+    @Test func aTruncatedFrameThenCloseLeavesTheServerServing() async throws {
+        let server = try await TestServer.start()
+        try await server.client().setUpTeamPlan()
+        let socket = try RawSocket(port: server.port)
+        try socket.hello()
+        let bytes = Array(WireRequest.check(DecisionRequest(account: "acme", member: "ana", product: "ai.assistant", quantity: 1)).frame(requestID: 2).bytes.readableBytesView)
+        socket.send(Array(bytes.prefix(bytes.count - 3)))
+        close(socket.descriptor)
+        try await bystanderWorks(server)
+        try await server.stop()
+    }
+
+    @Test func anOversizedLengthIsRefusedAndClosed() async throws {
+        let server = try await TestServer.start { $0.maxFrameBody = 4_096 }
+        try await server.client().setUpTeamPlan()
+        let socket = try RawSocket(port: server.port)
+        try socket.hello()
+        socket.send([0x54, 0x47, 0x01, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x01, 0x00, 0x00, 0x00])
+        let (header, response) = try socket.readFrame()
+        #expect(header.opcode == Opcode.error.rawValue)
+        #expect(response == .error(WireError(.frameTooLarge, "body of 16777216 bytes exceeds the limit of 4096")))
+        #expect(socket.isClosedByServer())
+        try await bystanderWorks(server)
+        try await server.stop()
+    }
+
+    @Test func anUnknownOpcodeIsAnsweredAndTheConnectionStaysOpen() async throws {
+        let server = try await TestServer.start()
+        try await server.client().setUpTeamPlan()
+        let socket = try RawSocket(port: server.port)
+        try socket.hello()
+        socket.send([0x54, 0x47, 0x01, 0x7E, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x03, 0xAA, 0xBB, 0xCC])
+        let (header, response) = try socket.readFrame()
+        #expect(header.requestID == 9 && header.opcode == Opcode.error.rawValue)
+        #expect(response.status == ProtocolStatus.unknownOpcode.rawValue)
+        socket.send(.ping, id: 10)
+        let (pong, _) = try socket.readFrame()
+        #expect(pong.requestID == 10 && pong.status == 0)
+        try await server.stop()
+    }
+
+    @Test func aMalformedBodyIsAnsweredAndTheConnectionStaysOpen() async throws {
+        let server = try await TestServer.start()
+        let socket = try RawSocket(port: server.port)
+        try socket.hello()
+        socket.send([0x54, 0x47, 0x01, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01, 0x00])
+        let (header, response) = try socket.readFrame()
+        #expect(header.requestID == 4 && header.opcode == Opcode.check.rawValue)
+        #expect(response == .error(WireError(.malformedFrame, "account is cut short")))
+        socket.send(.ping, id: 5)
+        #expect(try socket.readFrame().0.status == 0)
+        try await server.stop()
+    }
+
+    @Test func garbageAfterAGoodFrameGetsTheGoodAnswerThenAnErrorAndAClose() async throws {
+        let server = try await TestServer.start()
+        try await server.client().setUpTeamPlan()
+        let socket = try RawSocket(port: server.port)
+        try socket.hello()
+        socket.send(Array(WireRequest.ping.frame(requestID: 2).bytes.readableBytesView) + Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        let (first, _) = try socket.readFrame()
+        #expect(first.requestID == 2 && first.status == 0)
+        let (second, error) = try socket.readFrame()
+        #expect(second.opcode == Opcode.error.rawValue && error.status == ProtocolStatus.badFrame.rawValue)
+        #expect(socket.isClosedByServer())
+        try await bystanderWorks(server)
+        try await server.stop()
+    }
+
+    @Test func aRequestBeforeHelloIsRefusedAndClosed() async throws {
+        let server = try await TestServer.start()
+        let socket = try RawSocket(port: server.port)
+        socket.send(.ping, id: 1)
+        let (header, response) = try socket.readFrame()
+        #expect(header.requestID == 1 && response.status == ProtocolStatus.handshakeRequired.rawValue)
+        #expect(socket.isClosedByServer())
+        try await server.stop()
+    }
+
+    @Test func anUnsupportedVersionIsRefusedAndClosed() async throws {
+        let server = try await TestServer.start()
+        let socket = try RawSocket(port: server.port)
+        socket.send(.hello(Hello(minVersion: 2, maxVersion: 3, clientName: "future")), id: 1)
+        let (_, response) = try socket.readFrame()
+        #expect(response.status == ProtocolStatus.unsupportedVersion.rawValue)
+        #expect(socket.isClosedByServer())
+        try await server.stop()
+    }
+
+    @Test func aClientSendingOneByteASecondIsClosedAtTheIdleTimeout() async throws {
+        let server = try await TestServer.start { $0.idleTimeoutMilliseconds = 400 }
+        try await server.client().setUpTeamPlan()
+        let socket = try RawSocket(port: server.port)
+        try socket.hello()
+        let bytes = Array(WireRequest.ping.frame(requestID: 2).bytes.readableBytesView)
+        let started = Date()
+        var closedWithError: WireResponse?
+        for byte in bytes.prefix(8) {
+            socket.send([byte])
+            try await Task.sleep(for: .milliseconds(150))
+        }
+        // Bytes kept arriving, but no request completed: the server gives up on it.
+        let (header, response) = try socket.readFrame()
+        closedWithError = response
+        #expect(header.opcode == Opcode.error.rawValue)
+        #expect(closedWithError?.status == ProtocolStatus.idleTimeout.rawValue)
+        #expect(socket.isClosedByServer())
+        #expect(Date().timeIntervalSince(started) < 3)
+        try await bystanderWorks(server)
+        try await server.stop()
+    }
+
+    @Test func aClientThatNeverReadsIsHeldBackAndOthersKeepWorking() async throws {
+        let server = try await TestServer.start { $0.maxInFlight = 64 }
+        try await server.client().setUpTeamPlan()
+        let socket = try RawSocket(port: server.port)
+        try socket.hello()
+        // 200,000 pings (3.2 MB) without reading a single answer.
+        let ping = Array(WireRequest.ping.frame(requestID: 7).bytes.readableBytesView)
+        let writer = Task.detached {
+            var burst: [UInt8] = []
+            for _ in 0..<1_000 { burst += ping }
+            for _ in 0..<200 { socket.send(burst) }
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        try await bystanderWorks(server)
+        close(socket.descriptor)
+        _ = await writer.result
+        try await bystanderWorks(server)
+        try await server.stop()
+    }
+
+    @Test func connectionsBeyondTheLimitAreToldSoAndClosed() async throws {
+        let server = try await TestServer.start { $0.maxConnections = 2 }
+        let first = try await server.client()
+        let second = try await server.client()
+        let third = try RawSocket(port: server.port)
+        let (header, response) = try third.readFrame()
+        #expect(header.opcode == Opcode.error.rawValue && response.status == ProtocolStatus.tooManyConnections.rawValue)
+        #expect(third.isClosedByServer())
+        try await first.ping()
+        await first.close()
+        await second.close()
+        try await server.stop()
+    }
+
+    @Test func gracefulShutdownAnswersWhatWasAskedThenStops() async throws {
+        let server = try await TestServer.start()
+        let gate = try await server.client()
+        try await gate.setUpTeamPlan()
+        // Requests in flight while shutdown begins all get answers.
+        let answers = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for index in 0..<50 {
+                group.addTask {
+                    do {
+                        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "drain-\(index)")
+                        return true
+                    } catch {
+                        guard let failure = error as? TollgateError, case .refused = failure else { return false }
+                        return true
+                    }
+                }
+            }
+            var answered = 0
+            for try await ok in group where ok { answered += 1 }
+            return answered
+        }
+        #expect(answers == 50)
+        try await server.stop()
+        #expect(server.server.readiness.problem == "shutting down")
+        // The port is closed: a new connection is refused.
+        await #expect(throws: TollgateError.self) { _ = try await TollgateClient.connect(.init(port: server.port, retries: 0)) }
+        await gate.close()
+    }
+}
