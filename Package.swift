@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "TollgateWire", targets: ["TollgateWire"]),
         .library(name: "TollgateClient", targets: ["TollgateClient"]),
         .executable(name: "tollgated", targets: ["tollgated"]),
+        .executable(name: "tollgate", targets: ["tollgate"]),
         .executable(name: "tollgate-demo", targets: ["TollgateDemo"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
     ],
@@ -70,6 +71,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "tollgate",
+            dependencies: [
+                "TollgateClient", "TollgateLedger", "TollgateWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),

@@ -1,0 +1,255 @@
+import ArgumentParser
+import Foundation
+import TollgateClient
+import TollgateLedger
+import TollgateWire
+
+/// Options every subcommand takes.
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "tollgated's gate port as HOST:PORT (also TOLLGATE_SERVER; default 127.0.0.1:7400).")
+    var server: String?
+
+    @Flag(help: "Print JSON instead of text, for scripts.")
+    var json = false
+
+    @Option(help: "Deadline of each call in milliseconds.")
+    var timeoutMs: Int64 = 5_000
+
+    func connect() async throws -> TollgateClient {
+        let address = server ?? ProcessInfo.processInfo.environment["TOLLGATE_SERVER"] ?? "127.0.0.1:7400"
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw ValidationError("--server must be HOST:PORT, not \"\(address)\"")
+        }
+        do {
+            return try await TollgateClient.connect(
+                .init(host: String(address[..<colon]), port: port, clientName: "tollgate-cli", requestTimeoutMilliseconds: timeoutMs))
+        } catch {
+            throw CLIError.failed("cannot reach tollgated at \(address): \(error)")
+        }
+    }
+}
+
+enum CLIError: Error, CustomStringConvertible {
+    case failed(String)
+
+    var description: String {
+        switch self {
+        case .failed(let message): message
+        }
+    }
+}
+
+/// Runs a call, prints its result as text or JSON, and turns a refusal into exit status 3.
+func runCall(_ options: GlobalOptions, _ body: (TollgateClient) async throws(TollgateError) -> Output) async throws {
+    let client = try await options.connect()
+    defer { Task { await client.close() } }
+    do {
+        let output = try await body(client)
+        print(options.json ? output.json : output.text)
+        await client.close()
+    } catch {
+        await client.close()
+        switch error {
+        case .refused(let refusal):
+            let output = Output.refusal(refusal)
+            print(options.json ? output.json : output.text)
+            throw ExitCode(3)
+        default:
+            if options.json {
+                print(Output.json(["error": "\(error)", "status": error.status.map { Int($0) } as Any]))
+            } else {
+                FileHandle.standardError.write(Data("tollgate: \(error)\n".utf8))
+            }
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// A result with both renderings.
+struct Output {
+    var text: String
+    var object: Any
+
+    var json: String { Output.json(object) }
+
+    static func json(_ object: Any) -> String {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]) else {
+            return "{}"
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func headroom(_ headroom: Headroom) -> (String, [String: Any]) {
+        var parts = ["funds \(headroom.funds)"]
+        var object: [String: Any] = ["funds": headroom.funds]
+        if let member = headroom.member {
+            parts.append("member \(member)")
+            object["member"] = member
+        }
+        if let group = headroom.group {
+            parts.append("group \(headroom.groupID ?? "") \(group)")
+            object["group"] = group
+            object["groupId"] = headroom.groupID ?? ""
+        }
+        if let account = headroom.account {
+            parts.append("account \(account)")
+            object["account"] = account
+        }
+        if let parent = headroom.parent {
+            parts.append("parent \(parent)")
+            object["parent"] = parent
+        }
+        return ("headroom: " + parts.joined(separator: ", "), object)
+    }
+
+    static func decision(_ decision: Decision) -> Output {
+        let (headroomText, headroomObject) = headroom(decision.headroom)
+        var object: [String: Any] = ["outcome": "allowed", "cost": decision.cost, "creditsPerUnit": decision.creditsPerUnit, "headroom": headroomObject]
+        var text = "allowed: cost \(decision.cost) credits"
+        if let hold = decision.hold {
+            object["hold"] = hold
+            text += ", hold \(hold)"
+        }
+        if let deadline = decision.deadline {
+            object["deadline"] = deadline.description
+            text += " until \(deadline)"
+        }
+        return Output(text: text + "\n" + headroomText, object: object)
+    }
+
+    static func refusal(_ refusal: Refusal) -> Output {
+        var object: [String: Any] = [
+            "outcome": "refused", "status": Int(refusal.error.code.rawValue), "reason": refusal.error.code.identifier,
+            "level": refusal.error.level.name, "subject": refusal.error.subject,
+        ]
+        var text = "refused: \(refusal.error)"
+        if let value = refusal.headroom {
+            let (headroomText, headroomObject) = headroom(value)
+            object["headroom"] = headroomObject
+            text += "\n" + headroomText
+        }
+        return Output(text: text, object: object)
+    }
+
+    static func answer(_ answer: Answer) -> Output {
+        switch answer {
+        case .decision(let decision):
+            return Output.decision(decision)
+        case .committed(let result):
+            let (headroomText, headroomObject) = headroom(result.headroom)
+            return Output(
+                text: "committed \(result.committed) credits on hold \(result.hold); returned \(result.returned); still held \(result.stillHeld)\n\(headroomText)",
+                object: ["outcome": "committed", "hold": result.hold, "committed": result.committed, "returned": result.returned, "stillHeld": result.stillHeld, "headroom": headroomObject])
+        case .released(let result):
+            let (headroomText, headroomObject) = headroom(result.headroom)
+            return Output(
+                text: "released \(result.released) credits of hold \(result.hold)\n\(headroomText)",
+                object: ["outcome": "released", "hold": result.hold, "released": result.released, "headroom": headroomObject])
+        case .extended(let result):
+            return Output(
+                text: "hold \(result.hold) now expires \(result.deadline)",
+                object: ["outcome": "extended", "hold": result.hold, "deadline": result.deadline.description])
+        case .grantAdded(let id):
+            return Output(text: "grant \(id) added", object: ["outcome": "done", "grant": id])
+        case .done:
+            return Output(text: "done", object: ["outcome": "done"])
+        case .refused(let refusal):
+            return Output.refusal(refusal)
+        }
+    }
+
+    static func balance(_ balance: Balance) -> Output {
+        var lines = ["\(balance.member.map { "\(balance.account) / \($0)" } ?? balance.account) at \(balance.at)"]
+        lines.append("period \(balance.periodStart) to \(balance.periodEnd)")
+        let funds = balance.funds
+        lines.append(
+            "available: \(funds.member + funds.pool + funds.parentPool) (member \(funds.member), pool \(funds.pool), parent pool \(funds.parentPool)); overdrawn \(funds.overdrawn); balance \(funds.balance)")
+        for level in balance.levels {
+            let limit = level.limit.map { " of cap \($0)" } ?? ""
+            lines.append("  \(level.level.name) \(level.subject): consumed \(level.consumed), held \(level.held)\(limit)")
+        }
+        lines.append(headroom(balance.headroom).0)
+        lines.append("open holds: \(balance.openHolds)")
+        for grant in balance.grants {
+            let scope: String
+            if case .member(let member) = grant.scope { scope = "member \(member)" } else { scope = "pool" }
+            lines.append(
+                "  grant \(grant.id) [\(scope), priority \(grant.priority), expires \(grant.expiresAt)]: \(grant.available) of \(grant.amount) available, \(grant.held) held, \(grant.consumed) consumed")
+        }
+        let object: [String: Any] = [
+            "account": balance.account, "member": balance.member as Any, "at": balance.at.description,
+            "periodStart": balance.periodStart.description, "periodEnd": balance.periodEnd.description,
+            "headroom": headroom(balance.headroom).1,
+            "funds": ["member": funds.member, "pool": funds.pool, "parentPool": funds.parentPool, "overdrawn": funds.overdrawn, "overdraftHeld": funds.overdraftHeld, "balance": funds.balance],
+            "levels": balance.levels.map { level -> [String: Any] in
+                ["level": level.level.name, "subject": level.subject, "limit": level.limit as Any, "consumed": level.consumed, "held": level.held, "headroom": level.headroom as Any]
+            },
+            "grants": balance.grants.map { grant -> [String: Any] in
+                var scope = "pool"
+                if case .member(let member) = grant.scope { scope = "member:\(member)" }
+                return [
+                    "id": grant.id, "account": grant.account, "scope": scope, "amount": grant.amount, "available": grant.available,
+                    "held": grant.held, "consumed": grant.consumed, "expired": grant.expired, "voided": grant.voided,
+                    "priority": grant.priority, "effectiveAt": grant.effectiveAt.description, "expiresAt": grant.expiresAt.description,
+                ]
+            },
+            "openHolds": balance.openHolds,
+        ]
+        return Output(text: lines.joined(separator: "\n"), object: object)
+    }
+}
+
+/// Times on the command line: `now`, an ISO 8601 UTC time (`2026-12-31T23:59:59Z` or
+/// `2026-12-31`), or a duration from now (`90s`, `30m`, `12h`, `30d`, `1y`); `never` for no
+/// expiry.
+enum TimeParser {
+    static func instant(_ text: String, now: Instant = Instant(microsecondsSinceEpoch: Int64(Date().timeIntervalSince1970 * 1_000_000))) throws -> Instant {
+        let lowered = text.lowercased()
+        if lowered == "now" { return now }
+        if lowered == "never" { return .distantFuture }
+        if let unit = lowered.last, let amount = Int64(lowered.dropLast()) {
+            let microseconds: Int64?
+            switch unit {
+            case "s": microseconds = amount * Microseconds.perSecond
+            case "m": microseconds = amount * Microseconds.perMinute
+            case "h": microseconds = amount * Microseconds.perHour
+            case "d": microseconds = amount * Microseconds.perDay
+            case "y": microseconds = amount * 365 * Microseconds.perDay
+            default: microseconds = nil
+            }
+            if let microseconds { return now.adding(microseconds: microseconds) }
+        }
+        let digits = text.split(whereSeparator: { "-T:Z".contains($0) }).map { Int64($0) }
+        if digits.count >= 3, digits.allSatisfy({ $0 != nil }) {
+            let parts = digits.map { $0! } + [0, 0, 0]
+            let civil = CivilTime(year: parts[0], month: parts[1], day: parts[2], hour: parts[3], minute: parts[4], second: parts[5])
+            if (1...12).contains(civil.month), (1...31).contains(civil.day) { return civil.instant }
+        }
+        throw ValidationError("\"\(text)\" is not a time: use now, never, 2026-12-31T23:59:59Z, or a duration such as 30d")
+    }
+
+    static func duration(_ text: String) throws -> Int64 {
+        let zero = Instant(microsecondsSinceEpoch: 0)
+        let instant = try instant(text, now: zero)
+        guard instant > zero, instant != .distantFuture else { throw ValidationError("\"\(text)\" is not a duration such as 30s or 5m") }
+        return instant.microsecondsSinceEpoch
+    }
+}
+
+/// `deny`, `overdraft:LIMIT` or `finish:PERCENT`.
+func parseOverage(_ text: String) throws -> OveragePolicy {
+    let parts = text.split(separator: ":")
+    switch (parts.first.map(String.init), parts.count > 1 ? Int64(parts[1]) : nil) {
+    case ("deny", _) where parts.count == 1: return .deny
+    case ("overdraft", .some(let limit)): return .overdraft(limit: limit)
+    case ("finish", .some(let percent)): return .finish(percent: percent)
+    default: throw ValidationError("overage must be deny, overdraft:LIMIT or finish:PERCENT, not \"\(text)\"")
+    }
+}
+
+/// A cap: a number of credits, or `none`.
+func parseLimit(_ text: String) throws -> Credits? {
+    if text.lowercased() == "none" { return nil }
+    guard let limit = Int64(text) else { throw ValidationError("a cap is a number of credits or none, not \"\(text)\"") }
+    return limit
+}

@@ -1,0 +1,325 @@
+import ArgumentParser
+import Foundation
+import TollgateClient
+import TollgateLedger
+import TollgateWire
+
+@main
+struct Tollgate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tollgate",
+        abstract: "Talk to a Tollgate server: gate decisions, balances and administration.",
+        discussion: "Exit status: 0 done, 3 refused by the ledger (the reason is printed), 1 any other failure.",
+        subcommands: [
+            Ping.self, Check.self, Reserve.self, Commit.self, Release.self, ExtendHold.self, SpendCommand.self, BalanceCommand.self,
+            AccountCommand.self, MemberCommand.self, GroupCommand.self, GrantCommand.self, RateCommand.self, Apply.self,
+        ])
+}
+
+struct Ping: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check that tollgated answers, and how fast.")
+    @OptionGroup var options: GlobalOptions
+
+    func run() async throws {
+        try await runCall(options) { client throws(TollgateError) in
+            let started = Date()
+            try await client.ping()
+            let micros = Int(Date().timeIntervalSince(started) * 1_000_000)
+            let name = client.serverHello?.serverName ?? "tollgated"
+            return Output(text: "\(name) answered in \(micros) µs", object: ["server": name, "roundTripMicroseconds": micros])
+        }
+    }
+}
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Would this be allowed now? Holds nothing.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var account: String
+    @Argument var product: String
+    @Argument var quantity: Int64
+    @Option(help: "The member asking (omit for the account as a whole).") var member: String?
+
+    func run() async throws {
+        try await runCall(options) { client throws(TollgateError) in
+            Output.decision(try await client.check(account: account, member: member, product: product, quantity: quantity))
+        }
+    }
+}
+
+struct Reserve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Hold credits for an action; prints the hold id.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var account: String
+    @Argument var product: String
+    @Argument var quantity: Int64
+    @Option var member: String?
+    @Option(help: "How long the hold lives: 30s, 5m, … (default 60s).") var ttl = "60s"
+    @Option(help: "Idempotency key (default: a fresh random key).") var key: String?
+
+    func run() async throws {
+        let ttlMicroseconds = try TimeParser.duration(ttl)
+        try await runCall(options) { client throws(TollgateError) in
+            Output.answer(
+                try await client.apply(
+                    .reserve(TollgateLedger.Reserve(DecisionRequest(account: account, member: member, product: product, quantity: quantity), ttlMicroseconds: ttlMicroseconds)),
+                    key: key))
+        }
+    }
+}
+
+struct Commit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Consume a hold: all of it, or the actual cost.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var account: String
+    @Argument var hold: UInt64
+    @Option(help: "The actual cost in credits.") var credits: Int64?
+    @Option(help: "The actual quantity, priced at the hold's rate.") var quantity: Int64?
+    @Flag(help: "Keep the rest held (a partial commit).") var partial = false
+    @Option var key: String?
+
+    func run() async throws {
+        guard credits == nil || quantity == nil else { throw ValidationError("give --credits or --quantity, not both") }
+        let amount: TollgateLedger.Commit.Amount = credits.map { .credits($0) } ?? quantity.map { .quantity($0) } ?? .held
+        try await runCall(options) { client throws(TollgateError) in
+            Output.answer(try await client.apply(.commit(TollgateLedger.Commit(HoldReference(account: account, hold: hold), amount: amount, isFinal: !partial)), key: key))
+        }
+    }
+}
+
+struct Release: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Give a hold's credits back.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var account: String
+    @Argument var hold: UInt64
+    @Option var key: String?
+
+    func run() async throws {
+        try await runCall(options) { client throws(TollgateError) in
+            Output.answer(try await client.apply(.release(HoldReference(account: account, hold: hold)), key: key))
+        }
+    }
+}
+
+struct ExtendHold: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "extend", abstract: "Renew a hold's deadline from now.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var account: String
+    @Argument var hold: UInt64
+    @Option(help: "New time to live from now: 30s, 5m, …") var ttl: String
+    @Option var key: String?
+
+    func run() async throws {
+        let ttlMicroseconds = try TimeParser.duration(ttl)
+        try await runCall(options) { client throws(TollgateError) in
+            Output.answer(try await client.apply(.extend(Extend(HoldReference(account: account, hold: hold), ttlMicroseconds: ttlMicroseconds)), key: key))
+        }
+    }
+}
+
+struct SpendCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "spend", abstract: "Reserve and commit in one step.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var account: String
+    @Argument var product: String
+    @Argument var quantity: Int64
+    @Option var member: String?
+    @Option var key: String?
+
+    func run() async throws {
+        try await runCall(options) { client throws(TollgateError) in
+            Output.answer(try await client.apply(.spend(Spend(DecisionRequest(account: account, member: member, product: product, quantity: quantity))), key: key))
+        }
+    }
+}
+
+struct BalanceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "balance", abstract: "Balances, caps and headroom of an account or a member.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var account: String
+    @Option var member: String?
+
+    func run() async throws {
+        try await runCall(options) { client throws(TollgateError) in
+            Output.balance(try await client.balance(account: account, member: member))
+        }
+    }
+}
+
+/// Runs one admin command and prints its answer.
+func admin(_ options: GlobalOptions, _ command: Command, key: String? = nil) async throws {
+    try await runCall(options) { client throws(TollgateError) in
+        Output.answer(try await client.apply(command, key: key))
+    }
+}
+
+struct AccountCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "account", abstract: "Create and change accounts.",
+        subcommands: [Create.self, SetParent.self, SetOverage.self, SetCap.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an account (monthly period from now).")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Option(help: "Parent account, whose pool this one may draw on.") var parent: String?
+        @Option(help: "deny, overdraft:LIMIT or finish:PERCENT.") var overage = "deny"
+
+        func run() async throws {
+            try await admin(options, .createAccount(CreateAccount(account: account, parent: parent, overage: try parseOverage(overage))))
+        }
+    }
+
+    struct SetParent: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-parent")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Option(help: "The new parent; omit to detach.") var parent: String?
+
+        func run() async throws { try await admin(options, .setParent(account: account, parent: parent)) }
+    }
+
+    struct SetOverage: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-overage")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument(help: "deny, overdraft:LIMIT or finish:PERCENT.") var policy: String
+
+        func run() async throws { try await admin(options, .setOverage(account: account, policy: try parseOverage(policy))) }
+    }
+
+    struct SetCap: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "The account's cap per period (a child's cap at its parent).")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument(help: "Credits per period, or none.") var limit: String
+
+        func run() async throws { try await admin(options, .setAccountCap(account: account, limit: try parseLimit(limit))) }
+    }
+}
+
+struct MemberCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "member", abstract: "Add, remove and cap members.", subcommands: [Add.self, Remove.self, SetCap.self])
+
+    struct Add: AsyncParsableCommand {
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var member: String
+        func run() async throws { try await admin(options, .addMember(account: account, member: member)) }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var member: String
+        func run() async throws { try await admin(options, .removeMember(account: account, member: member)) }
+    }
+
+    struct SetCap: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-cap")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var member: String
+        @Argument(help: "Credits per period, or none.") var limit: String
+        func run() async throws { try await admin(options, .setMemberCap(account: account, member: member, limit: try parseLimit(limit))) }
+    }
+}
+
+struct GroupCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "group", abstract: "Groups, their caps and their members.", subcommands: [Create.self, Delete.self, SetCap.self, Add.self, Remove.self])
+
+    struct Create: AsyncParsableCommand {
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var group: String
+        func run() async throws { try await admin(options, .createGroup(account: account, group: group)) }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var group: String
+        func run() async throws { try await admin(options, .deleteGroup(account: account, group: group)) }
+    }
+
+    struct SetCap: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-cap")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var group: String
+        @Argument(help: "Credits per period, or none.") var limit: String
+        func run() async throws { try await admin(options, .setGroupCap(account: account, group: group, limit: try parseLimit(limit))) }
+    }
+
+    struct Add: AsyncParsableCommand {
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var group: String
+        @Argument var member: String
+        func run() async throws { try await admin(options, .addToGroup(account: account, group: group, member: member)) }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var group: String
+        @Argument var member: String
+        func run() async throws { try await admin(options, .removeFromGroup(account: account, group: group, member: member)) }
+    }
+}
+
+struct GrantCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "grant", abstract: "Add and void grants of credits.", subcommands: [Add.self, Void.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a grant; prints its id.")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var amount: Int64
+        @Option(help: "Scope the grant to one member (default: the account's pool).") var member: String?
+        @Option(help: "Lower is drawn first (default 0).") var priority: Int32 = 0
+        @Option(help: "When it takes effect: now, a time, or a duration from now.") var effective = "now"
+        @Option(help: "When it expires: never, a time, or a duration from now such as 365d.") var expires = "never"
+        @Option(help: "recurring, top-up, promotional or manual.") var source = "manual"
+        @Option var key: String?
+
+        func run() async throws {
+            let sources = ["recurring": GrantSource.recurring, "top-up": .topUp, "promotional": .promotional, "manual": .manual]
+            guard let grantSource = sources[source] else { throw ValidationError("source must be one of \(sources.keys.sorted().joined(separator: ", "))") }
+            let grant = AddGrant(
+                account: account, scope: member.map { .member($0) } ?? .pool, amount: amount, priority: priority,
+                effectiveAt: try TimeParser.instant(effective), expiresAt: try TimeParser.instant(expires), source: grantSource)
+            try await admin(options, .addGrant(grant), key: key)
+        }
+    }
+
+    struct Void: AsyncParsableCommand {
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var grant: UInt64
+        func run() async throws { try await admin(options, .voidGrant(account: account, grant: grant)) }
+    }
+}
+
+struct RateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rate", abstract: "Set the rate card, or an account's own rate.", subcommands: [Set.self])
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Credits per unit of a product, from a given time (default now).")
+        @OptionGroup var options: GlobalOptions
+        @Argument var product: String
+        @Argument(help: "Credits per unit; with --account, none withdraws the override.") var credits: String
+        @Option(help: "Override the rate for one account only.") var account: String?
+        @Option(help: "When it takes effect: now, a time, or a duration from now.") var effective = "now"
+
+        func run() async throws {
+            let effectiveAt = try TimeParser.instant(effective)
+            if let account {
+                try await admin(options, .setAccountRate(account: account, product: product, creditsPerUnit: try parseLimit(credits), effectiveAt: effectiveAt))
+            } else {
+                guard let rate = Int64(credits) else { throw ValidationError("credits per unit must be a whole number") }
+                try await admin(options, .setRate(product: product, creditsPerUnit: rate, effectiveAt: effectiveAt))
+            }
+        }
+    }
+}
