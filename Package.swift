@@ -11,7 +11,6 @@ let package = Package(
         .library(name: "TollgateClient", targets: ["TollgateClient"]),
         .executable(name: "tollgated", targets: ["tollgated"]),
         .executable(name: "tollgate", targets: ["tollgate"]),
-        .executable(name: "tollgate-demo", targets: ["TollgateDemo"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
     ],
     dependencies: [
@@ -81,10 +80,6 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]
-        ),
-        .executableTarget(
-            name: "TollgateDemo",
-            dependencies: ["TollgateLedger", "TollgateLedgerTestSupport"]
         ),
         // Runs the benchmark workload alone, for a profiler.
         .executableTarget(
