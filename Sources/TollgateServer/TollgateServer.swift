@@ -177,6 +177,15 @@ public final class TollgateServer: Service, Sendable {
         }
     }
 
+    /// Closes every open gate connection at once, as a crash of the network between client
+    /// and server would; the server keeps listening. For tests and for operators who need to
+    /// push clients to reconnect.
+    public func dropConnections() async {
+        for channel in connections.withLock({ Array($0.values) }) {
+            try? await channel.close()
+        }
+    }
+
     private func track(_ channel: any Channel) {
         let id = ObjectIdentifier(channel)
         connections.withLock { $0[id] = channel }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import NIOPosix
 import Testing
@@ -135,6 +138,57 @@ import TollgateWire
         #expect(metrics.contains("tollgate_open_holds"))
         #expect(metrics.contains("tollgate_connections"))
         #expect(try get("/nothing").hasPrefix("HTTP/1.1 404"))
+        await gate.close()
+        try await server.stop()
+    }
+}
+
+@Suite(.serialized) struct ClientTests {
+    @Test func aDroppedConnectionIsRetriedWithTheSameKeyAndNeverChargesTwice() async throws {
+        let server = try await TestServer.start()
+        let gate = try await server.client()
+        try await gate.setUpTeamPlan(topUp: false)
+        let first = try await gate.spend(account: "acme", member: "ana", product: "ai.assistant", quantity: 1, key: "tool-call-1")
+        await server.server.dropConnections()
+        // The client reconnects and sends the same key again: the first answer comes back.
+        let again = try await gate.spend(account: "acme", member: "ana", product: "ai.assistant", quantity: 1, key: "tool-call-1")
+        #expect(again == first)
+        let next = try await gate.spend(account: "acme", member: "ana", product: "ai.assistant", quantity: 1, key: "tool-call-2")
+        #expect(next.headroom.funds == 400 - 24)
+        #expect(try await gate.balance(account: "acme").funds.pool == 400 - 24)
+        await gate.close()
+        try await server.stop()
+    }
+
+    @Test func aServerThatNeverAnswersIsATimeout() async throws {
+        // A listening socket that accepts connections (in its backlog) and never says a word.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) } }
+        listen(listener, 8)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let started = ContinuousClock.now
+        await #expect(throws: TollgateError.timeout) {
+            _ = try await TollgateClient.connect(.init(port: port, connectTimeoutMilliseconds: 300, retries: 0))
+        }
+        #expect(ContinuousClock.now - started < .seconds(3))
+    }
+
+    @Test func refusalsCarryTheStatusTable() async throws {
+        let server = try await TestServer.start()
+        let gate = try await server.client()
+        do {
+            _ = try await gate.balance(account: "nobody")
+            Issue.record("balance of an unknown account succeeded")
+        } catch {
+            #expect(error.status == LedgerError.Code.unknownAccount.rawValue)
+            #expect(!error.isRetriable)
+        }
         await gate.close()
         try await server.stop()
     }

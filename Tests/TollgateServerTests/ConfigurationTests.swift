@@ -1,0 +1,40 @@
+import Testing
+import TollgateServer
+
+@Suite struct ConfigurationTests {
+    @Test func defaultsWorkOnALaptop() {
+        let configuration = ServerConfiguration()
+        #expect(configuration.host == "127.0.0.1" && configuration.port == 7400 && configuration.adminPort == 7401)
+        #expect(configuration.dataDirectory == "./tollgate-data")
+    }
+
+    @Test func fileThenEnvironmentThenFlagsEachWin() throws {
+        var configuration = ServerConfiguration()
+        try configuration.apply([("port", "7500"), ("maxConnections", "10"), ("adminPort", "off")], source: "file")
+        try configuration.apply(ServerConfiguration.settings(fromEnvironment: ["TOLLGATE_PORT": "7600", "TOLLGATE_IDLE_TIMEOUT_MILLISECONDS": "1000", "HOME": "/root"]), source: "environment")
+        try configuration.apply([("port", "7700")], source: "flags")
+        #expect(configuration.port == 7700)
+        #expect(configuration.maxConnections == 10)
+        #expect(configuration.adminPort == nil)
+        #expect(configuration.idleTimeoutMilliseconds == 1_000)
+    }
+
+    @Test func badSettingsAreNamed() {
+        var configuration = ServerConfiguration()
+        #expect(throws: ConfigurationError("flags: port must be a whole number from 0 to 65535, not \"seventy\"")) {
+            try configuration.apply([("port", "seventy")], source: "flags")
+        }
+        #expect(throws: ConfigurationError.self) { try configuration.apply([("maxFrameBody", "10")], source: "file") }
+        do {
+            try configuration.apply([("prot", "1")], source: "tollgate.yaml")
+            Issue.record("unknown setting accepted")
+        } catch {
+            #expect(error.description.hasPrefix("tollgate.yaml: unknown setting \"prot\""))
+        }
+    }
+
+    @Test func environmentNamesFollowTheSettings() {
+        #expect(ServerConfiguration.environmentName("adminPort") == "TOLLGATE_ADMIN_PORT")
+        #expect(ServerConfiguration.environmentName("idempotencyKeysMax") == "TOLLGATE_IDEMPOTENCY_KEYS_MAX")
+    }
+}
