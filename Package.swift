@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "tollgated", targets: ["tollgated"]),
         .executable(name: "tollgate", targets: ["tollgate"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
+        .executable(name: "tollgate-decision-bench", targets: ["TollgateDecisionBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
@@ -85,6 +86,16 @@ let package = Package(
         .executableTarget(
             name: "TollgateLedgerProfile",
             dependencies: ["TollgateLedgerTestSupport"]
+        ),
+        // Where decisions run: measured by driving the real server both ways.
+        .executableTarget(
+            name: "TollgateDecisionBench",
+            dependencies: [
+                "TollgateServer", "TollgateClient", "TollgateLedger", "TollgateWire",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         .testTarget(
             name: "TollgateLedgerTests",

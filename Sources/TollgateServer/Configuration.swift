@@ -27,6 +27,15 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// Event-loop threads; 0 means one per core.
     public var threads = 0
     public var serverName = "tollgated"
+    /// Where decisions run. `.connectionThread` (the default, chosen by measurement: see
+    /// bench/README.md) decides under a mutex on the event-loop thread that read the request;
+    /// `.dedicatedThread` hands every decision to one ledger thread and the answer back.
+    public var decisionThread = DecisionThread.connectionThread
+
+    public enum DecisionThread: String, Sendable, Equatable {
+        case connectionThread = "connection"
+        case dedicatedThread = "dedicated"
+    }
     public var limits = LedgerLimits()
 
     public init() {}

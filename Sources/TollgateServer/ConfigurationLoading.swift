@@ -7,7 +7,7 @@ extension ServerConfiguration {
     public static let settingNames = [
         "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
         "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
-        "serverName", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
+        "serverName", "decisionThread", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
     ]
 
     public static func environmentName(_ setting: String) -> String {
@@ -57,6 +57,11 @@ extension ServerConfiguration {
         case "shutdownGraceMilliseconds": shutdownGraceMilliseconds = try integer(0...600_000)
         case "threads": threads = Int(try integer(0...256))
         case "serverName": serverName = value
+        case "decisionThread":
+            guard let thread = DecisionThread(rawValue: value) else {
+                throw ConfigurationError("\(source): decisionThread must be connection or dedicated, not \"\(value)\"")
+            }
+            decisionThread = thread
         case "idempotencyKeysMax": limits.idempotencyKeysMax = Int(try integer(1...1_000_000_000))
         case "idempotencyRetentionHours": limits.idempotencyRetentionMicroseconds = try integer(1...8_760) * 3_600_000_000
         case "idempotencyMinimumRetentionMinutes": limits.idempotencyMinimumRetentionMicroseconds = try integer(0...525_600) * 60_000_000

@@ -141,10 +141,28 @@ final class GateConnectionHandler: ChannelInboundHandler {
         case .ping:
             response = .pong
         default:
+            if let ledgerThread = service.ledgerThread {
+                decideElsewhere(context: context, request, requestID: requestID, started: started, on: ledgerThread.next())
+                return
+            }
             response = service.handle(request)
         }
         write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
         metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+    }
+
+    /// The `.dedicatedThread` path: the decision runs on the ledger's thread and the answer
+    /// hops back to this connection's thread, in order.
+    private func decideElsewhere(context: ChannelHandlerContext, _ request: WireRequest, requestID: UInt32, started: UInt64, on loop: any EventLoop) {
+        let service = service
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        loop.submit { service.handle(request) }.hop(to: context.eventLoop).whenSuccess { response in
+            let (handler, context) = loopBound.value
+            guard !handler.closing else { return }
+            handler.write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
+            handler.flush(context: context)
+            handler.metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

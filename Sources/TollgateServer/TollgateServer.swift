@@ -115,6 +115,7 @@ public final class TollgateServer: Service, Sendable {
 
         await drainConnections()
         sweep.cancel()
+        await service.shutdown()
         try? await admin?.close()
         try await group.shutdownGracefully()
         logger.info("tollgated stopped")

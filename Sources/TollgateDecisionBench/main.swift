@@ -1,0 +1,80 @@
+import Logging
+import NIOPosix
+import ServiceLifecycle
+import TollgateClient
+import TollgateLedger
+import TollgateServer
+import TollgateWire
+
+// Measures where decisions should run: under a mutex on the connection's event-loop thread,
+// or on one dedicated ledger thread with a hand-off each way. Starts tollgated in-process in
+// each mode, drives reserve+commit pairs through the Swift client, and prints latency
+// percentiles and throughput.
+//   swift run -c release tollgate-decision-bench [pairs-per-client]
+
+let pairs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 20_000 : 20_000
+
+func percentile(_ sorted: [Double], _ p: Double) -> Double {
+    sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+}
+
+func measure(_ mode: ServerConfiguration.DecisionThread, clients: Int) async throws -> String {
+    var configuration = ServerConfiguration()
+    configuration.port = 0
+    configuration.adminPort = nil
+    configuration.threads = 2
+    configuration.decisionThread = mode
+    configuration.dataDirectory = "/tmp/tollgate-decision-bench"
+    var logger = Logger(label: "bench")
+    logger.logLevel = .error
+    let server = TollgateServer(configuration: configuration, logger: logger)
+    let group = ServiceGroup(configuration: .init(services: [server], gracefulShutdownSignals: [], logger: logger))
+    let task = Task { try await group.run() }
+    try await server.waitUntilListening()
+    let port = server.gateAddress!.port!
+    let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let setup = try await TollgateClient.connect(.init(port: port), group: clientGroup)
+    _ = try await setup.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch))
+    _ = try await setup.apply(.createAccount(CreateAccount(account: "acct")))
+    _ = try await setup.apply(.addGrant(AddGrant(account: "acct", amount: 1_000_000_000_000, effectiveAt: .epoch)))
+    for index in 0..<clients { _ = try await setup.apply(.addMember(account: "acct", member: "m\(index)")) }
+
+    let started = ContinuousClock.now
+    let latencies = try await withThrowingTaskGroup(of: [Double].self) { tasks in
+        for index in 0..<clients {
+            tasks.addTask {
+                let gate = try await TollgateClient.connect(.init(port: port), group: clientGroup)
+                var samples: [Double] = []
+                samples.reserveCapacity(pairs)
+                for _ in 0..<pairs {
+                    let begin = ContinuousClock.now
+                    let hold = try await gate.reserve(account: "acct", member: "m\(index)", product: "p", quantity: 1)
+                    try await gate.commit(account: "acct", hold: hold.hold!)
+                    let elapsed = ContinuousClock.now - begin
+                    samples.append(Double(elapsed.components.attoseconds) / 1e12 + Double(elapsed.components.seconds) * 1e6)
+                }
+                await gate.close()
+                return samples
+            }
+        }
+        var all: [Double] = []
+        for try await samples in tasks { all += samples }
+        return all.sorted()
+    }
+    let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18 + Double((ContinuousClock.now - started).components.seconds)
+    await setup.close()
+    try await clientGroup.shutdownGracefully()
+    await group.triggerGracefulShutdown()
+    try await task.value
+    func format(_ value: Double) -> String { String(Int(value.rounded())) }
+    return "| \(mode.rawValue) | \(clients) | \(format(percentile(latencies, 0.5))) | \(format(percentile(latencies, 0.99))) | \(format(percentile(latencies, 0.999))) | \(format(latencies.last!)) | \(Int(Double(latencies.count) / seconds)) |"
+}
+
+print("reserve+commit pairs through TollgateClient, \(pairs) per client; latency of a pair in µs")
+print("| decisions on | clients | p50 | p99 | p99.9 | max | pairs/s |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for clients in [1, 8] {
+    for mode in [ServerConfiguration.DecisionThread.connectionThread, .dedicatedThread] {
+        print(try await measure(mode, clients: clients))
+    }
+}
