@@ -1,0 +1,402 @@
+"""The Tollgate wire protocol, version 1, written from proto/PROTOCOL.md alone.
+
+Frames are decoded into (header, opcode name, status, fields) and encoded back; `meaning()`
+renders a decoded frame the way proto/vectors.json writes its "meaning" column (§8).
+"""
+
+import struct
+
+MAGIC = 0x5447
+HEADER = struct.Struct(">HBBHHII")  # magic, version, opcode, flags, status, request id, body length
+RESPONSE_FLAG = 0x0001
+
+OPCODES = {
+    0x01: "HELLO", 0x02: "PING", 0x03: "ERROR", 0x10: "CHECK", 0x11: "RESERVE", 0x12: "COMMIT", 0x13: "RELEASE",
+    0x14: "EXTEND", 0x15: "SPEND", 0x16: "BALANCE", 0x17: "BATCH", 0x20: "CREATE_ACCOUNT", 0x21: "SET_PARENT",
+    0x22: "SET_OVERAGE", 0x23: "SET_PERIOD", 0x24: "SET_ACCOUNT_CAP", 0x25: "ADD_MEMBER", 0x26: "REMOVE_MEMBER",
+    0x27: "SET_MEMBER_CAP", 0x28: "CREATE_GROUP", 0x29: "DELETE_GROUP", 0x2A: "SET_GROUP_CAP", 0x2B: "ADD_TO_GROUP",
+    0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
+}
+OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
+
+LEDGER_STATUS = [
+    None, "insufficientFunds", "memberCap", "groupCap", "accountCap", "parentCap", "unknownProduct", "unknownAccount",
+    "unknownMember", "unknownGroup", "unknownHold", "unknownGrant", "holdExpired", "holdCommitted", "holdReleased",
+    "idempotencyConflict", "limitReached", "invalidArgument", "alreadyExists", "inUse", "amountOutOfRange", "grantNotLive",
+]
+PROTOCOL_STATUS = {
+    100: "malformedFrame", 101: "unsupportedVersion", 102: "unknownOpcode", 103: "frameTooLarge", 104: "tooManyInFlight",
+    105: "tooManyConnections", 106: "idleTimeout", 107: "handshakeRequired", 108: "unavailable", 109: "unauthorized",
+    110: "forbidden", 111: "internalError", 112: "badFrame",
+}
+LEVELS = ["request", "member", "group", "account", "parent", "ledger"]
+
+
+class Malformed(Exception):
+    """The bytes are not a valid frame or body."""
+
+
+def quote(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Reader:
+    def __init__(self, data):
+        self.data, self.at = data, 0
+
+    def take(self, size):
+        if self.at + size > len(self.data):
+            raise Malformed("cut short")
+        piece = self.data[self.at:self.at + size]
+        self.at += size
+        return piece
+
+    def int(self, fmt):
+        return struct.unpack(">" + fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self):
+        return self.take(self.int("H")).decode("utf-8")
+
+    def present(self):
+        flag = self.int("B")
+        if flag > 1:
+            raise Malformed("presence byte %d" % flag)
+        return flag == 1
+
+    def done(self):
+        if self.at != len(self.data):
+            raise Malformed("%d bytes left over" % (len(self.data) - self.at))
+
+
+class Writer:
+    def __init__(self):
+        self.parts = []
+
+    def int(self, fmt, value):
+        self.parts.append(struct.pack(">" + fmt, value))
+
+    def string(self, text):
+        data = text.encode("utf-8")
+        self.int("H", len(data))
+        self.parts.append(data)
+
+    def bytes(self):
+        return b"".join(self.parts)
+
+
+# Each field type: (read(reader) -> value, write(writer, value), render(value) -> text).
+def _scalar(fmt):
+    return (lambda r: r.int(fmt), lambda w, v: w.int(fmt, v), str)
+
+
+def _optional(kind):
+    read, write, render = kind
+    return (
+        lambda r: read(r) if r.present() else None,
+        lambda w, v: (w.int("B", 0) if v is None else (w.int("B", 1), write(w, v))),
+        lambda v: "-" if v is None else render(v),
+    )
+
+
+U8, U16, U32, U64, I32, I64 = (_scalar(f) for f in "BHIQiq")
+BOOL = (lambda r: bool(r.int("B")) if r.data[r.at:r.at + 1] in (b"\x00", b"\x01") else _bad("bool"),
+        lambda w, v: w.int("B", 1 if v else 0), lambda v: "true" if v else "false")
+STR = (lambda r: r.string(), lambda w, v: w.string(v), quote)
+OPT_STR, OPT_I64, OPT_U64 = _optional(STR), _optional(I64), _optional(U64)
+
+
+def _bad(what):
+    raise Malformed(what)
+
+
+def _tagged(names, with_value):
+    """u8 kind then i64 value, rendered name or name(value)."""
+    def read(r):
+        kind, value = r.int("B"), r.int("q")
+        if kind >= len(names):
+            raise Malformed("kind %d" % kind)
+        return (kind, value)
+    def render(v):
+        return names[v[0]] if v[0] not in with_value else "%s(%d)" % (names[v[0]], v[1])
+    return (read, lambda w, v: (w.int("B", v[0]), w.int("q", v[1])), render)
+
+
+OVERAGE = _tagged(["deny", "overdraft", "finish"], {1, 2})
+AMOUNT = _tagged(["held", "quantity", "credits"], {1, 2})
+
+
+def _read_period(r):
+    kind, anchor, length = r.int("B"), r.int("q"), r.int("q")
+    if kind > 1:
+        raise Malformed("period kind %d" % kind)
+    return (kind, anchor, length)
+
+
+PERIOD = (_read_period, lambda w, v: (w.int("B", v[0]), w.int("q", v[1]), w.int("q", v[2])),
+          lambda v: "monthly(anchor=%d)" % v[1] if v[0] == 0 else "fixed(anchor=%d,length=%d)" % (v[1], v[2]))
+OPT_PERIOD = _optional(PERIOD)
+
+
+def _read_scope(r):
+    kind = r.int("B")
+    if kind == 0:
+        return None
+    if kind == 1:
+        return r.string()
+    raise Malformed("scope kind %d" % kind)
+
+
+SCOPE = (_read_scope, lambda w, v: w.int("B", 0) if v is None else (w.int("B", 1), w.string(v)),
+         lambda v: "pool" if v is None else "member(%s)" % quote(v))
+
+
+def _read_headroom(r):
+    mask = r.int("B")
+    if mask & ~0x0F:
+        raise Malformed("headroom mask")
+    h = {}
+    if mask & 1: h["member"] = r.int("q")
+    if mask & 2: h["group"] = (r.int("q"), r.string())
+    if mask & 4: h["account"] = r.int("q")
+    if mask & 8: h["parent"] = r.int("q")
+    h["funds"] = r.int("q")
+    return h
+
+
+def _write_headroom(w, h):
+    mask = sum(bit for bit, name in ((1, "member"), (2, "group"), (4, "account"), (8, "parent")) if name in h)
+    w.int("B", mask)
+    if "member" in h: w.int("q", h["member"])
+    if "group" in h: w.int("q", h["group"][0]); w.string(h["group"][1])
+    if "account" in h: w.int("q", h["account"])
+    if "parent" in h: w.int("q", h["parent"])
+    w.int("q", h["funds"])
+
+
+def _render_headroom(h):
+    parts = []
+    for name in ("member", "group", "account", "parent"):
+        if name in h:
+            parts.append("group=%d(%s)" % (h[name][0], quote(h[name][1])) if name == "group" else "%s=%d" % (name, h[name]))
+    parts.append("funds=%d" % h["funds"])
+    return "{" + ",".join(parts) + "}"
+
+
+HEADROOM = (_read_headroom, _write_headroom, _render_headroom)
+OPT_HEADROOM = _optional(HEADROOM)
+
+DECISION_REQUEST = [("account", STR), ("member", OPT_STR), ("product", STR), ("quantity", I64)]
+HOLD_REF = [("account", STR), ("hold", U64)]
+
+REQUESTS = {
+    "HELLO": [("minVersion", U8), ("maxVersion", U8), ("clientName", STR), ("token", STR)],
+    "PING": [],
+    "CHECK": DECISION_REQUEST,
+    "RESERVE": [("key", STR)] + DECISION_REQUEST + [("ttlMicroseconds", I64)],
+    "COMMIT": [("key", STR)] + HOLD_REF + [("amount", AMOUNT), ("final", BOOL)],
+    "RELEASE": [("key", STR)] + HOLD_REF,
+    "EXTEND": [("key", STR)] + HOLD_REF + [("ttlMicroseconds", I64)],
+    "SPEND": [("key", STR)] + DECISION_REQUEST,
+    "BALANCE": [("account", STR), ("member", OPT_STR)],
+    "CREATE_ACCOUNT": [("key", STR), ("account", STR), ("parent", OPT_STR), ("overage", OVERAGE), ("period", OPT_PERIOD)],
+    "SET_PARENT": [("key", STR), ("account", STR), ("parent", OPT_STR)],
+    "SET_OVERAGE": [("key", STR), ("account", STR), ("overage", OVERAGE)],
+    "SET_PERIOD": [("key", STR), ("account", STR), ("period", PERIOD)],
+    "SET_ACCOUNT_CAP": [("key", STR), ("account", STR), ("limit", OPT_I64)],
+    "ADD_MEMBER": [("key", STR), ("account", STR), ("member", STR)],
+    "REMOVE_MEMBER": [("key", STR), ("account", STR), ("member", STR)],
+    "SET_MEMBER_CAP": [("key", STR), ("account", STR), ("member", STR), ("limit", OPT_I64)],
+    "CREATE_GROUP": [("key", STR), ("account", STR), ("group", STR)],
+    "DELETE_GROUP": [("key", STR), ("account", STR), ("group", STR)],
+    "SET_GROUP_CAP": [("key", STR), ("account", STR), ("group", STR), ("limit", OPT_I64)],
+    "ADD_TO_GROUP": [("key", STR), ("account", STR), ("group", STR), ("member", STR)],
+    "REMOVE_FROM_GROUP": [("key", STR), ("account", STR), ("group", STR), ("member", STR)],
+    "ADD_GRANT": [("key", STR), ("account", STR), ("scope", SCOPE), ("amount", I64), ("priority", I32),
+                  ("effectiveAt", I64), ("expiresAt", I64), ("source", U8)],
+    "VOID_GRANT": [("key", STR), ("account", STR), ("grant", U64)],
+    "SET_RATE": [("key", STR), ("product", STR), ("creditsPerUnit", I64), ("effectiveAt", I64)],
+    "SET_ACCOUNT_RATE": [("key", STR), ("account", STR), ("product", STR), ("creditsPerUnit", OPT_I64), ("effectiveAt", I64)],
+}
+
+DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
+SUCCESS = {
+    "HELLO": [("version", U8), ("serverName", STR), ("maxFrameBody", U32), ("maxInFlight", U16), ("maxBatchItems", U16)],
+    "PING": [], "CHECK": DECISION, "RESERVE": DECISION, "SPEND": DECISION,
+    "COMMIT": [("hold", U64), ("committed", I64), ("returned", I64), ("stillHeld", I64), ("headroom", HEADROOM)],
+    "RELEASE": [("hold", U64), ("released", I64), ("headroom", HEADROOM)],
+    "EXTEND": [("hold", U64), ("deadline", I64), ("headroom", HEADROOM)],
+    "ADD_GRANT": [("grant", U64)],
+}
+REFUSAL = [("level", (lambda r: LEVELS[r.int("B")], lambda w, v: w.int("B", LEVELS.index(v)), str)),
+           ("subject", STR), ("headroom", OPT_HEADROOM)]
+ERROR = [("message", STR)]
+
+
+def read_fields(schema, r):
+    return [(name, kind[0](r)) for name, kind in schema]
+
+
+def write_fields(schema, w, fields):
+    for (name, kind), (_, value) in zip(schema, fields):
+        kind[1](w, value)
+
+
+def render_fields(schema, fields):
+    return ["%s=%s" % (name, kind[2](value)) for (name, kind), (_, value) in zip(schema, fields)]
+
+
+# The balance body, rendered as its own sequence (§5).
+def read_balance(r):
+    b = {"account": r.string(), "member": OPT_STR[0](r), "at": r.int("q"), "periodStart": r.int("q"),
+         "periodEnd": r.int("q"), "headroom": _read_headroom(r), "levels": [], "grants": []}
+    for _ in range(r.int("H")):
+        b["levels"].append((LEVELS[r.int("B")], r.string(), OPT_I64[0](r), r.int("q"), r.int("q"), OPT_I64[0](r)))
+    b["funds"] = (r.int("q"), r.int("q"), r.int("q"), OVERAGE[0](r), r.int("q"), r.int("q"))
+    for _ in range(r.int("H")):
+        b["grants"].append((r.int("Q"), r.string(), _read_scope(r), *[r.int("q") for _ in range(6)], r.int("i"),
+                            r.int("q"), r.int("q"), r.int("B"), r.int("B")))
+    b["openHolds"] = r.int("I")
+    return b
+
+
+def write_balance(w, b):
+    w.string(b["account"]); OPT_STR[1](w, b["member"])
+    for name in ("at", "periodStart", "periodEnd"):
+        w.int("q", b[name])
+    _write_headroom(w, b["headroom"])
+    w.int("H", len(b["levels"]))
+    for level, subject, limit, consumed, held, headroom in b["levels"]:
+        w.int("B", LEVELS.index(level)); w.string(subject); OPT_I64[1](w, limit)
+        w.int("q", consumed); w.int("q", held); OPT_I64[1](w, headroom)
+    member, pool, parent_pool, overage, overdrawn, overdraft_held = b["funds"]
+    for value in (member, pool, parent_pool):
+        w.int("q", value)
+    OVERAGE[1](w, overage); w.int("q", overdrawn); w.int("q", overdraft_held)
+    w.int("H", len(b["grants"]))
+    for g in b["grants"]:
+        w.int("Q", g[0]); w.string(g[1]); SCOPE[1](w, g[2])
+        for value in g[3:9]:
+            w.int("q", value)
+        w.int("i", g[9]); w.int("q", g[10]); w.int("q", g[11]); w.int("B", g[12]); w.int("B", g[13])
+    w.int("I", b["openHolds"])
+
+
+def render_balance(b):
+    out = ["account=" + quote(b["account"]), "member=" + OPT_STR[2](b["member"]), "at=%d" % b["at"],
+           "periodStart=%d" % b["periodStart"], "periodEnd=%d" % b["periodEnd"], "headroom=" + _render_headroom(b["headroom"])]
+    for level, subject, limit, consumed, held, headroom in b["levels"]:
+        out.append("level=%s(%s,limit=%s,consumed=%d,held=%d,headroom=%s)" % (
+            level, quote(subject), OPT_I64[2](limit), consumed, held, OPT_I64[2](headroom)))
+    member, pool, parent_pool, overage, overdrawn, overdraft_held = b["funds"]
+    out.append("funds=(member=%d,pool=%d,parentPool=%d,overage=%s,overdrawn=%d,overdraftHeld=%d)" % (
+        member, pool, parent_pool, OVERAGE[2](overage), overdrawn, overdraft_held))
+    for g in b["grants"]:
+        out.append("grant=(%d,%s,%s,amount=%d,available=%d,held=%d,consumed=%d,expired=%d,voided=%d,priority=%d,"
+                   "effectiveAt=%d,expiresAt=%d,source=%d,state=%d)" % (g[0], quote(g[1]), SCOPE[2](g[2]), *g[3:]))
+    out.append("openHolds=%d" % b["openHolds"])
+    return out
+
+
+def status_name(status):
+    if status == 0:
+        return "ok"
+    if status < len(LEDGER_STATUS) and LEDGER_STATUS[status]:
+        return LEDGER_STATUS[status]
+    if status in PROTOCOL_STATUS:
+        return PROTOCOL_STATUS[status]
+    raise Malformed("unknown status %d" % status)
+
+
+class Body:
+    """A decoded body: enough to render its meaning and to encode it again."""
+
+    def __init__(self, read, write, render):
+        self.read, self.write, self.render = read, write, render
+
+
+def request_body(name):
+    if name == "BATCH":
+        def read(r):
+            items = []
+            for _ in range(r.int("H")):
+                item_name = OPCODES[r.int("B")]
+                sub = Reader(r.take(r.int("I")))
+                fields = read_fields(REQUESTS[item_name], sub)
+                sub.done()
+                items.append((item_name, fields))
+            return items
+        def write(w, items):
+            w.int("H", len(items))
+            for item_name, fields in items:
+                sub = Writer(); write_fields(REQUESTS[item_name], sub, fields); data = sub.bytes()
+                w.int("B", OPCODE_BY_NAME[item_name]); w.int("I", len(data)); w.parts.append(data)
+        def render(items):
+            return ["count=%d" % len(items)] + [
+                "[" + " ".join([n] + render_fields(REQUESTS[n], f)) + "]" for n, f in items]
+        return Body(read, write, render)
+    schema = REQUESTS[name]
+    return Body(lambda r: read_fields(schema, r), lambda w, f: write_fields(schema, w, f), lambda f: render_fields(schema, f))
+
+
+def response_body(name, status):
+    if status >= 100:
+        schema = ERROR
+    elif status != 0:
+        schema = REFUSAL
+    elif name == "BALANCE":
+        return Body(read_balance, write_balance, render_balance)
+    elif name == "BATCH":
+        def read(r):
+            items = []
+            for _ in range(r.int("H")):
+                item_name, item_status = OPCODES[r.int("B")], r.int("H")
+                sub = Reader(r.take(r.int("I")))
+                body = response_body(item_name, item_status)
+                value = body.read(sub)
+                sub.done()
+                items.append((item_name, item_status, value))
+            return items
+        def write(w, items):
+            w.int("H", len(items))
+            for item_name, item_status, value in items:
+                sub = Writer(); response_body(item_name, item_status).write(sub, value); data = sub.bytes()
+                w.int("B", OPCODE_BY_NAME[item_name]); w.int("H", item_status); w.int("I", len(data)); w.parts.append(data)
+        def render(items):
+            return ["count=%d" % len(items)] + [
+                "[" + " ".join([n, status_name(s)] + response_body(n, s).render(v)) + "]" for n, s, v in items]
+        return Body(read, write, render)
+    else:
+        schema = SUCCESS.get(name, [])
+    return Body(lambda r: read_fields(schema, r), lambda w, f: write_fields(schema, w, f), lambda f: render_fields(schema, f))
+
+
+def decode(data, direction):
+    """One whole frame: returns (header tuple, opcode name, body description, decoded value)."""
+    if len(data) < HEADER.size:
+        raise Malformed("short header")
+    magic, version, opcode, flags, status, request_id, length = HEADER.unpack_from(data)
+    if magic != MAGIC or version != 1 or flags & ~RESPONSE_FLAG or bool(flags & RESPONSE_FLAG) != (direction == "response"):
+        raise Malformed("bad header")
+    if len(data) != HEADER.size + length or opcode not in OPCODES:
+        raise Malformed("bad length or opcode")
+    name = OPCODES[opcode]
+    body = request_body(name) if direction == "request" else response_body(name, status)
+    reader = Reader(data[HEADER.size:])
+    value = body.read(reader)
+    reader.done()
+    return (opcode, flags, status, request_id), name, body, value
+
+
+def encode(header, body, value):
+    opcode, flags, status, request_id = header
+    writer = Writer()
+    body.write(writer, value)
+    data = writer.bytes()
+    return HEADER.pack(MAGIC, 1, opcode, flags, status, request_id, len(data)) + data
+
+
+def meaning(direction, header, name, body, value):
+    parts = [direction, "id=%d" % header[3], name]
+    if direction == "response":
+        parts.append(status_name(header[2]))
+    return " ".join(parts + body.render(value))
