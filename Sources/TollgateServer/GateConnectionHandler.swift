@@ -59,6 +59,9 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var unflushed = 0
     private var inFlight = 0
     private var lastRequest = NIODeadline.now()
+    /// Decisions handed to the ledger thread and not yet answered (`.dedicatedThread` only).
+    private var decidingElsewhere = 0
+    private var draining = false
     private var idleCheck: RepeatedTask?
 
     init(service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger) {
@@ -156,12 +159,18 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private func decideElsewhere(context: ChannelHandlerContext, _ request: WireRequest, requestID: UInt32, started: UInt64, on loop: any EventLoop) {
         let service = service
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        decidingElsewhere += 1
         loop.submit { service.handle(request) }.hop(to: context.eventLoop).whenSuccess { response in
             let (handler, context) = loopBound.value
-            guard !handler.closing else { return }
+            handler.decidingElsewhere -= 1
+            guard context.channel.isActive, !handler.closing || handler.draining else { return }
             handler.write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
-            handler.flush(context: context)
             handler.metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+            if handler.draining {
+                if handler.decidingElsewhere == 0 { handler.flushThenClose(context: context) }
+            } else {
+                handler.flush(context: context)
+            }
         }
     }
 
@@ -184,9 +193,10 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is DrainEvent {
-            // Everything read has been answered: send what is pending, then close.
+            // Stop taking requests; once everything read has been answered, send it and close.
             closing = true
-            flushThenClose(context: context)
+            draining = true
+            if decidingElsewhere == 0 { flushThenClose(context: context) }
             return
         }
         context.fireUserInboundEventTriggered(event)

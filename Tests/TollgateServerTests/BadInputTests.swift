@@ -162,8 +162,9 @@ import TollgateWire
         try await server.stop()
     }
 
-    @Test func gracefulShutdownAnswersWhatWasAskedThenStops() async throws {
-        let server = try await TestServer.start()
+    @Test(arguments: [ServerConfiguration.DecisionThread.connectionThread, .dedicatedThread])
+    func gracefulShutdownAnswersWhatWasAskedThenStops(thread: ServerConfiguration.DecisionThread) async throws {
+        let server = try await TestServer.start { $0.decisionThread = thread }
         let gate = try await server.client()
         try await gate.setUpTeamPlan()
         // Requests in flight while shutdown begins all get answers.
