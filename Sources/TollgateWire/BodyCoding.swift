@@ -18,35 +18,18 @@ public struct BodyReader {
         WireError(.malformedFrame, "\(field) \(problem)")
     }
 
-    public mutating func u8(_ field: String) throws(WireError) -> UInt8 {
-        guard let value = buffer.readInteger(as: UInt8.self) else { throw malformed(field) }
+    /// Any fixed-width integer, big-endian.
+    public mutating func integer<Value: FixedWidthInteger>(_ field: String, as type: Value.Type = Value.self) throws(WireError) -> Value {
+        guard let value = buffer.readInteger(as: Value.self) else { throw malformed(field) }
         return value
     }
 
-    public mutating func u16(_ field: String) throws(WireError) -> UInt16 {
-        guard let value = buffer.readInteger(as: UInt16.self) else { throw malformed(field) }
-        return value
-    }
-
-    public mutating func u32(_ field: String) throws(WireError) -> UInt32 {
-        guard let value = buffer.readInteger(as: UInt32.self) else { throw malformed(field) }
-        return value
-    }
-
-    public mutating func u64(_ field: String) throws(WireError) -> UInt64 {
-        guard let value = buffer.readInteger(as: UInt64.self) else { throw malformed(field) }
-        return value
-    }
-
-    public mutating func i32(_ field: String) throws(WireError) -> Int32 {
-        guard let value = buffer.readInteger(as: Int32.self) else { throw malformed(field) }
-        return value
-    }
-
-    public mutating func i64(_ field: String) throws(WireError) -> Int64 {
-        guard let value = buffer.readInteger(as: Int64.self) else { throw malformed(field) }
-        return value
-    }
+    public mutating func u8(_ field: String) throws(WireError) -> UInt8 { try integer(field) }
+    public mutating func u16(_ field: String) throws(WireError) -> UInt16 { try integer(field) }
+    public mutating func u32(_ field: String) throws(WireError) -> UInt32 { try integer(field) }
+    public mutating func u64(_ field: String) throws(WireError) -> UInt64 { try integer(field) }
+    public mutating func i32(_ field: String) throws(WireError) -> Int32 { try integer(field) }
+    public mutating func i64(_ field: String) throws(WireError) -> Int64 { try integer(field) }
 
     public mutating func instant(_ field: String) throws(WireError) -> Instant {
         Instant(microsecondsSinceEpoch: try i64(field))
@@ -141,5 +124,14 @@ extension ByteBuffer {
 
     public mutating func writeInstant(_ instant: Instant) {
         writeInteger(instant.microsecondsSinceEpoch)
+    }
+
+    /// A `u32` length followed by what `body` writes; the length is back-patched once known.
+    public mutating func writeLengthPrefixed(_ body: (inout ByteBuffer) -> Void) {
+        let lengthIndex = writerIndex
+        writeInteger(UInt32(0))
+        let start = writerIndex
+        body(&self)
+        setInteger(UInt32(writerIndex - start), at: lengthIndex)
     }
 }

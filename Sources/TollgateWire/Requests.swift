@@ -75,12 +75,7 @@ public enum WireRequest: Hashable, Sendable {
             buffer.writeInteger(UInt16(items.count))
             for item in items {
                 buffer.writeInteger(item.opcode.rawValue)
-                let lengthIndex = buffer.writerIndex
-                buffer.writeInteger(UInt32(0))
-                let start = buffer.writerIndex
-                item.encodeBody(into: &buffer)
-                // Back-patch the item's length now that it is known.
-                buffer.setInteger(UInt32(buffer.writerIndex - start), at: lengthIndex)
+                buffer.writeLengthPrefixed { item.encodeBody(into: &$0) }
             }
         }
     }

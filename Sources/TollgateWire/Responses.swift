@@ -74,11 +74,7 @@ public indirect enum WireResponse: Hashable, Sendable {
             for item in items {
                 buffer.writeInteger(item.opcode.rawValue)
                 buffer.writeInteger(item.response.status)
-                let lengthIndex = buffer.writerIndex
-                buffer.writeInteger(UInt32(0))
-                let start = buffer.writerIndex
-                item.response.encodeBody(into: &buffer)
-                buffer.setInteger(UInt32(buffer.writerIndex - start), at: lengthIndex)
+                buffer.writeLengthPrefixed { item.response.encodeBody(into: &$0) }
             }
         case .error(let error):
             buffer.writeWireString(error.message)
