@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "TollgateLedgerTestSupport", targets: ["TollgateLedgerTestSupport"]),
         .library(name: "TollgateWire", targets: ["TollgateWire"]),
         .library(name: "TollgateClient", targets: ["TollgateClient"]),
+        .library(name: "TollgateJournal", targets: ["TollgateJournal"]),
         .executable(name: "tollgated", targets: ["tollgated"]),
         .executable(name: "tollgate", targets: ["tollgate"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
@@ -34,6 +35,11 @@ let package = Package(
         .target(
             name: "TollgateWire",
             dependencies: ["TollgateLedger", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // The journal: records, segments, the writer thread and recovery.
+        .target(
+            name: "TollgateJournal",
+            dependencies: ["TollgateLedger", "TollgateWire", .product(name: "NIOCore", package: "swift-nio")]
         ),
         // tollgated's insides: connections, the shared ledger, the admin port, shutdown.
         .target(
@@ -110,6 +116,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+        .testTarget(
+            name: "TollgateJournalTests",
+            dependencies: ["TollgateJournal", "TollgateLedger", "TollgateLedgerTestSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "TollgateWireTests",

@@ -62,30 +62,49 @@ public struct Ledger: Hashable, Sendable {
     /// `.idempotencyConflict`. Keys are scoped by the command's account.
     @discardableResult
     public mutating func apply(_ command: Command, key: String, at instant: Instant) -> Answer {
+        applyRecording(command, key: key, at: instant).answer
+    }
+
+    /// What `applyRecording` did: the answer, the instant it was decided at, and whether the
+    /// ledger changed — which is when the journal must record the command. Retries, key
+    /// conflicts and refusals of bad input change nothing but the clock.
+    public struct Applied: Sendable {
+        public var answer: Answer
+        public var instant: Instant
+        public var changedState: Bool
+    }
+
+    /// `apply`, telling the caller whether the command has to be journaled and at what instant.
+    public mutating func applyRecording(_ command: Command, key: String, at instant: Instant) -> Applied {
         let now = advance(to: instant)
-        if let error = validateKey(key) { return .refused(Refusal(error)) }
+        if let error = validateKey(key) { return Applied(answer: .refused(Refusal(error)), instant: now, changedState: false) }
         let scopedKey = IdempotencyTable.Key(scope: command.account, key: key)
         let fingerprint = command.fingerprint
         switch idempotency.lookup(scopedKey, fingerprint: fingerprint) {
-        case .replay(let answer): return answer
-        case .conflict: return .refused(Refusal(LedgerError(.idempotencyConflict, level: .request, subject: key)))
+        case .replay(let answer): return Applied(answer: answer, instant: now, changedState: false)
+        case .conflict:
+            return Applied(answer: .refused(Refusal(LedgerError(.idempotencyConflict, level: .request, subject: key))), instant: now, changedState: false)
         case .new: break
         }
+        var forgotEarly = false
         if idempotency.count >= limits.idempotencyKeysMax {
             // Forget the oldest key early if it has been kept for at least the floor.
             let keptSince = now.adding(microseconds: limits.idempotencyRetentionMicroseconds - limits.idempotencyMinimumRetentionMicroseconds)
             guard idempotency.forgetOldest(ifExpiringBy: keptSince) else {
-                return .refused(Refusal(LedgerError(.limitReached, level: .ledger, subject: "idempotency keys")))
+                let refusal = Refusal(LedgerError(.limitReached, level: .ledger, subject: "idempotency keys"))
+                return Applied(answer: .refused(refusal), instant: now, changedState: false)
             }
             idempotencyKeysForgottenEarly += 1
+            forgotEarly = true
         }
         let answer = execute(command, at: now)
-        if answer.refusal?.error.isRemembered ?? true {
+        let remembered = answer.refusal?.error.isRemembered ?? true
+        if remembered {
             idempotency.remember(
                 scopedKey, fingerprint: fingerprint, answer: answer,
                 until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
         }
-        return answer
+        return Applied(answer: answer, instant: now, changedState: remembered || forgotEarly)
     }
 
     /// The instant `apply` would decide a command at, given `instant`.

@@ -116,8 +116,8 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
 
     /// Refusals that say something about the request's inputs, which a retry with the same
     /// key will get again anyway, and refusals about capacity, which a retry may not get.
-    /// Neither is remembered against the idempotency key.
-    var isRemembered: Bool {
+    /// Neither is remembered against the idempotency key, and neither changes the ledger.
+    public var isRemembered: Bool {
         switch code {
         case .invalidArgument, .amountOutOfRange: false
         case .limitReached: false

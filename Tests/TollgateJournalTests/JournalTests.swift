@@ -1,0 +1,174 @@
+import Foundation
+import Testing
+import TollgateJournal
+import TollgateLedger
+import TollgateLedgerTestSupport
+
+func temporaryDirectory() -> String {
+    let path = NSTemporaryDirectory() + "tollgate-journal-\(UUID().uuidString)"
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// Commands of every shape from a random ledger run, with their keys and instants.
+func sampleRecords(_ count: Int, seed: UInt64 = 5) -> [LedgerDriver.Entry] {
+    var driver = LedgerDriver()
+    Fixtures.seedsExample(&driver)
+    var rng = SeededGenerator(seed: seed)
+    while driver.journal.count < count {
+        let member = ["ana", "ben", "cy", "dee"].randomElement(using: &rng)!
+        let request = DecisionRequest(account: "acme", member: member, product: Fixtures.summary, quantity: .random(in: 1...3, using: &rng))
+        if let hold = driver.run(.reserve(Reserve(request, ttlMicroseconds: 60 * Microseconds.perSecond))).decision?.hold {
+            driver.run(.commit(Commit(HoldReference(account: "acme", hold: hold), amount: .credits(.random(in: 0...10, using: &rng)))))
+        }
+        driver.advance(microseconds: .random(in: 0...5_000, using: &rng))
+    }
+    return Array(driver.journal.prefix(count))
+}
+
+extension Answer {
+    var decision: Decision? {
+        if case .decision(let decision) = self { return decision }
+        return nil
+    }
+}
+
+/// Writes entries in batches of `batch`, waiting for each to be durable, as group commits would.
+func writeJournal(_ entries: [LedgerDriver.Entry], to directory: String, mode: JournalMode = .sync, segmentBytes: Int = 64 << 20, batch: Int = 20) throws {
+    let scan = try Journal.scan(directory: directory, repair: true) { _ in }
+    let writer = try JournalWriter(directory: directory, mode: mode, after: scan, segmentBytes: segmentBytes)
+    var index = 0
+    while index < entries.count {
+        var last: UInt64 = 0
+        for entry in entries[index..<min(entries.count, index + batch)] { last = writer.append(entry.command, key: entry.key, instant: entry.at) }
+        index += batch
+        let done = DispatchSemaphore(value: 0)
+        writer.whenDurable(last) { _ in done.signal() }
+        done.wait()
+    }
+    writer.close()
+}
+
+func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecord], JournalScan) {
+    var records: [JournalRecord] = []
+    let scan = try Journal.scan(directory: directory, repair: repair) { records.append($0) }
+    return (records, scan)
+}
+
+@Suite struct JournalTests {
+    @Test func recordsComeBackInOrderAcrossSegments() throws {
+        let directory = temporaryDirectory()
+        let entries = sampleRecords(300)
+        try writeJournal(entries, to: directory, segmentBytes: 4_096)
+        let (records, scan) = try readAll(directory)
+        #expect(scan.segments.count > 3, "small segments rotate")
+        #expect(scan.tornTail == nil)
+        #expect(records.map(\.sequence) == Array(1...300))
+        #expect(records.map(\.command) == entries.map(\.command))
+        #expect(records.map(\.key) == entries.map(\.key))
+        #expect(records.map(\.instant) == entries.map(\.at))
+        // Appending after a restart continues the sequence and the chain.
+        try writeJournal(Array(entries.prefix(10)), to: directory, segmentBytes: 4_096)
+        #expect(try readAll(directory).0.count == 310)
+    }
+
+    @Test func replayingTheJournalRebuildsTheLedger() throws {
+        let directory = temporaryDirectory()
+        var driver = LedgerDriver()
+        Fixtures.seedsExample(&driver)
+        for step in 0..<200 {
+            driver.run(.spend(Spend(DecisionRequest(account: "acme", member: "ana", product: Fixtures.preview, quantity: Int64(step % 3 + 1)))))
+            driver.advance(microseconds: 1_000)
+        }
+        try writeJournal(driver.journal, to: directory)
+        var replayed = Ledger(startingAt: Fixtures.start)
+        _ = try Journal.scan(directory: directory, repair: false) { record in
+            replayed.apply(record.command, key: record.key, at: record.instant)
+        }
+        #expect(replayed == driver.ledger)
+    }
+
+    @Test func recoveryFromEveryTruncationOffsetYieldsAValidPrefix() throws {
+        let source = temporaryDirectory()
+        let entries = sampleRecords(25)
+        try writeJournal(entries, to: source)
+        let file = Journal.segmentFiles(in: source)[0]
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        // Where each record ends, so the expected prefix is known for every cut.
+        var boundaries: [Int] = []
+        _ = try Journal.scan(directory: source, repair: false) { _ in }
+        var offset = SegmentHeader.size
+        bytes.withUnsafeBytes { raw in
+            while case .success(let read) = JournalRecord.read(raw, at: offset) {
+                offset += read.size
+                boundaries.append(offset)
+            }
+        }
+        #expect(boundaries.count == 25)
+        for cut in 0...bytes.count {
+            let directory = temporaryDirectory()
+            let path = directory + "/" + (file as NSString).lastPathComponent
+            try bytes.prefix(cut).write(to: URL(fileURLWithPath: path))
+            let (records, scan) = try readAll(directory, repair: true)
+            let complete = boundaries.filter { $0 <= cut }.count
+            #expect(records.count == complete, "cut at \(cut)")
+            #expect(records.map(\.command) == entries.prefix(complete).map(\.command))
+            let atBoundary = cut == SegmentHeader.size || boundaries.contains(cut)
+            #expect((scan.tornTail == nil) == atBoundary, "cut at \(cut)")
+            // After repair the journal is clean and can be appended to.
+            #expect(try readAll(directory).1.tornTail == nil)
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
+    @Test func randomBitFlipsAreDetected() throws {
+        let source = temporaryDirectory()
+        try writeJournal(sampleRecords(40), to: source)
+        let file = Journal.segmentFiles(in: source)[0]
+        let original = try Data(contentsOf: URL(fileURLWithPath: file))
+        let (clean, _) = try readAll(source)
+        var rng = SeededGenerator(seed: 99)
+        for _ in 0..<500 {
+            var bytes = original
+            let position = Int.random(in: 0..<bytes.count, using: &rng)
+            bytes[position] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng)
+            let directory = temporaryDirectory()
+            try bytes.write(to: URL(fileURLWithPath: directory + "/" + (file as NSString).lastPathComponent))
+            do {
+                let (records, scan) = try readAll(directory)
+                // Not thrown: then the damage was at the end and reported as a torn tail, and
+                // no record after it was accepted.
+                #expect(scan.tornTail != nil, "flip at \(position) went unnoticed")
+                #expect(records.count < clean.count)
+                #expect(records == Array(clean.prefix(records.count)))
+            } catch let damage as JournalDamage {
+                #expect(damage.offset <= position || damage.offset == 0)
+            }
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
+    @Test func damageBeforeTheTailRefusesWithTheFileAndOffset() throws {
+        let directory = temporaryDirectory()
+        try writeJournal(sampleRecords(30), to: directory)
+        let file = Journal.segmentFiles(in: directory)[0]
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        let target = SegmentHeader.size + 40
+        bytes[target] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: file))
+        do {
+            _ = try readAll(directory, repair: true)
+            Issue.record("damage in the middle was accepted")
+        } catch let damage as JournalDamage {
+            #expect(damage.file == file)
+            #expect(damage.offset == SegmentHeader.size)
+        }
+        // Nothing was truncated by the failed attempt.
+        #expect(try Data(contentsOf: URL(fileURLWithPath: file)).count == bytes.count)
+    }
+
+    @Test func crc32cMatchesTheStandardCheckValue() {
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum([]) == 0)
+    }
+}
