@@ -24,15 +24,15 @@ final class AdminHTTPHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let registry: PrometheusCollectorRegistry
-    private let readiness: Readiness
+    private let problem: @Sendable () -> String?
     private let refreshGauges: @Sendable () -> Void
     private var path: String?
     private var method: HTTPMethod = .GET
     private var keepAlive = true
 
-    init(registry: PrometheusCollectorRegistry, readiness: Readiness, refreshGauges: @escaping @Sendable () -> Void) {
+    init(registry: PrometheusCollectorRegistry, problem: @escaping @Sendable () -> String?, refreshGauges: @escaping @Sendable () -> Void) {
         self.registry = registry
-        self.readiness = readiness
+        self.problem = problem
         self.refreshGauges = refreshGauges
     }
 
@@ -57,7 +57,7 @@ final class AdminHTTPHandler: ChannelInboundHandler {
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
             (status, body) = (.ok, "ok\n")
         case (.GET, "/readyz"), (.HEAD, "/readyz"):
-            if let problem = readiness.problem {
+            if let problem = problem() {
                 (status, body) = (.serviceUnavailable, "not ready: \(problem)\n")
             } else {
                 (status, body) = (.ok, "ready\n")

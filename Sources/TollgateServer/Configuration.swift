@@ -37,6 +37,16 @@ public struct ServerConfiguration: Sendable, Equatable {
         case dedicatedThread = "dedicated"
     }
     public var limits = LedgerLimits()
+    /// `async` (the default): answers leave at once and the journal is fsynced every
+    /// `journalFlushIntervalMilliseconds`, the window a crash can lose. `sync`: every answer to
+    /// a mutation waits for the fsync that keeps it. `none`: nothing is kept (tests, benchmarks).
+    public var journalMode = JournalModeSetting.async
+    public var journalFlushIntervalMilliseconds: Int64 = 10
+    public var journalSegmentBytes = 64 << 20
+
+    public enum JournalModeSetting: String, Sendable, Equatable {
+        case async, sync, none
+    }
 
     public init() {}
 }

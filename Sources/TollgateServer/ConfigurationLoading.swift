@@ -7,7 +7,7 @@ extension ServerConfiguration {
     public static let settingNames = [
         "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
         "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
-        "serverName", "decisionThread", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
+        "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
     ]
 
     public static func environmentName(_ setting: String) -> String {
@@ -57,6 +57,13 @@ extension ServerConfiguration {
         case "shutdownGraceMilliseconds": shutdownGraceMilliseconds = try integer(0...600_000)
         case "threads": threads = Int(try integer(0...256))
         case "serverName": serverName = value
+        case "journalMode":
+            guard let mode = JournalModeSetting(rawValue: value) else {
+                throw ConfigurationError("\(source): journalMode must be async, sync or none, not \"\(value)\"")
+            }
+            journalMode = mode
+        case "journalFlushIntervalMilliseconds": journalFlushIntervalMilliseconds = try integer(1...1_000)
+        case "journalSegmentBytes": journalSegmentBytes = Int(try integer(4_096...4_294_967_296))
         case "decisionThread":
             guard let thread = DecisionThread(rawValue: value) else {
                 throw ConfigurationError("\(source): decisionThread must be connection or dedicated, not \"\(value)\"")

@@ -6,6 +6,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import TollgateJournal
 import TollgateLedger
 import TollgateWire
 
@@ -59,8 +60,9 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var unflushed = 0
     private var inFlight = 0
     private var lastRequest = NIODeadline.now()
-    /// Decisions handed to the ledger thread and not yet answered (`.dedicatedThread` only).
-    private var decidingElsewhere = 0
+    /// Answers not yet written: decisions on the ledger thread (`.dedicatedThread`) or waiting
+    /// for their journal fsync (`sync` mode).
+    private var awaitingAnswers = 0
     private var draining = false
     private var idleCheck: RepeatedTask?
 
@@ -148,7 +150,12 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 decideElsewhere(context: context, request, requestID: requestID, started: started, on: ledgerThread.next())
                 return
             }
-            response = service.handle(request)
+            let handled = service.handle(request)
+            if let sequence = handled.sequence, configuration.journalMode == .sync, let journal = service.journal {
+                answerWhenDurable(context: context, handled.response, to: request, requestID: requestID, started: started, sequence: sequence, journal: journal)
+                return
+            }
+            response = handled.response
         }
         write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
         metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
@@ -159,15 +166,15 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private func decideElsewhere(context: ChannelHandlerContext, _ request: WireRequest, requestID: UInt32, started: UInt64, on loop: any EventLoop) {
         let service = service
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        decidingElsewhere += 1
-        loop.submit { service.handle(request) }.hop(to: context.eventLoop).whenSuccess { response in
+        awaitingAnswers += 1
+        loop.submit { service.handle(request).response }.hop(to: context.eventLoop).whenSuccess { response in
             let (handler, context) = loopBound.value
-            handler.decidingElsewhere -= 1
+            handler.awaitingAnswers -= 1
             guard context.channel.isActive, !handler.closing || handler.draining else { return }
             handler.write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
             handler.metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
             if handler.draining {
-                if handler.decidingElsewhere == 0 { handler.flushThenClose(context: context) }
+                if handler.awaitingAnswers == 0 { handler.flushThenClose(context: context) }
             } else {
                 handler.flush(context: context)
             }
@@ -196,10 +203,40 @@ final class GateConnectionHandler: ChannelInboundHandler {
             // Stop taking requests; once everything read has been answered, send it and close.
             closing = true
             draining = true
-            if decidingElsewhere == 0 { flushThenClose(context: context) }
+            if awaitingAnswers == 0 { flushThenClose(context: context) }
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// `sync` mode: the answer waits for the group-commit fsync that keeps its record; if the
+    /// journal cannot keep it, the answer is `unavailable` and nothing was acknowledged.
+    private func answerWhenDurable(
+        context: ChannelHandlerContext, _ response: WireResponse, to request: WireRequest, requestID: UInt32, started: UInt64,
+        sequence: UInt64, journal: JournalWriter
+    ) {
+        awaitingAnswers += 1
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        journal.whenDurable(sequence) { result in
+            eventLoop.execute {
+                let (handler, context) = loopBound.value
+                handler.awaitingAnswers -= 1
+                guard context.channel.isActive, !handler.closing || handler.draining else { return }
+                let answer: WireResponse
+                switch result {
+                case .success: answer = response
+                case .failure(let error): answer = .error(WireError(.unavailable, "not kept: \(error.description)"))
+                }
+                handler.write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
+                handler.metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+                if handler.draining {
+                    if handler.awaitingAnswers == 0 { handler.flushThenClose(context: context) }
+                } else {
+                    handler.flush(context: context)
+                }
+            }
+        }
     }
 
     // MARK: - Writing

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import Synchronization
+import TollgateJournal
 import TollgateLedger
 import TollgateWire
 
@@ -29,6 +30,8 @@ public func wallClock() -> Instant {
 /// sees every decision answered before it.
 public final class LedgerService: Sendable {
     private let ledger: Mutex<Ledger>
+    /// Set once recovery is done, before any connection is served.
+    private let journalBox = Mutex<JournalWriter?>(nil)
     private let clock: @Sendable () -> Instant
     public let configuration: ServerConfiguration
 
@@ -46,36 +49,63 @@ public final class LedgerService: Sendable {
         try? await ledgerThread?.shutdownGracefully()
     }
 
+    /// Installs the state recovered from the journal and the writer that continues it.
+    public func restore(_ recovered: Ledger, journal: JournalWriter?) {
+        ledger.withLock { $0 = recovered }
+        journalBox.withLock { $0 = journal }
+    }
+
+    public var journal: JournalWriter? { journalBox.withLock { $0 } }
+
+    /// An answer, and the journal sequence it depends on when it changed the ledger.
+    public struct Handled: Sendable {
+        public var response: WireResponse
+        public var sequence: UInt64?
+    }
+
     /// Applies one request. HELLO and PING are the connection's business, not the ledger's.
-    public func handle(_ request: WireRequest) -> WireResponse {
+    /// A mutation that changes the ledger is appended to the journal under the same lock, so
+    /// journal order is decision order.
+    public func handle(_ request: WireRequest) -> Handled {
         let now = clock()
+        let journal = journal
+        if request.isMutation, let reason = journal?.failureReason {
+            return Handled(response: .error(WireError(.unavailable, "the journal cannot keep changes right now (\(reason)); reads still work")), sequence: nil)
+        }
         switch request {
         case .hello, .ping:
             preconditionFailure("the connection handler answers \(request.opcode.name) itself")
         case .check(let decision):
-            return .answer(ledger.withLock { $0.check(decision, at: now) })
+            return Handled(response: .answer(ledger.withLock { $0.check(decision, at: now) }), sequence: nil)
         case .balance(let account, let member):
             switch ledger.withLock({ $0.balance(account: account, member: member, at: now) }) {
-            case .success(let balance): return .balance(balance)
-            case .failure(let error): return .answer(.refused(Refusal(error)))
+            case .success(let balance): return Handled(response: .balance(balance), sequence: nil)
+            case .failure(let error): return Handled(response: .answer(.refused(Refusal(error))), sequence: nil)
             }
         case .command(let command, let key):
-            return .answer(ledger.withLock { $0.apply(command, key: key, at: now) })
+            return ledger.withLock { ledger in
+                let applied = ledger.applyRecording(command, key: key, at: now)
+                let sequence = applied.changedState ? journal?.append(command, key: key, instant: applied.instant) : nil
+                return Handled(response: .answer(applied.answer), sequence: sequence)
+            }
         case .batch(let items):
             // Each item is decided on its own, in order; the lock is taken once for the batch.
-            let answers = ledger.withLock { ledger in
-                items.map { item -> BatchItemResponse in
+            return ledger.withLock { ledger in
+                var last: UInt64?
+                let answers = items.map { item -> BatchItemResponse in
                     switch item {
                     case .check(let decision):
                         return BatchItemResponse(opcode: .check, response: .answer(ledger.check(decision, at: now)))
                     case .command(let command, let key):
-                        return BatchItemResponse(opcode: command.opcode, response: .answer(ledger.apply(command, key: key, at: now)))
+                        let applied = ledger.applyRecording(command, key: key, at: now)
+                        if applied.changedState, let sequence = journal?.append(command, key: key, instant: applied.instant) { last = sequence }
+                        return BatchItemResponse(opcode: command.opcode, response: .answer(applied.answer))
                     default:
                         preconditionFailure("the decoder admits only batchable items")
                     }
                 }
+                return Handled(response: .batch(answers), sequence: last)
             }
-            return .batch(answers)
         }
     }
 
@@ -91,4 +121,15 @@ public final class LedgerService: Sendable {
 
     /// A copy of the ledger, for tests and diagnostics.
     public var snapshot: Ledger { ledger.withLock { $0 } }
+}
+
+extension WireRequest {
+    /// Whether the request may change the ledger.
+    var isMutation: Bool {
+        switch self {
+        case .command: true
+        case .batch(let items): items.contains { $0.isMutation }
+        default: false
+        }
+    }
 }

@@ -6,6 +6,7 @@ import NIOPosix
 import Prometheus
 import ServiceLifecycle
 import Synchronization
+import TollgateJournal
 import TollgateLedger
 import TollgateWire
 
@@ -46,8 +47,11 @@ public final class TollgateServer: Service, Sendable {
     private let bound = Mutex<(gate: SocketAddress?, admin: SocketAddress?)>((nil, nil))
     private let started = Mutex<[CheckedContinuation<Void, any Error>]>([])
 
+    private let clock: @Sendable () -> Instant
+
     public init(configuration: ServerConfiguration, logger: Logger, clock: @escaping @Sendable () -> Instant = wallClock) {
         _ = MetricsBootstrap.registry
+        self.clock = clock
         self.configuration = configuration
         self.logger = logger
         self.service = LedgerService(configuration: configuration, clock: clock)
@@ -79,6 +83,7 @@ public final class TollgateServer: Service, Sendable {
         var admin: (any Channel)?
         do {
             try createDataDirectory()
+            try recover()
             gate = try await bindGate()
             admin = try await bindAdmin()
         } catch {
@@ -115,10 +120,51 @@ public final class TollgateServer: Service, Sendable {
 
         await drainConnections()
         sweep.cancel()
+        service.journal?.close()
         await service.shutdown()
         try? await admin?.close()
         try await group.shutdownGracefully()
         logger.info("tollgated stopped")
+    }
+
+    /// Rebuilds the ledger from the journal: every record replayed at the instant it was
+    /// decided. A torn tail (a crash mid-write) is truncated and logged; damage anywhere else
+    /// refuses to start, naming the file and offset.
+    private func recover() throws {
+        guard configuration.journalMode != .none else { return }
+        let directory = configuration.dataDirectory + "/journal"
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw ServerError("cannot create the journal directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        var ledger = Ledger(limits: configuration.limits, startingAt: .epoch)
+        let started = ContinuousClock.now
+        let scan: JournalScan
+        do {
+            scan = try Journal.scan(directory: directory, repair: true) { record in
+                ledger.apply(record.command, key: record.key, at: record.instant)
+            }
+        } catch let damage as JournalDamage {
+            throw ServerError("\(damage). Refusing to start; inspect it with `tollgate journal verify \(directory)`.")
+        }
+        if let torn = scan.tornTail {
+            logger.warning("truncated a torn journal tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)", "reason": "\(torn.reason)"])
+        }
+        ledger.advance(to: clock())
+        let mode: JournalMode =
+            configuration.journalMode == .sync ? .sync : .async(intervalMicroseconds: configuration.journalFlushIntervalMilliseconds * 1_000)
+        let writer: JournalWriter
+        do {
+            writer = try JournalWriter(directory: directory, mode: mode, after: scan, segmentBytes: configuration.journalSegmentBytes)
+        } catch {
+            throw ServerError("cannot open the journal: \(error)")
+        }
+        service.restore(ledger, journal: writer)
+        logger.info(
+            "recovered from the journal",
+            metadata: [
+                "records": "\(scan.records)", "segments": "\(scan.segments.count)", "mode": "\(configuration.journalMode.rawValue)",
+                "seconds": "\(ContinuousClock.now - started)",
+            ])
     }
 
     private func createDataDirectory() throws {
@@ -166,9 +212,10 @@ public final class TollgateServer: Service, Sendable {
             .childChannelInitializer { channel in
                 channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
                     try channel.pipeline.syncOperations.addHandler(
-                        AdminHTTPHandler(registry: MetricsBootstrap.registry, readiness: readiness) {
-                            metrics.recordOpenHolds(service.openHolds)
-                        })
+                        AdminHTTPHandler(
+                            registry: MetricsBootstrap.registry,
+                            problem: { readiness.problem ?? service.journal?.failureReason.map { "journal failing: \($0)" } },
+                            refreshGauges: { metrics.recordOpenHolds(service.openHolds) }))
                 }
             }
         do {
