@@ -110,6 +110,8 @@ let package = Package(
         .testTarget(
             name: "TollgateServerTests",
             dependencies: [
+                // tollgated itself, so the crash test can run and kill the real binary.
+                "tollgated",
                 "TollgateServer", "TollgateClient", "TollgateWire", "TollgateLedger", "TollgateLedgerTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
