@@ -83,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "tollgate",
             dependencies: [
-                "TollgateClient", "TollgateLedger", "TollgateWire",
+                "TollgateClient", "TollgateLedger", "TollgateWire", "TollgateJournal",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]

@@ -14,6 +14,11 @@ public enum WireText {
         return (["response", "id=\(header.requestID)", opcode] + responseFields(response)).joined(separator: " ")
     }
 
+    /// A command and its key, as the journal dump prints them: `OPCODE key="…" fields…`.
+    public static func describe(command: Command, key: String) -> String {
+        ([command.opcode.name] + requestFields(.command(command, key: key))).joined(separator: " ")
+    }
+
     static func quote(_ string: String) -> String {
         var quoted = "\""
         for character in string {

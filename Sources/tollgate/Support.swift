@@ -177,12 +177,12 @@ struct Output {
                 "  grant \(grant.id) [\(scope), priority \(grant.priority), expires \(grant.expiresAt)]: \(grant.available) of \(grant.amount) available, \(grant.held) held, \(grant.consumed) consumed")
         }
         let object: [String: Any] = [
-            "account": balance.account, "member": balance.member as Any, "at": balance.at.description,
+            "account": balance.account, "member": nullable(balance.member), "at": balance.at.description,
             "periodStart": balance.periodStart.description, "periodEnd": balance.periodEnd.description,
             "headroom": headroom(balance.headroom).1,
             "funds": ["member": funds.member, "pool": funds.pool, "parentPool": funds.parentPool, "overdrawn": funds.overdrawn, "overdraftHeld": funds.overdraftHeld, "balance": funds.balance],
             "levels": balance.levels.map { level -> [String: Any] in
-                ["level": level.level.name, "subject": level.subject, "limit": level.limit as Any, "consumed": level.consumed, "held": level.held, "headroom": level.headroom as Any]
+                ["level": level.level.name, "subject": level.subject, "limit": nullable(level.limit), "consumed": level.consumed, "held": level.held, "headroom": nullable(level.headroom)]
             },
             "grants": balance.grants.map { grant -> [String: Any] in
                 var scope = "pool"
@@ -252,4 +252,9 @@ func parseLimit(_ text: String) throws -> Credits? {
     if text.lowercased() == "none" { return nil }
     guard let limit = Int64(text) else { throw ValidationError("a cap is a number of credits or none, not \"\(text)\"") }
     return limit
+}
+
+/// JSON for an optional: the value, or null.
+func nullable(_ value: Any?) -> Any {
+    value ?? NSNull()
 }

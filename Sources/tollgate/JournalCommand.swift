@@ -1,0 +1,96 @@
+import ArgumentParser
+import Foundation
+import TollgateJournal
+import TollgateLedger
+import TollgateWire
+
+/// `tollgate journal verify|dump|export DIRECTORY`: read a journal directory directly (the
+/// server need not run; e.g. ./tollgate-data/journal).
+struct JournalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "journal", abstract: "Verify, dump or export a journal directory.", subcommands: [Verify.self, Dump.self, Export.self])
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check every record: lengths, checksums, sequence numbers and the chain.",
+            discussion: "Exit status: 0 valid, 2 valid but for a torn tail (repaired with --repair), 1 damaged before the tail.")
+        @Argument(help: "The journal directory, e.g. ./tollgate-data/journal.") var directory: String
+        @Flag(help: "Truncate a torn tail, as tollgated does when it starts.") var repair = false
+
+        func run() throws {
+            do {
+                let scan = try Journal.scan(directory: directory, repair: repair) { _ in }
+                print("\(scan.records) records in \(scan.segments.count) segments; last sequence \(scan.lastSequence)")
+                if let torn = scan.tornTail {
+                    print("torn tail in \(torn.file) at byte \(torn.offset): \(torn.reason)\(repair ? " — truncated" : "")")
+                    if !repair { throw ExitCode(2) }
+                }
+            } catch let damage as JournalDamage {
+                print("DAMAGED: \(damage)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Dump: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print every record: sequence, instant, the command and its key.")
+        @Argument var directory: String
+
+        func run() throws {
+            do {
+                _ = try Journal.scan(directory: directory, repair: false) { record in
+                    print("\(record.sequence) \(record.instant) \(WireText.describe(command: record.command, key: record.key))")
+                }
+            } catch let damage as JournalDamage {
+                print("DAMAGED: \(damage)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write every consumption as a JSON line, for billing reconciliation.",
+            discussion: """
+                Replays the journal and prints one line per spend and per commit: \
+                {"time", "account", "member", "product", "credits", "hold", "sequence"}. A commit's \
+                member and product are those of its hold; a spend has no hold.
+                """)
+        @Argument var directory: String
+
+        func run() throws {
+            var ledger = Ledger(startingAt: .epoch)
+            do {
+                _ = try Journal.scan(directory: directory, repair: false) { record in
+                    var hold: HoldView?
+                    if case .commit(let commit) = record.command { hold = ledger.hold(commit.hold.hold) }
+                    let answer = ledger.apply(record.command, key: record.key, at: record.instant)
+                    var line: [String: Any]?
+                    switch (record.command, answer) {
+                    case (.spend(let spend), .decision(let decision)):
+                        line = [
+                            "account": spend.request.account, "member": nullable(spend.request.member), "product": spend.request.product,
+                            "credits": decision.cost, "hold": NSNull(),
+                        ]
+                    case (.commit(let commit), .committed(let result)) where result.committed > 0:
+                        line = [
+                            "account": commit.hold.account, "member": nullable(hold?.member), "product": nullable(hold?.product),
+                            "credits": result.committed, "hold": result.hold,
+                        ]
+                    default:
+                        break
+                    }
+                    if var line {
+                        line["time"] = record.instant.description
+                        line["sequence"] = record.sequence
+                        let data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys, .withoutEscapingSlashes])
+                        print(String(decoding: data, as: UTF8.self))
+                    }
+                }
+            } catch let damage as JournalDamage {
+                FileHandle.standardError.write(Data("DAMAGED: \(damage)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+}
