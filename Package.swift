@@ -110,8 +110,9 @@ let package = Package(
         .testTarget(
             name: "TollgateServerTests",
             dependencies: [
-                // tollgated itself, so the crash test can run and kill the real binary.
-                "tollgated",
+                // The executables themselves: the crash test runs and kills tollgated, and the
+                // journal tests run the tollgate CLI.
+                "tollgated", "tollgate",
                 "TollgateServer", "TollgateClient", "TollgateWire", "TollgateLedger", "TollgateLedgerTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

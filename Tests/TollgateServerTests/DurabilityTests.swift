@@ -200,3 +200,54 @@ import Glibc
         try? FileManager.default.removeItem(atPath: data)
     }
 }
+
+@Suite(.serialized) struct JournalCLITests {
+    static let tollgate = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent(".build/debug/tollgate").path
+
+    func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Foundation.Process()
+        process.executableURL = URL(fileURLWithPath: Self.tollgate)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
+    }
+
+    @Test func verifyDumpAndExportReadTheServersJournal() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-cli-\(UUID().uuidString)"
+        let server = try await TestServer.start { $0.dataDirectory = data; $0.journalMode = .sync }
+        let gate = try await server.client()
+        try await gate.setUpTeamPlan(topUp: false)
+        let hold = try await gate.reserve(account: "acme", member: "ana", product: "ai.assistant", quantity: 1)
+        try await gate.commit(account: "acme", hold: hold.hold!, amount: .credits(9))
+        _ = try await gate.spend(account: "acme", member: nil, product: "ai.summary", quantity: 2)
+        await gate.close()
+        try await server.stop()
+        let journal = data + "/journal"
+
+        let verify = try run(["journal", "verify", journal])
+        #expect(verify.status == 0)
+        #expect(verify.output.hasPrefix("12 records in 1 segments; last sequence 12"))
+        let dump = try run(["journal", "dump", journal])
+        #expect(dump.output.split(separator: "\n").count == 12)
+        #expect(dump.output.contains("SPEND key="))
+        let export = try run(["journal", "export", journal])
+        let lines = export.output.split(separator: "\n").map(String.init)
+        #expect(lines.count == 2)
+        #expect(lines[0].hasPrefix(#"{"account":"acme","credits":9,"hold":1,"member":"ana","product":"ai.assistant","sequence":11,"time":""#))
+        #expect(lines[1].contains(#""credits":14"#) && lines[1].contains(#""hold":null"#) && lines[1].contains(#""member":null"#))
+
+        // A damaged journal is reported with its offset, and the exit status says so.
+        let file = try FileManager.default.contentsOfDirectory(atPath: journal).first!
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: journal + "/" + file))
+        bytes[40] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: journal + "/" + file))
+        let damaged = try run(["journal", "verify", journal])
+        #expect(damaged.status == 1)
+        #expect(damaged.output.contains("DAMAGED: journal damaged in") && damaged.output.contains("at byte 24"))
+    }
+}
