@@ -113,7 +113,7 @@ let package = Package(
                 // The executables themselves: the crash test runs and kills tollgated, and the
                 // journal tests run the tollgate CLI.
                 "tollgated", "tollgate",
-                "TollgateServer", "TollgateClient", "TollgateWire", "TollgateLedger", "TollgateLedgerTestSupport",
+                "TollgateServer", "TollgateClient", "TollgateWire", "TollgateLedger", "TollgateLedgerTestSupport", "TollgateJournal",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -82,6 +82,8 @@ public final class JournalWriter: @unchecked Sendable {
     // Owned by the writer thread.
     private var descriptor: Int32 = -1
     private var segmentSize = 0
+    /// Failed writes and fsyncs so far, for metrics.
+    private let failures = Atomic<Int>(0)
 
     public init(directory: String, mode: JournalMode, after scan: JournalScan, segmentBytes: Int = 64 << 20, files: any JournalFiles = SystemJournalFiles()) throws {
         self.mode = mode
@@ -107,8 +109,11 @@ public final class JournalWriter: @unchecked Sendable {
     /// The highest sequence known to be on disk.
     public var durableSequence: UInt64 { durable.load(ordering: .acquiring) }
 
-    /// Why the journal stopped writing, if it has.
+    /// Why the journal is not writing, if it is not. It retries every interval and clears this
+    /// once a write and fsync succeed again.
     public var failureReason: String? { failure.withLock { $0 } }
+
+    public var failureCount: Int { failures.load(ordering: .relaxed) }
 
     /// Adds a record; returns its sequence number. Cheap: memory only.
     @discardableResult
@@ -178,10 +183,22 @@ public final class JournalWriter: @unchecked Sendable {
             condition.unlock()
 
             let result = flush(batch, through: through)
+            if case .failure = result, batch.readableBytes > 0 {
+                // Keep the batch for the next attempt, ahead of anything appended since.
+                condition.lock()
+                var retry = batch
+                retry.writeImmutableBuffer(pending.buffer)
+                pending.buffer = retry
+                condition.unlock()
+            }
             for (sequence, done) in waiters {
                 if case .failure = result { done(result) } else if sequence <= durableSequence { done(.success(())) } else { whenDurable(sequence, done) }
             }
             if stopping { break }
+            if case .failure = result {
+                // Wait before trying the disk again.
+                Thread.sleep(forTimeInterval: max(interval, 0.05))
+            }
         }
         if descriptor >= 0 { Glibc.close(descriptor) }
         stopped.lock()
@@ -191,14 +208,17 @@ public final class JournalWriter: @unchecked Sendable {
     }
 
     private func flush(_ batch: ByteBuffer, through sequence: UInt64) -> Result<Void, JournalError> {
-        if let reason = failureReason { return .failure(JournalError(reason)) }
         guard batch.readableBytes > 0 else { return .success(()) }
         let written = batch.withUnsafeReadableBytes { files.write(descriptor, $0) }
         guard written == batch.readableBytes, files.sync(descriptor) == 0 else {
             let reason = "journal write failed: \(String(cString: strerror(errno)))"
+            failures.wrappingAdd(1, ordering: .relaxed)
             failure.withLock { $0 = reason }
+            // Cut off whatever part of the batch reached the file, so the retry starts clean.
+            _ = ftruncate(descriptor, off_t(segmentSize))
             return .failure(JournalError(reason))
         }
+        if failureReason != nil { failure.withLock { $0 = nil } }
         segmentSize += written
         durable.store(sequence, ordering: .releasing)
         if segmentSize >= segmentBytes {

@@ -16,12 +16,16 @@ public final class ServerMetrics: Sendable {
     private let latency: CoreMetrics.Timer
     private let connections: CoreMetrics.Gauge
     private let openHolds: CoreMetrics.Gauge
+    private let journalHealthy: CoreMetrics.Gauge
+    private let journalFailures: CoreMetrics.Gauge
     private let connectionCount = Atomic<Int>(0)
 
     public init() {
         latency = CoreMetrics.Timer(label: "tollgate_request_duration_seconds")
         connections = CoreMetrics.Gauge(label: "tollgate_connections")
         openHolds = CoreMetrics.Gauge(label: "tollgate_open_holds")
+        journalHealthy = CoreMetrics.Gauge(label: "tollgate_journal_healthy")
+        journalFailures = CoreMetrics.Gauge(label: "tollgate_journal_write_failures")
     }
 
     /// One request answered: its operation, its outcome (`ok` or a status name) and how long
@@ -60,6 +64,12 @@ public final class ServerMetrics: Sendable {
 
     public func recordOpenHolds(_ count: Int) {
         openHolds.record(count)
+    }
+
+    /// 1 while the journal writes, 0 while it fails; and how many writes or fsyncs failed.
+    public func recordJournal(healthy: Bool, failures: Int) {
+        journalHealthy.record(healthy ? 1 : 0)
+        journalFailures.record(failures)
     }
 }
 

@@ -48,10 +48,16 @@ public final class TollgateServer: Service, Sendable {
     private let started = Mutex<[CheckedContinuation<Void, any Error>]>([])
 
     private let clock: @Sendable () -> Instant
+    private let journalFiles: any JournalFiles
 
-    public init(configuration: ServerConfiguration, logger: Logger, clock: @escaping @Sendable () -> Instant = wallClock) {
+    /// `journalFiles` replaces the file operations of the journal, for fault-injection tests.
+    public init(
+        configuration: ServerConfiguration, logger: Logger, clock: @escaping @Sendable () -> Instant = wallClock,
+        journalFiles: any JournalFiles = SystemJournalFiles()
+    ) {
         _ = MetricsBootstrap.registry
         self.clock = clock
+        self.journalFiles = journalFiles
         self.configuration = configuration
         self.logger = logger
         self.service = LedgerService(configuration: configuration, clock: clock)
@@ -154,7 +160,7 @@ public final class TollgateServer: Service, Sendable {
             configuration.journalMode == .sync ? .sync : .async(intervalMicroseconds: configuration.journalFlushIntervalMilliseconds * 1_000)
         let writer: JournalWriter
         do {
-            writer = try JournalWriter(directory: directory, mode: mode, after: scan, segmentBytes: configuration.journalSegmentBytes)
+            writer = try JournalWriter(directory: directory, mode: mode, after: scan, segmentBytes: configuration.journalSegmentBytes, files: journalFiles)
         } catch {
             throw ServerError("cannot open the journal: \(error)")
         }
@@ -215,7 +221,12 @@ public final class TollgateServer: Service, Sendable {
                         AdminHTTPHandler(
                             registry: MetricsBootstrap.registry,
                             problem: { readiness.problem ?? service.journal?.failureReason.map { "journal failing: \($0)" } },
-                            refreshGauges: { metrics.recordOpenHolds(service.openHolds) }))
+                            refreshGauges: {
+                                metrics.recordOpenHolds(service.openHolds)
+                                if let journal = service.journal {
+                                    metrics.recordJournal(healthy: journal.failureReason == nil, failures: journal.failureCount)
+                                }
+                            }))
                 }
             }
         do {

@@ -1,6 +1,8 @@
 import Foundation
+import Synchronization
 import Testing
 import TollgateClient
+import TollgateJournal
 import TollgateLedger
 import TollgateServer
 import TollgateWire
@@ -249,5 +251,90 @@ import Glibc
         let damaged = try run(["journal", "verify", journal])
         #expect(damaged.status == 1)
         #expect(damaged.output.contains("DAMAGED: journal damaged in") && damaged.output.contains("at byte 24"))
+    }
+}
+
+/// The journal's file layer, made to fail on demand like a full disk.
+final class FaultyFiles: JournalFiles, Sendable {
+    private let failing = Mutex(false)
+    private let system = SystemJournalFiles()
+
+    func set(failing value: Bool) { failing.withLock { $0 = value } }
+
+    func write(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
+        if failing.withLock({ $0 }) {
+            errno = ENOSPC
+            return -1
+        }
+        return system.write(descriptor, bytes)
+    }
+
+    func sync(_ descriptor: Int32) -> Int32 {
+        if failing.withLock({ $0 }) {
+            errno = EIO
+            return -1
+        }
+        return system.sync(descriptor)
+    }
+}
+
+@Suite(.serialized) struct FaultTests {
+    @Test func aFailingDiskRefusesMutationsKeepsReadsAndRecovers() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-fault-\(UUID().uuidString)"
+        let files = FaultyFiles()
+        let server = try await TestServer.start(journalFiles: files) { $0.dataDirectory = data; $0.journalMode = .sync }
+        let gate = try await TollgateClient.connect(.init(port: server.port, retries: 0))
+        try await gate.setUpTeamPlan(topUp: false)
+        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "before")
+
+        files.set(failing: true)
+        // The spend in flight when the disk fails is not acknowledged.
+        await #expect(throws: TollgateError.self) {
+            _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "during-1")
+        }
+        // Further mutations are refused as unavailable; reads still work.
+        do {
+            _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "during-2")
+            Issue.record("a mutation was accepted while the journal was failing")
+        } catch {
+            #expect(error.status == ProtocolStatus.unavailable.rawValue)
+        }
+        _ = try await gate.balance(account: "acme")
+        let ready = try RawHTTP.get(port: server.adminPort, path: "/readyz")
+        #expect(ready.hasPrefix("HTTP/1.1 503") && ready.contains("journal failing"))
+        #expect(try RawHTTP.get(port: server.adminPort, path: "/metrics").contains("tollgate_journal_healthy 0"))
+
+        files.set(failing: false)
+        // The writer retries; once the disk works again, so do mutations.
+        var resumed = false
+        for _ in 0..<100 where !resumed {
+            try await Task.sleep(for: .milliseconds(50))
+            resumed = (try? await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "after")) != nil
+        }
+        #expect(resumed)
+        let pool = try await gate.balance(account: "acme").funds.pool
+        await gate.close()
+        try await server.stop()
+
+        // Everything the ledger holds was kept: a restart shows the same pool.
+        let restarted = try await TestServer.start { $0.dataDirectory = data; $0.journalMode = .sync }
+        let again = try await restarted.client()
+        #expect(try await again.balance(account: "acme").funds.pool == pool)
+        await again.close()
+        try await restarted.stop()
+    }
+}
+
+enum RawHTTP {
+    static func get(port: Int, path: String) throws -> String {
+        let socket = try RawSocket(port: port)
+        socket.send(Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8))
+        var text = ""
+        while true {
+            let chunk = socket.read(4_096)
+            if chunk.isEmpty { break }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        return text
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import TollgateClient
+import TollgateJournal
 import TollgateLedger
 import TollgateServer
 import TollgateWire
@@ -19,7 +20,7 @@ final class TestServer: Sendable {
     let port: Int
     let adminPort: Int
 
-    static func start(_ adjust: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+    static func start(journalFiles: any JournalFiles = SystemJournalFiles(), _ adjust: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
         var configuration = ServerConfiguration()
         configuration.port = 0
         configuration.adminPort = 0
@@ -28,7 +29,7 @@ final class TestServer: Sendable {
         adjust(&configuration)
         var logger = Logger(label: "test-tollgated")
         logger.logLevel = .warning
-        let server = TollgateServer(configuration: configuration, logger: logger)
+        let server = TollgateServer(configuration: configuration, logger: logger, journalFiles: journalFiles)
         let group = ServiceGroup(configuration: .init(services: [server], gracefulShutdownSignals: [], logger: logger))
         let task = Task { try await group.run() }
         try await server.waitUntilListening()
