@@ -97,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "TollgateDecisionBench",
             dependencies: [
-                "TollgateServer", "TollgateClient", "TollgateLedger", "TollgateWire",
+                "TollgateServer", "TollgateClient", "TollgateLedger", "TollgateWire", "TollgateJournal",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,15 +1,18 @@
 import Logging
 import NIOPosix
 import ServiceLifecycle
+import Foundation
 import TollgateClient
+import TollgateJournal
 import TollgateLedger
 import TollgateServer
 import TollgateWire
 
-// Measures where decisions should run: under a mutex on the connection's event-loop thread,
-// or on one dedicated ledger thread with a hand-off each way. Starts tollgated in-process in
-// each mode, drives reserve+commit pairs through the Swift client, and prints latency
-// percentiles and throughput.
+// Measures where decisions should run (under a mutex on the connection's event-loop thread,
+// or on one dedicated ledger thread with a hand-off each way) and what each journal mode costs
+// (none, async, sync): starts tollgated in-process, drives reserve+commit pairs through the
+// Swift client, and prints latency percentiles and throughput; then replays each journal and
+// reports its size per record and the replay speed.
 //   swift run -c release tollgate-decision-bench [pairs-per-client]
 
 let pairs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 20_000 : 20_000
@@ -18,13 +21,17 @@ func percentile(_ sorted: [Double], _ p: Double) -> Double {
     sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
 }
 
-func measure(_ mode: ServerConfiguration.DecisionThread, clients: Int) async throws -> String {
+func measure(
+    _ mode: ServerConfiguration.DecisionThread, clients: Int, journal: ServerConfiguration.JournalModeSetting = .none,
+    data: String = "/tmp/tollgate-decision-bench-\(UUID().uuidString)"
+) async throws -> String {
     var configuration = ServerConfiguration()
+    configuration.journalMode = journal
     configuration.port = 0
     configuration.adminPort = nil
     configuration.threads = 2
     configuration.decisionThread = mode
-    configuration.dataDirectory = "/tmp/tollgate-decision-bench"
+    configuration.dataDirectory = data
     var logger = Logger(label: "bench")
     logger.logLevel = .error
     let server = TollgateServer(configuration: configuration, logger: logger)
@@ -67,14 +74,40 @@ func measure(_ mode: ServerConfiguration.DecisionThread, clients: Int) async thr
     await group.triggerGracefulShutdown()
     try await task.value
     func format(_ value: Double) -> String { String(Int(value.rounded())) }
-    return "| \(mode.rawValue) | \(clients) | \(format(percentile(latencies, 0.5))) | \(format(percentile(latencies, 0.99))) | \(format(percentile(latencies, 0.999))) | \(format(latencies.last!)) | \(Int(Double(latencies.count) / seconds)) |"
+    return "| \(mode.rawValue) | \(journal.rawValue) | \(clients) | \(format(percentile(latencies, 0.5))) | \(format(percentile(latencies, 0.99))) | \(format(percentile(latencies, 0.999))) | \(format(latencies.last!)) | \(Int(Double(latencies.count) / seconds)) |"
 }
 
 print("reserve+commit pairs through TollgateClient, \(pairs) per client; latency of a pair in µs")
-print("| decisions on | clients | p50 | p99 | p99.9 | max | pairs/s |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| decisions on | journal | clients | p50 | p99 | p99.9 | max | pairs/s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
 for clients in [1, 8] {
     for mode in [ServerConfiguration.DecisionThread.connectionThread, .dedicatedThread] {
         print(try await measure(mode, clients: clients))
     }
+}
+var journals: [(ServerConfiguration.JournalModeSetting, String)] = []
+for journal in [ServerConfiguration.JournalModeSetting.async, .sync] {
+    for clients in [1, 8] {
+        let data = "/tmp/tollgate-decision-bench-\(UUID().uuidString)"
+        print(try await measure(.connectionThread, clients: clients, journal: journal, data: data))
+        journals.append((journal, data))
+    }
+}
+
+// Replay: how fast a journal rebuilds the ledger, and how big it is per record.
+print("")
+print("| journal | records | bytes per record | replay records/s |")
+print("|---|---:|---:|---:|")
+for (journal, data) in journals {
+    let directory = data + "/journal"
+    let bytes = Journal.segmentFiles(in: directory).reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: $1)[.size] as? Int) ?? 0) }
+    var ledger = Ledger(startingAt: .epoch)
+    let started = ContinuousClock.now
+    let scan = try Journal.scan(directory: directory, repair: false) { record in
+        ledger.apply(record.command, key: record.key, at: record.instant)
+    }
+    let elapsed = ContinuousClock.now - started
+    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    print("| \(journal.rawValue) | \(scan.records) | \(bytes / max(1, scan.records)) | \(Int(Double(scan.records) / seconds)) |")
+    try? FileManager.default.removeItem(atPath: data)
 }
