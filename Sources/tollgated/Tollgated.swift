@@ -30,6 +30,10 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "Close connections with no complete request for this long, in ms (default 300000).") var idleTimeoutMs: Int?
     @Option(help: "How often expired holds are released, in ms (default 100).") var sweepIntervalMs: Int?
     @Option(help: "Event-loop threads (default: one per core).") var threads: Int?
+    @Option(help: "Journal mode: async (default; fsync every interval), sync (answers wait for fsync) or none (nothing kept).")
+    var journalMode: String?
+    @Option(help: "How often the async journal is fsynced, in ms (default 10): the loss window of a crash.")
+    var journalFlushIntervalMs: Int?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (also TOLLGATE_LOG_LEVEL; default info).")
     var logLevel: String?
 
@@ -80,6 +84,8 @@ struct Tollgated: AsyncParsableCommand {
         add("idleTimeoutMilliseconds", idleTimeoutMs)
         add("sweepIntervalMilliseconds", sweepIntervalMs)
         add("threads", threads)
+        add("journalMode", journalMode)
+        add("journalFlushIntervalMilliseconds", journalFlushIntervalMs)
         return settings
     }
 
