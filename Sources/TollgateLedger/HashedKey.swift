@@ -20,6 +20,12 @@ enum FastHash {
     /// A second, independent seed, for 128-bit digests.
     static let secondSeed: UInt64 = mix(seed ^ 0x2D35_8DCC_AA6C_78A5, 0x8BB8_4B93_962E_ACC9) | 1
 
+    /// Fixed seeds, for the digests and fingerprints a checkpoint stores: they must come out
+    /// the same in the next process. Where they pick a hash-table bucket, the per-process
+    /// `seed` is mixed in first, so crafted keys still cannot be aimed at one bucket.
+    static let stableSeed: UInt64 = 0x5465_6C6C_6761_7465
+    static let stableSecondSeed: UInt64 = 0x4A6F_7572_6E61_6C31
+
     static func hash(_ string: String, seed: UInt64 = FastHash.seed) -> UInt64 {
         if let value = string.utf8.withContiguousStorageIfAvailable({ hash($0, seed: seed) }) { return value }
         var copy = string
@@ -54,8 +60,9 @@ enum FastHash {
 struct FastHasher {
     private(set) var state: UInt64
 
+    /// Seeded with the fixed seed: a fingerprint is the same in every process.
     init(tag: UInt64) {
-        state = FastHash.mix(FastHash.seed ^ tag, 0x9E37_79B9_7F4A_7C15)
+        state = FastHash.mix(FastHash.stableSeed ^ tag, 0x9E37_79B9_7F4A_7C15)
     }
 
     mutating func add(_ value: UInt64) {
@@ -67,7 +74,8 @@ struct FastHasher {
     }
 
     mutating func add(_ string: String) {
-        add(FastHash.hash(string))
+        add(FastHash.hash(string, seed: FastHash.stableSeed))
+        add(UInt64(string.utf8.count))
     }
 
     mutating func add(_ string: String?) {

@@ -5,20 +5,37 @@ import DequeModule
 ///
 /// Built for the hot path and for millions of keys. A key is kept as a 128-bit digest of
 /// (account, key), not as strings; the command as a 64-bit fingerprint, not as a value. Both
-/// hashes are seeded per process, so they cannot be aimed at ahead of time, and the table is
-/// rebuilt by replay in each process. Entries sit in rings in the order they were stored —
+/// use fixed seeds so a checkpoint can carry them to the next process; the index that finds
+/// a digest mixes in a per-process seed, so crafted keys cannot be aimed at one bucket, and it
+/// is rebuilt when a checkpoint is loaded (its layout is not part of the table's value). Entries sit in rings in the order they were stored —
 /// also the order they expire in, since retention is one fixed span and time only moves
 /// forward — and an open-addressing index of 16-byte slots maps a digest to its position.
 struct IdempotencyTable: Hashable, Sendable {
+    /// The table's value is its entries in order; the index is derived from them.
+    static func == (lhs: IdempotencyTable, rhs: IdempotencyTable) -> Bool {
+        lhs.firstPosition == rhs.firstPosition && lhs.answers == rhs.answers && lhs.expiries == rhs.expiries
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(firstPosition)
+        hasher.combine(expiries.count)
+    }
+
     struct Key: Hashable, Sendable {
         let low: UInt64
         let high: UInt64
 
         init(scope: String, key: String) {
-            low = FastHash.mix(FastHash.hash(scope) ^ 0x5851_F42D_4C95_7F2D, FastHash.hash(key) | 1)
+            low = FastHash.mix(
+                FastHash.hash(scope, seed: FastHash.stableSeed) ^ 0x5851_F42D_4C95_7F2D, FastHash.hash(key, seed: FastHash.stableSeed) | 1)
             high = FastHash.mix(
-                FastHash.hash(scope, seed: FastHash.secondSeed) ^ 0x1405_7B7E_F767_814F,
-                FastHash.hash(key, seed: FastHash.secondSeed) | 1)
+                FastHash.hash(scope, seed: FastHash.stableSecondSeed) ^ 0x1405_7B7E_F767_814F,
+                FastHash.hash(key, seed: FastHash.stableSecondSeed) | 1)
+        }
+
+        init(low: UInt64, high: UInt64) {
+            self.low = low
+            self.high = high
         }
     }
 
@@ -91,7 +108,7 @@ struct IdempotencyTable: Hashable, Sendable {
     private var mask: Int { slots.count - 1 }
 
     private func ideal(_ tag: UInt64) -> Int {
-        Int(truncatingIfNeeded: tag) & mask
+        Int(truncatingIfNeeded: FastHash.mix(tag ^ FastHash.seed, 0x9E37_79B9_7F4A_7C15)) & mask
     }
 
     private func find(_ key: Key) -> Int? {
@@ -183,15 +200,109 @@ extension Command {
             hasher.add(extend.hold)
             hasher.add(extend.ttlMicroseconds)
             return hasher.state
-        default:
+        case .createAccount(let create):
             var hasher = FastHasher(tag: 6)
-            hasher.add(UInt64(bitPattern: Int64(hashValue)))
+            hasher.add(create.account)
+            hasher.add(create.parent)
+            hasher.add(create.overage)
+            hasher.add(create.period)
+            return hasher.state
+        case .setParent(let account, let parent):
+            var hasher = FastHasher(tag: 7)
+            hasher.add(account)
+            hasher.add(parent)
+            return hasher.state
+        case .setOverage(let account, let policy):
+            var hasher = FastHasher(tag: 8)
+            hasher.add(account)
+            hasher.add(policy)
+            return hasher.state
+        case .setPeriod(let account, let period):
+            var hasher = FastHasher(tag: 9)
+            hasher.add(account)
+            hasher.add(period)
+            return hasher.state
+        case .setAccountCap(let account, let limit):
+            return FastHasher.fingerprint(10, [account], limit)
+        case .addMember(let account, let member):
+            return FastHasher.fingerprint(11, [account, member])
+        case .removeMember(let account, let member):
+            return FastHasher.fingerprint(12, [account, member])
+        case .setMemberCap(let account, let member, let limit):
+            return FastHasher.fingerprint(13, [account, member], limit)
+        case .createGroup(let account, let group):
+            return FastHasher.fingerprint(14, [account, group])
+        case .deleteGroup(let account, let group):
+            return FastHasher.fingerprint(15, [account, group])
+        case .setGroupCap(let account, let group, let limit):
+            return FastHasher.fingerprint(16, [account, group], limit)
+        case .addToGroup(let account, let group, let member):
+            return FastHasher.fingerprint(17, [account, group, member])
+        case .removeFromGroup(let account, let group, let member):
+            return FastHasher.fingerprint(18, [account, group, member])
+        case .addGrant(let grant):
+            var hasher = FastHasher(tag: 19)
+            hasher.add(grant.account)
+            switch grant.scope {
+            case .pool: hasher.add(0 as UInt64)
+            case .member(let member): hasher.add(1 as UInt64); hasher.add(member)
+            }
+            hasher.add(grant.amount)
+            hasher.add(Int64(grant.priority))
+            hasher.add(grant.effectiveAt.microsecondsSinceEpoch)
+            hasher.add(grant.expiresAt.microsecondsSinceEpoch)
+            hasher.add(UInt64(grant.source.rawValue))
+            return hasher.state
+        case .voidGrant(let account, let grant):
+            var hasher = FastHasher(tag: 20)
+            hasher.add(account)
+            hasher.add(grant)
+            return hasher.state
+        case .setRate(let product, let rate, let effectiveAt):
+            var hasher = FastHasher(tag: 21)
+            hasher.add(product)
+            hasher.add(rate)
+            hasher.add(effectiveAt.microsecondsSinceEpoch)
+            return hasher.state
+        case .setAccountRate(let account, let product, let rate, let effectiveAt):
+            var hasher = FastHasher(tag: 22)
+            hasher.add(account)
+            hasher.add(product)
+            hasher.add(optional: rate)
+            hasher.add(effectiveAt.microsecondsSinceEpoch)
             return hasher.state
         }
     }
 }
 
 extension FastHasher {
+    static func fingerprint(_ tag: UInt64, _ strings: [String], _ limit: Credits?? = nil) -> UInt64 {
+        var hasher = FastHasher(tag: tag)
+        for string in strings { hasher.add(string) }
+        if let limit { hasher.add(optional: limit) }
+        return hasher.state
+    }
+
+    mutating func add(optional value: Int64?) {
+        if let value { add(1 as UInt64); add(value) } else { add(0 as UInt64) }
+    }
+
+    mutating func add(_ policy: OveragePolicy) {
+        switch policy {
+        case .deny: add(0 as UInt64)
+        case .overdraft(let limit): add(1 as UInt64); add(limit)
+        case .finish(let percent): add(2 as UInt64); add(percent)
+        }
+    }
+
+    mutating func add(_ period: BillingPeriod?) {
+        switch period {
+        case nil: add(0 as UInt64)
+        case .monthly(let anchor)?: add(1 as UInt64); add(anchor.microsecondsSinceEpoch)
+        case .fixed(let anchor, let length)?: add(2 as UInt64); add(anchor.microsecondsSinceEpoch); add(length)
+        }
+    }
+
     mutating func add(_ request: DecisionRequest) {
         add(request.account)
         add(request.member)
