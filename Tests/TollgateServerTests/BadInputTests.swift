@@ -23,7 +23,7 @@ import TollgateWire
         try socket.hello()
         let bytes = Array(WireRequest.check(DecisionRequest(account: "acme", member: "ana", product: "ai.assistant", quantity: 1)).frame(requestID: 2).bytes.readableBytesView)
         socket.send(Array(bytes.prefix(bytes.count - 3)))
-        close(socket.descriptor)
+        socket.shut()
         try await bystanderWorks(server)
         try await server.stop()
     }
@@ -142,7 +142,7 @@ import TollgateWire
         }
         try await Task.sleep(for: .milliseconds(500))
         try await bystanderWorks(server)
-        close(socket.descriptor)
+        socket.shut()
         _ = await writer.result
         try await bystanderWorks(server)
         try await server.stop()

@@ -54,11 +54,17 @@ import Glibc
             environment["TOLLGATE_LOG_LEVEL"] = "warning"
             let argv = arguments.map { strdup($0) } + [nil]
             let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+            // The server must not hold the test runner's output open if it outlives a test.
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
             defer {
                 argv.forEach { free($0) }
                 envp.forEach { free($0) }
+                posix_spawn_file_actions_destroy(&actions)
             }
-            guard posix_spawn(&pid, CrashTests.binary, nil, nil, argv, envp) == 0 else { throw ServerError("cannot start \(CrashTests.binary)") }
+            guard posix_spawn(&pid, CrashTests.binary, &actions, nil, argv, envp) == 0 else { throw ServerError("cannot start \(CrashTests.binary)") }
             return Process(pid: pid)
         }
 
@@ -128,6 +134,7 @@ import Glibc
         var rng = SystemRandomNumberGenerator()
         let clients = 4
         var process = try Process.start(data: data, port: port, mode: mode)
+        defer { process.terminate() }
         do {
             let setup = try await Self.connect(port: port)
             _ = try await setup.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch), key: "setup-rate")
@@ -198,7 +205,6 @@ import Glibc
             #expect(consumed == keys)
         }
         await gate.close()
-        process.terminate()
         try? FileManager.default.removeItem(atPath: data)
     }
 }

@@ -56,8 +56,8 @@ final class TestServer: Sendable {
 }
 
 /// A blocking socket for sending arbitrary bytes, as a misbehaving client would.
-final class RawSocket {
-    let descriptor: Int32
+final class RawSocket: @unchecked Sendable {
+    private(set) var descriptor: Int32
 
     init(port: Int, receiveTimeoutMilliseconds: Int = 3_000) throws {
         descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -75,7 +75,13 @@ final class RawSocket {
         setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    deinit { close(descriptor) }
+    deinit { shut() }
+
+    /// Closes the socket once; a second close could hit a descriptor reused by someone else.
+    func shut() {
+        if descriptor >= 0 { close(descriptor) }
+        descriptor = -1
+    }
 
     func send(_ bytes: [UInt8]) {
         _ = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
