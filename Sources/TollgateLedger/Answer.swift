@@ -122,10 +122,10 @@ public struct ExtendResult: Hashable, Sendable {
 }
 
 /// How a hold ended, remembered for a while so that late requests get a precise answer.
-public enum HoldResolution: Hashable, Sendable {
-    case committed
-    case released
-    case expired
+public enum HoldResolution: UInt8, Hashable, Sendable {
+    case committed = 0
+    case released = 1
+    case expired = 2
 
     var error: LedgerError.Code {
         switch self {

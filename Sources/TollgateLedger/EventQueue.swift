@@ -43,6 +43,12 @@ struct EventQueue: Hashable, Sendable {
 
     var needsCompaction: Bool { heap.count >= compactionThreshold }
 
+    /// The queue's exact contents, for checkpoints.
+    var storage: (heap: [Event], nextSequence: UInt64, compactionThreshold: Int) {
+        get { (heap, nextSequence, compactionThreshold) }
+        set { (heap, nextSequence, compactionThreshold) = newValue }
+    }
+
     /// Hands over the events in no particular order, leaving the queue empty, so the caller
     /// can filter them in place and `restore` them.
     mutating func takeEvents() -> [Event] {

@@ -69,6 +69,24 @@ struct IdempotencyTable: Hashable, Sendable {
 
     var count: Int { expiries.count }
 
+    /// The entries in order and the position of the first, for checkpoints.
+    var storage: (answers: Deque<Stored>, expiries: Deque<Expiry>, firstPosition: UInt64) {
+        (answers, expiries, firstPosition)
+    }
+
+    /// Rebuilds a table from checkpointed entries; the index is built anew.
+    init(answers: Deque<Stored>, expiries: Deque<Expiry>, firstPosition: UInt64) {
+        self.answers = answers
+        self.expiries = expiries
+        self.firstPosition = firstPosition
+        while slots.count < 2 * max(1, expiries.count) { slots = [Slot](repeating: Slot(), count: slots.count * 2) }
+        for (index, expiry) in expiries.enumerated() {
+            insert(Slot(tag: expiry.key.low, positionPlusOne: firstPosition + UInt64(index) + 1))
+        }
+    }
+
+    init() {}
+
     mutating func reserveCapacity(_ count: Int) {
         answers.reserveCapacity(count)
         expiries.reserveCapacity(count)
@@ -325,6 +343,12 @@ struct ResolvedHolds: Hashable, Sendable {
 
     private(set) var resolutions: [HoldKey: Resolved] = [:]
     private var order: Deque<Expiry> = []
+
+    /// The exact contents, for checkpoints.
+    var storage: (resolutions: [HoldKey: Resolved], order: Deque<Expiry>) {
+        get { (resolutions, order) }
+        set { (resolutions, order) = newValue }
+    }
 
     struct Expiry: Hashable, Sendable {
         var hold: HoldID

@@ -35,7 +35,7 @@ public struct Ledger: Hashable, Sendable {
     var idempotency = IdempotencyTable()
     var resolvedHolds = ResolvedHolds()
     /// Keys forgotten before their retention because the table was full.
-    public private(set) var idempotencyKeysForgottenEarly = 0
+    public internal(set) var idempotencyKeysForgottenEarly = 0
     /// What retired grants ended with, so ledger-wide totals stay whole after their slots are reused.
     var retiredTotals = CreditTotals()
 

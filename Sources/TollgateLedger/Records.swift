@@ -186,6 +186,24 @@ struct DrawList: Hashable, Sendable {
         if count > 4 { spill.append(draw) } else { self[count - 1] = draw }
     }
 
+    /// The draws exactly as stored (a consumed draw keeps its zero), for checkpoints.
+    init(exactly draws: [Draw]) {
+        count = draws.count
+        for (index, draw) in draws.enumerated() {
+            switch index {
+            case 0: first = draw
+            case 1: second = draw
+            case 2: third = draw
+            case 3: fourth = draw
+            default: spill.append(draw)
+            }
+        }
+    }
+
+    init() {}
+
+    var all: [Draw] { (0..<count).map { self[$0] } }
+
     var total: Credits {
         var sum: Credits = 0
         for index in 0..<count { sum += self[index].amount }

@@ -1,0 +1,524 @@
+import DequeModule
+
+/// A full copy of the ledger as bytes, for checkpoints: `snapshot()` writes one and
+/// `init(snapshot:limits:)` reads it back into an equal ledger. Tables that can be rebuilt
+/// (the id indexes, the idempotency index) are rebuilt rather than stored. Big-endian, with a
+/// magic and a version; every read is bounded and a bad snapshot is a `SnapshotError`.
+public struct SnapshotError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}
+
+struct SnapshotWriter {
+    var bytes: [UInt8] = []
+
+    mutating func integer<Value: FixedWidthInteger>(_ value: Value) {
+        withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func int(_ value: Int) { integer(Int64(value)) }
+    mutating func bool(_ value: Bool) { integer(UInt8(value ? 1 : 0)) }
+    mutating func instant(_ value: Instant) { integer(value.microsecondsSinceEpoch) }
+
+    mutating func string(_ value: String) {
+        int(value.utf8.count)
+        bytes.append(contentsOf: value.utf8)
+    }
+
+    mutating func optional<Value>(_ value: Value?, _ write: (inout SnapshotWriter, Value) -> Void) {
+        bool(value != nil)
+        if let value { write(&self, value) }
+    }
+
+    mutating func array<Value>(_ values: some Collection<Value>, _ write: (inout SnapshotWriter, Value) -> Void) {
+        int(values.count)
+        for value in values { write(&self, value) }
+    }
+}
+
+struct SnapshotReader {
+    let bytes: [UInt8]
+    var position = 0
+
+    mutating func integer<Value: FixedWidthInteger>(_ type: Value.Type = Value.self) throws -> Value {
+        let size = MemoryLayout<Value>.size
+        guard position + size <= bytes.count else { throw SnapshotError(description: "snapshot cut short at byte \(position)") }
+        var value = Value.zero
+        for index in 0..<size { value = value << 8 | Value(bytes[position + index]) }
+        position += size
+        return value
+    }
+
+    mutating func int() throws -> Int {
+        let value = try integer(Int64.self)
+        guard value >= 0, value <= Int64(bytes.count) * 8 + 1_000_000_000_000 else { throw SnapshotError(description: "implausible count \(value)") }
+        return Int(value)
+    }
+
+    mutating func count() throws -> Int {
+        let value = try int()
+        guard value <= bytes.count - position else { throw SnapshotError(description: "count \(value) beyond the snapshot at byte \(position)") }
+        return value
+    }
+
+    mutating func bool() throws -> Bool {
+        switch try integer(UInt8.self) {
+        case 0: return false
+        case 1: return true
+        default: throw SnapshotError(description: "bad flag at byte \(position - 1)")
+        }
+    }
+
+    mutating func instant() throws -> Instant { Instant(microsecondsSinceEpoch: try integer()) }
+
+    mutating func string() throws -> String {
+        let length = try count()
+        defer { position += length }
+        return String(decoding: bytes[position..<position + length], as: UTF8.self)
+    }
+
+    mutating func optional<Value>(_ read: (inout SnapshotReader) throws -> Value) throws -> Value? {
+        try bool() ? try read(&self) : nil
+    }
+
+    mutating func array<Value>(_ read: (inout SnapshotReader) throws -> Value) throws -> [Value] {
+        let count = try count()
+        var values: [Value] = []
+        values.reserveCapacity(count)
+        for _ in 0..<count { values.append(try read(&self)) }
+        return values
+    }
+}
+
+extension Ledger {
+    static let snapshotMagic: UInt32 = 0x5447_4C31  // "TGL1"
+
+    /// The whole state as bytes.
+    public func snapshot() -> [UInt8] {
+        var w = SnapshotWriter()
+        w.integer(Ledger.snapshotMagic)
+        w.instant(clock)
+        w.array(accounts) { w, account in w.write(account) }
+        w.array(members) { w, member in w.write(member) }
+        w.array(freeMemberSlots) { $0.integer($1) }
+        w.array(groups) { w, group in
+            w.string(group.id)
+            w.integer(group.account)
+            w.bool(group.isLive)
+            w.optional(group.capLimit) { $0.integer($1) }
+            w.write(group.usage)
+            w.int(group.memberCount)
+        }
+        w.array(grants) { w, grant in w.write(grant) }
+        w.array(freeGrantSlots) { $0.integer($1) }
+        w.integer(nextGrantID)
+        w.array(holds.values.sorted { $0.id < $1.id }) { w, hold in w.write(hold) }
+        w.integer(nextHoldID)
+        w.array(rates.sorted { $0.key.string < $1.key.string }) { w, rate in
+            w.string(rate.key.string)
+            w.write(rate.value)
+        }
+        let events = events.storage
+        w.array(events.heap) { w, event in
+            w.instant(event.at)
+            w.integer(event.sequence)
+            switch event.kind {
+            case .holdDeadline(let id):
+                w.integer(UInt8(0))
+                w.integer(id)
+            case .grantEffective(let slot, let grant):
+                w.integer(UInt8(1))
+                w.integer(slot)
+                w.integer(grant)
+            case .grantExpiry(let slot, let grant):
+                w.integer(UInt8(2))
+                w.integer(slot)
+                w.integer(grant)
+            }
+        }
+        w.integer(events.nextSequence)
+        w.int(events.compactionThreshold)
+        let idempotency = idempotency.storage
+        w.integer(idempotency.firstPosition)
+        w.array(idempotency.expiries) { w, expiry in
+            w.integer(expiry.key.low)
+            w.integer(expiry.key.high)
+            w.instant(expiry.at)
+        }
+        w.array(idempotency.answers) { w, stored in
+            w.integer(stored.fingerprint)
+            w.write(stored.answer)
+        }
+        let resolved = resolvedHolds.storage
+        w.array(resolved.resolutions.sorted { $0.key.id < $1.key.id }) { w, entry in
+            w.integer(entry.key.id)
+            w.integer(entry.value.account)
+            w.integer(entry.value.resolution.rawValue)
+        }
+        w.array(resolved.order) { w, expiry in
+            w.integer(expiry.hold)
+            w.instant(expiry.at)
+        }
+        w.int(idempotencyKeysForgottenEarly)
+        for value in [retiredTotals.granted, retiredTotals.available, retiredTotals.held, retiredTotals.consumed, retiredTotals.expired, retiredTotals.voided] {
+            w.integer(value)
+        }
+        return w.bytes
+    }
+
+    /// A ledger equal to the one that wrote `snapshot`, under `limits`.
+    public init(snapshot bytes: [UInt8], limits: LedgerLimits = LedgerLimits()) throws {
+        var r = SnapshotReader(bytes: bytes)
+        guard try r.integer(UInt32.self) == Ledger.snapshotMagic else { throw SnapshotError(description: "not a ledger snapshot") }
+        self.init(limits: limits, startingAt: try r.instant())
+        accounts = try r.array { try $0.readAccount() }
+        members = try r.array { try $0.readMember() }
+        freeMemberSlots = try r.array { try $0.integer(Int32.self) }
+        groups = try r.array { r in
+            let id = try r.string()
+            var group = GroupRecord(id: id, account: try r.integer(), usage: UsageCounter(windowEnd: .epoch))
+            group.isLive = try r.bool()
+            group.capLimit = try r.optional { try $0.integer(Int64.self) }
+            group.usage = try r.readUsage()
+            group.memberCount = try r.int()
+            return group
+        }
+        grants = try r.array { try $0.readGrant() }
+        freeGrantSlots = try r.array { try $0.integer(Int32.self) }
+        nextGrantID = try r.integer()
+        for hold in try r.array({ try $0.readHold() }) { holds[HoldKey(hold.id)] = hold }
+        nextHoldID = try r.integer()
+        for (product, history) in try r.array({ r in (try r.string(), try r.readRates()) }) { rates[HashedString(product)] = history }
+        let heap: [EventQueue.Event] = try r.array { r in
+            let at = try r.instant()
+            let sequence = try r.integer(UInt64.self)
+            let kind: EventQueue.Kind
+            switch try r.integer(UInt8.self) {
+            case 0: kind = .holdDeadline(try r.integer())
+            case 1: kind = .grantEffective(slot: try r.integer(), grant: try r.integer())
+            case 2: kind = .grantExpiry(slot: try r.integer(), grant: try r.integer())
+            default: throw SnapshotError(description: "unknown event kind")
+            }
+            return EventQueue.Event(at: at, sequence: sequence, kind: kind)
+        }
+        events.storage = (heap, try r.integer(), try r.int())
+        let firstPosition = try r.integer(UInt64.self)
+        let expiries = try r.array { r in
+            IdempotencyTable.Expiry(key: IdempotencyTable.Key(low: try r.integer(), high: try r.integer()), at: try r.instant())
+        }
+        let answers = try r.array { r in IdempotencyTable.Stored(fingerprint: try r.integer(), answer: try r.readAnswer()) }
+        guard answers.count == expiries.count else { throw SnapshotError(description: "idempotency entries do not match") }
+        idempotency = IdempotencyTable(answers: Deque(answers), expiries: Deque(expiries), firstPosition: firstPosition)
+        var resolutions: [HoldKey: ResolvedHolds.Resolved] = [:]
+        for (id, account, raw) in try r.array({ r in (try r.integer(UInt64.self), try r.integer(Int32.self), try r.integer(UInt8.self)) }) {
+            guard let resolution = HoldResolution(rawValue: raw) else { throw SnapshotError(description: "unknown hold resolution") }
+            resolutions[HoldKey(id)] = ResolvedHolds.Resolved(account: account, resolution: resolution)
+        }
+        let order = try r.array { r in ResolvedHolds.Expiry(hold: try r.integer(), at: try r.instant()) }
+        resolvedHolds.storage = (resolutions, Deque(order))
+        idempotencyKeysForgottenEarly = try r.int()
+        retiredTotals.granted = try r.integer()
+        retiredTotals.available = try r.integer()
+        retiredTotals.held = try r.integer()
+        retiredTotals.consumed = try r.integer()
+        retiredTotals.expired = try r.integer()
+        retiredTotals.voided = try r.integer()
+        guard r.position == bytes.count else { throw SnapshotError(description: "\(bytes.count - r.position) bytes left over") }
+
+        // Rebuild the indexes the snapshot leaves out.
+        for (slot, account) in accounts.enumerated() { accountSlots[HashedString(account.id)] = Int32(slot) }
+        for (slot, member) in members.enumerated() where member.isLive {
+            memberSlots[MemberKey(account: member.account, member: member.id)] = Int32(slot)
+            liveMemberCount += 1
+        }
+        for (slot, grant) in grants.enumerated() where grant.isLive { grantSlotByID[grant.id] = Int32(slot) }
+    }
+}
+
+extension SnapshotWriter {
+    mutating func write(_ usage: UsageCounter) {
+        integer(usage.consumed)
+        integer(usage.held)
+        instant(usage.windowEnd)
+    }
+
+    mutating func write(_ policy: OveragePolicy) {
+        switch policy {
+        case .deny: integer(UInt8(0)); integer(Int64(0))
+        case .overdraft(let limit): integer(UInt8(1)); integer(limit)
+        case .finish(let percent): integer(UInt8(2)); integer(percent)
+        }
+    }
+
+    mutating func write(_ period: BillingPeriod) {
+        switch period {
+        case .monthly(let anchor): integer(UInt8(0)); instant(anchor); integer(Int64(0))
+        case .fixed(let anchor, let length): integer(UInt8(1)); instant(anchor); integer(length)
+        }
+    }
+
+    mutating func write(_ rates: RateHistory) {
+        array(rates.versions) { w, version in
+            w.instant(version.effectiveAt)
+            w.optional(version.creditsPerUnit) { $0.integer($1) }
+        }
+    }
+
+    mutating func write(_ account: AccountRecord) {
+        string(account.id)
+        integer(account.parent)
+        integer(account.childCount)
+        write(account.overage)
+        write(account.period)
+        optional(account.capLimit) { $0.integer($1) }
+        write(account.usage)
+        int(account.memberCount)
+        array(account.groupSlots.sorted { $0.key.string < $1.key.string }) { w, entry in
+            w.string(entry.key.string)
+            w.integer(entry.value)
+        }
+        array(account.poolOrder) { $0.integer($1) }
+        integer(account.poolAvailable)
+        integer(account.overdrawn)
+        integer(account.overdraftHeld)
+        int(account.liveGrants)
+        int(account.openHolds)
+        array(account.rateOverrides.sorted { $0.key.string < $1.key.string }) { w, entry in
+            w.string(entry.key.string)
+            w.write(entry.value)
+        }
+    }
+
+    mutating func write(_ member: MemberRecord) {
+        string(member.id)
+        integer(member.account)
+        bool(member.isLive)
+        optional(member.capLimit) { $0.integer($1) }
+        write(member.usage)
+        array(member.groups) { $0.integer($1) }
+        array(member.grantOrder) { $0.integer($1) }
+        integer(member.available)
+        int(member.openHolds)
+        int(member.pendingGrants)
+    }
+
+    mutating func write(_ grant: GrantRecord) {
+        integer(grant.id)
+        integer(grant.account)
+        integer(grant.member)
+        optional(grant.memberID) { $0.string($1) }
+        for value in [grant.amount, grant.available, grant.held, grant.consumed, grant.expired, grant.voided] { integer(value) }
+        integer(grant.priority)
+        instant(grant.effectiveAt)
+        instant(grant.expiresAt)
+        integer(grant.source.rawValue)
+        instant(grant.createdAt)
+        integer(grant.state.rawValue)
+        bool(grant.isLive)
+    }
+
+    mutating func write(_ hold: HoldRecord) {
+        integer(hold.id)
+        integer(hold.account)
+        integer(hold.member)
+        string(hold.product)
+        for value in [hold.quantity, hold.creditsPerUnit, hold.original, hold.held, hold.committed] { integer(value) }
+        instant(hold.createdAt)
+        instant(hold.deadline)
+        array(hold.draws.all) { w, draw in
+            w.integer(draw.grant)
+            w.integer(draw.amount)
+        }
+    }
+
+    mutating func write(_ headroom: Headroom) {
+        for level in [headroom.member, headroom.group, headroom.account, headroom.parent] { optional(level) { $0.integer($1) } }
+        optional(headroom.groupID) { $0.string($1) }
+        integer(headroom.funds)
+    }
+
+    mutating func write(_ answer: Answer) {
+        switch answer {
+        case .decision(let decision):
+            integer(UInt8(0))
+            optional(decision.hold) { $0.integer($1) }
+            integer(decision.cost)
+            integer(decision.creditsPerUnit)
+            optional(decision.deadline) { $0.instant($1) }
+            write(decision.headroom)
+        case .committed(let result):
+            integer(UInt8(1))
+            integer(result.hold)
+            integer(result.committed)
+            integer(result.returned)
+            integer(result.stillHeld)
+            write(result.headroom)
+        case .released(let result):
+            integer(UInt8(2))
+            integer(result.hold)
+            integer(result.released)
+            write(result.headroom)
+        case .extended(let result):
+            integer(UInt8(3))
+            integer(result.hold)
+            instant(result.deadline)
+            write(result.headroom)
+        case .grantAdded(let id):
+            integer(UInt8(4))
+            integer(id)
+        case .done:
+            integer(UInt8(5))
+        case .refused(let refusal):
+            integer(UInt8(6))
+            integer(refusal.error.code.rawValue)
+            integer(refusal.error.level.rawValue)
+            string(refusal.error.subject)
+            optional(refusal.headroom) { $0.write($1) }
+        }
+    }
+}
+
+extension SnapshotReader {
+    mutating func readUsage() throws -> UsageCounter {
+        var usage = UsageCounter(windowEnd: .epoch)
+        usage.consumed = try integer()
+        usage.held = try integer()
+        usage.windowEnd = try instant()
+        return usage
+    }
+
+    mutating func readOverage() throws -> OveragePolicy {
+        let kind = try integer(UInt8.self)
+        let value = try integer(Int64.self)
+        switch kind {
+        case 0: return .deny
+        case 1: return .overdraft(limit: value)
+        case 2: return .finish(percent: value)
+        default: throw SnapshotError(description: "unknown overage policy")
+        }
+    }
+
+    mutating func readPeriod() throws -> BillingPeriod {
+        let kind = try integer(UInt8.self)
+        let anchor = try instant()
+        let length = try integer(Int64.self)
+        switch kind {
+        case 0: return .monthly(anchor: anchor)
+        case 1: return .fixed(anchor: anchor, lengthMicroseconds: length)
+        default: throw SnapshotError(description: "unknown period")
+        }
+    }
+
+    mutating func readRates() throws -> RateHistory {
+        RateHistory(versions: try array { r in RateHistory.Version(effectiveAt: try r.instant(), creditsPerUnit: try r.optional { try $0.integer(Int64.self) }) })
+    }
+
+    mutating func readAccount() throws -> AccountRecord {
+        let id = try string()
+        let parent = try integer(Int32.self)
+        let childCount = try integer(Int32.self)
+        let overage = try readOverage()
+        let period = try readPeriod()
+        var account = AccountRecord(id: id, parent: parent, childCount: childCount, overage: overage, period: period, usage: UsageCounter(windowEnd: .epoch))
+        account.capLimit = try optional { try $0.integer(Int64.self) }
+        account.usage = try readUsage()
+        account.memberCount = try int()
+        for (name, slot) in try array({ r in (try r.string(), try r.integer(Int32.self)) }) { account.groupSlots[HashedString(name)] = slot }
+        account.poolOrder = try array { try $0.integer(Int32.self) }
+        account.poolAvailable = try integer()
+        account.overdrawn = try integer()
+        account.overdraftHeld = try integer()
+        account.liveGrants = try int()
+        account.openHolds = try int()
+        for (product, history) in try array({ r in (try r.string(), try r.readRates()) }) { account.rateOverrides[HashedString(product)] = history }
+        return account
+    }
+
+    mutating func readMember() throws -> MemberRecord {
+        let id = try string()
+        var member = MemberRecord(id: id, account: try integer(), usage: UsageCounter(windowEnd: .epoch))
+        member.isLive = try bool()
+        member.capLimit = try optional { try $0.integer(Int64.self) }
+        member.usage = try readUsage()
+        member.groups = try array { try $0.integer(Int32.self) }
+        member.grantOrder = try array { try $0.integer(Int32.self) }
+        member.available = try integer()
+        member.openHolds = try int()
+        member.pendingGrants = try int()
+        return member
+    }
+
+    mutating func readGrant() throws -> GrantRecord {
+        let id = try integer(UInt64.self)
+        let account = try integer(Int32.self)
+        let member = try integer(Int32.self)
+        let memberID = try optional { try $0.string() }
+        let amounts = try (0..<6).map { _ in try integer(Int64.self) }
+        let priority = try integer(Int32.self)
+        let effectiveAt = try instant()
+        let expiresAt = try instant()
+        guard let source = GrantSource(rawValue: try integer(UInt8.self)) else { throw SnapshotError(description: "unknown grant source") }
+        let createdAt = try instant()
+        guard let state = GrantState(rawValue: try integer(UInt8.self)) else { throw SnapshotError(description: "unknown grant state") }
+        var grant = GrantRecord(
+            id: id, account: account, member: member, memberID: memberID, amount: amounts[0], available: amounts[1], priority: priority,
+            effectiveAt: effectiveAt, expiresAt: expiresAt, source: source, createdAt: createdAt, state: state)
+        grant.held = amounts[2]
+        grant.consumed = amounts[3]
+        grant.expired = amounts[4]
+        grant.voided = amounts[5]
+        grant.isLive = try bool()
+        return grant
+    }
+
+    mutating func readHold() throws -> HoldRecord {
+        let id = try integer(UInt64.self)
+        let account = try integer(Int32.self)
+        let member = try integer(Int32.self)
+        let product = try string()
+        let values = try (0..<5).map { _ in try integer(Int64.self) }
+        let createdAt = try instant()
+        let deadline = try instant()
+        let draws = try array { r in Draw(grant: try r.integer(), amount: try r.integer()) }
+        var hold = HoldRecord(
+            id: id, account: account, member: member, product: product, quantity: values[0], creditsPerUnit: values[1], original: values[2],
+            held: values[3], createdAt: createdAt, deadline: deadline, draws: DrawList(exactly: draws))
+        hold.committed = values[4]
+        return hold
+    }
+
+    mutating func readHeadroom() throws -> Headroom {
+        let levels = try (0..<4).map { _ in try optional { try $0.integer(Int64.self) } }
+        let groupID = try optional { try $0.string() }
+        return Headroom(member: levels[0], group: levels[1], groupID: groupID, account: levels[2], parent: levels[3], funds: try integer())
+    }
+
+    mutating func readAnswer() throws -> Answer {
+        switch try integer(UInt8.self) {
+        case 0:
+            let hold = try optional { try $0.integer(UInt64.self) }
+            let cost = try integer(Int64.self)
+            let rate = try integer(Int64.self)
+            let deadline = try optional { try $0.instant() }
+            return .decision(Decision(hold: hold, cost: cost, creditsPerUnit: rate, deadline: deadline, headroom: try readHeadroom()))
+        case 1:
+            return .committed(
+                CommitResult(hold: try integer(), committed: try integer(), returned: try integer(), stillHeld: try integer(), headroom: try readHeadroom()))
+        case 2:
+            return .released(ReleaseResult(hold: try integer(), released: try integer(), headroom: try readHeadroom()))
+        case 3:
+            return .extended(ExtendResult(hold: try integer(), deadline: try instant(), headroom: try readHeadroom()))
+        case 4:
+            return .grantAdded(try integer())
+        case 5:
+            return .done
+        case 6:
+            guard let code = LedgerError.Code(rawValue: try integer()), let level = LedgerError.Level(rawValue: try integer()) else {
+                throw SnapshotError(description: "unknown refusal")
+            }
+            let subject = try string()
+            return .refused(Refusal(LedgerError(code, level: level, subject: subject), headroom: try optional { try $0.readHeadroom() }))
+        default:
+            throw SnapshotError(description: "unknown answer kind")
+        }
+    }
+}
