@@ -106,6 +106,14 @@ public final class JournalWriter: @unchecked Sendable {
         thread.start()
     }
 
+    /// The last record appended (in memory or on disk) and its checksum: what a checkpoint
+    /// taken now includes. Read it under the same lock that orders appends.
+    public var appendedPosition: Checkpoint.Position {
+        condition.lock()
+        defer { condition.unlock() }
+        return Checkpoint.Position(sequence: pending.nextSequence - 1, checksum: pending.lastChecksum)
+    }
+
     /// The highest sequence known to be on disk.
     public var durableSequence: UInt64 { durable.load(ordering: .acquiring) }
 

@@ -69,10 +69,27 @@ public enum Journal {
     /// A record that fails at the very end of the last segment, with no valid record after it,
     /// is a torn write: it is reported and, when `repair` is set, truncated away. Anything else
     /// that fails throws `JournalDamage` naming the file and offset.
-    public static func scan(directory: String, repair: Bool, visit: (JournalRecord) throws -> Void) throws -> JournalScan {
+    public static func scan(
+        directory: String, repair: Bool, after start: Checkpoint.Position? = nil, visit: (JournalRecord) throws -> Void
+    ) throws -> JournalScan {
         var scan = JournalScan()
-        let files = segmentFiles(in: directory)
+        var files = segmentFiles(in: directory)
+        if let start {
+            // Segments wholly inside the checkpoint are not read: start with the one holding the
+            // record after it (the last whose first sequence is at most start + 1).
+            let firsts = files.map { UInt64($0.split(separator: "-").last?.prefix(20) ?? "") ?? 0 }
+            if let index = firsts.lastIndex(where: { $0 <= start.sequence + 1 }) {
+                files = Array(files[index...])
+                scan.lastSequence = firsts[index] - 1
+            } else if let first = firsts.first {
+                throw JournalDamage(file: files[0], offset: 0, reason: "the journal starts at \(first), after the checkpoint at \(start.sequence)")
+            } else {
+                scan.lastSequence = start.sequence
+                scan.lastChecksum = start.checksum
+            }
+        }
         scan.segments = files
+        let skipThrough = start?.sequence ?? 0
         for (index, file) in files.enumerated() {
             guard let data = FileManager.default.contents(atPath: file) else {
                 throw JournalDamage(file: file, offset: 0, reason: "cannot be read")
@@ -85,6 +102,9 @@ public enum Journal {
                         return
                     }
                     throw JournalDamage(file: file, offset: 0, reason: "not a Tollgate journal segment")
+                }
+                if index == 0 && start != nil {
+                    scan.lastChecksum = header.previousChecksum
                 }
                 guard header.firstSequence == scan.lastSequence + 1, header.previousChecksum == scan.lastChecksum else {
                     throw JournalDamage(file: file, offset: 0, reason: "segment does not follow the one before (first sequence \(header.firstSequence), expected \(scan.lastSequence + 1))")
@@ -99,8 +119,13 @@ public enum Journal {
                         guard read.previousChecksum == scan.lastChecksum else {
                             throw JournalDamage(file: file, offset: offset, reason: "record \(read.record.sequence) does not chain to the one before")
                         }
-                        try visit(read.record)
-                        scan.records += 1
+                        if let start, read.record.sequence == start.sequence, read.checksum != start.checksum {
+                            throw JournalDamage(file: file, offset: offset, reason: "record \(start.sequence) does not match the checkpoint")
+                        }
+                        if read.record.sequence > skipThrough {
+                            try visit(read.record)
+                            scan.records += 1
+                        }
                         scan.lastSequence = read.record.sequence
                         scan.lastChecksum = read.checksum
                         offset += read.size
@@ -113,6 +138,12 @@ public enum Journal {
                     }
                 }
             }
+        }
+        if let start, scan.lastSequence < start.sequence {
+            throw JournalDamage(file: files.last ?? directory, offset: 0, reason: "the journal ends at \(scan.lastSequence), before the checkpoint at \(start.sequence)")
+        }
+        if let start, scan.lastSequence == start.sequence, scan.lastChecksum != start.checksum {
+            throw JournalDamage(file: files.last ?? directory, offset: 0, reason: "the journal does not match the checkpoint at \(start.sequence)")
         }
         if repair, let torn = scan.tornTail {
             guard truncate(torn.file, to: torn.offset < SegmentHeader.size ? 0 : torn.offset) else {

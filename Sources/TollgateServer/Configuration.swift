@@ -43,6 +43,11 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var journalMode = JournalModeSetting.async
     public var journalFlushIntervalMilliseconds: Int64 = 10
     public var journalSegmentBytes = 64 << 20
+    /// How often a full checkpoint is written in the background (0: never), so recovery
+    /// replays only the journal after it.
+    public var checkpointIntervalSeconds: Int64 = 300
+    /// Segments wholly inside the newest checkpoint are deleted once older than this.
+    public var journalRetentionHours: Int64 = 168
 
     public enum JournalModeSetting: String, Sendable, Equatable {
         case async, sync, none

@@ -7,7 +7,7 @@ extension ServerConfiguration {
     public static let settingNames = [
         "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
         "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
-        "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
+        "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
     ]
 
     public static func environmentName(_ setting: String) -> String {
@@ -64,6 +64,8 @@ extension ServerConfiguration {
             journalMode = mode
         case "journalFlushIntervalMilliseconds": journalFlushIntervalMilliseconds = try integer(1...1_000)
         case "journalSegmentBytes": journalSegmentBytes = Int(try integer(4_096...4_294_967_296))
+        case "checkpointIntervalSeconds": checkpointIntervalSeconds = try integer(0...86_400)
+        case "journalRetentionHours": journalRetentionHours = try integer(0...87_600)
         case "decisionThread":
             guard let thread = DecisionThread(rawValue: value) else {
                 throw ConfigurationError("\(source): decisionThread must be connection or dedicated, not \"\(value)\"")

@@ -57,6 +57,13 @@ public final class LedgerService: Sendable {
 
     public var journal: JournalWriter? { journalBox.withLock { $0 } }
 
+    /// A copy of the ledger and the journal position it includes, taken together under the
+    /// ledger's lock. The copy shares storage with the live ledger until either changes.
+    public func checkpointSource() -> (ledger: Ledger, position: Checkpoint.Position)? {
+        guard let journal else { return nil }
+        return ledger.withLock { ledger in (ledger, journal.appendedPosition) }
+    }
+
     /// An answer, and the journal sequence it depends on when it changed the ledger.
     public struct Handled: Sendable {
         public var response: WireResponse

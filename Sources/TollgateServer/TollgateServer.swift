@@ -49,6 +49,8 @@ public final class TollgateServer: Service, Sendable {
 
     private let clock: @Sendable () -> Instant
     private let journalFiles: any JournalFiles
+    private let lastCheckpoint = Mutex<UInt64>(0)
+    private let checkpointThread = NIOThreadPool(numberOfThreads: 1)
 
     /// `journalFiles` replaces the file operations of the journal, for fault-injection tests.
     public init(
@@ -115,6 +117,23 @@ public final class TollgateServer: Service, Sendable {
             service.sweep()
         }
 
+        var checkpoints: RepeatedTask?
+        if configuration.checkpointIntervalSeconds > 0 && configuration.journalMode != .none {
+            checkpointThread.start()
+            let pool = checkpointThread
+            let interval = TimeAmount.seconds(configuration.checkpointIntervalSeconds)
+            checkpoints = group.next().scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self, logger] _ in
+                pool.submit { state in
+                    guard state == .active, let self else { return }
+                    do {
+                        try self.writeCheckpoint()
+                    } catch {
+                        logger.error("checkpoint failed: \(error)")
+                    }
+                }
+            }
+        }
+
         // Serve until asked to stop.
         await withGracefulShutdownHandler {
             try? await gate.closeFuture.get()
@@ -126,6 +145,10 @@ public final class TollgateServer: Service, Sendable {
 
         await drainConnections()
         sweep.cancel()
+        if let checkpoints {
+            checkpoints.cancel()
+            try? await checkpointThread.shutdownGracefully()
+        }
         service.journal?.close()
         await service.shutdown()
         try? await admin?.close()
@@ -142,11 +165,16 @@ public final class TollgateServer: Service, Sendable {
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             throw ServerError("cannot create the journal directory \(directory): \(String(cString: strerror(errno)))")
         }
-        var ledger = Ledger(limits: configuration.limits, startingAt: .epoch)
         let started = ContinuousClock.now
+        let checkpoint = Checkpoint.newest(in: directory, limits: configuration.limits)
+        if let checkpoint {
+            logger.info("loaded a checkpoint", metadata: ["file": "\(checkpoint.file)", "sequence": "\(checkpoint.position.sequence)"])
+            lastCheckpoint.withLock { $0 = checkpoint.position.sequence }
+        }
+        var ledger = checkpoint?.ledger ?? Ledger(limits: configuration.limits, startingAt: .epoch)
         let scan: JournalScan
         do {
-            scan = try Journal.scan(directory: directory, repair: true) { record in
+            scan = try Journal.scan(directory: directory, repair: true, after: checkpoint?.position) { record in
                 ledger.apply(record.command, key: record.key, at: record.instant)
             }
         } catch let damage as JournalDamage {
@@ -171,6 +199,22 @@ public final class TollgateServer: Service, Sendable {
                 "records": "\(scan.records)", "segments": "\(scan.segments.count)", "mode": "\(configuration.journalMode.rawValue)",
                 "seconds": "\(ContinuousClock.now - started)",
             ])
+    }
+
+    /// Writes a checkpoint if the journal moved since the last one: the ledger is copied under
+    /// its lock (cheap: storage is shared until it changes), then encoded and written on the
+    /// checkpoint thread while decisions go on.
+    public func writeCheckpoint() throws {
+        guard let source = service.checkpointSource(), source.position.sequence > lastCheckpoint.withLock({ $0 }) else { return }
+        let directory = configuration.dataDirectory + "/journal"
+        let started = ContinuousClock.now
+        let bytes = source.ledger.snapshot()
+        let file = try Checkpoint.write(bytes, at: source.position, in: directory)
+        lastCheckpoint.withLock { $0 = source.position.sequence }
+        Checkpoint.prune(directory: directory, retentionSeconds: Double(configuration.journalRetentionHours) * 3_600)
+        logger.info(
+            "wrote a checkpoint",
+            metadata: ["file": "\(file)", "bytes": "\(bytes.count)", "sequence": "\(source.position.sequence)", "seconds": "\(ContinuousClock.now - started)"])
     }
 
     private func createDataDirectory() throws {

@@ -51,6 +51,7 @@ import Glibc
             let arguments = [CrashTests.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data]
             var environment = ProcessInfo.processInfo.environment
             environment["TOLLGATE_JOURNAL_MODE"] = mode
+            environment["TOLLGATE_JOURNAL_SEGMENT_BYTES"] = "65536"
             environment["TOLLGATE_LOG_LEVEL"] = "warning"
             let argv = arguments.map { strdup($0) } + [nil]
             let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -342,5 +343,79 @@ enum RawHTTP {
             text += String(decoding: chunk, as: UTF8.self)
         }
         return text
+    }
+}
+
+@Suite(.serialized) struct CheckpointTests {
+    func run(_ server: TestServer, keyPrefix: String, count: Int) async throws {
+        let gate = try await server.client()
+        for index in 0..<count {
+            _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "\(keyPrefix)-\(index)")
+        }
+        await gate.close()
+    }
+
+    @Test func recoveryIsTheCheckpointPlusTheJournalAfterIt() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-checkpoint-\(UUID().uuidString)"
+        let configure: (inout ServerConfiguration) -> Void = {
+            $0.dataDirectory = data
+            $0.journalMode = .sync
+            $0.checkpointIntervalSeconds = 0
+            $0.journalSegmentBytes = 4_096
+            $0.journalRetentionHours = 0
+        }
+        let first = try await TestServer.start(configure)
+        let setup = try await first.client()
+        try await setup.setUpTeamPlan()
+        await setup.close()
+        try await run(first, keyPrefix: "a", count: 150)
+        try first.server.writeCheckpoint()
+        try await run(first, keyPrefix: "b", count: 40)
+        let before = first.server.service.snapshot
+        try await first.stop()
+        let journal = data + "/journal"
+        #expect(Checkpoint.files(in: journal).count == 1)
+        // Segments wholly inside the checkpoint were deleted (retention 0 h).
+        let remaining = Journal.segmentFiles(in: journal)
+        #expect(!remaining.isEmpty && !remaining[0].hasSuffix(SegmentHeader.fileName(firstSequence: 1)))
+
+        let second = try await TestServer.start(configure)
+        var after = second.server.service.snapshot
+        var expected = before
+        let end = max(after.clock, expected.clock)
+        after.advance(to: end)
+        expected.advance(to: end)
+        #expect(after == expected)
+        // Keys from before the checkpoint are still known.
+        let gate = try await second.client()
+        let pool = try await gate.balance(account: "acme").funds.pool
+        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "a-3")
+        #expect(try await gate.balance(account: "acme").funds.pool == pool)
+        await gate.close()
+        try await second.stop()
+    }
+
+    @Test func aDamagedCheckpointIsPassedOverForTheFullJournal() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-checkpoint-\(UUID().uuidString)"
+        let configure: (inout ServerConfiguration) -> Void = {
+            $0.dataDirectory = data
+            $0.journalMode = .sync
+            $0.checkpointIntervalSeconds = 0
+        }
+        let first = try await TestServer.start(configure)
+        let setup = try await first.client()
+        try await setup.setUpTeamPlan()
+        await setup.close()
+        try await run(first, keyPrefix: "a", count: 20)
+        try first.server.writeCheckpoint()
+        let pool = first.server.service.snapshot.creditTotals().available
+        try await first.stop()
+        let file = Checkpoint.files(in: data + "/journal")[0]
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        bytes[bytes.count - 5] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: file))
+        let second = try await TestServer.start(configure)
+        #expect(second.server.service.snapshot.creditTotals().available == pool)
+        try await second.stop()
     }
 }
