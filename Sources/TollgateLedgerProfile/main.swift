@@ -1,3 +1,4 @@
+import Foundation
 import TollgateLedger
 import TollgateLedgerTestSupport
 
@@ -9,6 +10,7 @@ import Glibc
 //   swift build -c release --product tollgate-ledger-profile
 //   perf record -e cpu-clock -g .build/release/tollgate-ledger-profile reserve+commit 2000000 [accounts]
 //   .build/release/tollgate-ledger-profile keys 1000000     # resident memory per remembered key
+//   .build/release/tollgate-ledger-profile checkpoint 1000000   # checkpoint pause, size and speed
 let arguments = CommandLine.arguments
 let operation = arguments.count > 1 ? arguments[1] : "reserve+commit"
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 1_000_000 : 1_000_000
@@ -24,7 +26,36 @@ func residentBytes() -> Int {
     return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 
-if operation == "keys" {
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+if operation == "checkpoint" {
+    // The costs of a checkpoint of a ledger with `count` accounts (one member each): the pause
+    // the first decision after the copy takes (copy-on-write of what it touches), encoding,
+    // and reading back.
+    var ledger = Fixtures.large(accounts: count, membersPerAccount: 1)
+    let request = DecisionRequest(account: "a0", member: "m0", product: "p", quantity: 1)
+    var now = ledger.clock
+    func decide(_ key: String) -> Duration {
+        now = now.adding(microseconds: 1)
+        let started = ContinuousClock.now
+        _ = ledger.apply(.spend(Spend(request)), key: key, at: now)
+        return ContinuousClock.now - started
+    }
+    let before = decide("warm")
+    let copy = ledger
+    let pause = decide("after-copy")
+    let next = decide("after-copy-2")
+    var started = ContinuousClock.now
+    let bytes = copy.snapshot()
+    let encode = ContinuousClock.now - started
+    started = ContinuousClock.now
+    let restored = try Ledger(snapshot: bytes)
+    let decode = ContinuousClock.now - started
+    precondition(restored == copy)
+    print("\(count) accounts: decision before the copy \(Int(seconds(before) * 1e6)) µs, first after \(Int(seconds(pause) * 1e6)) µs, second after \(Int(seconds(next) * 1e6)) µs; snapshot \(bytes.count / 1_048_576) MiB encoded in \(String(format: "%.2f", seconds(encode))) s, read back in \(String(format: "%.2f", seconds(decode))) s")
+} else if operation == "keys" {
     // Spends under distinct keys with the default 24 h retention: every key stays remembered.
     var ledger = Fixtures.large(accounts: 1, membersPerAccount: 1)
     var now = ledger.clock
