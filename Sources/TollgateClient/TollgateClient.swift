@@ -194,8 +194,10 @@ public final class TollgateClient: Sendable {
         return result
     }
 
-    public func balance(account: String, member: String? = nil) async throws(TollgateError) -> Balance {
-        let response = try await send(.balance(account: account, member: member))
+    /// The balance now, or as it was at `at` (answered from checkpoints and the journal).
+    public func balance(account: String, member: String? = nil, at: Instant? = nil) async throws(TollgateError) -> Balance {
+        let request: WireRequest = at.map { .balanceAt(account: account, member: member, at: $0) } ?? .balance(account: account, member: member)
+        let response = try await send(request)
         switch response {
         case .balance(let balance): return balance
         case .answer(.refused(let refusal)): throw .refused(refusal)
@@ -224,7 +226,7 @@ extension WireRequest {
     /// Mutating requests carry an idempotency key, so sending them again is safe.
     var isRetriable: Bool {
         switch self {
-        case .command, .ping, .check, .balance: true
+        case .command, .ping, .check, .balance, .balanceAt: true
         case .batch(let items): items.allSatisfy(\.isRetriable)
         case .hello: false
         }

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOPosix
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -66,7 +67,10 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var draining = false
     private var idleCheck: RepeatedTask?
 
-    init(service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger) {
+    private let history: NIOThreadPool
+
+    init(service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool) {
+        self.history = history
         self.service = service
         self.metrics = metrics
         self.limiter = limiter
@@ -150,6 +154,10 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 decideElsewhere(context: context, request, requestID: requestID, started: started, on: ledgerThread.next())
                 return
             }
+            if case .balanceAt = request {
+                answerFromHistory(context: context, request, requestID: requestID, started: started)
+                return
+            }
             let handled = service.handle(request)
             if let sequence = handled.sequence, configuration.journalMode == .sync, let journal = service.journal {
                 answerWhenDurable(context: context, handled.response, to: request, requestID: requestID, started: started, sequence: sequence, journal: journal)
@@ -207,6 +215,31 @@ final class GateConnectionHandler: ChannelInboundHandler {
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// A balance in the past reads files: it runs on the history thread, and the answer hops
+    /// back here.
+    private func answerFromHistory(context: ChannelHandlerContext, _ request: WireRequest, requestID: UInt32, started: UInt64) {
+        awaitingAnswers += 1
+        let service = service
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        history.runIfActive(eventLoop: context.eventLoop) { service.handle(request).response }.whenComplete { result in
+            let (handler, context) = loopBound.value
+            handler.awaitingAnswers -= 1
+            guard context.channel.isActive, !handler.closing || handler.draining else { return }
+            let answer: WireResponse
+            switch result {
+            case .success(let response): answer = response
+            case .failure: answer = .error(WireError(.unavailable, "the server is shutting down"))
+            }
+            handler.write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
+            handler.metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+            if handler.draining {
+                if handler.awaitingAnswers == 0 { handler.flushThenClose(context: context) }
+            } else {
+                handler.flush(context: context)
+            }
+        }
     }
 
     /// `sync` mode: the answer waits for the group-commit fsync that keeps its record; if the

@@ -82,6 +82,8 @@ public final class LedgerService: Sendable {
         switch request {
         case .hello, .ping:
             preconditionFailure("the connection handler answers \(request.opcode.name) itself")
+        case .balanceAt(let account, let member, let at):
+            return Handled(response: balance(account: account, member: member, at: at, now: now), sequence: nil)
         case .check(let decision):
             return Handled(response: .answer(ledger.withLock { $0.check(decision, at: now) }), sequence: nil)
         case .balance(let account, let member):
@@ -113,6 +115,46 @@ public final class LedgerService: Sendable {
                 }
                 return Handled(response: .batch(answers), sequence: last)
             }
+        }
+    }
+
+    private struct StopReplay: Error {}
+
+    /// A balance as it was at `at`: the newest checkpoint from before then, plus the journal
+    /// up to then, replayed into a private ledger. Slow (it reads files), so the connection
+    /// runs it off its event loop. In `async` mode the last flush interval is not yet on disk.
+    func balance(account: String, member: String?, at: Instant, now: Instant) -> WireResponse {
+        if at >= now {
+            switch ledger.withLock({ $0.balance(account: account, member: member, at: now) }) {
+            case .success(let balance): return .balance(balance)
+            case .failure(let error): return .answer(.refused(Refusal(error)))
+            }
+        }
+        guard configuration.journalMode != .none else {
+            return .error(WireError(.unavailable, "this server keeps no journal (journalMode none), so it has no history"))
+        }
+        let directory = configuration.dataDirectory + "/journal"
+        var base: (ledger: Ledger, position: Checkpoint.Position)?
+        for file in Checkpoint.files(in: directory).reversed() {
+            if let (ledger, position) = Checkpoint.read(file, limits: configuration.limits), ledger.clock <= at {
+                base = (ledger, position)
+                break
+            }
+        }
+        var history = base?.ledger ?? Ledger(limits: configuration.limits, startingAt: .epoch)
+        do {
+            _ = try Journal.scan(directory: directory, repair: false, after: base?.position) { record in
+                guard record.instant <= at else { throw StopReplay() }
+                history.apply(record.command, key: record.key, at: record.instant)
+            }
+        } catch is StopReplay {
+        } catch {
+            let refusal = LedgerError(.invalidArgument, level: .request, subject: "the history at \(at) is no longer kept (\(error))")
+            return .answer(.refused(Refusal(refusal)))
+        }
+        switch history.balance(account: account, member: member, at: at) {
+        case .success(let balance): return .balance(balance)
+        case .failure(let error): return .answer(.refused(Refusal(error)))
         }
     }
 

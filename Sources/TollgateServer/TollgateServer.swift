@@ -51,6 +51,8 @@ public final class TollgateServer: Service, Sendable {
     private let journalFiles: any JournalFiles
     private let lastCheckpoint = Mutex<UInt64>(0)
     private let checkpointThread = NIOThreadPool(numberOfThreads: 1)
+    /// Answers balances in the past, which read checkpoints and the journal.
+    private let historyThread = NIOThreadPool(numberOfThreads: 1)
 
     /// `journalFiles` replaces the file operations of the journal, for fault-injection tests.
     public init(
@@ -149,6 +151,7 @@ public final class TollgateServer: Service, Sendable {
             checkpoints.cancel()
             try? await checkpointThread.shutdownGracefully()
         }
+        try? await historyThread.shutdownGracefully()
         service.journal?.close()
         await service.shutdown()
         try? await admin?.close()
@@ -229,6 +232,8 @@ public final class TollgateServer: Service, Sendable {
         let limiter = limiter
         let logger = logger
         let configuration = configuration
+        let history = historyThread
+        history.start()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -241,7 +246,7 @@ public final class TollgateServer: Service, Sendable {
                     try sync.addHandler(BackPressureHandler())
                     try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: configuration.maxFrameBody, expectsResponses: false)))
                     try sync.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try sync.addHandler(GateConnectionHandler(service: service, metrics: metrics, limiter: limiter, logger: logger))
+                    try sync.addHandler(GateConnectionHandler(service: service, metrics: metrics, limiter: limiter, logger: logger, history: history))
                     self?.track(channel)
                 }
             }

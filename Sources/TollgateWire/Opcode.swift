@@ -17,6 +17,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case balance = 0x16
     /// Many gate operations in one frame.
     case batch = 0x17
+    /// A balance as it was at a past instant, from checkpoints and the journal.
+    case balanceAt = 0x18
 
     // Admin operations.
     case createAccount = 0x20
@@ -50,6 +52,7 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .spend: "SPEND"
         case .balance: "BALANCE"
         case .batch: "BATCH"
+        case .balanceAt: "BALANCE_AT"
         case .createAccount: "CREATE_ACCOUNT"
         case .setParent: "SET_PARENT"
         case .setOverage: "SET_OVERAGE"

@@ -32,6 +32,7 @@ public enum WireRequest: Hashable, Sendable {
     case ping
     case check(DecisionRequest)
     case balance(account: String, member: String?)
+    case balanceAt(account: String, member: String?, at: Instant)
     /// Every mutating operation, gate or admin, with its idempotency key.
     case command(Command, key: String)
     /// Items are `.check` or gate `.command`s.
@@ -43,6 +44,7 @@ public enum WireRequest: Hashable, Sendable {
         case .ping: .ping
         case .check: .check
         case .balance: .balance
+        case .balanceAt: .balanceAt
         case .batch: .batch
         case .command(let command, _): command.opcode
         }
@@ -68,6 +70,10 @@ public enum WireRequest: Hashable, Sendable {
         case .balance(let account, let member):
             buffer.writeWireString(account)
             buffer.writeOptionalString(member)
+        case .balanceAt(let account, let member, let at):
+            buffer.writeWireString(account)
+            buffer.writeOptionalString(member)
+            buffer.writeInstant(at)
         case .command(let command, let key):
             buffer.writeWireString(key)
             buffer.writeCommandFields(command)
@@ -106,6 +112,8 @@ public enum WireRequest: Hashable, Sendable {
             return .check(try reader.decisionRequest())
         case .balance:
             return .balance(account: try reader.string("account"), member: try reader.optionalString("member"))
+        case .balanceAt:
+            return .balanceAt(account: try reader.string("account"), member: try reader.optionalString("member"), at: try reader.instant("at"))
         case .batch:
             let count = Int(try reader.u16("count"))
             guard count >= 1, count <= limits.maxBatchItems else {
@@ -418,7 +426,7 @@ extension BodyReader {
             return .setAccountRate(
                 account: try string("account"), product: try string("product"), creditsPerUnit: try optionalI64("creditsPerUnit"),
                 effectiveAt: try instant("effectiveAt"))
-        case .hello, .ping, .error, .check, .balance, .batch:
+        case .hello, .ping, .error, .check, .balance, .balanceAt, .batch:
             preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
         }
     }

@@ -126,7 +126,7 @@ public indirect enum WireResponse: Hashable, Sendable {
             return .answer(.released(ReleaseResult(hold: try reader.u64("hold"), released: try reader.i64("released"), headroom: try reader.headroom())))
         case .extend:
             return .answer(.extended(ExtendResult(hold: try reader.u64("hold"), deadline: try reader.instant("deadline"), headroom: try reader.headroom())))
-        case .balance:
+        case .balance, .balanceAt:
             return .balance(try reader.balance())
         case .batch:
             let count = Int(try reader.u16("count"))

@@ -46,6 +46,8 @@ public enum WireText {
             return decisionRequest(request)
         case .balance(let account, let member):
             return ["account=\(quote(account))", "member=\(optional(member))"]
+        case .balanceAt(let account, let member, let at):
+            return ["account=\(quote(account))", "member=\(optional(member))", "at=\(at.microsecondsSinceEpoch)"]
         case .command(let command, let key):
             return ["key=\(quote(key))"] + commandFields(command)
         case .batch(let items):

@@ -138,10 +138,20 @@ struct BalanceCommand: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
     @Argument var account: String
     @Option var member: String?
+    @Option(help: "The balance as it was at a past time: 2026-11-01T00:00:00Z, or a duration ago such as 2h.") var at: String?
 
     func run() async throws {
+        var instant: Instant?
+        if let at {
+            let now = Instant(microsecondsSinceEpoch: Int64(Date().timeIntervalSince1970 * 1_000_000))
+            if let ago = try? TimeParser.duration(at) {
+                instant = now.adding(microseconds: -ago)
+            } else {
+                instant = try TimeParser.instant(at)
+            }
+        }
         try await runCall(options) { client throws(TollgateError) in
-            Output.balance(try await client.balance(account: account, member: member))
+            Output.balance(try await client.balance(account: account, member: member, at: instant))
         }
     }
 }

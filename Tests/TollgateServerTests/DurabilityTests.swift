@@ -419,3 +419,42 @@ enum RawHTTP {
         try await second.stop()
     }
 }
+
+@Suite(.serialized) struct PointInTimeTests {
+    @Test func balancesAsTheyWereFromCheckpointsAndTheJournal() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-history-\(UUID().uuidString)"
+        let server = try await TestServer.start { $0.dataDirectory = data; $0.journalMode = .sync; $0.checkpointIntervalSeconds = 0 }
+        let gate = try await server.client()
+        try await gate.setUpTeamPlan(topUp: false)
+        func spend(_ times: Int) async throws {
+            for _ in 0..<times { _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1) }
+        }
+        func pause() async throws -> Instant {
+            try await Task.sleep(for: .milliseconds(20))
+            let instant = wallClock()
+            try await Task.sleep(for: .milliseconds(20))
+            return instant
+        }
+        try await spend(4)
+        let first = try await pause()
+        try await spend(6)
+        try server.server.writeCheckpoint()
+        let second = try await pause()
+        try await spend(2)
+
+        #expect(try await gate.balance(account: "acme", at: first).funds.pool == 380)
+        #expect(try await gate.balance(account: "acme", at: second).funds.pool == 350)
+        let member = try await gate.balance(account: "acme", member: "ana", at: first)
+        #expect(member.levels.first?.consumed == 20)
+        #expect(try await gate.balance(account: "acme").funds.pool == 340)
+        // Before the account existed.
+        do {
+            _ = try await gate.balance(account: "acme", at: Instant(microsecondsSinceEpoch: 0))
+            Issue.record("a balance before the account existed")
+        } catch {
+            #expect(error.status == LedgerError.Code.unknownAccount.rawValue)
+        }
+        await gate.close()
+        try await server.stop()
+    }
+}

@@ -81,6 +81,8 @@ enum Samples {
             request("balance of a member", 16, .balance(account: "acme", member: "ana")),
             request("balance of an account", 17, .balance(account: "acme", member: nil)),
             response("balance", 16, .balance, .balance(balance)),
+            request("balance of a member at a past instant", 19, .balanceAt(account: "acme", member: "ana", at: t0)),
+            response("balance at a past instant", 19, .balanceAt, .balance(balance)),
             request(
                 "batch of two", 18,
                 .batch([.check(acmeRequest), .command(.spend(Spend(acmeRequest)), key: "batch-1")])),

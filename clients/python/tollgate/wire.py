@@ -12,7 +12,7 @@ RESPONSE_FLAG = 0x0001
 
 OPCODES = {
     0x01: "HELLO", 0x02: "PING", 0x03: "ERROR", 0x10: "CHECK", 0x11: "RESERVE", 0x12: "COMMIT", 0x13: "RELEASE",
-    0x14: "EXTEND", 0x15: "SPEND", 0x16: "BALANCE", 0x17: "BATCH", 0x20: "CREATE_ACCOUNT", 0x21: "SET_PARENT",
+    0x14: "EXTEND", 0x15: "SPEND", 0x16: "BALANCE", 0x17: "BATCH", 0x18: "BALANCE_AT", 0x20: "CREATE_ACCOUNT", 0x21: "SET_PARENT",
     0x22: "SET_OVERAGE", 0x23: "SET_PERIOD", 0x24: "SET_ACCOUNT_CAP", 0x25: "ADD_MEMBER", 0x26: "REMOVE_MEMBER",
     0x27: "SET_MEMBER_CAP", 0x28: "CREATE_GROUP", 0x29: "DELETE_GROUP", 0x2A: "SET_GROUP_CAP", 0x2B: "ADD_TO_GROUP",
     0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
@@ -198,6 +198,7 @@ REQUESTS = {
     "EXTEND": [("key", STR)] + HOLD_REF + [("ttlMicroseconds", I64)],
     "SPEND": [("key", STR)] + DECISION_REQUEST,
     "BALANCE": [("account", STR), ("member", OPT_STR)],
+    "BALANCE_AT": [("account", STR), ("member", OPT_STR), ("at", I64)],
     "CREATE_ACCOUNT": [("key", STR), ("account", STR), ("parent", OPT_STR), ("overage", OVERAGE), ("period", OPT_PERIOD)],
     "SET_PARENT": [("key", STR), ("account", STR), ("parent", OPT_STR)],
     "SET_OVERAGE": [("key", STR), ("account", STR), ("overage", OVERAGE)],
@@ -343,7 +344,7 @@ def response_body(name, status):
         schema = ERROR
     elif status != 0:
         schema = REFUSAL
-    elif name == "BALANCE":
+    elif name in ("BALANCE", "BALANCE_AT"):
         return Body(read_balance, write_balance, render_balance)
     elif name == "BATCH":
         def read(r):
