@@ -16,7 +16,6 @@ let package = Package(
         .executable(name: "tollgate-decision-bench", targets: ["TollgateDecisionBench"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
@@ -27,10 +26,7 @@ let package = Package(
     ],
     targets: [
         // The heart of Tollgate: balances, holds and the decision. No I/O; time is passed in.
-        .target(
-            name: "TollgateLedger",
-            dependencies: [.product(name: "DequeModule", package: "swift-collections")]
-        ),
+        .target(name: "TollgateLedger"),
         // The wire protocol of proto/PROTOCOL.md: frames, requests and responses. NIOCore only.
         .target(
             name: "TollgateWire",

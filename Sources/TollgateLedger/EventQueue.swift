@@ -21,7 +21,7 @@ struct EventQueue: Hashable, Sendable {
         }
     }
 
-    private var heap: [Event] = []
+    private var heap = ChunkedArray<Event>()
     private var nextSequence: UInt64 = 0
     /// The size at which the next compaction runs; doubles with what survives one.
     private(set) var compactionThreshold = 4_096
@@ -45,21 +45,20 @@ struct EventQueue: Hashable, Sendable {
 
     /// The queue's exact contents, for checkpoints.
     var storage: (heap: [Event], nextSequence: UInt64, compactionThreshold: Int) {
-        get { (heap, nextSequence, compactionThreshold) }
-        set { (heap, nextSequence, compactionThreshold) = newValue }
+        get { (Array(heap), nextSequence, compactionThreshold) }
+        set { (heap, nextSequence, compactionThreshold) = (ChunkedArray(newValue.heap), newValue.nextSequence, newValue.compactionThreshold) }
     }
 
     /// Hands over the events in no particular order, leaving the queue empty, so the caller
     /// can filter them in place and `restore` them.
     mutating func takeEvents() -> [Event] {
-        var taken: [Event] = []
-        swap(&taken, &heap)
-        return taken
+        defer { heap = ChunkedArray() }
+        return Array(heap)
     }
 
     /// Restores the heap order over `events` in place and sets the next compaction point.
     mutating func restore(_ events: [Event]) {
-        heap = events
+        heap = ChunkedArray(events)
         var index = heap.count / 2
         while index > 0 {
             index -= 1

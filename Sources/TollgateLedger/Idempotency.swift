@@ -1,4 +1,3 @@
-import DequeModule
 
 /// Remembers, per (account, key), a fingerprint of the command and the answer it got, for a
 /// retention period.
@@ -61,25 +60,25 @@ struct IdempotencyTable: Hashable, Sendable {
         case conflict
     }
 
-    private var slots = [Slot](repeating: Slot(), count: 64)
-    private var answers: Deque<Stored> = []
-    private var expiries: Deque<Expiry> = []
+    private var slots = ChunkedArray<Slot>(repeating: Slot(), count: 64)
+    private var answers: ChunkedArray<Stored> = []
+    private var expiries: ChunkedArray<Expiry> = []
     /// The absolute position of the first entry in the rings.
     private var firstPosition: UInt64 = 0
 
     var count: Int { expiries.count }
 
     /// The entries in order and the position of the first, for checkpoints.
-    var storage: (answers: Deque<Stored>, expiries: Deque<Expiry>, firstPosition: UInt64) {
+    var storage: (answers: ChunkedArray<Stored>, expiries: ChunkedArray<Expiry>, firstPosition: UInt64) {
         (answers, expiries, firstPosition)
     }
 
     /// Rebuilds a table from checkpointed entries; the index is built anew.
-    init(answers: Deque<Stored>, expiries: Deque<Expiry>, firstPosition: UInt64) {
+    init(answers: ChunkedArray<Stored>, expiries: ChunkedArray<Expiry>, firstPosition: UInt64) {
         self.answers = answers
         self.expiries = expiries
         self.firstPosition = firstPosition
-        while slots.count < 2 * max(1, expiries.count) { slots = [Slot](repeating: Slot(), count: slots.count * 2) }
+        while slots.count < 2 * max(1, expiries.count) { slots = ChunkedArray<Slot>(repeating: Slot(), count: slots.count * 2) }
         for (index, expiry) in expiries.enumerated() {
             insert(Slot(tag: expiry.key.low, positionPlusOne: firstPosition + UInt64(index) + 1))
         }
@@ -179,7 +178,7 @@ struct IdempotencyTable: Hashable, Sendable {
 
     private mutating func grow() {
         let old = slots
-        slots = [Slot](repeating: Slot(), count: old.count * 2)
+        slots = ChunkedArray<Slot>(repeating: Slot(), count: old.count * 2)
         for slot in old where slot.positionPlusOne != 0 { insert(slot) }
     }
 }
@@ -342,10 +341,10 @@ struct ResolvedHolds: Hashable, Sendable {
     }
 
     private(set) var resolutions: [HoldKey: Resolved] = [:]
-    private var order: Deque<Expiry> = []
+    private var order: ChunkedArray<Expiry> = []
 
     /// The exact contents, for checkpoints.
-    var storage: (resolutions: [HoldKey: Resolved], order: Deque<Expiry>) {
+    var storage: (resolutions: [HoldKey: Resolved], order: ChunkedArray<Expiry>) {
         get { (resolutions, order) }
         set { (resolutions, order) = newValue }
     }
@@ -368,7 +367,7 @@ struct ResolvedHolds: Hashable, Sendable {
 
     mutating func forget(through instant: Instant) {
         while let first = order.first, first.at <= instant {
-            order.removeFirst()
+            order.removeFirst(1)
             resolutions.removeValue(forKey: HoldKey(first.hold))
         }
     }

@@ -17,14 +17,14 @@ public struct Ledger: Hashable, Sendable {
     public private(set) var clock: Instant
 
     var accountSlots: [HashedString: Int32] = [:]
-    var accounts: [AccountRecord] = []
-    var members: [MemberRecord] = []
+    var accounts = ChunkedArray<AccountRecord>()
+    var members = ChunkedArray<MemberRecord>()
     /// Every live member of every account, by (account, member id).
     var memberSlots: [MemberKey: Int32] = [:]
     var freeMemberSlots: [Int32] = []
     var liveMemberCount = 0
-    var groups: [GroupRecord] = []
-    var grants: [GrantRecord] = []
+    var groups = ChunkedArray<GroupRecord>()
+    var grants = ChunkedArray<GrantRecord>()
     var freeGrantSlots: [Int32] = []
     var grantSlotByID: [GrantID: Int32] = [:]
     var nextGrantID: GrantID = 1

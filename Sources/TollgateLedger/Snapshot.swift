@@ -1,5 +1,3 @@
-import DequeModule
-
 /// A full copy of the ledger as bytes, for checkpoints: `snapshot()` writes one and
 /// `init(snapshot:limits:)` reads it back into an equal ledger. Tables that can be rebuilt
 /// (the id indexes, the idempotency index) are rebuilt rather than stored. Big-endian, with a
@@ -170,10 +168,10 @@ extension Ledger {
         var r = SnapshotReader(bytes: bytes)
         guard try r.integer(UInt32.self) == Ledger.snapshotMagic else { throw SnapshotError(description: "not a ledger snapshot") }
         self.init(limits: limits, startingAt: try r.instant())
-        accounts = try r.array { try $0.readAccount() }
-        members = try r.array { try $0.readMember() }
+        accounts = ChunkedArray(try r.array { try $0.readAccount() })
+        members = ChunkedArray(try r.array { try $0.readMember() })
         freeMemberSlots = try r.array { try $0.integer(Int32.self) }
-        groups = try r.array { r in
+        groups = ChunkedArray(try r.array { r in
             let id = try r.string()
             var group = GroupRecord(id: id, account: try r.integer(), usage: UsageCounter(windowEnd: .epoch))
             group.isLive = try r.bool()
@@ -181,8 +179,8 @@ extension Ledger {
             group.usage = try r.readUsage()
             group.memberCount = try r.int()
             return group
-        }
-        grants = try r.array { try $0.readGrant() }
+        })
+        grants = ChunkedArray(try r.array { try $0.readGrant() })
         freeGrantSlots = try r.array { try $0.integer(Int32.self) }
         nextGrantID = try r.integer()
         for hold in try r.array({ try $0.readHold() }) { holds[HoldKey(hold.id)] = hold }
@@ -207,14 +205,14 @@ extension Ledger {
         }
         let answers = try r.array { r in IdempotencyTable.Stored(fingerprint: try r.integer(), answer: try r.readAnswer()) }
         guard answers.count == expiries.count else { throw SnapshotError(description: "idempotency entries do not match") }
-        idempotency = IdempotencyTable(answers: Deque(answers), expiries: Deque(expiries), firstPosition: firstPosition)
+        idempotency = IdempotencyTable(answers: ChunkedArray(answers), expiries: ChunkedArray(expiries), firstPosition: firstPosition)
         var resolutions: [HoldKey: ResolvedHolds.Resolved] = [:]
         for (id, account, raw) in try r.array({ r in (try r.integer(UInt64.self), try r.integer(Int32.self), try r.integer(UInt8.self)) }) {
             guard let resolution = HoldResolution(rawValue: raw) else { throw SnapshotError(description: "unknown hold resolution") }
             resolutions[HoldKey(id)] = ResolvedHolds.Resolved(account: account, resolution: resolution)
         }
         let order = try r.array { r in ResolvedHolds.Expiry(hold: try r.integer(), at: try r.instant()) }
-        resolvedHolds.storage = (resolutions, Deque(order))
+        resolvedHolds.storage = (resolutions, ChunkedArray(order))
         idempotencyKeysForgottenEarly = try r.int()
         retiredTotals.granted = try r.integer()
         retiredTotals.available = try r.integer()
