@@ -177,15 +177,22 @@ final class GateConnectionHandler: ChannelInboundHandler {
         awaitingAnswers += 1
         loop.submit { service.handle(request).response }.hop(to: context.eventLoop).whenSuccess { response in
             let (handler, context) = loopBound.value
-            handler.awaitingAnswers -= 1
-            guard context.channel.isActive, !handler.closing || handler.draining else { return }
-            handler.write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
-            handler.metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
-            if handler.draining {
-                if handler.awaitingAnswers == 0 { handler.flushThenClose(context: context) }
-            } else {
-                handler.flush(context: context)
-            }
+            handler.sendDeferred(context: context, response, to: request, requestID: requestID, started: started)
+        }
+    }
+
+    /// Sends an answer that was not ready when its request was read (decided on another
+    /// thread, waiting for the journal, or read from history), and closes once the last such
+    /// answer is out if the server is draining.
+    private func sendDeferred(context: ChannelHandlerContext, _ answer: WireResponse, to request: WireRequest, requestID: UInt32, started: UInt64) {
+        awaitingAnswers -= 1
+        guard context.channel.isActive, !closing || draining else { return }
+        write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
+        metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+        if draining {
+            if awaitingAnswers == 0 { flushThenClose(context: context) }
+        } else {
+            flush(context: context)
         }
     }
 
@@ -225,20 +232,12 @@ final class GateConnectionHandler: ChannelInboundHandler {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         history.runIfActive(eventLoop: context.eventLoop) { service.handle(request).response }.whenComplete { result in
             let (handler, context) = loopBound.value
-            handler.awaitingAnswers -= 1
-            guard context.channel.isActive, !handler.closing || handler.draining else { return }
             let answer: WireResponse
             switch result {
             case .success(let response): answer = response
             case .failure: answer = .error(WireError(.unavailable, "the server is shutting down"))
             }
-            handler.write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
-            handler.metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
-            if handler.draining {
-                if handler.awaitingAnswers == 0 { handler.flushThenClose(context: context) }
-            } else {
-                handler.flush(context: context)
-            }
+            handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started)
         }
     }
 
@@ -254,20 +253,12 @@ final class GateConnectionHandler: ChannelInboundHandler {
         journal.whenDurable(sequence) { result in
             eventLoop.execute {
                 let (handler, context) = loopBound.value
-                handler.awaitingAnswers -= 1
-                guard context.channel.isActive, !handler.closing || handler.draining else { return }
                 let answer: WireResponse
                 switch result {
                 case .success: answer = response
                 case .failure(let error): answer = .error(WireError(.unavailable, "not kept: \(error.description)"))
                 }
-                handler.write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
-                handler.metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
-                if handler.draining {
-                    if handler.awaitingAnswers == 0 { handler.flushThenClose(context: context) }
-                } else {
-                    handler.flush(context: context)
-                }
+                handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started)
             }
         }
     }
