@@ -185,12 +185,13 @@ public final class JournalWriter: @unchecked Sendable {
             let batch = pending.buffer
             pending.buffer = ByteBuffer()
             let through = pending.nextSequence - 1
+            let throughChecksum = pending.lastChecksum
             let waiters = pending.waiters
             pending.waiters = []
             let stopping = pending.stopping
             condition.unlock()
 
-            let result = flush(batch, through: through)
+            let result = flush(batch, through: through, checksum: throughChecksum)
             if case .failure = result, batch.readableBytes > 0 {
                 // Keep the batch for the next attempt, ahead of anything appended since.
                 condition.lock()
@@ -215,7 +216,8 @@ public final class JournalWriter: @unchecked Sendable {
         stopped.unlock()
     }
 
-    private func flush(_ batch: ByteBuffer, through sequence: UInt64) -> Result<Void, JournalError> {
+    /// Writes and syncs a batch whose last record is `sequence` with checksum `checksum`.
+    private func flush(_ batch: ByteBuffer, through sequence: UInt64, checksum: UInt32) -> Result<Void, JournalError> {
         guard batch.readableBytes > 0 else { return .success(()) }
         let written = batch.withUnsafeReadableBytes { files.write(descriptor, $0) }
         guard written == batch.readableBytes, files.sync(descriptor) == 0 else {
@@ -235,27 +237,13 @@ public final class JournalWriter: @unchecked Sendable {
             Glibc.close(descriptor)
             descriptor = -1
             do {
-                try openSegment(firstSequence: sequence + 1, previousChecksum: lastWrittenChecksum(batch))
+                try openSegment(firstSequence: sequence + 1, previousChecksum: checksum)
             } catch {
                 failure.withLock { $0 = "\(error)" }
                 return .failure(JournalError("\(error)"))
             }
         }
         return .success(())
-    }
-
-    /// The checksum of the last record in a batch: what the next segment's header chains to.
-    private func lastWrittenChecksum(_ batch: ByteBuffer) -> UInt32 {
-        var offset = 0
-        var checksum: UInt32 = 0
-        batch.withUnsafeReadableBytes { bytes in
-            while offset + 8 <= bytes.count {
-                let length = Int(UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-                checksum = UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self))
-                offset += 8 + length
-            }
-        }
-        return checksum
     }
 
     private func openSegment(firstSequence: UInt64, previousChecksum: UInt32) throws {

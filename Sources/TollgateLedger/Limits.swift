@@ -31,8 +31,8 @@ public struct LedgerLimits: Hashable, Sendable {
     /// When the table is full, the oldest key is forgotten early, but never one younger than
     /// `idempotencyMinimumRetentionMicroseconds`: a retry within that floor is always
     /// recognised. A table full of keys younger than the floor refuses new mutations with
-    /// `.limitReached`. Measured at about 240 bytes a key (bench/README.md), so the default
-    /// ceiling holds about 230 MiB and, at the 15-minute floor, about 1,100 mutations a second.
+    /// `.limitReached`. Measured at about 200 bytes a key (bench/README.md), so the default
+    /// ceiling holds about 200 MiB and, at the 15-minute floor, about 1,100 mutations a second.
     public var idempotencyRetentionMicroseconds: Int64 = 24 * Microseconds.perHour
     public var idempotencyMinimumRetentionMicroseconds: Int64 = 15 * Microseconds.perMinute
     public var idempotencyKeysMax = 1_000_000

@@ -29,9 +29,22 @@ public func wallClock() -> Instant {
 /// decisions run"). The mutex also gives the total order DESIGN.md requires: every decision
 /// sees every decision answered before it.
 public final class LedgerService: Sendable {
-    private let ledger: Mutex<Ledger>
-    /// Set once recovery is done, before any connection is served.
-    private let journalBox = Mutex<JournalWriter?>(nil)
+    /// The ledger and the journal that keeps it, behind one lock: a decision and its journal
+    /// record are one step, and the decision path takes one lock.
+    private struct State {
+        var ledger: Ledger
+        /// Set once recovery is done, before any connection is served.
+        var journal: JournalWriter?
+
+        /// While the journal cannot write, mutations are refused; reads go on.
+        var unavailable: Handled? {
+            guard let reason = journal?.failureReason else { return nil }
+            return Handled(
+                response: .error(WireError(.unavailable, "the journal cannot keep changes right now (\(reason)); reads still work")), sequence: nil)
+        }
+    }
+
+    private let state: Mutex<State>
     private let clock: @Sendable () -> Instant
     public let configuration: ServerConfiguration
 
@@ -41,7 +54,7 @@ public final class LedgerService: Sendable {
     public init(configuration: ServerConfiguration, clock: @escaping @Sendable () -> Instant = wallClock) {
         self.configuration = configuration
         self.clock = clock
-        self.ledger = Mutex(Ledger(limits: configuration.limits, startingAt: clock()))
+        self.state = Mutex(State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil))
         self.ledgerThread = configuration.decisionThread == .dedicatedThread ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
     }
 
@@ -51,17 +64,15 @@ public final class LedgerService: Sendable {
 
     /// Installs the state recovered from the journal and the writer that continues it.
     public func restore(_ recovered: Ledger, journal: JournalWriter?) {
-        ledger.withLock { $0 = recovered }
-        journalBox.withLock { $0 = journal }
+        state.withLock { $0 = State(ledger: recovered, journal: journal) }
     }
 
-    public var journal: JournalWriter? { journalBox.withLock { $0 } }
+    public var journal: JournalWriter? { state.withLock { $0.journal } }
 
     /// A copy of the ledger and the journal position it includes, taken together under the
     /// ledger's lock. The copy shares storage with the live ledger until either changes.
     public func checkpointSource() -> (ledger: Ledger, position: Checkpoint.Position)? {
-        guard let journal else { return nil }
-        return ledger.withLock { ledger in (ledger, journal.appendedPosition) }
+        state.withLock { state in state.journal.map { (state.ledger, $0.appendedPosition) } }
     }
 
     /// An answer, and the journal sequence it depends on when it changed the ledger.
@@ -75,39 +86,34 @@ public final class LedgerService: Sendable {
     /// journal order is decision order.
     public func handle(_ request: WireRequest) -> Handled {
         let now = clock()
-        let journal = journal
-        if request.isMutation, let reason = journal?.failureReason {
-            return Handled(response: .error(WireError(.unavailable, "the journal cannot keep changes right now (\(reason)); reads still work")), sequence: nil)
-        }
         switch request {
         case .hello, .ping:
             preconditionFailure("the connection handler answers \(request.opcode.name) itself")
         case .balanceAt(let account, let member, let at):
             return Handled(response: balance(account: account, member: member, at: at, now: now), sequence: nil)
         case .check(let decision):
-            return Handled(response: .answer(ledger.withLock { $0.check(decision, at: now) }), sequence: nil)
+            return Handled(response: .answer(state.withLock { $0.ledger.check(decision, at: now) }), sequence: nil)
         case .balance(let account, let member):
-            switch ledger.withLock({ $0.balance(account: account, member: member, at: now) }) {
-            case .success(let balance): return Handled(response: .balance(balance), sequence: nil)
-            case .failure(let error): return Handled(response: .answer(.refused(Refusal(error))), sequence: nil)
-            }
+            return Handled(response: currentBalance(account: account, member: member, at: now), sequence: nil)
         case .command(let command, let key):
-            return ledger.withLock { ledger in
-                let applied = ledger.applyRecording(command, key: key, at: now)
-                let sequence = applied.changedState ? journal?.append(command, key: key, instant: applied.instant) : nil
+            return state.withLock { state in
+                if let refusal = state.unavailable { return refusal }
+                let applied = state.ledger.applyRecording(command, key: key, at: now)
+                let sequence = applied.changedState ? state.journal?.append(command, key: key, instant: applied.instant) : nil
                 return Handled(response: .answer(applied.answer), sequence: sequence)
             }
         case .batch(let items):
             // Each item is decided on its own, in order; the lock is taken once for the batch.
-            return ledger.withLock { ledger in
+            return state.withLock { state in
+                if request.isMutation, let refusal = state.unavailable { return refusal }
                 var last: UInt64?
                 let answers = items.map { item -> BatchItemResponse in
                     switch item {
                     case .check(let decision):
-                        return BatchItemResponse(opcode: .check, response: .answer(ledger.check(decision, at: now)))
+                        return BatchItemResponse(opcode: .check, response: .answer(state.ledger.check(decision, at: now)))
                     case .command(let command, let key):
-                        let applied = ledger.applyRecording(command, key: key, at: now)
-                        if applied.changedState, let sequence = journal?.append(command, key: key, instant: applied.instant) { last = sequence }
+                        let applied = state.ledger.applyRecording(command, key: key, at: now)
+                        if applied.changedState, let sequence = state.journal?.append(command, key: key, instant: applied.instant) { last = sequence }
                         return BatchItemResponse(opcode: command.opcode, response: .answer(applied.answer))
                     default:
                         preconditionFailure("the decoder admits only batchable items")
@@ -118,18 +124,20 @@ public final class LedgerService: Sendable {
         }
     }
 
+    private func currentBalance(account: String, member: String?, at now: Instant) -> WireResponse {
+        switch state.withLock({ $0.ledger.balance(account: account, member: member, at: now) }) {
+        case .success(let balance): return .balance(balance)
+        case .failure(let error): return .answer(.refused(Refusal(error)))
+        }
+    }
+
     private struct StopReplay: Error {}
 
     /// A balance as it was at `at`: the newest checkpoint from before then, plus the journal
     /// up to then, replayed into a private ledger. Slow (it reads files), so the connection
     /// runs it off its event loop. In `async` mode the last flush interval is not yet on disk.
     func balance(account: String, member: String?, at: Instant, now: Instant) -> WireResponse {
-        if at >= now {
-            switch ledger.withLock({ $0.balance(account: account, member: member, at: now) }) {
-            case .success(let balance): return .balance(balance)
-            case .failure(let error): return .answer(.refused(Refusal(error)))
-            }
-        }
+        if at >= now { return currentBalance(account: account, member: member, at: now) }
         guard configuration.journalMode != .none else {
             return .error(WireError(.unavailable, "this server keeps no journal (journalMode none), so it has no history"))
         }
@@ -161,15 +169,15 @@ public final class LedgerService: Sendable {
     /// Releases holds past their deadline and expires grants; run every sweep interval.
     public func sweep() {
         let now = clock()
-        ledger.withLock { ledger in
-            if let due = ledger.nextDue, due <= now { ledger.advance(to: now) }
+        state.withLock { state in
+            if let due = state.ledger.nextDue, due <= now { state.ledger.advance(to: now) }
         }
     }
 
-    public var openHolds: Int { ledger.withLock { $0.openHoldCount } }
+    public var openHolds: Int { state.withLock { $0.ledger.openHoldCount } }
 
     /// A copy of the ledger, for tests and diagnostics.
-    public var snapshot: Ledger { ledger.withLock { $0 } }
+    public var snapshot: Ledger { state.withLock { $0.ledger } }
 }
 
 extension WireRequest {
