@@ -16,6 +16,9 @@ data="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-quickstart.XXXXXX")"
 "$bin/tollgated" --data-dir "$data" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
+# With no credentials file, tollgated writes an admin token (mode 0600) to its data directory
+# and accepts only that; the CLI reads it from TOLLGATE_TOKEN_FILE.
+export TOLLGATE_TOKEN_FILE="$data/admin.token"
 for _ in $(seq 1 100); do
   if "$tollgate" ping >/dev/null 2>&1; then break; fi
   sleep 0.1
@@ -45,6 +48,6 @@ if [ "${TOLLGATE_QUICKSTART_EXIT:-0}" = "1" ]; then
 fi
 echo
 echo "tollgated is running on 127.0.0.1:7400 (admin http://127.0.0.1:7401/metrics). Try:"
-echo "  $tollgate balance acme --member ana"
+echo "  TOLLGATE_TOKEN_FILE=$data/admin.token $tollgate balance acme --member ana"
 echo "Press Ctrl-C to stop it."
 wait $server

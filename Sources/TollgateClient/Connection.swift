@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 import TollgateWire
 
@@ -17,9 +18,10 @@ final class Connection: Sendable {
     }
 
     static func open(
-        group: any EventLoopGroup, host: String, port: Int, clientName: String, token: String, timeout: TimeAmount
+        group: any EventLoopGroup, host: String, port: Int, clientName: String, token: String, timeout: TimeAmount,
+        tls: (context: NIOSSLContext, serverName: String)?
     ) async throws(TollgateError) -> Connection {
-        let handler = ResponseHandler()
+        let handler = ResponseHandler(tls: tls != nil)
         let channel: any Channel
         do {
             channel = try await ClientBootstrap(group: group)
@@ -28,6 +30,12 @@ final class Connection: Sendable {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
+                        if let tls {
+                            // An IP address is verified against the certificate's IP SANs
+                            // and never sent as SNI.
+                            let isAddress = (try? SocketAddress(ipAddress: tls.serverName, port: 0)) != nil
+                            try sync.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: isAddress ? nil : tls.serverName))
+                        }
                         try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: 16 << 20, expectsResponses: true)))
                         try sync.addHandler(MessageToByteHandler(FrameEncoder()))
                         try sync.addHandler(handler)
@@ -68,6 +76,11 @@ final class ResponseHandler: ChannelInboundHandler, Sendable {
     }
 
     private let state = Mutex(State())
+    private let tls: Bool
+
+    init(tls: Bool) {
+        self.tls = tls
+    }
 
     func send(_ request: WireRequest, on channel: any Channel, timeout: TimeAmount) async throws(TollgateError) -> WireResponse {
         do {
@@ -128,6 +141,11 @@ final class ResponseHandler: ChannelInboundHandler, Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if tls, error is NIOSSLError || error is BoringSSLError {
+            failAll(TollgateError.tls("\(error)"))
+            context.close(promise: nil)
+            return
+        }
         failAll("\(error)")
         context.close(promise: nil)
     }

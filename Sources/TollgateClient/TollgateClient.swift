@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 import TollgateLedger
 import TollgateWire
@@ -27,12 +28,15 @@ public final class TollgateClient: Sendable {
         /// Further attempts of a mutating call after a retriable failure, with the same key.
         public var retries: Int
         public var retryBackoffMilliseconds: Int64
+        /// TLS to the gate port; nil for plaintext.
+        public var tls: TLSOptions?
 
         public init(
             host: String = "127.0.0.1", port: Int = 7400, clientName: String = "TollgateClient", token: String = "",
             connections: Int = 1, connectTimeoutMilliseconds: Int64 = 2_000, requestTimeoutMilliseconds: Int64 = 5_000,
-            retries: Int = 3, retryBackoffMilliseconds: Int64 = 50
+            retries: Int = 3, retryBackoffMilliseconds: Int64 = 50, tls: TLSOptions? = nil
         ) {
+            self.tls = tls
             self.host = host
             self.port = port
             self.clientName = clientName
@@ -50,8 +54,10 @@ public final class TollgateClient: Sendable {
     private let ownsGroup: Bool
     private let pool: Mutex<[Connection?]>
     private let next = Atomic<Int>(0)
+    private let tlsContext: NIOSSLContext?
 
-    private init(configuration: Configuration, group: any EventLoopGroup, ownsGroup: Bool) {
+    private init(configuration: Configuration, group: any EventLoopGroup, ownsGroup: Bool, tlsContext: NIOSSLContext?) {
+        self.tlsContext = tlsContext
         self.configuration = configuration
         self.group = group
         self.ownsGroup = ownsGroup
@@ -60,8 +66,10 @@ public final class TollgateClient: Sendable {
 
     /// Connects the first connection of the pool (the rest connect when first used).
     public static func connect(_ configuration: Configuration = Configuration(), group: (any EventLoopGroup)? = nil) async throws(TollgateError) -> TollgateClient {
+        let tlsContext = try configuration.tls.map { options throws(TollgateError) in try options.makeContext() }
         let client = TollgateClient(
-            configuration: configuration, group: group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1), ownsGroup: group == nil)
+            configuration: configuration, group: group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1), ownsGroup: group == nil,
+            tlsContext: tlsContext)
         do {
             _ = try await client.connection(slot: 0)
         } catch {
@@ -88,7 +96,8 @@ public final class TollgateClient: Sendable {
         if let existing = pool.withLock({ $0[slot] }), existing.isActive { return existing }
         let connection = try await Connection.open(
             group: group, host: configuration.host, port: configuration.port, clientName: configuration.clientName,
-            token: configuration.token, timeout: .milliseconds(configuration.connectTimeoutMilliseconds))
+            token: configuration.token, timeout: .milliseconds(configuration.connectTimeoutMilliseconds),
+            tls: tlsContext.map { ($0, configuration.tls?.serverName ?? configuration.host) })
         let replaced = pool.withLock { pool in
             defer { pool[slot] = connection }
             return pool[slot]

@@ -13,6 +13,9 @@ public enum TollgateError: Error, Hashable, Sendable, CustomStringConvertible {
     case timeout
     /// The server answered with something this client does not expect for the request.
     case unexpectedResponse(String)
+    /// TLS could not be set up: unreadable certificate files, or a handshake the server or
+    /// this client refused (unknown CA, expired certificate, name mismatch). Not retried.
+    case tls(String)
 
     /// The numeric status, when the server gave one.
     public var status: UInt16? {
@@ -39,6 +42,7 @@ public enum TollgateError: Error, Hashable, Sendable, CustomStringConvertible {
         case .connection(let reason): "connection: \(reason)"
         case .timeout: "timed out"
         case .unexpectedResponse(let what): "unexpected response: \(what)"
+        case .tls(let reason): "TLS: \(reason)"
         }
     }
 }

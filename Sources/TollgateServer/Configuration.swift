@@ -53,5 +53,39 @@ public struct ServerConfiguration: Sendable, Equatable {
         case async, sync, none
     }
 
+    // MARK: Transport security and access
+
+    /// The gate port speaks TLS when both are set (PEM files, re-read when they change).
+    public var tlsCertificateFile: String?
+    public var tlsKeyFile: String?
+    /// PEM bundle of the CAs client certificates must chain to: mTLS.
+    public var tlsClientCAFile: String?
+    /// Whether a client certificate is `required` (the default with a client CA), `optional`
+    /// or not asked for (`none`, the default without one).
+    public var tlsClientCertificates: TLSSettings.ClientCertificates?
+    /// TLS 1.3 unless 1.2 is allowed here.
+    public var tlsMinimumVersion = TLSSettings.MinimumVersion.tls13
+    /// Identities, roles and scopes (see `Credentials.parse`). Without one, the server writes
+    /// an admin token to `<dataDirectory>/admin.token` (mode 0600) and accepts only that.
+    public var credentialsFile: String?
+    /// Credentials given directly (tests, embedding); they take the place of the file.
+    public var credentials: Credentials?
+    /// Plaintext on an address other than loopback is refused unless this is set: tokens
+    /// would cross the network in the clear.
+    public var allowPlaintext = false
+    /// How often the TLS files and the credentials file are checked for changes (0: only on
+    /// SIGHUP).
+    public var reloadCheckSeconds: Int64 = 5
+    /// A connection must complete its TLS handshake and HELLO within this time.
+    public var handshakeTimeoutMilliseconds: Int64 = 10_000
+
+    /// The TLS settings, when TLS is configured.
+    public var tls: TLSSettings? {
+        guard let tlsCertificateFile, let tlsKeyFile else { return nil }
+        return TLSSettings(
+            certificateFile: tlsCertificateFile, keyFile: tlsKeyFile, clientCAFile: tlsClientCAFile, clientCertificates: tlsClientCertificates,
+            minimumVersion: tlsMinimumVersion)
+    }
+
     public init() {}
 }

@@ -8,6 +8,8 @@ extension ServerConfiguration {
         "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
         "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
         "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
+        "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
+        "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds",
     ]
 
     public static func environmentName(_ setting: String) -> String {
@@ -74,6 +76,28 @@ extension ServerConfiguration {
         case "idempotencyKeysMax": limits.idempotencyKeysMax = Int(try integer(1...1_000_000_000))
         case "idempotencyRetentionHours": limits.idempotencyRetentionMicroseconds = try integer(1...8_760) * 3_600_000_000
         case "idempotencyMinimumRetentionMinutes": limits.idempotencyMinimumRetentionMicroseconds = try integer(0...525_600) * 60_000_000
+        case "tlsCertificateFile": tlsCertificateFile = value.isEmpty ? nil : value
+        case "tlsKeyFile": tlsKeyFile = value.isEmpty ? nil : value
+        case "tlsClientCAFile": tlsClientCAFile = value.isEmpty ? nil : value
+        case "tlsClientCertificates":
+            guard let mode = TLSSettings.ClientCertificates(rawValue: value) else {
+                throw ConfigurationError("\(source): tlsClientCertificates must be none, optional or required, not \"\(value)\"")
+            }
+            tlsClientCertificates = mode
+        case "tlsMinimumVersion":
+            guard let version = TLSSettings.MinimumVersion(rawValue: value) else {
+                throw ConfigurationError("\(source): tlsMinimumVersion must be 1.2 or 1.3, not \"\(value)\"")
+            }
+            tlsMinimumVersion = version
+        case "credentialsFile": credentialsFile = value.isEmpty ? nil : value
+        case "allowPlaintext":
+            switch value.lowercased() {
+            case "true", "yes", "1": allowPlaintext = true
+            case "false", "no", "0": allowPlaintext = false
+            default: throw ConfigurationError("\(source): allowPlaintext must be true or false, not \"\(value)\"")
+            }
+        case "reloadCheckSeconds": reloadCheckSeconds = try integer(0...86_400)
+        case "handshakeTimeoutMilliseconds": handshakeTimeoutMilliseconds = try integer(10...600_000)
         default:
             throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
         }
@@ -83,6 +107,15 @@ extension ServerConfiguration {
         guard !host.isEmpty, !dataDirectory.isEmpty else { throw ConfigurationError("host and dataDirectory must not be empty") }
         guard limits.idempotencyMinimumRetentionMicroseconds <= limits.idempotencyRetentionMicroseconds else {
             throw ConfigurationError("idempotencyMinimumRetentionMinutes must not exceed idempotencyRetentionHours")
+        }
+        guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {
+            throw ConfigurationError("TLS needs both tlsCertificateFile and tlsKeyFile")
+        }
+        if tlsCertificateFile == nil && (tlsClientCAFile != nil || tlsClientCertificates != nil) {
+            throw ConfigurationError("tlsClientCAFile and tlsClientCertificates need TLS: set tlsCertificateFile and tlsKeyFile")
+        }
+        if let mode = tlsClientCertificates, mode != .none, tlsClientCAFile == nil {
+            throw ConfigurationError("tlsClientCertificates \(mode.rawValue) needs tlsClientCAFile, the CAs client certificates must chain to")
         }
     }
 }

@@ -1,6 +1,8 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -69,7 +71,27 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     private let history: NIOThreadPool
 
-    init(service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool) {
+    // Access: who this connection is, decided at HELLO and again whenever the credentials in
+    // force change (so a revoked token stops working on open connections).
+    private let access: AccessControl
+    private let tls: NIOSSLServerHandler?
+    private var tlsHandshakeDone = false
+    private var principal: Principal?
+    private var principalGeneration: UInt64 = 0
+    private var presentedCertificate: CertificateNames?
+    private var presentedTokenDigest: String?
+    private var clientName = ""
+    /// Refusals are logged for the first few per connection, then only counted, so a client
+    /// in a loop cannot flood the log.
+    private var refusalsLogged = 0
+    private var refusalsUnlogged = 0
+
+    init(
+        service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool, access: AccessControl,
+        tls: NIOSSLServerHandler?
+    ) {
+        self.access = access
+        self.tls = tls
         self.history = history
         self.service = service
         self.metrics = metrics
@@ -89,11 +111,19 @@ final class GateConnectionHandler: ChannelInboundHandler {
         metrics.connectionOpened()
         lastRequest = .now()
         let idle = TimeAmount.milliseconds(configuration.idleTimeoutMilliseconds)
-        let period = TimeAmount.milliseconds(max(10, configuration.idleTimeoutMilliseconds / 4))
+        let handshakeLimit = TimeAmount.milliseconds(configuration.handshakeTimeoutMilliseconds)
+        let period = TimeAmount.milliseconds(max(10, min(configuration.idleTimeoutMilliseconds, configuration.handshakeTimeoutMilliseconds) / 4))
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { _ in
             let (handler, context) = loopBound.value
-            if NIODeadline.now() - handler.lastRequest >= idle {
+            if !handler.handshaken {
+                // A stranger must not hold a connection open: TLS and HELLO within the limit.
+                if NIODeadline.now() - handler.lastRequest >= handshakeLimit {
+                    handler.fail(
+                        context: context, WireError(.idleTimeout, "no HELLO within \(handler.configuration.handshakeTimeoutMilliseconds) ms of connecting"),
+                        requestID: 0)
+                }
+            } else if NIODeadline.now() - handler.lastRequest >= idle {
                 handler.fail(context: context, WireError(.idleTimeout, "no complete request for \(handler.configuration.idleTimeoutMilliseconds) ms"), requestID: 0)
             }
         }
@@ -107,6 +137,11 @@ final class GateConnectionHandler: ChannelInboundHandler {
             admitted = false
             limiter.release()
             metrics.connectionClosed()
+        }
+        if refusalsUnlogged > 0 {
+            logger.notice(
+                "more refusals on a closed connection",
+                metadata: ["identity": "\(principal?.name ?? "none")", "unlogged": "\(refusalsUnlogged)", "remote": "\(remoteDescription(context))"])
         }
         context.fireChannelInactive()
     }
@@ -142,23 +177,44 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 fail(context: context, WireError(.unsupportedVersion, "this server speaks version 1; the client asked for \(hello.minVersion) to \(hello.maxVersion)"), requestID: requestID)
                 return
             }
+            clientName = hello.clientName
+            presentedCertificate = peerCertificateNames()
+            presentedTokenDigest = hello.token.isEmpty ? nil : SHA256.hex(Array(hello.token.utf8))
+            guard let principal = identify(context: context) else { return }
             handshaken = true
             response = .hello(
                 HelloAnswer(
                     version: FrameHeader.version, serverName: configuration.serverName, maxFrameBody: UInt32(configuration.maxFrameBody),
-                    maxInFlight: UInt16(clamping: configuration.maxInFlight), maxBatchItems: UInt16(clamping: configuration.maxBatchItems)))
+                    maxInFlight: UInt16(clamping: configuration.maxInFlight), maxBatchItems: UInt16(clamping: configuration.maxBatchItems),
+                    identity: principal.name, role: principal.role.rawValue))
         case .ping:
             response = .pong
         default:
+            if access.generation != principalGeneration {
+                guard identify(context: context) != nil else { return }
+            }
+            guard let principal else { return }
+            var refusedItems: [WireError?]?
+            if let refusal = principal.refusal(request) {
+                refuse(context: context, frame: frame, refusal, request: request)
+                return
+            }
+            if case .batch(let items) = request, !principal.scope.everything || principal.role != .admin {
+                let refusals = items.map { principal.refusal($0) }
+                for (item, refusal) in zip(items, refusals) {
+                    if let refusal { noteRefusal(context: context, refusal, opcode: item.opcode) }
+                }
+                if refusals.contains(where: { $0 != nil }) { refusedItems = refusals }
+            }
             if let ledgerThread = service.ledgerThread {
-                decideElsewhere(context: context, request, requestID: requestID, started: started, on: ledgerThread.next())
+                decideElsewhere(context: context, request, refusedItems: refusedItems, requestID: requestID, started: started, on: ledgerThread.next())
                 return
             }
             if case .balanceAt = request {
                 answerFromHistory(context: context, request, requestID: requestID, started: started)
                 return
             }
-            let handled = service.handle(request)
+            let handled = service.handle(request, refusedItems: refusedItems)
             if let sequence = handled.sequence, configuration.journalMode == .sync, let journal = service.journal {
                 answerWhenDurable(context: context, handled.response, to: request, requestID: requestID, started: started, sequence: sequence, journal: journal)
                 return
@@ -171,11 +227,13 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     /// The `.dedicatedThread` path: the decision runs on the ledger's thread and the answer
     /// hops back to this connection's thread, in order.
-    private func decideElsewhere(context: ChannelHandlerContext, _ request: WireRequest, requestID: UInt32, started: UInt64, on loop: any EventLoop) {
+    private func decideElsewhere(
+        context: ChannelHandlerContext, _ request: WireRequest, refusedItems: [WireError?]?, requestID: UInt32, started: UInt64, on loop: any EventLoop
+    ) {
         let service = service
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         awaitingAnswers += 1
-        loop.submit { service.handle(request).response }.hop(to: context.eventLoop).whenSuccess { response in
+        loop.submit { service.handle(request, refusedItems: refusedItems).response }.hop(to: context.eventLoop).whenSuccess { response in
             let (handler, context) = loopBound.value
             handler.sendDeferred(context: context, response, to: request, requestID: requestID, started: started)
         }
@@ -202,6 +260,15 @@ final class GateConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if tls != nil && !tlsHandshakeDone && (error is NIOSSLError || error is BoringSSLError) {
+            // A failed TLS handshake: wrong CA, expired or missing client certificate, a
+            // plaintext client on a TLS port. Nothing can be said to the client in frames.
+            tlsHandshakeDone = true
+            metrics.recordTLSHandshake(succeeded: false)
+            logger.info("TLS handshake failed", metadata: ["remote": "\(remoteDescription(context))", "error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
         if let error = error as? WireError {
             // Framing is lost: say why, then close.
             fail(context: context, error, requestID: 0)
@@ -214,6 +281,10 @@ final class GateConnectionHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            tlsHandshakeDone = true
+            metrics.recordTLSHandshake(succeeded: true)
+        }
         if event is DrainEvent {
             // Stop taking requests; once everything read has been answered, send it and close.
             closing = true
@@ -261,6 +332,70 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started)
             }
         }
+    }
+
+    // MARK: - Access
+
+    /// The names of the client certificate, if the TLS handshake verified one.
+    private func peerCertificateNames() -> CertificateNames? {
+        guard let certificate = tls?.peerCertificate, let der = try? certificate.toDERBytes() else { return nil }
+        return CertificateNames.parse(der: der) ?? CertificateNames(commonName: nil, uris: [])
+    }
+
+    /// Resolves (or re-resolves, after a reload) this connection's identity. On refusal the
+    /// connection is told `unauthorized` and closed, and nil is returned.
+    private func identify(context: ChannelHandlerContext) -> Principal? {
+        let (resolution, generation) = access.resolve(certificate: presentedCertificate, tokenDigest: presentedTokenDigest)
+        switch resolution {
+        case .accepted(let accepted):
+            if let previous = principal, previous != accepted {
+                logger.notice(
+                    "a connection's identity changed with the credentials",
+                    metadata: ["from": "\(previous.name) (\(previous.role))", "to": "\(accepted.name) (\(accepted.role))", "remote": "\(remoteDescription(context))"])
+            }
+            principal = accepted
+            principalGeneration = generation
+            return accepted
+        case .refused(let reason):
+            let previous = principal
+            principal = nil
+            metrics.recordAccessRefusal(.unauthorized, role: previous.map { $0.role.description } ?? "none", reason: previous == nil ? "credential" : "revoked")
+            // Logged without the token: only whether one was sent and what the certificate says.
+            logger.notice(
+                previous == nil ? "refused a connection: \(reason)" : "closed a connection whose credential was withdrawn: \(reason)",
+                metadata: [
+                    "remote": "\(remoteDescription(context))", "client": "\(clientName)", "certificate": "\(presentedCertificate?.description ?? "none")",
+                    "token": "\(presentedTokenDigest == nil ? "none" : "sent")", "previously": "\(previous?.name ?? "none")",
+                ])
+            fail(context: context, WireError(.unauthorized, reason), requestID: 0)
+            return nil
+        }
+    }
+
+    /// A request its identity may not send: answered `forbidden`; the connection stays open.
+    private func refuse(context: ChannelHandlerContext, frame: Frame, _ refusal: WireError, request: WireRequest) {
+        noteRefusal(context: context, refusal, opcode: request.opcode)
+        answerError(context: context, frame: frame, refusal)
+    }
+
+    private func noteRefusal(context: ChannelHandlerContext, _ refusal: WireError, opcode: Opcode) {
+        let role = principal?.role ?? .read
+        metrics.recordAccessRefusal(.forbidden, role: role.description, reason: role.allows(opcode) ? "scope" : "role")
+        guard refusalsLogged < 5 else {
+            refusalsUnlogged += 1
+            return
+        }
+        refusalsLogged += 1
+        logger.notice(
+            "forbidden",
+            metadata: [
+                "identity": "\(principal?.name ?? "none")", "role": "\(role)", "operation": "\(opcode.name)", "reason": "\(refusal.message)",
+                "remote": "\(remoteDescription(context))",
+            ])
+    }
+
+    private func remoteDescription(_ context: ChannelHandlerContext) -> String {
+        context.channel.remoteAddress.map { "\($0)" } ?? "?"
     }
 
     // MARK: - Writing

@@ -84,7 +84,9 @@ public final class LedgerService: Sendable {
     /// Applies one request. HELLO and PING are the connection's business, not the ledger's.
     /// A mutation that changes the ledger is appended to the journal under the same lock, so
     /// journal order is decision order.
-    public func handle(_ request: WireRequest) -> Handled {
+    /// `refusedItems`, for a BATCH, holds the refusal of each item its sender may not send
+    /// (nil for the items it may); a refused item is answered with its error and not applied.
+    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil) -> Handled {
         let now = clock()
         switch request {
         case .hello, .ping:
@@ -107,7 +109,9 @@ public final class LedgerService: Sendable {
             return state.withLock { state in
                 if request.isMutation, let refusal = state.unavailable { return refusal }
                 var last: UInt64?
-                let answers = items.map { item -> BatchItemResponse in
+                let answers = items.indices.map { index -> BatchItemResponse in
+                    let item = items[index]
+                    if let refusal = refusedItems?[index] { return BatchItemResponse(opcode: item.opcode, response: .error(refusal)) }
                     switch item {
                     case .check(let decision):
                         return BatchItemResponse(opcode: .check, response: .answer(state.ledger.check(decision, at: now)))

@@ -19,6 +19,8 @@ public final class ServerMetrics: Sendable {
     private let journalHealthy: CoreMetrics.Gauge
     private let journalFailures: CoreMetrics.Gauge
     private let connectionCount = Atomic<Int>(0)
+    private let labelled = Mutex<[String: CoreMetrics.Counter]>([:])
+    private let certificateExpiry: CoreMetrics.Gauge
 
     public init() {
         latency = CoreMetrics.Timer(label: "tollgate_request_duration_seconds")
@@ -26,6 +28,40 @@ public final class ServerMetrics: Sendable {
         openHolds = CoreMetrics.Gauge(label: "tollgate_open_holds")
         journalHealthy = CoreMetrics.Gauge(label: "tollgate_journal_healthy")
         journalFailures = CoreMetrics.Gauge(label: "tollgate_journal_write_failures")
+        certificateExpiry = CoreMetrics.Gauge(label: "tollgate_tls_certificate_not_after_seconds")
+    }
+
+    /// A counter with fixed-set labels, made once and kept.
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Counter {
+        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
+        return labelled.withLock { cache in
+            if let counter = cache[key] { return counter }
+            let counter = CoreMetrics.Counter(label: label, dimensions: dimensions)
+            cache[key] = counter
+            return counter
+        }
+    }
+
+    /// A credential refused (`unauthorized`) or a request its role or scope does not allow
+    /// (`forbidden`), by the role of the identity (`none` when there was none).
+    public func recordAccessRefusal(_ status: ProtocolStatus, role: String, reason: String) {
+        counter("tollgate_access_refusals_total", [("status", status.name), ("role", role), ("reason", reason)]).increment()
+    }
+
+    /// A TLS handshake that completed or failed.
+    public func recordTLSHandshake(succeeded: Bool) {
+        counter("tollgate_tls_handshakes_total", [("outcome", succeeded ? "ok" : "failed")]).increment()
+    }
+
+    /// A reload of the TLS files or the credentials file that changed something (`ok`) or
+    /// was refused (`failed`, the previous ones stay in force).
+    public func recordReload(_ what: String, succeeded: Bool) {
+        counter("tollgate_reloads_total", [("what", what), ("outcome", succeeded ? "ok" : "failed")]).increment()
+    }
+
+    /// When the serving certificate expires, in seconds since 1970, for an expiry alert.
+    public func recordCertificateNotAfter(_ seconds: Int64) {
+        certificateExpiry.record(seconds)
     }
 
     /// One request answered: its operation, its outcome (`ok` or a status name) and how long

@@ -3,6 +3,7 @@ import Metrics
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Prometheus
 import ServiceLifecycle
 import Synchronization
@@ -53,6 +54,11 @@ public final class TollgateServer: Service, Sendable {
     private let checkpointThread = NIOThreadPool(numberOfThreads: 1)
     /// Answers balances in the past, which read checkpoints and the journal.
     private let historyThread = NIOThreadPool(numberOfThreads: 1)
+    /// Re-reads the TLS files and the credentials file, off the event loops.
+    private let reloadThread = NIOThreadPool(numberOfThreads: 1)
+    /// The credentials in force; empty (everyone refused) until `run` loads them.
+    public let access = AccessControl(Credentials())
+    private let tlsSource = Mutex<TLSContextSource?>(nil)
 
     /// `journalFiles` replaces the file operations of the journal, for fault-injection tests.
     public init(
@@ -93,6 +99,7 @@ public final class TollgateServer: Service, Sendable {
         var admin: (any Channel)?
         do {
             try createDataDirectory()
+            try loadAccess()
             try recover()
             gate = try await bindGate()
             admin = try await bindAdmin()
@@ -113,6 +120,18 @@ public final class TollgateServer: Service, Sendable {
                 "admin": "\(admin?.localAddress.map(String.init(describing:)) ?? "off")",
                 "data": "\(configuration.dataDirectory)",
             ])
+        var reloads: RepeatedTask?
+        if configuration.reloadCheckSeconds > 0 && (configuration.tls != nil || configuration.credentialsFile != nil) {
+            reloadThread.start()
+            let pool = reloadThread
+            let interval = TimeAmount.seconds(configuration.reloadCheckSeconds)
+            reloads = group.next().scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
+                pool.submit { [weak self] state in
+                    guard state == .active, let server = self else { return }
+                    server.reload()
+                }
+            }
+        }
         let sweep = group.next().scheduleRepeatedTask(
             initialDelay: .milliseconds(configuration.sweepIntervalMilliseconds), delay: .milliseconds(configuration.sweepIntervalMilliseconds)
         ) { [service] _ in
@@ -125,10 +144,10 @@ public final class TollgateServer: Service, Sendable {
             let pool = checkpointThread
             let interval = TimeAmount.seconds(configuration.checkpointIntervalSeconds)
             checkpoints = group.next().scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self, logger] _ in
-                pool.submit { state in
-                    guard state == .active, let self else { return }
+                pool.submit { [weak self] state in
+                    guard state == .active, let server = self else { return }
                     do {
-                        try self.writeCheckpoint()
+                        try server.writeCheckpoint()
                     } catch {
                         logger.error("checkpoint failed: \(error)")
                     }
@@ -147,6 +166,10 @@ public final class TollgateServer: Service, Sendable {
 
         await drainConnections()
         sweep.cancel()
+        if let reloads {
+            reloads.cancel()
+            try? await reloadThread.shutdownGracefully()
+        }
         if let checkpoints {
             checkpoints.cancel()
             try? await checkpointThread.shutdownGracefully()
@@ -220,6 +243,128 @@ public final class TollgateServer: Service, Sendable {
             metadata: ["file": "\(file)", "bytes": "\(bytes.count)", "sequence": "\(source.position.sequence)", "seconds": "\(ContinuousClock.now - started)"])
     }
 
+    // MARK: - Access and TLS
+
+    /// What a reload found: which of the TLS files and the credentials file changed, and the
+    /// errors of those that could not be used (the previous ones stay in force).
+    public struct ReloadOutcome: Sendable, CustomStringConvertible {
+        public var tlsChanged = false
+        public var credentialsChanged = false
+        public var errors: [String] = []
+
+        public var description: String {
+            var parts: [String] = []
+            if tlsChanged { parts.append("TLS certificate reloaded") }
+            if credentialsChanged { parts.append("credentials reloaded") }
+            parts += errors
+            return parts.isEmpty ? "nothing changed" : parts.joined(separator: "; ")
+        }
+    }
+
+    /// Re-reads the TLS certificate, key and client CA, and the credentials file, installing
+    /// whatever changed. New connections use the new certificate; open connections keep the
+    /// one they were accepted with, and re-check their identity against the new credentials
+    /// at their next request. Called on SIGHUP and every `reloadCheckSeconds`.
+    @discardableResult
+    public func reload() -> ReloadOutcome {
+        var outcome = ReloadOutcome()
+        if let source = tlsSource.withLock({ $0 }) {
+            do {
+                if try source.reload() {
+                    outcome.tlsChanged = true
+                    metrics.recordReload("tls", succeeded: true)
+                    metrics.recordCertificateNotAfter(source.notValidAfter)
+                    logger.notice("reloaded the TLS certificate", metadata: ["file": "\(source.settings.certificateFile)", "notAfter": "\(source.notValidAfter)"])
+                }
+            } catch {
+                outcome.errors.append(error.description)
+                metrics.recordReload("tls", succeeded: false)
+                logger.error("kept the previous TLS certificate: \(error.description)")
+            }
+        }
+        if configuration.credentials == nil, let file = configuration.credentialsFile {
+            do {
+                if access.replace(with: try Self.readCredentials(file)) {
+                    outcome.credentialsChanged = true
+                    metrics.recordReload("credentials", succeeded: true)
+                    logger.notice("reloaded the credentials", metadata: ["file": "\(file)"])
+                }
+            } catch {
+                outcome.errors.append("\(error)")
+                metrics.recordReload("credentials", succeeded: false)
+                logger.error("kept the previous credentials: \(error)")
+            }
+        }
+        return outcome
+    }
+
+    static func readCredentials(_ file: String) throws -> Credentials {
+        let bytes = try readFile(file, what: "credentials file")
+        return try Credentials.parse(yaml: String(decoding: bytes, as: UTF8.self), source: file)
+    }
+
+    /// Loads the credentials and the TLS context, and refuses plaintext off loopback.
+    private func loadAccess() throws {
+        if let tls = configuration.tls {
+            let source = try TLSContextSource(settings: tls)
+            tlsSource.withLock { $0 = source }
+            metrics.recordCertificateNotAfter(source.notValidAfter)
+        } else if !configuration.allowPlaintext && !Self.isLoopback(configuration.host) {
+            throw ServerError(
+                "refusing to serve plaintext on \(configuration.host), which is not a loopback address: tokens would cross the network in the clear. "
+                    + "Configure TLS (tlsCertificateFile, tlsKeyFile) or set allowPlaintext: true.")
+        }
+        if let credentials = configuration.credentials {
+            access.replace(with: credentials)
+        } else if let file = configuration.credentialsFile {
+            do {
+                access.replace(with: try Self.readCredentials(file))
+            } catch {
+                throw ServerError("\(error)")
+            }
+            logger.info("credentials loaded", metadata: ["file": "\(file)"])
+        } else {
+            let (token, path, created) = try adminToken()
+            access.replace(with: .adminToken(token))
+            logger.notice(
+                created ? "no credentials file configured: wrote a new admin token" : "no credentials file configured: using the admin token",
+                metadata: ["file": "\(path)"])
+        }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// The admin token of a server without a credentials file: read from
+    /// `<dataDirectory>/admin.token`, or made (256 random bits) and written there with mode 0600.
+    private func adminToken() throws -> (token: String, path: String, created: Bool) {
+        let path = configuration.dataDirectory + "/admin.token"
+        if let bytes = try? readFile(path, what: "admin token") {
+            var info = stat()
+            if stat(path, &info) == 0, info.st_mode & 0o077 != 0 {
+                logger.warning("the admin token file can be read by other users; chmod 600 it", metadata: ["file": "\(path)"])
+            }
+            let token = String(decoding: bytes.filter { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 }, as: UTF8.self)
+            guard token.utf8.count >= 16, token.utf8.count <= 256 else {
+                throw ServerError("the admin token in \(path) must be 16 to 256 bytes long")
+            }
+            return (token, path, false)
+        }
+        var generator = SystemRandomNumberGenerator()
+        let random = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let token = "tg_" + SHA256.hexString(random)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ServerError("cannot write the admin token \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let line = Array((token + "\n").utf8)
+        let written = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard written == line.count, fsync(fd) == 0 else {
+            throw ServerError("cannot write the admin token \(path): \(String(cString: strerror(errno)))")
+        }
+        return (token, path, true)
+    }
+
     private func createDataDirectory() throws {
         if mkdir(configuration.dataDirectory, 0o700) != 0 && errno != EEXIST {
             throw ServerError("cannot create the data directory \(configuration.dataDirectory): \(String(cString: strerror(errno)))")
@@ -233,6 +378,8 @@ public final class TollgateServer: Service, Sendable {
         let logger = logger
         let configuration = configuration
         let history = historyThread
+        let access = access
+        let tlsSource = tlsSource.withLock { $0 }
         history.start()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
@@ -243,10 +390,18 @@ public final class TollgateServer: Service, Sendable {
             .childChannelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
+                    var tls: NIOSSLServerHandler?
+                    if let tlsSource {
+                        // The context current when the connection arrives; a reload later
+                        // does not touch this connection.
+                        let handler = NIOSSLServerHandler(context: tlsSource.context)
+                        try sync.addHandler(handler)
+                        tls = handler
+                    }
                     try sync.addHandler(BackPressureHandler())
                     try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: configuration.maxFrameBody, expectsResponses: false)))
                     try sync.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try sync.addHandler(GateConnectionHandler(service: service, metrics: metrics, limiter: limiter, logger: logger, history: history))
+                    try sync.addHandler(GateConnectionHandler(service: service, metrics: metrics, limiter: limiter, logger: logger, history: history, access: access, tls: tls))
                     self?.track(channel)
                 }
             }

@@ -8,13 +8,33 @@ public struct HelloAnswer: Hashable, Sendable {
     public var maxFrameBody: UInt32
     public var maxInFlight: UInt16
     public var maxBatchItems: UInt16
+    /// The identity the server took this connection for: a name from its credentials file,
+    /// never a secret.
+    public var identity: String
+    /// The identity's role: 1 read, 2 gate, 3 admin.
+    public var role: UInt8
 
-    public init(version: UInt8, serverName: String, maxFrameBody: UInt32, maxInFlight: UInt16, maxBatchItems: UInt16) {
+    public init(
+        version: UInt8, serverName: String, maxFrameBody: UInt32, maxInFlight: UInt16, maxBatchItems: UInt16, identity: String = "",
+        role: UInt8 = 3
+    ) {
         self.version = version
         self.serverName = serverName
         self.maxFrameBody = maxFrameBody
         self.maxInFlight = maxInFlight
         self.maxBatchItems = maxBatchItems
+        self.identity = identity
+        self.role = role
+    }
+
+    /// The role's name, as the credentials file spells it.
+    public var roleName: String {
+        switch role {
+        case 1: "read"
+        case 2: "gate"
+        case 3: "admin"
+        default: "role \(role)"
+        }
     }
 }
 
@@ -63,6 +83,8 @@ public indirect enum WireResponse: Hashable, Sendable {
             buffer.writeInteger(hello.maxFrameBody)
             buffer.writeInteger(hello.maxInFlight)
             buffer.writeInteger(hello.maxBatchItems)
+            buffer.writeWireString(hello.identity)
+            buffer.writeInteger(hello.role)
         case .pong:
             break
         case .answer(let answer):
@@ -109,7 +131,7 @@ public indirect enum WireResponse: Hashable, Sendable {
                 HelloAnswer(
                     version: try reader.u8("version"), serverName: try reader.string("serverName"),
                     maxFrameBody: try reader.u32("maxFrameBody"), maxInFlight: try reader.u16("maxInFlight"),
-                    maxBatchItems: try reader.u16("maxBatchItems")))
+                    maxBatchItems: try reader.u16("maxBatchItems"), identity: try reader.string("identity"), role: try reader.u8("role")))
         case .ping:
             return .pong
         case .error:

@@ -168,7 +168,7 @@ public enum WireText {
         case .hello(let hello):
             return [
                 status, "version=\(hello.version)", "serverName=\(quote(hello.serverName))", "maxFrameBody=\(hello.maxFrameBody)",
-                "maxInFlight=\(hello.maxInFlight)", "maxBatchItems=\(hello.maxBatchItems)",
+                "maxInFlight=\(hello.maxInFlight)", "maxBatchItems=\(hello.maxBatchItems)", "identity=\(quote(hello.identity))", "role=\(hello.role)",
             ]
         case .pong:
             return [status]

@@ -72,7 +72,7 @@ struct Apply: AsyncParsableCommand {
             _ = try await step("overage \(account.id)", .setOverage(account: account.id, policy: account.overage))
             if let cap = account.cap { _ = try await step("cap \(account.id) = \(cap)", .setAccountCap(account: account.id, limit: cap)) }
             for (product, rate) in account.rates {
-                _ = try await step("rate \(product) = \(rate) for \(account.id)", .setAccountRate(account: account.id, product: product, creditsPerUnit: rate, effectiveAt: now))
+                _ = try await step("rate \(product) = \(rate.map(String.init) ?? "the rate card") for \(account.id)", .setAccountRate(account: account.id, product: product, creditsPerUnit: rate, effectiveAt: now))
             }
             for member in account.members {
                 _ = try await step("member \(account.id)/\(member.id)", .addMember(account: account.id, member: member.id), tolerating: [.alreadyExists])

@@ -15,17 +15,71 @@ struct GlobalOptions: ParsableArguments {
     @Option(help: "Deadline of each call in milliseconds.")
     var timeoutMs: Int64 = 5_000
 
+    @Option(help: "Token sent in HELLO (also TOLLGATE_TOKEN). Prefer --token-file: a flag shows in `ps`.")
+    var token: String?
+
+    @Option(help: "File holding the token (also TOLLGATE_TOKEN_FILE; default ./tollgate-data/admin.token when it exists).")
+    var tokenFile: String?
+
+    @Flag(help: "Speak TLS, trusting the system's CAs (implied by --tls-ca, --tls-cert; also TOLLGATE_TLS=1).")
+    var tls = false
+
+    @Option(help: "PEM bundle of the CAs the server's certificate must chain to (also TOLLGATE_TLS_CA).")
+    var tlsCa: String?
+
+    @Option(help: "PEM client certificate for mTLS (also TOLLGATE_TLS_CERT).")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key of --tls-cert (also TOLLGATE_TLS_KEY).")
+    var tlsKey: String?
+
+    @Option(help: "Name the server's certificate must carry, when it is not the host in --server (also TOLLGATE_TLS_SERVER_NAME).")
+    var tlsServerName: String?
+
     func connect() async throws -> TollgateClient {
-        let address = server ?? ProcessInfo.processInfo.environment["TOLLGATE_SERVER"] ?? "127.0.0.1:7400"
+        let environment = ProcessInfo.processInfo.environment
+        let address = server ?? environment["TOLLGATE_SERVER"] ?? "127.0.0.1:7400"
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
             throw ValidationError("--server must be HOST:PORT, not \"\(address)\"")
         }
+        var host = String(address[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        let ca = tlsCa ?? environment["TOLLGATE_TLS_CA"]
+        let certificate = tlsCert ?? environment["TOLLGATE_TLS_CERT"]
+        let key = tlsKey ?? environment["TOLLGATE_TLS_KEY"]
+        let serverName = tlsServerName ?? environment["TOLLGATE_TLS_SERVER_NAME"]
+        let wantsTLS = tls || environment["TOLLGATE_TLS"] == "1" || ca != nil || certificate != nil || key != nil || serverName != nil
+        let tlsOptions = wantsTLS ? TLSOptions(caFile: ca, certificateFile: certificate, keyFile: key, serverName: serverName) : nil
+        let configuration = TollgateClient.Configuration(
+            host: host, port: port, clientName: "tollgate-cli", token: try resolvedToken(environment), requestTimeoutMilliseconds: timeoutMs,
+            tls: tlsOptions)
         do {
-            return try await TollgateClient.connect(
-                .init(host: String(address[..<colon]), port: port, clientName: "tollgate-cli", requestTimeoutMilliseconds: timeoutMs))
+            return try await TollgateClient.connect(configuration)
         } catch {
-            throw CLIError.failed("cannot reach tollgated at \(address): \(error)")
+            var hint = ""
+            if case .server(let wire) = error, wire.status == .unauthorized {
+                hint = configuration.token.isEmpty
+                    ? " (no token was sent: pass --token-file, or set TOLLGATE_TOKEN_FILE; a server without a credentials file keeps its admin token in <data-dir>/admin.token)"
+                    : ""
+            }
+            throw CLIError.failed("cannot reach tollgated at \(address): \(error)\(hint)")
         }
+    }
+
+    /// The token: --token, TOLLGATE_TOKEN, --token-file, TOLLGATE_TOKEN_FILE, then a local
+    /// server's admin token in ./tollgate-data if it is there; else none.
+    func resolvedToken(_ environment: [String: String]) throws -> String {
+        if let token = token ?? environment["TOLLGATE_TOKEN"] { return token }
+        if let file = tokenFile ?? environment["TOLLGATE_TOKEN_FILE"] {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw ValidationError("cannot read the token file \(file)")
+            }
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        if let text = try? String(contentsOfFile: "tollgate-data/admin.token", encoding: .utf8) {
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        return ""
     }
 }
 

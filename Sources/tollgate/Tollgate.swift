@@ -13,7 +13,7 @@ struct Tollgate: AsyncParsableCommand {
         subcommands: [
             Ping.self, Check.self, Reserve.self, Commit.self, Release.self, ExtendHold.self, SpendCommand.self, BalanceCommand.self,
             AccountCommand.self, MemberCommand.self, GroupCommand.self, GrantCommand.self, RateCommand.self, Apply.self,
-            JournalCommand.self,
+            JournalCommand.self, TokenCommand.self,
         ])
 }
 
@@ -27,7 +27,11 @@ struct Ping: AsyncParsableCommand {
             try await client.ping()
             let micros = Int(Date().timeIntervalSince(started) * 1_000_000)
             let name = client.serverHello?.serverName ?? "tollgated"
-            return Output(text: "\(name) answered in \(micros) µs", object: ["server": name, "roundTripMicroseconds": micros])
+            let identity = client.serverHello?.identity ?? ""
+            let role = client.serverHello?.roleName ?? ""
+            return Output(
+                text: "\(name) answered in \(micros) µs; connected as \(identity) (role \(role))",
+                object: ["server": name, "roundTripMicroseconds": micros, "identity": identity, "role": role])
         }
     }
 }

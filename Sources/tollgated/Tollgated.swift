@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import TollgateServer
+import UnixSignals
 import Yams
 
 /// `tollgated`: the Tollgate server. With no arguments it listens on 127.0.0.1:7400 (admin
@@ -34,6 +35,18 @@ struct Tollgated: AsyncParsableCommand {
     var journalMode: String?
     @Option(help: "How often the async journal is fsynced, in ms (default 10): the loss window of a crash.")
     var journalFlushIntervalMs: Int?
+    @Option(help: "PEM certificate (chain) of the gate port: with --tls-key, the port speaks TLS (1.3 unless --tls-min-version 1.2).")
+    var tlsCert: String?
+    @Option(help: "PEM private key of --tls-cert.") var tlsKey: String?
+    @Option(help: "PEM bundle of the CAs client certificates must chain to (mTLS; required unless --tls-client-certificates optional).")
+    var tlsClientCa: String?
+    @Option(help: "Client certificates: none, optional or required (default: required with --tls-client-ca, else none).")
+    var tlsClientCertificates: String?
+    @Option(help: "Lowest TLS version accepted: 1.3 (default) or 1.2.") var tlsMinVersion: String?
+    @Option(help: "Identities, roles and scopes (YAML). Without one, an admin token is written to <data-dir>/admin.token.")
+    var credentials: String?
+    @Flag(help: "Allow plaintext on an address that is not loopback (tokens then cross the network in the clear).")
+    var allowPlaintext = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (also TOLLGATE_LOG_LEVEL; default info).")
     var logLevel: String?
 
@@ -59,7 +72,12 @@ struct Tollgated: AsyncParsableCommand {
         let logger = Logger(label: "tollgated")
         let server = TollgateServer(configuration: configuration, logger: logger)
         let group = ServiceGroup(
-            configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            configuration: .init(
+                services: [
+                    .init(service: HangupReloader(server: server, logger: logger)),
+                    .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
         } catch let error as ServerError {
@@ -86,6 +104,13 @@ struct Tollgated: AsyncParsableCommand {
         add("threads", threads)
         add("journalMode", journalMode)
         add("journalFlushIntervalMilliseconds", journalFlushIntervalMs)
+        add("tlsCertificateFile", tlsCert)
+        add("tlsKeyFile", tlsKey)
+        add("tlsClientCAFile", tlsClientCa)
+        add("tlsClientCertificates", tlsClientCertificates)
+        add("tlsMinimumVersion", tlsMinVersion)
+        add("credentialsFile", credentials)
+        if allowPlaintext { settings.append(("allowPlaintext", "true")) }
         return settings
     }
 
@@ -106,6 +131,20 @@ struct Tollgated: AsyncParsableCommand {
                 throw ValidationError("\(path): every setting must be a name with a single value")
             }
             return (name, text)
+        }
+    }
+}
+
+/// SIGHUP re-reads the TLS certificate, key and client CA, and the credentials file.
+struct HangupReloader: Service {
+    let server: TollgateServer
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            let outcome = server.reload()
+            logger.notice("SIGHUP: \(outcome)")
         }
     }
 }

@@ -82,9 +82,15 @@ import Glibc
         }
     }
 
-    static func connect(port: Int) async throws -> TollgateClient {
+    /// The admin token a server without a credentials file writes to its data directory.
+    static func adminToken(data: String) -> String {
+        ((try? String(contentsOfFile: data + "/admin.token", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func connect(port: Int, data: String) async throws -> TollgateClient {
         for _ in 0..<200 {
-            if let client = try? await TollgateClient.connect(.init(port: port, requestTimeoutMilliseconds: 2_000, retries: 0)) { return client }
+            let token = adminToken(data: data)
+            if let client = try? await TollgateClient.connect(.init(port: port, token: token, requestTimeoutMilliseconds: 2_000, retries: 0)) { return client }
             try await Task.sleep(for: .milliseconds(25))
         }
         throw ServerError("tollgated did not come up on port \(port)")
@@ -96,12 +102,14 @@ import Glibc
     }
 
     /// Spends of 1 credit under unique keys from several clients until the process dies.
-    static func load(port: Int, cycle: Int, clients: Int) async -> Outcome {
+    static func load(port: Int, token: String, cycle: Int, clients: Int) async -> Outcome {
         await withTaskGroup(of: Outcome.self) { group in
             for client in 0..<clients {
                 group.addTask {
                     var outcome = Outcome()
-                    guard let gate = try? await TollgateClient.connect(.init(port: port, requestTimeoutMilliseconds: 1_000, retries: 0)) else { return outcome }
+                    guard let gate = try? await TollgateClient.connect(.init(port: port, token: token, requestTimeoutMilliseconds: 1_000, retries: 0)) else {
+                        return outcome
+                    }
                     let member = "m\(client)"
                     for index in 0..<100_000 {
                         let key = "c\(cycle)-\(client)-\(index)"
@@ -137,7 +145,7 @@ import Glibc
         var process = try Process.start(data: data, port: port, mode: mode)
         defer { process.terminate() }
         do {
-            let setup = try await Self.connect(port: port)
+            let setup = try await Self.connect(port: port, data: data)
             _ = try await setup.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch), key: "setup-rate")
             _ = try await setup.apply(.createAccount(CreateAccount(account: "acct")), key: "setup-account")
             _ = try await setup.apply(.addGrant(AddGrant(account: "acct", amount: 1_000_000_000, effectiveAt: .epoch)), key: "setup-grant")
@@ -147,7 +155,7 @@ import Glibc
         var everAcknowledged: [(key: String, member: String, answer: Decision)] = []
         var lostAnswers: [(key: String, member: String)] = []
         for cycle in 0..<cycles {
-            async let outcome = Self.load(port: port, cycle: cycle, clients: clients)
+            async let outcome = Self.load(port: port, token: Self.adminToken(data: data), cycle: cycle, clients: clients)
             try await Task.sleep(for: .milliseconds(Int.random(in: 30...250, using: &rng)))
             process.kill9()
             let result = await outcome
@@ -155,7 +163,7 @@ import Glibc
             lostAnswers += result.unanswered
 
             process = try Process.start(data: data, port: port, mode: mode)
-            let gate = try await Self.connect(port: port)
+            let gate = try await Self.connect(port: port, data: data)
             let balance = try await gate.balance(account: "acct")
             let consumed = balance.levels.first { $0.level == .account }!.consumed
             // The ledger is whole: what the pool lost is exactly what was consumed.
@@ -196,7 +204,7 @@ import Glibc
         }
         // In the end, with every lost answer retried, each key was charged exactly once (sync
         // mode; in async mode the probes above spend lost keys again by design).
-        let gate = try await Self.connect(port: port)
+        let gate = try await Self.connect(port: port, data: data)
         let consumed = try await gate.balance(account: "acct").levels.first { $0.level == .account }!.consumed
         let keys = Int64(everAcknowledged.count + lostAnswers.count)
         // The load was real: many spends were acknowledged, and kills cut some answers off.

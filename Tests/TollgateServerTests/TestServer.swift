@@ -26,6 +26,9 @@ final class TestServer: Sendable {
         configuration.adminPort = 0
         configuration.threads = 2
         configuration.dataDirectory = NSTemporaryDirectory() + "tollgate-test-\(UUID().uuidString)"
+        // Most tests are about the ledger and the protocol, not access: everyone is an admin.
+        // AccessTests set their own credentials.
+        configuration.credentials = .open
         adjust(&configuration)
         var logger = Logger(label: "test-tollgated")
         logger.logLevel = .warning

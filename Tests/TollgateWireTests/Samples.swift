@@ -48,7 +48,8 @@ enum Samples {
             openHolds: 0)
         return [
             request("hello", 1, .hello(Hello(clientName: "example-client", token: ""))),
-            response("hello answer", 1, .hello, .hello(HelloAnswer(version: 1, serverName: "tollgated", maxFrameBody: 65_536, maxInFlight: 1_024, maxBatchItems: 1_024))),
+            request("hello with a token", 1, .hello(Hello(clientName: "example-client", token: "tg_3f9c2a71d04e8b65a1c7f0e29d4b8a63"))),
+            response("hello answer", 1, .hello, .hello(HelloAnswer(version: 1, serverName: "tollgated", maxFrameBody: 65_536, maxInFlight: 1_024, maxBatchItems: 1_024, identity: "agent-runtime", role: 2))),
             request("ping", 7, .ping),
             response("pong", 7, .ping, .pong),
             request("check", 2, .check(acmeRequest)),
@@ -122,6 +123,11 @@ enum Samples {
             request("set account rate", 39, .command(.setAccountRate(account: "acme", product: "ai.assistant", creditsPerUnit: 10, effectiveAt: t0), key: "setup-20")),
             request("withdraw account rate", 40, .command(.setAccountRate(account: "acme", product: "ai.assistant", creditsPerUnit: nil, effectiveAt: t0), key: "setup-21")),
             response("malformed body", 41, .reserve, .error(WireError(.malformedFrame, "2 bytes left over after the last field"))),
+            response("forbidden: a gate identity asked to add a grant", 43, .addGrant, .error(WireError(.forbidden, "agent-runtime has the gate role, which may not send ADD_GRANT"))),
+            Sample(
+                name: "error frame: unauthorized, then the connection closes",
+                frame: WireResponse.error(WireError(.unauthorized, "the token was not accepted")).frame(opcode: .error, requestID: 0),
+                direction: .response),
             response("unknown opcode, answered by an ERROR frame with the request id", 42, .error, .error(WireError(.unknownOpcode, "opcode 0x7e is not a request"))),
             Sample(
                 name: "error frame: frame too large", frame: WireResponse.error(WireError(.frameTooLarge, "body of 1048576 bytes exceeds the limit of 65536")).frame(opcode: .error, requestID: 0),

@@ -221,7 +221,7 @@ REQUESTS = {
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
 SUCCESS = {
-    "HELLO": [("version", U8), ("serverName", STR), ("maxFrameBody", U32), ("maxInFlight", U16), ("maxBatchItems", U16)],
+    "HELLO": [("version", U8), ("serverName", STR), ("maxFrameBody", U32), ("maxInFlight", U16), ("maxBatchItems", U16), ("identity", STR), ("role", U8)],
     "PING": [], "CHECK": DECISION, "RESERVE": DECISION, "SPEND": DECISION,
     "COMMIT": [("hold", U64), ("committed", I64), ("returned", I64), ("stillHeld", I64), ("headroom", HEADROOM)],
     "RELEASE": [("hold", U64), ("released", I64), ("headroom", HEADROOM)],
