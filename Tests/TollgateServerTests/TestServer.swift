@@ -20,7 +20,9 @@ final class TestServer: Sendable {
     let port: Int
     let adminPort: Int
 
-    static func start(journalFiles: any JournalFiles = SystemJournalFiles(), _ adjust: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+    static func start(
+        journalFiles: any JournalFiles = SystemJournalFiles(), logger custom: Logger? = nil, _ adjust: (inout ServerConfiguration) -> Void = { _ in }
+    ) async throws -> TestServer {
         var configuration = ServerConfiguration()
         configuration.port = 0
         configuration.adminPort = 0
@@ -30,8 +32,8 @@ final class TestServer: Sendable {
         // AccessTests set their own credentials.
         configuration.credentials = .open
         adjust(&configuration)
-        var logger = Logger(label: "test-tollgated")
-        logger.logLevel = .warning
+        var logger = custom ?? Logger(label: "test-tollgated")
+        if custom == nil { logger.logLevel = .warning }
         let server = TollgateServer(configuration: configuration, logger: logger, journalFiles: journalFiles)
         let group = ServiceGroup(configuration: .init(services: [server], gracefulShutdownSignals: [], logger: logger))
         let task = Task { try await group.run() }
@@ -47,8 +49,12 @@ final class TestServer: Sendable {
         self.adminPort = server.adminAddress?.port ?? 0
     }
 
-    func client(connections: Int = 1, requestTimeoutMilliseconds: Int64 = 5_000) async throws -> TollgateClient {
-        try await TollgateClient.connect(.init(port: port, connections: connections, requestTimeoutMilliseconds: requestTimeoutMilliseconds))
+    func client(
+        connections: Int = 1, requestTimeoutMilliseconds: Int64 = 5_000, token: String = "", tls: TLSOptions? = nil, retries: Int = 3
+    ) async throws -> TollgateClient {
+        try await TollgateClient.connect(
+            .init(
+                port: port, token: token, connections: connections, requestTimeoutMilliseconds: requestTimeoutMilliseconds, retries: retries, tls: tls))
     }
 
     /// Graceful shutdown, as on SIGTERM; returns when the server has stopped.
