@@ -46,10 +46,12 @@ import Glibc
     struct Process {
         let pid: pid_t
 
-        static func start(data: String, port: Int, mode: String) throws -> Process {
+        static func start(data: String, port: Int, mode: String, arguments extra: [String] = [], environment extraEnvironment: [String: String] = [:]) throws
+            -> Process
+        {
             var pid: pid_t = 0
-            let arguments = [CrashTests.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data]
-            var environment = ProcessInfo.processInfo.environment
+            let arguments = [CrashTests.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data] + extra
+            var environment = ProcessInfo.processInfo.environment.merging(extraEnvironment) { $1 }
             environment["TOLLGATE_JOURNAL_MODE"] = mode
             environment["TOLLGATE_JOURNAL_SEGMENT_BYTES"] = "65536"
             environment["TOLLGATE_LOG_LEVEL"] = "warning"

@@ -50,7 +50,7 @@ final class TestServer: Sendable {
     }
 
     func client(
-        connections: Int = 1, requestTimeoutMilliseconds: Int64 = 5_000, token: String = "", tls: TLSOptions? = nil, retries: Int = 3
+        connections: Int = 1, requestTimeoutMilliseconds: Int64 = 5_000, token: String = "", retries: Int = 3, tls: TLSOptions? = nil
     ) async throws -> TollgateClient {
         try await TollgateClient.connect(
             .init(
