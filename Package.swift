@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "tollgate", targets: ["tollgate"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
         .executable(name: "tollgate-decision-bench", targets: ["TollgateDecisionBench"]),
+        .executable(name: "tollgate-tls-bench", targets: ["TollgateTLSBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -99,6 +100,16 @@ let package = Package(
             name: "TollgateDecisionBench",
             dependencies: [
                 "TollgateServer", "TollgateClient", "TollgateLedger", "TollgateWire", "TollgateJournal",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // What TLS costs: handshakes per second, and latency with and without it.
+        .executableTarget(
+            name: "TollgateTLSBench",
+            dependencies: [
+                "TollgateServer", "TollgateClient", "TollgateLedger", "TollgateWire",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -32,6 +32,7 @@ func measure(
     configuration.threads = 2
     configuration.decisionThread = mode
     configuration.dataDirectory = data
+    configuration.credentials = .open
     var logger = Logger(label: "bench")
     logger.logLevel = .error
     let server = TollgateServer(configuration: configuration, logger: logger)

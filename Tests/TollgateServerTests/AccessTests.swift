@@ -396,6 +396,48 @@ final class CollectedLog: Sendable {
     }
 }
 
+@Suite struct TokenCommandTests {
+    @Test func aTokenMadeByTheCLIIsAcceptedWithItsRoleAndScope() async throws {
+        let directory = NSTemporaryDirectory() + "tollgate-token-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let tokenFile = directory + "/agent.token"
+        let printed = try TestPKI.run(
+            JournalCLITests.tollgate, ["token", "new", "--name", "agent", "--role", "gate", "--account", "acme", "--out", tokenFile])
+        let mode = (try FileManager.default.attributesOfItem(atPath: tokenFile)[.posixPermissions] as? NSNumber)?.intValue
+        #expect(mode == 0o600)
+        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!printed.contains(token), "the entry carries the digest, not the token")
+        let entry = printed.split(separator: "\n").filter { !$0.hasPrefix("#") }.joined(separator: "\n")
+        let credentials = directory + "/credentials.yaml"
+        try ("identities:\n" + entry + "\n  - name: root\n    token: \(Tokens.admin)\n    role: admin\n").write(toFile: credentials, atomically: true, encoding: .utf8)
+        let listed = try TestPKI.run(JournalCLITests.tollgate, ["token", "check", credentials])
+        #expect(listed.contains("token: agent, gate, acme") && listed.contains("anonymous: refused"))
+
+        let server = try await TestServer.start {
+            $0.credentials = nil
+            $0.credentialsFile = credentials
+        }
+        let admin = try await server.client(token: Tokens.admin)
+        try await admin.setUpTeamPlan(topUp: false)
+        // The CLI with --token-file: allowed on acme, forbidden (exit 1, status 110) elsewhere.
+        let spent = try TestPKI.run(
+            JournalCLITests.tollgate, ["spend", "acme", "ai.preview", "1", "--server", "127.0.0.1:\(server.port)", "--token-file", tokenFile, "--json"])
+        #expect(spent.contains("\"cost\" : 5"), "\(spent)")
+        do {
+            try TestPKI.run(
+                JournalCLITests.tollgate,
+                ["grant", "add", "acme", "1000", "--server", "127.0.0.1:\(server.port)", "--token-file", tokenFile, "--json"])
+            Issue.record("the gate token granted credits through the CLI")
+        } catch {
+            #expect("\(error)".contains("110") && "\(error)".contains("forbidden"), "\(error)")
+        }
+        #expect(try await admin.balance(account: "acme").funds.pool == 395)
+        await admin.close()
+        try await server.stop()
+    }
+}
+
 @Suite struct FreshStartTests {
     @Test func aFreshServerWritesAnAdminTokenAndRefusesEveryoneElse() async throws {
         let data = NSTemporaryDirectory() + "tollgate-fresh-\(UUID().uuidString)"
