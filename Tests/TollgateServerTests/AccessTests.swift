@@ -474,6 +474,23 @@ final class CollectedLog: Sendable {
         try? FileManager.default.removeItem(atPath: data)
     }
 
+    @Test func aConnectionWithoutHelloIsClosedAfterTheHandshakeTimeout() async throws {
+        let server = try await TestServer.start {
+            $0.credentials = nil
+            $0.handshakeTimeoutMilliseconds = 200
+        }
+        let socket = try RawSocket(port: server.port, receiveTimeoutMilliseconds: 3_000)
+        let started = ContinuousClock.now
+        let (header, response) = try socket.readFrame()
+        let waited = ContinuousClock.now - started
+        #expect(header.status == ProtocolStatus.idleTimeout.rawValue)
+        #expect("\(response)".contains("no HELLO within 200 ms"))
+        #expect(waited >= .milliseconds(150) && waited < .milliseconds(2_000))
+        #expect(socket.read(1).isEmpty)
+        socket.shut()
+        try await server.stop()
+    }
+
     @Test func plaintextOffLoopbackIsRefusedUnlessAllowed() async throws {
         do {
             let server = try await TestServer.start {
