@@ -92,32 +92,24 @@ public struct Principal: Hashable, Sendable {
             return WireError(.forbidden, "\(name) has the \(role) role, which may not send \(opcode.name)")
         }
         guard !scope.everything else { return nil }
-        for account in request.accountsTouched {
-            guard let account else {
-                return WireError(.forbidden, "\(name) may touch only \(scope); \(opcode.name) changes every account")
-            }
-            if !scope.contains(account) {
-                return WireError(.forbidden, "\(name) may not touch account \"\(account)\"")
-            }
+        // Checked without building a list: this runs before every decision of a scoped identity.
+        func check(_ account: String) -> WireError? {
+            scope.contains(account) ? nil : WireError(.forbidden, "\(name) may not touch account \"\(account)\"")
         }
-        return nil
-    }
-}
-
-extension WireRequest {
-    /// The accounts a request reads or changes; nil stands for "every account" (the rate
-    /// card). A BATCH's items are checked one by one, so it touches none itself.
-    var accountsTouched: [String?] {
-        switch self {
-        case .hello, .ping, .batch: []
-        case .check(let decision): [decision.account]
-        case .balance(let account, _), .balanceAt(let account, _, _): [account]
+        switch request {
+        case .hello, .ping, .batch: return nil
+        case .check(let decision): return check(decision.account)
+        case .balance(let account, _), .balanceAt(let account, _, _): return check(account)
         case .command(let command, _):
             switch command {
-            case .setRate: [nil]
-            case .createAccount(let create): [create.account] + (create.parent.map { [$0] } ?? [])
-            case .setParent(let account, let parent): [account] + (parent.map { [$0] } ?? [])
-            default: [command.account]
+            case .setRate:
+                return WireError(.forbidden, "\(name) may touch only \(scope); \(opcode.name) changes the rate card of every account")
+            case .createAccount(let create):
+                return check(create.account) ?? create.parent.flatMap(check)
+            case .setParent(let account, let parent):
+                return check(account) ?? parent.flatMap(check)
+            default:
+                return check(command.account)
             }
         }
     }

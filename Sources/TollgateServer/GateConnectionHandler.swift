@@ -199,7 +199,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 refuse(context: context, frame: frame, refusal, request: request)
                 return
             }
-            if case .batch(let items) = request, !principal.scope.everything || principal.role != .admin {
+            if case .batch(let items) = request, !principal.scope.everything {
                 let refusals = items.map { principal.refusal($0) }
                 for (item, refusal) in zip(items, refusals) {
                     if let refusal { noteRefusal(context: context, refusal, opcode: item.opcode) }
