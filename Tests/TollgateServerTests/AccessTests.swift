@@ -100,6 +100,18 @@ final class CollectedLog: Sendable {
         }
     }
 
+    @Test func theExampleFileReadsAsItsCommentsSay() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("examples/credentials.yaml").path
+        let credentials = try Credentials.parse(yaml: try String(contentsOfFile: path, encoding: .utf8), source: path)
+        let agent = try #require(credentials.byCertificate["spiffe://mesh.example/ns/agents/sa/runtime"])
+        #expect(agent.role == .gate && agent.scope.contains("tenant-42") && !agent.scope.contains("acme"))
+        #expect(credentials.byCertificate["spiffe://mesh.example/ns/billing/sa/billing"]?.role == .admin)
+        let reports = try #require(credentials.byTokenDigest[SHA256.hex(Array("example-only-token-do-not-use-0001".utf8))])
+        #expect(reports.name == "nightly-reports" && reports.role == .read && reports.scope == .all)
+        #expect(credentials.anonymous == nil)
+    }
+
     @Test func sha256MatchesTheStandardVectors() {
         #expect(SHA256.hex([UInt8]()) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
