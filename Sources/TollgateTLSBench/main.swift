@@ -124,6 +124,28 @@ func handshakes(_ transport: Transport, parallel: Int) async throws -> (perSecon
     }
 }
 
+/// One account with one member and ample credits, for the latency rows.
+func prepare(port: Int, _ transport: Transport) async throws {
+    let setup = try await TollgateClient.connect(.init(port: port, tls: transport.client), group: clientGroup)
+    _ = try await setup.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch))
+    _ = try await setup.apply(.createAccount(CreateAccount(account: "acct")))
+    _ = try await setup.apply(.addGrant(AddGrant(account: "acct", amount: 1_000_000_000_000, effectiveAt: .epoch)))
+    _ = try await setup.apply(.addMember(account: "acct", member: "m"))
+    await setup.close()
+}
+
+/// A latency row: the rate achieved, percentiles of the sorted samples in µs, and errors.
+struct LatencyRow {
+    var achieved: Int
+    var samples: [Double]
+    var errors = "0"
+
+    func markdown(_ transport: Transport, rate: Int) -> String {
+        let columns = [0.5, 0.9, 0.99, 0.999].map { f(percentile(samples, $0)) } + [f(samples.last!), errors]
+        return "| \(transport.rawValue) | \(rate) | \(achieved) | " + columns.joined(separator: " | ") + " |"
+    }
+}
+
 /// The open-loop driver: on the connection's own event loop, each SPEND is sent at its due
 /// time (a scheduled task per request) and its latency taken from that due time when the
 /// answer arrives. No Swift-concurrency hop on the measured path.
@@ -192,16 +214,9 @@ final class OpenLoop: ChannelInboundHandler, @unchecked Sendable {
 }
 
 /// SPENDs at `rate` per second on one connection, open loop; latency from each request's due time.
-func openLoop(_ transport: Transport, rate: Int) async throws -> (
-    achieved: Int, p50: Double, p90: Double, p99: Double, p999: Double, max: Double, errors: String
-) {
+func openLoop(_ transport: Transport, rate: Int) async throws -> LatencyRow {
     try await withServer(transport) { port in
-        let setup = try await TollgateClient.connect(.init(port: port, tls: transport.client), group: clientGroup)
-        _ = try await setup.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch))
-        _ = try await setup.apply(.createAccount(CreateAccount(account: "acct")))
-        _ = try await setup.apply(.addGrant(AddGrant(account: "acct", amount: 1_000_000_000_000, effectiveAt: .epoch)))
-        _ = try await setup.apply(.addMember(account: "acct", member: "m"))
-        await setup.close()
+        try await prepare(port: port, transport)
         let loop = clientGroup.next()
         let done = loop.makePromise(of: [Double].self)
         let driver = OpenLoop(rate: rate, seconds: secondsPerRate, done: done)
@@ -234,22 +249,14 @@ func openLoop(_ transport: Transport, rate: Int) async throws -> (
         let elapsed = Double((NIODeadline.now() - driver.start).nanoseconds) / 1e9
         try await channel.close()
         let errors = driver.errors == 0 ? "0" : "\(driver.errors) (status \(driver.firstError))"
-        return (
-            Int(Double(driver.total) / elapsed), percentile(samples, 0.5), percentile(samples, 0.9), percentile(samples, 0.99), percentile(samples, 0.999),
-            samples.last!, errors
-        )
+        return LatencyRow(achieved: Int(Double(driver.total) / elapsed), samples: samples, errors: errors)
     }
 }
 
 /// SPENDs at `rate` per second through TollgateClient (Swift concurrency), open loop.
-func latency(_ transport: Transport, rate: Int) async throws -> (achieved: Int, p50: Double, p90: Double, p99: Double, p999: Double, max: Double) {
+func latency(_ transport: Transport, rate: Int) async throws -> LatencyRow {
     try await withServer(transport) { port in
-        let setup = try await TollgateClient.connect(.init(port: port, tls: transport.client), group: clientGroup)
-        _ = try await setup.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch))
-        _ = try await setup.apply(.createAccount(CreateAccount(account: "acct")))
-        _ = try await setup.apply(.addGrant(AddGrant(account: "acct", amount: 1_000_000_000_000, effectiveAt: .epoch)))
-        _ = try await setup.apply(.addMember(account: "acct", member: "m"))
-        await setup.close()
+        try await prepare(port: port, transport)
         let gate = try await TollgateClient.connect(.init(port: port, retries: 0, tls: transport.client), group: clientGroup)
         // Warm-up: one second at the same rate, not recorded.
         let interval = Duration.nanoseconds(1_000_000_000 / rate)
@@ -271,10 +278,7 @@ func latency(_ transport: Transport, rate: Int) async throws -> (achieved: Int, 
         }
         let elapsed = seconds(ContinuousClock.now - start)
         await gate.close()
-        return (
-            Int(Double(total) / elapsed), percentile(samples, 0.5), percentile(samples, 0.9), percentile(samples, 0.99), percentile(samples, 0.999),
-            samples.last!
-        )
+        return LatencyRow(achieved: Int(Double(total) / elapsed), samples: samples)
     }
 }
 
@@ -294,22 +298,18 @@ for parallel in [1, 4] {
 print("")
 print("SPEND on one connection at a fixed offered rate, open loop (latency from the due time), 1 s warm-up not recorded.")
 print("Driver: NIO handler on the client's event loop, one scheduled send per request.")
-print("| transport | offered/s | achieved/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+let latencyHeader = """
+    | transport | offered/s | achieved/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors |
+    |---|---:|---:|---:|---:|---:|---:|---:|---:|
+    """
+print(latencyHeader)
 for rate in [1_000, 5_000, 20_000] {
-    for transport in Transport.allCases {
-        let r = try await openLoop(transport, rate: rate)
-        print("| \(transport.rawValue) | \(rate) | \(r.achieved) | \(f(r.p50)) | \(f(r.p90)) | \(f(r.p99)) | \(f(r.p999)) | \(f(r.max)) | \(r.errors) |")
-    }
+    for transport in Transport.allCases { print(try await openLoop(transport, rate: rate).markdown(transport, rate: rate)) }
 }
 print("")
 print("The same through TollgateClient (async/await per call: what an application sees).")
-print("| transport | offered/s | achieved/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print(latencyHeader)
 for rate in [1_000, 5_000] {
-    for transport in Transport.allCases {
-        let r = try await latency(transport, rate: rate)
-        print("| \(transport.rawValue) | \(rate) | \(r.achieved) | \(f(r.p50)) | \(f(r.p90)) | \(f(r.p99)) | \(f(r.p999)) | \(f(r.max)) |")
-    }
+    for transport in Transport.allCases { print(try await latency(transport, rate: rate).markdown(transport, rate: rate)) }
 }
 try await clientGroup.shutdownGracefully()
