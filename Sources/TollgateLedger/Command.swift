@@ -29,6 +29,11 @@ public enum Command: Hashable, Sendable {
     case setRate(product: String, creditsPerUnit: Credits, effectiveAt: Instant)
     /// An account's own rate from `effectiveAt` on; `nil` returns it to the rate card.
     case setAccountRate(account: String, product: String, creditsPerUnit: Credits?, effectiveAt: Instant)
+    /// Starts a subscription now (its credits for the rest of the current period are issued at
+    /// once), or changes or ends one (`nil`) from the next period boundary on.
+    case setSubscription(account: String, terms: Subscription?)
+    /// The number of seats of a pooled subscription, from `effectiveAt` (now if in the past).
+    case setSeats(account: String, seats: Int64, effectiveAt: Instant)
 
     /// The account the command belongs to: idempotency keys are scoped by it, and later the
     /// server checks a credential's scope against it. Rate-card changes belong to no account.
@@ -44,7 +49,7 @@ public enum Command: Hashable, Sendable {
             .addMember(let a, _), .removeMember(let a, _), .setMemberCap(let a, _, _),
             .createGroup(let a, _), .deleteGroup(let a, _), .setGroupCap(let a, _, _),
             .addToGroup(let a, _, _), .removeFromGroup(let a, _, _), .voidGrant(let a, _),
-            .setAccountRate(let a, _, _, _):
+            .setAccountRate(let a, _, _, _), .setSubscription(let a, _), .setSeats(let a, _, _):
             a
         case .addGrant(let g): g.account
         case .setRate: ""
@@ -180,6 +185,53 @@ public enum GrantSource: UInt8, Hashable, Sendable, CaseIterable {
     case topUp = 1
     case promotional = 2
     case manual = 3
+    /// Included credits carried into the next period by a subscription's rollover.
+    case rollover = 4
+}
+
+/// The terms of a seat subscription: every seat brings `creditsPerSeat` credits each billing
+/// period of the account, pooled for the whole account or scoped to each member.
+public struct Subscription: Hashable, Sendable {
+    public enum Scope: UInt8, Hashable, Sendable, CaseIterable {
+        /// `seats × creditsPerSeat` go to the account's pool each period; the seat count is
+        /// set with `setSeats`.
+        case pooled = 0
+        /// Every member is a seat and gets `creditsPerSeat` of its own each period. The
+        /// account may also hold pooled grants (add-ons), drawn after the member's own.
+        case perMember = 1
+    }
+
+    /// What happens to a seat's credits when the seat goes mid-period.
+    public enum Removal: UInt8, Hashable, Sendable, CaseIterable {
+        /// Nothing is clawed back: a pooled seat's credits stay in the pool, and a removed
+        /// member's unused seat credits move to the pool, until the period ends.
+        case keep = 0
+        /// The unused share for the rest of the period is voided.
+        case clawBack = 1
+    }
+
+    public var scope: Scope
+    public var creditsPerSeat: Credits
+    /// A seat added mid-period brings its credits for the rest of the period only.
+    public var prorate: Bool
+    public var removal: Removal
+    /// At a period boundary, unused included credits up to this many (per account when
+    /// pooled, per member otherwise) carry into the next period; 0 lets them all expire.
+    public var rolloverCap: Credits
+    /// The draw priority of the included credits (lower is drawn first).
+    public var priority: Int32
+
+    public init(
+        scope: Scope = .pooled, creditsPerSeat: Credits, prorate: Bool = true, removal: Removal = .keep, rolloverCap: Credits = 0,
+        priority: Int32 = 0
+    ) {
+        self.scope = scope
+        self.creditsPerSeat = creditsPerSeat
+        self.prorate = prorate
+        self.removal = removal
+        self.rolloverCap = rolloverCap
+        self.priority = priority
+    }
 }
 
 public struct AddGrant: Hashable, Sendable {

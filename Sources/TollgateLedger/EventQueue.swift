@@ -9,6 +9,10 @@ struct EventQueue: Hashable, Sendable {
         case holdDeadline(HoldID)
         case grantEffective(slot: Int32, grant: GrantID)
         case grantExpiry(slot: Int32, grant: GrantID)
+        /// The end of a subscription's period: rollover, then the next period's credits.
+        case periodBoundary(account: Int32, end: Instant)
+        /// A pooled subscription's seat count changing at a set time.
+        case seatChange(account: Int32, at: Instant)
     }
 
     struct Event: Hashable, Sendable {

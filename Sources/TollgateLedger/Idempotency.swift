@@ -288,6 +288,27 @@ extension Command {
             hasher.add(optional: rate)
             hasher.add(effectiveAt.microsecondsSinceEpoch)
             return hasher.state
+        case .setSubscription(let account, let terms):
+            var hasher = FastHasher(tag: 23)
+            hasher.add(account)
+            if let terms {
+                hasher.add(1 as UInt64)
+                hasher.add(UInt64(terms.scope.rawValue))
+                hasher.add(terms.creditsPerSeat)
+                hasher.add(terms.prorate ? 1 as UInt64 : 0)
+                hasher.add(UInt64(terms.removal.rawValue))
+                hasher.add(terms.rolloverCap)
+                hasher.add(Int64(terms.priority))
+            } else {
+                hasher.add(0 as UInt64)
+            }
+            return hasher.state
+        case .setSeats(let account, let seats, let effectiveAt):
+            var hasher = FastHasher(tag: 24)
+            hasher.add(account)
+            hasher.add(seats)
+            hasher.add(effectiveAt.microsecondsSinceEpoch)
+            return hasher.state
         }
     }
 }

@@ -103,6 +103,7 @@ extension Ledger {
         guard liveMemberCount < limits.membersMax else {
             return refused(LedgerError(.limitReached, level: .ledger, subject: "members"))
         }
+        if let error = admitsSeatMember(accountSlot) { return refused(error) }
         let windowEnd = accounts[Int(accountSlot)].period.window(containing: now).end
         let record = MemberRecord(id: member, account: accountSlot, usage: UsageCounter(windowEnd: windowEnd))
         let slot: Int32
@@ -116,6 +117,7 @@ extension Ledger {
         memberSlots[MemberKey(account: accountSlot, member: member)] = slot
         accounts[Int(accountSlot)].memberCount += 1
         liveMemberCount += 1
+        seatMemberAdded(slot, account: accountSlot, at: now)
         return .done
     }
 
@@ -131,6 +133,7 @@ extension Ledger {
         guard members[index].openHolds == 0 else {
             return refused(LedgerError(.inUse, level: .member, subject: "member has open holds"))
         }
+        seatMemberRemoving(slot, account: members[index].account, at: now)
         for group in members[index].groups { leave(group: group, member: slot, at: now) }
         for grant in members[index].grantOrder { endGrant(grant, as: .voided) }
         if members[index].pendingGrants > 0 {
@@ -267,23 +270,33 @@ extension Ledger {
             return refused(LedgerError(.invalidArgument, level: .request, subject: "expires-at must be after effective-at and after now"))
         }
         var memberSlot = noSlot
-        var memberID: String?
         if case .member(let member) = grant.scope {
             guard let slot = memberSlots[MemberKey(account: accountSlot, member: member)] else {
                 return refused(LedgerError(.unknownMember, level: .member, subject: member))
             }
             memberSlot = slot
-            memberID = member
         }
         guard accounts[Int(accountSlot)].liveGrants < limits.grantsPerAccountMax else {
             return refused(LedgerError(.limitReached, level: .account, subject: "grants per account"))
         }
+        let id = createGrant(
+            account: accountSlot, member: memberSlot, amount: grant.amount, priority: grant.priority, effectiveAt: effectiveAt,
+            expiresAt: grant.expiresAt, source: grant.source, at: now)
+        return .grantAdded(id)
+    }
+
+    /// Creates a grant that has been validated (or that the ledger issues itself, such as a
+    /// subscription's included credits), activating it at once or when it becomes effective.
+    mutating func createGrant(
+        account accountSlot: Int32, member memberSlot: Int32, amount: Credits, priority: Int32, effectiveAt: Instant, expiresAt: Instant,
+        source: GrantSource, at now: Instant
+    ) -> GrantID {
         let id = nextGrantID
         nextGrantID += 1
         let record = GrantRecord(
-            id: id, account: accountSlot, member: memberSlot, memberID: memberID, amount: grant.amount,
-            available: grant.amount, priority: grant.priority, effectiveAt: effectiveAt, expiresAt: grant.expiresAt,
-            source: grant.source, createdAt: now, state: .pending)
+            id: id, account: accountSlot, member: memberSlot, memberID: memberSlot == noSlot ? nil : members[Int(memberSlot)].id, amount: amount,
+            available: amount, priority: priority, effectiveAt: effectiveAt, expiresAt: expiresAt,
+            source: source, createdAt: now, state: .pending)
         let slot: Int32
         if let free = freeGrantSlots.popLast() {
             slot = free
@@ -301,10 +314,10 @@ extension Ledger {
         } else {
             schedule(.grantEffective(slot: slot, grant: id), at: effectiveAt)
         }
-        if grant.expiresAt != .distantFuture {
-            schedule(.grantExpiry(slot: slot, grant: id), at: grant.expiresAt)
+        if expiresAt != .distantFuture {
+            schedule(.grantExpiry(slot: slot, grant: id), at: expiresAt)
         }
-        return .grantAdded(id)
+        return id
     }
 
     /// What is available moves to `voided`; what is held stays with its holds, and goes to

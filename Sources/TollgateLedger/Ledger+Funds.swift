@@ -226,6 +226,19 @@ extension Ledger {
         endGrant(slot, as: .expired)
     }
 
+    /// Voids up to `amount` of what a live grant still has available; returns how much.
+    mutating func voidPart(_ slot: Int32, upTo amount: Credits) -> Credits {
+        let grant = Int(slot)
+        guard grants[grant].isLive, grants[grant].state == .active || grants[grant].state == .pending else { return 0 }
+        let taken = min(amount, grants[grant].available)
+        guard taken > 0 else { return 0 }
+        if grants[grant].state == .active { adjustAvailable(of: slot, by: -taken) }
+        grants[grant].available -= taken
+        grants[grant].voided += taken
+        retireIfDead(slot)
+        return taken
+    }
+
     mutating func endGrant(_ slot: Int32, as state: GrantState) {
         let grant = Int(slot)
         let available = grants[grant].available

@@ -117,6 +117,26 @@ extension Ledger {
             expect(account.memberCount == liveMembersPerAccount[slot], "account \(account.id) member count mismatch")
         }
         expect(idempotency.count <= limits.idempotencyKeysMax, "idempotency table over its limit")
+
+        // Subscriptions: an active one is in its current period, with a boundary scheduled;
+        // a per-member one lists exactly the account's live members; included grants belong
+        // to the account and end with the period.
+        for (slot, state) in subscriptions {
+            let id = accounts[Int(slot)].id
+            expect(state.seats >= 0 && state.seats <= limits.seatsPerAccountMax, "subscription of \(id) has \(state.seats) seats")
+            guard let terms = state.terms else { continue }
+            expect(state.periodStart <= clock && clock < state.periodEnd, "subscription of \(id) is not in its period at \(clock)")
+            if terms.scope == .perMember {
+                let live = Set((0..<members.count).filter { members[$0].isLive && members[$0].account == slot }.map { Int32($0) })
+                expect(Set(state.seatMembers) == live && state.seatMembers.count == live.count, "subscription of \(id) does not list its members as seats")
+            } else {
+                expect(state.seatMembers.isEmpty, "pooled subscription of \(id) lists seat members")
+            }
+            for grantID in state.included {
+                guard let grant = grantSlotByID[grantID].map({ grants[Int($0)] }) else { continue }
+                expect(grant.account == slot && grant.expiresAt == state.periodEnd, "included grant \(grantID) of \(id) is not this period's")
+            }
+        }
         return violations
     }
 }

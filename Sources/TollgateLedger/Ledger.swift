@@ -38,6 +38,13 @@ public struct Ledger: Hashable, Sendable {
     public internal(set) var idempotencyKeysForgottenEarly = 0
     /// What retired grants ended with, so ledger-wide totals stay whole after their slots are reused.
     var retiredTotals = CreditTotals()
+    /// Seat subscriptions, by account slot. Kept apart from the account records so the
+    /// decision path does not carry them.
+    var subscriptions: [Int32: SubscriptionState] = [:]
+    /// Credits the ledger granted itself on behalf of subscriptions (included, rolled over,
+    /// moved from a removed member), so ledger-wide totals can be checked against what was
+    /// granted by command plus this.
+    public internal(set) var subscriptionCreditsIssued: Credits = 0
 
     public init(limits: LedgerLimits = LedgerLimits(), startingAt start: Instant = .epoch) {
         self.limits = limits
@@ -139,6 +146,8 @@ public struct Ledger: Hashable, Sendable {
             return setRate(product, creditsPerUnit: rate, effectiveAt: effectiveAt, at: now)
         case .setAccountRate(let account, let product, let rate, let effectiveAt):
             return setAccountRate(account, product: product, creditsPerUnit: rate, effectiveAt: effectiveAt, at: now)
+        case .setSubscription(let account, let terms): return setSubscription(account, terms: terms, at: now)
+        case .setSeats(let account, let seats, let effectiveAt): return setSeats(account, seats: seats, effectiveAt: effectiveAt, at: now)
         }
     }
 
@@ -164,6 +173,8 @@ public struct Ledger: Hashable, Sendable {
             case .holdDeadline(let id): finish(holds[HoldKey(id)]!, as: .expired, at: event.at)
             case .grantEffective(let slot, _): activateGrant(slot)
             case .grantExpiry(let slot, _): expireGrant(slot)
+            case .periodBoundary(let account, _): turnPeriod(account, at: event.at)
+            case .seatChange(let account, _): applyPendingSeats(account, at: event.at)
             }
         }
         idempotency.forget(through: clock)
@@ -202,6 +213,11 @@ public struct Ledger: Hashable, Sendable {
         case .grantExpiry(let slot, let id):
             let grant = grants[Int(slot)]
             return grant.id == id && grant.isLive
+        case .periodBoundary(let account, let end):
+            guard let state = subscriptions[account] else { return false }
+            return state.terms != nil && state.periodEnd == end
+        case .seatChange(let account, let at):
+            return subscriptions[account]?.pendingSeats?.at == at
         }
     }
 

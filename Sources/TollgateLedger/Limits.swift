@@ -10,6 +10,11 @@ public struct LedgerLimits: Hashable, Sendable {
     /// Grants that still hold or can hand out credits. Spent, expired and voided grants stop
     /// counting once nothing is held on them.
     public var grantsPerAccountMax = 10_000
+    /// A pooled subscription's seat count.
+    public var seatsPerAccountMax: Int64 = 1_000_000
+    /// Members of an account with a per-member subscription: each holds its own included
+    /// grants (and a rollover), which count against `grantsPerAccountMax`.
+    public var seatMembersPerAccountMax = 2_000
     public var holdsPerAccountMax = 10_000
     public var holdsMax = 2_000_000
     public var productsMax = 10_000

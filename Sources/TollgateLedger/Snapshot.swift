@@ -88,7 +88,9 @@ struct SnapshotReader {
 }
 
 extension Ledger {
-    static let snapshotMagic: UInt32 = 0x5447_4C31  // "TGL1"
+    /// "TGL2": adds subscriptions. A "TGL1" snapshot (before them) is still read.
+    static let snapshotMagic: UInt32 = 0x5447_4C32
+    static let snapshotMagicVersion1: UInt32 = 0x5447_4C31
 
     /// The whole state as bytes.
     public func snapshot() -> [UInt8] {
@@ -131,6 +133,14 @@ extension Ledger {
                 w.integer(UInt8(2))
                 w.integer(slot)
                 w.integer(grant)
+            case .periodBoundary(let account, let end):
+                w.integer(UInt8(3))
+                w.integer(account)
+                w.instant(end)
+            case .seatChange(let account, let at):
+                w.integer(UInt8(4))
+                w.integer(account)
+                w.instant(at)
             }
         }
         w.integer(events.nextSequence)
@@ -160,13 +170,19 @@ extension Ledger {
         for value in [retiredTotals.granted, retiredTotals.available, retiredTotals.held, retiredTotals.consumed, retiredTotals.expired, retiredTotals.voided] {
             w.integer(value)
         }
+        w.array(subscriptions.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.write(entry.value)
+        }
+        w.integer(subscriptionCreditsIssued)
         return w.bytes
     }
 
     /// A ledger equal to the one that wrote `snapshot`, under `limits`.
     public init(snapshot bytes: [UInt8], limits: LedgerLimits = LedgerLimits()) throws {
         var r = SnapshotReader(bytes: bytes)
-        guard try r.integer(UInt32.self) == Ledger.snapshotMagic else { throw SnapshotError(description: "not a ledger snapshot") }
+        let magic = try r.integer(UInt32.self)
+        guard magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion1 else { throw SnapshotError(description: "not a ledger snapshot") }
         self.init(limits: limits, startingAt: try r.instant())
         accounts = ChunkedArray(try r.array { try $0.readAccount() })
         members = ChunkedArray(try r.array { try $0.readMember() })
@@ -194,6 +210,8 @@ extension Ledger {
             case 0: kind = .holdDeadline(try r.integer())
             case 1: kind = .grantEffective(slot: try r.integer(), grant: try r.integer())
             case 2: kind = .grantExpiry(slot: try r.integer(), grant: try r.integer())
+            case 3: kind = .periodBoundary(account: try r.integer(), end: try r.instant())
+            case 4: kind = .seatChange(account: try r.integer(), at: try r.instant())
             default: throw SnapshotError(description: "unknown event kind")
             }
             return EventQueue.Event(at: at, sequence: sequence, kind: kind)
@@ -220,6 +238,13 @@ extension Ledger {
         retiredTotals.consumed = try r.integer()
         retiredTotals.expired = try r.integer()
         retiredTotals.voided = try r.integer()
+        if magic == Ledger.snapshotMagic {
+            for (slot, state) in try r.array({ r in (try r.integer(Int32.self), try r.readSubscription()) }) {
+                guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "subscription of an unknown account slot \(slot)") }
+                subscriptions[slot] = state
+            }
+            subscriptionCreditsIssued = try r.integer()
+        }
         guard r.position == bytes.count else { throw SnapshotError(description: "\(bytes.count - r.position) bytes left over") }
 
         // Rebuild the indexes the snapshot leaves out.
@@ -259,6 +284,29 @@ extension SnapshotWriter {
             w.instant(version.effectiveAt)
             w.optional(version.creditsPerUnit) { $0.integer($1) }
         }
+    }
+
+    mutating func write(_ terms: Subscription) {
+        integer(terms.scope.rawValue)
+        integer(terms.creditsPerSeat)
+        bool(terms.prorate)
+        integer(terms.removal.rawValue)
+        integer(terms.rolloverCap)
+        integer(terms.priority)
+    }
+
+    mutating func write(_ state: SubscriptionState) {
+        optional(state.terms) { $0.write($1) }
+        optional(state.nextTerms) { w, next in w.optional(next) { $0.write($1) } }
+        integer(state.seats)
+        optional(state.pendingSeats) { w, pending in
+            w.instant(pending.at)
+            w.integer(pending.seats)
+        }
+        instant(state.periodStart)
+        instant(state.periodEnd)
+        array(state.included) { $0.integer($1) }
+        array(state.seatMembers) { $0.integer($1) }
     }
 
     mutating func write(_ account: AccountRecord) {
@@ -429,6 +477,25 @@ extension SnapshotReader {
         account.openHolds = try int()
         for (product, history) in try array({ r in (try r.string(), try r.readRates()) }) { account.rateOverrides[HashedString(product)] = history }
         return account
+    }
+
+    mutating func readTerms() throws -> Subscription {
+        guard let scope = Subscription.Scope(rawValue: try integer(UInt8.self)) else { throw SnapshotError(description: "unknown subscription scope") }
+        let perSeat = try integer(Int64.self)
+        let prorate = try bool()
+        guard let removal = Subscription.Removal(rawValue: try integer(UInt8.self)) else { throw SnapshotError(description: "unknown removal policy") }
+        return Subscription(scope: scope, creditsPerSeat: perSeat, prorate: prorate, removal: removal, rolloverCap: try integer(), priority: try integer())
+    }
+
+    mutating func readSubscription() throws -> SubscriptionState {
+        let terms = try optional { try $0.readTerms() }
+        let next: Subscription?? = try optional { r in try r.optional { try $0.readTerms() } }
+        let seats = try integer(Int64.self)
+        let pending = try optional { r in SubscriptionState.PendingSeats(at: try r.instant(), seats: try r.integer()) }
+        var state = SubscriptionState(terms: terms, nextTerms: next, seats: seats, pendingSeats: pending, periodStart: try instant(), periodEnd: try instant())
+        state.included = try array { try $0.integer(UInt64.self) }
+        state.seatMembers = try array { try $0.integer(Int32.self) }
+        return state
     }
 
     mutating func readMember() throws -> MemberRecord {

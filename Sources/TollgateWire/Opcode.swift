@@ -38,6 +38,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case voidGrant = 0x2E
     case setRate = 0x2F
     case setAccountRate = 0x30
+    case setSubscription = 0x31
+    case setSeats = 0x32
 
     public var name: String {
         switch self {
@@ -70,6 +72,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .voidGrant: "VOID_GRANT"
         case .setRate: "SET_RATE"
         case .setAccountRate: "SET_ACCOUNT_RATE"
+        case .setSubscription: "SET_SUBSCRIPTION"
+        case .setSeats: "SET_SEATS"
         }
     }
 

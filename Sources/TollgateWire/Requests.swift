@@ -168,6 +168,8 @@ extension Command {
         case .voidGrant: .voidGrant
         case .setRate: .setRate
         case .setAccountRate: .setAccountRate
+        case .setSubscription: .setSubscription
+        case .setSeats: .setSeats
         }
     }
 }
@@ -310,7 +312,30 @@ extension ByteBuffer {
             writeWireString(product)
             writeOptionalInteger(rate)
             writeInstant(effectiveAt)
+        case .setSubscription(let account, let terms):
+            writeWireString(account)
+            if let terms {
+                writeInteger(UInt8(1))
+                writeSubscription(terms)
+            } else {
+                writeInteger(UInt8(0))
+            }
+        case .setSeats(let account, let seats, let effectiveAt):
+            writeWireString(account)
+            writeInteger(seats)
+            writeInstant(effectiveAt)
         }
+    }
+
+    /// subscription terms (§3): `u8 scope`, `i64 creditsPerSeat`, `bool prorate`, `u8 removal`,
+    /// `i64 rolloverCap`, `i32 priority`.
+    mutating func writeSubscription(_ terms: Subscription) {
+        writeInteger(terms.scope.rawValue)
+        writeInteger(terms.creditsPerSeat)
+        writeBool(terms.prorate)
+        writeInteger(terms.removal.rawValue)
+        writeInteger(terms.rolloverCap)
+        writeInteger(terms.priority)
     }
 }
 
@@ -357,8 +382,18 @@ extension BodyReader {
 
     mutating func source() throws(WireError) -> GrantSource {
         let raw = try u8("source")
-        guard let source = GrantSource(rawValue: raw) else { throw malformed("source", "is \(raw); must be 0 to 3") }
+        guard let source = GrantSource(rawValue: raw) else { throw malformed("source", "is \(raw); must be 0 to 4") }
         return source
+    }
+
+    mutating func subscription() throws(WireError) -> Subscription {
+        let rawScope = try u8("subscription scope")
+        guard let scope = Subscription.Scope(rawValue: rawScope) else { throw malformed("subscription scope", "is \(rawScope); must be 0 or 1") }
+        let perSeat = try i64("creditsPerSeat")
+        let prorate = try bool("prorate")
+        let rawRemoval = try u8("removal")
+        guard let removal = Subscription.Removal(rawValue: rawRemoval) else { throw malformed("removal", "is \(rawRemoval); must be 0 or 1") }
+        return Subscription(scope: scope, creditsPerSeat: perSeat, prorate: prorate, removal: removal, rolloverCap: try i64("rolloverCap"), priority: try i32("priority"))
     }
 
     mutating func commandFields(_ opcode: Opcode) throws(WireError) -> Command {
@@ -426,6 +461,11 @@ extension BodyReader {
             return .setAccountRate(
                 account: try string("account"), product: try string("product"), creditsPerUnit: try optionalI64("creditsPerUnit"),
                 effectiveAt: try instant("effectiveAt"))
+        case .setSubscription:
+            let account = try string("account")
+            return .setSubscription(account: account, terms: try present("terms") ? try subscription() : nil)
+        case .setSeats:
+            return .setSeats(account: try string("account"), seats: try i64("seats"), effectiveAt: try instant("effectiveAt"))
         case .hello, .ping, .error, .check, .balance, .balanceAt, .batch:
             preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
         }

@@ -141,7 +141,16 @@ public enum WireText {
                 "account=\(quote(account))", "product=\(quote(product))", "creditsPerUnit=\(optional(rate))",
                 "effectiveAt=\(effectiveAt.microsecondsSinceEpoch)",
             ]
+        case .setSubscription(let account, let terms):
+            return ["account=\(quote(account))", "terms=\(terms.map(subscription) ?? "-")"]
+        case .setSeats(let account, let seats, let effectiveAt):
+            return ["account=\(quote(account))", "seats=\(seats)", "effectiveAt=\(effectiveAt.microsecondsSinceEpoch)"]
         }
+    }
+
+    static func subscription(_ terms: Subscription) -> String {
+        "subscription(scope=\(terms.scope.rawValue),creditsPerSeat=\(terms.creditsPerSeat),prorate=\(terms.prorate),removal=\(terms.removal.rawValue),"
+            + "rolloverCap=\(terms.rolloverCap),priority=\(terms.priority))"
     }
 
     static func headroom(_ headroom: Headroom) -> String {

@@ -166,7 +166,7 @@ struct RandomRun {
     // MARK: - Stepping
 
     mutating func step() {
-        let roll = Int.random(in: 0..<100, using: &rng)
+        let roll = Int.random(in: 0..<106, using: &rng)
         switch roll {
         case 0..<20:
             decide(.reserve(Reserve(randomRequest(), ttlMicroseconds: .random(in: 1...120, using: &rng) * Microseconds.perSecond)))
@@ -238,8 +238,25 @@ struct RandomRun {
             trace.append("advance \(microseconds)us")
         case 92..<98:
             retry()
-        default:
+        case 98..<100:
             conflict()
+        case 100..<103:
+            // Subscriptions: start, change or end one; C1's 90-second periods turn often.
+            let account = pick(["C1", "C1", "A0", "A2"])
+            if chance(15) {
+                send(.setSubscription(account: account, terms: nil))
+            } else {
+                let terms = Subscription(
+                    scope: chance(50) ? .pooled : .perMember, creditsPerSeat: .random(in: 0...40, using: &rng), prorate: chance(70),
+                    removal: chance(50) ? .keep : .clawBack, rolloverCap: chance(50) ? 0 : .random(in: 1...30, using: &rng),
+                    priority: Int32.random(in: -1...2, using: &rng))
+                send(.setSubscription(account: account, terms: terms))
+            }
+        default:
+            // Seat changes, now or later.
+            let account = pick(["C1", "A0", "A2"])
+            let later = chance(40) ? Int64.random(in: 1...120, using: &rng) * Microseconds.perSecond : 0
+            send(.setSeats(account: account, seats: .random(in: 0...6, using: &rng), effectiveAt: driver.now.adding(microseconds: later)))
         }
         checkState()
     }
@@ -368,7 +385,9 @@ struct RandomRun {
     mutating func checkState() {
         failures += driver.ledger.invariantViolations()
         let totals = driver.ledger.creditTotals()
-        if totals.granted != totalGranted { failures.append("granted \(totals.granted), grants accepted \(totalGranted)") }
+        if totals.granted != totalGranted + driver.ledger.subscriptionCreditsIssued {
+            failures.append("granted \(totals.granted), grants accepted \(totalGranted) + issued by subscriptions \(driver.ledger.subscriptionCreditsIssued)")
+        }
         if totals.granted != totals.available + totals.held + totals.consumed + totals.expired + totals.voided {
             failures.append("ledger-wide totals do not balance: \(totals)")
         }

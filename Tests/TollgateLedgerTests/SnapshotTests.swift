@@ -32,13 +32,24 @@ import TollgateLedgerTestSupport
         #expect(try Ledger(snapshot: bytes) == ledger)
     }
 
+    /// Checkpoints written before subscriptions ("TGL1": no subscription section) still load.
+    @Test func aVersionOneSnapshotStillLoads() throws {
+        var driver = LedgerDriver()
+        Fixtures.seedsExample(&driver)
+        let bytes = driver.ledger.snapshot()
+        // The version-2 tail of a ledger without subscriptions: an empty list and a zero total.
+        #expect(Array(bytes.suffix(16)) == [UInt8](repeating: 0, count: 16))
+        let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(16))
+        #expect(try Ledger(snapshot: versionOne) == driver.ledger)
+    }
+
     @Test func damagedSnapshotsAreRefused() throws {
         var driver = LedgerDriver()
         Fixtures.seedsExample(&driver)
         let bytes = driver.ledger.snapshot()
         #expect(throws: SnapshotError.self) { _ = try Ledger(snapshot: Array(bytes.dropLast(3))) }
         #expect(throws: SnapshotError.self) { _ = try Ledger(snapshot: bytes + [0]) }
-        #expect(throws: SnapshotError.self) { _ = try Ledger(snapshot: [0x54, 0x47, 0x4C, 0x32] + bytes.dropFirst(4)) }
+        #expect(throws: SnapshotError.self) { _ = try Ledger(snapshot: [0x54, 0x47, 0x4C, 0x39] + bytes.dropFirst(4)) }
         var rng = SeededGenerator(seed: 4)
         for _ in 0..<300 {
             var mutated = bytes

@@ -122,6 +122,17 @@ enum Samples {
             request("set rate", 38, .command(.setRate(product: "ai.assistant", creditsPerUnit: 12, effectiveAt: t0), key: "setup-19")),
             request("set account rate", 39, .command(.setAccountRate(account: "acme", product: "ai.assistant", creditsPerUnit: 10, effectiveAt: t0), key: "setup-20")),
             request("withdraw account rate", 40, .command(.setAccountRate(account: "acme", product: "ai.assistant", creditsPerUnit: nil, effectiveAt: t0), key: "setup-21")),
+            request(
+                "set a pooled subscription: 100 credits a seat, rollover up to 50", 44,
+                .command(.setSubscription(account: "acme", terms: Subscription(creditsPerSeat: 100, rolloverCap: 50)), key: "setup-22")),
+            request(
+                "set a per-member subscription without proration, clawing back removed seats", 45,
+                .command(
+                    .setSubscription(
+                        account: "acme", terms: Subscription(scope: .perMember, creditsPerSeat: 500, prorate: false, removal: .clawBack, priority: -1)),
+                    key: "setup-23")),
+            request("end the subscription at the period's end", 46, .command(.setSubscription(account: "acme", terms: nil), key: "setup-24")),
+            request("set 5 seats from a given instant", 47, .command(.setSeats(account: "acme", seats: 5, effectiveAt: t0), key: "setup-25")),
             response("malformed body", 41, .reserve, .error(WireError(.malformedFrame, "2 bytes left over after the last field"))),
             response("forbidden: a gate identity asked to add a grant", 43, .addGrant, .error(WireError(.forbidden, "agent-runtime has the gate role, which may not send ADD_GRANT"))),
             Sample(

@@ -16,6 +16,7 @@ OPCODES = {
     0x22: "SET_OVERAGE", 0x23: "SET_PERIOD", 0x24: "SET_ACCOUNT_CAP", 0x25: "ADD_MEMBER", 0x26: "REMOVE_MEMBER",
     0x27: "SET_MEMBER_CAP", 0x28: "CREATE_GROUP", 0x29: "DELETE_GROUP", 0x2A: "SET_GROUP_CAP", 0x2B: "ADD_TO_GROUP",
     0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
+    0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS",
 }
 OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
 
@@ -137,6 +138,27 @@ PERIOD = (_read_period, lambda w, v: (w.int("B", v[0]), w.int("q", v[1]), w.int(
 OPT_PERIOD = _optional(PERIOD)
 
 
+def _read_subscription(r):
+    scope, per_seat = r.int("B"), r.int("q")
+    if scope > 1:
+        raise Malformed("subscription scope %d" % scope)
+    prorate = BOOL[0](r)
+    removal = r.int("B")
+    if removal > 1:
+        raise Malformed("removal %d" % removal)
+    return (scope, per_seat, prorate, removal, r.int("q"), r.int("i"))
+
+
+def _write_subscription(w, v):
+    w.int("B", v[0]); w.int("q", v[1]); w.int("B", 1 if v[2] else 0); w.int("B", v[3]); w.int("q", v[4]); w.int("i", v[5])
+
+
+SUBSCRIPTION = (_read_subscription, _write_subscription,
+                lambda v: "subscription(scope=%d,creditsPerSeat=%d,prorate=%s,removal=%d,rolloverCap=%d,priority=%d)"
+                % (v[0], v[1], "true" if v[2] else "false", v[3], v[4], v[5]))
+OPT_SUBSCRIPTION = _optional(SUBSCRIPTION)
+
+
 def _read_scope(r):
     kind = r.int("B")
     if kind == 0:
@@ -217,6 +239,8 @@ REQUESTS = {
     "VOID_GRANT": [("key", STR), ("account", STR), ("grant", U64)],
     "SET_RATE": [("key", STR), ("product", STR), ("creditsPerUnit", I64), ("effectiveAt", I64)],
     "SET_ACCOUNT_RATE": [("key", STR), ("account", STR), ("product", STR), ("creditsPerUnit", OPT_I64), ("effectiveAt", I64)],
+    "SET_SUBSCRIPTION": [("key", STR), ("account", STR), ("terms", OPT_SUBSCRIPTION)],
+    "SET_SEATS": [("key", STR), ("account", STR), ("seats", I64), ("effectiveAt", I64)],
 }
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
