@@ -14,11 +14,14 @@ public struct Balance: Hashable, Sendable {
     /// The grants this account (or member) can draw on now, in draw order.
     public var grants: [GrantView]
     public var openHolds: Int
+    /// The account's seat subscription, if one is running.
+    public var subscription: SubscriptionView?
 
     public init(
         account: String, member: String?, at: Instant, periodStart: Instant, periodEnd: Instant, headroom: Headroom,
-        levels: [LevelUsage], funds: Funds, grants: [GrantView], openHolds: Int
+        levels: [LevelUsage], funds: Funds, grants: [GrantView], openHolds: Int, subscription: SubscriptionView? = nil
     ) {
+        self.subscription = subscription
         self.account = account
         self.member = member
         self.at = at
@@ -162,7 +165,7 @@ extension Ledger {
                 funds: Funds(
                     member: memberAvailable, pool: record.poolAvailable, parentPool: parentPool, overage: record.overage,
                     overdrawn: record.overdrawn, overdraftHeld: record.overdraftHeld),
-                grants: (ownSlots + parentSlots).map(view), openHolds: openHolds))
+                grants: (ownSlots + parentSlots).map(view), openHolds: openHolds, subscription: subscriptionView(chain.account)))
     }
 
     /// Every live grant of an account, including those not yet effective and those that are

@@ -29,6 +29,16 @@ struct SubscriptionState: Hashable, Sendable {
 
 /// A subscription as the balance shows it.
 public struct SubscriptionView: Hashable, Sendable {
+    public struct SeatChange: Hashable, Sendable {
+        public var at: Instant
+        public var seats: Int64
+
+        public init(at: Instant, seats: Int64) {
+            self.at = at
+            self.seats = seats
+        }
+    }
+
     public var terms: Subscription
     /// Pooled: the seat count; per member: the number of members.
     public var seats: Int64
@@ -36,17 +46,15 @@ public struct SubscriptionView: Hashable, Sendable {
     public var periodEnd: Instant
     /// Terms that take over at `periodEnd`; `.some(nil)` when the subscription ends there.
     public var nextTerms: Subscription??
-    public var pendingSeats: (at: Instant, seats: Int64)?
+    public var pendingSeats: SeatChange?
 
-    public static func == (lhs: SubscriptionView, rhs: SubscriptionView) -> Bool {
-        lhs.terms == rhs.terms && lhs.seats == rhs.seats && lhs.periodStart == rhs.periodStart && lhs.periodEnd == rhs.periodEnd
-            && lhs.nextTerms == rhs.nextTerms && lhs.pendingSeats?.at == rhs.pendingSeats?.at && lhs.pendingSeats?.seats == rhs.pendingSeats?.seats
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(terms)
-        hasher.combine(seats)
-        hasher.combine(periodEnd)
+    public init(terms: Subscription, seats: Int64, periodStart: Instant, periodEnd: Instant, nextTerms: Subscription?? = nil, pendingSeats: SeatChange? = nil) {
+        self.terms = terms
+        self.seats = seats
+        self.periodStart = periodStart
+        self.periodEnd = periodEnd
+        self.nextTerms = nextTerms
+        self.pendingSeats = pendingSeats
     }
 }
 
@@ -264,15 +272,19 @@ extension Ledger {
         subscriptions[slot]!.included.append(id)
     }
 
-    /// `total` for the part of the period from `instant` on: `total × (end − instant) /
-    /// (end − start)`, rounded down, in integers wide enough not to overflow.
+    /// `total` for the part of the period from `instant` on, by days: `total × days left /
+    /// days in the period`, rounded down, where the day of the change counts whole (a seat
+    /// added on the first day of a period brings all its credits; one added on January 3rd
+    /// brings 29/31). Days are counted from the period's own start, in integers wide enough
+    /// not to overflow; a period shorter than a day is never prorated.
     func share(_ total: Credits, of state: SubscriptionState, from instant: Instant, prorate: Bool) -> Credits {
         guard prorate, instant > state.periodStart else { return total }
         guard instant < state.periodEnd else { return 0 }
-        let remaining = state.periodEnd.microseconds(since: instant)
-        let length = state.periodEnd.microseconds(since: state.periodStart)
-        let product = total.multipliedFullWidth(by: remaining)
-        return length.dividingFullWidth(product).quotient
+        let day = Microseconds.perDay
+        let daysLeft = (state.periodEnd.microseconds(since: instant) + day - 1) / day
+        let days = (state.periodEnd.microseconds(since: state.periodStart) + day - 1) / day
+        let product = total.multipliedFullWidth(by: daysLeft)
+        return days.dividingFullWidth(product).quotient
     }
 
     /// Voids up to `amount` of what is still available on these grants.
@@ -297,6 +309,6 @@ extension Ledger {
         let seats = terms.scope == .pooled ? state.seats : Int64(state.seatMembers.count)
         return SubscriptionView(
             terms: terms, seats: seats, periodStart: state.periodStart, periodEnd: state.periodEnd, nextTerms: state.nextTerms,
-            pendingSeats: state.pendingSeats.map { ($0.at, $0.seats) })
+            pendingSeats: state.pendingSeats.map { SubscriptionView.SeatChange(at: $0.at, seats: $0.seats) })
     }
 }

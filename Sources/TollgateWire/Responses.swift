@@ -277,6 +277,29 @@ extension ByteBuffer {
             writeInteger(grant.state.rawValue)
         }
         writeInteger(UInt32(clamping: balance.openHolds))
+        if let subscription = balance.subscription {
+            writeInteger(UInt8(1))
+            writeSubscription(subscription.terms)
+            writeInteger(subscription.seats)
+            writeInstant(subscription.periodStart)
+            writeInstant(subscription.periodEnd)
+            switch subscription.nextTerms {
+            case .none: writeInteger(UInt8(0))
+            case .some(.none): writeInteger(UInt8(1))
+            case .some(.some(let next)):
+                writeInteger(UInt8(2))
+                writeSubscription(next)
+            }
+            if let pending = subscription.pendingSeats {
+                writeInteger(UInt8(1))
+                writeInstant(pending.at)
+                writeInteger(pending.seats)
+            } else {
+                writeInteger(UInt8(0))
+            }
+        } else {
+            writeInteger(UInt8(0))
+        }
     }
 }
 
@@ -358,8 +381,24 @@ extension BodyReader {
                     source: source, state: state))
         }
         let openHolds = Int(try u32("openHolds"))
+        var subscription: SubscriptionView?
+        if try present("subscription") {
+            let terms = try self.subscription()
+            let seats = try i64("seats")
+            let start = try instant("subscription periodStart")
+            let end = try instant("subscription periodEnd")
+            let next: Subscription??
+            switch try u8("next terms kind") {
+            case 0: next = .none
+            case 1: next = .some(.none)
+            case 2: next = .some(try self.subscription())
+            case let other: throw malformed("next terms kind", "is \(other); must be 0, 1 or 2")
+            }
+            let pending = try present("pending seats") ? SubscriptionView.SeatChange(at: try instant("pending at"), seats: try i64("pending seats")) : nil
+            subscription = SubscriptionView(terms: terms, seats: seats, periodStart: start, periodEnd: end, nextTerms: next, pendingSeats: pending)
+        }
         return Balance(
             account: account, member: member, at: at, periodStart: periodStart, periodEnd: periodEnd, headroom: headroom,
-            levels: levels, funds: funds, grants: grants, openHolds: openHolds)
+            levels: levels, funds: funds, grants: grants, openHolds: openHolds, subscription: subscription)
     }
 }

@@ -201,6 +201,17 @@ public enum WireText {
                     "grant=(\(grant.id),\(quote(grant.account)),\(scope(grant.scope)),amount=\(grant.amount),available=\(grant.available),held=\(grant.held),consumed=\(grant.consumed),expired=\(grant.expired),voided=\(grant.voided),priority=\(grant.priority),effectiveAt=\(grant.effectiveAt.microsecondsSinceEpoch),expiresAt=\(grant.expiresAt.microsecondsSinceEpoch),source=\(grant.source.rawValue),state=\(grant.state.rawValue))")
             }
             fields.append("openHolds=\(balance.openHolds)")
+            if let view = balance.subscription {
+                let next: String
+                switch view.nextTerms {
+                case .none: next = "unchanged"
+                case .some(.none): next = "ends"
+                case .some(.some(let terms)): next = subscription(terms)
+                }
+                let pending = view.pendingSeats.map { "\($0.seats)@\($0.at.microsecondsSinceEpoch)" } ?? "-"
+                fields.append(
+                    "subscription=(\(subscription(view.terms)),seats=\(view.seats),periodStart=\(view.periodStart.microsecondsSinceEpoch),periodEnd=\(view.periodEnd.microsecondsSinceEpoch),next=\(next),pendingSeats=\(pending))")
+            }
             return fields
         case .batch(let items):
             return [status, "count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + responseFields($0.response)).joined(separator: " "))]" }

@@ -91,6 +91,14 @@ struct Apply: AsyncParsableCommand {
                         tolerating: [.alreadyExists])
                 }
             }
+            if let terms = account.subscription {
+                if let seats = account.seats {
+                    _ = try await step("seats \(account.id) = \(seats)", .setSeats(account: account.id, seats: seats, effectiveAt: now))
+                }
+                let scope = terms.scope == .pooled ? "pooled" : "per member"
+                _ = try await step(
+                    "subscription \(account.id): \(terms.creditsPerSeat) credits per seat, \(scope)", .setSubscription(account: account.id, terms: terms))
+            }
             var periodEnd: Instant?
             for grant in account.grants {
                 var expiresAt = Instant.distantFuture
@@ -175,6 +183,8 @@ struct Plan {
         var groups: [Group]
         var grants: [Grant]
         var rates: [(String, Credits?)]
+        var subscription: Subscription?
+        var seats: Int64?
     }
 
     var products: [(String, Credits)] = []
@@ -207,7 +217,9 @@ struct Plan {
 
     static func account(_ node: Node) throws -> Account {
         guard let mapping = node.mapping, let id = mapping["id"]?.string else { throw PlanError(message: "each account needs an id") }
-        var account = Account(id: id, parent: mapping["parent"]?.string, overage: .deny, cap: nil, members: [], groups: [], grants: [], rates: [])
+        var account = Account(
+            id: id, parent: mapping["parent"]?.string, overage: .deny, cap: nil, members: [], groups: [], grants: [], rates: [], subscription: nil,
+            seats: nil)
         for (key, value) in mapping {
             switch key.string ?? "" {
             case "id", "parent": break
@@ -227,6 +239,8 @@ struct Plan {
                 }
             case "grants":
                 account.grants = try (value.sequence ?? []).map { try grant($0, account: id) }
+            case "subscription":
+                (account.subscription, account.seats) = try subscription(value, account: id)
             case "rates":
                 for (product, rate) in value.mapping ?? [:] {
                     guard let name = product.string else { continue }
@@ -237,6 +251,45 @@ struct Plan {
             }
         }
         return account
+    }
+
+    /// `subscription: {credits-per-seat, scope: pooled | per-member, seats, prorate, removal:
+    /// keep | claw-back, rollover-cap, priority}`.
+    static func subscription(_ node: Node, account: String) throws -> (Subscription, Int64?) {
+        guard let mapping = node.mapping else { throw PlanError(message: "account \(account): subscription must be a mapping") }
+        let known: Set<String> = ["credits-per-seat", "scope", "seats", "prorate", "removal", "rollover-cap", "priority"]
+        for key in mapping.keys where !known.contains(key.string ?? "") {
+            throw PlanError(message: "account \(account): unknown subscription key \"\(key.string ?? "?")\"; known: \(known.sorted().joined(separator: ", "))")
+        }
+        guard let perSeat = mapping["credits-per-seat"] else { throw PlanError(message: "account \(account): a subscription needs credits-per-seat") }
+        var terms = Subscription(creditsPerSeat: try credits(perSeat, "account \(account) credits-per-seat"))
+        switch mapping["scope"]?.string ?? "pooled" {
+        case "pooled": terms.scope = .pooled
+        case "per-member": terms.scope = .perMember
+        case let other: throw PlanError(message: "account \(account): subscription scope must be pooled or per-member, not \"\(other)\"")
+        }
+        if let prorate = mapping["prorate"] {
+            guard let value = prorate.bool else { throw PlanError(message: "account \(account): prorate must be true or false") }
+            terms.prorate = value
+        }
+        switch mapping["removal"]?.string ?? "keep" {
+        case "keep": terms.removal = .keep
+        case "claw-back": terms.removal = .clawBack
+        case let other: throw PlanError(message: "account \(account): removal must be keep or claw-back, not \"\(other)\"")
+        }
+        if let cap = mapping["rollover-cap"] { terms.rolloverCap = try credits(cap, "account \(account) rollover-cap") }
+        if let priority = mapping["priority"] {
+            guard let value = priority.int, let narrow = Int32(exactly: value) else { throw PlanError(message: "account \(account): priority must be a whole number") }
+            terms.priority = narrow
+        }
+        let seats = try mapping["seats"].map { try credits($0, "account \(account) seats") }
+        if terms.scope == .perMember && seats != nil {
+            throw PlanError(message: "account \(account): a per-member subscription's seats are its members; drop seats")
+        }
+        if terms.scope == .pooled && seats == nil {
+            throw PlanError(message: "account \(account): a pooled subscription needs seats")
+        }
+        return (terms, seats)
     }
 
     static func grant(_ node: Node, account: String) throws -> Grant {

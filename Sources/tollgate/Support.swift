@@ -224,6 +224,27 @@ struct Output {
         }
         lines.append(headroom(balance.headroom).0)
         lines.append("open holds: \(balance.openHolds)")
+        var subscriptionObject: Any = NSNull()
+        if let view = balance.subscription {
+            let terms = view.terms
+            let scope = terms.scope == .pooled ? "pooled" : "per member"
+            var line = "subscription: \(view.seats) seats × \(terms.creditsPerSeat) credits (\(scope)) for \(view.periodStart) to \(view.periodEnd)"
+            if terms.rolloverCap > 0 { line += "; rollover up to \(terms.rolloverCap)" }
+            if let pending = view.pendingSeats { line += "; \(pending.seats) seats from \(pending.at)" }
+            switch view.nextTerms {
+            case .some(.none): line += "; ends at \(view.periodEnd)"
+            case .some(.some(let next)): line += "; \(next.creditsPerSeat) credits per seat from \(view.periodEnd)"
+            case .none: break
+            }
+            lines.append(line)
+            subscriptionObject = [
+                "scope": terms.scope == .pooled ? "pooled" : "perMember", "creditsPerSeat": terms.creditsPerSeat, "seats": view.seats,
+                "prorate": terms.prorate, "removal": terms.removal == .keep ? "keep" : "clawBack", "rolloverCap": terms.rolloverCap,
+                "priority": terms.priority, "periodStart": view.periodStart.description, "periodEnd": view.periodEnd.description,
+                "endsAtPeriodEnd": view.nextTerms == .some(nil),
+                "pendingSeats": view.pendingSeats.map { ["at": $0.at.description, "seats": $0.seats] as [String: Any] } as Any? ?? NSNull(),
+            ] as [String: Any]
+        }
         for grant in balance.grants {
             let scope: String
             if case .member(let member) = grant.scope { scope = "member \(member)" } else { scope = "pool" }
@@ -245,9 +266,11 @@ struct Output {
                     "id": grant.id, "account": grant.account, "scope": scope, "amount": grant.amount, "available": grant.available,
                     "held": grant.held, "consumed": grant.consumed, "expired": grant.expired, "voided": grant.voided,
                     "priority": grant.priority, "effectiveAt": grant.effectiveAt.description, "expiresAt": grant.expiresAt.description,
+                    "source": grantSourceName(grant.source),
                 ]
             },
             "openHolds": balance.openHolds,
+            "subscription": subscriptionObject,
         ]
         return Output(text: lines.joined(separator: "\n"), object: object)
     }
@@ -311,4 +334,14 @@ func parseLimit(_ text: String) throws -> Credits? {
 /// JSON for an optional: the value, or null.
 func nullable(_ value: Any?) -> Any {
     value ?? NSNull()
+}
+
+func grantSourceName(_ source: GrantSource) -> String {
+    switch source {
+    case .recurring: "recurring"
+    case .topUp: "top-up"
+    case .promotional: "promotional"
+    case .manual: "manual"
+    case .rollover: "rollover"
+    }
 }

@@ -13,7 +13,7 @@ struct Tollgate: AsyncParsableCommand {
         subcommands: [
             Ping.self, Check.self, Reserve.self, Commit.self, Release.self, ExtendHold.self, SpendCommand.self, BalanceCommand.self,
             AccountCommand.self, MemberCommand.self, GroupCommand.self, GrantCommand.self, RateCommand.self, Apply.self,
-            JournalCommand.self, TokenCommand.self,
+            SubscriptionCommand.self, SeatsCommand.self, JournalCommand.self, TokenCommand.self,
         ])
 }
 

@@ -88,6 +88,17 @@ import TollgateLedgerTestSupport
         #expect(included(driver).map(\.amount) == [500])
         #expect(driver.violations.isEmpty)
 
+        // Later on the same day counts the day whole; the first day of a period is no proration.
+        var sameDay = self.driver(Subscription(creditsPerSeat: 100))
+        sameDay.now = date(2026, 1, 3, 17)
+        sameDay.setUp(.setSeats(account: "acct", seats: 5, effectiveAt: sameDay.now))
+        #expect(included(sameDay).map(\.amount).sorted() == [93, 400])
+        var firstDay = self.driver()
+        firstDay.now = date(2026, 1, 1, 9)
+        firstDay.setUp(.setSeats(account: "acct", seats: 4, effectiveAt: firstDay.now))
+        firstDay.setUp(.setSubscription(account: "acct", terms: Subscription(creditsPerSeat: 100)))
+        #expect(included(firstDay).map(\.amount) == [400])
+
         var flat = self.driver(Subscription(creditsPerSeat: 100, prorate: false))
         flat.now = date(2026, 1, 3)
         flat.setUp(.setSeats(account: "acct", seats: 5, effectiveAt: flat.now))

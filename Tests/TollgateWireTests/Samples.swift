@@ -28,6 +28,20 @@ enum Samples {
 
     static var all: [Sample] {
         let hold = HoldReference(account: "acme", hold: 1)
+        let periodEnd = Instant(microsecondsSinceEpoch: 1_769_904_000_000_000)
+        let subscribed = Balance(
+            account: "acme", member: nil, at: t0, periodStart: t0, periodEnd: periodEnd, headroom: Headroom(funds: 400),
+            levels: [LevelUsage(level: .account, subject: "acme", limit: nil, consumed: 0, held: 0, headroom: nil)],
+            funds: Funds(member: 0, pool: 400, parentPool: 0, overage: .deny, overdrawn: 0, overdraftHeld: 0),
+            grants: [
+                GrantView(
+                    id: 3, account: "acme", scope: .pool, amount: 400, available: 400, held: 0, consumed: 0, expired: 0, voided: 0,
+                    priority: 0, effectiveAt: t0, expiresAt: periodEnd, source: .recurring, state: .active)
+            ],
+            openHolds: 0,
+            subscription: SubscriptionView(
+                terms: Subscription(creditsPerSeat: 100, rolloverCap: 50), seats: 4, periodStart: t0, periodEnd: periodEnd,
+                nextTerms: .some(Subscription(creditsPerSeat: 120)), pendingSeats: SubscriptionView.SeatChange(at: t0.adding(microseconds: 172_800_000_000), seats: 5)))
         let balance = Balance(
             account: "acme", member: "ana", at: t0, periodStart: t0, periodEnd: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000),
             headroom: Headroom(funds: 1_390),
@@ -84,6 +98,7 @@ enum Samples {
             response("balance", 16, .balance, .balance(balance)),
             request("balance of a member at a past instant", 19, .balanceAt(account: "acme", member: "ana", at: t0)),
             response("balance at a past instant", 19, .balanceAt, .balance(balance)),
+            response("balance of an account with a subscription (5 seats from a set instant, new terms next period)", 17, .balance, .balance(subscribed)),
             request(
                 "batch of two", 18,
                 .batch([.check(acmeRequest), .command(.spend(Spend(acmeRequest)), key: "batch-1")])),

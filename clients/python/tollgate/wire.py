@@ -281,6 +281,15 @@ def read_balance(r):
         b["grants"].append((r.int("Q"), r.string(), _read_scope(r), *[r.int("q") for _ in range(6)], r.int("i"),
                             r.int("q"), r.int("q"), r.int("B"), r.int("B")))
     b["openHolds"] = r.int("I")
+    b["subscription"] = None
+    if r.present():
+        sub = {"terms": SUBSCRIPTION[0](r), "seats": r.int("q"), "periodStart": r.int("q"), "periodEnd": r.int("q")}
+        kind = r.int("B")
+        if kind > 2:
+            raise Malformed("next terms kind %d" % kind)
+        sub["next"] = (kind, SUBSCRIPTION[0](r) if kind == 2 else None)
+        sub["pendingSeats"] = (r.int("q"), r.int("q")) if r.present() else None
+        b["subscription"] = sub
     return b
 
 
@@ -304,6 +313,20 @@ def write_balance(w, b):
             w.int("q", value)
         w.int("i", g[9]); w.int("q", g[10]); w.int("q", g[11]); w.int("B", g[12]); w.int("B", g[13])
     w.int("I", b["openHolds"])
+    sub = b["subscription"]
+    if sub is None:
+        w.int("B", 0)
+    else:
+        w.int("B", 1)
+        SUBSCRIPTION[1](w, sub["terms"])
+        w.int("q", sub["seats"]); w.int("q", sub["periodStart"]); w.int("q", sub["periodEnd"])
+        w.int("B", sub["next"][0])
+        if sub["next"][0] == 2:
+            SUBSCRIPTION[1](w, sub["next"][1])
+        if sub["pendingSeats"] is None:
+            w.int("B", 0)
+        else:
+            w.int("B", 1); w.int("q", sub["pendingSeats"][0]); w.int("q", sub["pendingSeats"][1])
 
 
 def render_balance(b):
@@ -319,6 +342,13 @@ def render_balance(b):
         out.append("grant=(%d,%s,%s,amount=%d,available=%d,held=%d,consumed=%d,expired=%d,voided=%d,priority=%d,"
                    "effectiveAt=%d,expiresAt=%d,source=%d,state=%d)" % (g[0], quote(g[1]), SCOPE[2](g[2]), *g[3:]))
     out.append("openHolds=%d" % b["openHolds"])
+    sub = b["subscription"]
+    if sub is not None:
+        kind, terms = sub["next"]
+        following = "unchanged" if kind == 0 else ("ends" if kind == 1 else SUBSCRIPTION[2](terms))
+        pending = "-" if sub["pendingSeats"] is None else "%d@%d" % (sub["pendingSeats"][1], sub["pendingSeats"][0])
+        out.append("subscription=(%s,seats=%d,periodStart=%d,periodEnd=%d,next=%s,pendingSeats=%s)" % (
+            SUBSCRIPTION[2](sub["terms"]), sub["seats"], sub["periodStart"], sub["periodEnd"], following, pending))
     return out
 
 
