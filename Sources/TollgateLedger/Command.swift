@@ -34,6 +34,11 @@ public enum Command: Hashable, Sendable {
     case setSubscription(account: String, terms: Subscription?)
     /// The number of seats of a pooled subscription, from `effectiveAt` (now if in the past).
     case setSeats(account: String, seats: Int64, effectiveAt: Instant)
+    /// Adds or replaces (by id) a balance alert.
+    case setAlert(account: String, rule: AlertRule)
+    case removeAlert(account: String, id: String)
+    /// Sets (or, with nil, removes) the account's auto-recharge.
+    case setAutoRecharge(account: String, rule: AutoRecharge?)
 
     /// The account the command belongs to: idempotency keys are scoped by it, and later the
     /// server checks a credential's scope against it. Rate-card changes belong to no account.
@@ -49,7 +54,8 @@ public enum Command: Hashable, Sendable {
             .addMember(let a, _), .removeMember(let a, _), .setMemberCap(let a, _, _),
             .createGroup(let a, _), .deleteGroup(let a, _), .setGroupCap(let a, _, _),
             .addToGroup(let a, _, _), .removeFromGroup(let a, _, _), .voidGrant(let a, _),
-            .setAccountRate(let a, _, _, _), .setSubscription(let a, _), .setSeats(let a, _, _):
+            .setAccountRate(let a, _, _, _), .setSubscription(let a, _), .setSeats(let a, _, _),
+            .setAlert(let a, _), .removeAlert(let a, _), .setAutoRecharge(let a, _):
             a
         case .addGrant(let g): g.account
         case .setRate: ""

@@ -309,6 +309,33 @@ extension Command {
             hasher.add(seats)
             hasher.add(effectiveAt.microsecondsSinceEpoch)
             return hasher.state
+        case .setAlert(let account, let rule):
+            var hasher = FastHasher(tag: 25)
+            hasher.add(account)
+            hasher.add(rule.id)
+            hasher.add(rule.member)
+            switch rule.threshold {
+            case .credits(let credits): hasher.add(0 as UInt64); hasher.add(credits)
+            case .percentOfAllotment(let percent): hasher.add(1 as UInt64); hasher.add(percent)
+            case .depleted: hasher.add(2 as UInt64)
+            }
+            return hasher.state
+        case .removeAlert(let account, let id):
+            return FastHasher.fingerprint(26, [account, id])
+        case .setAutoRecharge(let account, let rule):
+            var hasher = FastHasher(tag: 27)
+            hasher.add(account)
+            if let rule {
+                hasher.add(rule.below)
+                hasher.add(rule.amount)
+                hasher.add(optional: rule.upTo)
+                hasher.add(rule.maxPerPeriod)
+                hasher.add(Int64(rule.priority))
+                hasher.add(optional: rule.expiresAfterMicroseconds)
+            } else {
+                hasher.add(0 as UInt64)
+            }
+            return hasher.state
         }
     }
 }

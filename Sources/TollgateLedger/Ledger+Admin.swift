@@ -134,6 +134,7 @@ extension Ledger {
             return refused(LedgerError(.inUse, level: .member, subject: "member has open holds"))
         }
         seatMemberRemoving(slot, account: members[index].account, at: now)
+        dropAlerts(member: slot, account: members[index].account)
         for group in members[index].groups { leave(group: group, member: slot, at: now) }
         for grant in members[index].grantOrder { endGrant(grant, as: .voided) }
         if members[index].pendingGrants > 0 {

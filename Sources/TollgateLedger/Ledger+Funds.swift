@@ -100,6 +100,7 @@ extension Ledger {
         let grant = Int(slot)
         if grants[grant].member != noSlot {
             members[Int(grants[grant].member)].available += delta
+            accounts[Int(grants[grant].account)].membersAvailable += delta
         } else {
             accounts[Int(grants[grant].account)].poolAvailable += delta
         }

@@ -118,6 +118,30 @@ extension Ledger {
         }
         expect(idempotency.count <= limits.idempotencyKeysMax, "idempotency table over its limit")
 
+        // What each account's members hold, and alerts armed exactly when above their threshold.
+        var membersAvailable = [Credits](repeating: 0, count: accounts.count)
+        for member in members where member.isLive { membersAvailable[Int(member.account)] += member.available }
+        for (slot, account) in accounts.enumerated() {
+            expect(account.membersAvailable == membersAvailable[slot], "account \(account.id) counts \(account.membersAvailable) held by members, they hold \(membersAvailable[slot])")
+            expect(account.isWatched == (alerts[Int32(slot)] != nil || recharges[Int32(slot)] != nil), "account \(account.id) watch flag is wrong")
+        }
+        for (slot, states) in alerts {
+            expect(states.count <= limits.alertsPerAccountMax, "account \(accounts[Int(slot)].id) has too many alerts")
+            for state in states where state.member == noSlot || members[Int(state.member)].isLive {
+                let balance = state.member == noSlot ? heldFunds(slot) : members[Int(state.member)].available
+                let threshold: Credits
+                switch state.rule.threshold {
+                case .credits(let credits): threshold = credits
+                case .depleted: threshold = 0
+                case .percentOfAllotment(let percent): threshold = allotment(slot, member: state.member) * percent / 100
+                }
+                expect(state.armed == (balance > threshold), "alert \(state.rule.id) of \(accounts[Int(slot)].id) is \(state.armed ? "armed" : "fired") at balance \(balance), threshold \(threshold)")
+            }
+        }
+        for (slot, state) in recharges {
+            expect(state.count <= state.rule.maxPerPeriod, "account \(accounts[Int(slot)].id) recharged more than allowed")
+        }
+
         // Subscriptions: an active one is in its current period, with a boundary scheduled;
         // a per-member one lists exactly the account's live members; included grants belong
         // to the account and end with the period.

@@ -45,6 +45,14 @@ public struct Ledger: Hashable, Sendable {
     /// moved from a removed member), so ledger-wide totals can be checked against what was
     /// granted by command plus this.
     public internal(set) var subscriptionCreditsIssued: Credits = 0
+    var alerts: [Int32: [AlertState]] = [:]
+    var recharges: [Int32: RechargeState] = [:]
+    /// The sequence number of the next event (alerts, recharges).
+    public internal(set) var nextEventSequence: UInt64 = 1
+    /// Credits granted by auto-recharges.
+    public internal(set) var rechargeCreditsIssued: Credits = 0
+    /// Events not yet taken by the server; not part of the state (see `EventOutbox`).
+    var outbox = EventOutbox()
 
     public init(limits: LedgerLimits = LedgerLimits(), startingAt start: Instant = .epoch) {
         self.limits = limits
@@ -105,6 +113,11 @@ public struct Ledger: Hashable, Sendable {
             forgotEarly = true
         }
         let answer = execute(command, at: now)
+        if !answer.isRefused, let slot = accountSlots[HashedString(command.account)] {
+            evaluateWatches(slot, at: now)
+            let parent = accounts[Int(slot)].parent
+            if parent != noSlot { evaluateWatches(parent, at: now) }
+        }
         let remembered = answer.refusal?.error.isRemembered ?? true
         if remembered {
             idempotency.remember(
@@ -148,6 +161,9 @@ public struct Ledger: Hashable, Sendable {
             return setAccountRate(account, product: product, creditsPerUnit: rate, effectiveAt: effectiveAt, at: now)
         case .setSubscription(let account, let terms): return setSubscription(account, terms: terms, at: now)
         case .setSeats(let account, let seats, let effectiveAt): return setSeats(account, seats: seats, effectiveAt: effectiveAt, at: now)
+        case .setAlert(let account, let rule): return setAlert(account, rule: rule, at: now)
+        case .removeAlert(let account, let id): return removeAlert(account, id: id)
+        case .setAutoRecharge(let account, let rule): return setAutoRecharge(account, rule: rule, at: now)
         }
     }
 
@@ -169,13 +185,29 @@ public struct Ledger: Hashable, Sendable {
         if instant > clock { clock = instant }
         while let event = events.popDue(at: clock) {
             guard isLive(event) else { continue }
+            let account: Int32
             switch event.kind {
-            case .holdDeadline(let id): finish(holds[HoldKey(id)]!, as: .expired, at: event.at)
-            case .grantEffective(let slot, _): activateGrant(slot)
-            case .grantExpiry(let slot, _): expireGrant(slot)
-            case .periodBoundary(let account, _): turnPeriod(account, at: event.at)
-            case .seatChange(let account, _): applyPendingSeats(account, at: event.at)
+            case .holdDeadline(let id):
+                let hold = holds[HoldKey(id)]!
+                account = hold.account
+                finish(hold, as: .expired, at: event.at)
+            case .grantEffective(let slot, _):
+                account = grants[Int(slot)].account
+                activateGrant(slot)
+            case .grantExpiry(let slot, _):
+                account = grants[Int(slot)].account
+                expireGrant(slot)
+            case .periodBoundary(let slot, _):
+                account = slot
+                turnPeriod(slot, at: event.at)
+            case .seatChange(let slot, _):
+                account = slot
+                applyPendingSeats(slot, at: event.at)
             }
+            // Alerts and recharges see the balance as of the event's own instant.
+            evaluateWatches(account, at: event.at)
+            let parent = accounts[Int(account)].parent
+            if parent != noSlot { evaluateWatches(parent, at: event.at) }
         }
         idempotency.forget(through: clock)
         resolvedHolds.forget(through: clock)

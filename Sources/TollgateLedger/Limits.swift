@@ -15,6 +15,8 @@ public struct LedgerLimits: Hashable, Sendable {
     /// Members of an account with a per-member subscription: each holds its own included
     /// grants (and a rollover), which count against `grantsPerAccountMax`.
     public var seatMembersPerAccountMax = 2_000
+    /// Balance alerts per account (its own and its members').
+    public var alertsPerAccountMax = 16
     public var holdsPerAccountMax = 10_000
     public var holdsMax = 2_000_000
     public var productsMax = 10_000

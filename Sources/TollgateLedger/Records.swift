@@ -57,6 +57,12 @@ struct AccountRecord: Hashable, Sendable {
     var poolOrder: [Int32] = []
     /// Sum of `available` over `poolOrder`.
     var poolAvailable: Credits = 0
+    /// Sum of `available` over the members' own grants: with `poolAvailable`, what the account
+    /// holds in all (alerts and auto-recharge watch it). Rebuilt from the members when a
+    /// snapshot is read.
+    var membersAvailable: Credits = 0
+    /// Whether alerts or an auto-recharge watch this account (rebuilt from them on load).
+    var isWatched = false
     /// Consumed with no grant behind it, under an overdraft or finish policy; billed later.
     var overdrawn: Credits = 0
     /// Held by open holds beyond the grants, under an overdraft policy.

@@ -40,6 +40,9 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case setAccountRate = 0x30
     case setSubscription = 0x31
     case setSeats = 0x32
+    case setAlert = 0x33
+    case removeAlert = 0x34
+    case setAutoRecharge = 0x35
 
     public var name: String {
         switch self {
@@ -74,6 +77,9 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .setAccountRate: "SET_ACCOUNT_RATE"
         case .setSubscription: "SET_SUBSCRIPTION"
         case .setSeats: "SET_SEATS"
+        case .setAlert: "SET_ALERT"
+        case .removeAlert: "REMOVE_ALERT"
+        case .setAutoRecharge: "SET_AUTO_RECHARGE"
         }
     }
 

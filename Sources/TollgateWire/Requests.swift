@@ -170,6 +170,9 @@ extension Command {
         case .setAccountRate: .setAccountRate
         case .setSubscription: .setSubscription
         case .setSeats: .setSeats
+        case .setAlert: .setAlert
+        case .removeAlert: .removeAlert
+        case .setAutoRecharge: .setAutoRecharge
         }
     }
 }
@@ -324,6 +327,37 @@ extension ByteBuffer {
             writeWireString(account)
             writeInteger(seats)
             writeInstant(effectiveAt)
+        case .setAlert(let account, let rule):
+            writeWireString(account)
+            writeWireString(rule.id)
+            writeOptionalString(rule.member)
+            switch rule.threshold {
+            case .credits(let credits):
+                writeInteger(UInt8(0))
+                writeInteger(credits)
+            case .percentOfAllotment(let percent):
+                writeInteger(UInt8(1))
+                writeInteger(percent)
+            case .depleted:
+                writeInteger(UInt8(2))
+                writeInteger(Int64(0))
+            }
+        case .removeAlert(let account, let id):
+            writeWireString(account)
+            writeWireString(id)
+        case .setAutoRecharge(let account, let rule):
+            writeWireString(account)
+            if let rule {
+                writeInteger(UInt8(1))
+                writeInteger(rule.below)
+                writeInteger(rule.amount)
+                writeOptionalInteger(rule.upTo)
+                writeInteger(rule.maxPerPeriod)
+                writeInteger(rule.priority)
+                writeOptionalInteger(rule.expiresAfterMicroseconds)
+            } else {
+                writeInteger(UInt8(0))
+            }
         }
     }
 
@@ -466,6 +500,30 @@ extension BodyReader {
             return .setSubscription(account: account, terms: try present("terms") ? try subscription() : nil)
         case .setSeats:
             return .setSeats(account: try string("account"), seats: try i64("seats"), effectiveAt: try instant("effectiveAt"))
+        case .setAlert:
+            let account = try string("account")
+            let id = try string("alert id")
+            let member = try optionalString("member")
+            let kind = try u8("threshold kind")
+            let value = try i64("threshold value")
+            let threshold: AlertRule.Threshold
+            switch kind {
+            case 0: threshold = .credits(value)
+            case 1: threshold = .percentOfAllotment(value)
+            case 2: threshold = .depleted
+            default: throw malformed("threshold kind", "is \(kind); must be 0, 1 or 2")
+            }
+            return .setAlert(account: account, rule: AlertRule(id: id, member: member, threshold: threshold))
+        case .removeAlert:
+            return .removeAlert(account: try string("account"), id: try string("alert id"))
+        case .setAutoRecharge:
+            let account = try string("account")
+            guard try present("recharge") else { return .setAutoRecharge(account: account, rule: nil) }
+            return .setAutoRecharge(
+                account: account,
+                rule: AutoRecharge(
+                    below: try i64("below"), amount: try i64("amount"), upTo: try optionalI64("upTo"), maxPerPeriod: try i64("maxPerPeriod"),
+                    priority: try i32("priority"), expiresAfterMicroseconds: try optionalI64("expiresAfterMicroseconds")))
         case .hello, .ping, .error, .check, .balance, .balanceAt, .batch:
             preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
         }

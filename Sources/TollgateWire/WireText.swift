@@ -145,6 +145,22 @@ public enum WireText {
             return ["account=\(quote(account))", "terms=\(terms.map(subscription) ?? "-")"]
         case .setSeats(let account, let seats, let effectiveAt):
             return ["account=\(quote(account))", "seats=\(seats)", "effectiveAt=\(effectiveAt.microsecondsSinceEpoch)"]
+        case .setAlert(let account, let rule):
+            let threshold: String
+            switch rule.threshold {
+            case .credits(let credits): threshold = "credits(\(credits))"
+            case .percentOfAllotment(let percent): threshold = "percent(\(percent))"
+            case .depleted: threshold = "depleted"
+            }
+            return ["account=\(quote(account))", "id=\(quote(rule.id))", "member=\(optional(rule.member))", "threshold=\(threshold)"]
+        case .removeAlert(let account, let id):
+            return ["account=\(quote(account))", "id=\(quote(id))"]
+        case .setAutoRecharge(let account, let rule):
+            guard let rule else { return ["account=\(quote(account))", "recharge=-"] }
+            return [
+                "account=\(quote(account))",
+                "recharge=(below=\(rule.below),amount=\(rule.amount),upTo=\(optional(rule.upTo)),maxPerPeriod=\(rule.maxPerPeriod),priority=\(rule.priority),expiresAfter=\(optional(rule.expiresAfterMicroseconds)))",
+            ]
         }
     }
 

@@ -96,6 +96,7 @@ struct RandomRun {
     var failures: [String] = []
     var trace: [String] = []
     var memberCounter = 0
+    var lastEventSequence: UInt64 = 0
 
     static let accounts = ["A0", "A1", "A2", "C0", "C1"]
     static let products = ["p", "q", "r"]
@@ -166,7 +167,7 @@ struct RandomRun {
     // MARK: - Stepping
 
     mutating func step() {
-        let roll = Int.random(in: 0..<106, using: &rng)
+        let roll = Int.random(in: 0..<110, using: &rng)
         switch roll {
         case 0..<20:
             decide(.reserve(Reserve(randomRequest(), ttlMicroseconds: .random(in: 1...120, using: &rng) * Microseconds.perSecond)))
@@ -252,6 +253,25 @@ struct RandomRun {
                     priority: Int32.random(in: -1...2, using: &rng))
                 send(.setSubscription(account: account, terms: terms))
             }
+        case 106..<108:
+            // Alerts on accounts and members, by credits, percentage or depletion.
+            let account = randomAccount()
+            let threshold: AlertRule.Threshold = pick([.credits(.random(in: 0...60, using: &rng)), .percentOfAllotment(.random(in: 0...100, using: &rng)), .depleted])
+            let member = chance(40) ? randomMember(account) : nil
+            send(.setAlert(account: account, rule: AlertRule(id: "al\(Int.random(in: 0..<4, using: &rng))", member: member, threshold: threshold)))
+        case 108:
+            let account = randomAccount()
+            if chance(20) {
+                send(.setAutoRecharge(account: account, rule: nil))
+            } else {
+                let rule = AutoRecharge(
+                    below: .random(in: 0...40, using: &rng), amount: .random(in: 1...60, using: &rng), upTo: chance(50) ? .random(in: 1...80, using: &rng) : nil,
+                    maxPerPeriod: .random(in: 1...3, using: &rng), priority: Int32.random(in: 0...100, using: &rng),
+                    expiresAfterMicroseconds: chance(50) ? Int64.random(in: 1...300, using: &rng) * Microseconds.perSecond : nil)
+                send(.setAutoRecharge(account: account, rule: rule))
+            }
+        case 109:
+            send(.removeAlert(account: randomAccount(), id: "al\(Int.random(in: 0..<4, using: &rng))"))
         default:
             // Seat changes, now or later.
             let account = pick(["C1", "A0", "A2"])
@@ -385,8 +405,14 @@ struct RandomRun {
     mutating func checkState() {
         failures += driver.ledger.invariantViolations()
         let totals = driver.ledger.creditTotals()
-        if totals.granted != totalGranted + driver.ledger.subscriptionCreditsIssued {
-            failures.append("granted \(totals.granted), grants accepted \(totalGranted) + issued by subscriptions \(driver.ledger.subscriptionCreditsIssued)")
+        let issued = driver.ledger.subscriptionCreditsIssued + driver.ledger.rechargeCreditsIssued
+        if totals.granted != totalGranted + issued {
+            failures.append("granted \(totals.granted), grants accepted \(totalGranted) + issued by subscriptions and recharges \(issued)")
+        }
+        // Events come out once each, in sequence.
+        for event in driver.ledger.takeEvents() {
+            if event.sequence != lastEventSequence + 1 { failures.append("event \(event.sequence) after \(lastEventSequence)") }
+            lastEventSequence = event.sequence
         }
         if totals.granted != totals.available + totals.held + totals.consumed + totals.expired + totals.voided {
             failures.append("ledger-wide totals do not balance: \(totals)")

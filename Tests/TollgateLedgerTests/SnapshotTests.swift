@@ -37,9 +37,12 @@ import TollgateLedgerTestSupport
         var driver = LedgerDriver()
         Fixtures.seedsExample(&driver)
         let bytes = driver.ledger.snapshot()
-        // The version-2 tail of a ledger without subscriptions: an empty list and a zero total.
-        #expect(Array(bytes.suffix(16)) == [UInt8](repeating: 0, count: 16))
-        let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(16))
+        // The version-2 tail of a ledger without subscriptions, alerts or recharges: no
+        // subscriptions, none issued, no alerts, no recharges, the next event 1, none recharged.
+        var tail = [UInt8](repeating: 0, count: 48)
+        tail[39] = 1
+        #expect(Array(bytes.suffix(48)) == tail)
+        let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(48))
         #expect(try Ledger(snapshot: versionOne) == driver.ledger)
     }
 

@@ -148,6 +148,23 @@ enum Samples {
                     key: "setup-23")),
             request("end the subscription at the period's end", 46, .command(.setSubscription(account: "acme", terms: nil), key: "setup-24")),
             request("set 5 seats from a given instant", 47, .command(.setSeats(account: "acme", seats: 5, effectiveAt: t0), key: "setup-25")),
+            request(
+                "alert when the account holds 10 credits or fewer", 48,
+                .command(.setAlert(account: "acme", rule: AlertRule(id: "low", threshold: .credits(10))), key: "setup-26")),
+            request(
+                "alert when a member is down to 20% of its seat's allotment", 49,
+                .command(.setAlert(account: "acme", rule: AlertRule(id: "ana-low", member: "ana", threshold: .percentOfAllotment(20))), key: "setup-27")),
+            request(
+                "alert on depletion", 50, .command(.setAlert(account: "acme", rule: AlertRule(id: "empty", threshold: .depleted)), key: "setup-28")),
+            request("remove an alert", 51, .command(.removeAlert(account: "acme", id: "low"), key: "setup-29")),
+            request(
+                "auto-recharge: below 50, add up to 500 (at most 200 at a time), 3 times a period, for 30 days", 52,
+                .command(
+                    .setAutoRecharge(
+                        account: "acme",
+                        rule: AutoRecharge(below: 50, amount: 200, upTo: 500, maxPerPeriod: 3, priority: 100, expiresAfterMicroseconds: 2_592_000_000_000)),
+                    key: "setup-30")),
+            request("turn auto-recharge off", 53, .command(.setAutoRecharge(account: "acme", rule: nil), key: "setup-31")),
             response("malformed body", 41, .reserve, .error(WireError(.malformedFrame, "2 bytes left over after the last field"))),
             response("forbidden: a gate identity asked to add a grant", 43, .addGrant, .error(WireError(.forbidden, "agent-runtime has the gate role, which may not send ADD_GRANT"))),
             Sample(

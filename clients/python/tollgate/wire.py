@@ -16,7 +16,7 @@ OPCODES = {
     0x22: "SET_OVERAGE", 0x23: "SET_PERIOD", 0x24: "SET_ACCOUNT_CAP", 0x25: "ADD_MEMBER", 0x26: "REMOVE_MEMBER",
     0x27: "SET_MEMBER_CAP", 0x28: "CREATE_GROUP", 0x29: "DELETE_GROUP", 0x2A: "SET_GROUP_CAP", 0x2B: "ADD_TO_GROUP",
     0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
-    0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS",
+    0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS", 0x33: "SET_ALERT", 0x34: "REMOVE_ALERT", 0x35: "SET_AUTO_RECHARGE",
 }
 OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
 
@@ -157,6 +157,21 @@ SUBSCRIPTION = (_read_subscription, _write_subscription,
                 lambda v: "subscription(scope=%d,creditsPerSeat=%d,prorate=%s,removal=%d,rolloverCap=%d,priority=%d)"
                 % (v[0], v[1], "true" if v[2] else "false", v[3], v[4], v[5]))
 OPT_SUBSCRIPTION = _optional(SUBSCRIPTION)
+THRESHOLD = _tagged(["credits", "percent", "depleted"], {0, 1})
+
+
+def _read_recharge(r):
+    return (r.int("q"), r.int("q"), OPT_I64[0](r), r.int("q"), r.int("i"), OPT_I64[0](r))
+
+
+def _write_recharge(w, v):
+    w.int("q", v[0]); w.int("q", v[1]); OPT_I64[1](w, v[2]); w.int("q", v[3]); w.int("i", v[4]); OPT_I64[1](w, v[5])
+
+
+RECHARGE = (_read_recharge, _write_recharge,
+            lambda v: "(below=%d,amount=%d,upTo=%s,maxPerPeriod=%d,priority=%d,expiresAfter=%s)"
+            % (v[0], v[1], OPT_I64[2](v[2]), v[3], v[4], OPT_I64[2](v[5])))
+OPT_RECHARGE = _optional(RECHARGE)
 
 
 def _read_scope(r):
@@ -241,6 +256,9 @@ REQUESTS = {
     "SET_ACCOUNT_RATE": [("key", STR), ("account", STR), ("product", STR), ("creditsPerUnit", OPT_I64), ("effectiveAt", I64)],
     "SET_SUBSCRIPTION": [("key", STR), ("account", STR), ("terms", OPT_SUBSCRIPTION)],
     "SET_SEATS": [("key", STR), ("account", STR), ("seats", I64), ("effectiveAt", I64)],
+    "SET_ALERT": [("key", STR), ("account", STR), ("id", STR), ("member", OPT_STR), ("threshold", THRESHOLD)],
+    "REMOVE_ALERT": [("key", STR), ("account", STR), ("id", STR)],
+    "SET_AUTO_RECHARGE": [("key", STR), ("account", STR), ("recharge", OPT_RECHARGE)],
 }
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
