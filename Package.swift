@@ -128,6 +128,7 @@ let package = Package(
                 "TollgateServer", "TollgateClient", "TollgateWire", "TollgateLedger", "TollgateLedgerTestSupport", "TollgateJournal",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

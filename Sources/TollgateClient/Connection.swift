@@ -2,6 +2,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import Synchronization
+import TollgateLedger
 import TollgateWire
 
 /// One TCP connection to tollgated: frames out, responses matched to requests by id, any
@@ -60,6 +61,10 @@ final class Connection: Sendable {
         try await handler.send(request, on: channel, timeout: timeout)
     }
 
+    func subscribe(_ request: WireRequest, timeout: TimeAmount, stream: AsyncStream<LedgerEvent>.Continuation) async throws(TollgateError) -> WireResponse {
+        try await handler.send(request, on: channel, timeout: timeout, stream: stream)
+    }
+
     func close() async {
         try? await channel.close()
     }
@@ -73,6 +78,8 @@ final class ResponseHandler: ChannelInboundHandler, Sendable {
         var nextID: UInt32 = 1
         var waiting: [UInt32: CheckedContinuation<WireResponse, any Error>] = [:]
         var closedReason: String?
+        /// SUBSCRIBE streams by request id: EVENT frames go there.
+        var streams: [UInt32: AsyncStream<LedgerEvent>.Continuation] = [:]
     }
 
     private let state = Mutex(State())
@@ -82,7 +89,9 @@ final class ResponseHandler: ChannelInboundHandler, Sendable {
         self.tls = tls
     }
 
-    func send(_ request: WireRequest, on channel: any Channel, timeout: TimeAmount) async throws(TollgateError) -> WireResponse {
+    func send(
+        _ request: WireRequest, on channel: any Channel, timeout: TimeAmount, stream: AsyncStream<LedgerEvent>.Continuation? = nil
+    ) async throws(TollgateError) -> WireResponse {
         do {
             return try await withCheckedThrowingContinuation { continuation in
                 let id: UInt32? = state.withLock { state in
@@ -94,6 +103,7 @@ final class ResponseHandler: ChannelInboundHandler, Sendable {
                     state.nextID &+= 1
                     if state.nextID == 0 { state.nextID = 1 }
                     state.waiting[id] = continuation
+                    if let stream { state.streams[id] = stream }
                     return id
                 }
                 guard let id else { return }
@@ -131,6 +141,17 @@ final class ResponseHandler: ChannelInboundHandler, Sendable {
             if case .error(let error) = response { failAll(error) }
             return
         }
+        if case .event(let event) = response {
+            _ = state.withLock { $0.streams[frame.header.requestID] }?.yield(event)
+            return
+        }
+        if case .error = response, let stream = state.withLock({ state in
+            state.waiting[frame.header.requestID] == nil ? state.streams.removeValue(forKey: frame.header.requestID) : nil
+        }) {
+            // A subscription the server ended.
+            stream.finish()
+            return
+        }
         let continuation = state.withLock { $0.waiting.removeValue(forKey: frame.header.requestID) }
         continuation?.resume(returning: response)
     }
@@ -159,11 +180,15 @@ final class ResponseHandler: ChannelInboundHandler, Sendable {
     }
 
     private func failAll(_ error: TollgateError) {
-        let waiting = state.withLock { state in
+        let (waiting, streams) = state.withLock { state in
             if state.closedReason == nil { state.closedReason = "\(error)" }
-            defer { state.waiting = [:] }
-            return state.waiting
+            defer {
+                state.waiting = [:]
+                state.streams = [:]
+            }
+            return (state.waiting, state.streams)
         }
         for continuation in waiting.values { continuation.resume(throwing: error) }
+        for stream in streams.values { stream.finish() }
     }
 }

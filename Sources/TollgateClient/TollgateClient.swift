@@ -215,6 +215,29 @@ public final class TollgateClient: Sendable {
         }
     }
 
+    /// A stream of the server's events (alerts, recharges), on a connection of its own that
+    /// closes when the stream is dropped or finished. `after` resumes after that sequence
+    /// (the server keeps the recent ones); nil starts with the next event.
+    public func subscribe(after: UInt64? = nil, account: String? = nil) async throws(TollgateError) -> (nextSequence: UInt64, events: AsyncStream<LedgerEvent>) {
+        let connection = try await Connection.open(
+            group: group, host: configuration.host, port: configuration.port, clientName: configuration.clientName,
+            token: configuration.token, timeout: .milliseconds(configuration.connectTimeoutMilliseconds),
+            tls: tlsContext.map { ($0, configuration.tls?.serverName ?? configuration.host) })
+        let (events, continuation) = AsyncStream.makeStream(of: LedgerEvent.self, bufferingPolicy: .bufferingNewest(100_000))
+        continuation.onTermination = { _ in Task { await connection.close() } }
+        let response = try await connection.subscribe(
+            .subscribe(after: after, account: account), timeout: .milliseconds(configuration.requestTimeoutMilliseconds), stream: continuation)
+        switch response {
+        case .subscribed(let next): return (next, events)
+        case .error(let error):
+            continuation.finish()
+            throw .server(error)
+        default:
+            continuation.finish()
+            throw .unexpectedResponse("\(response) to SUBSCRIBE")
+        }
+    }
+
     /// Many gate operations in one frame; each item's response in order.
     public func batch(_ items: [WireRequest]) async throws(TollgateError) -> [BatchItemResponse] {
         let response = try await send(.batch(items))
@@ -236,6 +259,7 @@ extension WireRequest {
     var isRetriable: Bool {
         switch self {
         case .command, .ping, .check, .balance, .balanceAt: true
+        case .subscribe: false
         case .batch(let items): items.allSatisfy(\.isRetriable)
         case .hello: false
         }

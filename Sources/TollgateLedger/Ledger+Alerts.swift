@@ -288,6 +288,9 @@ extension Ledger {
         return outbox.events
     }
 
+    /// Whether events are waiting to be taken.
+    public var hasPendingEvents: Bool { !outbox.events.isEmpty }
+
     /// Events dropped because nobody took them before the outbox filled.
     public var eventsDropped: Int { outbox.dropped }
 

@@ -29,9 +29,9 @@ public enum Role: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     /// Whether this role may send a request with this opcode at all (scope aside).
     public func allows(_ opcode: Opcode) -> Bool {
         switch opcode {
-        case .hello, .ping, .error: true
+        case .hello, .ping, .error, .event: true
         case .balance: true
-        case .balanceAt: self == .read || self == .admin
+        case .balanceAt, .subscribe: self == .read || self == .admin
         case .check, .reserve, .spend, .commit, .release, .extend, .batch: self == .gate || self == .admin
         default: self == .admin
         }
@@ -98,6 +98,11 @@ public struct Principal: Hashable, Sendable {
         }
         switch request {
         case .hello, .ping, .batch: return nil
+        case .subscribe(_, let account):
+            guard let account else {
+                return WireError(.forbidden, "\(name) may touch only \(scope); subscribe to one of those accounts")
+            }
+            return check(account)
         case .check(let decision): return check(decision.account)
         case .balance(let account, _), .balanceAt(let account, _, _): return check(account)
         case .command(let command, _):

@@ -79,6 +79,11 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// A connection must complete its TLS handshake and HELLO within this time.
     public var handshakeTimeoutMilliseconds: Int64 = 10_000
 
+    /// Where events (alerts, recharges) are POSTed as JSON, at least once, in order; none
+    /// when unset. `http://` or `https://`.
+    public var webhookURL: String?
+    public var webhookTimeoutMilliseconds: Int64 = 5_000
+
     /// The TLS settings, when TLS is configured.
     public var tls: TLSSettings? {
         guard let tlsCertificateFile, let tlsKeyFile else { return nil }

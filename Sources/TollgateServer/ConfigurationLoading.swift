@@ -9,7 +9,7 @@ extension ServerConfiguration {
         "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
         "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
         "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
-        "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds",
+        "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds",
     ]
 
     public static func environmentName(_ setting: String) -> String {
@@ -98,6 +98,12 @@ extension ServerConfiguration {
             }
         case "reloadCheckSeconds": reloadCheckSeconds = try integer(0...86_400)
         case "handshakeTimeoutMilliseconds": handshakeTimeoutMilliseconds = try integer(10...600_000)
+        case "webhookURL":
+            guard value.isEmpty || WebhookDelivery.parse(value) != nil else {
+                throw ConfigurationError("\(source): webhookURL must be http://HOST[:PORT]/PATH or https://…, not \"\(value)\"")
+            }
+            webhookURL = value.isEmpty ? nil : value
+        case "webhookTimeoutMilliseconds": webhookTimeoutMilliseconds = try integer(100...600_000)
         default:
             throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
         }

@@ -85,6 +85,8 @@ final class GateConnectionHandler: ChannelInboundHandler {
     /// in a loop cannot flood the log.
     private var refusalsLogged = 0
     private var refusalsUnlogged = 0
+    /// A SUBSCRIBE stream is open: the idle timeout does not apply to a listener.
+    private var subscribed = false
 
     init(
         service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool, access: AccessControl,
@@ -123,7 +125,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
                         context: context, WireError(.idleTimeout, "no HELLO within \(handler.configuration.handshakeTimeoutMilliseconds) ms of connecting"),
                         requestID: 0)
                 }
-            } else if NIODeadline.now() - handler.lastRequest >= idle {
+            } else if !handler.subscribed && NIODeadline.now() - handler.lastRequest >= idle {
                 handler.fail(context: context, WireError(.idleTimeout, "no complete request for \(handler.configuration.idleTimeoutMilliseconds) ms"), requestID: 0)
             }
         }
@@ -131,6 +133,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if subscribed { service.hub?.unsubscribe(context.channel) }
         idleCheck?.cancel()
         idleCheck = nil
         if admitted {
@@ -189,6 +192,16 @@ final class GateConnectionHandler: ChannelInboundHandler {
                     identity: principal.name, role: principal.role.rawValue))
         case .ping:
             response = .pong
+        case .subscribe(let after, let account):
+            if access.generation != principalGeneration {
+                guard identify(context: context) != nil else { return }
+            }
+            if let refusal = principal?.refusal(request) {
+                refuse(context: context, frame: frame, refusal, request: request)
+                return
+            }
+            subscribe(context: context, requestID: requestID, after: after, account: account, started: started)
+            return
         default:
             if access.generation != principalGeneration {
                 guard identify(context: context) != nil else { return }
@@ -330,6 +343,32 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 case .failure(let error): answer = .error(WireError(.unavailable, "not kept: \(error.description)"))
                 }
                 handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started)
+            }
+        }
+    }
+
+    // MARK: - Events
+
+    /// Answers SUBSCRIBE with the next event's sequence, then, once that answer is on its
+    /// way, registers the stream so no event overtakes it.
+    private func subscribe(context: ChannelHandlerContext, requestID: UInt32, after: UInt64?, account: String?, started: UInt64) {
+        guard let hub = service.hub else {
+            answerError(context: context, frame: Frame(opcode: Opcode.subscribe.rawValue, isResponse: false, requestID: requestID, body: ByteBuffer()),
+                WireError(.unavailable, "this server has no event hub"))
+            return
+        }
+        subscribed = true
+        write(context: context, WireResponse.subscribed(nextSequence: service.nextEventSequence).frame(opcode: .subscribe, requestID: requestID))
+        metrics.recordRequest(.subscribe, outcome: "ok", nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+        let channel = context.channel
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        flush(context: context) {
+            if let refusal = hub.subscribe(channel: channel, requestID: requestID, after: after, account: account) {
+                loopBound.value.1.eventLoop.execute {
+                    let (handler, context) = loopBound.value
+                    handler.write(context: context, WireResponse.error(refusal).frame(opcode: .subscribe, requestID: requestID))
+                    handler.flush(context: context)
+                }
             }
         }
     }

@@ -33,6 +33,11 @@ public final class LedgerService: Sendable {
     /// record are one step, and the decision path takes one lock.
     private struct State {
         var ledger: Ledger
+
+        /// Hands the ledger's new events to the hub; a flag check when there are none.
+        mutating func passEvents(to hub: EventHub?) {
+            if ledger.hasPendingEvents, let hub { hub.accept(ledger.takeEvents()) }
+        }
         /// Set once recovery is done, before any connection is served.
         var journal: JournalWriter?
 
@@ -51,7 +56,11 @@ public final class LedgerService: Sendable {
     /// The ledger's own thread, when decisions run on one (`.dedicatedThread`).
     let ledgerThread: MultiThreadedEventLoopGroup?
 
-    public init(configuration: ServerConfiguration, clock: @escaping @Sendable () -> Instant = wallClock) {
+    /// Where the ledger's events go; taken from the ledger under its lock after every step.
+    let hub: EventHub?
+
+    public init(configuration: ServerConfiguration, clock: @escaping @Sendable () -> Instant = wallClock, hub: EventHub? = nil) {
+        self.hub = hub
         self.configuration = configuration
         self.clock = clock
         self.state = Mutex(State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil))
@@ -89,17 +98,21 @@ public final class LedgerService: Sendable {
     public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil) -> Handled {
         let now = clock()
         switch request {
-        case .hello, .ping:
+        case .hello, .ping, .subscribe:
             preconditionFailure("the connection handler answers \(request.opcode.name) itself")
         case .balanceAt(let account, let member, let at):
             return Handled(response: balance(account: account, member: member, at: at, now: now), sequence: nil)
         case .check(let decision):
-            return Handled(response: .answer(state.withLock { $0.ledger.check(decision, at: now) }), sequence: nil)
+            return Handled(response: .answer(state.withLock { state in
+                defer { state.passEvents(to: hub) }
+                return state.ledger.check(decision, at: now)
+            }), sequence: nil)
         case .balance(let account, let member):
             return Handled(response: currentBalance(account: account, member: member, at: now), sequence: nil)
         case .command(let command, let key):
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }
+                defer { state.passEvents(to: hub) }
                 let applied = state.ledger.applyRecording(command, key: key, at: now)
                 let sequence = applied.changedState ? state.journal?.append(command, key: key, instant: applied.instant) : nil
                 return Handled(response: .answer(applied.answer), sequence: sequence)
@@ -108,6 +121,7 @@ public final class LedgerService: Sendable {
             // Each item is decided on its own, in order; the lock is taken once for the batch.
             return state.withLock { state in
                 if request.isMutation, let refusal = state.unavailable { return refusal }
+                defer { state.passEvents(to: hub) }
                 var last: UInt64?
                 let answers = items.indices.map { index -> BatchItemResponse in
                     let item = items[index]
@@ -129,7 +143,10 @@ public final class LedgerService: Sendable {
     }
 
     private func currentBalance(account: String, member: String?, at now: Instant) -> WireResponse {
-        switch state.withLock({ $0.ledger.balance(account: account, member: member, at: now) }) {
+        switch state.withLock({ state in
+            defer { state.passEvents(to: hub) }
+            return state.ledger.balance(account: account, member: member, at: now)
+        }) {
         case .success(let balance): return .balance(balance)
         case .failure(let error): return .answer(.refused(Refusal(error)))
         }
@@ -175,10 +192,14 @@ public final class LedgerService: Sendable {
         let now = clock()
         state.withLock { state in
             if let due = state.ledger.nextDue, due <= now { state.ledger.advance(to: now) }
+            state.passEvents(to: hub)
         }
     }
 
     public var openHolds: Int { state.withLock { $0.ledger.openHoldCount } }
+
+    /// The sequence number the next event will carry.
+    public var nextEventSequence: UInt64 { state.withLock { $0.ledger.nextEventSequence } }
 
     /// A copy of the ledger, for tests and diagnostics.
     public var snapshot: Ledger { state.withLock { $0.ledger } }

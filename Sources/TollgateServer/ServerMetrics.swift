@@ -59,6 +59,22 @@ public final class ServerMetrics: Sendable {
         counter("tollgate_reloads_total", [("what", what), ("outcome", succeeded ? "ok" : "failed")]).increment()
     }
 
+    /// An event the ledger produced, by type.
+    public func recordEvent(_ event: LedgerEvent) {
+        let type: String
+        switch event.kind {
+        case .alert: type = "alert"
+        case .depleted: type = "depleted"
+        case .recharged: type = "recharged"
+        }
+        counter("tollgate_events_total", [("type", type)]).increment()
+    }
+
+    /// A webhook POST that was answered 2xx, or was not.
+    public func recordWebhook(succeeded: Bool) {
+        counter("tollgate_webhook_posts_total", [("outcome", succeeded ? "ok" : "failed")]).increment()
+    }
+
     /// When the serving certificate expires, in seconds since 1970, for an expiry alert.
     public func recordCertificateNotAfter(_ seconds: Int64) {
         certificateExpiry.record(seconds)

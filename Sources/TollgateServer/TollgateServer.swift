@@ -58,6 +58,8 @@ public final class TollgateServer: Service, Sendable {
     private let reloadThread = NIOThreadPool(numberOfThreads: 1)
     /// The credentials in force; empty (everyone refused) until `run` loads them.
     public let access = AccessControl(Credentials())
+    /// The ledger's events: the event log, SUBSCRIBE streams and the webhook.
+    public let events: EventHub
     private let tlsSource = Mutex<TLSContextSource?>(nil)
 
     /// `journalFiles` replaces the file operations of the journal, for fault-injection tests.
@@ -70,8 +72,15 @@ public final class TollgateServer: Service, Sendable {
         self.journalFiles = journalFiles
         self.configuration = configuration
         self.logger = logger
-        self.service = LedgerService(configuration: configuration, clock: clock)
-        self.metrics = ServerMetrics()
+        let metrics = ServerMetrics()
+        // Without a journal the ledger starts empty every time, and so do its event numbers:
+        // nothing is kept.
+        let eventDirectory = configuration.journalMode == .none ? nil : configuration.dataDirectory + "/events"
+        var hubSettings = EventHub.Settings(directory: eventDirectory, webhookURL: configuration.webhookURL)
+        hubSettings.webhookTimeoutMilliseconds = configuration.webhookTimeoutMilliseconds
+        self.events = EventHub(settings: hubSettings, logger: logger, metrics: metrics)
+        self.service = LedgerService(configuration: configuration, clock: clock, hub: events)
+        self.metrics = metrics
         self.limiter = ConnectionLimiter(maximum: configuration.maxConnections)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.threads > 0 ? configuration.threads : System.coreCount)
     }
@@ -100,6 +109,7 @@ public final class TollgateServer: Service, Sendable {
         do {
             try createDataDirectory()
             try loadAccess()
+            try events.open()
             try recover()
             gate = try await bindGate()
             admin = try await bindAdmin()
@@ -112,6 +122,7 @@ public final class TollgateServer: Service, Sendable {
         bound.withLock { $0 = (gate.localAddress, admin?.localAddress) }
         let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }
         for continuation in waiting { continuation.resume() }
+        let eventTask = Task { [events] in await events.run() }
         readiness.set(notReadyBecause: nil)
         logger.info(
             "tollgated listening",
@@ -176,6 +187,8 @@ public final class TollgateServer: Service, Sendable {
         }
         try? await historyThread.shutdownGracefully()
         service.journal?.close()
+        events.stop()
+        await eventTask.value
         await service.shutdown()
         try? await admin?.close()
         try await group.shutdownGracefully()
@@ -202,6 +215,9 @@ public final class TollgateServer: Service, Sendable {
         do {
             scan = try Journal.scan(directory: directory, repair: true, after: checkpoint?.position) { record in
                 ledger.apply(record.command, key: record.key, at: record.instant)
+                // Events come out again as the journal replays; the hub keeps those it has
+                // not logged yet (by sequence), so none is lost and none logged twice.
+                if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }
             }
         } catch let damage as JournalDamage {
             throw ServerError("\(damage). Refusing to start; inspect it with `tollgate journal verify \(directory)`.")
@@ -210,6 +226,7 @@ public final class TollgateServer: Service, Sendable {
             logger.warning("truncated a torn journal tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)", "reason": "\(torn.reason)"])
         }
         ledger.advance(to: clock())
+        if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }
         let mode: JournalMode =
             configuration.journalMode == .sync ? .sync : .async(intervalMicroseconds: configuration.journalFlushIntervalMilliseconds * 1_000)
         let writer: JournalWriter
@@ -232,6 +249,11 @@ public final class TollgateServer: Service, Sendable {
     /// checkpoint thread while decisions go on.
     public func writeCheckpoint() throws {
         guard let source = service.checkpointSource(), source.position.sequence > lastCheckpoint.withLock({ $0 }) else { return }
+        // The journal before a checkpoint is never replayed again, so the events it produced
+        // must be in the event log first.
+        guard events.waitUntilLogged(source.ledger.nextEventSequence - 1) else {
+            throw ServerError("the event log is behind (at \(events.lastLogged), the ledger at \(source.ledger.nextEventSequence - 1)); checkpoint postponed")
+        }
         let directory = configuration.dataDirectory + "/journal"
         let started = ContinuousClock.now
         let bytes = source.ledger.snapshot()

@@ -70,6 +70,10 @@ public struct BodyReader {
         try present(field) ? try i64(field) : nil
     }
 
+    public mutating func optionalU64(_ field: String) throws(WireError) -> UInt64? {
+        try present(field) ? try u64(field) : nil
+    }
+
     public mutating func slice(_ field: String, length: Int) throws(WireError) -> ByteBuffer {
         guard let slice = buffer.readSlice(length: length) else { throw malformed(field) }
         return slice
@@ -104,6 +108,15 @@ extension ByteBuffer {
         if let string {
             writeInteger(UInt8(1))
             writeWireString(string)
+        } else {
+            writeInteger(UInt8(0))
+        }
+    }
+
+    public mutating func writeOptionalInteger(_ value: UInt64?) {
+        if let value {
+            writeInteger(UInt8(1))
+            writeInteger(value)
         } else {
             writeInteger(UInt8(0))
         }

@@ -6,6 +6,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case ping = 0x02
     /// Sent only by the server, when no single request can be named.
     case error = 0x03
+    /// Sent only by the server: one event on a SUBSCRIBE stream, tagged with its request id.
+    case event = 0x04
 
     // Gate operations.
     case check = 0x10
@@ -19,6 +21,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case batch = 0x17
     /// A balance as it was at a past instant, from checkpoints and the journal.
     case balanceAt = 0x18
+    /// Opens a stream of events (alerts, recharges) on this connection.
+    case subscribe = 0x19
 
     // Admin operations.
     case createAccount = 0x20
@@ -49,6 +53,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .hello: "HELLO"
         case .ping: "PING"
         case .error: "ERROR"
+        case .event: "EVENT"
+        case .subscribe: "SUBSCRIBE"
         case .check: "CHECK"
         case .reserve: "RESERVE"
         case .commit: "COMMIT"

@@ -37,6 +37,8 @@ public enum WireRequest: Hashable, Sendable {
     case command(Command, key: String)
     /// Items are `.check` or gate `.command`s.
     case batch([WireRequest])
+    /// Events with a sequence above `after` (absent: from now on), of one account or all.
+    case subscribe(after: UInt64?, account: String?)
 
     public var opcode: Opcode {
         switch self {
@@ -46,6 +48,7 @@ public enum WireRequest: Hashable, Sendable {
         case .balance: .balance
         case .balanceAt: .balanceAt
         case .batch: .batch
+        case .subscribe: .subscribe
         case .command(let command, _): command.opcode
         }
     }
@@ -83,12 +86,15 @@ public enum WireRequest: Hashable, Sendable {
                 buffer.writeInteger(item.opcode.rawValue)
                 buffer.writeLengthPrefixed { item.encodeBody(into: &$0) }
             }
+        case .subscribe(let after, let account):
+            buffer.writeOptionalInteger(after)
+            buffer.writeOptionalString(account)
         }
     }
 
     /// Decodes a request body. The body must be consumed exactly.
     public static func decode(opcode rawOpcode: UInt8, body: ByteBuffer, limits: WireLimits = WireLimits()) throws(WireError) -> WireRequest {
-        guard let opcode = Opcode(rawValue: rawOpcode), opcode != .error else {
+        guard let opcode = Opcode(rawValue: rawOpcode), opcode != .error, opcode != .event else {
             throw WireError(.unknownOpcode, "opcode 0x\(String(rawOpcode, radix: 16)) is not a request")
         }
         var reader = BodyReader(body)
@@ -106,8 +112,10 @@ public enum WireRequest: Hashable, Sendable {
                     clientName: try reader.string("clientName"), token: try reader.string("token")))
         case .ping:
             return .ping
-        case .error:
-            throw WireError(.unknownOpcode, "ERROR frames are sent only by the server")
+        case .error, .event:
+            throw WireError(.unknownOpcode, "\(opcode.name) frames are sent only by the server")
+        case .subscribe:
+            return .subscribe(after: try reader.optionalU64("after"), account: try reader.optionalString("account"))
         case .check:
             return .check(try reader.decisionRequest())
         case .balance:
@@ -524,7 +532,7 @@ extension BodyReader {
                 rule: AutoRecharge(
                     below: try i64("below"), amount: try i64("amount"), upTo: try optionalI64("upTo"), maxPerPeriod: try i64("maxPerPeriod"),
                     priority: try i32("priority"), expiresAfterMicroseconds: try optionalI64("expiresAfterMicroseconds")))
-        case .hello, .ping, .error, .check, .balance, .balanceAt, .batch:
+        case .hello, .ping, .error, .event, .subscribe, .check, .balance, .balanceAt, .batch:
             preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
         }
     }

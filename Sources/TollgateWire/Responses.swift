@@ -59,6 +59,10 @@ public indirect enum WireResponse: Hashable, Sendable {
     case batch([BatchItemResponse])
     /// A protocol-level error (status 100 and up).
     case error(WireError)
+    /// The answer to SUBSCRIBE: the sequence number the next new event will carry.
+    case subscribed(nextSequence: UInt64)
+    /// One event on a SUBSCRIBE stream (opcode EVENT).
+    case event(LedgerEvent)
 
     /// The header's status: 0, a ledger refusal code, or a protocol status.
     public var status: UInt16 {
@@ -100,6 +104,29 @@ public indirect enum WireResponse: Hashable, Sendable {
             }
         case .error(let error):
             buffer.writeWireString(error.message)
+        case .subscribed(let next):
+            buffer.writeInteger(next)
+        case .event(let event):
+            buffer.writeInteger(event.sequence)
+            buffer.writeInstant(event.at)
+            buffer.writeWireString(event.account)
+            buffer.writeOptionalString(event.member)
+            switch event.kind {
+            case .alert(let id, let threshold, let balance):
+                buffer.writeInteger(UInt8(0))
+                buffer.writeWireString(id)
+                buffer.writeInteger(threshold)
+                buffer.writeInteger(balance)
+            case .depleted(let id, let balance):
+                buffer.writeInteger(UInt8(1))
+                buffer.writeWireString(id)
+                buffer.writeInteger(balance)
+            case .recharged(let grant, let amount, let balance):
+                buffer.writeInteger(UInt8(2))
+                buffer.writeInteger(grant)
+                buffer.writeInteger(amount)
+                buffer.writeInteger(balance)
+            }
         }
     }
 
@@ -134,6 +161,21 @@ public indirect enum WireResponse: Hashable, Sendable {
                     maxBatchItems: try reader.u16("maxBatchItems"), identity: try reader.string("identity"), role: try reader.u8("role")))
         case .ping:
             return .pong
+        case .subscribe:
+            return .subscribed(nextSequence: try reader.u64("nextSequence"))
+        case .event:
+            let sequence = try reader.u64("sequence")
+            let at = try reader.instant("at")
+            let account = try reader.string("account")
+            let member = try reader.optionalString("member")
+            let kind: LedgerEvent.Kind
+            switch try reader.u8("event kind") {
+            case 0: kind = .alert(id: try reader.string("alert id"), threshold: try reader.i64("threshold"), balance: try reader.i64("balance"))
+            case 1: kind = .depleted(id: try reader.string("alert id"), balance: try reader.i64("balance"))
+            case 2: kind = .recharged(grant: try reader.u64("grant"), amount: try reader.i64("amount"), balance: try reader.i64("balance"))
+            case let other: throw WireError(.malformedFrame, "event kind is \(other); must be 0, 1 or 2")
+            }
+            return .event(LedgerEvent(sequence: sequence, at: at, account: account, member: member, kind: kind))
         case .error:
             throw WireError(.malformedFrame, "an ERROR frame must carry a status of 100 or more")
         case .check, .reserve, .spend:

@@ -52,6 +52,8 @@ public enum WireText {
             return ["key=\(quote(key))"] + commandFields(command)
         case .batch(let items):
             return ["count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + requestFields($0)).joined(separator: " "))]" }
+        case .subscribe(let after, let account):
+            return ["after=\(after.map(String.init) ?? "-")", "account=\(optional(account))"]
         }
     }
 
@@ -233,6 +235,16 @@ public enum WireText {
             return [status, "count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + responseFields($0.response)).joined(separator: " "))]" }
         case .error(let error):
             return [status, "message=\(quote(error.message))"]
+        case .subscribed(let next):
+            return [status, "nextSequence=\(next)"]
+        case .event(let event):
+            var fields = [status, "sequence=\(event.sequence)", "at=\(event.at.microsecondsSinceEpoch)", "account=\(quote(event.account))", "member=\(optional(event.member))"]
+            switch event.kind {
+            case .alert(let id, let threshold, let balance): fields += ["alert=\(quote(id))", "threshold=\(threshold)", "balance=\(balance)"]
+            case .depleted(let id, let balance): fields += ["depleted=\(quote(id))", "balance=\(balance)"]
+            case .recharged(let grant, let amount, let balance): fields += ["recharged=\(grant)", "amount=\(amount)", "balance=\(balance)"]
+            }
+            return fields
         }
     }
 

@@ -165,6 +165,18 @@ enum Samples {
                         rule: AutoRecharge(below: 50, amount: 200, upTo: 500, maxPerPeriod: 3, priority: 100, expiresAfterMicroseconds: 2_592_000_000_000)),
                     key: "setup-30")),
             request("turn auto-recharge off", 53, .command(.setAutoRecharge(account: "acme", rule: nil), key: "setup-31")),
+            request("subscribe to one account's events from now on", 54, .subscribe(after: nil, account: "acme")),
+            request("subscribe to every event after sequence 41", 55, .subscribe(after: 41, account: nil)),
+            response("subscribed: the next event will be number 42", 55, .subscribe, .subscribed(nextSequence: 42)),
+            response(
+                "event: an alert fired", 55, .event,
+                .event(LedgerEvent(sequence: 42, at: t0, account: "acme", member: nil, kind: .alert(id: "low", threshold: 10, balance: 9)))),
+            response(
+                "event: a member's credits are gone", 55, .event,
+                .event(LedgerEvent(sequence: 43, at: t0, account: "acme", member: "ana", kind: .depleted(id: "ana-empty", balance: 0)))),
+            response(
+                "event: an auto-recharge added grant 7", 55, .event,
+                .event(LedgerEvent(sequence: 44, at: t0, account: "acme", member: nil, kind: .recharged(grant: 7, amount: 200, balance: 249)))),
             response("malformed body", 41, .reserve, .error(WireError(.malformedFrame, "2 bytes left over after the last field"))),
             response("forbidden: a gate identity asked to add a grant", 43, .addGrant, .error(WireError(.forbidden, "agent-runtime has the gate role, which may not send ADD_GRANT"))),
             Sample(

@@ -11,7 +11,7 @@ HEADER = struct.Struct(">HBBHHII")  # magic, version, opcode, flags, status, req
 RESPONSE_FLAG = 0x0001
 
 OPCODES = {
-    0x01: "HELLO", 0x02: "PING", 0x03: "ERROR", 0x10: "CHECK", 0x11: "RESERVE", 0x12: "COMMIT", 0x13: "RELEASE",
+    0x01: "HELLO", 0x02: "PING", 0x03: "ERROR", 0x04: "EVENT", 0x19: "SUBSCRIBE", 0x10: "CHECK", 0x11: "RESERVE", 0x12: "COMMIT", 0x13: "RELEASE",
     0x14: "EXTEND", 0x15: "SPEND", 0x16: "BALANCE", 0x17: "BATCH", 0x18: "BALANCE_AT", 0x20: "CREATE_ACCOUNT", 0x21: "SET_PARENT",
     0x22: "SET_OVERAGE", 0x23: "SET_PERIOD", 0x24: "SET_ACCOUNT_CAP", 0x25: "ADD_MEMBER", 0x26: "REMOVE_MEMBER",
     0x27: "SET_MEMBER_CAP", 0x28: "CREATE_GROUP", 0x29: "DELETE_GROUP", 0x2A: "SET_GROUP_CAP", 0x2B: "ADD_TO_GROUP",
@@ -259,6 +259,7 @@ REQUESTS = {
     "SET_ALERT": [("key", STR), ("account", STR), ("id", STR), ("member", OPT_STR), ("threshold", THRESHOLD)],
     "REMOVE_ALERT": [("key", STR), ("account", STR), ("id", STR)],
     "SET_AUTO_RECHARGE": [("key", STR), ("account", STR), ("recharge", OPT_RECHARGE)],
+    "SUBSCRIBE": [("after", OPT_U64), ("account", OPT_STR)],
 }
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
@@ -269,6 +270,7 @@ SUCCESS = {
     "RELEASE": [("hold", U64), ("released", I64), ("headroom", HEADROOM)],
     "EXTEND": [("hold", U64), ("deadline", I64), ("headroom", HEADROOM)],
     "ADD_GRANT": [("grant", U64)],
+    "SUBSCRIBE": [("nextSequence", U64)],
 }
 REFUSAL = [("level", (lambda r: LEVELS[r.int("B")], lambda w, v: w.int("B", LEVELS.index(v)), str)),
            ("subject", STR), ("headroom", OPT_HEADROOM)]
@@ -370,6 +372,34 @@ def render_balance(b):
     return out
 
 
+EVENT_HEAD = [("sequence", U64), ("at", I64), ("account", STR), ("member", OPT_STR)]
+EVENT_KINDS = [
+    [("alert", STR), ("threshold", I64), ("balance", I64)],
+    [("depleted", STR), ("balance", I64)],
+    [("recharged", U64), ("amount", I64), ("balance", I64)],
+]
+
+
+def read_event(r):
+    head = read_fields(EVENT_HEAD, r)
+    kind = r.int("B")
+    if kind >= len(EVENT_KINDS):
+        raise Malformed("event kind %d" % kind)
+    return (head, kind, read_fields(EVENT_KINDS[kind], r))
+
+
+def write_event(w, v):
+    head, kind, fields = v
+    write_fields(EVENT_HEAD, w, head)
+    w.int("B", kind)
+    write_fields(EVENT_KINDS[kind], w, fields)
+
+
+def render_event(v):
+    head, kind, fields = v
+    return render_fields(EVENT_HEAD, head) + render_fields(EVENT_KINDS[kind], fields)
+
+
 def status_name(status):
     if status == 0:
         return "ok"
@@ -418,6 +448,8 @@ def response_body(name, status):
         schema = REFUSAL
     elif name in ("BALANCE", "BALANCE_AT"):
         return Body(read_balance, write_balance, render_balance)
+    elif name == "EVENT":
+        return Body(read_event, write_event, render_event)
     elif name == "BATCH":
         def read(r):
             items = []

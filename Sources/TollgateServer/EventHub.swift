@@ -1,0 +1,262 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import TollgateLedger
+import TollgateWire
+
+/// Where the ledger's events (alerts, recharges) go: appended to `<data>/events/events.log`
+/// (JSON lines, fsynced), kept in memory for subscribers that resume, pushed to SUBSCRIBE
+/// streams, and posted to the webhook.
+///
+/// Events are numbered by the ledger and regenerated when the journal is replayed, so a
+/// restart loses none: what the log already holds (by sequence) is skipped, and the webhook
+/// resumes from its persisted cursor — at least once, never a gap. A checkpoint waits for the
+/// events it includes to be in the log (`waitUntilLogged`), since the journal before a
+/// checkpoint is not replayed again.
+public final class EventHub: Sendable {
+    public struct Settings: Sendable {
+        public var directory: String?
+        public var webhookURL: String?
+        public var webhookTimeoutMilliseconds: Int64 = 5_000
+        /// Recent events kept in memory for SUBSCRIBE `after`.
+        public var recentKept = 10_000
+        /// Events a subscriber may have unsent before it is cut off.
+        public var subscriberQueueMax = 10_000
+
+        public init(directory: String?, webhookURL: String? = nil) {
+            self.directory = directory
+            self.webhookURL = webhookURL
+        }
+    }
+
+    struct Subscriber: Sendable {
+        var channel: any Channel
+        var requestID: UInt32
+        var account: String?
+        var queued: SharedCounter
+    }
+
+    private struct State {
+        var lastLogged: UInt64 = 0
+        var recent: [LedgerEvent] = []
+        var subscribers: [ObjectIdentifier: Subscriber] = [:]
+        var logFile: Int32 = -1
+        var logBytes = 0
+    }
+
+    let settings: Settings
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let stream: AsyncStream<[LedgerEvent]>
+    private let input: AsyncStream<[LedgerEvent]>.Continuation
+    let webhook: WebhookDelivery?
+    private let metrics: ServerMetrics
+
+    init(settings: Settings, logger: Logger, metrics: ServerMetrics) {
+        self.settings = settings
+        self.logger = logger
+        self.metrics = metrics
+        (stream, input) = AsyncStream.makeStream(of: [LedgerEvent].self, bufferingPolicy: .unbounded)
+        if let url = settings.webhookURL {
+            webhook = WebhookDelivery(
+                url: url, cursorFile: settings.directory.map { $0 + "/webhook.cursor" }, timeoutMilliseconds: settings.webhookTimeoutMilliseconds,
+                logger: logger, metrics: metrics)
+        } else {
+            webhook = nil
+        }
+    }
+
+    /// The last sequence the log holds.
+    public var lastLogged: UInt64 { state.withLock { $0.lastLogged } }
+
+    /// Opens the log and reads where it ends, and what the webhook has still to deliver.
+    func open() throws {
+        guard let directory = settings.directory else { return }
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw ServerError("cannot create the events directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        let path = directory + "/events.log"
+        var loaded: [LedgerEvent] = []
+        if let data = FileManager.default.contents(atPath: path) {
+            for line in data.split(separator: UInt8(ascii: "\n")) {
+                if let event = EventJSON.decode(Data(line)) { loaded.append(event) }
+            }
+        }
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ServerError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        state.withLock { state in
+            state.logFile = fd
+            state.lastLogged = loaded.last?.sequence ?? 0
+            state.recent = Array(loaded.suffix(settings.recentKept))
+            state.logBytes = Int(lseek(fd, 0, SEEK_END))
+        }
+        if let webhook { webhook.load(backlog: loaded) }
+    }
+
+    /// Takes events from the ledger's lock: cheap, never blocks.
+    func accept(_ events: [LedgerEvent]) {
+        input.yield(events)
+    }
+
+    /// Writes, fans out and delivers until the stream ends.
+    func run() async {
+        if let webhook {
+            Task { await webhook.run() }
+        }
+        for await batch in stream {
+            process(batch)
+        }
+        webhook?.stop()
+    }
+
+    func stop() {
+        input.finish()
+    }
+
+    private func process(_ batch: [LedgerEvent]) {
+        let fresh: [LedgerEvent] = state.withLock { state in
+            let fresh = batch.filter { $0.sequence > state.lastLogged }
+            guard !fresh.isEmpty else { return [] }
+            if state.logFile >= 0 {
+                var text = Data()
+                for event in fresh {
+                    text.append(EventJSON.encode(event))
+                    text.append(UInt8(ascii: "\n"))
+                }
+                let written = text.withUnsafeBytes { write(state.logFile, $0.baseAddress, $0.count) }
+                if written != text.count || fsync(state.logFile) != 0 {
+                    logger.error("cannot write the event log: \(String(cString: strerror(errno)))")
+                }
+                state.logBytes += text.count
+            }
+            state.lastLogged = fresh.last!.sequence
+            state.recent.append(contentsOf: fresh)
+            if state.recent.count > settings.recentKept { state.recent.removeFirst(state.recent.count - settings.recentKept) }
+            return fresh
+        }
+        guard !fresh.isEmpty else { return }
+        for event in fresh { metrics.recordEvent(event) }
+        let subscribers = state.withLock { Array($0.subscribers.values) }
+        for subscriber in subscribers {
+            for event in fresh where subscriber.account == nil || subscriber.account == event.account {
+                push(event, to: subscriber)
+            }
+        }
+        webhook?.enqueue(fresh)
+    }
+
+    /// Blocks (the checkpoint thread) until the log holds every event up to `sequence`.
+    func waitUntilLogged(_ sequence: UInt64, timeoutMilliseconds: Int = 5_000) -> Bool {
+        for _ in 0..<timeoutMilliseconds {
+            if lastLogged >= sequence { return true }
+            usleep(1_000)
+        }
+        return lastLogged >= sequence
+    }
+
+    // MARK: - Subscribers
+
+    /// Registers a SUBSCRIBE stream. With `after`, recent events past it are sent first; if
+    /// the server no longer has them all, the stream is refused with a message saying so.
+    func subscribe(channel: any Channel, requestID: UInt32, after: UInt64?, account: String?) -> WireError? {
+        let subscriber = Subscriber(channel: channel, requestID: requestID, account: account, queued: SharedCounter())
+        let backlog: [LedgerEvent]? = state.withLock { state in
+            if let after {
+                if let first = state.recent.first, first.sequence > after + 1, state.lastLogged > after { return nil }
+                state.subscribers[ObjectIdentifier(channel)] = subscriber
+                return state.recent.filter { $0.sequence > after }
+            }
+            state.subscribers[ObjectIdentifier(channel)] = subscriber
+            return []
+        }
+        guard let backlog else {
+            return WireError(.unavailable, "events after \(after ?? 0) are older than the \(settings.recentKept) kept in memory; read them from the event log or the journal export")
+        }
+        for event in backlog where account == nil || account == event.account { push(event, to: subscriber) }
+        return nil
+    }
+
+    func unsubscribe(_ channel: any Channel) {
+        _ = state.withLock { $0.subscribers.removeValue(forKey: ObjectIdentifier(channel)) }
+    }
+
+    public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+
+    private func push(_ event: LedgerEvent, to subscriber: Subscriber) {
+        guard subscriber.queued.increment() <= settings.subscriberQueueMax else {
+            unsubscribe(subscriber.channel)
+            let error = WireResponse.error(WireError(.tooManyInFlight, "more than \(settings.subscriberQueueMax) events unread; the subscription is ended"))
+            subscriber.channel.writeAndFlush(error.frame(opcode: .subscribe, requestID: subscriber.requestID), promise: nil)
+            return
+        }
+        let frame = WireResponse.event(event).frame(opcode: .event, requestID: subscriber.requestID)
+        let counter = subscriber.queued
+        subscriber.channel.writeAndFlush(frame).whenComplete { _ in counter.decrement() }
+    }
+
+    /// The recent events kept in memory (for tests and the read API).
+    public var recentEvents: [LedgerEvent] { state.withLock { $0.recent } }
+}
+
+/// A counter shared between threads.
+final class SharedCounter: Sendable {
+    private let value = Atomic<Int>(0)
+
+    func increment() -> Int { value.wrappingAdd(1, ordering: .relaxed).newValue }
+    func decrement() { value.wrappingSubtract(1, ordering: .relaxed) }
+}
+
+/// Events as JSON: the event log's lines and the webhook's bodies.
+///
+/// ```json
+/// {"id":"tollgate-event-7","sequence":7,"type":"alert","at":"2026-11-21T10:00:00.000000Z",
+///  "atMicroseconds":1795255200000000,"account":"acme","member":null,"alert":"low","threshold":10,"balance":9}
+/// ```
+/// `type` is `alert`, `depleted` or `recharged` (with `grant` and `amount`). `id` is the same
+/// on every delivery of one event: receivers de-duplicate by it.
+enum EventJSON {
+    static func encode(_ event: LedgerEvent) -> Data {
+        var fields: [(String, Any)] = [
+            ("id", "tollgate-event-\(event.sequence)"), ("sequence", event.sequence), ("at", event.at.description),
+            ("atMicroseconds", event.at.microsecondsSinceEpoch), ("account", event.account), ("member", event.member as Any? ?? NSNull()),
+        ]
+        switch event.kind {
+        case .alert(let id, let threshold, let balance):
+            fields += [("type", "alert"), ("alert", id), ("threshold", threshold), ("balance", balance)]
+        case .depleted(let id, let balance):
+            fields += [("type", "depleted"), ("alert", id), ("threshold", Int64(0)), ("balance", balance)]
+        case .recharged(let grant, let amount, let balance):
+            fields += [("type", "recharged"), ("grant", grant), ("amount", amount), ("balance", balance)]
+        }
+        var object: [String: Any] = [:]
+        for (key, value) in fields { object[key] = value }
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    }
+
+    static func decode(_ data: Data) -> LedgerEvent? {
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let sequence = (object["sequence"] as? NSNumber)?.uint64Value,
+            let at = (object["atMicroseconds"] as? NSNumber)?.int64Value,
+            let account = object["account"] as? String,
+            let type = object["type"] as? String
+        else { return nil }
+        let member = object["member"] as? String
+        let balance = (object["balance"] as? NSNumber)?.int64Value ?? 0
+        let kind: LedgerEvent.Kind
+        switch type {
+        case "alert":
+            guard let id = object["alert"] as? String, let threshold = (object["threshold"] as? NSNumber)?.int64Value else { return nil }
+            kind = .alert(id: id, threshold: threshold, balance: balance)
+        case "depleted":
+            guard let id = object["alert"] as? String else { return nil }
+            kind = .depleted(id: id, balance: balance)
+        case "recharged":
+            guard let grant = (object["grant"] as? NSNumber)?.uint64Value, let amount = (object["amount"] as? NSNumber)?.int64Value else { return nil }
+            kind = .recharged(grant: grant, amount: amount, balance: balance)
+        default:
+            return nil
+        }
+        return LedgerEvent(sequence: sequence, at: Instant(microsecondsSinceEpoch: at), account: account, member: member, kind: kind)
+    }
+}
