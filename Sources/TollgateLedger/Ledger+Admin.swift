@@ -135,6 +135,7 @@ extension Ledger {
         }
         seatMemberRemoving(slot, account: members[index].account, at: now)
         dropAlerts(member: slot, account: members[index].account)
+        memberBurn.removeValue(forKey: slot)
         for group in members[index].groups { leave(group: group, member: slot, at: now) }
         for grant in members[index].grantOrder { endGrant(grant, as: .voided) }
         if members[index].pendingGrants > 0 {

@@ -16,12 +16,17 @@ public struct Balance: Hashable, Sendable {
     public var openHolds: Int
     /// The account's seat subscription, if one is running.
     public var subscription: SubscriptionView?
+    /// Consumption over the last minute and hour: the member's when the balance is a
+    /// member's, else the account's.
+    public var burn: BurnRate
 
     public init(
         account: String, member: String?, at: Instant, periodStart: Instant, periodEnd: Instant, headroom: Headroom,
-        levels: [LevelUsage], funds: Funds, grants: [GrantView], openHolds: Int, subscription: SubscriptionView? = nil
+        levels: [LevelUsage], funds: Funds, grants: [GrantView], openHolds: Int, subscription: SubscriptionView? = nil,
+        burn: BurnRate = BurnRate(lastMinute: 0, lastHour: 0)
     ) {
         self.subscription = subscription
+        self.burn = burn
         self.account = account
         self.member = member
         self.at = at
@@ -165,11 +170,24 @@ extension Ledger {
                 funds: Funds(
                     member: memberAvailable, pool: record.poolAvailable, parentPool: parentPool, overage: record.overage,
                     overdrawn: record.overdrawn, overdraftHeld: record.overdraftHeld),
-                grants: (ownSlots + parentSlots).map(view), openHolds: openHolds, subscription: subscriptionView(chain.account)))
+                grants: (ownSlots + parentSlots).map(view), openHolds: openHolds, subscription: subscriptionView(chain.account),
+                burn: burnRate(chain, at: now)))
     }
 
     /// Every live grant of an account, including those not yet effective and those that are
     /// spent or expired but still have credits held on them.
+    func burnRate(_ chain: Chain, at now: Instant) -> BurnRate {
+        let window = chain.member != noSlot ? memberBurn[chain.member] : accountBurn[chain.account]
+        let totals = window?.totals(at: now) ?? (minute: 0, hour: 0)
+        return BurnRate(lastMinute: totals.minute, lastHour: totals.hour)
+    }
+
+    /// Credits consumed across the whole ledger over the last minute and hour.
+    public func totalBurn(at now: Instant) -> BurnRate {
+        let totals = ledgerBurn.totals(at: now)
+        return BurnRate(lastMinute: totals.minute, lastHour: totals.hour)
+    }
+
     public func grants(of account: String) -> [GrantView] {
         guard let slot = accountSlots[HashedString(account)] else { return [] }
         return grants.indices

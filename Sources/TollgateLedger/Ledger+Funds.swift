@@ -192,6 +192,11 @@ extension Ledger {
         }
         accounts[account].usage.roll(to: now, period: period)
         accounts[account].usage.add(held: held, consumed: consumed)
+        if consumed > 0 {
+            ledgerBurn.add(consumed, at: now)
+            accountBurn[chain.account, default: BurnWindow()].add(consumed, at: now)
+            if chain.member != noSlot { memberBurn[chain.member, default: BurnWindow()].add(consumed, at: now) }
+        }
         if chain.parent != noSlot {
             let parent = Int(chain.parent)
             accounts[parent].usage.roll(to: now, period: accounts[parent].period)

@@ -53,6 +53,10 @@ public struct Ledger: Hashable, Sendable {
     public internal(set) var rechargeCreditsIssued: Credits = 0
     /// Events not yet taken by the server; not part of the state (see `EventOutbox`).
     var outbox = EventOutbox()
+    /// Consumption over the last minute and hour, by account and by member slot.
+    var accountBurn: [Int32: BurnWindow] = [:]
+    var memberBurn: [Int32: BurnWindow] = [:]
+    var ledgerBurn = BurnWindow()
 
     public init(limits: LedgerLimits = LedgerLimits(), startingAt start: Instant = .epoch) {
         self.limits = limits

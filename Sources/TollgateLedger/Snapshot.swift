@@ -209,6 +209,17 @@ extension Ledger {
         }
         w.integer(nextEventSequence)
         w.integer(rechargeCreditsIssued)
+        let ledgerStorage = ledgerBurn.storage
+        w.array(ledgerStorage.slices) { $0.integer($1) }
+        w.array(ledgerStorage.amounts) { $0.integer($1) }
+        for burn in [accountBurn, memberBurn] {
+            w.array(burn.sorted { $0.key < $1.key }) { w, entry in
+                w.integer(entry.key)
+                let storage = entry.value.storage
+                w.array(storage.slices) { $0.integer($1) }
+                w.array(storage.amounts) { $0.integer($1) }
+            }
+        }
         return w.bytes
     }
 
@@ -315,6 +326,24 @@ extension Ledger {
             }
             nextEventSequence = try r.integer()
             rechargeCreditsIssued = try r.integer()
+            let ledgerSlices = try r.array { try $0.integer(Int64.self) }
+            let ledgerAmounts = try r.array { try $0.integer(Int64.self) }
+            guard ledgerSlices.count == 2 * BurnWindow.buckets, ledgerAmounts.count == ledgerSlices.count else { throw SnapshotError(description: "bad burn window") }
+            ledgerBurn.storage = (ledgerSlices, ledgerAmounts)
+            for which in 0..<2 {
+                for (slot, window) in try r.array({ r -> (Int32, BurnWindow) in
+                    let slot = try r.integer(Int32.self)
+                    var window = BurnWindow()
+                    let slices = try r.array { try $0.integer(Int64.self) }
+                    let amounts = try r.array { try $0.integer(Int64.self) }
+                    guard slices.count == 2 * BurnWindow.buckets, amounts.count == slices.count else { throw SnapshotError(description: "bad burn window") }
+                    window.storage = (slices, amounts)
+                    return (slot, window)
+                }) {
+                    guard slot >= 0, Int(slot) < (which == 0 ? accounts.count : members.count) else { throw SnapshotError(description: "burn window of an unknown slot") }
+                    if which == 0 { accountBurn[slot] = window } else { memberBurn[slot] = window }
+                }
+            }
         }
         guard r.position == bytes.count else { throw SnapshotError(description: "\(bytes.count - r.position) bytes left over") }
 

@@ -198,6 +198,12 @@ public final class LedgerService: Sendable {
 
     public var openHolds: Int { state.withLock { $0.ledger.openHoldCount } }
 
+    /// Credits consumed across the ledger over the last minute and hour.
+    public var burn: BurnRate {
+        let now = clock()
+        return state.withLock { $0.ledger.totalBurn(at: now) }
+    }
+
     /// The sequence number the next event will carry.
     public var nextEventSequence: UInt64 { state.withLock { $0.ledger.nextEventSequence } }
 

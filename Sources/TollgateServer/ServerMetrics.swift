@@ -59,6 +59,16 @@ public final class ServerMetrics: Sendable {
         counter("tollgate_reloads_total", [("what", what), ("outcome", succeeded ? "ok" : "failed")]).increment()
     }
 
+    private let burnMinute = CoreMetrics.Gauge(label: "tollgate_burn_credits", dimensions: [("window", "minute")])
+    private let burnHour = CoreMetrics.Gauge(label: "tollgate_burn_credits", dimensions: [("window", "hour")])
+
+    /// Credits consumed across the ledger in the last minute and hour (per account and member
+    /// they are in balances: a label per account would not stay bounded).
+    public func recordBurn(_ burn: BurnRate) {
+        burnMinute.record(burn.lastMinute)
+        burnHour.record(burn.lastHour)
+    }
+
     /// An event the ledger produced, by type.
     public func recordEvent(_ event: LedgerEvent) {
         let type: String

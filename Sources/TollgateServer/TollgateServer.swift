@@ -449,6 +449,7 @@ public final class TollgateServer: Service, Sendable {
                             problem: { readiness.problem ?? service.journal?.failureReason.map { "journal failing: \($0)" } },
                             refreshGauges: {
                                 metrics.recordOpenHolds(service.openHolds)
+                                metrics.recordBurn(service.burn)
                                 if let journal = service.journal {
                                     metrics.recordJournal(healthy: journal.failureReason == nil, failures: journal.failureCount)
                                 }

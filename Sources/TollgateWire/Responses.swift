@@ -342,6 +342,8 @@ extension ByteBuffer {
         } else {
             writeInteger(UInt8(0))
         }
+        writeInteger(balance.burn.lastMinute)
+        writeInteger(balance.burn.lastHour)
     }
 }
 
@@ -439,8 +441,9 @@ extension BodyReader {
             let pending = try present("pending seats") ? SubscriptionView.SeatChange(at: try instant("pending at"), seats: try i64("pending seats")) : nil
             subscription = SubscriptionView(terms: terms, seats: seats, periodStart: start, periodEnd: end, nextTerms: next, pendingSeats: pending)
         }
+        let burn = BurnRate(lastMinute: try i64("burnLastMinute"), lastHour: try i64("burnLastHour"))
         return Balance(
             account: account, member: member, at: at, periodStart: periodStart, periodEnd: periodEnd, headroom: headroom,
-            levels: levels, funds: funds, grants: grants, openHolds: openHolds, subscription: subscription)
+            levels: levels, funds: funds, grants: grants, openHolds: openHolds, subscription: subscription, burn: burn)
     }
 }

@@ -230,6 +230,7 @@ public enum WireText {
                 fields.append(
                     "subscription=(\(subscription(view.terms)),seats=\(view.seats),periodStart=\(view.periodStart.microsecondsSinceEpoch),periodEnd=\(view.periodEnd.microsecondsSinceEpoch),next=\(next),pendingSeats=\(pending))")
             }
+            fields.append("burn=(lastMinute=\(balance.burn.lastMinute),lastHour=\(balance.burn.lastHour))")
             return fields
         case .batch(let items):
             return [status, "count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + responseFields($0.response)).joined(separator: " "))]" }

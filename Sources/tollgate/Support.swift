@@ -224,6 +224,7 @@ struct Output {
         }
         lines.append(headroom(balance.headroom).0)
         lines.append("open holds: \(balance.openHolds)")
+        lines.append("burn: \(balance.burn.lastMinute) credits in the last minute, \(balance.burn.lastHour) in the last hour")
         var subscriptionObject: Any = NSNull()
         if let view = balance.subscription {
             let terms = view.terms
@@ -271,6 +272,7 @@ struct Output {
             },
             "openHolds": balance.openHolds,
             "subscription": subscriptionObject,
+            "burn": ["lastMinute": balance.burn.lastMinute, "lastHour": balance.burn.lastHour],
         ]
         return Output(text: lines.joined(separator: "\n"), object: object)
     }

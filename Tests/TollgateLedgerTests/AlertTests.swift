@@ -4,6 +4,36 @@ import TollgateLedgerTestSupport
 
 /// Balance alerts (once per crossing, re-armed on the way up) and auto-recharge (at most so
 /// many per period), and the events they produce.
+@Suite struct BurnRateTests {
+    @Test func consumptionOverTheLastMinuteAndHourByAccountAndMember() throws {
+        var driver = makeDriver()
+        driver.grant(1_000_000)
+        // Align to a 5-minute boundary so the buckets are predictable.
+        let start = Instant(microsecondsSinceEpoch: (driver.now.microsecondsSinceEpoch / (5 * minute) + 1) * 5 * minute)
+        driver.now = start
+        _ = try #require(driver.spend(10, member: "m1").decision)
+        _ = try #require(driver.spend(5, member: "m2").decision)
+        var balance = driver.balance(account: "acct")
+        #expect(balance.burn == BurnRate(lastMinute: 15, lastHour: 15))
+        #expect(driver.balance(account: "acct", member: "m1").burn == BurnRate(lastMinute: 10, lastHour: 10))
+        // A hold counts when committed, not when reserved.
+        let hold = try #require(driver.reserve(7, member: "m1").decision?.hold)
+        #expect(driver.balance(account: "acct").burn.lastMinute == 15)
+        _ = try #require(driver.commit(hold, .credits(4)).committed)
+        #expect(driver.balance(account: "acct", member: "m1").burn == BurnRate(lastMinute: 14, lastHour: 14))
+        // Two minutes on: out of the minute, still in the hour.
+        driver.now = start.adding(microseconds: 2 * minute)
+        _ = try #require(driver.spend(1, member: "m3").decision)
+        balance = driver.balance(account: "acct")
+        #expect(balance.burn == BurnRate(lastMinute: 1, lastHour: 20))
+        // An hour and a bit on: all gone.
+        driver.now = start.adding(microseconds: 62 * minute)
+        #expect(driver.balance(account: "acct").burn == BurnRate(lastMinute: 0, lastHour: 0))
+        #expect(driver.ledger.totalBurn(at: start.adding(microseconds: 3 * minute)) == BurnRate(lastMinute: 0, lastHour: 20))
+        #expect(try Ledger(snapshot: driver.ledger.snapshot()) == driver.ledger)
+    }
+}
+
 @Suite struct AlertTests {
     func date(_ year: Int64, _ month: Int64, _ day: Int64, _ hour: Int64 = 0) -> Instant {
         CivilTime(year: year, month: month, day: day, hour: hour).instant

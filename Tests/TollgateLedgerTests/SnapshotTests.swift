@@ -37,12 +37,16 @@ import TollgateLedgerTestSupport
         var driver = LedgerDriver()
         Fixtures.seedsExample(&driver)
         let bytes = driver.ledger.snapshot()
-        // The version-2 tail of a ledger without subscriptions, alerts or recharges: no
-        // subscriptions, none issued, no alerts, no recharges, the next event 1, none recharged.
-        var tail = [UInt8](repeating: 0, count: 48)
-        tail[39] = 1
-        #expect(Array(bytes.suffix(48)) == tail)
-        let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(48))
+        // The version-2 section of a ledger without subscriptions, alerts or recharges: no
+        // subscriptions, none issued, no alerts, no recharges, the next event 1, none
+        // recharged (48 bytes); the ledger-wide burn window (2 × (8 + 24 × 8) bytes); no
+        // burn windows for accounts or members (16 bytes).
+        let section = 48 + 2 * (8 + 24 * 8) + 16
+        var head = [UInt8](repeating: 0, count: 48)
+        head[39] = 1
+        #expect(Array(bytes.suffix(section).prefix(48)) == head)
+        #expect(Array(bytes.suffix(16)) == [UInt8](repeating: 0, count: 16))
+        let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(section))
         #expect(try Ledger(snapshot: versionOne) == driver.ledger)
     }
 

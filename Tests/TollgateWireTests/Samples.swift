@@ -41,7 +41,8 @@ enum Samples {
             openHolds: 0,
             subscription: SubscriptionView(
                 terms: Subscription(creditsPerSeat: 100, rolloverCap: 50), seats: 4, periodStart: t0, periodEnd: periodEnd,
-                nextTerms: .some(Subscription(creditsPerSeat: 120)), pendingSeats: SubscriptionView.SeatChange(at: t0.adding(microseconds: 172_800_000_000), seats: 5)))
+                nextTerms: .some(Subscription(creditsPerSeat: 120)), pendingSeats: SubscriptionView.SeatChange(at: t0.adding(microseconds: 172_800_000_000), seats: 5)),
+            burn: BurnRate(lastMinute: 24, lastHour: 310))
         let balance = Balance(
             account: "acme", member: "ana", at: t0, periodStart: t0, periodEnd: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000),
             headroom: Headroom(funds: 1_390),

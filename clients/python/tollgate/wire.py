@@ -310,6 +310,7 @@ def read_balance(r):
         sub["next"] = (kind, SUBSCRIPTION[0](r) if kind == 2 else None)
         sub["pendingSeats"] = (r.int("q"), r.int("q")) if r.present() else None
         b["subscription"] = sub
+    b["burn"] = (r.int("q"), r.int("q"))
     return b
 
 
@@ -347,6 +348,7 @@ def write_balance(w, b):
             w.int("B", 0)
         else:
             w.int("B", 1); w.int("q", sub["pendingSeats"][0]); w.int("q", sub["pendingSeats"][1])
+    w.int("q", b["burn"][0]); w.int("q", b["burn"][1])
 
 
 def render_balance(b):
@@ -369,6 +371,7 @@ def render_balance(b):
         pending = "-" if sub["pendingSeats"] is None else "%d@%d" % (sub["pendingSeats"][1], sub["pendingSeats"][0])
         out.append("subscription=(%s,seats=%d,periodStart=%d,periodEnd=%d,next=%s,pendingSeats=%s)" % (
             SUBSCRIPTION[2](sub["terms"]), sub["seats"], sub["periodStart"], sub["periodEnd"], following, pending))
+    out.append("burn=(lastMinute=%d,lastHour=%d)" % b["burn"])
     return out
 
 
