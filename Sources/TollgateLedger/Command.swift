@@ -39,6 +39,10 @@ public enum Command: Hashable, Sendable {
     case removeAlert(account: String, id: String)
     /// Sets (or, with nil, removes) the account's auto-recharge.
     case setAutoRecharge(account: String, rule: AutoRecharge?)
+    /// Defines (or replaces) a plan template. Accounts provisioned before keep what they got.
+    case definePlan(Plan)
+    /// Creates an account on a plan, all in one step.
+    case provision(Provision)
 
     /// The account the command belongs to: idempotency keys are scoped by it, and later the
     /// server checks a credential's scope against it. Rate-card changes belong to no account.
@@ -57,6 +61,8 @@ public enum Command: Hashable, Sendable {
             .setAccountRate(let a, _, _, _), .setSubscription(let a, _), .setSeats(let a, _, _),
             .setAlert(let a, _), .removeAlert(let a, _), .setAutoRecharge(let a, _):
             a
+        case .provision(let p): p.account
+        case .definePlan: ""
         case .addGrant(let g): g.account
         case .setRate: ""
         }

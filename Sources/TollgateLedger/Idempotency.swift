@@ -336,7 +336,66 @@ extension Command {
                 hasher.add(0 as UInt64)
             }
             return hasher.state
+        case .definePlan(let plan):
+            var hasher = FastHasher(tag: 28)
+            hasher.add(plan.name)
+            hasher.add(plan.overage)
+            hasher.add(plan.subscription)
+            hasher.add(UInt64(plan.grants.count))
+            for grant in plan.grants {
+                hasher.add(grant.amount)
+                hasher.add(Int64(grant.priority))
+                hasher.add(UInt64(grant.source.rawValue))
+                hasher.add(optional: grant.lifetimeMicroseconds)
+            }
+            hasher.add(UInt64(plan.alerts.count))
+            for alert in plan.alerts { hasher.add(alert) }
+            hasher.add(plan.autoRecharge)
+            return hasher.state
+        case .provision(let provision):
+            var hasher = FastHasher(tag: 29)
+            hasher.add(provision.account)
+            hasher.add(provision.plan)
+            hasher.add(provision.parent)
+            hasher.add(provision.seats)
+            hasher.add(UInt64(provision.members.count))
+            for member in provision.members { hasher.add(member) }
+            return hasher.state
         }
+    }
+}
+
+extension FastHasher {
+    mutating func add(_ terms: Subscription?) {
+        guard let terms else { return add(0 as UInt64) }
+        add(1 as UInt64)
+        add(UInt64(terms.scope.rawValue))
+        add(terms.creditsPerSeat)
+        add(terms.prorate ? 1 as UInt64 : 0)
+        add(UInt64(terms.removal.rawValue))
+        add(terms.rolloverCap)
+        add(Int64(terms.priority))
+    }
+
+    mutating func add(_ rule: AlertRule) {
+        add(rule.id)
+        add(rule.member)
+        switch rule.threshold {
+        case .credits(let credits): add(0 as UInt64); add(credits)
+        case .percentOfAllotment(let percent): add(1 as UInt64); add(percent)
+        case .depleted: add(2 as UInt64)
+        }
+    }
+
+    mutating func add(_ rule: AutoRecharge?) {
+        guard let rule else { return add(0 as UInt64) }
+        add(1 as UInt64)
+        add(rule.below)
+        add(rule.amount)
+        add(optional: rule.upTo)
+        add(rule.maxPerPeriod)
+        add(Int64(rule.priority))
+        add(optional: rule.expiresAfterMicroseconds)
     }
 }
 

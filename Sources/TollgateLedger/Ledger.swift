@@ -57,6 +57,7 @@ public struct Ledger: Hashable, Sendable {
     var accountBurn: [Int32: BurnWindow] = [:]
     var memberBurn: [Int32: BurnWindow] = [:]
     var ledgerBurn = BurnWindow()
+    var plans: [String: Plan] = [:]
 
     public init(limits: LedgerLimits = LedgerLimits(), startingAt start: Instant = .epoch) {
         self.limits = limits
@@ -168,6 +169,8 @@ public struct Ledger: Hashable, Sendable {
         case .setAlert(let account, let rule): return setAlert(account, rule: rule, at: now)
         case .removeAlert(let account, let id): return removeAlert(account, id: id)
         case .setAutoRecharge(let account, let rule): return setAutoRecharge(account, rule: rule, at: now)
+        case .definePlan(let plan): return definePlan(plan, at: now)
+        case .provision(let provision): return self.provision(provision, at: now)
         }
     }
 

@@ -17,6 +17,7 @@ public struct LedgerLimits: Hashable, Sendable {
     public var seatMembersPerAccountMax = 2_000
     /// Balance alerts per account (its own and its members').
     public var alertsPerAccountMax = 16
+    public var plansMax = 1_000
     public var holdsPerAccountMax = 10_000
     public var holdsMax = 2_000_000
     public var productsMax = 10_000

@@ -220,6 +220,19 @@ extension Ledger {
                 w.array(storage.amounts) { $0.integer($1) }
             }
         }
+        w.array(plans.values.sorted { $0.name < $1.name }) { w, plan in
+            w.string(plan.name)
+            w.write(plan.overage)
+            w.optional(plan.subscription) { $0.write($1) }
+            w.array(plan.grants) { w, grant in
+                w.integer(grant.amount)
+                w.integer(grant.priority)
+                w.integer(grant.source.rawValue)
+                w.optional(grant.lifetimeMicroseconds) { $0.integer($1) }
+            }
+            w.array(plan.alerts) { w, alert in w.write(alert) }
+            w.optional(plan.autoRecharge) { w, rule in w.write(rule) }
+        }
         return w.bytes
     }
 
@@ -344,6 +357,21 @@ extension Ledger {
                     if which == 0 { accountBurn[slot] = window } else { memberBurn[slot] = window }
                 }
             }
+            for plan in try r.array({ r -> Plan in
+                var plan = Plan(name: try r.string(), overage: try r.readOverage())
+                plan.subscription = try r.optional { try $0.readTerms() }
+                plan.grants = try r.array { r in
+                    let amount = try r.integer(Int64.self)
+                    let priority = try r.integer(Int32.self)
+                    guard let source = GrantSource(rawValue: try r.integer(UInt8.self)) else { throw SnapshotError(description: "unknown grant source") }
+                    return PlanGrant(amount: amount, priority: priority, source: source, lifetimeMicroseconds: try r.optional { try $0.integer(Int64.self) })
+                }
+                plan.alerts = try r.array { try $0.readAlertRule() }
+                plan.autoRecharge = try r.optional { try $0.readRecharge() }
+                return plan
+            }) {
+                plans[plan.name] = plan
+            }
         }
         guard r.position == bytes.count else { throw SnapshotError(description: "\(bytes.count - r.position) bytes left over") }
 
@@ -398,6 +426,31 @@ extension SnapshotWriter {
         integer(terms.removal.rawValue)
         integer(terms.rolloverCap)
         integer(terms.priority)
+    }
+
+    mutating func write(_ alert: AlertRule) {
+        string(alert.id)
+        optional(alert.member) { $0.string($1) }
+        switch alert.threshold {
+        case .credits(let credits):
+            integer(UInt8(0))
+            integer(credits)
+        case .percentOfAllotment(let percent):
+            integer(UInt8(1))
+            integer(percent)
+        case .depleted:
+            integer(UInt8(2))
+            integer(Int64(0))
+        }
+    }
+
+    mutating func write(_ rule: AutoRecharge) {
+        integer(rule.below)
+        integer(rule.amount)
+        optional(rule.upTo) { $0.integer($1) }
+        integer(rule.maxPerPeriod)
+        integer(rule.priority)
+        optional(rule.expiresAfterMicroseconds) { $0.integer($1) }
     }
 
     mutating func write(_ state: SubscriptionState) {
@@ -590,6 +643,25 @@ extension SnapshotReader {
         let prorate = try bool()
         guard let removal = Subscription.Removal(rawValue: try integer(UInt8.self)) else { throw SnapshotError(description: "unknown removal policy") }
         return Subscription(scope: scope, creditsPerSeat: perSeat, prorate: prorate, removal: removal, rolloverCap: try integer(), priority: try integer())
+    }
+
+    mutating func readAlertRule() throws -> AlertRule {
+        let id = try string()
+        let member = try optional { try $0.string() }
+        let kind = try integer(UInt8.self)
+        let value = try integer(Int64.self)
+        switch kind {
+        case 0: return AlertRule(id: id, member: member, threshold: .credits(value))
+        case 1: return AlertRule(id: id, member: member, threshold: .percentOfAllotment(value))
+        case 2: return AlertRule(id: id, member: member, threshold: .depleted)
+        default: throw SnapshotError(description: "unknown alert threshold kind")
+        }
+    }
+
+    mutating func readRecharge() throws -> AutoRecharge {
+        AutoRecharge(
+            below: try integer(), amount: try integer(), upTo: try optional { try $0.integer(Int64.self) }, maxPerPeriod: try integer(),
+            priority: try integer(), expiresAfterMicroseconds: try optional { try $0.integer(Int64.self) })
     }
 
     mutating func readSubscription() throws -> SubscriptionState {

@@ -113,6 +113,10 @@ public struct Principal: Hashable, Sendable {
                 return check(create.account) ?? create.parent.flatMap(check)
             case .setParent(let account, let parent):
                 return check(account) ?? parent.flatMap(check)
+            case .provision(let provision):
+                return check(provision.account) ?? provision.parent.flatMap(check)
+            case .definePlan:
+                return WireError(.forbidden, "\(name) may touch only \(scope); \(opcode.name) defines a plan for every account")
             default:
                 return check(command.account)
             }

@@ -47,6 +47,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case setAlert = 0x33
     case removeAlert = 0x34
     case setAutoRecharge = 0x35
+    case definePlan = 0x36
+    case provision = 0x37
 
     public var name: String {
         switch self {
@@ -86,6 +88,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .setAlert: "SET_ALERT"
         case .removeAlert: "REMOVE_ALERT"
         case .setAutoRecharge: "SET_AUTO_RECHARGE"
+        case .definePlan: "DEFINE_PLAN"
+        case .provision: "PROVISION"
         }
     }
 

@@ -181,6 +181,8 @@ extension Command {
         case .setAlert: .setAlert
         case .removeAlert: .removeAlert
         case .setAutoRecharge: .setAutoRecharge
+        case .definePlan: .definePlan
+        case .provision: .provision
         }
     }
 }
@@ -339,34 +341,71 @@ extension ByteBuffer {
             writeWireString(account)
             writeWireString(rule.id)
             writeOptionalString(rule.member)
-            switch rule.threshold {
-            case .credits(let credits):
-                writeInteger(UInt8(0))
-                writeInteger(credits)
-            case .percentOfAllotment(let percent):
-                writeInteger(UInt8(1))
-                writeInteger(percent)
-            case .depleted:
-                writeInteger(UInt8(2))
-                writeInteger(Int64(0))
-            }
+            writeThreshold(rule.threshold)
         case .removeAlert(let account, let id):
             writeWireString(account)
             writeWireString(id)
         case .setAutoRecharge(let account, let rule):
             writeWireString(account)
-            if let rule {
+            writeOptionalRecharge(rule)
+        case .definePlan(let plan):
+            writeWireString(plan.name)
+            writeOverage(plan.overage)
+            if let terms = plan.subscription {
                 writeInteger(UInt8(1))
-                writeInteger(rule.below)
-                writeInteger(rule.amount)
-                writeOptionalInteger(rule.upTo)
-                writeInteger(rule.maxPerPeriod)
-                writeInteger(rule.priority)
-                writeOptionalInteger(rule.expiresAfterMicroseconds)
+                writeSubscription(terms)
             } else {
                 writeInteger(UInt8(0))
             }
+            writeInteger(UInt8(clamping: plan.grants.count))
+            for grant in plan.grants.prefix(255) {
+                writeInteger(grant.amount)
+                writeInteger(grant.priority)
+                writeInteger(grant.source.rawValue)
+                writeOptionalInteger(grant.lifetimeMicroseconds)
+            }
+            writeInteger(UInt8(clamping: plan.alerts.count))
+            for alert in plan.alerts.prefix(255) {
+                writeWireString(alert.id)
+                writeThreshold(alert.threshold)
+            }
+            writeOptionalRecharge(plan.autoRecharge)
+        case .provision(let provision):
+            writeWireString(provision.account)
+            writeWireString(provision.plan)
+            writeOptionalString(provision.parent)
+            writeInteger(provision.seats)
+            writeInteger(UInt16(clamping: provision.members.count))
+            for member in provision.members.prefix(65_535) { writeWireString(member) }
         }
+    }
+
+    mutating func writeThreshold(_ threshold: AlertRule.Threshold) {
+        switch threshold {
+        case .credits(let credits):
+            writeInteger(UInt8(0))
+            writeInteger(credits)
+        case .percentOfAllotment(let percent):
+            writeInteger(UInt8(1))
+            writeInteger(percent)
+        case .depleted:
+            writeInteger(UInt8(2))
+            writeInteger(Int64(0))
+        }
+    }
+
+    mutating func writeOptionalRecharge(_ rule: AutoRecharge?) {
+        guard let rule else {
+            writeInteger(UInt8(0))
+            return
+        }
+        writeInteger(UInt8(1))
+        writeInteger(rule.below)
+        writeInteger(rule.amount)
+        writeOptionalInteger(rule.upTo)
+        writeInteger(rule.maxPerPeriod)
+        writeInteger(rule.priority)
+        writeOptionalInteger(rule.expiresAfterMicroseconds)
     }
 
     /// subscription terms (§3): `u8 scope`, `i64 creditsPerSeat`, `bool prorate`, `u8 removal`,
@@ -436,6 +475,24 @@ extension BodyReader {
         let rawRemoval = try u8("removal")
         guard let removal = Subscription.Removal(rawValue: rawRemoval) else { throw malformed("removal", "is \(rawRemoval); must be 0 or 1") }
         return Subscription(scope: scope, creditsPerSeat: perSeat, prorate: prorate, removal: removal, rolloverCap: try i64("rolloverCap"), priority: try i32("priority"))
+    }
+
+    mutating func threshold() throws(WireError) -> AlertRule.Threshold {
+        let kind = try u8("threshold kind")
+        let value = try i64("threshold value")
+        switch kind {
+        case 0: return .credits(value)
+        case 1: return .percentOfAllotment(value)
+        case 2: return .depleted
+        default: throw malformed("threshold kind", "is \(kind); must be 0, 1 or 2")
+        }
+    }
+
+    mutating func optionalRecharge() throws(WireError) -> AutoRecharge? {
+        guard try present("recharge") else { return nil }
+        return AutoRecharge(
+            below: try i64("below"), amount: try i64("amount"), upTo: try optionalI64("upTo"), maxPerPeriod: try i64("maxPerPeriod"),
+            priority: try i32("priority"), expiresAfterMicroseconds: try optionalI64("expiresAfterMicroseconds"))
     }
 
     mutating func commandFields(_ opcode: Opcode) throws(WireError) -> Command {
@@ -512,26 +569,33 @@ extension BodyReader {
             let account = try string("account")
             let id = try string("alert id")
             let member = try optionalString("member")
-            let kind = try u8("threshold kind")
-            let value = try i64("threshold value")
-            let threshold: AlertRule.Threshold
-            switch kind {
-            case 0: threshold = .credits(value)
-            case 1: threshold = .percentOfAllotment(value)
-            case 2: threshold = .depleted
-            default: throw malformed("threshold kind", "is \(kind); must be 0, 1 or 2")
-            }
-            return .setAlert(account: account, rule: AlertRule(id: id, member: member, threshold: threshold))
+            return .setAlert(account: account, rule: AlertRule(id: id, member: member, threshold: try threshold()))
         case .removeAlert:
             return .removeAlert(account: try string("account"), id: try string("alert id"))
         case .setAutoRecharge:
+            return .setAutoRecharge(account: try string("account"), rule: try optionalRecharge())
+        case .definePlan:
+            var plan = Plan(name: try string("plan"), overage: try overage())
+            plan.subscription = try present("subscription") ? try subscription() : nil
+            for index in 0..<Int(try u8("grant count")) {
+                let amount = try i64("grant \(index) amount")
+                let priority = try i32("grant \(index) priority")
+                let source = try source()
+                plan.grants.append(PlanGrant(amount: amount, priority: priority, source: source, lifetimeMicroseconds: try optionalI64("grant \(index) lifetime")))
+            }
+            for index in 0..<Int(try u8("alert count")) {
+                plan.alerts.append(AlertRule(id: try string("alert \(index) id"), threshold: try threshold()))
+            }
+            plan.autoRecharge = try optionalRecharge()
+            return .definePlan(plan)
+        case .provision:
             let account = try string("account")
-            guard try present("recharge") else { return .setAutoRecharge(account: account, rule: nil) }
-            return .setAutoRecharge(
-                account: account,
-                rule: AutoRecharge(
-                    below: try i64("below"), amount: try i64("amount"), upTo: try optionalI64("upTo"), maxPerPeriod: try i64("maxPerPeriod"),
-                    priority: try i32("priority"), expiresAfterMicroseconds: try optionalI64("expiresAfterMicroseconds")))
+            let plan = try string("plan")
+            let parent = try optionalString("parent")
+            let seats = try i64("seats")
+            var members: [String] = []
+            for index in 0..<Int(try u16("member count")) { members.append(try string("member \(index)")) }
+            return .provision(Provision(account: account, plan: plan, parent: parent, seats: seats, members: members))
         case .hello, .ping, .error, .event, .subscribe, .check, .balance, .balanceAt, .batch:
             preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
         }

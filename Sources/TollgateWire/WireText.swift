@@ -148,22 +148,37 @@ public enum WireText {
         case .setSeats(let account, let seats, let effectiveAt):
             return ["account=\(quote(account))", "seats=\(seats)", "effectiveAt=\(effectiveAt.microsecondsSinceEpoch)"]
         case .setAlert(let account, let rule):
-            let threshold: String
-            switch rule.threshold {
-            case .credits(let credits): threshold = "credits(\(credits))"
-            case .percentOfAllotment(let percent): threshold = "percent(\(percent))"
-            case .depleted: threshold = "depleted"
-            }
-            return ["account=\(quote(account))", "id=\(quote(rule.id))", "member=\(optional(rule.member))", "threshold=\(threshold)"]
+            return ["account=\(quote(account))", "id=\(quote(rule.id))", "member=\(optional(rule.member))", "threshold=\(threshold(rule.threshold))"]
         case .removeAlert(let account, let id):
             return ["account=\(quote(account))", "id=\(quote(id))"]
         case .setAutoRecharge(let account, let rule):
-            guard let rule else { return ["account=\(quote(account))", "recharge=-"] }
+            return ["account=\(quote(account))", "recharge=\(recharge(rule))"]
+        case .definePlan(let plan):
+            let grants = plan.grants.map { "(amount=\($0.amount),priority=\($0.priority),source=\($0.source.rawValue),lifetime=\(optional($0.lifetimeMicroseconds)))" }
+            let alerts = plan.alerts.map { "(\(quote($0.id)),\(threshold($0.threshold)))" }
             return [
-                "account=\(quote(account))",
-                "recharge=(below=\(rule.below),amount=\(rule.amount),upTo=\(optional(rule.upTo)),maxPerPeriod=\(rule.maxPerPeriod),priority=\(rule.priority),expiresAfter=\(optional(rule.expiresAfterMicroseconds)))",
+                "name=\(quote(plan.name))", "overage=\(overage(plan.overage))", "subscription=\(plan.subscription.map(subscription) ?? "-")",
+                "grants=[\(grants.joined(separator: ","))]", "alerts=[\(alerts.joined(separator: ","))]", "recharge=\(recharge(plan.autoRecharge))",
+            ]
+        case .provision(let provision):
+            return [
+                "account=\(quote(provision.account))", "plan=\(quote(provision.plan))", "parent=\(optional(provision.parent))", "seats=\(provision.seats)",
+                "members=[\(provision.members.map(quote).joined(separator: ","))]",
             ]
         }
+    }
+
+    static func threshold(_ threshold: AlertRule.Threshold) -> String {
+        switch threshold {
+        case .credits(let credits): "credits(\(credits))"
+        case .percentOfAllotment(let percent): "percent(\(percent))"
+        case .depleted: "depleted"
+        }
+    }
+
+    static func recharge(_ rule: AutoRecharge?) -> String {
+        guard let rule else { return "-" }
+        return "(below=\(rule.below),amount=\(rule.amount),upTo=\(optional(rule.upTo)),maxPerPeriod=\(rule.maxPerPeriod),priority=\(rule.priority),expiresAfter=\(optional(rule.expiresAfterMicroseconds)))"
     }
 
     static func subscription(_ terms: Subscription) -> String {

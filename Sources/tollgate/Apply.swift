@@ -66,10 +66,22 @@ struct Apply: AsyncParsableCommand {
         for (product, rate) in plan.products {
             _ = try await step("rate \(product) = \(rate)", .setRate(product: product, creditsPerUnit: rate, effectiveAt: now))
         }
+        for template in plan.templates {
+            _ = try await step("plan \(template.name)", .definePlan(template))
+        }
         for account in plan.accounts {
-            _ = try await step(
-                "account \(account.id)", .createAccount(CreateAccount(account: account.id, parent: account.parent, overage: account.overage)), tolerating: [.alreadyExists])
-            _ = try await step("overage \(account.id)", .setOverage(account: account.id, policy: account.overage))
+            if let template = account.plan {
+                _ = try await step(
+                    "account \(account.id) on plan \(template)",
+                    .provision(
+                        Provision(account: account.id, plan: template, parent: account.parent, seats: account.seats ?? 0, members: account.members.map(\.id))),
+                    tolerating: [.alreadyExists])
+            } else {
+                _ = try await step(
+                    "account \(account.id)", .createAccount(CreateAccount(account: account.id, parent: account.parent, overage: account.overage)),
+                    tolerating: [.alreadyExists])
+                _ = try await step("overage \(account.id)", .setOverage(account: account.id, policy: account.overage))
+            }
             if let cap = account.cap { _ = try await step("cap \(account.id) = \(cap)", .setAccountCap(account: account.id, limit: cap)) }
             for (product, rate) in account.rates {
                 _ = try await step("rate \(product) = \(rate.map(String.init) ?? "the rate card") for \(account.id)", .setAccountRate(account: account.id, product: product, creditsPerUnit: rate, effectiveAt: now))
@@ -185,9 +197,12 @@ struct Plan {
         var rates: [(String, Credits?)]
         var subscription: Subscription?
         var seats: Int64?
+        /// Provision from this plan template (one step, all or nothing).
+        var plan: String?
     }
 
     var products: [(String, Credits)] = []
+    var templates: [TollgateLedger.Plan] = []
     var accounts: [Account] = []
 
     init(yaml: String) throws {
@@ -209,8 +224,14 @@ struct Plan {
             case "accounts":
                 guard let accounts = value.sequence else { throw PlanError(message: "accounts must be a list") }
                 self.accounts = try accounts.map(Plan.account)
+            case "plans":
+                guard let plans = value.mapping else { throw PlanError(message: "plans must map plan names to templates") }
+                for (name, template) in plans {
+                    guard let name = name.string else { throw PlanError(message: "plans: each plan needs a name") }
+                    templates.append(try Plan.template(name, template))
+                }
             default:
-                throw PlanError(message: "unknown top-level key \"\(key.string ?? "?")\"; expected products and accounts")
+                throw PlanError(message: "unknown top-level key \"\(key.string ?? "?")\"; expected products, plans and accounts")
             }
         }
     }
@@ -219,7 +240,7 @@ struct Plan {
         guard let mapping = node.mapping, let id = mapping["id"]?.string else { throw PlanError(message: "each account needs an id") }
         var account = Account(
             id: id, parent: mapping["parent"]?.string, overage: .deny, cap: nil, members: [], groups: [], grants: [], rates: [], subscription: nil,
-            seats: nil)
+            seats: nil, plan: nil)
         for (key, value) in mapping {
             switch key.string ?? "" {
             case "id", "parent": break
@@ -241,6 +262,8 @@ struct Plan {
                 account.grants = try (value.sequence ?? []).map { try grant($0, account: id) }
             case "subscription":
                 (account.subscription, account.seats) = try subscription(value, account: id)
+            case "plan": account.plan = value.string
+            case "seats": account.seats = try credits(value, "account \(id) seats")
             case "rates":
                 for (product, rate) in value.mapping ?? [:] {
                     guard let name = product.string else { continue }
@@ -255,7 +278,7 @@ struct Plan {
 
     /// `subscription: {credits-per-seat, scope: pooled | per-member, seats, prorate, removal:
     /// keep | claw-back, rollover-cap, priority}`.
-    static func subscription(_ node: Node, account: String) throws -> (Subscription, Int64?) {
+    static func subscription(_ node: Node, account: String, seatsRequired: Bool = true) throws -> (Subscription, Int64?) {
         guard let mapping = node.mapping else { throw PlanError(message: "account \(account): subscription must be a mapping") }
         let known: Set<String> = ["credits-per-seat", "scope", "seats", "prorate", "removal", "rollover-cap", "priority"]
         for key in mapping.keys where !known.contains(key.string ?? "") {
@@ -286,10 +309,61 @@ struct Plan {
         if terms.scope == .perMember && seats != nil {
             throw PlanError(message: "account \(account): a per-member subscription's seats are its members; drop seats")
         }
-        if terms.scope == .pooled && seats == nil {
+        if seatsRequired && terms.scope == .pooled && seats == nil {
             throw PlanError(message: "account \(account): a pooled subscription needs seats")
         }
         return (terms, seats)
+    }
+
+    /// A plan template: `{overage, subscription: {...}, grants: [{amount, priority, source,
+    /// expires: never | DURATION}], alerts: [{id, credits | percent | depleted: true}],
+    /// recharge: {below, amount, up-to, max-per-period, priority, expires-after}}`.
+    static func template(_ name: String, _ node: Node) throws -> TollgateLedger.Plan {
+        guard let mapping = node.mapping else { throw PlanError(message: "plan \(name) must be a mapping") }
+        var plan = TollgateLedger.Plan(name: name)
+        for (key, value) in mapping {
+            switch key.string ?? "" {
+            case "overage":
+                do { plan.overage = try parseOverage(value.string ?? "") } catch { throw PlanError(message: "plan \(name): \(error)") }
+            case "subscription":
+                let (terms, seats) = try subscription(value, account: "plan \(name)", seatsRequired: false)
+                guard seats == nil else { throw PlanError(message: "plan \(name): seats are given when an account is provisioned, not in the plan") }
+                plan.subscription = terms
+            case "grants":
+                plan.grants = try (value.sequence ?? []).map { node in
+                    let grant = try Plan.grant(node, account: "plan \(name)")
+                    let lifetime: Int64?
+                    switch grant.expires {
+                    case .never: lifetime = nil
+                    case .after(let microseconds): lifetime = microseconds
+                    default: throw PlanError(message: "plan \(name): a plan's grant expires never or after a duration")
+                    }
+                    return PlanGrant(amount: grant.amount, priority: grant.priority, source: grant.source, lifetimeMicroseconds: lifetime)
+                }
+            case "alerts":
+                plan.alerts = try (value.sequence ?? []).map { node in
+                    guard let alert = node.mapping, let id = alert["id"]?.string else { throw PlanError(message: "plan \(name): each alert needs an id") }
+                    if let credits = alert["credits"] { return AlertRule(id: id, threshold: .credits(try Plan.credits(credits, "alert \(id) credits"))) }
+                    if let percent = alert["percent"] { return AlertRule(id: id, threshold: .percentOfAllotment(try Plan.credits(percent, "alert \(id) percent"))) }
+                    if alert["depleted"]?.bool == true { return AlertRule(id: id, threshold: .depleted) }
+                    throw PlanError(message: "plan \(name): alert \(id) needs credits, percent or depleted: true")
+                }
+            case "recharge":
+                guard let recharge = value.mapping, let below = recharge["below"], let amount = recharge["amount"] else {
+                    throw PlanError(message: "plan \(name): recharge needs below and amount")
+                }
+                var rule = AutoRecharge(
+                    below: try credits(below, "recharge below"), amount: try credits(amount, "recharge amount"),
+                    maxPerPeriod: try recharge["max-per-period"].map { try credits($0, "max-per-period") } ?? 1)
+                rule.upTo = try recharge["up-to"].map { try credits($0, "up-to") }
+                if let priority = recharge["priority"]?.int { rule.priority = Int32(clamping: priority) }
+                if let lifetime = recharge["expires-after"]?.string { rule.expiresAfterMicroseconds = try TimeParser.duration(lifetime) }
+                plan.autoRecharge = rule
+            default:
+                throw PlanError(message: "plan \(name): unknown key \"\(key.string ?? "?")\"")
+            }
+        }
+        return plan
     }
 
     static func grant(_ node: Node, account: String) throws -> Grant {

@@ -58,3 +58,26 @@ struct SeatsCommand: AsyncParsableCommand {
         try await admin(options, .setSeats(account: account, seats: seats, effectiveAt: try TimeParser.instant(effective)))
     }
 }
+
+/// `tollgate plan provision ACCOUNT PLAN`: an account on a plan in one step. Plans are defined
+/// in plan files (`plans:` in `tollgate apply`).
+struct PlanCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plan", abstract: "Provision accounts from plan templates (define plans with `tollgate apply`; see examples/plans.yaml).",
+        subcommands: [ProvisionAccount.self])
+
+    struct ProvisionAccount: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "provision", abstract: "Create an account on a plan: members, seats, subscription, grants, alerts and recharge, all or nothing.")
+        @OptionGroup var options: GlobalOptions
+        @Argument var account: String
+        @Argument var plan: String
+        @Option(help: "Seats of a pooled subscription.") var seats: Int64 = 0
+        @Option(help: "A member to add (repeat for several; per-member plans give each its seat).") var member: [String] = []
+        @Option(help: "A parent account whose pool this one may draw on.") var parent: String?
+
+        func run() async throws {
+            try await admin(options, .provision(Provision(account: account, plan: plan, parent: parent, seats: seats, members: member)))
+        }
+    }
+}

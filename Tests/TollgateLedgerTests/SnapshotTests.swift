@@ -40,12 +40,12 @@ import TollgateLedgerTestSupport
         // The version-2 section of a ledger without subscriptions, alerts or recharges: no
         // subscriptions, none issued, no alerts, no recharges, the next event 1, none
         // recharged (48 bytes); the ledger-wide burn window (2 × (8 + 24 × 8) bytes); no
-        // burn windows for accounts or members (16 bytes).
-        let section = 48 + 2 * (8 + 24 * 8) + 16
+        // burn windows for accounts or members, no plans (24 bytes).
+        let section = 48 + 2 * (8 + 24 * 8) + 24
         var head = [UInt8](repeating: 0, count: 48)
         head[39] = 1
         #expect(Array(bytes.suffix(section).prefix(48)) == head)
-        #expect(Array(bytes.suffix(16)) == [UInt8](repeating: 0, count: 16))
+        #expect(Array(bytes.suffix(24)) == [UInt8](repeating: 0, count: 24))
         let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(section))
         #expect(try Ledger(snapshot: versionOne) == driver.ledger)
     }

@@ -166,6 +166,24 @@ enum Samples {
                         rule: AutoRecharge(below: 50, amount: 200, upTo: 500, maxPerPeriod: 3, priority: 100, expiresAfterMicroseconds: 2_592_000_000_000)),
                     key: "setup-30")),
             request("turn auto-recharge off", 53, .command(.setAutoRecharge(account: "acme", rule: nil), key: "setup-31")),
+            request(
+                "define the Team plan: 100 pooled credits a seat, an alert at 10, a yearly 1,000-credit top-up", 56,
+                .command(
+                    .definePlan(
+                        Plan(
+                            name: "team", subscription: Subscription(creditsPerSeat: 100),
+                            grants: [PlanGrant(amount: 1_000, priority: 100, source: .topUp, lifetimeMicroseconds: 31_536_000_000_000)],
+                            alerts: [AlertRule(id: "low", threshold: .credits(10))])), key: "setup-32")),
+            request(
+                "define an enterprise plan: a prepaid bucket, overdraft, auto-recharge", 57,
+                .command(
+                    .definePlan(
+                        Plan(
+                            name: "enterprise", overage: .overdraft(limit: 5_000), grants: [PlanGrant(amount: 1_000_000, source: .manual)],
+                            autoRecharge: AutoRecharge(below: 10_000, amount: 100_000, maxPerPeriod: 4))), key: "setup-33")),
+            request(
+                "provision an account on the Team plan with 4 seats", 58,
+                .command(.provision(Provision(account: "globex", plan: "team", seats: 4, members: ["ana", "ben", "cy", "dee"])), key: "setup-34")),
             request("subscribe to one account's events from now on", 54, .subscribe(after: nil, account: "acme")),
             request("subscribe to every event after sequence 41", 55, .subscribe(after: 41, account: nil)),
             response("subscribed: the next event will be number 42", 55, .subscribe, .subscribed(nextSequence: 42)),

@@ -17,6 +17,7 @@ OPCODES = {
     0x27: "SET_MEMBER_CAP", 0x28: "CREATE_GROUP", 0x29: "DELETE_GROUP", 0x2A: "SET_GROUP_CAP", 0x2B: "ADD_TO_GROUP",
     0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
     0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS", 0x33: "SET_ALERT", 0x34: "REMOVE_ALERT", 0x35: "SET_AUTO_RECHARGE",
+    0x36: "DEFINE_PLAN", 0x37: "PROVISION",
 }
 OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
 
@@ -174,6 +175,24 @@ RECHARGE = (_read_recharge, _write_recharge,
 OPT_RECHARGE = _optional(RECHARGE)
 
 
+def _list(count_fmt, read_item, write_item, render_item):
+    """A count, then that many items; rendered [item,item]."""
+    return (lambda r: [read_item(r) for _ in range(r.int(count_fmt))],
+            lambda w, items: (w.int(count_fmt, len(items)), [write_item(w, item) for item in items]),
+            lambda items: "[" + ",".join(render_item(item) for item in items) + "]")
+
+
+PLAN_GRANTS = _list("B",
+                    lambda r: (r.int("q"), r.int("i"), r.int("B"), OPT_I64[0](r)),
+                    lambda w, g: (w.int("q", g[0]), w.int("i", g[1]), w.int("B", g[2]), OPT_I64[1](w, g[3])),
+                    lambda g: "(amount=%d,priority=%d,source=%d,lifetime=%s)" % (g[0], g[1], g[2], OPT_I64[2](g[3])))
+PLAN_ALERTS = _list("B",
+                    lambda r: (r.string(), THRESHOLD[0](r)),
+                    lambda w, a: (w.string(a[0]), THRESHOLD[1](w, a[1])),
+                    lambda a: "(%s,%s)" % (quote(a[0]), THRESHOLD[2](a[1])))
+MEMBERS = _list("H", lambda r: r.string(), lambda w, m: w.string(m), quote)
+
+
 def _read_scope(r):
     kind = r.int("B")
     if kind == 0:
@@ -260,6 +279,9 @@ REQUESTS = {
     "REMOVE_ALERT": [("key", STR), ("account", STR), ("id", STR)],
     "SET_AUTO_RECHARGE": [("key", STR), ("account", STR), ("recharge", OPT_RECHARGE)],
     "SUBSCRIBE": [("after", OPT_U64), ("account", OPT_STR)],
+    "DEFINE_PLAN": [("key", STR), ("name", STR), ("overage", OVERAGE), ("subscription", OPT_SUBSCRIPTION), ("grants", PLAN_GRANTS),
+                    ("alerts", PLAN_ALERTS), ("recharge", OPT_RECHARGE)],
+    "PROVISION": [("key", STR), ("account", STR), ("plan", STR), ("parent", OPT_STR), ("seats", I64), ("members", MEMBERS)],
 }
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
