@@ -79,6 +79,11 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// A connection must complete its TLS handshake and HELLO within this time.
     public var handshakeTimeoutMilliseconds: Int64 = 10_000
 
+    /// Shifts the server's clock by this many seconds: for demos and tests that need a
+    /// period to turn or a day to pass (examples/walkthrough.sh). The ledger never goes back
+    /// in time, so a smaller offset after a larger one changes nothing until time catches up.
+    public var clockOffsetSeconds: Int64 = 0
+
     /// Where events (alerts, recharges) are POSTed as JSON, at least once, in order; none
     /// when unset. `http://` or `https://`.
     public var webhookURL: String?

@@ -9,7 +9,7 @@ extension ServerConfiguration {
         "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
         "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
         "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
-        "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds",
+        "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
     ]
 
     public static func environmentName(_ setting: String) -> String {
@@ -104,6 +104,7 @@ extension ServerConfiguration {
             }
             webhookURL = value.isEmpty ? nil : value
         case "webhookTimeoutMilliseconds": webhookTimeoutMilliseconds = try integer(100...600_000)
+        case "clockOffsetSeconds": clockOffsetSeconds = try integer(-315_360_000...315_360_000)
         default:
             throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
         }

@@ -68,6 +68,11 @@ public final class TollgateServer: Service, Sendable {
         journalFiles: any JournalFiles = SystemJournalFiles()
     ) {
         _ = MetricsBootstrap.registry
+        let offset = configuration.clockOffsetSeconds * 1_000_000
+        let base = clock
+        let shifted: @Sendable () -> Instant = { base().adding(microseconds: offset) }
+        let clock: @Sendable () -> Instant = offset == 0 ? base : shifted
+        if offset != 0 { logger.warning("the server's clock is shifted by \(configuration.clockOffsetSeconds) s (clockOffsetSeconds)") }
         self.clock = clock
         self.journalFiles = journalFiles
         self.configuration = configuration

@@ -45,6 +45,8 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "Lowest TLS version accepted: 1.3 (default) or 1.2.") var tlsMinVersion: String?
     @Option(help: "Identities, roles and scopes (YAML). Without one, an admin token is written to <data-dir>/admin.token.")
     var credentials: String?
+    @Option(help: "Shift the server's clock by this many seconds (demos and tests: days passing, periods turning).")
+    var clockOffsetSeconds: Int?
     @Flag(help: "Allow plaintext on an address that is not loopback (tokens then cross the network in the clear).")
     var allowPlaintext = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (also TOLLGATE_LOG_LEVEL; default info).")
@@ -110,6 +112,7 @@ struct Tollgated: AsyncParsableCommand {
         add("tlsClientCertificates", tlsClientCertificates)
         add("tlsMinimumVersion", tlsMinVersion)
         add("credentialsFile", credentials)
+        add("clockOffsetSeconds", clockOffsetSeconds)
         if allowPlaintext { settings.append(("allowPlaintext", "true")) }
         return settings
     }
