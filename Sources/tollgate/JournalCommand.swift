@@ -53,8 +53,11 @@ struct JournalCommand: ParsableCommand {
             abstract: "Write every consumption as a JSON line, for billing reconciliation.",
             discussion: """
                 Replays the journal and prints one line per spend and per commit: \
-                {"time", "account", "member", "product", "credits", "hold", "sequence"}. A commit's \
-                member and product are those of its hold; a spend has no hold.
+                {"type": "consumption", "time", "account", "member", "product", "credits", "hold", "sequence"}. \
+                A commit's member and product are those of its hold; a spend has no hold. Events the \
+                ledger produced while replaying follow the record that caused them, as in the event log: \
+                {"type": "recharged" | "alert" | "depleted", "id", "sequence", ...}; recharges are \
+                top-ups to bill.
                 """)
         @Argument var directory: String
 
@@ -81,9 +84,16 @@ struct JournalCommand: ParsableCommand {
                         break
                     }
                     if var line {
+                        line["type"] = "consumption"
                         line["time"] = record.instant.description
                         line["sequence"] = record.sequence
                         let data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys, .withoutEscapingSlashes])
+                        print(String(decoding: data, as: UTF8.self))
+                    }
+                    for event in ledger.takeEvents() {
+                        var object = EventsCommand.object(event)
+                        object["id"] = "tollgate-event-\(event.sequence)"
+                        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
                         print(String(decoding: data, as: UTF8.self))
                     }
                 }

@@ -244,21 +244,27 @@ import Glibc
         let hold = try await gate.reserve(account: "acme", member: "ana", product: "ai.assistant", quantity: 1)
         try await gate.commit(account: "acme", hold: hold.hold!, amount: .credits(9))
         _ = try await gate.spend(account: "acme", member: nil, product: "ai.summary", quantity: 2)
+        // An auto-recharge, which the export lists for billing.
+        _ = try await gate.apply(.setAutoRecharge(account: "acme", rule: AutoRecharge(below: 500, amount: 250, maxPerPeriod: 1)))
         await gate.close()
         try await server.stop()
         let journal = data + "/journal"
 
         let verify = try run(["journal", "verify", journal])
         #expect(verify.status == 0)
-        #expect(verify.output.hasPrefix("12 records in 1 segments; last sequence 12"))
+        #expect(verify.output.hasPrefix("13 records in 1 segments; last sequence 13"))
         let dump = try run(["journal", "dump", journal])
-        #expect(dump.output.split(separator: "\n").count == 12)
+        #expect(dump.output.split(separator: "\n").count == 13)
         #expect(dump.output.contains("SPEND key="))
         let export = try run(["journal", "export", journal])
         let lines = export.output.split(separator: "\n").map(String.init)
-        #expect(lines.count == 2)
+        #expect(lines.count == 3)
         #expect(lines[0].hasPrefix(#"{"account":"acme","credits":9,"hold":1,"member":"ana","product":"ai.assistant","sequence":11,"time":""#))
+        #expect(lines[0].contains(#""type":"consumption""#))
         #expect(lines[1].contains(#""credits":14"#) && lines[1].contains(#""hold":null"#) && lines[1].contains(#""member":null"#))
+        // 400 − 9 − 14 = 377 is below 500: recharged at once by 250.
+        #expect(lines[2].contains(#""type":"recharged""#) && lines[2].contains(#""amount":250"#) && lines[2].contains(#""balance":627"#))
+        #expect(lines[2].contains(#""id":"tollgate-event-1""#))
 
         // A damaged journal is reported with its offset, and the exit status says so.
         let file = try FileManager.default.contentsOfDirectory(atPath: journal).first!

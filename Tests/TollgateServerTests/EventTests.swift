@@ -209,3 +209,37 @@ final class WebhookReceiver: Sendable {
         try await server.stop()
     }
 }
+
+@Suite struct PeriodCatchUpTests {
+    /// A server that was down across two period boundaries issues (and expires) each missed
+    /// period's credits at start, and serves the current period's.
+    @Test func aServerDownAcrossBoundariesCatchesUpAtStart() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-catch-up-\(UUID().uuidString)"
+        let server = try await TestServer.start { $0.dataDirectory = data }
+        let admin = try await server.client()
+        _ = try await admin.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch))
+        _ = try await admin.apply(.definePlan(Plan(name: "team", subscription: Subscription(creditsPerSeat: 100))))
+        _ = try await admin.apply(.provision(Provision(account: "acme", plan: "team", seats: 4)))
+        _ = try await admin.spend(account: "acme", member: nil, product: "p", quantity: 150)
+        let before = try await admin.balance(account: "acme")
+        await admin.close()
+        try await server.stop()
+
+        // 65 days later: two boundaries passed (two months are at most 62 days).
+        let later = try await TestServer.start {
+            $0.dataDirectory = data
+            $0.clockOffsetSeconds = 65 * 86_400
+        }
+        let client = try await later.client()
+        let after = try await client.balance(account: "acme")
+        #expect(after.funds.pool == 400)
+        #expect(after.subscription!.periodStart > before.periodEnd)
+        #expect(after.subscription!.periodStart <= after.at && after.at < after.subscription!.periodEnd)
+        let totals = later.server.service.snapshot.creditTotals()
+        #expect(totals.granted == 3 * 400)
+        #expect(totals.consumed == 150 && totals.expired == 250 + 400 && totals.available == 400)
+        await client.close()
+        try await later.stop()
+        try? FileManager.default.removeItem(atPath: data)
+    }
+}
