@@ -118,7 +118,8 @@ public struct Ledger: Hashable, Sendable {
             forgotEarly = true
         }
         let answer = execute(command, at: now)
-        if !answer.isRefused, let slot = accountSlots[HashedString(command.account)] {
+        // Alerts and recharges: a look-up only when some account has them.
+        if !answer.isRefused, !alerts.isEmpty || !recharges.isEmpty, let slot = accountSlots[HashedString(command.account)] {
             evaluateWatches(slot, at: now)
             let parent = accounts[Int(slot)].parent
             if parent != noSlot { evaluateWatches(parent, at: now) }
