@@ -10,43 +10,58 @@ struct BurnWindow: Hashable, Sendable {
     static let minuteBucket = 5 * Microseconds.perSecond
     static let hourBucket = 5 * Microseconds.perMinute
 
-    /// For each bucket, the index of the time slice it holds (time / bucket length) and the
-    /// credits consumed in it: minute ring first, then hour ring.
-    private var slices = [Int64](repeating: -1, count: 2 * buckets)
-    private var amounts = [Credits](repeating: 0, count: 2 * buckets)
+    /// One buffer, touched once per consumption: the minute ring's slices (the index of the
+    /// time slice each bucket holds: time / bucket length) and amounts, then the hour ring's.
+    /// Empty until the first use, so a table of windows costs one reference per account or
+    /// member that never consumed.
+    private var cells: [Int64] = []
+
+    var isEmpty: Bool { cells.isEmpty }
 
     mutating func add(_ credits: Credits, at instant: Instant) {
-        record(credits, slice: instant.microsecondsSinceEpoch.flooredDivision(by: Self.minuteBucket), offset: 0)
-        record(credits, slice: instant.microsecondsSinceEpoch.flooredDivision(by: Self.hourBucket), offset: Self.buckets)
+        if cells.isEmpty {
+            cells = [Int64](repeating: 0, count: 4 * Self.buckets)
+            for index in 0..<Self.buckets {
+                cells[index] = -1
+                cells[2 * Self.buckets + index] = -1
+            }
+        }
+        let minute = instant.microsecondsSinceEpoch.flooredDivision(by: Self.minuteBucket)
+        let hour = instant.microsecondsSinceEpoch.flooredDivision(by: Self.hourBucket)
+        cells.withUnsafeMutableBufferPointer { cells in
+            Self.record(credits, slice: minute, in: cells, at: 0)
+            Self.record(credits, slice: hour, in: cells, at: 2 * Self.buckets)
+        }
     }
 
-    private mutating func record(_ credits: Credits, slice: Int64, offset: Int) {
-        let index = offset + Int(slice.flooredModulo(Int64(Self.buckets)))
-        if slices[index] != slice {
-            slices[index] = slice
-            amounts[index] = 0
+    private static func record(_ credits: Credits, slice: Int64, in cells: UnsafeMutableBufferPointer<Int64>, at offset: Int) {
+        let index = offset + Int(slice.flooredModulo(Int64(buckets)))
+        if cells[index] != slice {
+            cells[index] = slice
+            cells[index + buckets] = 0
         }
-        amounts[index] = amounts[index].addingClamped(credits)
+        cells[index + buckets] = cells[index + buckets].addingClamped(credits)
     }
 
     /// Credits consumed in the last minute and the last hour, as of `instant`.
     func totals(at instant: Instant) -> (minute: Credits, hour: Credits) {
         (sum(slice: instant.microsecondsSinceEpoch.flooredDivision(by: Self.minuteBucket), offset: 0),
-         sum(slice: instant.microsecondsSinceEpoch.flooredDivision(by: Self.hourBucket), offset: Self.buckets))
+         sum(slice: instant.microsecondsSinceEpoch.flooredDivision(by: Self.hourBucket), offset: 2 * Self.buckets))
     }
 
     private func sum(slice current: Int64, offset: Int) -> Credits {
+        guard !cells.isEmpty else { return 0 }
         var total: Credits = 0
-        for index in offset..<offset + Self.buckets where slices[index] <= current && slices[index] > current - Int64(Self.buckets) {
-            total = total.addingClamped(amounts[index])
+        for index in offset..<offset + Self.buckets where cells[index] <= current && cells[index] > current - Int64(Self.buckets) {
+            total = total.addingClamped(cells[index + Self.buckets])
         }
         return total
     }
 
-    /// The window's exact contents, for checkpoints.
-    var storage: (slices: [Int64], amounts: [Credits]) {
-        get { (slices, amounts) }
-        set { (slices, amounts) = newValue }
+    /// The window's exact contents, for checkpoints: empty, or 48 numbers.
+    var storage: [Int64] {
+        get { cells }
+        set { cells = newValue }
     }
 }
 

@@ -1,4 +1,6 @@
 /// Every change to the ledger is one of these values, applied with `Ledger.apply(_:key:at:)`.
+/// The large, rare admin cases are `indirect`, so a `Command` stays as small as a gate
+/// command needs (it is copied on every decision).
 /// Because commands are plain values, the journal can record them with the instant they were
 /// decided at and replay them, and the wire can carry them.
 public enum Command: Hashable, Sendable {
@@ -31,18 +33,18 @@ public enum Command: Hashable, Sendable {
     case setAccountRate(account: String, product: String, creditsPerUnit: Credits?, effectiveAt: Instant)
     /// Starts a subscription now (its credits for the rest of the current period are issued at
     /// once), or changes or ends one (`nil`) from the next period boundary on.
-    case setSubscription(account: String, terms: Subscription?)
+    indirect case setSubscription(account: String, terms: Subscription?)
     /// The number of seats of a pooled subscription, from `effectiveAt` (now if in the past).
     case setSeats(account: String, seats: Int64, effectiveAt: Instant)
     /// Adds or replaces (by id) a balance alert.
-    case setAlert(account: String, rule: AlertRule)
+    indirect case setAlert(account: String, rule: AlertRule)
     case removeAlert(account: String, id: String)
     /// Sets (or, with nil, removes) the account's auto-recharge.
-    case setAutoRecharge(account: String, rule: AutoRecharge?)
+    indirect case setAutoRecharge(account: String, rule: AutoRecharge?)
     /// Defines (or replaces) a plan template. Accounts provisioned before keep what they got.
-    case definePlan(Plan)
+    indirect case definePlan(Plan)
     /// Creates an account on a plan, all in one step.
-    case provision(Provision)
+    indirect case provision(Provision)
 
     /// The account the command belongs to: idempotency keys are scoped by it, and later the
     /// server checks a credential's scope against it. Rate-card changes belong to no account.

@@ -135,7 +135,7 @@ extension Ledger {
         }
         seatMemberRemoving(slot, account: members[index].account, at: now)
         dropAlerts(member: slot, account: members[index].account)
-        memberBurn.removeValue(forKey: slot)
+        if Int(slot) < memberBurn.count { memberBurn[Int(slot)] = BurnWindow() }
         for group in members[index].groups { leave(group: group, member: slot, at: now) }
         for grant in members[index].grantOrder { endGrant(grant, as: .voided) }
         if members[index].pendingGrants > 0 {

@@ -177,7 +177,9 @@ extension Ledger {
     /// Every live grant of an account, including those not yet effective and those that are
     /// spent or expired but still have credits held on them.
     func burnRate(_ chain: Chain, at now: Instant) -> BurnRate {
-        let window = chain.member != noSlot ? memberBurn[chain.member] : accountBurn[chain.account]
+        let member = Int(chain.member)
+        let account = Int(chain.account)
+        let window = chain.member != noSlot ? (member < memberBurn.count ? memberBurn[member] : nil) : (account < accountBurn.count ? accountBurn[account] : nil)
         let totals = window?.totals(at: now) ?? (minute: 0, hour: 0)
         return BurnRate(lastMinute: totals.minute, lastHour: totals.hour)
     }

@@ -194,8 +194,13 @@ extension Ledger {
         accounts[account].usage.add(held: held, consumed: consumed)
         if consumed > 0 {
             ledgerBurn.add(consumed, at: now)
-            accountBurn[chain.account, default: BurnWindow()].add(consumed, at: now)
-            if chain.member != noSlot { memberBurn[chain.member, default: BurnWindow()].add(consumed, at: now) }
+            while accountBurn.count <= account { accountBurn.append(BurnWindow()) }
+            accountBurn[account].add(consumed, at: now)
+            if chain.member != noSlot {
+                let member = Int(chain.member)
+                while memberBurn.count <= member { memberBurn.append(BurnWindow()) }
+                memberBurn[member].add(consumed, at: now)
+            }
         }
         if chain.parent != noSlot {
             let parent = Int(chain.parent)

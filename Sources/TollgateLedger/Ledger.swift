@@ -54,8 +54,10 @@ public struct Ledger: Hashable, Sendable {
     /// Events not yet taken by the server; not part of the state (see `EventOutbox`).
     var outbox = EventOutbox()
     /// Consumption over the last minute and hour, by account and by member slot.
-    var accountBurn: [Int32: BurnWindow] = [:]
-    var memberBurn: [Int32: BurnWindow] = [:]
+    /// Indexed by account and member slot (no hashing on the decision path); grown as the
+    /// tables grow, and each window allocated on first use.
+    var accountBurn = ChunkedArray<BurnWindow>()
+    var memberBurn = ChunkedArray<BurnWindow>()
     var ledgerBurn = BurnWindow()
     var plans: [String: Plan] = [:]
 
@@ -119,7 +121,7 @@ public struct Ledger: Hashable, Sendable {
         }
         let answer = execute(command, at: now)
         // Alerts and recharges: a look-up only when some account has them.
-        if !answer.isRefused, !alerts.isEmpty || !recharges.isEmpty, let slot = accountSlots[HashedString(command.account)] {
+        if !alerts.isEmpty || !recharges.isEmpty, !answer.isRefused, let slot = accountSlots[HashedString(command.account)] {
             evaluateWatches(slot, at: now)
             let parent = accounts[Int(slot)].parent
             if parent != noSlot { evaluateWatches(parent, at: now) }

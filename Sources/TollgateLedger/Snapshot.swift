@@ -209,15 +209,12 @@ extension Ledger {
         }
         w.integer(nextEventSequence)
         w.integer(rechargeCreditsIssued)
-        let ledgerStorage = ledgerBurn.storage
-        w.array(ledgerStorage.slices) { $0.integer($1) }
-        w.array(ledgerStorage.amounts) { $0.integer($1) }
+        w.array(ledgerBurn.storage) { $0.integer($1) }
         for burn in [accountBurn, memberBurn] {
-            w.array(burn.sorted { $0.key < $1.key }) { w, entry in
-                w.integer(entry.key)
-                let storage = entry.value.storage
-                w.array(storage.slices) { $0.integer($1) }
-                w.array(storage.amounts) { $0.integer($1) }
+            w.int(burn.count)
+            w.array(burn.enumerated().filter { !$0.element.isEmpty }) { w, entry in
+                w.integer(Int32(entry.offset))
+                w.array(entry.element.storage) { $0.integer($1) }
             }
         }
         w.array(plans.values.sorted { $0.name < $1.name }) { w, plan in
@@ -339,22 +336,23 @@ extension Ledger {
             }
             nextEventSequence = try r.integer()
             rechargeCreditsIssued = try r.integer()
-            let ledgerSlices = try r.array { try $0.integer(Int64.self) }
-            let ledgerAmounts = try r.array { try $0.integer(Int64.self) }
-            guard ledgerSlices.count == 2 * BurnWindow.buckets, ledgerAmounts.count == ledgerSlices.count else { throw SnapshotError(description: "bad burn window") }
-            ledgerBurn.storage = (ledgerSlices, ledgerAmounts)
+            let ledgerCells = try r.array { try $0.integer(Int64.self) }
+            guard ledgerCells.count == 0 || ledgerCells.count == 4 * BurnWindow.buckets else { throw SnapshotError(description: "bad burn window") }
+            ledgerBurn.storage = ledgerCells
             for which in 0..<2 {
+                let count = try r.int()
+                guard count <= (which == 0 ? accounts.count : members.count) else { throw SnapshotError(description: "burn table longer than its table") }
+                if which == 0 { accountBurn = ChunkedArray(repeating: BurnWindow(), count: count) } else { memberBurn = ChunkedArray(repeating: BurnWindow(), count: count) }
                 for (slot, window) in try r.array({ r -> (Int32, BurnWindow) in
                     let slot = try r.integer(Int32.self)
                     var window = BurnWindow()
-                    let slices = try r.array { try $0.integer(Int64.self) }
-                    let amounts = try r.array { try $0.integer(Int64.self) }
-                    guard slices.count == 2 * BurnWindow.buckets, amounts.count == slices.count else { throw SnapshotError(description: "bad burn window") }
-                    window.storage = (slices, amounts)
+                    let cells = try r.array { try $0.integer(Int64.self) }
+                    guard cells.count == 0 || cells.count == 4 * BurnWindow.buckets else { throw SnapshotError(description: "bad burn window") }
+                    window.storage = cells
                     return (slot, window)
                 }) {
-                    guard slot >= 0, Int(slot) < (which == 0 ? accounts.count : members.count) else { throw SnapshotError(description: "burn window of an unknown slot") }
-                    if which == 0 { accountBurn[slot] = window } else { memberBurn[slot] = window }
+                    guard slot >= 0, Int(slot) < count else { throw SnapshotError(description: "burn window of an unknown slot") }
+                    if which == 0 { accountBurn[Int(slot)] = window } else { memberBurn[Int(slot)] = window }
                 }
             }
             for plan in try r.array({ r -> Plan in

@@ -39,13 +39,13 @@ import TollgateLedgerTestSupport
         let bytes = driver.ledger.snapshot()
         // The version-2 section of a ledger without subscriptions, alerts or recharges: no
         // subscriptions, none issued, no alerts, no recharges, the next event 1, none
-        // recharged (48 bytes); the ledger-wide burn window (2 × (8 + 24 × 8) bytes); no
-        // burn windows for accounts or members, no plans (24 bytes).
-        let section = 48 + 2 * (8 + 24 * 8) + 24
+        // recharged (48 bytes); an unused ledger-wide burn window (an empty list, 8 bytes);
+        // empty burn tables for accounts and members, no plans (40 bytes).
+        let section = 48 + 8 + 40
         var head = [UInt8](repeating: 0, count: 48)
         head[39] = 1
         #expect(Array(bytes.suffix(section).prefix(48)) == head)
-        #expect(Array(bytes.suffix(24)) == [UInt8](repeating: 0, count: 24))
+        #expect(Array(bytes.suffix(48)) == [UInt8](repeating: 0, count: 48))
         let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(section))
         #expect(try Ledger(snapshot: versionOne) == driver.ledger)
     }
