@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
         .executable(name: "tollgate-decision-bench", targets: ["TollgateDecisionBench"]),
         .executable(name: "tollgate-tls-bench", targets: ["TollgateTLSBench"]),
+        .executable(name: "tollgate-load", targets: ["TollgateLoad"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -25,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // The heart of Tollgate: balances, holds and the decision. No I/O; time is passed in.
@@ -113,6 +115,18 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The load generator of bench/: open-loop at a fixed rate, or closed-loop for saturation.
+        .executableTarget(
+            name: "TollgateLoad",
+            dependencies: [
+                "TollgateClient", "TollgateLedger", "TollgateWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         .testTarget(
