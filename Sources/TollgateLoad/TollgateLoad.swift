@@ -45,9 +45,31 @@ struct Setup: AsyncParsableCommand {
     @Option var members = 64
     @Option(help: "Credits per account.") var credits: Int64 = 1_000_000_000_000
     @Option(help: "Requests in flight while setting up.") var parallel = 256
+    @Flag(help: "Set up Redis instead (the baselines): a pool key per account.") var redis = false
 
     func run() async throws {
         let (host, port) = target.hostPort
+        if redis {
+            let collector = RESPCollector()
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(collector)
+                    }
+                }
+                .connect(host: host, port: port).get()
+            _ = try await collector.command(["FLUSHALL"], on: channel).get()
+            var index = 0
+            while index < accounts {
+                let chunk = (index..<min(accounts, index + 1_000)).map { i in ["pool:\(Workload.accountName(i))", String(credits)] }
+                _ = try await collector.command(["MSET"] + chunk.flatMap { $0 }, on: channel).get()
+                index += 1_000
+            }
+            try await channel.close()
+            print("set up \(accounts) Redis pools of \(credits) credits")
+            return
+        }
         let tls = target.tlsCa.map { TLSOptions(caFile: $0) }
         let client = try await TollgateClient.connect(.init(host: host, port: port, token: target.resolvedToken, connections: 4, tls: tls))
         _ = try await client.apply(.setRate(product: Workload.product, creditsPerUnit: 1, effectiveAt: .epoch), key: "load-setup-rate")
@@ -97,6 +119,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Event-loop threads of the generator.") var threads = 1
     @Option(help: "Seed of the request sequence.") var seed: UInt64 = 1
     @Option(help: "A label for the report.") var label = ""
+    @Option(help: "tollgate, redis-lua (the same decision in Lua scripts) or redis-naive (GET, then DECRBY).") var `protocol` = "tollgate"
     @Flag(help: "Print the report as JSON.") var json = false
 
     func run() async throws {
@@ -116,12 +139,31 @@ struct Run: AsyncParsableCommand {
         let startAt = NIODeadline.now() + .milliseconds(200)
         let warmUpEnd = startAt + .nanoseconds(Int64(warmUp * 1e9))
         let end = warmUpEnd + .nanoseconds(Int64(duration * 1e9))
-        var handlers: [(LoadHandler, any Channel, EventLoopFuture<Measured>)] = []
+        var handlers: [(start: @Sendable () -> Void, complete: @Sendable () -> Void, channel: any Channel, finished: EventLoopFuture<Measured>)] = []
         for connection in 0..<connections {
             let loop = group.next()
             let finished = loop.makePromise(of: Measured.self)
             let hello = loop.makePromise(of: UInt16.self)
             let mode: LoadHandler.Mode = closed ? .closed(depth: depth) : .open(ratePerSecond: rate / Double(connections), poisson: poisson)
+            if let flavour = RedisLoadHandler.Flavour(rawValue: `protocol`) {
+                let handler = RedisLoadHandler(
+                    flavour: flavour, mode: mode, source: RequestSource(workload: workload, connection: connection, seed: seed, zipf: zipf),
+                    warmUpEnd: warmUpEnd, end: end, maxOutstanding: maxOutstanding, finished: finished, ready: hello)
+                let channel = try await ClientBootstrap(group: loop)
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
+                            try channel.pipeline.syncOperations.addHandler(handler)
+                        }
+                    }
+                    .connect(host: host, port: port).get()
+                loop.execute { handler.loadScripts() }
+                guard try await hello.futureResult.get() == 0 else { throw ValidationError("Redis refused SCRIPT LOAD") }
+                handlers.append(({ loop.execute { handler.start(at: startAt) } }, { loop.execute { handler.complete() } }, channel, finished.futureResult))
+                continue
+            }
+            guard `protocol` == "tollgate" else { throw ValidationError("--protocol is tollgate, redis-lua or redis-naive") }
             let handler = LoadHandler(
                 mode: mode, source: RequestSource(workload: workload, connection: connection, seed: seed, zipf: zipf), warmUpEnd: warmUpEnd, end: end,
                 maxOutstanding: maxOutstanding, finished: finished, hello: hello)
@@ -140,21 +182,22 @@ struct Run: AsyncParsableCommand {
             try await channel.writeAndFlush(WireRequest.hello(Hello(clientName: "tollgate-load", token: token)).frame(requestID: 1))
             let status = try await hello.futureResult.get()
             guard status == 0 else { throw ValidationError("HELLO refused with status \(status)") }
-            handlers.append((handler, channel, finished.futureResult))
+            handlers.append(({ loop.execute { handler.start(at: startAt) } }, { loop.execute { handler.complete() } }, channel, finished.futureResult))
         }
-        for (handler, channel, _) in handlers { channel.eventLoop.execute { handler.start(at: startAt) } }
+        for handler in handlers { handler.start() }
         // Wait for the run and the last answers (at most 10 s after the end).
         let deadline = end + .seconds(10)
         var total = Measured()
-        for (handler, channel, future) in handlers {
-            let timer = channel.eventLoop.scheduleTask(deadline: deadline) { handler.complete() }
-            total.add(try await future.get())
+        for handler in handlers {
+            let complete = handler.complete
+            let timer = handler.channel.eventLoop.scheduleTask(deadline: deadline) { complete() }
+            total.add(try await handler.finished.get())
             timer.cancel()
-            try? await channel.close()
+            try? await handler.channel.close()
         }
         try await group.shutdownGracefully()
         let report = Report(
-            label: label, mode: closed ? "closed(depth \(depth))" : "open(\(poisson ? "poisson" : "constant"))", offered: closed ? nil : rate,
+            label: label.isEmpty ? `protocol` : label, mode: closed ? "closed(depth \(depth))" : "open(\(poisson ? "poisson" : "constant"))", offered: closed ? nil : rate,
             seconds: duration, connections: connections, batch: workload.batch, operation: operation, accounts: accounts, accountCount: workload.accountCount,
             measured: total, cpus: allowedCPUs())
         print(json ? report.json : report.text)
