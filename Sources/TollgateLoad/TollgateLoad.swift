@@ -17,7 +17,7 @@ import Glibc
 struct TollgateLoad: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tollgate-load", abstract: "Drive tollgated (or the echo floor) and report latency and throughput.",
-        subcommands: [Run.self, Setup.self, EchoServer.self])
+        subcommands: [Run.self, Setup.self, EchoServer.self, Plot.self])
 }
 
 struct Target: ParsableArguments {
@@ -232,6 +232,8 @@ struct Report: Encodable {
     var corrected: Percentiles
     var uncorrected: Percentiles
     var errors: [String: Int]
+    /// The corrected latency (µs) at percentiles 50 … 100, for plots.
+    var distribution: [[Double]]
 
     struct Percentiles: Encodable {
         var p50: Double
@@ -274,7 +276,10 @@ struct Report: Encodable {
         corrected = Percentiles(measured.corrected)
         uncorrected = Percentiles(measured.uncorrected)
         errors = Dictionary(uniqueKeysWithValues: measured.errors.map { (status, count) in (Report.statusName(status), count) })
+        distribution = Report.plotted.map { [$0, (Double(measured.corrected.valueAtPercentile($0)) / 1_000).rounded()] }
     }
+
+    static let plotted: [Double] = [50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100]
 
     static func statusName(_ status: UInt16) -> String {
         if let code = LedgerError.Code(rawValue: status) { return code.identifier }
@@ -308,4 +313,67 @@ struct Report: Encodable {
 
 extension String {
     func leftPadded(_ width: Int) -> String { String(repeating: " ", count: max(0, width - count)) + self }
+}
+
+/// `tollgate-load plot REPORTS.jsonl OUT.svg`: corrected latency by percentile, one line per
+/// report, both axes logarithmic (percentiles as 1/(1 − p)). No dependencies: plain SVG.
+struct Plot: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Plot reports (JSON lines from `run --json`) as an SVG percentile chart.")
+    @Argument var reports: String
+    @Argument var output: String
+    @Option var title = "Latency by percentile (corrected for coordinated omission)"
+
+    struct Line: Decodable {
+        var label: String
+        var distribution: [[Double]]
+    }
+
+    func run() throws {
+        let text = try String(contentsOfFile: reports, encoding: .utf8)
+        let lines = try text.split(separator: "\n").map { try JSONDecoder().decode(Line.self, from: Data($0.utf8)) }
+        guard !lines.isEmpty else { throw ValidationError("no reports in \(reports)") }
+        let width = 900.0, height = 520.0, left = 70.0, right = 230.0, top = 40.0, bottom = 50.0
+        let plotWidth = width - left - right, plotHeight = height - top - bottom
+        // x: log10(1 / (1 - p)), p in [0.5, 0.9999]; 100% is drawn at 99.999.
+        func x(_ percentile: Double) -> Double {
+            let p = min(percentile, 99.999) / 100
+            let value = log10(1 / (1 - p))
+            let low = log10(2.0), high = log10(100_000.0)
+            return left + (value - low) / (high - low) * plotWidth
+        }
+        let values = lines.flatMap { $0.distribution.map { max(1, $0[1]) } }
+        let lowY = pow(10, floor(log10(values.min() ?? 1))), highY = pow(10, ceil(log10(values.max() ?? 10)))
+        func y(_ microseconds: Double) -> Double {
+            let value = log10(max(1, microseconds))
+            return top + plotHeight - (value - log10(lowY)) / (log10(highY) - log10(lowY)) * plotHeight
+        }
+        let colours = ["#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d5a97", "#30638e", "#e07a5f", "#3d405b", "#81b29a"]
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" font-family=\"sans-serif\" font-size=\"12\">\n"
+        svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"\(left)\" y=\"24\" font-size=\"15\">\(title)</text>\n"
+        for percentile in [50.0, 90, 99, 99.9, 99.99] {
+            let px = x(percentile)
+            svg += "<line x1=\"\(px)\" y1=\"\(top)\" x2=\"\(px)\" y2=\"\(top + plotHeight)\" stroke=\"#ddd\"/>"
+            svg += "<text x=\"\(px)\" y=\"\(top + plotHeight + 18)\" text-anchor=\"middle\">p\(percentile == 50 ? "50" : String(percentile))</text>\n"
+        }
+        var decade = lowY
+        while decade <= highY {
+            let py = y(decade)
+            svg += "<line x1=\"\(left)\" y1=\"\(py)\" x2=\"\(left + plotWidth)\" y2=\"\(py)\" stroke=\"#ddd\"/>"
+            svg += "<text x=\"\(left - 6)\" y=\"\(py + 4)\" text-anchor=\"end\">\(decade >= 1_000 ? "\(Int(decade / 1_000)) ms" : "\(Int(decade)) µs")</text>\n"
+            decade *= 10
+        }
+        svg += "<text x=\"\(left + plotWidth / 2)\" y=\"\(height - 12)\" text-anchor=\"middle\">percentile</text>\n"
+        for (index, line) in lines.enumerated() {
+            let colour = colours[index % colours.count]
+            let points = line.distribution.map { "\(x($0[0])),\(y($0[1]))" }.joined(separator: " ")
+            svg += "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"2\" points=\"\(points)\"/>\n"
+            let legendY = top + 16 * Double(index) + 8
+            svg += "<line x1=\"\(left + plotWidth + 12)\" y1=\"\(legendY)\" x2=\"\(left + plotWidth + 32)\" y2=\"\(legendY)\" stroke=\"\(colour)\" stroke-width=\"2\"/>"
+            let label = line.label.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+            svg += "<text x=\"\(left + plotWidth + 38)\" y=\"\(legendY + 4)\">\(label)</text>\n"
+        }
+        svg += "</svg>\n"
+        try svg.write(toFile: output, atomically: true, encoding: .utf8)
+        print("wrote \(output)")
+    }
 }
