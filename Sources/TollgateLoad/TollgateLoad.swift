@@ -85,7 +85,7 @@ struct Setup: AsyncParsableCommand {
                 group.addTask {
                     do {
                         _ = try await client.apply(
-                            .provision(Provision(account: Workload.accountName(index), plan: plan.name, members: memberNames)), key: "load-setup-\(index)")
+                            .provision(Provision(account: Workload.accountName(index), plan: plan.name, members: memberNames)), key: "load-setup-\(members)-\(index)")
                     } catch let error as TollgateError {
                         guard case .refused(let refusal) = error, refusal.error.code == .alreadyExists else { throw error }
                     }

@@ -62,9 +62,12 @@ struct RequestSource {
         return weights
     }
 
+    /// Unique per run (keys of an earlier run against the same server must not be reused).
+    let run = UInt32.random(in: 0...UInt32.max)
+
     mutating func nextKey() -> String {
         counter += 1
-        return "load-\(connection)-\(counter)"
+        return "load-\(run)-\(connection)-\(counter)"
     }
 
     mutating func account() -> String {
