@@ -353,7 +353,7 @@ struct Plot: ParsableCommand {
         for percentile in [50.0, 90, 99, 99.9, 99.99] {
             let px = x(percentile)
             svg += "<line x1=\"\(px)\" y1=\"\(top)\" x2=\"\(px)\" y2=\"\(top + plotHeight)\" stroke=\"#ddd\"/>"
-            svg += "<text x=\"\(px)\" y=\"\(top + plotHeight + 18)\" text-anchor=\"middle\">p\(percentile == 50 ? "50" : String(percentile))</text>\n"
+            svg += "<text x=\"\(px)\" y=\"\(top + plotHeight + 18)\" text-anchor=\"middle\">p\(percentile == percentile.rounded() ? String(Int(percentile)) : String(percentile))</text>\n"
         }
         var decade = lowY
         while decade <= highY {
