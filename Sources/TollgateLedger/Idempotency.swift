@@ -291,17 +291,7 @@ extension Command {
         case .setSubscription(let account, let terms):
             var hasher = FastHasher(tag: 23)
             hasher.add(account)
-            if let terms {
-                hasher.add(1 as UInt64)
-                hasher.add(UInt64(terms.scope.rawValue))
-                hasher.add(terms.creditsPerSeat)
-                hasher.add(terms.prorate ? 1 as UInt64 : 0)
-                hasher.add(UInt64(terms.removal.rawValue))
-                hasher.add(terms.rolloverCap)
-                hasher.add(Int64(terms.priority))
-            } else {
-                hasher.add(0 as UInt64)
-            }
+            hasher.add(terms)
             return hasher.state
         case .setSeats(let account, let seats, let effectiveAt):
             var hasher = FastHasher(tag: 24)
@@ -312,29 +302,14 @@ extension Command {
         case .setAlert(let account, let rule):
             var hasher = FastHasher(tag: 25)
             hasher.add(account)
-            hasher.add(rule.id)
-            hasher.add(rule.member)
-            switch rule.threshold {
-            case .credits(let credits): hasher.add(0 as UInt64); hasher.add(credits)
-            case .percentOfAllotment(let percent): hasher.add(1 as UInt64); hasher.add(percent)
-            case .depleted: hasher.add(2 as UInt64)
-            }
+            hasher.add(rule)
             return hasher.state
         case .removeAlert(let account, let id):
             return FastHasher.fingerprint(26, [account, id])
         case .setAutoRecharge(let account, let rule):
             var hasher = FastHasher(tag: 27)
             hasher.add(account)
-            if let rule {
-                hasher.add(rule.below)
-                hasher.add(rule.amount)
-                hasher.add(optional: rule.upTo)
-                hasher.add(rule.maxPerPeriod)
-                hasher.add(Int64(rule.priority))
-                hasher.add(optional: rule.expiresAfterMicroseconds)
-            } else {
-                hasher.add(0 as UInt64)
-            }
+            hasher.add(rule)
             return hasher.state
         case .definePlan(let plan):
             var hasher = FastHasher(tag: 28)

@@ -178,32 +178,14 @@ extension Ledger {
         w.array(alerts.sorted { $0.key < $1.key }) { w, entry in
             w.integer(entry.key)
             w.array(entry.value) { w, state in
-                w.string(state.rule.id)
-                w.optional(state.rule.member) { $0.string($1) }
-                switch state.rule.threshold {
-                case .credits(let credits):
-                    w.integer(UInt8(0))
-                    w.integer(credits)
-                case .percentOfAllotment(let percent):
-                    w.integer(UInt8(1))
-                    w.integer(percent)
-                case .depleted:
-                    w.integer(UInt8(2))
-                    w.integer(Int64(0))
-                }
+                w.write(state.rule)
                 w.integer(state.member)
                 w.bool(state.armed)
             }
         }
         w.array(recharges.sorted { $0.key < $1.key }) { w, entry in
-            let rule = entry.value.rule
             w.integer(entry.key)
-            w.integer(rule.below)
-            w.integer(rule.amount)
-            w.optional(rule.upTo) { $0.integer($1) }
-            w.integer(rule.maxPerPeriod)
-            w.integer(rule.priority)
-            w.optional(rule.expiresAfterMicroseconds) { $0.integer($1) }
+            w.write(entry.value.rule)
             w.integer(entry.value.count)
             w.instant(entry.value.windowEnd)
         }
@@ -300,36 +282,13 @@ extension Ledger {
             }
             subscriptionCreditsIssued = try r.integer()
             for (slot, states) in try r.array({ r in
-                (
-                    try r.integer(Int32.self),
-                    try r.array { r -> AlertState in
-                        let id = try r.string()
-                        let member = try r.optional { try $0.string() }
-                        let kind = try r.integer(UInt8.self)
-                        let value = try r.integer(Int64.self)
-                        let threshold: AlertRule.Threshold
-                        switch kind {
-                        case 0: threshold = .credits(value)
-                        case 1: threshold = .percentOfAllotment(value)
-                        case 2: threshold = .depleted
-                        default: throw SnapshotError(description: "unknown alert threshold kind")
-                        }
-                        return AlertState(rule: AlertRule(id: id, member: member, threshold: threshold), member: try r.integer(), armed: try r.bool())
-                    }
-                )
+                (try r.integer(Int32.self), try r.array { r in AlertState(rule: try r.readAlertRule(), member: try r.integer(), armed: try r.bool()) })
             }) {
                 guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "alerts of an unknown account slot \(slot)") }
                 alerts[slot] = states
             }
             for (slot, state) in try r.array({ r in
-                (
-                    try r.integer(Int32.self),
-                    RechargeState(
-                        rule: AutoRecharge(
-                            below: try r.integer(), amount: try r.integer(), upTo: try r.optional { try $0.integer(Int64.self) }, maxPerPeriod: try r.integer(),
-                            priority: try r.integer(), expiresAfterMicroseconds: try r.optional { try $0.integer(Int64.self) }),
-                        count: try r.integer(), windowEnd: try r.instant())
-                )
+                (try r.integer(Int32.self), RechargeState(rule: try r.readRecharge(), count: try r.integer(), windowEnd: try r.instant()))
             }) {
                 guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "recharge of an unknown account slot \(slot)") }
                 recharges[slot] = state

@@ -29,16 +29,11 @@ struct Measured: Sendable {
     }
 }
 
-/// One connection's driver, on its event loop: open loop (each request sent at its due time,
-/// a scheduled task per request) or closed loop (`depth` requests always in flight).
-final class LoadHandler: ChannelInboundHandler, @unchecked Sendable {
+/// One connection's driver for tollgated (or the echo floor), on its event loop; the `Pacer`
+/// decides when requests go and measures the answers.
+final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable {
     typealias InboundIn = Frame
     typealias OutboundOut = Frame
-
-    enum Mode {
-        case open(ratePerSecond: Double, poisson: Bool)
-        case closed(depth: Int)
-    }
 
     struct Pending {
         var due: NIODeadline
@@ -50,77 +45,45 @@ final class LoadHandler: ChannelInboundHandler, @unchecked Sendable {
         var account: String?
     }
 
-    let mode: Mode
+    let pacer: Pacer
     var source: RequestSource
-    let warmUpEnd: NIODeadline
-    let end: NIODeadline
-    let maxOutstanding: Int
-    var measured = Measured()
     private var pending: [UInt32: Pending] = [:]
     private var nextID: UInt32 = 2
     private var context: ChannelHandlerContext?
-    private var nextDue = NIODeadline.now()
-    let finished: EventLoopPromise<Measured>
     /// The HELLO answer's status (HELLO is request 1).
     let hello: EventLoopPromise<UInt16>
-    private var stopped = false
 
-    init(
-        mode: Mode, source: RequestSource, warmUpEnd: NIODeadline, end: NIODeadline, maxOutstanding: Int, finished: EventLoopPromise<Measured>,
-        hello: EventLoopPromise<UInt16>
-    ) {
-        self.hello = hello
-        self.mode = mode
+    init(pacer: Pacer, source: RequestSource, hello: EventLoopPromise<UInt16>) {
+        self.pacer = pacer
         self.source = source
-        self.warmUpEnd = warmUpEnd
-        self.end = end
-        self.maxOutstanding = maxOutstanding
-        self.finished = finished
+        self.hello = hello
     }
+
+    var outstanding: Int { pending.count }
+    func unitRandom() -> Double { source.random.unit() }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
     /// Starts after HELLO was answered.
     func start(at start: NIODeadline) {
-        nextDue = start
-        switch mode {
-        case .open: scheduleNext()
-        case .closed(let depth): for _ in 0..<depth { send(due: .now()) }
-        }
-    }
-
-    private func interval() -> TimeAmount {
-        guard case .open(let rate, let poisson) = mode else { return .zero }
-        let mean = 1e9 / rate
-        let nanoseconds = poisson ? -log(source.random.unit()) * mean : mean
-        return .nanoseconds(Int64(nanoseconds))
-    }
-
-    private func scheduleNext() {
-        guard let context, nextDue < end else { return finishIfIdle() }
-        let due = nextDue
-        nextDue = due + interval()
-        context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: due) {
-            if self.pending.count >= self.maxOutstanding {
-                self.measured.skipped += 1
-            } else {
-                self.send(due: due)
-            }
-            self.scheduleNext()
-        }
-    }
-
-    private func send(due: NIODeadline, request: WireRequest? = nil, kind: RequestSource.Kind? = nil) {
         guard let context else { return }
-        let frame: (WireRequest, RequestSource.Kind, decisions: Int) = request.map { ($0, kind!, 1) } ?? source.nextFrame()
+        pacer.start(at: start, on: context.eventLoop, driver: self)
+    }
+
+    func send(due: NIODeadline) {
+        let (request, kind, decisions) = source.nextFrame()
+        send(request, kind: kind, decisions: decisions, due: due)
+    }
+
+    private func send(_ request: WireRequest, kind: RequestSource.Kind, decisions: Int, due: NIODeadline) {
+        guard let context else { return }
         let id = nextID
         nextID = nextID == UInt32.max ? 2 : nextID + 1
-        let now = NIODeadline.now()
         var account: String?
-        if case .command(.reserve(let reserve), _) = frame.0 { account = reserve.request.account }
-        pending[id] = Pending(due: due, sent: now, kind: frame.1, decisions: frame.decisions, record: due >= warmUpEnd, account: account)
-        measured.sent += 1
-        context.writeAndFlush(wrapOutboundOut(frame.0.frame(requestID: id)), promise: nil)
+        if case .command(.reserve(let reserve), _) = request { account = reserve.request.account }
+        pending[id] = Pending(due: due, sent: .now(), kind: kind, decisions: decisions, record: pacer.records(due: due), account: account)
+        pacer.measured.sent += 1
+        context.writeAndFlush(wrapOutboundOut(request.frame(requestID: id)), promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -131,47 +94,22 @@ final class LoadHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         guard let request = pending.removeValue(forKey: frame.header.requestID) else { return }
-        measured.answered += 1
-        if request.record {
-            measured.corrected.record(UInt64(max(0, (now - request.due).nanoseconds)))
-            measured.uncorrected.record(UInt64(max(0, (now - request.sent).nanoseconds)))
-            measured.decisions += request.decisions
-            if frame.header.status != 0 { measured.errors[frame.header.status, default: 0] += 1 }
-        }
+        pacer.answered(due: request.due, sent: request.sent, at: now, decisions: request.decisions, record: request.record, error: frame.header.status)
         if case .reserve(let commit) = request.kind, frame.header.status == 0,
             case .answer(.decision(let decision))? = try? WireResponse.decode(opcode: frame.header.opcode, status: 0, body: frame.body),
-            let hold = decision.hold, let account = request.account, !stopped
+            let hold = decision.hold, let account = request.account, !pacer.stopped
         {
             // The follow-up is its own decision, due now.
             let reference = HoldReference(account: account, hold: hold)
             let followUp: Command = commit ? .commit(Commit(reference)) : .release(reference)
-            send(due: now, request: .command(followUp, key: source.nextKey()), kind: .followUp)
+            send(.command(followUp, key: source.nextKey()), kind: .followUp, decisions: 1, due: now)
         }
-        if case .closed = mode, !stopped {
-            if now < end { send(due: now) } else { stopped = true }
-        }
-        finishIfIdle()
-    }
-
-    private func finishIfIdle() {
-        if NIODeadline.now() >= end { stopped = true }
-        guard stopped || nextDue >= end, pending.isEmpty else { return }
-        stopped = true
-        complete()
-    }
-
-    private var completed = false
-
-    /// Hands over what was measured, once.
-    func complete() {
-        guard !completed else { return }
-        completed = true
-        finished.succeed(measured)
+        pacer.afterAnswer(self, at: now)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         hello.fail(ChannelError.ioOnClosedChannel)
-        complete()
+        pacer.complete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -4,7 +4,7 @@ import NIOPosix
 
 /// The driver for the Redis baselines: the same scheduling and measuring as `LoadHandler`,
 /// over RESP, whose replies come in order.
-final class RedisLoadHandler: ChannelInboundHandler, @unchecked Sendable {
+final class RedisLoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable {
     typealias InboundIn = RESPValue
     typealias OutboundOut = ByteBuffer
 
@@ -26,36 +26,24 @@ final class RedisLoadHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     let flavour: Flavour
-    let mode: LoadHandler.Mode
+    let pacer: Pacer
     var source: RequestSource
-    let warmUpEnd: NIODeadline
-    let end: NIODeadline
-    let maxOutstanding: Int
-    var measured = Measured()
     private var pending: [Pending] = []
     private var context: ChannelHandlerContext?
-    private var nextDue = NIODeadline.now()
-    let finished: EventLoopPromise<Measured>
     let ready: EventLoopPromise<UInt16>
-    private var stopped = false
-    private var completed = false
     private var shas: [String] = []
     private var holdCounter = 0
     static let memberCap = "1000000000000000"
 
-    init(
-        flavour: Flavour, mode: LoadHandler.Mode, source: RequestSource, warmUpEnd: NIODeadline, end: NIODeadline, maxOutstanding: Int,
-        finished: EventLoopPromise<Measured>, ready: EventLoopPromise<UInt16>
-    ) {
+    init(flavour: Flavour, pacer: Pacer, source: RequestSource, ready: EventLoopPromise<UInt16>) {
         self.flavour = flavour
-        self.mode = mode
+        self.pacer = pacer
         self.source = source
-        self.warmUpEnd = warmUpEnd
-        self.end = end
-        self.maxOutstanding = maxOutstanding
-        self.finished = finished
         self.ready = ready
     }
+
+    var outstanding: Int { pending.count }
+    func unitRandom() -> Double { source.random.unit() }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -68,40 +56,21 @@ final class RedisLoadHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func start(at start: NIODeadline) {
-        nextDue = start
-        switch mode {
-        case .open: scheduleNext()
-        case .closed(let depth): for _ in 0..<depth { send(due: .now()) }
-        }
-    }
-
-    private func interval() -> TimeAmount {
-        guard case .open(let rate, let poisson) = mode else { return .zero }
-        let mean = 1e9 / rate
-        return .nanoseconds(Int64(poisson ? -log(source.random.unit()) * mean : mean))
-    }
-
-    private func scheduleNext() {
-        guard let context, nextDue < end else { return finishIfIdle() }
-        let due = nextDue
-        nextDue = due + interval()
-        context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: due) {
-            if self.pending.count >= self.maxOutstanding { self.measured.skipped += 1 } else { self.send(due: due) }
-            self.scheduleNext()
-        }
+        guard let context else { return }
+        pacer.start(at: start, on: context.eventLoop, driver: self)
     }
 
     private func write(_ arguments: [String], due: NIODeadline, kind: Kind, context: ChannelHandlerContext) {
         var buffer = context.channel.allocator.buffer(capacity: 128)
         buffer.writeRESP(arguments)
-        var record = due >= warmUpEnd
-        if case .setup = kind { record = false }
-        pending.append(Pending(due: due, sent: .now(), kind: kind, record: record))
-        if case .setup = kind {} else { measured.sent += 1 }
+        var setup = false
+        if case .setup = kind { setup = true }
+        pending.append(Pending(due: due, sent: .now(), kind: kind, record: !setup && pacer.records(due: due)))
+        if !setup { pacer.measured.sent += 1 }
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
-    private func send(due: NIODeadline) {
+    func send(due: NIODeadline) {
         guard let context else { return }
         let account = source.account()
         let member = source.member()
@@ -140,18 +109,14 @@ final class RedisLoadHandler: ChannelInboundHandler, @unchecked Sendable {
             if case .error = value { ready.succeed(1) }
             return
         }
-        measured.answered += 1
-        if request.record {
-            measured.corrected.record(UInt64(max(0, (now - request.due).nanoseconds)))
-            measured.uncorrected.record(UInt64(max(0, (now - request.sent).nanoseconds)))
-            measured.decisions += 1
-            switch value {
-            case .error: measured.errors[500, default: 0] += 1
-            case .integer(let result) where result < 0: measured.errors[UInt16(-result), default: 0] += 1
-            default: break
-            }
+        var error: UInt16 = 0
+        switch value {
+        case .error: error = 500
+        case .integer(let result) where result < 0: error = UInt16(-result)
+        default: break
         }
-        if !stopped {
+        pacer.answered(due: request.due, sent: request.sent, at: now, decisions: 1, record: request.record, error: error)
+        if !pacer.stopped {
             switch (request.kind, value) {
             case (.reserve(let hold), .integer(1)):
                 write(["EVALSHA", shas[2], "1", hold], due: now, kind: .followUp, context: context)
@@ -161,27 +126,11 @@ final class RedisLoadHandler: ChannelInboundHandler, @unchecked Sendable {
                 break
             }
         }
-        if case .closed = mode, !stopped {
-            if now < end { send(due: now) } else { stopped = true }
-        }
-        finishIfIdle()
-    }
-
-    private func finishIfIdle() {
-        if NIODeadline.now() >= end { stopped = true }
-        guard stopped || nextDue >= end, pending.isEmpty else { return }
-        stopped = true
-        complete()
-    }
-
-    func complete() {
-        guard !completed else { return }
-        completed = true
-        finished.succeed(measured)
+        pacer.afterAnswer(self, at: now)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         ready.fail(ChannelError.ioOnClosedChannel)
-        complete()
+        pacer.complete()
     }
 }

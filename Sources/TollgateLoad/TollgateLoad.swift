@@ -144,11 +144,11 @@ struct Run: AsyncParsableCommand {
             let loop = group.next()
             let finished = loop.makePromise(of: Measured.self)
             let hello = loop.makePromise(of: UInt16.self)
-            let mode: LoadHandler.Mode = closed ? .closed(depth: depth) : .open(ratePerSecond: rate / Double(connections), poisson: poisson)
+            let mode: Pacer.Mode = closed ? .closed(depth: depth) : .open(ratePerSecond: rate / Double(connections), poisson: poisson)
+            let pacer = Pacer(mode: mode, warmUpEnd: warmUpEnd, end: end, maxOutstanding: maxOutstanding, finished: finished)
+            let source = RequestSource(workload: workload, connection: connection, seed: seed, zipf: zipf)
             if let flavour = RedisLoadHandler.Flavour(rawValue: `protocol`) {
-                let handler = RedisLoadHandler(
-                    flavour: flavour, mode: mode, source: RequestSource(workload: workload, connection: connection, seed: seed, zipf: zipf),
-                    warmUpEnd: warmUpEnd, end: end, maxOutstanding: maxOutstanding, finished: finished, ready: hello)
+                let handler = RedisLoadHandler(flavour: flavour, pacer: pacer, source: source, ready: hello)
                 let channel = try await ClientBootstrap(group: loop)
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .channelInitializer { channel in
@@ -160,13 +160,11 @@ struct Run: AsyncParsableCommand {
                     .connect(host: host, port: port).get()
                 loop.execute { handler.loadScripts() }
                 guard try await hello.futureResult.get() == 0 else { throw ValidationError("Redis refused SCRIPT LOAD") }
-                handlers.append(({ loop.execute { handler.start(at: startAt) } }, { loop.execute { handler.complete() } }, channel, finished.futureResult))
+                handlers.append(({ loop.execute { handler.start(at: startAt) } }, { loop.execute { pacer.complete() } }, channel, finished.futureResult))
                 continue
             }
             guard `protocol` == "tollgate" else { throw ValidationError("--protocol is tollgate, redis-lua or redis-naive") }
-            let handler = LoadHandler(
-                mode: mode, source: RequestSource(workload: workload, connection: connection, seed: seed, zipf: zipf), warmUpEnd: warmUpEnd, end: end,
-                maxOutstanding: maxOutstanding, finished: finished, hello: hello)
+            let handler = LoadHandler(pacer: pacer, source: source, hello: hello)
             let channel = try await ClientBootstrap(group: loop)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
@@ -182,7 +180,7 @@ struct Run: AsyncParsableCommand {
             try await channel.writeAndFlush(WireRequest.hello(Hello(clientName: "tollgate-load", token: token)).frame(requestID: 1))
             let status = try await hello.futureResult.get()
             guard status == 0 else { throw ValidationError("HELLO refused with status \(status)") }
-            handlers.append(({ loop.execute { handler.start(at: startAt) } }, { loop.execute { handler.complete() } }, channel, finished.futureResult))
+            handlers.append(({ loop.execute { handler.start(at: startAt) } }, { loop.execute { pacer.complete() } }, channel, finished.futureResult))
         }
         for handler in handlers { handler.start() }
         // Wait for the run and the last answers (at most 10 s after the end).

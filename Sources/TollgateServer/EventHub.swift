@@ -42,7 +42,6 @@ public final class EventHub: Sendable {
         var recent: [LedgerEvent] = []
         var subscribers: [ObjectIdentifier: Subscriber] = [:]
         var logFile: Int32 = -1
-        var logBytes = 0
     }
 
     let settings: Settings
@@ -89,7 +88,6 @@ public final class EventHub: Sendable {
             state.logFile = fd
             state.lastLogged = loaded.last?.sequence ?? 0
             state.recent = Array(loaded.suffix(settings.recentKept))
-            state.logBytes = Int(lseek(fd, 0, SEEK_END))
         }
         if let webhook { webhook.load(backlog: loaded) }
     }
@@ -128,7 +126,6 @@ public final class EventHub: Sendable {
                 if written != text.count || fsync(state.logFile) != 0 {
                     logger.error("cannot write the event log: \(String(cString: strerror(errno)))")
                 }
-                state.logBytes += text.count
             }
             state.lastLogged = fresh.last!.sequence
             state.recent.append(contentsOf: fresh)
@@ -181,8 +178,6 @@ public final class EventHub: Sendable {
         _ = state.withLock { $0.subscribers.removeValue(forKey: ObjectIdentifier(channel)) }
     }
 
-    public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
-
     private func push(_ event: LedgerEvent, to subscriber: Subscriber) {
         guard subscriber.queued.increment() <= settings.subscriberQueueMax else {
             unsubscribe(subscriber.channel)
@@ -194,9 +189,6 @@ public final class EventHub: Sendable {
         let counter = subscriber.queued
         subscriber.channel.writeAndFlush(frame).whenComplete { _ in counter.decrement() }
     }
-
-    /// The recent events kept in memory (for tests and the read API).
-    public var recentEvents: [LedgerEvent] { state.withLock { $0.recent } }
 }
 
 /// A counter shared between threads.

@@ -193,25 +193,12 @@ final class GateConnectionHandler: ChannelInboundHandler {
         case .ping:
             response = .pong
         case .subscribe(let after, let account):
-            if access.generation != principalGeneration {
-                guard identify(context: context) != nil else { return }
-            }
-            if let refusal = principal?.refusal(request) {
-                refuse(context: context, frame: frame, refusal, request: request)
-                return
-            }
+            guard authorized(context: context, frame: frame, request) != nil else { return }
             subscribe(context: context, requestID: requestID, after: after, account: account, started: started)
             return
         default:
-            if access.generation != principalGeneration {
-                guard identify(context: context) != nil else { return }
-            }
-            guard let principal else { return }
+            guard let principal = authorized(context: context, frame: frame, request) else { return }
             var refusedItems: [WireError?]?
-            if let refusal = principal.refusal(request) {
-                refuse(context: context, frame: frame, refusal, request: request)
-                return
-            }
             if case .batch(let items) = request, !principal.scope.everything {
                 let refusals = items.map { principal.refusal($0) }
                 for (item, refusal) in zip(items, refusals) {
@@ -409,6 +396,20 @@ final class GateConnectionHandler: ChannelInboundHandler {
             fail(context: context, WireError(.unauthorized, reason), requestID: 0)
             return nil
         }
+    }
+
+    /// The connection's identity if it may send `request` (checked again first if the
+    /// credentials changed); nil when it may not, after answering so.
+    private func authorized(context: ChannelHandlerContext, frame: Frame, _ request: WireRequest) -> Principal? {
+        if access.generation != principalGeneration {
+            guard identify(context: context) != nil else { return nil }
+        }
+        guard let principal else { return nil }
+        if let refusal = principal.refusal(request) {
+            refuse(context: context, frame: frame, refusal, request: request)
+            return nil
+        }
+        return principal
     }
 
     /// A request its identity may not send: answered `forbidden`; the connection stays open.

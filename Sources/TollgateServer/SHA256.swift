@@ -79,14 +79,6 @@ public enum SHA256 {
         }
         return String(decoding: text, as: UTF8.self)
     }
-
-    /// Compares two byte strings in time that depends only on their lengths.
-    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var difference: UInt8 = 0
-        for i in a.indices { difference |= a[i] ^ b[i] }
-        return difference == 0
-    }
 }
 
 extension UInt32 {

@@ -74,9 +74,6 @@ final class WebhookDelivery: Sendable {
         return Target(host: host, port: port, path: path, tls: tls)
     }
 
-    var cursor: UInt64 { state.withLock { $0.cursor } }
-    var pending: Int { state.withLock { $0.queue.count } }
-
     func load(backlog: [LedgerEvent]) {
         var cursor: UInt64 = 0
         if let file = cursorFile, let text = try? String(contentsOfFile: file, encoding: .utf8), let value = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) {

@@ -1,0 +1,102 @@
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a driver gives the pacer: how many requests it has unanswered, a way to send the next
+/// one (due at a given time), and its seeded randomness.
+protocol PacedDriver: AnyObject {
+    var outstanding: Int { get }
+    func send(due: NIODeadline)
+    func unitRandom() -> Double
+}
+
+/// Pacing, measuring and finishing, the same for every protocol the generator speaks: open
+/// loop sends each request at its due time (a task scheduled per request on the connection's
+/// event loop), closed loop refills as answers come; every answer's latency is recorded from
+/// its due time and from its send time; the run is over at `end` once nothing is outstanding.
+/// Used only on its connection's event loop.
+final class Pacer: @unchecked Sendable {
+    enum Mode {
+        case open(ratePerSecond: Double, poisson: Bool)
+        case closed(depth: Int)
+    }
+
+    let mode: Mode
+    let warmUpEnd: NIODeadline
+    let end: NIODeadline
+    let maxOutstanding: Int
+    let finished: EventLoopPromise<Measured>
+    var measured = Measured()
+    private var nextDue = NIODeadline.now()
+    private(set) var stopped = false
+    private var completed = false
+
+    init(mode: Mode, warmUpEnd: NIODeadline, end: NIODeadline, maxOutstanding: Int, finished: EventLoopPromise<Measured>) {
+        self.mode = mode
+        self.warmUpEnd = warmUpEnd
+        self.end = end
+        self.maxOutstanding = maxOutstanding
+        self.finished = finished
+    }
+
+    /// Whether a request due then is measured (the warm-up is not).
+    func records(due: NIODeadline) -> Bool { due >= warmUpEnd }
+
+    func start(at start: NIODeadline, on loop: any EventLoop, driver: any PacedDriver) {
+        nextDue = start
+        switch mode {
+        case .open: scheduleNext(on: loop, driver: driver)
+        case .closed(let depth): for _ in 0..<depth { driver.send(due: .now()) }
+        }
+    }
+
+    private func interval(_ driver: any PacedDriver) -> TimeAmount {
+        guard case .open(let rate, let poisson) = mode else { return .zero }
+        let mean = 1e9 / rate
+        return .nanoseconds(Int64(poisson ? -log(driver.unitRandom()) * mean : mean))
+    }
+
+    private func scheduleNext(on loop: any EventLoop, driver: any PacedDriver) {
+        guard nextDue < end else { return finishIfIdle(driver) }
+        let due = nextDue
+        nextDue = due + interval(driver)
+        loop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: due) {
+            if driver.outstanding >= self.maxOutstanding { self.measured.skipped += 1 } else { driver.send(due: due) }
+            self.scheduleNext(on: loop, driver: driver)
+        }
+    }
+
+    /// An answer arrived: its latencies (if measured) and its error status (0 for none).
+    func answered(due: NIODeadline, sent: NIODeadline, at now: NIODeadline, decisions: Int, record: Bool, error: UInt16) {
+        measured.answered += 1
+        guard record else { return }
+        measured.corrected.record(UInt64(max(0, (now - due).nanoseconds)))
+        measured.uncorrected.record(UInt64(max(0, (now - sent).nanoseconds)))
+        measured.decisions += decisions
+        if error != 0 { measured.errors[error, default: 0] += 1 }
+    }
+
+    /// After an answer has been handled: closed loop sends the next; the run may be over.
+    func afterAnswer(_ driver: any PacedDriver, at now: NIODeadline) {
+        if case .closed = mode, !stopped {
+            if now < end { driver.send(due: now) } else { stopped = true }
+        }
+        finishIfIdle(driver)
+    }
+
+    private func finishIfIdle(_ driver: any PacedDriver) {
+        if NIODeadline.now() >= end { stopped = true }
+        guard stopped || nextDue >= end, driver.outstanding == 0 else { return }
+        stopped = true
+        complete()
+    }
+
+    /// Hands over what was measured, once.
+    func complete() {
+        guard !completed else { return }
+        completed = true
+        finished.succeed(measured)
+    }
+}
