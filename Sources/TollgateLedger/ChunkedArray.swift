@@ -24,7 +24,15 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
     }
 
     init(repeating element: Element, count: Int) {
-        for _ in 0..<count { append(element) }
+        var remaining = count
+        while remaining > 0 {
+            let size = Swift.min(remaining, Self.chunkSize)
+            var chunk = [Element](repeating: element, count: size)
+            if size < Self.chunkSize { chunk.reserveCapacity(Self.chunkSize) }
+            chunks.append(chunk)
+            remaining -= size
+        }
+        self.count = count
     }
 
     var startIndex: Int { 0 }

@@ -89,7 +89,9 @@ struct IdempotencyTable: Hashable, Sendable {
     mutating func reserveCapacity(_ count: Int) {
         answers.reserveCapacity(count)
         expiries.reserveCapacity(count)
-        while slots.count < 2 * count { grow() }
+        var size = slots.count
+        while size < 2 * count { size *= 2 }
+        if size > slots.count { rebuildIndex(slotCount: size) }
     }
 
     func lookup(_ key: Key, fingerprint: UInt64) -> Lookup {
@@ -177,8 +179,12 @@ struct IdempotencyTable: Hashable, Sendable {
     }
 
     private mutating func grow() {
+        rebuildIndex(slotCount: slots.count * 2)
+    }
+
+    private mutating func rebuildIndex(slotCount: Int) {
         let old = slots
-        slots = ChunkedArray<Slot>(repeating: Slot(), count: old.count * 2)
+        slots = ChunkedArray<Slot>(repeating: Slot(), count: slotCount)
         for slot in old where slot.positionPlusOne != 0 { insert(slot) }
     }
 }

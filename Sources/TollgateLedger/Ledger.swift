@@ -76,6 +76,13 @@ public struct Ledger: Hashable, Sendable {
         idempotency.reserveCapacity(idempotencyKeys)
     }
 
+    /// Sizes the idempotency index for `limits.idempotencyKeysMax` keys now (32 bytes a key),
+    /// so it never doubles while serving: doubling a million-key index rehashes every key in
+    /// one step, a pause of milliseconds on the decision path.
+    public mutating func reserveIdempotencyIndex() {
+        idempotency.reserveCapacity(limits.idempotencyKeysMax)
+    }
+
     // MARK: - Applying commands
 
     /// Applies one command at `instant` (or at the ledger's clock, if that is later) under an

@@ -50,6 +50,9 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
     private var pending: [UInt32: Pending] = [:]
     private var nextID: UInt32 = 2
     private var context: ChannelHandlerContext?
+    /// Requests sent while answers are being read go out in one flush when the read is done
+    /// (a closed loop refills in batches, as a pipelining client would).
+    private var flushes = CoalescedFlush()
     /// The HELLO answer's status (HELLO is request 1).
     let hello: EventLoopPromise<UInt16>
 
@@ -83,10 +86,11 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
         if case .command(.reserve(let reserve), _) = request { account = reserve.request.account }
         pending[id] = Pending(due: due, sent: .now(), kind: kind, decisions: decisions, record: pacer.records(due: due), account: account)
         pacer.measured.sent += 1
-        context.writeAndFlush(wrapOutboundOut(request.frame(requestID: id)), promise: nil)
+        flushes.write(wrapOutboundOut(request.frame(requestID: id)), on: context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        flushes.reading = true
         let frame = unwrapInboundIn(data)
         let now = NIODeadline.now()
         if frame.header.requestID == 1 {
@@ -95,6 +99,12 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
         }
         guard let request = pending.removeValue(forKey: frame.header.requestID) else { return }
         pacer.answered(due: request.due, sent: request.sent, at: now, decisions: request.decisions, record: request.record, error: frame.header.status)
+        if request.record, request.decisions > 1, frame.header.status == 0,
+            case .batch(let items)? = try? WireResponse.decode(opcode: frame.header.opcode, status: 0, body: frame.body)
+        {
+            // A BATCH frame succeeds as a whole; its items' refusals are counted one by one.
+            for item in items where item.response.status != 0 { pacer.measured.errors[item.response.status, default: 0] += 1 }
+        }
         if case .reserve(let commit) = request.kind, frame.header.status == 0,
             case .answer(.decision(let decision))? = try? WireResponse.decode(opcode: frame.header.opcode, status: 0, body: frame.body),
             let hold = decision.hold, let account = request.account, !pacer.stopped
@@ -107,6 +117,10 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
         pacer.afterAnswer(self, at: now)
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushes.readComplete(on: context)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         hello.fail(ChannelError.ioOnClosedChannel)
         pacer.complete()
@@ -114,5 +128,29 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+}
+
+/// Writes made while a read is being handled wait for the read to complete and leave in one
+/// flush; writes made from a timer leave at once.
+struct CoalescedFlush {
+    var reading = false
+    private var unflushed = false
+
+    mutating func write(_ data: NIOAny, on context: ChannelHandlerContext) {
+        if reading {
+            context.write(data, promise: nil)
+            unflushed = true
+        } else {
+            context.writeAndFlush(data, promise: nil)
+        }
+    }
+
+    mutating func readComplete(on context: ChannelHandlerContext) {
+        reading = false
+        if unflushed {
+            unflushed = false
+            context.flush()
+        }
     }
 }

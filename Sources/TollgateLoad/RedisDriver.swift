@@ -28,7 +28,8 @@ final class RedisLoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sen
     let flavour: Flavour
     let pacer: Pacer
     var source: RequestSource
-    private var pending: [Pending] = []
+    private var pending = CircularBuffer<Pending>()
+    private var flushes = CoalescedFlush()
     private var context: ChannelHandlerContext?
     let ready: EventLoopPromise<UInt16>
     private var shas: [String] = []
@@ -67,7 +68,7 @@ final class RedisLoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sen
         if case .setup = kind { setup = true }
         pending.append(Pending(due: due, sent: .now(), kind: kind, record: !setup && pacer.records(due: due)))
         if !setup { pacer.measured.sent += 1 }
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        flushes.write(wrapOutboundOut(buffer), on: context)
     }
 
     func send(due: NIODeadline) {
@@ -99,6 +100,7 @@ final class RedisLoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sen
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        flushes.reading = true
         let value = unwrapInboundIn(data)
         let now = NIODeadline.now()
         guard !pending.isEmpty else { return }
@@ -127,6 +129,10 @@ final class RedisLoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sen
             }
         }
         pacer.afterAnswer(self, at: now)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushes.readComplete(on: context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -63,7 +63,9 @@ public final class LedgerService: Sendable {
         self.hub = hub
         self.configuration = configuration
         self.clock = clock
-        self.state = Mutex(State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil))
+        var ledger = Ledger(limits: configuration.limits, startingAt: clock())
+        ledger.reserveIdempotencyIndex()
+        self.state = Mutex(State(ledger: ledger, journal: nil))
         self.ledgerThread = configuration.decisionThread == .dedicatedThread ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
     }
 
@@ -73,7 +75,9 @@ public final class LedgerService: Sendable {
 
     /// Installs the state recovered from the journal and the writer that continues it.
     public func restore(_ recovered: Ledger, journal: JournalWriter?) {
-        state.withLock { $0 = State(ledger: recovered, journal: journal) }
+        var ledger = recovered
+        ledger.reserveIdempotencyIndex()
+        state.withLock { $0 = State(ledger: ledger, journal: journal) }
     }
 
     public var journal: JournalWriter? { state.withLock { $0.journal } }

@@ -56,9 +56,13 @@ public struct BodyReader {
         let length = Int(try u16(field))
         guard length <= Self.stringBytesMax else { throw malformed(field, "is longer than \(Self.stringBytesMax) bytes") }
         guard let bytes = buffer.readSlice(length: length) else { throw malformed(field) }
-        guard let string = bytes.withUnsafeReadableBytes({ String(validating: $0, as: UTF8.self) }) else {
-            throw malformed(field, "is not valid UTF-8")
+        let string = bytes.withUnsafeReadableBytes { raw -> String? in
+            // Identifiers and keys are ASCII: a byte scan and a direct copy, rather than the
+            // generic validator (which looks up type metadata on every call).
+            if !raw.contains(where: { $0 >= 0x80 }) { return String(decoding: raw, as: UTF8.self) }
+            return String(validating: raw, as: UTF8.self)
         }
+        guard let string else { throw malformed(field, "is not valid UTF-8") }
         return string
     }
 

@@ -145,4 +145,29 @@ import TollgateLedgerTestSupport
         #expect(driver.ledger.creditTotals().consumed == charged)
         #expect(driver.ledger.idempotencyKeyCount < 3_000)
     }
+
+    @Test func anIndexSizedUpFrontAnswersExactlyAsAGrowingOne() {
+        // The server sizes the index for the table's limit at start; the answers, the state
+        // and the keys forgotten must be those of an index that grows as keys arrive.
+        var limits = LedgerLimits()
+        limits.idempotencyKeysMax = 5_000
+        limits.idempotencyMinimumRetentionMicroseconds = 0
+        var growing = makeDriver(limits: limits)
+        var sized = makeDriver(limits: limits)
+        sized.ledger.reserveIdempotencyIndex()
+        growing.grant(1_000_000)
+        sized.grant(1_000_000)
+        var rng = SeededGenerator(seed: 7)
+        for index in 0..<12_000 {
+            // New keys past the limit (the oldest are forgotten early), and retries of recent ones.
+            let key = Int.random(in: 0..<5, using: &rng) == 0 ? "key-\(max(0, index - Int.random(in: 1...3_000, using: &rng)))" : "key-\(index)"
+            let amount = Int64(key.utf8.last! % 3) + 1
+            #expect(growing.spend(amount, key: key) == sized.spend(amount, key: key))
+            growing.advance(microseconds: 1)
+            sized.advance(microseconds: 1)
+        }
+        #expect(growing.ledger == sized.ledger)
+        #expect(sized.ledger.idempotencyKeyCount == 5_000)
+        #expect(sized.ledger.idempotencyKeysForgottenEarly > 0)
+    }
 }
