@@ -90,7 +90,7 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        flushes.reading = true
+        flushes.holding = true
         let frame = unwrapInboundIn(data)
         let now = NIODeadline.now()
         if frame.header.requestID == 1 {
@@ -121,6 +121,12 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
         flushes.readComplete(on: context)
     }
 
+    func holdFlushes() { flushes.holding = true }
+
+    func releaseFlushes() {
+        if let context { flushes.readComplete(on: context) }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         hello.fail(ChannelError.ioOnClosedChannel)
         pacer.complete()
@@ -131,14 +137,14 @@ final class LoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sendable
     }
 }
 
-/// Writes made while a read is being handled wait for the read to complete and leave in one
-/// flush; writes made from a timer leave at once.
+/// Writes made while flushes are held (a read being handled, a burst of due requests) leave
+/// in one flush when the hold ends; other writes leave at once.
 struct CoalescedFlush {
-    var reading = false
+    var holding = false
     private var unflushed = false
 
     mutating func write(_ data: NIOAny, on context: ChannelHandlerContext) {
-        if reading {
+        if holding {
             context.write(data, promise: nil)
             unflushed = true
         } else {
@@ -147,7 +153,7 @@ struct CoalescedFlush {
     }
 
     mutating func readComplete(on context: ChannelHandlerContext) {
-        reading = false
+        holding = false
         if unflushed {
             unflushed = false
             context.flush()

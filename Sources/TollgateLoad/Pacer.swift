@@ -10,11 +10,14 @@ protocol PacedDriver: AnyObject {
     var outstanding: Int { get }
     func send(due: NIODeadline)
     func unitRandom() -> Double
+    /// Sends made between these two leave in one flush.
+    func holdFlushes()
+    func releaseFlushes()
 }
 
 /// Pacing, measuring and finishing, the same for every protocol the generator speaks: open
-/// loop sends each request at its due time (a task scheduled per request on the connection's
-/// event loop), closed loop refills as answers come; every answer's latency is recorded from
+/// loop sends each request at its due time (a timer on the connection's event loop; requests
+/// that fell due together leave together), closed loop refills as answers come; every answer's latency is recorded from
 /// its due time and from its send time; the run is over at `end` once nothing is outstanding.
 /// Used only on its connection's event loop.
 final class Pacer: @unchecked Sendable {
@@ -58,12 +61,20 @@ final class Pacer: @unchecked Sendable {
         return .nanoseconds(Int64(poisson ? -log(driver.unitRandom()) * mean : mean))
     }
 
+    /// One timer at a time: when it fires, every request due by then is sent (each with its
+    /// own due time) and they leave in one flush, so a generator that woke late catches up
+    /// with one write rather than one per request.
     private func scheduleNext(on loop: any EventLoop, driver: any PacedDriver) {
         guard nextDue < end else { return finishIfIdle(driver) }
-        let due = nextDue
-        nextDue = due + interval(driver)
-        loop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: due) {
-            if driver.outstanding >= self.maxOutstanding { self.measured.skipped += 1 } else { driver.send(due: due) }
+        loop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: nextDue) {
+            let now = NIODeadline.now()
+            driver.holdFlushes()
+            repeat {
+                let due = self.nextDue
+                self.nextDue = due + self.interval(driver)
+                if driver.outstanding >= self.maxOutstanding { self.measured.skipped += 1 } else { driver.send(due: due) }
+            } while self.nextDue <= now && self.nextDue < self.end
+            driver.releaseFlushes()
             self.scheduleNext(on: loop, driver: driver)
         }
     }

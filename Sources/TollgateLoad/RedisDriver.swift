@@ -100,7 +100,7 @@ final class RedisLoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sen
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        flushes.reading = true
+        flushes.holding = true
         let value = unwrapInboundIn(data)
         let now = NIODeadline.now()
         guard !pending.isEmpty else { return }
@@ -133,6 +133,12 @@ final class RedisLoadHandler: ChannelInboundHandler, PacedDriver, @unchecked Sen
 
     func channelReadComplete(context: ChannelHandlerContext) {
         flushes.readComplete(on: context)
+    }
+
+    func holdFlushes() { flushes.holding = true }
+
+    func releaseFlushes() {
+        if let context { flushes.readComplete(on: context) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -26,6 +26,13 @@ struct Target: ParsableArguments {
     @Option(help: "Token file (read if --token is not given).") var tokenFile: String?
     @Option(help: "CA bundle: speak TLS to the server.") var tlsCa: String?
 
+    func validate() throws {
+        guard let colon = server.lastIndex(of: ":"), colon != server.startIndex, let port = Int(server[server.index(after: colon)...]),
+            (1...65_535).contains(port)
+        else { throw ValidationError("--server is HOST:PORT, e.g. 127.0.0.1:7400 (got \"\(server)\")") }
+    }
+
+    /// Checked by `validate()` before any command runs.
     var hostPort: (String, Int) {
         let colon = server.lastIndex(of: ":")!
         return (String(server[..<colon]), Int(server[server.index(after: colon)...])!)

@@ -1,0 +1,136 @@
+import Foundation
+import Testing
+import TollgateLedger
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The measuring instrument of bench/: `tollgate-load` (the debug build `swift test` makes)
+/// run against its echo server and against the real tollgated, its reports checked against
+/// what the server saw.
+@Suite(.serialized) struct LoadGeneratorTests {
+    static let binary = WalkthroughTests.root.appendingPathComponent(".build/debug/tollgate-load").path
+
+    /// Starts `tollgate-load` with `arguments`; `whileRunning` runs with its process id.
+    @discardableResult
+    func load(_ arguments: [String], whileRunning: (Int32) async throws -> Void = { _ in }) async throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        try await whileRunning(process.processIdentifier)
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    func report(_ output: String) throws -> [String: Any] {
+        let line = try #require(output.split(separator: "\n").last(where: { $0.hasPrefix("{") }), "no JSON report in: \(output)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+
+    func percentiles(_ report: [String: Any], _ which: String) -> [String: Double] {
+        (report[which] as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.doubleValue }
+    }
+
+    func waitForListener(port: Int) async throws {
+        for _ in 0..<200 {
+            if (try? RawSocket(port: port)) != nil { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("nothing listens on \(port)")
+    }
+
+    @Test func latencyIsMeasuredFromTheDueTimeWhenTheGeneratorItselfStalls() async throws {
+        // Coordinated omission: the generator is stopped (SIGSTOP) for 300 ms. Requests that
+        // fell due meanwhile go out late, in one burst; measured from their due time they
+        // carry the stall, measured from their send time they do not.
+        let port = Int.random(in: 20_000...40_000)
+        let echo = Process()
+        echo.executableURL = URL(fileURLWithPath: Self.binary)
+        echo.arguments = ["echo-server", "--port", String(port)]
+        echo.standardOutput = FileHandle.nullDevice
+        try echo.run()
+        defer {
+            echo.terminate()
+            echo.waitUntilExit()
+        }
+        try await waitForListener(port: port)
+        let (status, output) = try await load([
+            "run", "--server", "127.0.0.1:\(port)", "--rate", "1000", "--duration", "2", "--warm-up", "0.3", "--operation", "ping", "--json",
+        ]) { pid in
+            try await Task.sleep(for: .milliseconds(1_200))
+            kill(pid, SIGSTOP)
+            try await Task.sleep(for: .milliseconds(300))
+            kill(pid, SIGCONT)
+        }
+        #expect(status == 0, "\(output)")
+        let report = try report(output)
+        let corrected = percentiles(report, "corrected"), uncorrected = percentiles(report, "uncorrected")
+        // About 300 of 2,000 measured requests fell due during the stall.
+        #expect((corrected["max"] ?? 0) >= 250_000, "\(corrected)")
+        #expect((corrected["p99"] ?? 0) >= 150_000, "\(corrected)")
+        #expect((uncorrected["p99"] ?? .infinity) < (corrected["p99"] ?? 0) / 2, "\(uncorrected) against \(corrected)")
+        // Open loop: the offered rate is kept, the late ones included.
+        let achieved = try #require((report["achievedRequestsPerSecond"] as? NSNumber)?.doubleValue)
+        #expect(abs(achieved - 1_000) <= 20, "achieved \(achieved)/s")
+        #expect(report["sent"] as? Int == report["answered"] as? Int)
+        #expect((report["errors"] as? [String: Any])?.isEmpty == true)
+    }
+
+    @Test func everyDecisionReportedWasMadeByTheServer() async throws {
+        let server = try await TestServer.start()
+        let target = ["--server", "127.0.0.1:\(server.port)"]
+        let setup = try await load(["setup"] + target + ["--accounts", "3", "--members", "2"])
+        #expect(setup.status == 0, "\(setup.output)")
+        let before = server.server.service.snapshot.creditTotals().consumed
+        let (status, output) = try await load(
+            ["run"] + target + [
+                "--closed", "--connections", "2", "--depth", "4", "--batch", "10", "--duration", "1", "--warm-up", "0.2",
+                "--accounts", "uniform", "--account-count", "3", "--members", "2", "--operation", "spend", "--json",
+            ])
+        #expect(status == 0, "\(output)")
+        let report = try report(output)
+        #expect((report["errors"] as? [String: Any])?.isEmpty == true, "\(report)")
+        // Every answered frame held ten spends of one credit each, warm-up included.
+        let answered = try #require(report["answered"] as? Int)
+        #expect(answered > 0)
+        #expect(server.server.service.snapshot.creditTotals().consumed - before == Int64(answered * 10))
+        let decisions = try #require((report["achievedDecisionsPerSecond"] as? NSNumber)?.doubleValue)
+        let requests = try #require((report["achievedRequestsPerSecond"] as? NSNumber)?.doubleValue)
+        #expect(decisions == requests * 10)
+        try await server.stop()
+    }
+
+    @Test func refusalsAreCountedByStatusInsideBatchesToo() async throws {
+        // No set-up: every account is unknown, so every decision is refused.
+        let server = try await TestServer.start()
+        for batch in ["1", "5"] {
+            let (status, output) = try await load([
+                "run", "--server", "127.0.0.1:\(server.port)", "--rate", "500", "--duration", "0.5", "--warm-up", "0.1", "--batch", batch,
+                "--accounts", "uniform", "--account-count", "2", "--operation", "spend", "--json",
+            ])
+            #expect(status == 0, "\(output)")
+            let report = try report(output)
+            let errors = try #require(report["errors"] as? [String: Int])
+            let recorded = try #require((report["achievedDecisionsPerSecond"] as? NSNumber)?.doubleValue) * 0.5
+            // One refusal, named, for every recorded decision (no rate is set either; the
+            // ledger names the first thing missing).
+            #expect(errors.count == 1 && ["unknownAccount", "unknownProduct"].contains(errors.keys.first ?? ""), "batch \(batch): \(errors)")
+            #expect(abs(Double(errors.values.reduce(0, +)) - recorded) <= 1, "batch \(batch): \(errors), \(recorded) decisions recorded")
+        }
+        try await server.stop()
+    }
+
+    @Test func badArgumentsAreRefusedWithAMessage() async throws {
+        for arguments in [["run", "--server", "no-port-here"], ["run", "--server", "127.0.0.1:notaport"], ["run", "--operation", "fly"]] {
+            let (status, output) = try await load(arguments)
+            #expect(status != 0 && status < 128, "\(arguments): exited \(status)")
+            #expect(output.contains("Error"), "\(arguments): \(output)")
+        }
+    }
+}
