@@ -190,6 +190,7 @@ struct Run: AsyncParsableCommand {
             handlers.append(({ loop.execute { handler.start(at: startAt) } }, { loop.execute { pacer.complete() } }, channel, finished.futureResult))
         }
         for handler in handlers { handler.start() }
+        FileHandle.standardError.write(Data("tollgate-load: running: \(warmUp) s of warm-up, then \(duration) s measured\n".utf8))
         // Wait for the run and the last answers (at most 10 s after the end).
         let deadline = end + .seconds(10)
         var total = Measured()

@@ -12,20 +12,30 @@ import Glibc
 @Suite(.serialized) struct LoadGeneratorTests {
     static let binary = WalkthroughTests.root.appendingPathComponent(".build/debug/tollgate-load").path
 
-    /// Starts `tollgate-load` with `arguments`; `whileRunning` runs with its process id.
+    /// Runs `tollgate-load` with `arguments`; `whileRunning`, if given, runs with its process
+    /// id once the generator says its run has started. The output is stdout and stderr.
     @discardableResult
-    func load(_ arguments: [String], whileRunning: (Int32) async throws -> Void = { _ in }) async throws -> (status: Int32, output: String) {
+    func load(_ arguments: [String], whileRunning: ((Int32) async throws -> Void)? = nil) async throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.arguments = arguments
-        let output = Pipe()
+        let output = Pipe(), errors = Pipe()
         process.standardOutput = output
-        process.standardError = output
+        process.standardError = errors
         try process.run()
-        try await whileRunning(process.processIdentifier)
+        var errorText = ""
+        if let whileRunning {
+            while !errorText.contains("running") {
+                let chunk = errors.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                errorText += String(decoding: chunk, as: UTF8.self)
+            }
+            try await whileRunning(process.processIdentifier)
+        }
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        errorText += String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        return (process.terminationStatus, text)
+        return (process.terminationStatus, text + errorText)
     }
 
     func report(_ output: String) throws -> [String: Any] {
@@ -61,9 +71,10 @@ import Glibc
         }
         try await waitForListener(port: port)
         let (status, output) = try await load([
-            "run", "--server", "127.0.0.1:\(port)", "--rate", "1000", "--duration", "2", "--warm-up", "0.3", "--operation", "ping", "--json",
+            "run", "--server", "127.0.0.1:\(port)", "--rate", "1000", "--duration", "3", "--warm-up", "0.3", "--operation", "ping", "--json",
         ]) { pid in
-            try await Task.sleep(for: .milliseconds(1_200))
+            // Measuring starts 0.5 s after the generator says it runs, and lasts 3 s.
+            try await Task.sleep(for: .milliseconds(1_000))
             kill(pid, SIGSTOP)
             try await Task.sleep(for: .milliseconds(300))
             kill(pid, SIGCONT)
@@ -71,7 +82,7 @@ import Glibc
         #expect(status == 0, "\(output)")
         let report = try report(output)
         let corrected = percentiles(report, "corrected"), uncorrected = percentiles(report, "uncorrected")
-        // About 300 of 2,000 measured requests fell due during the stall.
+        // About 300 of 3,000 measured requests fell due during the stall.
         #expect((corrected["max"] ?? 0) >= 250_000, "\(corrected)")
         #expect((corrected["p99"] ?? 0) >= 150_000, "\(corrected)")
         #expect((uncorrected["p99"] ?? .infinity) < (corrected["p99"] ?? 0) / 2, "\(uncorrected) against \(corrected)")
