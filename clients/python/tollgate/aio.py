@@ -1,0 +1,329 @@
+"""The asyncio client: the same operations as tollgate.Client, as coroutines, pipelined over
+one connection shared by every task."""
+
+import asyncio
+import functools
+import inspect
+import time
+
+from . import _common, errors, ops
+from .client import ADMIN_OPERATIONS
+from .gate import AsyncHold, gated_function
+
+
+class _Lost(Exception):
+    pass
+
+
+class _Connection:
+    def __init__(self, reader, writer, info):
+        self.reader, self.writer, self.info = reader, writer, info
+        self.pending = {}  # request id -> Future, or asyncio.Queue for streams
+        self.next_id = 1
+        self.in_flight = asyncio.Semaphore(max(1, info["max_in_flight"]))
+        self.failure = None
+        self.task = asyncio.ensure_future(self._read_loop())
+
+    @property
+    def alive(self):
+        return self.failure is None
+
+    async def _read_loop(self):
+        try:
+            while True:
+                opcode, status, request_id, length = _common.parse_header(await self.reader.readexactly(_common.HEADER_SIZE))
+                name, value = _common.decode_body(opcode, status, await self.reader.readexactly(length) if length else b"")
+                waiter = self.pending.get(request_id)
+                if waiter is None:
+                    if request_id == 0 and status >= 100:
+                        raise _Lost("the server ended the connection: %s" % errors.BY_STATUS.get(status, errors.ProtocolError).__name__)
+                    continue
+                if isinstance(waiter, asyncio.Queue):
+                    waiter.put_nowait((status, name, value))
+                else:
+                    del self.pending[request_id]
+                    if not waiter.done():
+                        waiter.set_result((status, name, value))
+        except asyncio.CancelledError:
+            self._fail(_Lost("closed by the client"))
+            raise
+        except asyncio.IncompleteReadError:
+            self._fail(_Lost("the server closed the connection"))
+        except Exception as error:  # noqa: BLE001
+            self._fail(error if isinstance(error, _Lost) else _Lost("connection failed: %s" % error))
+
+    def _fail(self, error):
+        if self.failure is None:
+            self.failure = error
+        waiters, self.pending = list(self.pending.values()), {}
+        for waiter in waiters:
+            if isinstance(waiter, asyncio.Queue):
+                waiter.put_nowait(None)
+            elif not waiter.done():
+                waiter.set_exception(error)
+        self.writer.close()
+
+    def close(self):
+        self.task.cancel()
+        self._fail(_Lost("closed by the client"))
+
+    def _register(self, waiter):
+        if self.failure is not None:
+            raise self.failure
+        while True:
+            request_id = self.next_id
+            self.next_id = self.next_id + 1 if self.next_id < _common.U32_MAX else 2
+            if request_id > 1 and request_id not in self.pending:
+                break
+        self.pending[request_id] = waiter
+        return request_id
+
+    def _send(self, data):
+        try:
+            self.writer.write(data)
+        except (OSError, RuntimeError) as error:
+            self._fail(_Lost("send failed: %s" % error))
+            raise self.failure from error
+
+    async def round_trip(self, request, deadline):
+        remaining = deadline - time.monotonic()
+        try:
+            await asyncio.wait_for(self.in_flight.acquire(), max(0.0, remaining))
+        except asyncio.TimeoutError:
+            raise errors.DeadlineExceeded("%s: %d requests already in flight on the connection" % (request.name, self.info["max_in_flight"])) from None
+        try:
+            future = asyncio.get_running_loop().create_future()
+            request_id = self._register(future)
+            self._send(_common.frame(request.name, request_id, request.body()))
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self.pending.pop(request_id, None)
+                raise errors.DeadlineExceeded("%s: no answer within the deadline" % request.name) from None
+        finally:
+            self.in_flight.release()
+
+    def stream(self, request):
+        answers = asyncio.Queue()
+        request_id = self._register(answers)
+        self._send(_common.frame(request.name, request_id, request.body()))
+        return answers
+
+
+async def _connect(host, port, context, server_name, token, client_name, deadline):
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=(server_name or host) if context else None),
+            max(0.001, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise errors.DeadlineExceeded("connecting to %s:%d took longer than the deadline" % (host, port)) from None
+    except OSError as error:
+        if context is not None and "SSL" in type(error).__name__.upper():
+            raise errors.ConnectionLost("TLS handshake with %s:%d failed: %s" % (host, port, error)) from error
+        raise _Lost("cannot connect to %s:%d: %s" % (host, port, error)) from error
+    try:
+        import socket
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(_common.hello_request(client_name, token))
+        header = await asyncio.wait_for(reader.readexactly(_common.HEADER_SIZE), max(0.001, deadline - time.monotonic()))
+        opcode, status, _, length = _common.parse_header(header)
+        name, value = _common.decode_body(opcode, status, await reader.readexactly(length) if length else b"")
+        return _Connection(reader, writer, _common.hello_result(status, value))
+    except asyncio.TimeoutError:
+        writer.close()
+        raise errors.DeadlineExceeded("the handshake with %s:%d took longer than the deadline" % (host, port)) from None
+    except (asyncio.IncompleteReadError, OSError) as error:
+        writer.close()
+        raise _Lost("the handshake with %s:%d failed: %s" % (host, port, error)) from error
+    except errors.TollgateError:
+        writer.close()
+        raise
+
+
+class AsyncClient:
+    """The asyncio client. Same arguments, methods and guarantees as tollgate.Client; every
+    call is a coroutine, `hold()` is an async context manager, and `gated()` decorates
+    async tool functions.
+
+        gate = tollgate.AsyncClient("127.0.0.1:7400", token="…", account="acme", member="alice")
+        await gate.spend("web_search")
+    """
+
+    is_async = True
+
+    def __init__(self, address=_common.DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
+                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
+        self.host, self.port = _common.parse_address(address)
+        self.token = _common.resolve_token(token, token_file)
+        self.context = _common.tls_context(tls, ca_file, cert_file, key_file)
+        self.server_name = server_name
+        self.timeout, self.retries, self.client_name = timeout, retries, client_name
+        self.account, self.member = account, member
+        self._connection = None
+        self._connecting = None
+        self._closed = False
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def close(self):
+        self._closed = True
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def server(self):
+        return (await self._connected(time.monotonic() + self.timeout)).info
+
+    async def _connected(self, deadline):
+        connection = self._connection
+        if connection is not None and connection.alive:
+            return connection
+        if self._closed:
+            raise errors.ConnectionLost("the client is closed")
+        if self._connecting is None:
+            # One connection attempt at a time; every task waiting for it shares the outcome.
+            self._connecting = asyncio.ensure_future(
+                _connect(self.host, self.port, self.context, self.server_name, self.token, self.client_name, deadline))
+        connecting = self._connecting
+        try:
+            self._connection = await asyncio.shield(connecting)
+            return self._connection
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+
+    async def call(self, request, timeout=None):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            try:
+                connection = await self._connected(deadline)
+                status, name, value = await connection.round_trip(request, deadline)
+                return ops.result(name, status, value, operation=request.name)
+            except _Lost as lost:
+                failure = errors.ConnectionLost("%s: %s" % (request.name, lost))
+            except errors.ProtocolError as error:
+                if not _common.retryable(error):
+                    raise
+                failure = error
+            attempt += 1
+            pause = _common.backoff(attempt)
+            if attempt > self.retries or time.monotonic() + pause >= deadline:
+                raise failure
+            await asyncio.sleep(pause)
+
+    def _who(self, account, member):
+        account = account if account is not None else self.account
+        if account is None:
+            raise ValueError("no account given, and the client has no default account")
+        return account, member if member is not None else self.member
+
+    async def ping(self, timeout=None):
+        return await self.call(ops.ping(), timeout)
+
+    async def check(self, product, quantity=1, *, account=None, member=None, timeout=None):
+        account, member = self._who(account, member)
+        return await self.call(ops.check(account, product, quantity, member), timeout)
+
+    async def reserve(self, product, quantity=1, *, account=None, member=None, ttl=60, key=None, timeout=None):
+        account, member = self._who(account, member)
+        return await self.call(ops.reserve(account, product, quantity, member, ttl, key), timeout)
+
+    async def commit(self, hold, *, quantity=None, credits=None, final=True, account=None, key=None, timeout=None):
+        account, _ = self._who(account, None)
+        return await self.call(ops.commit(account, hold, quantity, credits, final, key), timeout)
+
+    async def release(self, hold, *, account=None, key=None, timeout=None):
+        account, _ = self._who(account, None)
+        return await self.call(ops.release(account, hold, key), timeout)
+
+    async def extend(self, hold, ttl, *, account=None, key=None, timeout=None):
+        account, _ = self._who(account, None)
+        return await self.call(ops.extend(account, hold, ttl, key), timeout)
+
+    async def spend(self, product, quantity=1, *, account=None, member=None, key=None, timeout=None):
+        account, member = self._who(account, member)
+        return await self.call(ops.spend(account, product, quantity, member, key), timeout)
+
+    async def balance(self, *, account=None, member=None, timeout=None):
+        account, member = self._who(account, member)
+        return await self.call(ops.balance(account, member), timeout)
+
+    async def balance_at(self, at, *, account=None, member=None, timeout=None):
+        account, member = self._who(account, member)
+        return await self.call(ops.balance_at(account, at, member), timeout)
+
+    async def batch(self, requests, timeout=None):
+        return await self.call(ops.batch(requests), timeout)
+
+    async def subscribe(self, after=None, account=None, timeout=None):
+        """An async iterator of events on a connection of its own."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            connection = await _connect(self.host, self.port, self.context, self.server_name, self.token, self.client_name, deadline)
+        except _Lost as lost:
+            raise errors.ConnectionLost("SUBSCRIBE: %s" % lost) from None
+        stream = AsyncEventStream(connection)
+        await stream._open(ops.subscribe(after, account), deadline)
+        return stream
+
+    def hold(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False, key=None, timeout=None):
+        account, member = self._who(account, member)
+        return AsyncHold(self, account, member, product, quantity, ttl, keepalive, key, timeout)
+
+    def gated(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False):
+        return functools.partial(gated_function, self, product, quantity, account, member, ttl, keepalive)
+
+
+def _admin(builder):
+    signature = inspect.signature(builder)
+
+    async def method(self, *args, timeout=None, **kwargs):
+        return await self.call(builder(*args, **kwargs), timeout)
+    method.__name__ = builder.__name__
+    method.__doc__ = "%s%s — see tollgate.ops.%s (a coroutine)." % (builder.__name__, signature, builder.__name__)
+    return method
+
+
+for _name in ADMIN_OPERATIONS:
+    setattr(AsyncClient, _name, _admin(getattr(ops, _name)))
+
+
+class AsyncEventStream:
+    def __init__(self, connection):
+        self.connection = connection
+        self.next_sequence = None
+
+    async def _open(self, request, deadline):
+        self.answers = self.connection.stream(request)
+        try:
+            first = await asyncio.wait_for(self.answers.get(), max(0.001, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            self.connection.close()
+            raise errors.DeadlineExceeded("SUBSCRIBE: no answer within the deadline") from None
+        if first is None:
+            raise errors.ConnectionLost("SUBSCRIBE: %s" % self.connection.failure)
+        try:
+            self.next_sequence = ops.result(first[1], first[0], first[2], operation="SUBSCRIBE").next_sequence
+        except errors.TollgateError:
+            self.connection.close()
+            raise
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        answer = await self.answers.get()
+        if answer is None:
+            raise StopAsyncIteration
+        status, name, value = answer
+        return ops.result(name, status, value, operation="SUBSCRIBE")
+
+    def close(self):
+        self.connection.close()
