@@ -63,9 +63,7 @@ public final class LedgerService: Sendable {
         self.hub = hub
         self.configuration = configuration
         self.clock = clock
-        var ledger = Ledger(limits: configuration.limits, startingAt: clock())
-        ledger.reserveIdempotencyIndex()
-        self.state = Mutex(State(ledger: ledger, journal: nil))
+        self.state = Mutex(State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil))
         self.ledgerThread = configuration.decisionThread == .dedicatedThread ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
     }
 
@@ -75,12 +73,16 @@ public final class LedgerService: Sendable {
 
     /// Installs the state recovered from the journal and the writer that continues it.
     public func restore(_ recovered: Ledger, journal: JournalWriter?) {
-        var ledger = recovered
-        ledger.reserveIdempotencyIndex()
-        state.withLock { $0 = State(ledger: ledger, journal: journal) }
+        state.withLock { $0 = State(ledger: recovered, journal: journal) }
     }
 
     public var journal: JournalWriter? { state.withLock { $0.journal } }
+
+    /// Sizes the idempotency index for the table's limit (see `Ledger.reserveIdempotencyIndex`);
+    /// the server calls it once, after recovery and before serving.
+    public func reserveIdempotencyIndex() {
+        state.withLock { $0.ledger.reserveIdempotencyIndex() }
+    }
 
     /// A copy of the ledger and the journal position it includes, taken together under the
     /// ledger's lock. The copy shares storage with the live ledger until either changes.

@@ -116,6 +116,7 @@ public final class TollgateServer: Service, Sendable {
             try loadAccess()
             try events.open()
             try recover()
+            service.reserveIdempotencyIndex()
             gate = try await bindGate()
             admin = try await bindAdmin()
         } catch {

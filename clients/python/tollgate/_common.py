@@ -1,9 +1,14 @@
-"""What the blocking and the asyncio client share: settings, TLS, frames, retry policy."""
+"""What the blocking and the asyncio client share: settings, TLS, frames, request ids, retry
+policy, and the operations themselves."""
 
+import functools
+import inspect
 import os
 import ssl
+import time
 
 from . import errors, ops, wire
+from .gate import gated_function
 
 DEFAULT_ADDRESS = "127.0.0.1:7400"
 PROTOCOL_VERSION = 1
@@ -94,3 +99,121 @@ def retryable(error):
 
 HEADER_SIZE = wire.HEADER.size
 U32_MAX = (1 << 32) - 1
+
+
+def next_request_id(pending, current):
+    """(the id to use, the next one to try): ids 2 … 2³²−1 in turn, skipping those in flight
+    (1 is HELLO's)."""
+    while True:
+        request_id = current
+        current = current + 1 if current < U32_MAX else 2
+        if request_id > 1 and request_id not in pending:
+            return request_id, current
+
+
+def retry_pause(attempt, retries, deadline, failure):
+    """After failed attempt number `attempt`: how long to wait before the next, or raises
+    `failure` when the retries or the deadline are spent."""
+    pause = backoff(attempt)
+    if attempt > retries or time.monotonic() + pause >= deadline:
+        raise failure
+    return pause
+
+
+class Operations:
+    """The settings both clients take, and every operation, as a method that builds its
+    request (tollgate.ops) and hands it to `self.call`: the blocking client's returns the
+    Result, the asyncio client's a coroutine. `hold_class` is Hold or AsyncHold."""
+
+    hold_class = None
+
+    def __init__(self, address=DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
+                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
+        self.host, self.port = parse_address(address)
+        self.token = resolve_token(token, token_file)
+        self.context = tls_context(tls, ca_file, cert_file, key_file)
+        self.server_name = server_name
+        self.timeout, self.retries, self.client_name = timeout, retries, client_name
+        self.account, self.member = account, member
+        self._connection = None
+        self._closed = False
+
+    def _deadline(self, timeout):
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
+
+    def hold(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False, key=None, timeout=None):
+        """A hold as a context manager (`with`, or `async with` on the asyncio client): reserves
+        on enter (raising CreditsExhausted and the other refusals), commits on a clean exit —
+        what `hold.use(...)` recorded, or the whole hold — and releases when the block raises.
+        `keepalive=True` extends it every ttl/3 while the block runs."""
+        account, member = self._who(account, member)
+        return self.hold_class(self, account, member, product, quantity, ttl, keepalive, key, timeout)
+
+    def gated(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False):
+        """A decorator for tool functions (plain ones on Client, async ones on AsyncClient):
+        each call runs inside `hold(...)`. `quantity`, `account` and `member` may be callables
+        given the call's arguments."""
+        return functools.partial(gated_function, self, product, quantity, account, member, ttl, keepalive)
+
+    def _who(self, account, member):
+        account = account if account is not None else self.account
+        if account is None:
+            raise ValueError("no account given, and the client has no default account")
+        return account, member if member is not None else self.member
+
+    def ping(self, timeout=None):
+        return self.call(ops.ping(), timeout)
+
+    def check(self, product, quantity=1, *, account=None, member=None, timeout=None):
+        account, member = self._who(account, member)
+        return self.call(ops.check(account, product, quantity, member), timeout)
+
+    def reserve(self, product, quantity=1, *, account=None, member=None, ttl=60, key=None, timeout=None):
+        account, member = self._who(account, member)
+        return self.call(ops.reserve(account, product, quantity, member, ttl, key), timeout)
+
+    def commit(self, hold, *, quantity=None, credits=None, final=True, account=None, key=None, timeout=None):
+        account, _ = self._who(account, None)
+        return self.call(ops.commit(account, hold, quantity, credits, final, key), timeout)
+
+    def release(self, hold, *, account=None, key=None, timeout=None):
+        account, _ = self._who(account, None)
+        return self.call(ops.release(account, hold, key), timeout)
+
+    def extend(self, hold, ttl, *, account=None, key=None, timeout=None):
+        account, _ = self._who(account, None)
+        return self.call(ops.extend(account, hold, ttl, key), timeout)
+
+    def spend(self, product, quantity=1, *, account=None, member=None, key=None, timeout=None):
+        account, member = self._who(account, member)
+        return self.call(ops.spend(account, product, quantity, member, key), timeout)
+
+    def balance(self, *, account=None, member=None, timeout=None):
+        account, member = self._who(account, member)
+        return self.call(ops.balance(account, member), timeout)
+
+    def balance_at(self, at, *, account=None, member=None, timeout=None):
+        account, member = self._who(account, member)
+        return self.call(ops.balance_at(account, at, member), timeout)
+
+    def batch(self, requests, timeout=None):
+        """Gate requests built with tollgate.ops (check, reserve, commit, release, extend,
+        spend) in one frame; per item, its Result or its exception (not raised)."""
+        return self.call(ops.batch(requests), timeout)
+
+
+def _admin(builder):
+    def method(self, *args, timeout=None, **kwargs):
+        return self.call(builder(*args, **kwargs), timeout)
+    method.__name__ = builder.__name__
+    method.__doc__ = "%s%s — see tollgate.ops.%s." % (builder.__name__, inspect.signature(builder), builder.__name__)
+    return method
+
+
+ADMIN_OPERATIONS = [
+    "create_account", "set_parent", "set_overage", "set_period", "set_account_cap", "add_member", "remove_member", "set_member_cap",
+    "create_group", "delete_group", "set_group_cap", "add_to_group", "remove_from_group", "add_grant", "void_grant", "set_rate",
+    "set_account_rate", "set_subscription", "set_seats", "set_alert", "remove_alert", "set_auto_recharge", "define_plan", "provision",
+]
+for _name in ADMIN_OPERATIONS:
+    setattr(Operations, _name, _admin(getattr(ops, _name)))

@@ -2,13 +2,10 @@
 one connection shared by every task."""
 
 import asyncio
-import functools
-import inspect
 import time
 
 from . import _common, errors, ops
-from .client import ADMIN_OPERATIONS
-from .gate import AsyncHold, gated_function
+from .gate import AsyncHold
 
 
 class _Lost(Exception):
@@ -70,11 +67,7 @@ class _Connection:
     def _register(self, waiter):
         if self.failure is not None:
             raise self.failure
-        while True:
-            request_id = self.next_id
-            self.next_id = self.next_id + 1 if self.next_id < _common.U32_MAX else 2
-            if request_id > 1 and request_id not in self.pending:
-                break
+        request_id, self.next_id = _common.next_request_id(self.pending, self.next_id)
         self.pending[request_id] = waiter
         return request_id
 
@@ -142,7 +135,7 @@ async def _connect(host, port, context, server_name, token, client_name, deadlin
         raise
 
 
-class AsyncClient:
+class AsyncClient(_common.Operations):
     """The asyncio client. Same arguments, methods and guarantees as tollgate.Client; every
     call is a coroutine, `hold()` is an async context manager, and `gated()` decorates
     async tool functions.
@@ -153,17 +146,11 @@ class AsyncClient:
 
     is_async = True
 
-    def __init__(self, address=_common.DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
-                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
-        self.host, self.port = _common.parse_address(address)
-        self.token = _common.resolve_token(token, token_file)
-        self.context = _common.tls_context(tls, ca_file, cert_file, key_file)
-        self.server_name = server_name
-        self.timeout, self.retries, self.client_name = timeout, retries, client_name
-        self.account, self.member = account, member
-        self._connection = None
+    hold_class = AsyncHold
+
+    def __init__(self, address=_common.DEFAULT_ADDRESS, **settings):
+        super().__init__(address, **settings)
         self._connecting = None
-        self._closed = False
 
     async def __aenter__(self):
         return self
@@ -199,7 +186,7 @@ class AsyncClient:
                 self._connecting = None
 
     async def call(self, request, timeout=None):
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = self._deadline(timeout)
         attempt = 0
         while True:
             try:
@@ -213,58 +200,11 @@ class AsyncClient:
                     raise
                 failure = error
             attempt += 1
-            pause = _common.backoff(attempt)
-            if attempt > self.retries or time.monotonic() + pause >= deadline:
-                raise failure
-            await asyncio.sleep(pause)
-
-    def _who(self, account, member):
-        account = account if account is not None else self.account
-        if account is None:
-            raise ValueError("no account given, and the client has no default account")
-        return account, member if member is not None else self.member
-
-    async def ping(self, timeout=None):
-        return await self.call(ops.ping(), timeout)
-
-    async def check(self, product, quantity=1, *, account=None, member=None, timeout=None):
-        account, member = self._who(account, member)
-        return await self.call(ops.check(account, product, quantity, member), timeout)
-
-    async def reserve(self, product, quantity=1, *, account=None, member=None, ttl=60, key=None, timeout=None):
-        account, member = self._who(account, member)
-        return await self.call(ops.reserve(account, product, quantity, member, ttl, key), timeout)
-
-    async def commit(self, hold, *, quantity=None, credits=None, final=True, account=None, key=None, timeout=None):
-        account, _ = self._who(account, None)
-        return await self.call(ops.commit(account, hold, quantity, credits, final, key), timeout)
-
-    async def release(self, hold, *, account=None, key=None, timeout=None):
-        account, _ = self._who(account, None)
-        return await self.call(ops.release(account, hold, key), timeout)
-
-    async def extend(self, hold, ttl, *, account=None, key=None, timeout=None):
-        account, _ = self._who(account, None)
-        return await self.call(ops.extend(account, hold, ttl, key), timeout)
-
-    async def spend(self, product, quantity=1, *, account=None, member=None, key=None, timeout=None):
-        account, member = self._who(account, member)
-        return await self.call(ops.spend(account, product, quantity, member, key), timeout)
-
-    async def balance(self, *, account=None, member=None, timeout=None):
-        account, member = self._who(account, member)
-        return await self.call(ops.balance(account, member), timeout)
-
-    async def balance_at(self, at, *, account=None, member=None, timeout=None):
-        account, member = self._who(account, member)
-        return await self.call(ops.balance_at(account, at, member), timeout)
-
-    async def batch(self, requests, timeout=None):
-        return await self.call(ops.batch(requests), timeout)
+            await asyncio.sleep(_common.retry_pause(attempt, self.retries, deadline, failure))
 
     async def subscribe(self, after=None, account=None, timeout=None):
         """An async iterator of events on a connection of its own."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = self._deadline(timeout)
         try:
             connection = await _connect(self.host, self.port, self.context, self.server_name, self.token, self.client_name, deadline)
         except _Lost as lost:
@@ -272,27 +212,6 @@ class AsyncClient:
         stream = AsyncEventStream(connection)
         await stream._open(ops.subscribe(after, account), deadline)
         return stream
-
-    def hold(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False, key=None, timeout=None):
-        account, member = self._who(account, member)
-        return AsyncHold(self, account, member, product, quantity, ttl, keepalive, key, timeout)
-
-    def gated(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False):
-        return functools.partial(gated_function, self, product, quantity, account, member, ttl, keepalive)
-
-
-def _admin(builder):
-    signature = inspect.signature(builder)
-
-    async def method(self, *args, timeout=None, **kwargs):
-        return await self.call(builder(*args, **kwargs), timeout)
-    method.__name__ = builder.__name__
-    method.__doc__ = "%s%s — see tollgate.ops.%s (a coroutine)." % (builder.__name__, signature, builder.__name__)
-    return method
-
-
-for _name in ADMIN_OPERATIONS:
-    setattr(AsyncClient, _name, _admin(getattr(ops, _name)))
 
 
 class AsyncEventStream:

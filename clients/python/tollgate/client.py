@@ -1,14 +1,12 @@
 """The blocking client: one pipelined connection shared by any number of threads."""
 
-import functools
-import inspect
 import queue
 import socket
 import threading
 import time
 
 from . import _common, errors, ops
-from .gate import Hold, gated_function
+from .gate import Hold
 
 
 class _Lost(Exception):
@@ -90,11 +88,7 @@ class _Connection:
         with self.lock:
             if self.failure is not None:
                 raise self.failure
-            while True:
-                request_id = self.next_id
-                self.next_id = self.next_id + 1 if self.next_id < _common.U32_MAX else 2
-                if request_id > 1 and request_id not in self.pending:
-                    break
+            request_id, self.next_id = _common.next_request_id(self.pending, self.next_id)
             self.pending[request_id] = waiter
             return request_id
 
@@ -176,7 +170,7 @@ def _recv_exact(sock, size):
     return bytes(data)
 
 
-class Client:
+class Client(_common.Operations):
     """A blocking Tollgate client.
 
         gate = tollgate.Client("127.0.0.1:7400", token="…", account="acme", member="alice")
@@ -190,17 +184,11 @@ class Client:
     are the defaults for calls that take them.
     """
 
-    def __init__(self, address=_common.DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
-                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
-        self.host, self.port = _common.parse_address(address)
-        self.token = _common.resolve_token(token, token_file)
-        self.context = _common.tls_context(tls, ca_file, cert_file, key_file)
-        self.server_name = server_name
-        self.timeout, self.retries, self.client_name = timeout, retries, client_name
-        self.account, self.member = account, member
-        self._connection = None
+    hold_class = Hold
+
+    def __init__(self, address=_common.DEFAULT_ADDRESS, **settings):
+        super().__init__(address, **settings)
         self._connect_lock = threading.Lock()
-        self._closed = False
 
     # ---- plumbing ------------------------------------------------------------------------
 
@@ -236,7 +224,7 @@ class Client:
     def call(self, request, timeout=None):
         """Sends one request (built by tollgate.ops) and returns its Result, retrying as the
         class says; raises the status's exception."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = self._deadline(timeout)
         attempt = 0
         while True:
             try:
@@ -249,102 +237,17 @@ class Client:
                     raise
                 failure = error
             attempt += 1
-            pause = _common.backoff(attempt)
-            if attempt > self.retries or time.monotonic() + pause >= deadline:
-                raise failure
-            time.sleep(pause)
-
-    def _who(self, account, member):
-        account = account if account is not None else self.account
-        if account is None:
-            raise ValueError("no account given, and the client has no default account")
-        return account, member if member is not None else self.member
-
-    # ---- the gate ------------------------------------------------------------------------
-
-    def ping(self, timeout=None):
-        return self.call(ops.ping(), timeout)
-
-    def check(self, product, quantity=1, *, account=None, member=None, timeout=None):
-        account, member = self._who(account, member)
-        return self.call(ops.check(account, product, quantity, member), timeout)
-
-    def reserve(self, product, quantity=1, *, account=None, member=None, ttl=60, key=None, timeout=None):
-        account, member = self._who(account, member)
-        return self.call(ops.reserve(account, product, quantity, member, ttl, key), timeout)
-
-    def commit(self, hold, *, quantity=None, credits=None, final=True, account=None, key=None, timeout=None):
-        account, _ = self._who(account, None)
-        return self.call(ops.commit(account, hold, quantity, credits, final, key), timeout)
-
-    def release(self, hold, *, account=None, key=None, timeout=None):
-        account, _ = self._who(account, None)
-        return self.call(ops.release(account, hold, key), timeout)
-
-    def extend(self, hold, ttl, *, account=None, key=None, timeout=None):
-        account, _ = self._who(account, None)
-        return self.call(ops.extend(account, hold, ttl, key), timeout)
-
-    def spend(self, product, quantity=1, *, account=None, member=None, key=None, timeout=None):
-        account, member = self._who(account, member)
-        return self.call(ops.spend(account, product, quantity, member, key), timeout)
-
-    def balance(self, *, account=None, member=None, timeout=None):
-        account, member = self._who(account, member)
-        return self.call(ops.balance(account, member), timeout)
-
-    def balance_at(self, at, *, account=None, member=None, timeout=None):
-        account, member = self._who(account, member)
-        return self.call(ops.balance_at(account, at, member), timeout)
-
-    def batch(self, requests, timeout=None):
-        """Gate requests built with tollgate.ops (check, reserve, commit, release, extend,
-        spend) in one frame; returns, per item, its Result or its exception (not raised)."""
-        return self.call(ops.batch(requests), timeout)
+            time.sleep(_common.retry_pause(attempt, self.retries, deadline, failure))
 
     def subscribe(self, after=None, account=None, timeout=None):
         """An iterator of events (alerts, depletions, recharges) on a connection of its own;
         `next_sequence` is the number the next new event will carry. Close it when done."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = self._deadline(timeout)
         try:
             connection = _connect(self.host, self.port, self.context, self.server_name, self.token, self.client_name, deadline)
         except _Lost as lost:
             raise errors.ConnectionLost("SUBSCRIBE: %s" % lost) from None
         return EventStream(connection, ops.subscribe(after, account), deadline)
-
-    def hold(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False, key=None, timeout=None):
-        """A hold as a context manager: reserves on enter (raising CreditsExhausted and the
-        other refusals), commits on a clean exit — what `hold.use(...)` recorded, or the whole
-        hold — and releases when the block raises. `keepalive=True` extends it every ttl/3
-        while the block runs."""
-        account, member = self._who(account, member)
-        return Hold(self, account, member, product, quantity, ttl, keepalive, key, timeout)
-
-    def gated(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False):
-        """A decorator for tool functions (plain or async): each call runs inside `hold(...)`.
-        `quantity`, `account` and `member` may be callables given the call's arguments."""
-        return functools.partial(gated_function, self, product, quantity, account, member, ttl, keepalive)
-
-    # ---- accounts, rates, plans ------------------------------------------------------------
-
-
-def _admin(builder):
-    signature = inspect.signature(builder)
-
-    def method(self, *args, timeout=None, **kwargs):
-        return self.call(builder(*args, **kwargs), timeout)
-    method.__name__ = builder.__name__
-    method.__doc__ = "%s%s — see tollgate.ops.%s. Returns a Result; raises on refusal." % (builder.__name__, signature, builder.__name__)
-    return method
-
-
-ADMIN_OPERATIONS = [
-    "create_account", "set_parent", "set_overage", "set_period", "set_account_cap", "add_member", "remove_member", "set_member_cap",
-    "create_group", "delete_group", "set_group_cap", "add_to_group", "remove_from_group", "add_grant", "void_grant", "set_rate",
-    "set_account_rate", "set_subscription", "set_seats", "set_alert", "remove_alert", "set_auto_recharge", "define_plan", "provision",
-]
-for _name in ADMIN_OPERATIONS:
-    setattr(Client, _name, _admin(getattr(ops, _name)))
 
 
 class EventStream:
