@@ -177,11 +177,17 @@ extension Ledger {
     /// Every live grant of an account, including those not yet effective and those that are
     /// spent or expired but still have credits held on them.
     func burnRate(_ chain: Chain, at now: Instant) -> BurnRate {
+        let totals = burnWindow(chain).totals(at: now)
+        return BurnRate(lastMinute: totals.minute, lastHour: totals.hour)
+    }
+
+    /// The member's burn window when the chain names a member, else the account's; empty for
+    /// those that never consumed.
+    func burnWindow(_ chain: Chain) -> BurnWindow {
         let member = Int(chain.member)
         let account = Int(chain.account)
         let window = chain.member != noSlot ? (member < memberBurn.count ? memberBurn[member] : nil) : (account < accountBurn.count ? accountBurn[account] : nil)
-        let totals = window?.totals(at: now) ?? (minute: 0, hour: 0)
-        return BurnRate(lastMinute: totals.minute, lastHour: totals.hour)
+        return window ?? BurnWindow()
     }
 
     /// Credits consumed across the whole ledger over the last minute and hour.

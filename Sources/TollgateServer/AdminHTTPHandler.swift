@@ -17,8 +17,10 @@ public final class Readiness: Sendable {
     }
 }
 
-/// The admin port: `/healthz` (the process is up), `/readyz` (it is taking decisions) and
-/// `/metrics` (Prometheus text). Anything else is a 404.
+/// The admin port: `/healthz` (the process is up), `/readyz` (it is taking decisions),
+/// `/metrics` (Prometheus text), the read API under `/api/v1/` (JSON, needs a read or admin
+/// credential) and the dashboard at `/dashboard` (a page with no data of its own: it reads the
+/// API with the credential typed into it). Anything else is a 404.
 final class AdminHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -26,64 +28,85 @@ final class AdminHTTPHandler: ChannelInboundHandler {
     private let registry: PrometheusCollectorRegistry
     private let problem: @Sendable () -> String?
     private let refreshGauges: @Sendable () -> Void
-    private var path: String?
-    private var method: HTTPMethod = .GET
-    private var keepAlive = true
+    private let readAPI: ReadAPI
+    private var head: HTTPRequestHead?
 
-    init(registry: PrometheusCollectorRegistry, problem: @escaping @Sendable () -> String?, refreshGauges: @escaping @Sendable () -> Void) {
+    init(registry: PrometheusCollectorRegistry, problem: @escaping @Sendable () -> String?, refreshGauges: @escaping @Sendable () -> Void, readAPI: ReadAPI) {
         self.registry = registry
         self.problem = problem
         self.refreshGauges = refreshGauges
+        self.readAPI = readAPI
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-            method = head.method
-            keepAlive = head.isKeepAlive
+            self.head = head
         case .body:
             break
         case .end:
-            respond(context: context)
+            if let head { respond(context: context, head) }
+            head = nil
         }
     }
 
-    private func respond(context: ChannelHandlerContext) {
-        let status: HTTPResponseStatus
-        let body: String
+    private func respond(context: ChannelHandlerContext, _ head: HTTPRequestHead) {
+        let split = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let path = split.first.map(String.init) ?? head.uri
+        let method = head.method
+        var status = HTTPResponseStatus.ok
+        var body = ByteBuffer()
         var contentType = "text/plain; charset=utf-8"
-        switch (method, path ?? "") {
+        var extra: [(String, String)] = []
+        switch (method, path) {
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
-            (status, body) = (.ok, "ok\n")
+            body = ByteBuffer(string: "ok\n")
         case (.GET, "/readyz"), (.HEAD, "/readyz"):
             if let problem = problem() {
-                (status, body) = (.serviceUnavailable, "not ready: \(problem)\n")
+                (status, body) = (.serviceUnavailable, ByteBuffer(string: "not ready: \(problem)\n"))
             } else {
-                (status, body) = (.ok, "ready\n")
+                body = ByteBuffer(string: "ready\n")
             }
         case (.GET, "/metrics"):
             refreshGauges()
             contentType = "text/plain; version=0.0.4; charset=utf-8"
-            (status, body) = (.ok, registry.emitToString())
-        case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"):
-            (status, body) = (.methodNotAllowed, "use GET\n")
+            body = ByteBuffer(string: registry.emitToString())
+        case (.GET, "/"), (.HEAD, "/"):
+            (status, body) = (.found, ByteBuffer(string: "see /dashboard\n"))
+            extra.append(("Location", "/dashboard"))
+        case (.GET, "/dashboard"), (.HEAD, "/dashboard"):
+            contentType = "text/html; charset=utf-8"
+            body = ByteBuffer(string: Dashboard.page)
+            // Everything the page needs is in it: no other origin may be asked for anything.
+            extra.append(("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"))
+        case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"), (_, "/dashboard"):
+            (status, body) = (.methodNotAllowed, ByteBuffer(string: "use GET\n"))
         default:
-            (status, body) = (.notFound, "not found: try /healthz, /readyz or /metrics\n")
+            if path == "/api/v1" || path.hasPrefix("/api/v1/") {
+                let query = split.count > 1 ? ReadAPI.query(split[1]) : [:]
+                let response = readAPI.respond(method: method, path: path, query: query, authorization: head.headers.first(name: "Authorization"))
+                status = response.status
+                body = ByteBuffer(bytes: response.body)
+                contentType = "application/json"
+                extra = response.headers + [("Cache-Control", "no-store")]
+            } else {
+                (status, body) = (.notFound, ByteBuffer(string: "not found: try /healthz, /readyz, /metrics, /api/v1 or /dashboard\n"))
+            }
         }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: contentType)
-        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "X-Content-Type-Options", value: "nosniff")
+        for (name, value) in extra { headers.add(name: name, value: value) }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         }
-        if keepAlive {
+        if head.isKeepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in loopBound.value.close(promise: nil) }
         }
-        path = nil
     }
 }

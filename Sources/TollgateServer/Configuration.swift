@@ -89,6 +89,15 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var webhookURL: String?
     public var webhookTimeoutMilliseconds: Int64 = 5_000
 
+    // MARK: The read API and the dashboard
+
+    /// Consumption and refusal entries kept in memory (ledger-wide) for the read API's recent
+    /// consumption and refusals by reason; 0 keeps none.
+    public var recentActivityKept = 10_000
+    /// Accounts whose balance over time is sampled (every second, for an hour) at once: those
+    /// read through the read API or the dashboard in the last 15 minutes.
+    public var dashboardAccountsMax = 64
+
     /// The TLS settings, when TLS is configured.
     public var tls: TLSSettings? {
         guard let tlsCertificateFile, let tlsKeyFile else { return nil }

@@ -10,6 +10,7 @@ extension ServerConfiguration {
         "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
         "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
         "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
+        "recentActivityKept", "dashboardAccountsMax",
     ]
 
     public static func environmentName(_ setting: String) -> String {
@@ -105,6 +106,8 @@ extension ServerConfiguration {
             webhookURL = value.isEmpty ? nil : value
         case "webhookTimeoutMilliseconds": webhookTimeoutMilliseconds = try integer(100...600_000)
         case "clockOffsetSeconds": clockOffsetSeconds = try integer(-315_360_000...315_360_000)
+        case "recentActivityKept": recentActivityKept = Int(try integer(0...10_000_000))
+        case "dashboardAccountsMax": dashboardAccountsMax = Int(try integer(1...10_000))
         default:
             throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
         }

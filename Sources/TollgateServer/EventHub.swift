@@ -69,6 +69,11 @@ public final class EventHub: Sendable {
     /// The last sequence the log holds.
     public var lastLogged: UInt64 { state.withLock { $0.lastLogged } }
 
+    /// The account's most recent events that are in the log, newest first.
+    func recent(account: String, limit: Int) -> [LedgerEvent] {
+        state.withLock { state in Array(state.recent.reversed().lazy.filter { $0.account == account }.prefix(limit)) }
+    }
+
     /// Opens the log and reads where it ends, and what the webhook has still to deliver.
     func open() throws {
         guard let directory = settings.directory else { return }
@@ -209,6 +214,10 @@ final class SharedCounter: Sendable {
 /// on every delivery of one event: receivers de-duplicate by it.
 enum EventJSON {
     static func encode(_ event: LedgerEvent) -> Data {
+        (try? JSONSerialization.data(withJSONObject: object(event), options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    }
+
+    static func object(_ event: LedgerEvent) -> [String: Any] {
         var fields: [(String, Any)] = [
             ("id", "tollgate-event-\(event.sequence)"), ("sequence", event.sequence), ("at", event.at.description),
             ("atMicroseconds", event.at.microsecondsSinceEpoch), ("account", event.account), ("member", event.member as Any? ?? NSNull()),
@@ -223,7 +232,7 @@ enum EventJSON {
         }
         var object: [String: Any] = [:]
         for (key, value) in fields { object[key] = value }
-        return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return object
     }
 
     static func decode(_ data: Data) -> LedgerEvent? {

@@ -40,6 +40,18 @@ public final class LedgerService: Sendable {
         }
         /// Set once recovery is done, before any connection is served.
         var journal: JournalWriter?
+        /// Recent consumption and refusals, for the read API.
+        var activity: ActivityLog
+
+        /// Applies a command, journals it if it changed the ledger and records what it did.
+        mutating func apply(_ command: Command, key: String, at now: Instant) -> (answer: Answer, sequence: UInt64?) {
+            var hold: HoldView?
+            if activity.capacity > 0, case .commit(let commit) = command { hold = ledger.hold(commit.hold.hold) }
+            let applied = ledger.applyRecording(command, key: key, at: now)
+            let sequence = applied.changedState ? journal?.append(command, key: key, instant: applied.instant) : nil
+            activity.record(command, applied, hold: hold)
+            return (applied.answer, sequence)
+        }
 
         /// While the journal cannot write, mutations are refused; reads go on.
         var unavailable: Handled? {
@@ -63,7 +75,8 @@ public final class LedgerService: Sendable {
         self.hub = hub
         self.configuration = configuration
         self.clock = clock
-        self.state = Mutex(State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil))
+        self.state = Mutex(
+            State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil, activity: ActivityLog(capacity: configuration.recentActivityKept)))
         self.ledgerThread = configuration.decisionThread == .dedicatedThread ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
     }
 
@@ -73,7 +86,7 @@ public final class LedgerService: Sendable {
 
     /// Installs the state recovered from the journal and the writer that continues it.
     public func restore(_ recovered: Ledger, journal: JournalWriter?) {
-        state.withLock { $0 = State(ledger: recovered, journal: journal) }
+        state.withLock { $0 = State(ledger: recovered, journal: journal, activity: ActivityLog(capacity: configuration.recentActivityKept)) }
     }
 
     public var journal: JournalWriter? { state.withLock { $0.journal } }
@@ -119,9 +132,8 @@ public final class LedgerService: Sendable {
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
-                let applied = state.ledger.applyRecording(command, key: key, at: now)
-                let sequence = applied.changedState ? state.journal?.append(command, key: key, instant: applied.instant) : nil
-                return Handled(response: .answer(applied.answer), sequence: sequence)
+                let (answer, sequence) = state.apply(command, key: key, at: now)
+                return Handled(response: .answer(answer), sequence: sequence)
             }
         case .batch(let items):
             // Each item is decided on its own, in order; the lock is taken once for the batch.
@@ -136,9 +148,9 @@ public final class LedgerService: Sendable {
                     case .check(let decision):
                         return BatchItemResponse(opcode: .check, response: .answer(state.ledger.check(decision, at: now)))
                     case .command(let command, let key):
-                        let applied = state.ledger.applyRecording(command, key: key, at: now)
-                        if applied.changedState, let sequence = state.journal?.append(command, key: key, instant: applied.instant) { last = sequence }
-                        return BatchItemResponse(opcode: command.opcode, response: .answer(applied.answer))
+                        let (answer, sequence) = state.apply(command, key: key, at: now)
+                        if let sequence { last = sequence }
+                        return BatchItemResponse(opcode: command.opcode, response: .answer(answer))
                     default:
                         preconditionFailure("the decoder admits only batchable items")
                     }
@@ -215,6 +227,61 @@ public final class LedgerService: Sendable {
 
     /// A copy of the ledger, for tests and diagnostics.
     public var snapshot: Ledger { state.withLock { $0.ledger } }
+
+    // MARK: - Reads for the read API (each takes the lock once, briefly)
+
+    /// The server's clock now.
+    public var now: Instant { clock() }
+
+    public func accountSummary(_ account: String) -> AccountSummary? {
+        let now = clock()
+        return state.withLock { $0.ledger.accountSummary(account, at: now) }
+    }
+
+    /// A page of accounts the scope admits (see `Ledger.accountSummaries`); nil if `after`
+    /// names no account.
+    public func accountSummaries(after: String?, limit: Int, scope: AccountScope) -> (page: [AccountSummary], next: String?)? {
+        let now = clock()
+        return state.withLock { $0.ledger.accountSummaries(after: after, limit: limit, at: now, include: scope.contains) }
+    }
+
+    public func balance(account: String, member: String?) -> Result<Balance, LedgerError> {
+        let now = clock()
+        return state.withLock { $0.ledger.balance(account: account, member: member, at: now) }
+    }
+
+    /// Every live grant of the account, by id; nil if there is no such account.
+    public func grants(of account: String) -> [GrantView]? {
+        state.withLock { $0.ledger.hasAccount(account) ? $0.ledger.grants(of: account) : nil }
+    }
+
+    public func burnBuckets(account: String, member: String?) -> Result<BurnBuckets, LedgerError> {
+        let now = clock()
+        return state.withLock { $0.ledger.burnBuckets(account: account, member: member, at: now) }
+    }
+
+    /// The account's alerts (with whether each is armed) and auto-recharge.
+    public func watches(of account: String) -> (alerts: [(rule: AlertRule, armed: Bool)], recharge: (rule: AutoRecharge, usedThisPeriod: Int64)?) {
+        state.withLock { ($0.ledger.alertRules(of: account), $0.ledger.autoRecharge(of: account)) }
+    }
+
+    /// Recent activity of an account: consumption and refusals, newest first, and refusals
+    /// by reason over everything the log holds.
+    func activity(of account: String, limit: Int) -> (consumed: [ActivityLog.Entry], refused: [ActivityLog.Entry], byReason: [String: Int], kept: Int, since: Instant?) {
+        state.withLock { state in
+            let log = state.activity
+            return (
+                log.recent(account: account, kind: .consumed, limit: limit), log.recent(account: account, kind: .refused, limit: limit),
+                log.refusalsByReason(account: account), log.capacity, log.oldest
+            )
+        }
+    }
+
+    /// Ledger-wide counts for the server's own page.
+    public func counts() -> (accounts: Int, members: Int, openHolds: Int, burn: BurnRate) {
+        let now = clock()
+        return state.withLock { ($0.ledger.accountCount, $0.ledger.memberCount, $0.ledger.openHoldCount, $0.ledger.totalBurn(at: now)) }
+    }
 }
 
 extension WireRequest {

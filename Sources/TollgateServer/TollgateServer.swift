@@ -61,6 +61,9 @@ public final class TollgateServer: Service, Sendable {
     /// The ledger's events: the event log, SUBSCRIBE streams and the webhook.
     public let events: EventHub
     private let tlsSource = Mutex<TLSContextSource?>(nil)
+    /// The balance over time of the accounts the read API and the dashboard are watching.
+    public let history: BalanceHistory
+    private let startedAt: Instant
 
     /// `journalFiles` replaces the file operations of the journal, for fault-injection tests.
     public init(
@@ -85,6 +88,10 @@ public final class TollgateServer: Service, Sendable {
         hubSettings.webhookTimeoutMilliseconds = configuration.webhookTimeoutMilliseconds
         self.events = EventHub(settings: hubSettings, logger: logger, metrics: metrics)
         self.service = LedgerService(configuration: configuration, clock: clock, hub: events)
+        var historySettings = BalanceHistory.Settings()
+        historySettings.accountsMax = configuration.dashboardAccountsMax
+        self.history = BalanceHistory(settings: historySettings)
+        self.startedAt = clock()
         self.metrics = metrics
         self.limiter = ConnectionLimiter(maximum: configuration.maxConnections)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.threads > 0 ? configuration.threads : System.coreCount)
@@ -155,6 +162,16 @@ public final class TollgateServer: Service, Sendable {
             service.sweep()
         }
 
+        // Balance samples of watched accounts: a few reads under the ledger's lock, on the
+        // history thread rather than an event loop that has connections to answer.
+        let samplingInterval = TimeAmount.milliseconds(history.settings.intervalMilliseconds)
+        let sampling = group.next().scheduleRepeatedTask(initialDelay: samplingInterval, delay: samplingInterval) { [history, service, historyThread] _ in
+            historyThread.submit { state in
+                guard state == .active else { return }
+                history.sample(service)
+            }
+        }
+
         var checkpoints: RepeatedTask?
         if configuration.checkpointIntervalSeconds > 0 && configuration.journalMode != .none {
             checkpointThread.start()
@@ -183,6 +200,7 @@ public final class TollgateServer: Service, Sendable {
 
         await drainConnections()
         sweep.cancel()
+        sampling.cancel()
         if let reloads {
             reloads.cancel()
             try? await reloadThread.shutdownGracefully()
@@ -445,6 +463,12 @@ public final class TollgateServer: Service, Sendable {
         let readiness = readiness
         let service = service
         let metrics = metrics
+        let readAPI = ReadAPI(service: service, access: access, history: history, events: events, metrics: metrics, startedAt: startedAt)
+        if !Self.isLoopback(configuration.adminHost) {
+            logger.notice(
+                "the admin port is not on loopback: the read API's tokens cross the network in plaintext unless a mesh encrypts it",
+                metadata: ["adminHost": "\(configuration.adminHost)"])
+        }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
@@ -459,7 +483,7 @@ public final class TollgateServer: Service, Sendable {
                                 if let journal = service.journal {
                                     metrics.recordJournal(healthy: journal.failureReason == nil, failures: journal.failureCount)
                                 }
-                            }))
+                            }, readAPI: readAPI))
                 }
             }
         do {

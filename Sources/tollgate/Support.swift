@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TollgateClient
 import TollgateLedger
+import TollgateServer
 import TollgateWire
 
 /// Options every subcommand takes.
@@ -135,25 +136,11 @@ struct Output {
 
     static func headroom(_ headroom: Headroom) -> (String, [String: Any]) {
         var parts = ["funds \(headroom.funds)"]
-        var object: [String: Any] = ["funds": headroom.funds]
-        if let member = headroom.member {
-            parts.append("member \(member)")
-            object["member"] = member
-        }
-        if let group = headroom.group {
-            parts.append("group \(headroom.groupID ?? "") \(group)")
-            object["group"] = group
-            object["groupId"] = headroom.groupID ?? ""
-        }
-        if let account = headroom.account {
-            parts.append("account \(account)")
-            object["account"] = account
-        }
-        if let parent = headroom.parent {
-            parts.append("parent \(parent)")
-            object["parent"] = parent
-        }
-        return ("headroom: " + parts.joined(separator: ", "), object)
+        if let member = headroom.member { parts.append("member \(member)") }
+        if let group = headroom.group { parts.append("group \(headroom.groupID ?? "") \(group)") }
+        if let account = headroom.account { parts.append("account \(account)") }
+        if let parent = headroom.parent { parts.append("parent \(parent)") }
+        return ("headroom: " + parts.joined(separator: ", "), LedgerJSON.headroom(headroom))
     }
 
     static func decision(_ decision: Decision) -> Output {
@@ -225,7 +212,6 @@ struct Output {
         lines.append(headroom(balance.headroom).0)
         lines.append("open holds: \(balance.openHolds)")
         lines.append("burn: \(balance.burn.lastMinute) credits in the last minute, \(balance.burn.lastHour) in the last hour")
-        var subscriptionObject: Any = NSNull()
         if let view = balance.subscription {
             let terms = view.terms
             let scope = terms.scope == .pooled ? "pooled" : "per member"
@@ -238,13 +224,6 @@ struct Output {
             case .none: break
             }
             lines.append(line)
-            subscriptionObject = [
-                "scope": terms.scope == .pooled ? "pooled" : "perMember", "creditsPerSeat": terms.creditsPerSeat, "seats": view.seats,
-                "prorate": terms.prorate, "removal": terms.removal == .keep ? "keep" : "clawBack", "rolloverCap": terms.rolloverCap,
-                "priority": terms.priority, "periodStart": view.periodStart.description, "periodEnd": view.periodEnd.description,
-                "endsAtPeriodEnd": view.nextTerms == .some(nil),
-                "pendingSeats": view.pendingSeats.map { ["at": $0.at.description, "seats": $0.seats] as [String: Any] } as Any? ?? NSNull(),
-            ] as [String: Any]
         }
         for grant in balance.grants {
             let scope: String
@@ -252,29 +231,7 @@ struct Output {
             lines.append(
                 "  grant \(grant.id) [\(scope), priority \(grant.priority), expires \(grant.expiresAt)]: \(grant.available) of \(grant.amount) available, \(grant.held) held, \(grant.consumed) consumed")
         }
-        let object: [String: Any] = [
-            "account": balance.account, "member": nullable(balance.member), "at": balance.at.description,
-            "periodStart": balance.periodStart.description, "periodEnd": balance.periodEnd.description,
-            "headroom": headroom(balance.headroom).1,
-            "funds": ["member": funds.member, "pool": funds.pool, "parentPool": funds.parentPool, "overdrawn": funds.overdrawn, "overdraftHeld": funds.overdraftHeld, "balance": funds.balance],
-            "levels": balance.levels.map { level -> [String: Any] in
-                ["level": level.level.name, "subject": level.subject, "limit": nullable(level.limit), "consumed": level.consumed, "held": level.held, "headroom": nullable(level.headroom)]
-            },
-            "grants": balance.grants.map { grant -> [String: Any] in
-                var scope = "pool"
-                if case .member(let member) = grant.scope { scope = "member:\(member)" }
-                return [
-                    "id": grant.id, "account": grant.account, "scope": scope, "amount": grant.amount, "available": grant.available,
-                    "held": grant.held, "consumed": grant.consumed, "expired": grant.expired, "voided": grant.voided,
-                    "priority": grant.priority, "effectiveAt": grant.effectiveAt.description, "expiresAt": grant.expiresAt.description,
-                    "source": grantSourceName(grant.source),
-                ]
-            },
-            "openHolds": balance.openHolds,
-            "subscription": subscriptionObject,
-            "burn": ["lastMinute": balance.burn.lastMinute, "lastHour": balance.burn.lastHour],
-        ]
-        return Output(text: lines.joined(separator: "\n"), object: object)
+        return Output(text: lines.joined(separator: "\n"), object: LedgerJSON.balance(balance))
     }
 }
 
@@ -335,15 +292,5 @@ func parseLimit(_ text: String) throws -> Credits? {
 
 /// JSON for an optional: the value, or null.
 func nullable(_ value: Any?) -> Any {
-    value ?? NSNull()
-}
-
-func grantSourceName(_ source: GrantSource) -> String {
-    switch source {
-    case .recurring: "recurring"
-    case .topUp: "top-up"
-    case .promotional: "promotional"
-    case .manual: "manual"
-    case .rollover: "rollover"
-    }
+    LedgerJSON.nullable(value)
 }

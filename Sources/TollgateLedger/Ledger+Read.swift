@@ -1,0 +1,131 @@
+/// Reads for operators and dashboards: an account at a glance, a page of accounts, and the
+/// burn rate's buckets. Like `balance`, they advance the ledger's clock first, which changes
+/// nothing a replay would not also do.
+
+/// One account at a glance: what it holds, owes, holds back and burns.
+public struct AccountSummary: Hashable, Sendable {
+    public var account: String
+    public var parent: String?
+    public var children: Int
+    public var members: Int
+    /// Available in the account's pool.
+    public var pool: Credits
+    /// Available on its members' own grants.
+    public var membersOwn: Credits
+    /// Held by open holds at the account level (pool and members' grants alike).
+    public var held: Credits
+    /// Consumed this period at the account level, including its children's for a parent.
+    public var consumed: Credits
+    public var cap: Credits?
+    public var overdrawn: Credits
+    public var overdraftHeld: Credits
+    public var overage: OveragePolicy
+    /// The period's included credits (all seats'); 0 without a subscription.
+    public var allotment: Credits
+    public var openHolds: Int
+    public var liveGrants: Int
+    public var burn: BurnRate
+    public var periodStart: Instant
+    public var periodEnd: Instant
+    public var at: Instant
+
+    /// What the account holds (the pool and its members' own credits) less what it owes: the
+    /// figure its alerts watch, negative once it is overdrawn.
+    public var balance: Credits { pool + membersOwn - overdrawn - overdraftHeld }
+}
+
+/// Consumption in the burn window's buckets, oldest first: twelve 5-second buckets ending
+/// with the current one, and twelve 5-minute buckets likewise.
+public struct BurnBuckets: Hashable, Sendable {
+    public struct Bucket: Hashable, Sendable {
+        public var start: Instant
+        public var credits: Credits
+    }
+
+    public var lastMinute: [Bucket]
+    public var lastHour: [Bucket]
+}
+
+extension Ledger {
+    /// The account at `instant`, or nil if there is no such account.
+    public mutating func accountSummary(_ account: String, at instant: Instant) -> AccountSummary? {
+        let now = advance(to: instant)
+        guard let slot = accountSlots[HashedString(account)] else { return nil }
+        return summary(slot, at: now)
+    }
+
+    /// Accounts in the order they were created, after the account `after` (from the start when
+    /// nil), those `include` admits, at most `limit` of them; looks at `scanLimit` accounts at
+    /// most. `next` is where the following page starts, nil at the end.
+    public mutating func accountSummaries(
+        after: String?, limit: Int, scanLimit: Int = 10_000, at instant: Instant, include: (String) -> Bool
+    ) -> (page: [AccountSummary], next: String?)? {
+        let now = advance(to: instant)
+        var slot = 0
+        if let after {
+            guard let found = accountSlots[HashedString(after)] else { return nil }
+            slot = Int(found) + 1
+        }
+        var page: [AccountSummary] = []
+        var scanned = 0
+        while slot < accounts.count && page.count < limit && scanned < scanLimit {
+            if include(accounts[slot].id) { page.append(summary(Int32(slot), at: now)) }
+            slot += 1
+            scanned += 1
+        }
+        return (page, slot < accounts.count ? accounts[slot - 1].id : nil)
+    }
+
+    /// The burn rate's buckets for an account, or a member of it.
+    public mutating func burnBuckets(account: String, member: String? = nil, at instant: Instant) -> Result<BurnBuckets, LedgerError> {
+        let now = advance(to: instant)
+        switch resolveChain(account: account, member: member) {
+        case .failure(let error): return .failure(error)
+        case .success(let chain):
+            let window = burnWindow(chain)
+            return .success(BurnBuckets(lastMinute: window.buckets(at: now, hour: false), lastHour: window.buckets(at: now, hour: true)))
+        }
+    }
+
+    public func hasAccount(_ account: String) -> Bool {
+        accountSlots[HashedString(account)] != nil
+    }
+
+    /// The period's included credits of an account (all seats'), or of a member of a
+    /// per-member subscription; 0 without a subscription.
+    public func allotment(account: String, member: String? = nil) -> Credits {
+        guard case .success(let chain) = resolveChain(account: account, member: member) else { return 0 }
+        return allotment(chain.account, member: chain.member)
+    }
+
+    private func summary(_ slot: Int32, at now: Instant) -> AccountSummary {
+        let record = accounts[Int(slot)]
+        let window = record.period.window(containing: now)
+        return AccountSummary(
+            account: record.id, parent: record.parent == noSlot ? nil : accounts[Int(record.parent)].id, children: Int(record.childCount),
+            members: record.memberCount, pool: record.poolAvailable, membersOwn: record.membersAvailable, held: record.usage.held,
+            consumed: record.usage.consumed(at: now), cap: record.capLimit, overdrawn: record.overdrawn, overdraftHeld: record.overdraftHeld,
+            overage: record.overage, allotment: allotment(slot, member: noSlot), openHolds: record.openHolds, liveGrants: record.liveGrants,
+            burn: burnRate(Chain(account: slot, member: noSlot, parent: record.parent), at: now), periodStart: window.start, periodEnd: window.end, at: now)
+    }
+}
+
+extension BurnWindow {
+    /// The twelve buckets of the minute ring (or the hour ring) ending with the one holding
+    /// `instant`, oldest first, with zero for buckets nothing was consumed in.
+    func buckets(at instant: Instant, hour: Bool) -> [BurnBuckets.Bucket] {
+        let length = hour ? Self.hourBucket : Self.minuteBucket
+        let offset = hour ? 2 * Self.buckets : 0
+        let cells = storage
+        let current = instant.microsecondsSinceEpoch.flooredDivision(by: length)
+        return (0..<Int64(Self.buckets)).map { back in
+            let slice = current - Int64(Self.buckets) + 1 + back
+            var credits: Credits = 0
+            if !cells.isEmpty {
+                let index = offset + Int(slice.flooredModulo(Int64(Self.buckets)))
+                if cells[index] == slice { credits = cells[index + Self.buckets] }
+            }
+            return BurnBuckets.Bucket(start: Instant(microsecondsSinceEpoch: slice * length), credits: credits)
+        }
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+import TollgateLedger
+
+/// The ledger's values as JSON objects (for `JSONSerialization`): what `tollgate --json` prints
+/// and what the read API answers, one spelling for both.
+public enum LedgerJSON {
+    public static func data(_ object: Any, pretty: Bool = false) -> Data {
+        var options: JSONSerialization.WritingOptions = [.sortedKeys, .withoutEscapingSlashes]
+        if pretty { options.insert(.prettyPrinted) }
+        return (try? JSONSerialization.data(withJSONObject: object, options: options)) ?? Data("{}".utf8)
+    }
+
+    /// An optional as JSON: the value, or null.
+    public static func nullable(_ value: Any?) -> Any {
+        value ?? NSNull()
+    }
+
+    /// Milliseconds since the epoch, which a browser's `Date` takes as is.
+    public static func milliseconds(_ instant: Instant) -> Int64 {
+        instant.microsecondsSinceEpoch / 1_000
+    }
+
+    public static func headroom(_ headroom: Headroom) -> [String: Any] {
+        var object: [String: Any] = ["funds": headroom.funds]
+        if let member = headroom.member { object["member"] = member }
+        if let group = headroom.group {
+            object["group"] = group
+            object["groupId"] = headroom.groupID ?? ""
+        }
+        if let account = headroom.account { object["account"] = account }
+        if let parent = headroom.parent { object["parent"] = parent }
+        return object
+    }
+
+    public static func grantSourceName(_ source: GrantSource) -> String {
+        switch source {
+        case .recurring: "recurring"
+        case .topUp: "top-up"
+        case .promotional: "promotional"
+        case .manual: "manual"
+        case .rollover: "rollover"
+        }
+    }
+
+    public static func grant(_ grant: GrantView) -> [String: Any] {
+        var scope = "pool"
+        if case .member(let member) = grant.scope { scope = "member:\(member)" }
+        let state: String =
+            switch grant.state {
+            case .pending: "pending"
+            case .active: "active"
+            case .expired: "expired"
+            case .voided: "voided"
+            }
+        return [
+            "id": grant.id, "account": grant.account, "scope": scope, "amount": grant.amount, "available": grant.available,
+            "held": grant.held, "consumed": grant.consumed, "expired": grant.expired, "voided": grant.voided,
+            "priority": grant.priority, "effectiveAt": grant.effectiveAt.description, "expiresAt": grant.expiresAt.description,
+            "source": grantSourceName(grant.source), "state": state,
+        ]
+    }
+
+    public static func overage(_ policy: OveragePolicy) -> [String: Any] {
+        switch policy {
+        case .deny: ["policy": "deny"]
+        case .overdraft(let limit): ["policy": "overdraft", "limit": limit]
+        case .finish(let percent): ["policy": "finish", "percent": percent]
+        }
+    }
+
+    public static func subscription(_ view: SubscriptionView?) -> Any {
+        guard let view else { return NSNull() }
+        let terms = view.terms
+        return [
+            "scope": terms.scope == .pooled ? "pooled" : "perMember", "creditsPerSeat": terms.creditsPerSeat, "seats": view.seats,
+            "prorate": terms.prorate, "removal": terms.removal == .keep ? "keep" : "clawBack", "rolloverCap": terms.rolloverCap,
+            "priority": terms.priority, "periodStart": view.periodStart.description, "periodEnd": view.periodEnd.description,
+            "endsAtPeriodEnd": view.nextTerms == .some(nil),
+            "pendingSeats": view.pendingSeats.map { ["at": $0.at.description, "seats": $0.seats] as [String: Any] } as Any? ?? NSNull(),
+        ] as [String: Any]
+    }
+
+    public static func level(_ level: LevelUsage) -> [String: Any] {
+        ["level": level.level.name, "subject": level.subject, "limit": nullable(level.limit), "consumed": level.consumed, "held": level.held, "headroom": nullable(level.headroom)]
+    }
+
+    public static func balance(_ balance: Balance) -> [String: Any] {
+        let funds = balance.funds
+        return [
+            "account": balance.account, "member": nullable(balance.member), "at": balance.at.description,
+            "periodStart": balance.periodStart.description, "periodEnd": balance.periodEnd.description,
+            "headroom": headroom(balance.headroom),
+            "funds": [
+                "member": funds.member, "pool": funds.pool, "parentPool": funds.parentPool, "overdrawn": funds.overdrawn,
+                "overdraftHeld": funds.overdraftHeld, "balance": funds.balance,
+            ],
+            "levels": balance.levels.map(level),
+            "grants": balance.grants.map(grant),
+            "openHolds": balance.openHolds,
+            "subscription": subscription(balance.subscription),
+            "burn": ["lastMinute": balance.burn.lastMinute, "lastHour": balance.burn.lastHour],
+        ]
+    }
+
+    public static func summary(_ summary: AccountSummary) -> [String: Any] {
+        [
+            "account": summary.account, "parent": nullable(summary.parent), "children": summary.children, "members": summary.members,
+            "balance": summary.balance, "pool": summary.pool, "membersOwn": summary.membersOwn, "held": summary.held,
+            "consumed": summary.consumed, "cap": nullable(summary.cap), "overdrawn": summary.overdrawn, "overdraftHeld": summary.overdraftHeld,
+            "overage": overage(summary.overage), "allotment": summary.allotment, "openHolds": summary.openHolds, "liveGrants": summary.liveGrants,
+            "burn": ["lastMinute": summary.burn.lastMinute, "lastHour": summary.burn.lastHour],
+            "periodStart": summary.periodStart.description, "periodEnd": summary.periodEnd.description, "at": summary.at.description,
+            "atMilliseconds": milliseconds(summary.at),
+        ]
+    }
+
+    public static func alert(_ rule: AlertRule, armed: Bool) -> [String: Any] {
+        let threshold: [String: Any] =
+            switch rule.threshold {
+            case .credits(let credits): ["kind": "credits", "credits": credits]
+            case .percentOfAllotment(let percent): ["kind": "percentOfAllotment", "percent": percent]
+            case .depleted: ["kind": "depleted"]
+            }
+        return ["id": rule.id, "member": nullable(rule.member), "threshold": threshold, "armed": armed, "firing": !armed]
+    }
+
+    public static func recharge(_ rule: AutoRecharge, usedThisPeriod: Int64) -> [String: Any] {
+        [
+            "below": rule.below, "amount": rule.amount, "upTo": nullable(rule.upTo), "maxPerPeriod": rule.maxPerPeriod,
+            "usedThisPeriod": usedThisPeriod, "priority": rule.priority,
+        ]
+    }
+}
