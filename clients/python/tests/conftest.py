@@ -42,15 +42,22 @@ def wait_for_port(port, seconds=20):
 
 
 class Server:
-    def __init__(self, directory, *flags):
+    """A tollgated in `directory`; with `admin`, its admin HTTP port is on (`admin_url`)."""
+
+    def __init__(self, directory, *flags, admin=False):
         self.directory = pathlib.Path(directory)
         self.port = free_port()
         self.address = "127.0.0.1:%d" % self.port
+        self.admin_port = free_port() if admin else None
+        self.admin_url = "http://127.0.0.1:%d" % self.admin_port if admin else None
         self.log = open(self.directory / "tollgated.log", "w")
         self.process = subprocess.Popen(
-            [_binary(), "--data-dir", str(self.directory / "data"), "--port", str(self.port), "--admin-port", "off",
-             "--log-level", "warning", *flags], stdout=self.log, stderr=subprocess.STDOUT)
+            [_binary(), "--data-dir", str(self.directory / "data"), "--port", str(self.port),
+             "--admin-port", str(self.admin_port) if admin else "off", "--log-level", "warning", *flags],
+            stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_port(self.port)
+        if admin:
+            wait_for_port(self.admin_port)
         token_file = self.directory / "data" / "admin.token"
         for _ in range(100):
             if token_file.exists() and token_file.read_text().strip():
