@@ -209,7 +209,8 @@ struct ReadAPI: Sendable {
         let buckets = try burnBuckets(account, member: nil)
         let recent = service.activity(of: account, limit: 20)
         let watches = service.watches(of: account)
-        let samples = history.samples(of: account, after: since.map { Instant(microsecondsSinceEpoch: $0 * 1_000) })
+        // Samples in a later millisecond than `since` (the page asks with its newest sample's).
+        let samples = history.samples(of: account, after: since.map { Instant(microsecondsSinceEpoch: $0 * 1_000 + 999) })
         return ok([
             "account": LedgerJSON.summary(summary),
             "levels": accountBalance.levels.map(LedgerJSON.level),

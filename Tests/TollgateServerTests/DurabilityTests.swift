@@ -348,20 +348,6 @@ final class FaultyFiles: JournalFiles, Sendable {
     }
 }
 
-enum RawHTTP {
-    static func get(port: Int, path: String) throws -> String {
-        let socket = try RawSocket(port: port)
-        socket.send(Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8))
-        var text = ""
-        while true {
-            let chunk = socket.read(4_096)
-            if chunk.isEmpty { break }
-            text += String(decoding: chunk, as: UTF8.self)
-        }
-        return text
-    }
-}
-
 @Suite(.serialized) struct CheckpointTests {
     func run(_ server: TestServer, keyPrefix: String, count: Int) async throws {
         let gate = try await server.client()

@@ -152,3 +152,48 @@ extension TollgateClient {
         }
     }
 }
+
+/// HTTP/1.1 by hand, one request per connection: what the admin port answers, byte for byte.
+enum RawHTTP {
+    struct Reply {
+        var status: Int
+        var head: String
+        var body: String
+
+        func header(_ name: String) -> String? {
+            for line in head.split(separator: "\r\n") {
+                let parts = line.split(separator: ":", maxSplits: 1)
+                if parts.count == 2, parts[0].lowercased() == name.lowercased() { return parts[1].trimmingCharacters(in: .whitespaces) }
+            }
+            return nil
+        }
+
+        /// The body as a JSON object.
+        var json: [String: Any] {
+            (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] ?? [:]
+        }
+    }
+
+    static func get(port: Int, path: String) throws -> String {
+        let reply = try request(port: port, path: path)
+        return reply.head + "\r\n\r\n" + reply.body
+    }
+
+    static func request(port: Int, path: String, method: String = "GET", token: String? = nil) throws -> Reply {
+        let socket = try RawSocket(port: port)
+        var text = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        if let token { text += "Authorization: Bearer \(token)\r\n" }
+        socket.send(Array((text + "\r\n").utf8))
+        var bytes: [UInt8] = []
+        while true {
+            let chunk = socket.read(4_096)
+            if chunk.isEmpty { break }
+            bytes += chunk
+        }
+        let reply = String(decoding: bytes, as: UTF8.self)
+        guard let split = reply.range(of: "\r\n\r\n") else { throw ServerError("no HTTP head in \(reply.prefix(200))") }
+        let head = String(reply[..<split.lowerBound])
+        let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
+        return Reply(status: status, head: head, body: String(reply[split.upperBound...]))
+    }
+}
