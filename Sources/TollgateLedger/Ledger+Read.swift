@@ -129,3 +129,29 @@ extension BurnWindow {
         }
     }
 }
+
+/// Credits one command consumed: a spend's cost, or what a commit turned from held into
+/// consumed. The journal export and the server's recent activity both report it this way.
+public struct Consumption: Hashable, Sendable {
+    public var account: String
+    public var member: String?
+    public var product: String?
+    public var credits: Credits
+    /// The hold a commit resolved; nil for a spend.
+    public var hold: HoldID?
+}
+
+extension Command {
+    /// What this command consumed, given its answer; `hold` is the hold a commit names, looked
+    /// up before the commit was applied (for its member and product). nil when nothing was.
+    public func consumption(answer: Answer, hold: HoldView?) -> Consumption? {
+        switch (self, answer) {
+        case (.spend(let spend), .decision(let decision)):
+            return Consumption(account: spend.request.account, member: spend.request.member, product: spend.request.product, credits: decision.cost)
+        case (.commit(let commit), .committed(let result)) where result.committed > 0:
+            return Consumption(account: commit.hold.account, member: hold?.member, product: hold?.product, credits: result.committed, hold: result.hold)
+        default:
+            return nil
+        }
+    }
+}

@@ -24,13 +24,17 @@ struct ActivityLog: Sendable {
         var amount: Int64
         var hold: HoldID?
         var refusal: LedgerError?
+
+        func asking(_ request: DecisionRequest) -> Entry {
+            var entry = self
+            (entry.member, entry.product, entry.amount) = (request.member, request.product, request.quantity)
+            return entry
+        }
     }
 
     let capacity: Int
     private var ring: [Entry] = []
     private var next = 0
-    /// Entries ever recorded.
-    private(set) var recorded: UInt64 = 0
 
     init(capacity: Int) {
         self.capacity = max(capacity, 0)
@@ -40,30 +44,28 @@ struct ActivityLog: Sendable {
     /// names, looked up before it was applied (it may be gone after).
     mutating func record(_ command: Command, _ applied: Ledger.Applied, hold: HoldView?) {
         guard capacity > 0 else { return }
-        switch (command, applied.answer) {
-        case (.spend(let spend), .decision(let decision)) where applied.changedState:
-            let request = spend.request
-            append(Entry(at: applied.instant, kind: .consumed, operation: .spend, account: request.account, member: request.member, product: request.product, amount: decision.cost))
-        case (.commit(let commit), .committed(let result)) where applied.changedState && result.committed > 0:
+        if applied.changedState, let consumed = command.consumption(answer: applied.answer, hold: hold) {
             append(
                 Entry(
-                    at: applied.instant, kind: .consumed, operation: .commit, account: commit.hold.account, member: hold?.member, product: hold?.product,
-                    amount: result.committed, hold: result.hold))
-        case (_, .refused(let refusal)):
-            switch command {
-            case .reserve(let reserve):
-                let request = reserve.request
-                append(Entry(at: applied.instant, kind: .refused, operation: .reserve, account: request.account, member: request.member, product: request.product, amount: request.quantity, refusal: refusal.error))
-            case .spend(let spend):
-                let request = spend.request
-                append(Entry(at: applied.instant, kind: .refused, operation: .spend, account: request.account, member: request.member, product: request.product, amount: request.quantity, refusal: refusal.error))
-            case .commit(let commit):
-                append(Entry(at: applied.instant, kind: .refused, operation: .commit, account: commit.hold.account, member: hold?.member, product: hold?.product, amount: 0, hold: commit.hold.hold, refusal: refusal.error))
-            case .extend(let extend):
-                append(Entry(at: applied.instant, kind: .refused, operation: .extend, account: extend.hold.account, amount: 0, hold: extend.hold.hold, refusal: refusal.error))
-            default:
-                break
-            }
+                    at: applied.instant, kind: .consumed, operation: command.opcode, account: consumed.account, member: consumed.member,
+                    product: consumed.product, amount: consumed.credits, hold: consumed.hold))
+            return
+        }
+        guard case .refused(let refusal) = applied.answer else { return }
+        let refused = Entry(at: applied.instant, kind: .refused, operation: command.opcode, account: command.account, amount: 0, refusal: refusal.error)
+        switch command {
+        case .reserve(let reserve):
+            append(refused.asking(reserve.request))
+        case .spend(let spend):
+            append(refused.asking(spend.request))
+        case .commit(let commit):
+            var entry = refused
+            (entry.member, entry.product, entry.hold) = (hold?.member, hold?.product, commit.hold.hold)
+            append(entry)
+        case .extend(let extend):
+            var entry = refused
+            entry.hold = extend.hold.hold
+            append(entry)
         default:
             break
         }
@@ -76,7 +78,6 @@ struct ActivityLog: Sendable {
             ring[next] = entry
         }
         next = (next + 1) % capacity
-        recorded += 1
     }
 
     /// The account's entries of this kind, newest first, at most `limit`.

@@ -98,6 +98,10 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// read through the read API or the dashboard in the last 15 minutes.
     public var dashboardAccountsMax = 64
 
+    /// How often start-up reports its progress (checkpoint loading, journal replay) in the log
+    /// and in `/readyz`. Not a setting: tests shorten it.
+    public var progressIntervalMilliseconds: Int64 = 1_000
+
     /// The TLS settings, when TLS is configured.
     public var tls: TLSSettings? {
         guard let tlsCertificateFile, let tlsKeyFile else { return nil }

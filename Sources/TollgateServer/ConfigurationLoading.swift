@@ -13,6 +13,31 @@ extension ServerConfiguration {
         "recentActivityKept", "dashboardAccountsMax",
     ]
 
+    /// Every setting with the value in force, in `settingNames` order, as a config file
+    /// would give it (`tollgated --print-config`): fed back, it gives this configuration.
+    /// Settings that are unset (no TLS file, no webhook) are left out.
+    public var settingValues: [(String, String)] {
+        let values: [String: String?] = [
+            "host": host, "port": "\(port)", "adminHost": adminHost, "adminPort": adminPort.map { "\($0)" } ?? "off",
+            "dataDirectory": dataDirectory, "maxFrameBody": "\(maxFrameBody)", "maxInFlight": "\(maxInFlight)", "maxBatchItems": "\(maxBatchItems)",
+            "maxConnections": "\(maxConnections)", "idleTimeoutMilliseconds": "\(idleTimeoutMilliseconds)",
+            "sweepIntervalMilliseconds": "\(sweepIntervalMilliseconds)", "shutdownGraceMilliseconds": "\(shutdownGraceMilliseconds)",
+            "threads": "\(threads)", "serverName": serverName, "decisionThread": decisionThread.rawValue, "journalMode": journalMode.rawValue,
+            "journalFlushIntervalMilliseconds": "\(journalFlushIntervalMilliseconds)", "journalSegmentBytes": "\(journalSegmentBytes)",
+            "checkpointIntervalSeconds": "\(checkpointIntervalSeconds)", "journalRetentionHours": "\(journalRetentionHours)",
+            "idempotencyKeysMax": "\(limits.idempotencyKeysMax)",
+            "idempotencyRetentionHours": "\(limits.idempotencyRetentionMicroseconds / 3_600_000_000)",
+            "idempotencyMinimumRetentionMinutes": "\(limits.idempotencyMinimumRetentionMicroseconds / 60_000_000)",
+            "tlsCertificateFile": tlsCertificateFile, "tlsKeyFile": tlsKeyFile, "tlsClientCAFile": tlsClientCAFile,
+            "tlsClientCertificates": tlsClientCertificates?.rawValue, "tlsMinimumVersion": tlsMinimumVersion.rawValue,
+            "credentialsFile": credentialsFile, "allowPlaintext": "\(allowPlaintext)", "reloadCheckSeconds": "\(reloadCheckSeconds)",
+            "handshakeTimeoutMilliseconds": "\(handshakeTimeoutMilliseconds)", "webhookURL": webhookURL,
+            "webhookTimeoutMilliseconds": "\(webhookTimeoutMilliseconds)", "clockOffsetSeconds": "\(clockOffsetSeconds)",
+            "recentActivityKept": "\(recentActivityKept)", "dashboardAccountsMax": "\(dashboardAccountsMax)",
+        ]
+        return Self.settingNames.compactMap { name in values[name].flatMap { $0 }.map { (name, $0) } }
+    }
+
     public static func environmentName(_ setting: String) -> String {
         var name = "TOLLGATE_"
         for character in setting {

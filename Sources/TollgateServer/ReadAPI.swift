@@ -26,6 +26,7 @@ struct ReadAPI: Sendable {
     let history: BalanceHistory
     let events: EventHub
     let metrics: ServerMetrics
+    let readiness: Readiness
     let startedAt: Instant
 
     struct Response {
@@ -39,6 +40,10 @@ struct ReadAPI: Sendable {
 
     func respond(method: HTTPMethod, path: String, query: [String: String], authorization: String?) -> Response {
         guard method == .GET || method == .HEAD else { return error(.methodNotAllowed, "the read API answers GET only") }
+        if let problem = readiness.problem, problem.hasPrefix("starting") {
+            // Until recovery is done the ledger is not the one the journal holds.
+            return error(.serviceUnavailable, "not ready: \(problem)")
+        }
         let parts = path.split(separator: "/", omittingEmptySubsequences: true).dropFirst(2).map { Self.percentDecoded(String($0)) }
         do {
             let principal = try authenticate(authorization)

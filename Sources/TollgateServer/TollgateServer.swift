@@ -122,13 +122,16 @@ public final class TollgateServer: Service, Sendable {
             try createDataDirectory()
             try loadAccess()
             try events.open()
+            // The admin port first: /healthz answers and /readyz says what start-up is doing
+            // while a long journal replays.
+            admin = try await bindAdmin()
             try recover()
             service.reserveIdempotencyIndex()
             gate = try await bindGate()
-            admin = try await bindAdmin()
         } catch {
             let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }
             for continuation in waiting { continuation.resume(throwing: error) }
+            try? await admin?.close()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -229,12 +232,31 @@ public final class TollgateServer: Service, Sendable {
             throw ServerError("cannot create the journal directory \(directory): \(String(cString: strerror(errno)))")
         }
         let started = ContinuousClock.now
+        if let newest = Checkpoint.files(in: directory).last {
+            readiness.set(notReadyBecause: "starting: loading the checkpoint \(newest)")
+            logger.info("loading a checkpoint", metadata: ["file": "\(newest)", "bytes": "\(Self.fileSize(newest))"])
+        }
         let checkpoint = Checkpoint.newest(in: directory, limits: configuration.limits)
         if let checkpoint {
-            logger.info("loaded a checkpoint", metadata: ["file": "\(checkpoint.file)", "sequence": "\(checkpoint.position.sequence)"])
+            let bytes = Self.fileSize(checkpoint.file)
+            let seconds = ContinuousClock.now - started
+            logger.info(
+                "loaded a checkpoint",
+                metadata: [
+                    "file": "\(checkpoint.file)", "sequence": "\(checkpoint.position.sequence)", "bytes": "\(bytes)",
+                    "accounts": "\(checkpoint.ledger.accountCount)", "members": "\(checkpoint.ledger.memberCount)", "openHolds": "\(checkpoint.ledger.openHoldCount)",
+                    "seconds": "\(seconds)",
+                    "megabytesPerSecond": "\(Int64(bytes) * 1_000 / max(1, seconds.components.seconds * 1_000 + seconds.components.attoseconds / 1_000_000_000_000_000) / 1_000_000)",
+                ])
             lastCheckpoint.withLock { $0 = checkpoint.position.sequence }
         }
         var ledger = checkpoint?.ledger ?? Ledger(limits: configuration.limits, startingAt: .epoch)
+        readiness.set(notReadyBecause: "starting: replaying the journal")
+        let readiness = readiness
+        var progress = ProgressMeter(every: .milliseconds(configuration.progressIntervalMilliseconds)) { [logger] report in
+            logger.info("replaying the journal", metadata: ["records": "\(report.done)", "recordsPerSecond": "\(report.perSecond)", "seconds": "\(report.elapsed)"])
+            readiness.set(notReadyBecause: "starting: replaying the journal (\(report.line(unit: "records")))")
+        }
         let scan: JournalScan
         do {
             scan = try Journal.scan(directory: directory, repair: true, after: checkpoint?.position) { record in
@@ -242,6 +264,7 @@ public final class TollgateServer: Service, Sendable {
                 // Events come out again as the journal replays; the hub keeps those it has
                 // not logged yet (by sequence), so none is lost and none logged twice.
                 if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }
+                progress.advance()
             }
         } catch let damage as JournalDamage {
             throw ServerError("\(damage). Refusing to start; inspect it with `tollgate journal verify \(directory)`.")
@@ -260,12 +283,15 @@ public final class TollgateServer: Service, Sendable {
             throw ServerError("cannot open the journal: \(error)")
         }
         service.restore(ledger, journal: writer)
+        let replayed = progress.current()
         logger.info(
             "recovered from the journal",
             metadata: [
                 "records": "\(scan.records)", "segments": "\(scan.segments.count)", "mode": "\(configuration.journalMode.rawValue)",
+                "recordsPerSecond": "\(replayed.perSecond)", "accounts": "\(ledger.accountCount)", "openHolds": "\(ledger.openHoldCount)",
                 "seconds": "\(ContinuousClock.now - started)",
             ])
+        readiness.set(notReadyBecause: "starting: opening the gate port")
     }
 
     /// Writes a checkpoint if the journal moved since the last one: the ledger is copied under
@@ -378,6 +404,11 @@ public final class TollgateServer: Service, Sendable {
         }
     }
 
+    static func fileSize(_ path: String) -> Int {
+        var info = stat()
+        return stat(path, &info) == 0 ? Int(info.st_size) : 0
+    }
+
     static func isLoopback(_ host: String) -> Bool {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
@@ -463,7 +494,7 @@ public final class TollgateServer: Service, Sendable {
         let readiness = readiness
         let service = service
         let metrics = metrics
-        let readAPI = ReadAPI(service: service, access: access, history: history, events: events, metrics: metrics, startedAt: startedAt)
+        let readAPI = ReadAPI(service: service, access: access, history: history, events: events, metrics: metrics, readiness: readiness, startedAt: startedAt)
         if !Self.isLoopback(configuration.adminHost) {
             logger.notice(
                 "the admin port is not on loopback: the read API's tokens cross the network in plaintext unless a mesh encrypts it",

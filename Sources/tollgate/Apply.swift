@@ -31,9 +31,11 @@ struct Apply: AsyncParsableCommand {
         var lines: [String] = []
         var refused = 0
         var seen: [String: Int] = [:]
+        var progress = TerminalProgress(unit: "steps")
         func step(_ label: String, _ command: Command, tolerating: Set<LedgerError.Code> = []) async throws -> Answer? {
             // The key names the step, and how many identical steps came before it in the file.
             seen[label, default: 0] += 1
+            progress.advance()
             let key = "apply-" + String(stableHash("\(label)#\(seen[label]!)"), radix: 16)
             do {
                 let answer = try await client.apply(command, key: key)
@@ -138,6 +140,7 @@ struct Apply: AsyncParsableCommand {
             }
         }
         await client.close()
+        progress.finish()
         print(options.json ? Output.json(["file": file, "steps": report, "refused": refused]) : lines.joined(separator: "\n"))
         if refused > 0 { throw ExitCode(3) }
     }

@@ -19,7 +19,9 @@ struct JournalCommand: ParsableCommand {
 
         func run() throws {
             do {
-                let scan = try Journal.scan(directory: directory, repair: repair) { _ in }
+                var progress = TerminalProgress(unit: "records")
+                let scan = try Journal.scan(directory: directory, repair: repair) { _ in progress.advance() }
+                progress.finish()
                 print("\(scan.records) records in \(scan.segments.count) segments; last sequence \(scan.lastSequence)")
                 if let torn = scan.tornTail {
                     print("torn tail in \(torn.file) at byte \(torn.offset): \(torn.reason)\(repair ? " — truncated" : "")")
@@ -38,9 +40,12 @@ struct JournalCommand: ParsableCommand {
 
         func run() throws {
             do {
+                var progress = TerminalProgress(unit: "records", quiet: TerminalProgress.outputIsTerminal)
                 _ = try Journal.scan(directory: directory, repair: false) { record in
                     print("\(record.sequence) \(record.instant) \(WireText.describe(command: record.command, key: record.key))")
+                    progress.advance()
                 }
+                progress.finish()
             } catch let damage as JournalDamage {
                 print("DAMAGED: \(damage)")
                 throw ExitCode(1)
@@ -63,25 +68,19 @@ struct JournalCommand: ParsableCommand {
 
         func run() throws {
             var ledger = Ledger(startingAt: .epoch)
+            var progress = TerminalProgress(unit: "records", quiet: TerminalProgress.outputIsTerminal)
+            defer { progress.finish() }
             do {
                 _ = try Journal.scan(directory: directory, repair: false) { record in
+                    progress.advance()
                     var hold: HoldView?
                     if case .commit(let commit) = record.command { hold = ledger.hold(commit.hold.hold) }
                     let answer = ledger.apply(record.command, key: record.key, at: record.instant)
-                    var line: [String: Any]?
-                    switch (record.command, answer) {
-                    case (.spend(let spend), .decision(let decision)):
-                        line = [
-                            "account": spend.request.account, "member": nullable(spend.request.member), "product": spend.request.product,
-                            "credits": decision.cost, "hold": NSNull(),
+                    let line: [String: Any]? = record.command.consumption(answer: answer, hold: hold).map { consumed in
+                        [
+                            "account": consumed.account, "member": nullable(consumed.member), "product": nullable(consumed.product),
+                            "credits": consumed.credits, "hold": nullable(consumed.hold),
                         ]
-                    case (.commit(let commit), .committed(let result)) where result.committed > 0:
-                        line = [
-                            "account": commit.hold.account, "member": nullable(hold?.member), "product": nullable(hold?.product),
-                            "credits": result.committed, "hold": result.hold,
-                        ]
-                    default:
-                        break
                     }
                     if var line {
                         line["type"] = "consumption"

@@ -52,6 +52,9 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (also TOLLGATE_LOG_LEVEL; default info).")
     var logLevel: String?
 
+    @Flag(help: "Print the settings in force (file, environment and flags applied), as a config file, and exit.")
+    var printConfig = false
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         var configuration = ServerConfiguration()
@@ -63,6 +66,13 @@ struct Tollgated: AsyncParsableCommand {
             try configuration.apply(flagSettings(), source: "flags")
         } catch let error as ConfigurationError {
             throw ValidationError(error.description)
+        }
+        if printConfig {
+            for (name, value) in configuration.settingValues {
+                // Quoted as YAML would need it; numbers and booleans are read back as text anyway.
+                print("\(name): \"\(value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\""))\"")
+            }
+            return
         }
         let levelName = logLevel ?? environment["TOLLGATE_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else { throw ValidationError("unknown log level \"\(levelName)\"") }

@@ -1,4 +1,4 @@
-"""Fixtures for the dashboard's browser tests: the real tollgated with its admin port (the
+"""Fixtures for the end-to-end tests in Python (the dashboard in a browser, the CLI on a terminal, deploy/): the real tollgated with its admin port (the
 Python client's test fixtures, loaded from clients/python/tests), and headless Chromium driven
 over the DevTools protocol."""
 
