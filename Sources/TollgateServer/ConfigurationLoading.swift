@@ -38,10 +38,17 @@ extension ServerConfiguration {
         return Self.settingNames.compactMap { name in values[name].flatMap { $0 }.map { (name, $0) } }
     }
 
+    /// `adminPort` → `TOLLGATE_ADMIN_PORT`; an acronym stays one word: `webhookURL` →
+    /// `TOLLGATE_WEBHOOK_URL`, `tlsClientCAFile` → `TOLLGATE_TLS_CLIENT_CA_FILE`.
     public static func environmentName(_ setting: String) -> String {
         var name = "TOLLGATE_"
-        for character in setting {
-            if character.isUppercase { name.append("_") }
+        let characters = Array(setting)
+        for (index, character) in characters.enumerated() {
+            if character.isUppercase && index > 0 {
+                let previous = characters[index - 1]
+                let nextIsLower = index + 1 < characters.count && characters[index + 1].isLowercase
+                if !previous.isUppercase || nextIsLower { name.append("_") }
+            }
             name.append(contentsOf: character.uppercased())
         }
         return name

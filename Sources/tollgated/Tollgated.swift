@@ -16,7 +16,7 @@ struct Tollgated: AsyncParsableCommand {
         discussion: """
             Settings come from, in increasing precedence: the config file (YAML or JSON, a mapping \
             of setting names to values), TOLLGATE_* environment variables (TOLLGATE_ADMIN_PORT for \
-            adminPort), and these flags. Settings: \(ServerConfiguration.settingNames.joined(separator: ", ")).
+            adminPort, TOLLGATE_WEBHOOK_URL for webhookURL), and these flags. Settings: \(ServerConfiguration.settingNames.joined(separator: ", ")).
             """)
 
     @Option(help: "A YAML or JSON config file (also TOLLGATE_CONFIG).") var config: String?

@@ -1,6 +1,6 @@
-"""Fixtures for the end-to-end tests in Python (the dashboard in a browser, the CLI on a terminal, deploy/): the real tollgated with its admin port (the
-Python client's test fixtures, loaded from clients/python/tests), and headless Chromium driven
-over the DevTools protocol."""
+"""Fixtures for the end-to-end tests in Python — the dashboard in a browser, the CLI on a
+terminal, deploy/: the real tollgated with its admin port (the Python client's test fixtures,
+loaded from clients/python/tests), and headless Chromium driven over the DevTools protocol."""
 
 import base64
 import importlib.util
@@ -22,6 +22,12 @@ fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixtures)
 
 ARTIFACTS = pathlib.Path(os.environ.get("TOLLGATE_ARTIFACTS", ROOT / ".build" / "artifacts"))
+
+
+def binary(name):
+    """A built executable of this repository (TOLLGATE_BIN, or .build/debug, or .build/release)."""
+    tollgated = pathlib.Path(fixtures._binary())
+    return str(tollgated.parent / name)
 
 
 def chromium_binary():

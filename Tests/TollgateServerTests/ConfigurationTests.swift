@@ -36,5 +36,27 @@ import TollgateServer
     @Test func environmentNamesFollowTheSettings() {
         #expect(ServerConfiguration.environmentName("adminPort") == "TOLLGATE_ADMIN_PORT")
         #expect(ServerConfiguration.environmentName("idempotencyKeysMax") == "TOLLGATE_IDEMPOTENCY_KEYS_MAX")
+        #expect(ServerConfiguration.environmentName("webhookURL") == "TOLLGATE_WEBHOOK_URL")
+        #expect(ServerConfiguration.environmentName("tlsClientCAFile") == "TOLLGATE_TLS_CLIENT_CA_FILE")
+        let settings = ServerConfiguration.settings(fromEnvironment: ["TOLLGATE_WEBHOOK_URL": "http://billing:8080/events", "TOLLGATE_TLS_CLIENT_CA_FILE": "/ca.pem"])
+        #expect(settings.map(\.0).sorted() == ["tlsClientCAFile", "webhookURL"])
+    }
+
+    @Test func printedSettingsReadBackAsTheSameConfiguration() throws {
+        var configuration = ServerConfiguration()
+        try configuration.apply(
+            [
+                ("port", "7500"), ("adminPort", "off"), ("dataDirectory", "/var/lib/x"), ("tlsCertificateFile", "/c.pem"), ("tlsKeyFile", "/k.pem"),
+                ("tlsClientCAFile", "/ca.pem"), ("tlsClientCertificates", "optional"), ("webhookURL", "https://billing/events"),
+                ("credentialsFile", "/creds.yaml"), ("idempotencyRetentionHours", "48"), ("recentActivityKept", "0"), ("dashboardAccountsMax", "3"),
+            ], source: "test")
+        let printed = configuration.settingValues
+        // Every setting is printed once it is set.
+        #expect(printed.map(\.0) == ServerConfiguration.settingNames)
+        var readBack = ServerConfiguration()
+        try readBack.apply(printed, source: "printed")
+        #expect(readBack == configuration)
+        // Unset ones are left out rather than printed empty.
+        #expect(!ServerConfiguration().settingValues.map(\.0).contains("webhookURL"))
     }
 }
