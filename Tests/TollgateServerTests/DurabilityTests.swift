@@ -460,3 +460,43 @@ final class FaultyFiles: JournalFiles, Sendable {
         try await server.stop()
     }
 }
+
+@Suite(.serialized) struct StartupProgressTests {
+    /// Start-up says what it loads and replays, with counts and rates: here reported every 1,024
+    /// records (production: every second).
+    @Test func replayAndCheckpointLoadingAreLoggedWithCountsAndRates() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-progress-\(UUID().uuidString)"
+        let configure: (inout ServerConfiguration) -> Void = {
+            $0.dataDirectory = data
+            $0.checkpointIntervalSeconds = 0
+        }
+        let first = try await TestServer.start(configure)
+        let client = try await first.client()
+        try await client.setUpTeamPlan()
+        _ = try await client.apply(.addGrant(AddGrant(account: "acme", amount: 1_000_000, effectiveAt: Instant(microsecondsSinceEpoch: 0))))
+        try first.server.writeCheckpoint()
+        for index in 0..<2_500 {
+            _ = try await client.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "p-\(index)")
+        }
+        await client.close()
+        try await first.stop()
+
+        let log = CollectedLog()
+        let second = try await TestServer.start(logger: log.logger) {
+            configure(&$0)
+            $0.progressIntervalMilliseconds = 0
+        }
+        try await second.stop()
+        let lines = log.text.split(separator: "\n")
+        let loading = try #require(lines.first { $0.contains("loading a checkpoint") })
+        #expect(loading.contains("bytes="))
+        let loaded = try #require(lines.first { $0.contains("loaded a checkpoint") })
+        #expect(loaded.contains("accounts=1") && loaded.contains("megabytesPerSecond="))
+        let replaying = lines.filter { $0.contains("replaying the journal") }
+        #expect(replaying.count == 2)
+        #expect(replaying.first?.contains("records=1024") == true && replaying.last?.contains("records=2048") == true)
+        #expect(replaying.allSatisfy { $0.contains("recordsPerSecond=") })
+        let recovered = try #require(lines.first { $0.contains("recovered from the journal") })
+        #expect(recovered.contains("records=2500") && recovered.contains("recordsPerSecond="))
+    }
+}
