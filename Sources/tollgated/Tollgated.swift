@@ -23,7 +23,7 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "Address of the gate port (default 127.0.0.1).") var host: String?
     @Option(help: "Gate port (default 7400; 0 picks a free port).") var port: Int?
     @Option(help: "Address of the admin HTTP port (default 127.0.0.1).") var adminHost: String?
-    @Option(help: "Admin HTTP port with /healthz, /readyz, /metrics (default 7401; 'off' disables it).") var adminPort: String?
+    @Option(help: "Admin HTTP port: /healthz, /readyz, /metrics, the read API (/api/v1) and the dashboard (default 7401; 'off' disables it).") var adminPort: String?
     @Option(help: "Data directory (default ./tollgate-data).") var dataDir: String?
     @Option(help: "Largest frame body in bytes (default 65536).") var maxFrameBody: Int?
     @Option(help: "Unsent answers per connection before tooManyInFlight (default 1024).") var maxInFlight: Int?
