@@ -141,7 +141,8 @@ struct ReadAPI: Sendable {
     private func accounts(_ query: [String: String], _ principal: Principal) throws -> Response {
         let limit = try integer(query, "limit", default: 100, 1...Int64(Self.pageLimit))
         let after = query["after"].flatMap { $0.isEmpty ? nil : $0 }
-        guard let (page, next) = service.accountSummaries(after: after, limit: Int(limit), scope: principal.scope) else {
+        // An account out of scope is no cursor: its existence is not this reader's to learn.
+        guard after.map(principal.scope.contains) ?? true, let (page, next) = service.accountSummaries(after: after, limit: Int(limit), scope: principal.scope) else {
             throw Failure(response: error(.badRequest, "after: there is no account \"\(after ?? "")\""))
         }
         return ok(["accounts": page.map(LedgerJSON.summary), "next": LedgerJSON.nullable(next)])

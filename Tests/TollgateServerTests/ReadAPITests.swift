@@ -141,6 +141,8 @@ import TollgateWire
         let viewer = "viewer-token-0123456789"
         let seen = try RawHTTP.request(port: port, path: "/api/v1/accounts", token: viewer).json["accounts"] as? [[String: Any]]
         #expect(seen?.map { $0["account"] as? String } == ["acme"])
+        #expect(try RawHTTP.request(port: port, path: "/api/v1/accounts?after=globex", token: viewer).status == 400)
+        #expect(try RawHTTP.request(port: port, path: "/api/v1/accounts?after=acme", token: viewer).status == 200)
         #expect(try RawHTTP.request(port: port, path: "/api/v1/accounts/acme/balance", token: viewer).status == 200)
         for path in ["/api/v1/accounts/globex", "/api/v1/accounts/globex/overview", "/api/v1/accounts/globex/grants"] {
             #expect(try RawHTTP.request(port: port, path: path, token: viewer).status == 403)
