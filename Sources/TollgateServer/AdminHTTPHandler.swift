@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import Prometheus
+import NIOPosix
 import Synchronization
 
 /// Whether the server is ready to take decisions: listening, and not shutting down.
@@ -28,14 +29,14 @@ final class AdminHTTPHandler: ChannelInboundHandler {
     private let registry: PrometheusCollectorRegistry
     private let problem: @Sendable () -> String?
     private let refreshGauges: @Sendable () -> Void
-    private let readAPI: ReadAPI
+    private let reads: ReadQueue
     private var head: HTTPRequestHead?
 
-    init(registry: PrometheusCollectorRegistry, problem: @escaping @Sendable () -> String?, refreshGauges: @escaping @Sendable () -> Void, readAPI: ReadAPI) {
+    init(registry: PrometheusCollectorRegistry, problem: @escaping @Sendable () -> String?, refreshGauges: @escaping @Sendable () -> Void, reads: ReadQueue) {
         self.registry = registry
         self.problem = problem
         self.refreshGauges = refreshGauges
-        self.readAPI = readAPI
+        self.reads = reads
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -53,53 +54,55 @@ final class AdminHTTPHandler: ChannelInboundHandler {
     private func respond(context: ChannelHandlerContext, _ head: HTTPRequestHead) {
         let split = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
         let path = split.first.map(String.init) ?? head.uri
-        let method = head.method
-        var status = HTTPResponseStatus.ok
-        var body = ByteBuffer()
-        var contentType = "text/plain; charset=utf-8"
-        var extra: [(String, String)] = []
-        switch (method, path) {
+        let text = "text/plain; charset=utf-8"
+        switch (head.method, path) {
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
-            body = ByteBuffer(string: "ok\n")
+            send(context, head, .ok, text, ByteBuffer(string: "ok\n"))
         case (.GET, "/readyz"), (.HEAD, "/readyz"):
             if let problem = problem() {
-                (status, body) = (.serviceUnavailable, ByteBuffer(string: "not ready: \(problem)\n"))
+                send(context, head, .serviceUnavailable, text, ByteBuffer(string: "not ready: \(problem)\n"))
             } else {
-                body = ByteBuffer(string: "ready\n")
+                send(context, head, .ok, text, ByteBuffer(string: "ready\n"))
             }
         case (.GET, "/metrics"):
             refreshGauges()
-            contentType = "text/plain; version=0.0.4; charset=utf-8"
-            body = ByteBuffer(string: registry.emitToString())
+            send(context, head, .ok, "text/plain; version=0.0.4; charset=utf-8", ByteBuffer(string: registry.emitToString()))
         case (.GET, "/"), (.HEAD, "/"):
-            (status, body) = (.found, ByteBuffer(string: "see /dashboard\n"))
-            extra.append(("Location", "/dashboard"))
+            send(context, head, .found, text, ByteBuffer(string: "see /dashboard\n"), [("Location", "/dashboard")])
         case (.GET, "/dashboard"), (.HEAD, "/dashboard"):
-            contentType = "text/html; charset=utf-8"
-            body = ByteBuffer(string: Dashboard.page)
             // Everything the page needs is in it: no other origin may be asked for anything.
-            extra.append(("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"))
+            send(
+                context, head, .ok, "text/html; charset=utf-8", ByteBuffer(string: Dashboard.page),
+                [("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:")])
         case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"), (_, "/dashboard"):
-            (status, body) = (.methodNotAllowed, ByteBuffer(string: "use GET\n"))
+            send(context, head, .methodNotAllowed, text, ByteBuffer(string: "use GET\n"))
         default:
-            if path == "/api/v1" || path.hasPrefix("/api/v1/") {
-                let query = split.count > 1 ? ReadAPI.query(split[1]) : [:]
-                let response = readAPI.respond(method: method, path: path, query: query, authorization: head.headers.first(name: "Authorization"))
-                status = response.status
-                body = ByteBuffer(bytes: response.body)
-                contentType = "application/json"
-                extra = response.headers + [("Cache-Control", "no-store")]
-            } else {
-                (status, body) = (.notFound, ByteBuffer(string: "not found: try /healthz, /readyz, /metrics, /api/v1 or /dashboard\n"))
+            guard path == "/api/v1" || path.hasPrefix("/api/v1/") else {
+                send(context, head, .notFound, text, ByteBuffer(string: "not found: try /healthz, /readyz, /metrics, /api/v1 or /dashboard\n"))
+                return
+            }
+            // Reads build their JSON on the read thread, not on this event loop, which may have
+            // gate connections to answer.
+            let query = split.count > 1 ? ReadAPI.query(split[1]) : [:]
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            reads.submit(method: head.method, path: path, query: query, authorization: head.headers.first(name: "Authorization"), on: context.eventLoop) { response in
+                let (handler, context) = loopBound.value
+                handler.send(context, head, response.status, "application/json", ByteBuffer(bytes: response.body), response.headers + [("Cache-Control", "no-store")])
             }
         }
+    }
+
+    private func send(
+        _ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ contentType: String, _ body: ByteBuffer,
+        _ extra: [(String, String)] = []
+    ) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         headers.add(name: "X-Content-Type-Options", value: "nosniff")
         for (name, value) in extra { headers.add(name: name, value: value) }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-        if method != .HEAD {
+        if head.method != .HEAD {
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         }
         if head.isKeepAlive {
@@ -107,6 +110,41 @@ final class AdminHTTPHandler: ChannelInboundHandler {
         } else {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in loopBound.value.close(promise: nil) }
+        }
+    }
+}
+
+/// Runs read API requests on their own thread, a bounded number at a time: past `limit`
+/// waiting, a read is answered 503 at once rather than queued without end.
+final class ReadQueue: Sendable {
+    let api: ReadAPI
+    let pool: NIOThreadPool
+    let limit: Int
+    private let waiting = Atomic<Int>(0)
+
+    init(api: ReadAPI, pool: NIOThreadPool, limit: Int = 64) {
+        self.api = api
+        self.pool = pool
+        self.limit = limit
+    }
+
+    func submit(
+        method: HTTPMethod, path: String, query: [String: String], authorization: String?, on eventLoop: any EventLoop,
+        _ done: @escaping @Sendable (ReadAPI.Response) -> Void
+    ) {
+        guard waiting.wrappingAdd(1, ordering: .relaxed).newValue <= limit else {
+            waiting.wrappingSubtract(1, ordering: .relaxed)
+            done(ReadAPI.failure(.serviceUnavailable, "more than \(limit) reads are waiting; try again shortly"))
+            return
+        }
+        let api = api
+        let future = pool.runIfActive(eventLoop: eventLoop) { api.respond(method: method, path: path, query: query, authorization: authorization) }
+        future.whenComplete { [self] result in
+            waiting.wrappingSubtract(1, ordering: .relaxed)
+            switch result {
+            case .success(let response): done(response)
+            case .failure: done(ReadAPI.failure(.serviceUnavailable, "the server is shutting down"))
+            }
         }
     }
 }

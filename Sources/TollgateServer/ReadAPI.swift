@@ -29,7 +29,7 @@ struct ReadAPI: Sendable {
     let readiness: Readiness
     let startedAt: Instant
 
-    struct Response {
+    struct Response: Sendable {
         var status: HTTPResponseStatus
         var body: Data
         var headers: [(String, String)] = []
@@ -308,6 +308,10 @@ struct ReadAPI: Sendable {
     }
 
     private func error(_ status: HTTPResponseStatus, _ message: String) -> Response {
+        Self.failure(status, message)
+    }
+
+    static func failure(_ status: HTTPResponseStatus, _ message: String) -> Response {
         Response(status: status, body: LedgerJSON.data(["error": message, "status": Int(status.code)]))
     }
 

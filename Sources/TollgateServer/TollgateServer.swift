@@ -56,6 +56,8 @@ public final class TollgateServer: Service, Sendable {
     private let historyThread = NIOThreadPool(numberOfThreads: 1)
     /// Re-reads the TLS files and the credentials file, off the event loops.
     private let reloadThread = NIOThreadPool(numberOfThreads: 1)
+    /// Answers the read API, off the event loops.
+    private let readThread = NIOThreadPool(numberOfThreads: 1)
     /// The credentials in force; empty (everyone refused) until `run` loads them.
     public let access = AccessControl(Credentials())
     /// The ledger's events: the event log, SUBSCRIBE streams and the webhook.
@@ -132,6 +134,7 @@ public final class TollgateServer: Service, Sendable {
             let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }
             for continuation in waiting { continuation.resume(throwing: error) }
             try? await admin?.close()
+            try? await readThread.shutdownGracefully()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -213,11 +216,12 @@ public final class TollgateServer: Service, Sendable {
             try? await checkpointThread.shutdownGracefully()
         }
         try? await historyThread.shutdownGracefully()
+        try? await admin?.close()
+        try? await readThread.shutdownGracefully()
         service.journal?.close()
         events.stop()
         await eventTask.value
         await service.shutdown()
-        try? await admin?.close()
         try await group.shutdownGracefully()
         logger.info("tollgated stopped")
     }
@@ -494,7 +498,10 @@ public final class TollgateServer: Service, Sendable {
         let readiness = readiness
         let service = service
         let metrics = metrics
-        let readAPI = ReadAPI(service: service, access: access, history: history, events: events, metrics: metrics, readiness: readiness, startedAt: startedAt)
+        readThread.start()
+        let reads = ReadQueue(
+            api: ReadAPI(service: service, access: access, history: history, events: events, metrics: metrics, readiness: readiness, startedAt: startedAt),
+            pool: readThread)
         if !Self.isLoopback(configuration.adminHost) {
             logger.notice(
                 "the admin port is not on loopback: the read API's tokens cross the network in plaintext unless a mesh encrypts it",
@@ -514,7 +521,7 @@ public final class TollgateServer: Service, Sendable {
                                 if let journal = service.journal {
                                     metrics.recordJournal(healthy: journal.failureReason == nil, failures: journal.failureCount)
                                 }
-                            }, readAPI: readAPI))
+                            }, reads: reads))
                 }
             }
         do {
