@@ -63,7 +63,7 @@ svg text { fill:var(--muted); font-size:11px; }
 </header>
 <main>
   <nav>
-    <input id="filter" placeholder="filter accounts">
+    <input id="filter" placeholder="filter, or an account + Enter">
     <div id="accounts"></div>
   </nav>
   <section id="detail"><div class="empty" id="empty">Pick an account to watch its credits burn down.</div></section>
@@ -129,7 +129,7 @@ async function loadAccounts() {
   try {
     const server = await api("/api/v1/server");
     $("server").textContent = `${server.server} · ${fmt.format(server.accounts)} accounts · ${fmt.format(server.openHolds)} open holds · ${fmt.format(server.burn.lastMinute)} credits/min · journal ${server.journalMode}`;
-    const list = await api("/api/v1/accounts?limit=1000");
+    const list = await api("/api/v1/accounts?limit=200");
     const filter = $("filter").value.toLowerCase();
     $("accounts").innerHTML = list.accounts.filter((a) => a.account.toLowerCase().includes(filter)).map((a) =>
       `<div class="acct${a.account === state.account ? " sel" : ""}" data-account="${esc(a.account)}"><span>${esc(a.account)}</span><small>${fmt.format(a.balance)} · ${fmt.format(a.burn.lastMinute)}/min</small></div>`).join("");
@@ -247,6 +247,8 @@ function drawBars(id, buckets, width) {
 
 $("accounts").addEventListener("click", (event) => { const el = event.target.closest(".acct"); if (el) select(el.dataset.account); });
 $("filter").addEventListener("input", loadAccounts);
+// The list holds the first 200 accounts; Enter opens the account typed, wherever it is.
+$("filter").addEventListener("keydown", (event) => { if (event.key === "Enter" && $("filter").value.trim()) select($("filter").value.trim()); });
 $("use-token").addEventListener("click", () => { state.token = $("token").value.trim(); sessionStorage.setItem("tollgate-token", state.token); loadAccounts(); refresh(); });
 if (hashParams.get("account")) select(hashParams.get("account"));
 loadAccounts();

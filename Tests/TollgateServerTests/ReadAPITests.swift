@@ -182,3 +182,27 @@ import TollgateWire
         #expect(try await client.balance(account: "team/1%").account == "team/1%")
     }
 }
+
+@Suite struct LedgerJSONTests {
+    /// The read API's own JSON writer says what JSONSerialization reads back.
+    @Test func writesWhatAParserReadsBack() throws {
+        let member: String? = "ana"
+        let none: Int64? = nil
+        let object: [String: Any] = [
+            "text": "quote \" backslash \\ newline \n tab \t bell \u{07} slash / é 🙂", "int": Int64.min, "max": Int64.max, "small": Int32(-7),
+            "unsigned": UInt64.max, "plain": 42, "yes": true, "no": false, "null": NSNull(), "member": member as Any, "none": none as Any,
+            "list": [Int64(1), "two", [Int64(3)], ["four": NSNull()]] as [Any], "pairs": [[Int64(1), Int64(2)]], "empty": [String: Any](), "nothing": [Any](),
+        ]
+        let data = LedgerJSON.data(object)
+        let text = String(decoding: data, as: UTF8.self)
+        let parsed = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(parsed["text"] as? String == object["text"] as? String)
+        #expect((parsed["int"] as? NSNumber)?.int64Value == Int64.min && (parsed["max"] as? NSNumber)?.int64Value == Int64.max)
+        #expect((parsed["unsigned"] as? NSNumber)?.uint64Value == UInt64.max && (parsed["small"] as? NSNumber)?.intValue == -7)
+        #expect(parsed["yes"] as? Bool == true && parsed["no"] as? Bool == false && parsed["null"] is NSNull && parsed["none"] is NSNull)
+        #expect(parsed["member"] as? String == "ana")
+        #expect(text.contains(#""yes":true"#) && text.contains(#""pairs":[[1,2]]"#) && text.contains(#""empty":{}"#))
+        // Keys sorted, as before.
+        #expect(text.hasPrefix(#"{"empty":{},"int":"#))
+    }
+}
