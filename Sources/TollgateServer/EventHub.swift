@@ -214,7 +214,7 @@ final class SharedCounter: Sendable {
 /// on every delivery of one event: receivers de-duplicate by it.
 enum EventJSON {
     static func encode(_ event: LedgerEvent) -> Data {
-        (try? JSONSerialization.data(withJSONObject: object(event), options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        LedgerJSON.data(object(event))
     }
 
     static func object(_ event: LedgerEvent) -> [String: Any] {

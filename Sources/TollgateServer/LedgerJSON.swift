@@ -1,8 +1,8 @@
 import Foundation
 import TollgateLedger
 
-/// The ledger's values as JSON objects (for `JSONSerialization`): what `tollgate --json` prints
-/// and what the read API answers, one spelling for both.
+/// The ledger's values as JSON objects: what `tollgate --json` prints, what the read API
+/// answers and what the event log holds, one spelling for all, and one writer (`data`).
 public enum LedgerJSON {
     /// Compact JSON with sorted keys. Written here rather than by `JSONSerialization`, which on
     /// Linux took 255 ms for a page of 1,000 accounts (bench/README.md, "What the read API

@@ -269,10 +269,9 @@ public final class LedgerService: Sendable {
     /// by reason over everything the log holds.
     func activity(of account: String, limit: Int) -> (consumed: [ActivityLog.Entry], refused: [ActivityLog.Entry], byReason: [String: Int], kept: Int, since: Instant?) {
         state.withLock { state in
-            let log = state.activity
-            return (
-                log.recent(account: account, kind: .consumed, limit: limit), log.recent(account: account, kind: .refused, limit: limit),
-                log.refusalsByReason(account: account), log.capacity, log.oldest
+            (
+                state.activity.recent(account: account, kind: .consumed, limit: limit), state.activity.recent(account: account, kind: .refused, limit: limit),
+                state.activity.refusalsByReason(account: account), state.activity.capacity, state.activity.oldest
             )
         }
     }

@@ -65,8 +65,16 @@ public struct ProgressMeter {
 
     private func current(at now: ContinuousClock.Instant) -> Report {
         let elapsed = started.duration(to: now)
-        let microseconds = max(1, elapsed.components.seconds * 1_000_000 + elapsed.components.attoseconds / 1_000_000_000_000)
-        let perSecond = Int(min(Int64(Int.max), Int64(done) * 1_000_000 / microseconds))
-        return Report(done: done, total: total, elapsed: elapsed, perSecond: perSecond)
+        return Report(done: done, total: total, elapsed: elapsed, perSecond: Int(elapsed.rate(of: Int64(done))))
+    }
+}
+
+extension Duration {
+    /// How many per second `count` in this long comes to, in whole units (at least one
+    /// microsecond is assumed, so a zero duration does not divide by zero).
+    public func rate(of count: Int64) -> Int64 {
+        let microseconds = max(1, components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000)
+        let (product, overflow) = count.multipliedReportingOverflow(by: 1_000_000)
+        return overflow ? count / microseconds * 1_000_000 : product / microseconds
     }
 }

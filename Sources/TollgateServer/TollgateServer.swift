@@ -250,7 +250,7 @@ public final class TollgateServer: Service, Sendable {
                     "file": "\(checkpoint.file)", "sequence": "\(checkpoint.position.sequence)", "bytes": "\(bytes)",
                     "accounts": "\(checkpoint.ledger.accountCount)", "members": "\(checkpoint.ledger.memberCount)", "openHolds": "\(checkpoint.ledger.openHoldCount)",
                     "seconds": "\(seconds)",
-                    "megabytesPerSecond": "\(Int64(bytes) * 1_000 / max(1, seconds.components.seconds * 1_000 + seconds.components.attoseconds / 1_000_000_000_000_000) / 1_000_000)",
+                    "megabytesPerSecond": "\(seconds.rate(of: Int64(bytes)) / 1_000_000)",
                 ])
             lastCheckpoint.withLock { $0 = checkpoint.position.sequence }
         }

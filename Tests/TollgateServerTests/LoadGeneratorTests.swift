@@ -73,11 +73,19 @@ import Glibc
         let (status, output) = try await load([
             "run", "--server", "127.0.0.1:\(port)", "--rate", "1000", "--duration", "3", "--warm-up", "0.3", "--operation", "ping", "--json",
         ]) { pid in
-            // Measuring starts 0.5 s after the generator says it runs, and lasts 3 s.
-            try await Task.sleep(for: .milliseconds(1_000))
-            kill(pid, SIGSTOP)
-            try await Task.sleep(for: .milliseconds(300))
-            kill(pid, SIGCONT)
+            // Measuring starts 0.5 s after the generator says it runs, and lasts 3 s. The stop
+            // and the resume are timed on a thread of their own: a sleeping task waits for a
+            // free thread of the shared pool, which other suites running alongside can hold for
+            // seconds, and the stall would be that long instead of 300 ms.
+            await withCheckedContinuation { (resumed: CheckedContinuation<Void, Never>) in
+                Thread.detachNewThread {
+                    usleep(1_000_000)
+                    kill(pid, SIGSTOP)
+                    usleep(300_000)
+                    kill(pid, SIGCONT)
+                    resumed.resume()
+                }
+            }
         }
         #expect(status == 0, "\(output)")
         let report = try report(output)
