@@ -92,13 +92,19 @@ class Browser:
         return result["result"].get("value")
 
     def wait_for(self, expression, seconds=20):
+        """The expression's value once it is truthy. Until the page has loaded it may throw
+        (its elements are not there yet): that counts as not yet."""
         deadline = time.monotonic() + seconds
+        failure = None
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as error:
+                value, failure = None, error
             if value:
                 return value
             time.sleep(0.1)
-        raise AssertionError("timed out waiting for %s; console: %s" % (expression, self.console[-5:]))
+        raise AssertionError("timed out waiting for %s (last error: %s); console: %s" % (expression, failure, self.console[-5:]))
 
     def screenshot(self, name):
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
