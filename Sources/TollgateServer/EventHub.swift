@@ -47,8 +47,8 @@ public final class EventHub: Sendable {
     let settings: Settings
     private let logger: Logger
     private let state = Mutex(State())
-    private let stream: AsyncStream<[LedgerEvent]>
-    private let input: AsyncStream<[LedgerEvent]>.Continuation
+    /// Batches from the ledger, waiting for the hub's thread.
+    private let queue = BatchQueue()
     let webhook: WebhookDelivery?
     private let metrics: ServerMetrics
 
@@ -56,7 +56,6 @@ public final class EventHub: Sendable {
         self.settings = settings
         self.logger = logger
         self.metrics = metrics
-        (stream, input) = AsyncStream.makeStream(of: [LedgerEvent].self, bufferingPolicy: .unbounded)
         if let url = settings.webhookURL {
             webhook = WebhookDelivery(
                 url: url, cursorFile: settings.directory.map { $0 + "/webhook.cursor" }, timeoutMilliseconds: settings.webhookTimeoutMilliseconds,
@@ -97,24 +96,33 @@ public final class EventHub: Sendable {
         if let webhook { webhook.load(backlog: loaded) }
     }
 
-    /// Takes events from the ledger's lock: cheap, never blocks.
+    /// Takes events from the ledger's lock: cheap (a short lock and a signal), never waits
+    /// for the log.
     func accept(_ events: [LedgerEvent]) {
-        input.yield(events)
+        queue.put(events)
     }
 
-    /// Writes, fans out and delivers until the stream ends.
+    /// Writes, fans out and delivers until `stop`. Writing the log is a write and an fsync per
+    /// batch: that happens on a thread of the hub's own, not on the Swift concurrency pool,
+    /// which the rest of the process shares (one thread per core).
     func run() async {
         if let webhook {
             Task { await webhook.run() }
         }
-        for await batch in stream {
-            process(batch)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            let thread = Thread { [self] in
+                while let batch = queue.take() { process(batch) }
+                done.resume()
+            }
+            thread.name = "tollgate-events"
+            thread.start()
         }
         webhook?.stop()
     }
 
+    /// Ends `run` once the batches already accepted are processed.
     func stop() {
-        input.finish()
+        queue.close()
     }
 
     private func process(_ batch: [LedgerEvent]) {
@@ -193,6 +201,44 @@ public final class EventHub: Sendable {
         let frame = WireResponse.event(event).frame(opcode: .event, requestID: subscriber.requestID)
         let counter = subscriber.queued
         subscriber.channel.writeAndFlush(frame).whenComplete { _ in counter.decrement() }
+    }
+}
+
+/// Event batches handed from the ledger's lock to the hub's thread, in order.
+final class BatchQueue: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var batches: [[LedgerEvent]] = []
+    private var head = 0
+    private var closed = false
+
+    func put(_ batch: [LedgerEvent]) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !closed else { return }
+        batches.append(batch)
+        condition.signal()
+    }
+
+    /// The next batch, waiting for one; nil once closed and empty.
+    func take() -> [LedgerEvent]? {
+        condition.lock()
+        defer { condition.unlock() }
+        while head == batches.count && !closed { condition.wait() }
+        guard head < batches.count else { return nil }
+        let batch = batches[head]
+        head += 1
+        if head > 1_024 && head * 2 > batches.count {
+            batches.removeFirst(head)
+            head = 0
+        }
+        return batch
+    }
+
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
     }
 }
 

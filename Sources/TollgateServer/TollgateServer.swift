@@ -127,8 +127,13 @@ public final class TollgateServer: Service, Sendable {
             // The admin port first: /healthz answers and /readyz says what start-up is doing
             // while a long journal replays.
             admin = try await bindAdmin()
-            try recover()
-            service.reserveIdempotencyIndex()
+            // Replaying a journal is long CPU and file work: on a thread of its own, never on
+            // the Swift concurrency pool, whose few threads (one per core) everything else in
+            // the process shares.
+            try await NIOThreadPool.singleton.runIfActive { [self] in
+                try recover()
+                service.reserveIdempotencyIndex()
+            }
             gate = try await bindGate()
         } catch {
             let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }

@@ -136,7 +136,7 @@ final class WebhookDelivery: Sendable {
                 let outcome = await post(event, to: target)
                 if let status = outcome, (200..<300).contains(status) {
                     failures = 0
-                    delivered(event)
+                    await delivered(event)
                     metrics.recordWebhook(succeeded: true)
                 } else {
                     failures += 1
@@ -152,17 +152,23 @@ final class WebhookDelivery: Sendable {
         }
     }
 
-    private func delivered(_ event: LedgerEvent) {
+    private func delivered(_ event: LedgerEvent) async {
         state.withLock { state in
             state.cursor = event.sequence
             if state.queue.first?.sequence == event.sequence { state.queue.removeFirst() }
         }
         guard let file = cursorFile else { return }
+        // The cursor's fsync waits for the disk: on NIO's blocking-I/O pool, not the Swift
+        // concurrency pool.
+        try? await NIOThreadPool.singleton.runIfActive { Self.writeCursor(event.sequence, to: file) }
+    }
+
+    private static func writeCursor(_ sequence: UInt64, to file: String) {
         // Written beside and renamed over, so a crash leaves the old cursor or the new one.
         let temporary = file + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return }
-        let text = Array("\(event.sequence)\n".utf8)
+        let text = Array("\(sequence)\n".utf8)
         _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         fsync(fd)
         close(fd)

@@ -34,7 +34,12 @@ extension Answer {
 }
 
 /// Writes entries in batches of `batch`, waiting for each to be durable, as group commits would.
-func writeJournal(_ entries: [LedgerDriver.Entry], to directory: String, mode: JournalMode = .sync, segmentBytes: Int = 64 << 20, batch: Int = 20) throws {
+/// It waits for fsyncs: on a thread of its own, not the test pool's.
+func writeJournal(_ entries: [LedgerDriver.Entry], to directory: String, mode: JournalMode = .sync, segmentBytes: Int = 64 << 20, batch: Int = 20) async throws {
+    try await OffPool.blocking("write-journal") { try writeJournalBlocking(entries, to: directory, mode: mode, segmentBytes: segmentBytes, batch: batch) }
+}
+
+private func writeJournalBlocking(_ entries: [LedgerDriver.Entry], to directory: String, mode: JournalMode, segmentBytes: Int, batch: Int) throws {
     let scan = try Journal.scan(directory: directory, repair: true) { _ in }
     let writer = try JournalWriter(directory: directory, mode: mode, after: scan, segmentBytes: segmentBytes)
     var index = 0
@@ -56,10 +61,10 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
 }
 
 @Suite struct JournalTests {
-    @Test func recordsComeBackInOrderAcrossSegments() throws {
+    @Test func recordsComeBackInOrderAcrossSegments() async throws {
         let directory = temporaryDirectory()
         let entries = sampleRecords(300)
-        try writeJournal(entries, to: directory, segmentBytes: 4_096)
+        try await writeJournal(entries, to: directory, segmentBytes: 4_096)
         let (records, scan) = try readAll(directory)
         #expect(scan.segments.count > 3, "small segments rotate")
         #expect(scan.tornTail == nil)
@@ -68,11 +73,11 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
         #expect(records.map(\.key) == entries.map(\.key))
         #expect(records.map(\.instant) == entries.map(\.at))
         // Appending after a restart continues the sequence and the chain.
-        try writeJournal(Array(entries.prefix(10)), to: directory, segmentBytes: 4_096)
+        try await writeJournal(Array(entries.prefix(10)), to: directory, segmentBytes: 4_096)
         #expect(try readAll(directory).0.count == 310)
     }
 
-    @Test func replayingTheJournalRebuildsTheLedger() throws {
+    @Test func replayingTheJournalRebuildsTheLedger() async throws {
         let directory = temporaryDirectory()
         var driver = LedgerDriver()
         Fixtures.seedsExample(&driver)
@@ -80,7 +85,7 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
             driver.run(.spend(Spend(DecisionRequest(account: "acme", member: "ana", product: Fixtures.preview, quantity: Int64(step % 3 + 1)))))
             driver.advance(microseconds: 1_000)
         }
-        try writeJournal(driver.journal, to: directory)
+        try await writeJournal(driver.journal, to: directory)
         var replayed = Ledger(startingAt: Fixtures.start)
         _ = try Journal.scan(directory: directory, repair: false) { record in
             replayed.apply(record.command, key: record.key, at: record.instant)
@@ -88,10 +93,10 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
         #expect(replayed == driver.ledger)
     }
 
-    @Test func recoveryFromEveryTruncationOffsetYieldsAValidPrefix() throws {
+    @Test func recoveryFromEveryTruncationOffsetYieldsAValidPrefix() async throws {
         let source = temporaryDirectory()
         let entries = sampleRecords(25)
-        try writeJournal(entries, to: source)
+        try await writeJournal(entries, to: source)
         let file = Journal.segmentFiles(in: source)[0]
         let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
         // Where each record ends, so the expected prefix is known for every cut.
@@ -105,52 +110,65 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
             }
         }
         #expect(boundaries.count == 25)
-        for cut in 0...bytes.count {
-            let directory = temporaryDirectory()
-            let path = directory + "/" + (file as NSString).lastPathComponent
-            try bytes.prefix(cut).write(to: URL(fileURLWithPath: path))
-            let (records, scan) = try readAll(directory, repair: true)
-            let complete = boundaries.filter { $0 <= cut }.count
-            #expect(records.count == complete, "cut at \(cut)")
-            #expect(records.map(\.command) == entries.prefix(complete).map(\.command))
-            let atBoundary = cut == SegmentHeader.size || boundaries.contains(cut)
-            #expect((scan.tornTail == nil) == atBoundary, "cut at \(cut)")
-            // After repair the journal is clean and can be appended to.
-            #expect(try readAll(directory).1.tornTail == nil)
-            try? FileManager.default.removeItem(atPath: directory)
+        // A thousand journals written, repaired and read: on a thread of their own.
+        let ends = boundaries
+        let found = try await OffPool.cpu("truncations") { () throws -> [String] in
+            var found: [String] = []
+            for cut in 0...bytes.count {
+                let directory = temporaryDirectory()
+                let path = directory + "/" + (file as NSString).lastPathComponent
+                try bytes.prefix(cut).write(to: URL(fileURLWithPath: path))
+                let (records, scan) = try readAll(directory, repair: true)
+                let complete = ends.filter { $0 <= cut }.count
+                if records.count != complete { found.append("cut at \(cut): \(records.count) records, expected \(complete)") }
+                if records.map(\.command) != entries.prefix(complete).map(\.command) { found.append("cut at \(cut): other records than written") }
+                let atBoundary = cut == SegmentHeader.size || ends.contains(cut)
+                if (scan.tornTail == nil) != atBoundary { found.append("cut at \(cut): torn tail \(String(describing: scan.tornTail))") }
+                // After repair the journal is clean and can be appended to.
+                if try readAll(directory).1.tornTail != nil { found.append("cut at \(cut): still torn after repair") }
+                try? FileManager.default.removeItem(atPath: directory)
+            }
+            return found
         }
+        #expect(found.isEmpty, "\(found.prefix(5))")
     }
 
-    @Test func randomBitFlipsAreDetected() throws {
+    @Test func randomBitFlipsAreDetected() async throws {
         let source = temporaryDirectory()
-        try writeJournal(sampleRecords(40), to: source)
+        try await writeJournal(sampleRecords(40), to: source)
         let file = Journal.segmentFiles(in: source)[0]
         let original = try Data(contentsOf: URL(fileURLWithPath: file))
         let (clean, _) = try readAll(source)
-        var rng = SeededGenerator(seed: 99)
-        for _ in 0..<500 {
-            var bytes = original
-            let position = Int.random(in: 0..<bytes.count, using: &rng)
-            bytes[position] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng)
-            let directory = temporaryDirectory()
-            try bytes.write(to: URL(fileURLWithPath: directory + "/" + (file as NSString).lastPathComponent))
-            do {
-                let (records, scan) = try readAll(directory)
-                // Not thrown: then the damage was at the end and reported as a torn tail, and
-                // no record after it was accepted.
-                #expect(scan.tornTail != nil, "flip at \(position) went unnoticed")
-                #expect(records.count < clean.count)
-                #expect(records == Array(clean.prefix(records.count)))
-            } catch let damage as JournalDamage {
-                #expect(damage.offset <= position || damage.offset == 0)
+        let found = try await OffPool.cpu("bit-flips") { () throws -> [String] in
+            var found: [String] = []
+            var rng = SeededGenerator(seed: 99)
+            for _ in 0..<500 {
+                var bytes = original
+                let position = Int.random(in: 0..<bytes.count, using: &rng)
+                bytes[position] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng)
+                let directory = temporaryDirectory()
+                try bytes.write(to: URL(fileURLWithPath: directory + "/" + (file as NSString).lastPathComponent))
+                do {
+                    let (records, scan) = try readAll(directory)
+                    // Not thrown: then the damage was at the end and reported as a torn tail, and
+                    // no record after it was accepted.
+                    if scan.tornTail == nil { found.append("flip at \(position) went unnoticed") }
+                    if records.count >= clean.count || records != Array(clean.prefix(records.count)) {
+                        found.append("flip at \(position): records past the damage were accepted")
+                    }
+                } catch let damage as JournalDamage {
+                    if !(damage.offset <= position || damage.offset == 0) { found.append("flip at \(position) reported at \(damage.offset)") }
+                }
+                try? FileManager.default.removeItem(atPath: directory)
             }
-            try? FileManager.default.removeItem(atPath: directory)
+            return found
         }
+        #expect(found.isEmpty, "\(found.prefix(5))")
     }
 
-    @Test func damageBeforeTheTailRefusesWithTheFileAndOffset() throws {
+    @Test func damageBeforeTheTailRefusesWithTheFileAndOffset() async throws {
         let directory = temporaryDirectory()
-        try writeJournal(sampleRecords(30), to: directory)
+        try await writeJournal(sampleRecords(30), to: directory)
         let file = Journal.segmentFiles(in: directory)[0]
         var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
         let target = SegmentHeader.size + 40

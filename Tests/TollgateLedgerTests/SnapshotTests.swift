@@ -4,32 +4,42 @@ import TollgateLedgerTestSupport
 
 @Suite struct SnapshotTests {
     @Test(arguments: 0..<12)
-    func aSnapshotRestoresAnEqualLedgerThatBehavesTheSame(seed: Int) throws {
-        var run = RandomRun(seed: UInt64(500 + seed))
-        for _ in 0..<400 { run.step() }
-        let original = run.driver.ledger
-        let restored = try Ledger(snapshot: original.snapshot())
-        #expect(restored == original)
-        #expect(restored.invariantViolations().isEmpty)
-        // Both go on the same way: the same commands (retries included) give the same answers.
-        var left = original
-        var right = restored
-        var more = RandomRun(seed: UInt64(900 + seed))
-        for _ in 0..<300 { more.step() }
-        for entry in more.driver.journal.suffix(200) {
-            let at = entry.at.adding(microseconds: 1_000_000)
-            #expect(left.apply(entry.command, key: entry.key, at: at) == right.apply(entry.command, key: entry.key, at: at))
+    func aSnapshotRestoresAnEqualLedgerThatBehavesTheSame(seed: Int) async throws {
+        // Random runs of hundreds of steps: on a thread of their own, not the test pool's.
+        let found = try await OffPool.cpu("snapshot-\(seed)") { () throws -> [String] in
+            var found: [String] = []
+            var run = RandomRun(seed: UInt64(500 + seed))
+            for _ in 0..<400 { run.step() }
+            let original = run.driver.ledger
+            let restored = try Ledger(snapshot: original.snapshot())
+            if restored != original { found.append("the restored ledger differs from the original") }
+            found += restored.invariantViolations()
+            // Both go on the same way: the same commands (retries included) give the same answers.
+            var left = original
+            var right = restored
+            var more = RandomRun(seed: UInt64(900 + seed))
+            for _ in 0..<300 { more.step() }
+            for entry in more.driver.journal.suffix(200) {
+                let at = entry.at.adding(microseconds: 1_000_000)
+                let (a, b) = (left.apply(entry.command, key: entry.key, at: at), right.apply(entry.command, key: entry.key, at: at))
+                if a != b { found.append("\(entry.command): \(a) from the original, \(b) from the restored") }
+            }
+            for entry in run.driver.journal.suffix(50) {
+                let (a, b) = (left.apply(entry.command, key: entry.key, at: left.clock), right.apply(entry.command, key: entry.key, at: right.clock))
+                if a != b { found.append("retry \(entry.command): \(a) from the original, \(b) from the restored") }
+            }
+            if left != right { found.append("the two ledgers differ after the same commands") }
+            return found
         }
-        for entry in run.driver.journal.suffix(50) {
-            #expect(left.apply(entry.command, key: entry.key, at: left.clock) == right.apply(entry.command, key: entry.key, at: right.clock))
-        }
-        #expect(left == right)
+        #expect(found.isEmpty, "\(found.prefix(5))")
     }
 
-    @Test func aLargeLedgerRoundTrips() throws {
-        let ledger = Fixtures.large(accounts: 2_000, membersPerAccount: 5)
-        let bytes = ledger.snapshot()
-        #expect(try Ledger(snapshot: bytes) == ledger)
+    @Test func aLargeLedgerRoundTrips() async throws {
+        let equal = try await OffPool.cpu { () throws -> Bool in
+            let ledger = Fixtures.large(accounts: 2_000, membersPerAccount: 5)
+            return try Ledger(snapshot: ledger.snapshot()) == ledger
+        }
+        #expect(equal)
     }
 
     /// Checkpoints written before subscriptions ("TGL1": no subscription section) still load.

@@ -4,6 +4,7 @@ import Testing
 import TollgateClient
 import TollgateJournal
 import TollgateLedger
+import TollgateLedgerTestSupport
 import TollgateServer
 import TollgateWire
 
@@ -71,16 +72,24 @@ import Glibc
             return Process(pid: pid)
         }
 
-        func kill9() {
+        /// SIGKILL, and returns once the process is gone (reaped on a thread of its own).
+        func kill9() async {
             kill(pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            await OffPool.blocking("reap") {
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+            }
         }
 
+        /// SIGTERM; the process is reaped by a thread of its own when it exits, so a `defer`
+        /// can call this without waiting on the test pool.
         func terminate() {
             kill(pid, SIGTERM)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            let pid = pid
+            Thread.detachNewThread {
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+            }
         }
     }
 
@@ -89,8 +98,10 @@ import Glibc
         ((try? String(contentsOfFile: data + "/admin.token", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// A client, once tollgated has come up (replayed its journal and opened the port): at most
+    /// a minute, however slow the machine; as soon as it is up otherwise.
     static func connect(port: Int, data: String) async throws -> TollgateClient {
-        for _ in 0..<200 {
+        for _ in 0..<2_400 {
             let token = adminToken(data: data)
             if let client = try? await TollgateClient.connect(.init(port: port, token: token, requestTimeoutMilliseconds: 2_000, retries: 0)) { return client }
             try await Task.sleep(for: .milliseconds(25))
@@ -141,7 +152,7 @@ import Glibc
         #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build tollgated first")
         let cycles = Int(ProcessInfo.processInfo.environment["TOLLGATE_CRASH_CYCLES"] ?? "") ?? 20
         let data = NSTemporaryDirectory() + "tollgate-crash-\(UUID().uuidString)"
-        let port = Int.random(in: 20_000...40_000)
+        let port = try freePort()
         var rng = SystemRandomNumberGenerator()
         let clients = 4
         var process = try Process.start(data: data, port: port, mode: mode)
@@ -159,7 +170,7 @@ import Glibc
         for cycle in 0..<cycles {
             async let outcome = Self.load(port: port, token: Self.adminToken(data: data), cycle: cycle, clients: clients)
             try await Task.sleep(for: .milliseconds(Int.random(in: 30...250, using: &rng)))
-            process.kill9()
+            await process.kill9()
             let result = await outcome
             everAcknowledged += result.acknowledged
             lostAnswers += result.unanswered
@@ -224,16 +235,10 @@ import Glibc
     static let tollgate = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent(".build/debug/tollgate").path
 
-    func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Foundation.Process()
-        process.executableURL = URL(fileURLWithPath: Self.tollgate)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, output)
+    /// The CLI's exit status and standard output (run, and waited for, on a thread of its own).
+    func run(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let result = try await ChildProcess.run(Self.tollgate, arguments, separateErrors: true)
+        return (result.status, result.output)
     }
 
     @Test func verifyDumpAndExportReadTheServersJournal() async throws {
@@ -250,13 +255,13 @@ import Glibc
         try await server.stop()
         let journal = data + "/journal"
 
-        let verify = try run(["journal", "verify", journal])
+        let verify = try await run(["journal", "verify", journal])
         #expect(verify.status == 0)
         #expect(verify.output.hasPrefix("13 records in 1 segments; last sequence 13"))
-        let dump = try run(["journal", "dump", journal])
+        let dump = try await run(["journal", "dump", journal])
         #expect(dump.output.split(separator: "\n").count == 13)
         #expect(dump.output.contains("SPEND key="))
-        let export = try run(["journal", "export", journal])
+        let export = try await run(["journal", "export", journal])
         let lines = export.output.split(separator: "\n").map(String.init)
         #expect(lines.count == 3)
         #expect(lines[0].hasPrefix(#"{"account":"acme","credits":9,"hold":1,"member":"ana","product":"ai.assistant","sequence":11,"time":""#))
@@ -271,7 +276,7 @@ import Glibc
         var bytes = try Data(contentsOf: URL(fileURLWithPath: journal + "/" + file))
         bytes[40] ^= 0xFF
         try bytes.write(to: URL(fileURLWithPath: journal + "/" + file))
-        let damaged = try run(["journal", "verify", journal])
+        let damaged = try await run(["journal", "verify", journal])
         #expect(damaged.status == 1)
         #expect(damaged.output.contains("DAMAGED: journal damaged in") && damaged.output.contains("at byte 24"))
     }
@@ -323,14 +328,14 @@ final class FaultyFiles: JournalFiles, Sendable {
             #expect(error.status == ProtocolStatus.unavailable.rawValue)
         }
         _ = try await gate.balance(account: "acme")
-        let ready = try RawHTTP.get(port: server.adminPort, path: "/readyz")
+        let ready = try await RawHTTP.get(port: server.adminPort, path: "/readyz")
         #expect(ready.hasPrefix("HTTP/1.1 503") && ready.contains("journal failing"))
-        #expect(try RawHTTP.get(port: server.adminPort, path: "/metrics").contains("tollgate_journal_healthy 0"))
+        #expect(try await RawHTTP.get(port: server.adminPort, path: "/metrics").contains("tollgate_journal_healthy 0"))
 
         files.set(failing: false)
         // The writer retries; once the disk works again, so do mutations.
         var resumed = false
-        for _ in 0..<100 where !resumed {
+        for _ in 0..<600 where !resumed {  // at most 30 s
             try await Task.sleep(for: .milliseconds(50))
             resumed = (try? await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "after")) != nil
         }

@@ -156,7 +156,7 @@ final class WebhookReceiver: Sendable {
         _ = try await admin.apply(.setAlert(account: "acme", rule: AlertRule(id: "empty", threshold: .depleted)))
         _ = try await admin.spend(account: "acme", member: nil, product: "p", quantity: 60)
         _ = try await admin.spend(account: "acme", member: nil, product: "p", quantity: 40)
-        for _ in 0..<100 where receiver.received.count < 2 { try await Task.sleep(for: .milliseconds(50)) }
+        for _ in 0..<600 where receiver.received.count < 2 { try await Task.sleep(for: .milliseconds(50)) }
         let delivered = receiver.received
         #expect(delivered.map { $0["id"] as? String } == ["tollgate-event-1", "tollgate-event-2"])
         #expect(delivered.map { $0["type"] as? String } == ["alert", "depleted"])
@@ -176,7 +176,7 @@ final class WebhookReceiver: Sendable {
         let client = try await again.client()
         _ = try await client.apply(.addGrant(AddGrant(account: "acme", amount: 100, effectiveAt: .epoch)))
         _ = try await client.spend(account: "acme", member: nil, product: "p", quantity: 60)
-        for _ in 0..<100 where later.received.count < 1 { try await Task.sleep(for: .milliseconds(50)) }
+        for _ in 0..<600 where later.received.count < 1 { try await Task.sleep(for: .milliseconds(50)) }
         try await Task.sleep(for: .milliseconds(200))
         #expect(later.received.map { $0["sequence"] as? Int } == [3])
         await client.close()

@@ -63,9 +63,9 @@ import Glibc
     }
 
     @Test func serverTLSCarriesTheProtocol() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let server = try await Self.start(pki, server: try pki.issueServer())
+        let server = try await Self.start(pki, server: try await pki.issueServer())
         let client = try await server.client(tls: TLSOptions(caFile: pki.caCertificate))
         try await client.ping()
         _ = try await client.apply(.createAccount(CreateAccount(account: "acme")))
@@ -85,7 +85,7 @@ import Glibc
         let again = try await server.client(tls: TLSOptions(caFile: pki.caCertificate))
         try await again.ping()
         await again.close()
-        let metrics = try RawHTTP.get(port: server.adminPort, path: "/metrics")
+        let metrics = try await RawHTTP.get(port: server.adminPort, path: "/metrics")
         #expect(metrics.contains(#"tollgate_tls_handshakes_total{outcome="ok"}"#))
         #expect(metrics.contains(#"tollgate_tls_handshakes_total{outcome="failed"}"#))
         #expect(metrics.contains("tollgate_tls_certificate_not_after_seconds"))
@@ -93,10 +93,10 @@ import Glibc
     }
 
     @Test func theClientChecksTheServersName() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
         // Named for localhost only: connecting to 127.0.0.1, the name must be given.
-        let pair = try pki.issue("named", commonName: "tollgated", subjectAltNames: ["DNS:localhost"], server: true)
+        let pair = try await pki.issue("named", commonName: "tollgated", subjectAltNames: ["DNS:localhost"], server: true)
         let server = try await Self.start(pki, server: pair)
         await expectRefused("no name to match") { _ = try await server.client(retries: 0, tls: TLSOptions(caFile: pki.caCertificate)) }
         await expectRefused("wrong name") {
@@ -110,31 +110,31 @@ import Glibc
 
     /// A counter's value in the /metrics text (0 when absent). The registry is shared by every
     /// server in the test process, so tests compare before and after.
-    static func metric(_ series: String, port: Int) throws -> Int {
-        let text = try RawHTTP.get(port: port, path: "/metrics")
+    static func metric(_ series: String, port: Int) async throws -> Int {
+        let text = try await RawHTTP.get(port: port, path: "/metrics")
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(series + " ") }) else { return 0 }
         return Int(Double(line.split(separator: " ").last ?? "0") ?? 0)
     }
 
     @Test func anExpiredServerCertificateIsRefusedByTheClient() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let server = try await Self.start(pki, server: try pki.issueServer(days: -1))
+        let server = try await Self.start(pki, server: try await pki.issueServer(days: -1))
         await expectRefused("expired server certificate") { _ = try await server.client(retries: 0, tls: TLSOptions(caFile: pki.caCertificate)) }
         try await server.stop()
     }
 
     @Test func mutualTLSTakesTheIdentityFromTheCertificate() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let agent = try pki.issue("agent", commonName: "agent-7", subjectAltNames: ["URI:spiffe://test.tollgate/ns/agents/sa/runtime"])
-        let billing = try pki.issue("billing", commonName: "billing-service")
-        let stranger = try pki.issue("stranger", commonName: "stranger")
-        let foreign = try pki.issue("foreign", commonName: "billing-service", ca: "wrong-ca")
-        let expired = try pki.issue("expired", commonName: "billing-service", days: -1)
-        let server = try await Self.start(pki, server: try pki.issueServer(), clientCA: pki.caCertificate, credentials: Self.meshCredentials)
+        let agent = try await pki.issue("agent", commonName: "agent-7", subjectAltNames: ["URI:spiffe://test.tollgate/ns/agents/sa/runtime"])
+        let billing = try await pki.issue("billing", commonName: "billing-service")
+        let stranger = try await pki.issue("stranger", commonName: "stranger")
+        let foreign = try await pki.issue("foreign", commonName: "billing-service", ca: "wrong-ca")
+        let expired = try await pki.issue("expired", commonName: "billing-service", days: -1)
+        let server = try await Self.start(pki, server: try await pki.issueServer(), clientCA: pki.caCertificate, credentials: Self.meshCredentials)
         let failedSeries = #"tollgate_tls_handshakes_total{outcome="failed"}"#
-        let failedBefore = try Self.metric(failedSeries, port: server.adminPort)
+        let failedBefore = try await Self.metric(failedSeries, port: server.adminPort)
 
         func options(_ pair: TestPKI.Pair?) -> TLSOptions {
             TLSOptions(caFile: pki.caCertificate, certificateFile: pair?.certificate, keyFile: pair?.key)
@@ -174,19 +174,19 @@ import Glibc
         await ops.close()
 
         // The three strangers, counted (other suites may add their own at the same time).
-        #expect(try Self.metric(failedSeries, port: server.adminPort) >= failedBefore + 3)
+        #expect(try await Self.metric(failedSeries, port: server.adminPort) >= failedBefore + 3)
         await gate.close()
         await admin.close()
         try await server.stop()
     }
 
     @Test func optionalClientCertificatesStillAdmitTokens() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let billing = try pki.issue("billing", commonName: "billing-service")
-        let foreign = try pki.issue("foreign", commonName: "billing-service", ca: "wrong-ca")
+        let billing = try await pki.issue("billing", commonName: "billing-service")
+        let foreign = try await pki.issue("foreign", commonName: "billing-service", ca: "wrong-ca")
         let server = try await Self.start(
-            pki, server: try pki.issueServer(), clientCA: pki.caCertificate, clients: .optional, credentials: Self.meshCredentials)
+            pki, server: try await pki.issueServer(), clientCA: pki.caCertificate, clients: .optional, credentials: Self.meshCredentials)
         let withToken = try await server.client(token: "ops-token-0123456789abcdef", tls: TLSOptions(caFile: pki.caCertificate))
         #expect(withToken.serverHello?.identity == "ops")
         await withToken.close()
@@ -202,35 +202,35 @@ import Glibc
     }
 
     /// The subject of the certificate the server presents to a new connection, by `openssl s_client`.
-    static func servedSubject(_ pki: TestPKI, port: Int, client: TestPKI.Pair? = nil) throws -> String {
+    static func servedSubject(_ pki: TestPKI, port: Int, client: TestPKI.Pair? = nil) async throws -> String {
         var arguments = ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", pki.caCertificate, "-verify_return_error", "-brief"]
         if let client { arguments += ["-cert", client.certificate, "-key", client.key] }
-        let output = try pki.openssl(arguments, input: "")
+        let output = try await pki.openssl(arguments, input: "")
         return output.split(separator: "\n").first { $0.contains("Peer certificate:") }.map(String.init) ?? output
     }
 
     @Test func certificatesRotateWithoutDroppingConnections() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let first = try pki.issueServer("first", commonName: "tollgated-first")
+        let first = try await pki.issueServer("first", commonName: "tollgated-first")
         let live = TestPKI.Pair(certificate: pki.directory + "/live.pem", key: pki.directory + "/live.key")
         try FileManager.default.copyItem(atPath: first.certificate, toPath: live.certificate)
         try FileManager.default.copyItem(atPath: first.key, toPath: live.key)
-        let agent = try pki.issue("agent", commonName: "billing-service")
+        let agent = try await pki.issue("agent", commonName: "billing-service")
         let server = try await Self.start(pki, server: live, clientCA: pki.caCertificate, credentials: Self.meshCredentials) {
             $0.reloadCheckSeconds = 1
         }
         let tls = TLSOptions(caFile: pki.caCertificate, certificateFile: agent.certificate, keyFile: agent.key)
         let open = try await server.client(tls: tls)
         _ = try await open.apply(.createAccount(CreateAccount(account: "acme")))
-        #expect(try Self.servedSubject(pki, port: server.port, client: agent).contains("tollgated-first"))
+        #expect(try await Self.servedSubject(pki, port: server.port, client: agent).contains("tollgated-first"))
 
         // The mesh writes a new certificate and key; the server notices on its own.
-        let second = try pki.issueServer("second", commonName: "tollgated-second")
+        let second = try await pki.issueServer("second", commonName: "tollgated-second")
         try Self.replace(live, with: second)
         var subject = ""
-        for _ in 0..<50 {
-            subject = try Self.servedSubject(pki, port: server.port, client: agent)
+        for _ in 0..<300 {  // until the new one is served; at most 30 s
+            subject = try await Self.servedSubject(pki, port: server.port, client: agent)
             if subject.contains("tollgated-second") { break }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -241,18 +241,18 @@ import Glibc
 
         // A half-written rotation (a key that does not match) is refused; the last good
         // certificate stays in force.
-        let third = try pki.issueServer("third", commonName: "tollgated-third")
+        let third = try await pki.issueServer("third", commonName: "tollgated-third")
         try FileManager.default.removeItem(atPath: live.certificate)
         try FileManager.default.copyItem(atPath: third.certificate, toPath: live.certificate)
         let outcome = server.server.reload()
         #expect(!outcome.tlsChanged && outcome.errors.count == 1)
-        #expect(try Self.servedSubject(pki, port: server.port, client: agent).contains("tollgated-second"))
+        #expect(try await Self.servedSubject(pki, port: server.port, client: agent).contains("tollgated-second"))
         let fresh = try await server.client(tls: tls)
         try await fresh.ping()
         await fresh.close()
         try await open.ping()
         await open.close()
-        let metrics = try RawHTTP.get(port: server.adminPort, path: "/metrics")
+        let metrics = try await RawHTTP.get(port: server.adminPort, path: "/metrics")
         #expect(metrics.contains(#"tollgate_reloads_total{what="tls",outcome="ok"}"#))
         #expect(metrics.contains(#"tollgate_reloads_total{what="tls",outcome="failed"}"#))
         try await server.stop()
@@ -268,15 +268,15 @@ import Glibc
 
     /// The real tollgated: flags for TLS, mTLS and credentials, and SIGHUP to rotate.
     @Test func sighupRotatesTheCertificateOfTheRealServer() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
         let live = TestPKI.Pair(certificate: pki.directory + "/live.pem", key: pki.directory + "/live.key")
-        try Self.replace(live, with: try pki.issueServer("first", commonName: "tollgated-first"))
+        try Self.replace(live, with: try await pki.issueServer("first", commonName: "tollgated-first"))
         let credentials = pki.directory + "/credentials.yaml"
         try Self.meshCredentials.write(toFile: credentials, atomically: true, encoding: .utf8)
-        let agent = try pki.issue("agent", commonName: "billing-service")
+        let agent = try await pki.issue("agent", commonName: "billing-service")
         let data = pki.directory + "/data"
-        let port = Int.random(in: 20_000...40_000)
+        let port = try freePort()
         let process = try CrashTests.Process.start(
             data: data, port: port, mode: "none",
             arguments: [
@@ -286,21 +286,22 @@ import Glibc
         defer { process.terminate() }
         let tls = TLSOptions(caFile: pki.caCertificate, certificateFile: agent.certificate, keyFile: agent.key)
         var open: TollgateClient?
-        for _ in 0..<200 where open == nil {
+        // As soon as tollgated is up; at most a minute.
+        for _ in 0..<2_400 where open == nil {
             open = try? await TollgateClient.connect(.init(port: port, retries: 0, tls: tls))
             if open == nil { try await Task.sleep(for: .milliseconds(25)) }
         }
         let client = try #require(open)
         #expect(client.serverHello?.identity == "billing")
-        #expect(try Self.servedSubject(pki, port: port, client: agent).contains("tollgated-first"))
+        #expect(try await Self.servedSubject(pki, port: port, client: agent).contains("tollgated-first"))
 
-        try Self.replace(live, with: try pki.issueServer("second", commonName: "tollgated-second"))
+        try Self.replace(live, with: try await pki.issueServer("second", commonName: "tollgated-second"))
         // Only SIGHUP reloads here (no periodic check): the old certificate until then.
-        #expect(try Self.servedSubject(pki, port: port, client: agent).contains("tollgated-first"))
+        #expect(try await Self.servedSubject(pki, port: port, client: agent).contains("tollgated-first"))
         kill(process.pid, SIGHUP)
         var subject = ""
-        for _ in 0..<100 {
-            subject = try Self.servedSubject(pki, port: port, client: agent)
+        for _ in 0..<600 {  // until the new one is served; at most 30 s
+            subject = try await Self.servedSubject(pki, port: port, client: agent)
             if subject.contains("tollgated-second") { break }
             try await Task.sleep(for: .milliseconds(50))
         }
@@ -311,7 +312,7 @@ import Glibc
 
         // The CLI, by flags and by environment variables.
         let cli = JournalCLITests.tollgate
-        let byFlags = try TestPKI.run(
+        let byFlags = try await TestPKI.run(
             cli, ["ping", "--server", "127.0.0.1:\(port)", "--tls-ca", pki.caCertificate, "--tls-cert", agent.certificate, "--tls-key", agent.key])
         #expect(byFlags.contains("connected as billing (role admin)"), "\(byFlags)")
         var environment = ProcessInfo.processInfo.environment
@@ -319,11 +320,11 @@ import Glibc
         environment["TOLLGATE_TLS_CA"] = pki.caCertificate
         environment["TOLLGATE_TLS_CERT"] = agent.certificate
         environment["TOLLGATE_TLS_KEY"] = agent.key
-        let byEnvironment = try TestPKI.run(cli, ["balance", "acme", "--json"], environment: environment)
+        let byEnvironment = try await TestPKI.run(cli, ["balance", "acme", "--json"], environment: environment)
         #expect(byEnvironment.contains("\"account\" : \"acme\""), "\(byEnvironment)")
         // Without a client certificate the handshake is refused, and the CLI says so.
         do {
-            try TestPKI.run(cli, ["ping", "--server", "127.0.0.1:\(port)", "--tls-ca", pki.caCertificate])
+            try await TestPKI.run(cli, ["ping", "--server", "127.0.0.1:\(port)", "--tls-ca", pki.caCertificate])
             Issue.record("the CLI connected without a client certificate")
         } catch {
             #expect("\(error)".contains("TLS"), "\(error)")
@@ -331,19 +332,19 @@ import Glibc
     }
 
     @Test func tls12OnlyWhenAllowed() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let pair = try pki.issueServer()
+        let pair = try await pki.issueServer()
         let strict = try await Self.start(pki, server: pair)
-        #expect(throws: (any Error).self) {
-            try pki.openssl(["s_client", "-connect", "127.0.0.1:\(strict.port)", "-CAfile", pki.caCertificate, "-tls1_2", "-brief"], input: "")
+        await #expect(throws: (any Error).self) {
+            try await pki.openssl(["s_client", "-connect", "127.0.0.1:\(strict.port)", "-CAfile", pki.caCertificate, "-tls1_2", "-brief"], input: "")
         }
-        let output = try pki.openssl(["s_client", "-connect", "127.0.0.1:\(strict.port)", "-CAfile", pki.caCertificate, "-tls1_3", "-brief"], input: "")
+        let output = try await pki.openssl(["s_client", "-connect", "127.0.0.1:\(strict.port)", "-CAfile", pki.caCertificate, "-tls1_3", "-brief"], input: "")
         #expect(output.contains("TLSv1.3"))
         try await strict.stop()
 
         let relaxed = try await Self.start(pki, server: pair) { $0.tlsMinimumVersion = .tls12 }
-        let twelve = try pki.openssl(["s_client", "-connect", "127.0.0.1:\(relaxed.port)", "-CAfile", pki.caCertificate, "-tls1_2", "-brief"], input: "")
+        let twelve = try await pki.openssl(["s_client", "-connect", "127.0.0.1:\(relaxed.port)", "-CAfile", pki.caCertificate, "-tls1_2", "-brief"], input: "")
         #expect(twelve.contains("TLSv1.2"))
         try await relaxed.stop()
     }
@@ -351,10 +352,10 @@ import Glibc
     /// A client built on OpenSSL (Python's `ssl` module), written from proto/PROTOCOL.md alone:
     /// mTLS handshake, HELLO with a token, PING.
     @Test func anOpenSSLClientCompletesTheHandshakeAndAPing() async throws {
-        let pki = try TestPKI.make()
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let agent = try pki.issue("agent", commonName: "agent-7", subjectAltNames: ["URI:spiffe://test.tollgate/ns/agents/sa/runtime"])
-        let server = try await Self.start(pki, server: try pki.issueServer(), clientCA: pki.caCertificate, credentials: Self.meshCredentials)
+        let agent = try await pki.issue("agent", commonName: "agent-7", subjectAltNames: ["URI:spiffe://test.tollgate/ns/agents/sa/runtime"])
+        let server = try await Self.start(pki, server: try await pki.issueServer(), clientCA: pki.caCertificate, credentials: Self.meshCredentials)
         let script = """
             import socket, ssl, struct, sys
             port, ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -393,27 +394,27 @@ import Glibc
                     assert (opcode, status, request_id, body) == (0x02, 0, 2, b""), (opcode, status, request_id, body)
                     print(f"{stream.version()} identity={identity} role={role} pong")
             """
-        let output = try TestPKI.run(
+        let output = try await TestPKI.run(
             "/usr/bin/env", ["python3", "-c", script, String(server.port), pki.caCertificate, agent.certificate, agent.key])
         #expect(output.contains("TLSv1.3 identity=agent-runtime role=2 pong"), "\(output)")
         try await server.stop()
     }
 
-    @Test func certificateNamesAreReadFromDER() throws {
-        let pki = try TestPKI.make()
+    @Test func certificateNamesAreReadFromDER() async throws {
+        let pki = try await TestPKI.make()
         defer { pki.remove() }
-        let pair = try pki.issue(
+        let pair = try await pki.issue(
             "names", commonName: "agent-7", subjectAltNames: ["DNS:agent.example", "URI:spiffe://a/b", "URI:https://c.example/d", "IP:10.0.0.1"])
-        let names = try #require(CertificateNames.parse(der: try pki.der(pair.certificate)))
+        let names = try #require(CertificateNames.parse(der: try await pki.der(pair.certificate)))
         #expect(names.commonName == "agent-7")
         #expect(names.uris == ["spiffe://a/b", "https://c.example/d"])
         #expect(names.candidates == ["spiffe://a/b", "https://c.example/d", "agent-7"])
-        let plain = try #require(CertificateNames.parse(der: try pki.der(pki.caCertificate)))
+        let plain = try #require(CertificateNames.parse(der: try await pki.der(pki.caCertificate)))
         #expect(plain.commonName == "Tollgate Test CA" && plain.uris.isEmpty)
 
         // Damaged bytes never trap: every truncation and random corruption reads as nothing
         // or as some names, never a crash.
-        let der = try pki.der(pair.certificate)
+        let der = try await pki.der(pair.certificate)
         for length in 0..<der.count { _ = CertificateNames.parse(der: Array(der.prefix(length))) }
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<2_000 {

@@ -15,12 +15,12 @@ struct TestPKI {
         let key: String
     }
 
-    static func make() throws -> TestPKI {
+    static func make() async throws -> TestPKI {
         let directory = NSTemporaryDirectory() + "tollgate-pki-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let pki = TestPKI(directory: directory)
-        try pki.makeCA("ca", subject: "Tollgate Test CA")
-        try pki.makeCA("wrong-ca", subject: "Somebody Else's CA")
+        try await pki.makeCA("ca", subject: "Tollgate Test CA")
+        try await pki.makeCA("wrong-ca", subject: "Somebody Else's CA")
         return pki
     }
 
@@ -28,8 +28,8 @@ struct TestPKI {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    private func makeCA(_ name: String, subject: String) throws {
-        try openssl([
+    private func makeCA(_ name: String, subject: String) async throws {
+        try await openssl([
             "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "\(directory)/\(name).key",
             "-out", "\(directory)/\(name).pem", "-days", "2", "-subj", "/CN=\(subject)",
             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
@@ -39,18 +39,18 @@ struct TestPKI {
     /// A leaf certificate signed by `ca` ("ca" or "wrong-ca"). `days` below zero makes one
     /// that expired before it was made.
     @discardableResult
-    func issue(_ name: String, commonName: String, subjectAltNames: [String] = [], ca: String = "ca", days: Int = 1, server: Bool = false) throws -> Pair {
+    func issue(_ name: String, commonName: String, subjectAltNames: [String] = [], ca: String = "ca", days: Int = 1, server: Bool = false) async throws -> Pair {
         let key = "\(directory)/\(name).key"
         let csr = "\(directory)/\(name).csr"
         let certificate = "\(directory)/\(name).pem"
         let extensions = "\(directory)/\(name).ext"
-        try openssl([
+        try await openssl([
             "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=\(commonName)",
         ])
         var lines = ["basicConstraints=CA:FALSE", "extendedKeyUsage=\(server ? "serverAuth" : "clientAuth")"]
         if !subjectAltNames.isEmpty { lines.append("subjectAltName=" + subjectAltNames.joined(separator: ",")) }
         try lines.joined(separator: "\n").write(toFile: extensions, atomically: true, encoding: .utf8)
-        try openssl([
+        try await openssl([
             "x509", "-req", "-in", csr, "-CA", "\(directory)/\(ca).pem", "-CAkey", "\(directory)/\(ca).key", "-CAcreateserial", "-out", certificate,
             "-days", String(days), "-extfile", extensions,
         ])
@@ -58,43 +58,30 @@ struct TestPKI {
     }
 
     /// The server certificate for 127.0.0.1 and localhost.
-    func issueServer(_ name: String = "server", commonName: String = "tollgated", ca: String = "ca", days: Int = 1) throws -> Pair {
-        try issue(name, commonName: commonName, subjectAltNames: ["DNS:localhost", "IP:127.0.0.1"], ca: ca, days: days, server: true)
+    func issueServer(_ name: String = "server", commonName: String = "tollgated", ca: String = "ca", days: Int = 1) async throws -> Pair {
+        try await issue(name, commonName: commonName, subjectAltNames: ["DNS:localhost", "IP:127.0.0.1"], ca: ca, days: days, server: true)
     }
 
     /// The DER bytes of a PEM certificate.
-    func der(_ pem: String) throws -> [UInt8] {
+    func der(_ pem: String) async throws -> [UInt8] {
         let out = "\(pem).der"
-        try openssl(["x509", "-in", pem, "-outform", "DER", "-out", out])
+        try await openssl(["x509", "-in", pem, "-outform", "DER", "-out", out])
         return Array(try Data(contentsOf: URL(fileURLWithPath: out)))
     }
 
     @discardableResult
-    func openssl(_ arguments: [String], input: String? = nil) throws -> String {
-        try TestPKI.run("/usr/bin/openssl", arguments, input: input)
+    func openssl(_ arguments: [String], input: String? = nil) async throws -> String {
+        try await TestPKI.run("/usr/bin/openssl", arguments, input: input)
     }
 
-    /// Runs a program to completion; throws with its output if it fails.
+    /// Runs a program to completion (on a thread of its own); throws with its output if it fails.
     @discardableResult
-    static func run(_ program: String, _ arguments: [String], input: String? = nil, environment: [String: String]? = nil) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: program)
-        process.arguments = arguments
-        if let environment { process.environment = environment }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        let stdin = Pipe()
-        process.standardInput = stdin
-        try process.run()
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try? stdin.fileHandleForWriting.close()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw TestPKIError(description: "\(program) \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(text)")
+    static func run(_ program: String, _ arguments: [String], input: String? = nil, environment: [String: String]? = nil) async throws -> String {
+        let result = try await ChildProcess.run(program, arguments, input: input, environment: environment)
+        guard result.status == 0 else {
+            throw TestPKIError(description: "\(program) \(arguments.joined(separator: " ")) exited \(result.status): \(result.output)")
         }
-        return text
+        return result.output
     }
 }
 

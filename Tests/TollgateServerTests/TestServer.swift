@@ -1,10 +1,12 @@
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 import ServiceLifecycle
 import TollgateClient
 import TollgateJournal
 import TollgateLedger
+import TollgateLedgerTestSupport
 import TollgateServer
 import TollgateWire
 
@@ -64,50 +66,99 @@ final class TestServer: Sendable {
     }
 }
 
-/// A blocking socket for sending arbitrary bytes, as a misbehaving client would.
+/// A plain socket for sending arbitrary bytes, as a misbehaving client would. The socket
+/// blocks, so every call that can wait (connecting, sending, reading) runs on a thread of its
+/// own (`OffPool.blocking`) while the test's task is suspended: a test blocked in `recv` on
+/// the test pool would hold one of its two threads, and with it every in-process server and
+/// client waiting to resume.
 final class RawSocket: @unchecked Sendable {
     private(set) var descriptor: Int32
 
-    init(port: Int, receiveTimeoutMilliseconds: Int = 3_000) throws {
-        descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    private init(descriptor: Int32) {
+        self.descriptor = descriptor
+    }
+
+    /// Connects to 127.0.0.1:`port`; reads give up after `receiveTimeoutMilliseconds`.
+    static func connect(port: Int, receiveTimeoutMilliseconds: Int = 3_000) async throws -> RawSocket {
+        try await OffPool.blocking("raw-connect") { try RawSocket.connectBlocking(port: port, receiveTimeoutMilliseconds: receiveTimeoutMilliseconds) }
+    }
+
+    private static func connectBlocking(port: Int, receiveTimeoutMilliseconds: Int) throws -> RawSocket {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw ServerError("socket failed: \(errno)") }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard result == 0 else { throw ServerError("connect failed: \(errno)") }
+        guard result == 0 else {
+            let code = errno
+            close(descriptor)
+            throw ServerError("connect failed: \(code)")
+        }
         var timeout = timeval(tv_sec: receiveTimeoutMilliseconds / 1_000, tv_usec: (receiveTimeoutMilliseconds % 1_000) * 1_000)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var one: Int32 = 1
         setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        return RawSocket(descriptor: descriptor)
     }
 
     deinit { shut() }
 
     /// Closes the socket once; a second close could hit a descriptor reused by someone else.
+    /// `shutdown` first wakes a thread still blocked sending or reading on it.
     func shut() {
-        if descriptor >= 0 { close(descriptor) }
+        if descriptor >= 0 {
+            shutdown(descriptor, Int32(SHUT_RDWR))
+            close(descriptor)
+        }
         descriptor = -1
     }
 
-    func send(_ bytes: [UInt8]) {
-        _ = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    /// Wakes a thread blocked sending or reading on the socket (both directions are shut
+    /// down); the descriptor stays open until `shut`, so it cannot be reused meanwhile.
+    func interrupt() {
+        if descriptor >= 0 { shutdown(descriptor, Int32(SHUT_RDWR)) }
     }
 
-    func send(_ request: WireRequest, id: UInt32) {
-        send(Array(request.frame(requestID: id).bytes.readableBytesView))
+    /// Whether bytes (or the end of the stream) are waiting to be read, without waiting.
+    func hasBytesToRead() -> Bool {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) > 0
     }
 
-    func hello() throws {
-        send(.hello(Hello(clientName: "raw")), id: 1)
-        let (header, _) = try readFrame()
+    /// Sends every byte, or as many as the peer takes before the connection fails.
+    func send(_ bytes: [UInt8]) async {
+        let descriptor = descriptor
+        await OffPool.blocking("raw-send") {
+            var sent = 0
+            while sent < bytes.count {
+                let n = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { break }
+                sent += n
+            }
+        }
+    }
+
+    func send(_ request: WireRequest, id: UInt32) async {
+        await send(Array(request.frame(requestID: id).bytes.readableBytesView))
+    }
+
+    func hello() async throws {
+        await send(.hello(Hello(clientName: "raw")), id: 1)
+        let (header, _) = try await readFrame()
         guard header.status == 0 else { throw ServerError("hello refused: \(header.status)") }
     }
 
     /// Reads exactly `count` bytes, or fewer if the connection closes or the timeout passes.
-    func read(_ count: Int) -> [UInt8] {
+    func read(_ count: Int) async -> [UInt8] {
+        let descriptor = descriptor
+        return await OffPool.blocking("raw-read") { RawSocket.readBlocking(descriptor, count) }
+    }
+
+    private static func readBlocking(_ descriptor: Int32, _ count: Int) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var received = 0
         while received < count {
@@ -118,21 +169,88 @@ final class RawSocket: @unchecked Sendable {
         return Array(bytes.prefix(received))
     }
 
-    func readFrame() throws -> (FrameHeader, WireResponse) {
-        let headerBytes = read(FrameHeader.size)
+    func readFrame() async throws -> (FrameHeader, WireResponse) {
+        let headerBytes = await read(FrameHeader.size)
         guard headerBytes.count == FrameHeader.size, let header = try FrameHeader.peek(ByteBuffer(bytes: headerBytes)) else {
             throw ServerError("no frame (got \(headerBytes.count) bytes)")
         }
-        let body = read(Int(header.bodyLength))
+        let body = await read(Int(header.bodyLength))
         let response = try WireResponse.decode(opcode: header.opcode, status: header.status, body: ByteBuffer(bytes: body))
         return (header, response)
     }
 
     /// True when the server has closed the connection (a read returns end of stream).
-    func isClosedByServer() -> Bool {
-        var byte: UInt8 = 0
-        return recv(descriptor, &byte, 1, 0) == 0
+    func isClosedByServer() async -> Bool {
+        let descriptor = descriptor
+        return await OffPool.blocking("raw-read") {
+            var byte: UInt8 = 0
+            return recv(descriptor, &byte, 1, 0) == 0
+        }
     }
+}
+
+/// A child process run to completion on a thread of its own (its output is read, and its
+/// exit waited for, there), while the test's task is suspended.
+enum ChildProcess {
+    struct Result: Sendable {
+        var status: Int32
+        /// Standard output, followed by standard error unless they were kept apart.
+        var output: String
+        var errors: String
+    }
+
+    static func run(
+        _ program: String, _ arguments: [String], input: String? = nil, environment: [String: String]? = nil, separateErrors: Bool = false
+    ) async throws -> Result {
+        try await OffPool.blocking("child-process") {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = arguments
+            if let environment { process.environment = environment }
+            let output = Pipe()
+            let errors = separateErrors ? Pipe() : output
+            process.standardOutput = output
+            process.standardError = errors
+            let stdin = Pipe()
+            process.standardInput = stdin
+            try process.run()
+            if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+            try? stdin.fileHandleForWriting.close()
+            // Standard error is drained beside standard output, so neither pipe can fill up
+            // and stall the child.
+            let errorText = Mutex("")
+            let drained = DispatchGroup()
+            if separateErrors {
+                drained.enter()
+                Thread.detachNewThread {
+                    let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    errorText.withLock { $0 = text }
+                    drained.leave()
+                }
+            }
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            drained.wait()
+            process.waitUntilExit()
+            return Result(status: process.terminationStatus, output: text, errors: errorText.withLock { $0 })
+        }
+    }
+}
+
+/// A port nothing listens on right now, from the kernel (bind to port 0, read it, close): for
+/// a child process that must be told its port. Ports the kernel hands out are not handed out
+/// again at once, so another test's server does not land on it in the meantime.
+func freePort() throws -> Int {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw ServerError("socket failed: \(errno)") }
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) } }
+    guard bound == 0 else { throw ServerError("bind failed: \(errno)") }
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 extension TollgateClient {
@@ -174,19 +292,19 @@ enum RawHTTP {
         }
     }
 
-    static func get(port: Int, path: String) throws -> String {
-        let reply = try request(port: port, path: path)
+    static func get(port: Int, path: String) async throws -> String {
+        let reply = try await request(port: port, path: path)
         return reply.head + "\r\n\r\n" + reply.body
     }
 
-    static func request(port: Int, path: String, method: String = "GET", token: String? = nil) throws -> Reply {
-        let socket = try RawSocket(port: port)
+    static func request(port: Int, path: String, method: String = "GET", token: String? = nil) async throws -> Reply {
+        let socket = try await RawSocket.connect(port: port)
         var text = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         if let token { text += "Authorization: Bearer \(token)\r\n" }
-        socket.send(Array((text + "\r\n").utf8))
+        await socket.send(Array((text + "\r\n").utf8))
         var bytes: [UInt8] = []
         while true {
-            let chunk = socket.read(4_096)
+            let chunk = await await socket.read(4_096)
             if chunk.isEmpty { break }
             bytes += chunk
         }

@@ -25,14 +25,14 @@ import Testing
         }
     }
 
-    func run(_ variant: String) throws -> Run {
+    func run(_ variant: String) async throws -> Run {
         let directory = NSTemporaryDirectory() + "tollgate-walkthrough-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var environment = ProcessInfo.processInfo.environment
         environment["TOLLGATE_WALKTHROUGH_OUT"] = directory
         environment["TOLLGATE_BIN"] = Self.root.appendingPathComponent(".build/debug").path
-        environment["TOLLGATE_WALKTHROUGH_PORT"] = String(Int.random(in: 20_000...40_000))
-        try TestPKI.run("/bin/bash", [Self.root.appendingPathComponent("examples/walkthrough.sh").path, variant], environment: environment)
+        environment["TOLLGATE_WALKTHROUGH_PORT"] = String(try freePort())
+        try await TestPKI.run("/bin/bash", [Self.root.appendingPathComponent("examples/walkthrough.sh").path, variant], environment: environment)
         return Run(directory: directory)
     }
 
@@ -52,8 +52,8 @@ import Testing
         return 100 * (days - 2) / days
     }
 
-    @Test func theTeamPlan() throws {
-        let run = try run("team")
+    @Test func theTeamPlan() async throws {
+        let run = try await run("team")
         // Day 1: 4 seats × 100 pooled, plus the 1,000 top-up drawn after them.
         let day1 = try run.balance("day1")
         #expect(pool(day1) == 1_400)
@@ -90,8 +90,8 @@ import Testing
         try? FileManager.default.removeItem(atPath: run.directory)
     }
 
-    @Test func theSeatScopedVariant() throws {
-        let run = try run("seat-scoped")
+    @Test func theSeatScopedVariant() async throws {
+        let run = try await run("seat-scoped")
         // Day 1: 100 of their own for each of 4 members, and the pooled add-on.
         let day1 = try run.balance("day1")
         #expect(pool(day1) == 1_000)

@@ -3,6 +3,7 @@ import NIOEmbedded
 import NIOTestUtils
 import Testing
 import TollgateLedger
+import TollgateLedgerTestSupport
 import TollgateWire
 
 @Suite struct FrameDecoderTests {
@@ -10,13 +11,16 @@ import TollgateWire
         Samples.all.filter { $0.direction == .request }.map(\.frame)
     }
 
-    @Test func decodesByteAtATimeAndCoalesced() throws {
+    @Test func decodesByteAtATimeAndCoalesced() async throws {
         let pairs = frames().map { frame -> (ByteBuffer, [Frame]) in
             (frame.bytes, [frame])
         }
-        try ByteToMessageDecoderVerifier.verifyDecoder(
-            inputOutputPairs: pairs,
-            decoderFactory: { FrameDecoder(maxBodyLength: 65_536, expectsResponses: false) })
+        // Every split of every frame: a CPU loop, on a thread of its own.
+        try await OffPool.cpu("decoder-verifier") {
+            try ByteToMessageDecoderVerifier.verifyDecoder(
+                inputOutputPairs: pairs,
+                decoderFactory: { FrameDecoder(maxBodyLength: 65_536, expectsResponses: false) })
+        }
     }
 
     @Test func waitsForTheWholeFrame() throws {

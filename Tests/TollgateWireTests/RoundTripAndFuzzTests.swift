@@ -159,30 +159,47 @@ struct RandomMessages {
 }
 
 @Suite struct RoundTripAndFuzzTests {
-    @Test func randomRequestsAndResponsesRoundTrip() throws {
+    /// The two tests here are long CPU loops: each runs on a thread of its own (`OffPool.cpu`)
+    /// and returns what it found, rather than holding a thread of the test pool.
+    @Test func randomRequestsAndResponsesRoundTrip() async throws {
+        let found = try await OffPool.cpu("round-trips") { () throws -> [String] in
+        var found: [String] = []
         var messages = RandomMessages(rng: SeededGenerator(seed: 2026))
         let requestDecoder = FrameDecoder(maxBodyLength: 1 << 20, expectsResponses: false)
         let responseDecoder = FrameDecoder(maxBodyLength: 1 << 20, expectsResponses: true)
         for index in 0..<20_000 {
             let request = messages.wireRequest()
             var bytes = request.frame(requestID: UInt32(index)).bytes
-            let frame = try #require(try requestDecoder.nextFrame(&bytes))
-            #expect(frame.header.requestID == UInt32(index))
-            #expect(try WireRequest.decode(opcode: frame.header.opcode, body: frame.body) == request)
+            let frame = try requestDecoder.nextFrame(&bytes).required("request frame \(index)")
+            if frame.header.requestID != UInt32(index) { found.append("request \(index) came back as \(frame.header.requestID)") }
+            if try WireRequest.decode(opcode: frame.header.opcode, body: frame.body) != request { found.append("request \(index): \(request) did not round-trip") }
 
             let (opcode, response) = messages.wireResponse()
             var responseBytes = response.frame(opcode: opcode, requestID: UInt32(index)).bytes
-            let responseFrame = try #require(try responseDecoder.nextFrame(&responseBytes))
-            #expect(
-                try WireResponse.decode(opcode: responseFrame.header.opcode, status: responseFrame.header.status, body: responseFrame.body) == response)
+            let responseFrame = try responseDecoder.nextFrame(&responseBytes).required("response frame \(index)")
+            if try WireResponse.decode(opcode: responseFrame.header.opcode, status: responseFrame.header.status, body: responseFrame.body) != response {
+                found.append("response \(index): \(response) did not round-trip")
+            }
         }
+        return found
+        }
+        #expect(found.isEmpty, "\(found.prefix(5))")
     }
 
     /// At least a million random and mutated frames through the frame decoder and both body
     /// decoders: every outcome is a decoded value or a `WireError`, never a crash.
     /// `TOLLGATE_FUZZ_FRAMES=N` runs more.
-    @Test func aMillionRandomAndMutatedFramesNeverCrash() throws {
+    @Test func aMillionRandomAndMutatedFramesNeverCrash() async {
         let count = Int(ProcessInfo.processInfo.environment["TOLLGATE_FUZZ_FRAMES"] ?? "") ?? 1_000_000
+        let (decoded, refused) = await OffPool.cpu("fuzz") { Self.fuzz(count) }
+        // Both paths were exercised: the test is not passing by rejecting everything.
+        #expect(decoded > count / 10)
+        #expect(refused > count / 10)
+    }
+
+    /// `count` random and mutated frames through the decoders: how many decoded, how many
+    /// were refused.
+    static func fuzz(_ count: Int) -> (decoded: Int, refused: Int) {
         var rng = SeededGenerator(seed: 77)
         var messages = RandomMessages(rng: SeededGenerator(seed: 78))
         let seeds: [ByteBuffer] = Samples.all.map(\.frame.bytes)
@@ -218,12 +235,10 @@ struct RandomMessages {
             decoded += outcome.decoded
             refused += outcome.refused
         }
-        // Both paths were exercised: the test is not passing by rejecting everything.
-        #expect(decoded > count / 10)
-        #expect(refused > count / 10)
+        return (decoded, refused)
     }
 
-    func fuzzOne(_ bytes: [UInt8]) -> (decoded: Int, refused: Int) {
+    static func fuzzOne(_ bytes: [UInt8]) -> (decoded: Int, refused: Int) {
         var decoded = 0
         var refused = 0
         for expectsResponses in [false, true] {
