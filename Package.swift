@@ -147,6 +147,16 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // The load generator's pacing and measuring, driven with chosen instants.
+        .testTarget(
+            name: "TollgateLoadTests",
+            dependencies: [
+                "TollgateLoad",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .testTarget(
             name: "TollgateJournalTests",
             dependencies: ["TollgateJournal", "TollgateLedger", "TollgateLedgerTestSupport", .product(name: "NIOCore", package: "swift-nio")]

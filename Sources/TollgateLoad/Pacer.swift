@@ -67,16 +67,26 @@ final class Pacer: @unchecked Sendable {
     private func scheduleNext(on loop: any EventLoop, driver: any PacedDriver) {
         guard nextDue < end else { return finishIfIdle(driver) }
         loop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: nextDue) {
-            let now = NIODeadline.now()
-            driver.holdFlushes()
-            repeat {
-                let due = self.nextDue
-                self.nextDue = due + self.interval(driver)
-                if driver.outstanding >= self.maxOutstanding { self.measured.skipped += 1 } else { driver.send(due: due) }
-            } while self.nextDue <= now && self.nextDue < self.end
-            driver.releaseFlushes()
+            self.sendDue(upTo: NIODeadline.now(), driver: driver)
             self.scheduleNext(on: loop, driver: driver)
         }
+    }
+
+    /// The timer fired at `now` (late, if the generator was stalled): every request due by then
+    /// is sent, each with its own due time, in one flush.
+    func sendDue(upTo now: NIODeadline, driver: any PacedDriver) {
+        driver.holdFlushes()
+        repeat {
+            let due = nextDue
+            nextDue = due + interval(driver)
+            if driver.outstanding >= maxOutstanding { measured.skipped += 1 } else { driver.send(due: due) }
+        } while nextDue <= now && nextDue < end
+        driver.releaseFlushes()
+    }
+
+    /// Where the open loop begins, for driving `sendDue` directly.
+    func begin(at start: NIODeadline) {
+        nextDue = start
     }
 
     /// An answer arrived: its latencies (if measured) and its error status (0 for none).
