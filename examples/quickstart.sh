@@ -24,7 +24,8 @@ trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' 
 # With no credentials file, tollgated writes an admin token (mode 0600) to its data directory
 # and accepts only that; the CLI reads it from TOLLGATE_TOKEN_FILE.
 export TOLLGATE_TOKEN_FILE="$data/admin.token"
-for _ in $(seq 1 100); do
+# Until it answers (at once, usually; at most 30 s on a busy machine).
+for _ in $(seq 1 300); do
   if "$tollgate" ping >/dev/null 2>&1; then break; fi
   sleep 0.1
 done

@@ -78,7 +78,9 @@ final class WebhookReceiver: Sendable {
         _ = try await client.apply(.addGrant(AddGrant(account: account, amount: 100, effectiveAt: .epoch)))
     }
 
-    func collect(_ events: AsyncStream<LedgerEvent>, count: Int, seconds: Int = 5) async -> [LedgerEvent] {
+    /// The first `count` events, as soon as they arrive; what came within `seconds` if fewer did
+    /// (a bound only a failure reaches).
+    func collect(_ events: AsyncStream<LedgerEvent>, count: Int, seconds: Int = 30) async -> [LedgerEvent] {
         await withTaskGroup(of: [LedgerEvent].self) { group in
             group.addTask {
                 var seen: [LedgerEvent] = []
