@@ -75,7 +75,7 @@ public enum Checkpoint {
         guard header.readInteger(as: UInt16.self) == 1, header.readInteger(as: UInt16.self) != nil,
             let sequence = header.readInteger(as: UInt64.self), let checksum = header.readInteger(as: UInt32.self),
             let length = header.readInteger(as: UInt64.self), let crc = header.readInteger(as: UInt32.self),
-            Int(length) == bytes.count - headerSize
+            length == UInt64(bytes.count - headerSize)
         else { return nil }
         let snapshot = Array(bytes[headerSize...])
         guard CRC32C.checksum(snapshot) == crc, let ledger = try? Ledger(snapshot: snapshot, limits: limits) else { return nil }

@@ -122,6 +122,38 @@ public struct EventOutbox: Hashable, Sendable {
 extension Ledger {
     // MARK: - Commands
 
+    /// What is wrong with an alert rule's own fields, or nil: the one check that every way in
+    /// (SET_ALERT, DEFINE_PLAN, PROVISION) runs, so no rule the ledger would refuse is ever
+    /// stored where a later step must accept it.
+    func problem(alert rule: AlertRule) -> LedgerError? {
+        if let error = validateIdentifier(rule.id, "alert") { return error }
+        switch rule.threshold {
+        case .credits(let credits):
+            if let error = validateCredits(credits, "alert threshold", allowZero: true) { return error }
+        case .percentOfAllotment(let percent):
+            guard percent >= 0, percent <= 100 else {
+                return LedgerError(.amountOutOfRange, level: .request, subject: "alert percentage must be 0 to 100")
+            }
+        case .depleted:
+            break
+        }
+        return nil
+    }
+
+    /// What is wrong with an auto-recharge rule's own fields, or nil; as `problem(alert:)`.
+    func problem(recharge rule: AutoRecharge) -> LedgerError? {
+        if let error = validateCredits(rule.below, "recharge level", allowZero: true) { return error }
+        if let error = validateCredits(rule.amount, "recharge amount") { return error }
+        if let upTo = rule.upTo, let error = validateCredits(upTo, "recharge target") { return error }
+        guard rule.maxPerPeriod >= 1, rule.maxPerPeriod <= 10_000 else {
+            return LedgerError(.amountOutOfRange, level: .request, subject: "recharges per period must be 1 to 10000")
+        }
+        if let lifetime = rule.expiresAfterMicroseconds, lifetime <= 0 {
+            return LedgerError(.invalidArgument, level: .request, subject: "a recharge's lifetime must be positive")
+        }
+        return nil
+    }
+
     mutating func setAlert(_ account: String, rule: AlertRule, at now: Instant) -> Answer {
         guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
         if let error = validateIdentifier(rule.id, "alert") { return refused(error) }
@@ -132,16 +164,7 @@ extension Ledger {
             }
             memberSlot = found
         }
-        switch rule.threshold {
-        case .credits(let credits):
-            if let error = validateCredits(credits, "alert threshold", allowZero: true) { return refused(error) }
-        case .percentOfAllotment(let percent):
-            guard percent >= 0, percent <= 100 else {
-                return refused(LedgerError(.amountOutOfRange, level: .request, subject: "alert percentage must be 0 to 100"))
-            }
-        case .depleted:
-            break
-        }
+        if let error = problem(alert: rule) { return refused(error) }
         var states = alerts[slot] ?? []
         if let index = states.firstIndex(where: { $0.rule.id == rule.id }) {
             states[index] = AlertState(rule: rule, member: memberSlot)
@@ -177,15 +200,7 @@ extension Ledger {
             accounts[Int(slot)].isWatched = alerts[slot] != nil
             return .done
         }
-        if let error = validateCredits(rule.below, "recharge level", allowZero: true) { return refused(error) }
-        if let error = validateCredits(rule.amount, "recharge amount") { return refused(error) }
-        if let upTo = rule.upTo, let error = validateCredits(upTo, "recharge target") { return refused(error) }
-        guard rule.maxPerPeriod >= 1, rule.maxPerPeriod <= 10_000 else {
-            return refused(LedgerError(.amountOutOfRange, level: .request, subject: "recharges per period must be 1 to 10000"))
-        }
-        if let lifetime = rule.expiresAfterMicroseconds, lifetime <= 0 {
-            return refused(LedgerError(.invalidArgument, level: .request, subject: "a recharge's lifetime must be positive"))
-        }
+        if let error = problem(recharge: rule) { return refused(error) }
         let window = accounts[Int(slot)].period.window(containing: now)
         var state = recharges[slot] ?? RechargeState(rule: rule, windowEnd: window.end)
         state.rule = rule

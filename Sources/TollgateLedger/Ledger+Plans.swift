@@ -76,20 +76,29 @@ extension Ledger {
                 return refused(LedgerError(.invalidArgument, level: .request, subject: "a grant's lifetime must be positive"))
             }
         }
-        for alert in plan.alerts {
-            if let error = validateIdentifier(alert.id, "alert") { return refused(error) }
-            if alert.member != nil {
-                return refused(LedgerError(.invalidArgument, level: .request, subject: "a plan's alerts watch the account, not a member"))
-            }
-        }
+        if let error = problem(plan: plan) { return refused(error) }
         plans[plan.name] = plan
         return .done
+    }
+
+    /// What is wrong with a plan's alerts and auto-recharge, or nil: checked when it is defined
+    /// and again when it provisions (a plan stored before these checks may still carry them).
+    func problem(plan: Plan) -> LedgerError? {
+        for alert in plan.alerts {
+            if let error = problem(alert: alert) { return error }
+            if alert.member != nil {
+                return LedgerError(.invalidArgument, level: .request, subject: "a plan's alerts watch the account, not a member")
+            }
+        }
+        if let recharge = plan.autoRecharge, let error = problem(recharge: recharge) { return error }
+        return nil
     }
 
     mutating func provision(_ provision: Provision, at now: Instant) -> Answer {
         guard let plan = plans[provision.plan] else {
             return refused(LedgerError(.invalidArgument, level: .request, subject: "no plan \(provision.plan)"))
         }
+        if let error = problem(plan: plan) { return refused(error) }
         // Everything that could refuse is checked before anything changes.
         if let error = validateIdentifier(provision.account, "account") { return refused(error) }
         guard accountSlots[HashedString(provision.account)] == nil else {

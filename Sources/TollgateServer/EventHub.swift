@@ -173,7 +173,9 @@ public final class EventHub: Sendable {
         let subscriber = Subscriber(channel: channel, requestID: requestID, account: account, queued: SharedCounter())
         let backlog: [LedgerEvent]? = state.withLock { state in
             if let after {
-                if let first = state.recent.first, first.sequence > after + 1, state.lastLogged > after { return nil }
+                // Events after `after` were dropped if the oldest kept is past `after + 1` (compared
+                // without adding: `after` comes from the client and may be 2^64 − 1).
+                if let first = state.recent.first, after < first.sequence, first.sequence - after > 1, state.lastLogged > after { return nil }
                 state.subscribers[ObjectIdentifier(channel)] = subscriber
                 return state.recent.filter { $0.sequence > after }
             }

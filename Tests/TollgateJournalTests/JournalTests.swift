@@ -166,6 +166,26 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
         #expect(found.isEmpty, "\(found.prefix(5))")
     }
 
+    /// A checkpoint whose length field is damaged, even to a value no `Int` holds (the top bit
+    /// flipped), is passed over, never a trap at start-up.
+    @Test func aCheckpointWithADamagedLengthIsPassedOver() throws {
+        let directory = temporaryDirectory()
+        var driver = LedgerDriver()
+        Fixtures.seedsExample(&driver)
+        let path = try Checkpoint.write(driver.ledger.snapshot(), at: Checkpoint.Position(sequence: 7, checksum: 1), in: directory)
+        #expect(Checkpoint.read(path, limits: LedgerLimits()) != nil)
+        let original = try Data(contentsOf: URL(fileURLWithPath: path))
+        // The length is the eight bytes after magic, version, flags, sequence and checksum.
+        for (offset, flip) in [(20, UInt8(0x80)), (20, 0xFF), (27, 0x01), (24, 0x40)] {
+            var damaged = original
+            damaged[offset] ^= flip
+            try damaged.write(to: URL(fileURLWithPath: path))
+            #expect(Checkpoint.read(path, limits: LedgerLimits()) == nil, "length byte \(offset) ^ \(flip)")
+            #expect(Checkpoint.newest(in: directory, limits: LedgerLimits()) == nil)
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
     @Test func damageBeforeTheTailRefusesWithTheFileAndOffset() async throws {
         let directory = temporaryDirectory()
         try await writeJournal(sampleRecords(30), to: directory)

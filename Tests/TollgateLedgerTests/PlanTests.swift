@@ -68,6 +68,17 @@ import TollgateLedgerTestSupport
         #expect(driver.run(.provision(Provision(account: "acme", plan: "team", seats: 1))).errorCode == .alreadyExists)
         #expect(driver.run(.definePlan(Plan(name: "bad", grants: [PlanGrant(amount: 0)]))).errorCode == .amountOutOfRange)
         #expect(driver.run(.definePlan(Plan(name: "bad", alerts: [AlertRule(id: "m", member: "x", threshold: .depleted)]))).errorCode == .invalidArgument)
+        // A plan's alerts and auto-recharge are held to the rules SET_ALERT and SET_AUTO_RECHARGE
+        // apply, so provisioning never meets one it cannot set.
+        for alert in [AlertRule(id: "a", threshold: .percentOfAllotment(101)), AlertRule(id: "a", threshold: .percentOfAllotment(-1)), AlertRule(id: "a", threshold: .credits(-5))] {
+            #expect(driver.run(.definePlan(Plan(name: "bad", alerts: [alert]))).errorCode == .amountOutOfRange, "\(alert)")
+        }
+        for recharge in [
+            AutoRecharge(below: 5, amount: 10, maxPerPeriod: 0), AutoRecharge(below: 5, amount: 10, maxPerPeriod: 10_001), AutoRecharge(below: 5, amount: -1, maxPerPeriod: 1),
+        ] {
+            #expect(driver.run(.definePlan(Plan(name: "bad", autoRecharge: recharge))).errorCode == .amountOutOfRange, "\(recharge)")
+        }
+        #expect(driver.run(.provision(Provision(account: "bad-1", plan: "bad"))).errorCode == .invalidArgument)
         // Replay and checkpoints keep plans.
         var replayed = LedgerDriver.replay(driver.journal)
         replayed.advance(to: driver.ledger.clock)

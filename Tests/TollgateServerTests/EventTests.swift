@@ -120,6 +120,11 @@ final class WebhookReceiver: Sendable {
         // A late subscriber resumes from a sequence.
         let (_, resumed) = try await admin.subscribe(after: 1)
         #expect(await collect(resumed, count: 1).map(\.sequence) == [2])
+        // The largest `after` a client can send (2^64 − 1) is past every event: nothing is
+        // replayed, and the server goes on serving (it once trapped adding 1 to it).
+        let (_, past) = try await admin.subscribe(after: .max)
+        try await admin.ping()
+        _ = past
         await admin.close()
         try await server.stop()
 
