@@ -59,31 +59,32 @@ public struct Provision: Hashable, Sendable {
 extension Ledger {
     mutating func definePlan(_ plan: Plan, at now: Instant) -> Answer {
         if let error = validateIdentifier(plan.name, "plan") { return refused(error) }
-        if let error = validate(plan.overage) { return refused(error) }
         guard plans[plan.name] != nil || plans.count < limits.plansMax else {
             return refused(LedgerError(.limitReached, level: .ledger, subject: "plans"))
-        }
-        guard plan.grants.count <= 16, plan.alerts.count <= limits.alertsPerAccountMax else {
-            return refused(LedgerError(.limitReached, level: .request, subject: "a plan carries at most 16 grants and \(limits.alertsPerAccountMax) alerts"))
-        }
-        if let terms = plan.subscription {
-            if let error = validateCredits(terms.creditsPerSeat, "credits per seat", allowZero: true) { return refused(error) }
-            if let error = validateCredits(terms.rolloverCap, "rollover cap", allowZero: true) { return refused(error) }
-        }
-        for grant in plan.grants {
-            if let error = validateCredits(grant.amount, "grant amount") { return refused(error) }
-            if let lifetime = grant.lifetimeMicroseconds, lifetime <= 0 {
-                return refused(LedgerError(.invalidArgument, level: .request, subject: "a grant's lifetime must be positive"))
-            }
         }
         if let error = problem(plan: plan) { return refused(error) }
         plans[plan.name] = plan
         return .done
     }
 
-    /// What is wrong with a plan's alerts and auto-recharge, or nil: checked when it is defined
-    /// and again when it provisions (a plan stored before these checks may still carry them).
+    /// What is wrong with a plan's own contents, or nil: checked when it is defined and again
+    /// when it provisions (a plan stored before a check was added may not pass it), so no step
+    /// of provisioning meets a refusal after the first change.
     func problem(plan: Plan) -> LedgerError? {
+        if let error = validate(plan.overage) { return error }
+        guard plan.grants.count <= 16, plan.alerts.count <= limits.alertsPerAccountMax else {
+            return LedgerError(.limitReached, level: .request, subject: "a plan carries at most 16 grants and \(limits.alertsPerAccountMax) alerts")
+        }
+        if let terms = plan.subscription {
+            if let error = validateCredits(terms.creditsPerSeat, "credits per seat", allowZero: true) { return error }
+            if let error = validateCredits(terms.rolloverCap, "rollover cap", allowZero: true) { return error }
+        }
+        for grant in plan.grants {
+            if let error = validateCredits(grant.amount, "grant amount") { return error }
+            if let lifetime = grant.lifetimeMicroseconds, lifetime <= 0 {
+                return LedgerError(.invalidArgument, level: .request, subject: "a grant's lifetime must be positive")
+            }
+        }
         for alert in plan.alerts {
             if let error = problem(alert: alert) { return error }
             if alert.member != nil {

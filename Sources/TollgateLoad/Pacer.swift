@@ -48,7 +48,7 @@ final class Pacer: @unchecked Sendable {
     func records(due: NIODeadline) -> Bool { due >= warmUpEnd }
 
     func start(at start: NIODeadline, on loop: any EventLoop, driver: any PacedDriver) {
-        nextDue = start
+        begin(at: start)
         switch mode {
         case .open: scheduleNext(on: loop, driver: driver)
         case .closed(let depth): for _ in 0..<depth { driver.send(due: .now()) }

@@ -111,7 +111,7 @@ public final class EventHub: Sendable {
         }
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             let thread = Thread { [self] in
-                while let batch = queue.take() { process(batch) }
+                while let batches = queue.takeAll() { batches.forEach(process) }
                 done.resume()
             }
             thread.name = "tollgate-events"
@@ -210,7 +210,6 @@ public final class EventHub: Sendable {
 final class BatchQueue: @unchecked Sendable {
     private let condition = NSCondition()
     private var batches: [[LedgerEvent]] = []
-    private var head = 0
     private var closed = false
 
     func put(_ batch: [LedgerEvent]) {
@@ -221,19 +220,14 @@ final class BatchQueue: @unchecked Sendable {
         condition.signal()
     }
 
-    /// The next batch, waiting for one; nil once closed and empty.
-    func take() -> [LedgerEvent]? {
+    /// Every batch waiting, in order, once there is one; nil once closed and empty.
+    func takeAll() -> [[LedgerEvent]]? {
         condition.lock()
         defer { condition.unlock() }
-        while head == batches.count && !closed { condition.wait() }
-        guard head < batches.count else { return nil }
-        let batch = batches[head]
-        head += 1
-        if head > 1_024 && head * 2 > batches.count {
-            batches.removeFirst(head)
-            head = 0
-        }
-        return batch
+        while batches.isEmpty && !closed { condition.wait() }
+        guard !batches.isEmpty else { return nil }
+        defer { batches = [] }
+        return batches
     }
 
     func close() {

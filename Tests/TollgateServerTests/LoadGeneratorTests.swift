@@ -18,42 +18,13 @@ import Glibc
     /// waiting (for output, for the exit) is done on threads of their own, not the test pool's.
     @discardableResult
     func load(_ arguments: [String], whileRunning: ((Int32) async throws -> Void)? = nil) async throws -> (status: Int32, output: String) {
-        guard let whileRunning else {
-            let result = try await ChildProcess.run(Self.binary, arguments, separateErrors: true)
-            return (result.status, result.output + result.errors)
+        let child = try ChildProcess(Self.binary, arguments, separateErrors: true)
+        if let whileRunning {
+            await child.waitForErrors(containing: "running")
+            try await whileRunning(child.pid)
         }
-        let child = try await OffPool.blocking("load-start") { () throws -> Child in
-            let child = Child()
-            child.process.executableURL = URL(fileURLWithPath: Self.binary)
-            child.process.arguments = arguments
-            child.process.standardOutput = child.output
-            child.process.standardError = child.errors
-            try child.process.run()
-            // Until the generator says it is running (or its standard error closes).
-            var text = ""
-            while !text.contains("running") {
-                let chunk = child.errors.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                text += String(decoding: chunk, as: UTF8.self)
-            }
-            child.errorsSoFar = text
-            return child
-        }
-        try await whileRunning(child.process.processIdentifier)
-        return await OffPool.blocking("load-finish") { () -> (status: Int32, output: String) in
-            let text = String(decoding: child.output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            let errors = child.errorsSoFar + String(decoding: child.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            child.process.waitUntilExit()
-            return (child.process.terminationStatus, text + errors)
-        }
-    }
-
-    /// A running child process, handed between the threads that start and finish it.
-    final class Child: @unchecked Sendable {
-        let process = Process()
-        let output = Pipe()
-        let errors = Pipe()
-        var errorsSoFar = ""
+        let result = await child.finish()
+        return (result.status, result.output + result.errors)
     }
 
     func report(_ output: String) throws -> [String: Any] {
@@ -79,11 +50,7 @@ import Glibc
         // fell due meanwhile go out late, in one burst; measured from their due time they
         // carry the stall, measured from their send time they do not.
         let port = try freePort()
-        let echo = Child()
-        echo.process.executableURL = URL(fileURLWithPath: Self.binary)
-        echo.process.arguments = ["echo-server", "--port", String(port)]
-        echo.process.standardOutput = FileHandle.nullDevice
-        try echo.process.run()
+        let echo = try ChildProcess(Self.binary, ["echo-server", "--port", String(port)])
         defer {
             echo.process.terminate()
             echo.process.waitUntilExit()

@@ -189,9 +189,9 @@ final class RawSocket: @unchecked Sendable {
     }
 }
 
-/// A child process run to completion on a thread of its own (its output is read, and its
-/// exit waited for, there), while the test's task is suspended.
-enum ChildProcess {
+/// A child process: started at once, and waited for (its output read, its exit reaped) on
+/// threads of their own while the test's task is suspended.
+final class ChildProcess: @unchecked Sendable {
     struct Result: Sendable {
         var status: Int32
         /// Standard output, followed by standard error unless they were kept apart.
@@ -199,39 +199,66 @@ enum ChildProcess {
         var errors: String
     }
 
+    let process = Process()
+    private let output = Pipe()
+    private let errors: Pipe
+    /// Standard error read by `waitForErrors(containing:)`, before `finish` reads the rest.
+    private var errorsSoFar = ""
+
+    var pid: Int32 { process.processIdentifier }
+
+    /// Starts `program`; with `separateErrors`, standard error is kept apart from standard output.
+    init(_ program: String, _ arguments: [String], input: String? = nil, environment: [String: String]? = nil, separateErrors: Bool = false) throws {
+        errors = separateErrors ? Pipe() : output
+        process.executableURL = URL(fileURLWithPath: program)
+        process.arguments = arguments
+        if let environment { process.environment = environment }
+        process.standardOutput = output
+        process.standardError = errors
+        let stdin = Pipe()
+        process.standardInput = stdin
+        try process.run()
+        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+        try? stdin.fileHandleForWriting.close()
+    }
+
+    /// Runs a program to completion.
     static func run(
         _ program: String, _ arguments: [String], input: String? = nil, environment: [String: String]? = nil, separateErrors: Bool = false
     ) async throws -> Result {
-        try await OffPool.blocking("child-process") {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: program)
-            process.arguments = arguments
-            if let environment { process.environment = environment }
-            let output = Pipe()
-            let errors = separateErrors ? Pipe() : output
-            process.standardOutput = output
-            process.standardError = errors
-            let stdin = Pipe()
-            process.standardInput = stdin
-            try process.run()
-            if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-            try? stdin.fileHandleForWriting.close()
-            // Standard error is drained beside standard output, so neither pipe can fill up
-            // and stall the child.
-            let errorText = Mutex("")
+        try await ChildProcess(program, arguments, input: input, environment: environment, separateErrors: separateErrors).finish()
+    }
+
+    /// Reads standard error until it holds `text` (or closes).
+    func waitForErrors(containing text: String) async {
+        await OffPool.blocking("child-errors") {
+            while !self.errorsSoFar.contains(text) {
+                let chunk = self.errors.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                self.errorsSoFar += String(decoding: chunk, as: UTF8.self)
+            }
+        }
+    }
+
+    /// Waits for the exit; what it wrote. Standard error, if apart, is drained beside standard
+    /// output, so neither pipe can fill up and stall the child.
+    func finish() async -> Result {
+        await OffPool.blocking("child-process") {
+            let separate = self.errors !== self.output
+            let errorText = Mutex(self.errorsSoFar)
             let drained = DispatchGroup()
-            if separateErrors {
+            if separate {
                 drained.enter()
                 Thread.detachNewThread {
-                    let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                    errorText.withLock { $0 = text }
+                    let text = String(decoding: self.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    errorText.withLock { $0 += text }
                     drained.leave()
                 }
             }
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            let text = String(decoding: self.output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             drained.wait()
-            process.waitUntilExit()
-            return Result(status: process.terminationStatus, output: text, errors: errorText.withLock { $0 })
+            self.process.waitUntilExit()
+            return Result(status: self.process.terminationStatus, output: text, errors: errorText.withLock { $0 })
         }
     }
 }
@@ -304,7 +331,7 @@ enum RawHTTP {
         await socket.send(Array((text + "\r\n").utf8))
         var bytes: [UInt8] = []
         while true {
-            let chunk = await await socket.read(4_096)
+            let chunk = await socket.read(4_096)
             if chunk.isEmpty { break }
             bytes += chunk
         }
