@@ -283,10 +283,11 @@ def test_asyncio_tasks_racing_on_one_pool_never_overspend(server):
 
 class DroppingProxy:
     """Forwards between a client and tollgated, and cuts the connection the first `drops`
-    times a SPEND answer comes back — after the server has applied the spend."""
+    times a SPEND answer comes back — after the server has applied the spend — and swallows
+    the answers whose operation is in `withhold` (a server that is slow to answer)."""
 
-    def __init__(self, target_port, drops):
-        self.target_port, self.drops = target_port, drops
+    def __init__(self, target_port, drops, withhold=()):
+        self.target_port, self.drops, self.withhold = target_port, drops, set(withhold)
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen()
@@ -322,6 +323,8 @@ class DroppingProxy:
                         if frame[3] == wire.OPCODE_BY_NAME["SPEND"] and self.drops > 0:
                             self.drops -= 1
                             raise ConnectionAbortedError
+                        if wire.OPCODES.get(frame[3]) in self.withhold:
+                            continue
                         target.sendall(frame)
                 else:
                     target.sendall(data)
@@ -387,9 +390,37 @@ def test_a_silent_server_meets_the_deadline():
 def test_a_call_that_exceeds_its_own_deadline(server):
     with server.client(account="acme") as gate:
         setup_account(gate)
-        with pytest.raises(tollgate.DeadlineExceeded):
+        with pytest.raises(tollgate.DeadlineExceeded, match="before the request was sent"):
             gate.balance(timeout=0)
         assert gate.balance().funds.pool == 100  # the connection is still good
+
+    async def main():
+        async with server.async_client(account="acme") as gate:
+            with pytest.raises(tollgate.DeadlineExceeded, match="before the request was sent"):
+                await gate.balance(timeout=0)
+            assert (await gate.balance()).funds.pool == 100
+    asyncio.run(main())
+
+
+def test_an_answer_later_than_the_deadline(server):
+    with server.client() as admin:
+        setup_account(admin)
+    proxy = DroppingProxy(server.port, drops=0, withhold={"BALANCE"})
+    address = "127.0.0.1:%d" % proxy.port
+    with tollgate.Client(address, token_file=server.token_file, account="acme", member="alice") as gate:
+        started = time.monotonic()
+        with pytest.raises(tollgate.DeadlineExceeded, match="no answer within the deadline"):
+            gate.balance(timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 3
+        gate.spend("web_search")  # the connection is still good for other answers
+
+    async def main():
+        async with tollgate.AsyncClient(address, token_file=server.token_file, account="acme", member="alice") as gate:
+            with pytest.raises(tollgate.DeadlineExceeded, match="no answer within the deadline"):
+                await gate.balance(timeout=0.3)
+            await gate.spend("web_search")
+    asyncio.run(main())
+    proxy.close()
 
 
 def test_credentials_and_roles_give_typed_errors(start_server, tmp_path):

@@ -80,10 +80,15 @@ class _Connection:
 
     async def round_trip(self, request, deadline):
         remaining = deadline - time.monotonic()
-        try:
-            await asyncio.wait_for(self.in_flight.acquire(), max(0.0, remaining))
-        except asyncio.TimeoutError:
-            raise errors.DeadlineExceeded("%s: %d requests already in flight on the connection" % (request.name, self.info["max_in_flight"])) from None
+        if remaining <= 0:  # nothing sent, so nothing applied: safe to retry
+            raise errors.DeadlineExceeded("%s: the deadline passed before the request was sent" % request.name)
+        if self.in_flight.locked():
+            try:
+                await asyncio.wait_for(self.in_flight.acquire(), remaining)
+            except asyncio.TimeoutError:
+                raise errors.DeadlineExceeded("%s: %d requests already in flight on the connection" % (request.name, self.info["max_in_flight"])) from None
+        else:
+            await self.in_flight.acquire()  # free: taken at once
         try:
             future = asyncio.get_running_loop().create_future()
             request_id = self._register(future)

@@ -102,7 +102,10 @@ class _Connection:
 
     def round_trip(self, request, deadline):
         """(status, name, value) of one request; raises _Lost or DeadlineExceeded."""
-        if not self.in_flight.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:  # nothing sent, so nothing applied: safe to retry
+            raise errors.DeadlineExceeded("%s: the deadline passed before the request was sent" % request.name)
+        if not self.in_flight.acquire(timeout=remaining):
             raise errors.DeadlineExceeded("%s: %d requests already in flight on the connection" % (request.name, self.info["max_in_flight"]))
         try:
             waiter = [threading.Event(), None]
