@@ -244,7 +244,7 @@ extension Ledger {
                     let grant = createGrant(
                         account: slot, member: noSlot, amount: amount, priority: state.rule.priority, effectiveAt: instant, expiresAt: expiresAt,
                         source: .topUp, at: instant)
-                    rechargeCreditsIssued += amount
+                    rechargeCreditsIssued &+= amount
                     state.count += 1
                     emit(slot, member: noSlot, at: instant, .recharged(grant: grant, amount: amount, balance: heldFunds(slot)))
                 }
@@ -261,7 +261,7 @@ extension Ledger {
             switch state.rule.threshold {
             case .credits(let credits): threshold = credits
             case .depleted: threshold = 0
-            case .percentOfAllotment(let percent): threshold = allotment(slot, member: member) * percent / 100
+            case .percentOfAllotment(let percent): threshold = Credits.percent(percent, of: allotment(slot, member: member))
             }
             if state.armed && balance <= threshold {
                 states[index].armed = false
@@ -282,9 +282,9 @@ extension Ledger {
     func allotment(_ slot: Int32, member: Int32) -> Credits {
         guard let state = subscriptions[slot], let terms = state.terms else { return 0 }
         switch (terms.scope, member == noSlot) {
-        case (.pooled, true): return state.seats * terms.creditsPerSeat
+        case (.pooled, true): return Credits.product(state.seats, terms.creditsPerSeat)
         case (.pooled, false): return 0
-        case (.perMember, true): return Int64(state.seatMembers.count) * terms.creditsPerSeat
+        case (.perMember, true): return Credits.product(Int64(state.seatMembers.count), terms.creditsPerSeat)
         case (.perMember, false): return terms.creditsPerSeat
         }
     }

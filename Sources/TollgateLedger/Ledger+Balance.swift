@@ -271,13 +271,16 @@ public struct CreditTotals: Hashable, Sendable {
 
     public init() {}
 
+    /// Lifetime totals only grow (every grant ever made is in `granted`), so they are kept
+    /// modulo 2^64 — wrapping, never trapping, after about 9.2 million grants of `creditsMax`
+    /// — and the identities between them hold in the same arithmetic.
     mutating func add(_ grant: GrantRecord) {
-        granted += grant.amount
-        available += grant.available
-        held += grant.held
-        consumed += grant.consumed
-        expired += grant.expired
-        voided += grant.voided
+        granted &+= grant.amount
+        available &+= grant.available
+        held &+= grant.held
+        consumed &+= grant.consumed
+        expired &+= grant.expired
+        voided &+= grant.voided
     }
 }
 
@@ -287,8 +290,8 @@ extension Ledger {
         var totals = retiredTotals
         for grant in grants where grant.isLive { totals.add(grant) }
         for account in accounts {
-            totals.overdrawn += account.overdrawn
-            totals.overdraftHeld += account.overdraftHeld
+            totals.overdrawn &+= account.overdrawn
+            totals.overdraftHeld &+= account.overdraftHeld
         }
         return totals
     }

@@ -133,7 +133,7 @@ extension Ledger {
                 switch state.rule.threshold {
                 case .credits(let credits): threshold = credits
                 case .depleted: threshold = 0
-                case .percentOfAllotment(let percent): threshold = allotment(slot, member: state.member) * percent / 100
+                case .percentOfAllotment(let percent): threshold = Credits.percent(percent, of: allotment(slot, member: state.member))
                 }
                 expect(state.armed == (balance > threshold), "alert \(state.rule.id) of \(accounts[Int(slot)].id) is \(state.armed ? "armed" : "fired") at balance \(balance), threshold \(threshold)")
             }

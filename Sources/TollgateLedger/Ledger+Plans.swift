@@ -75,10 +75,7 @@ extension Ledger {
         guard plan.grants.count <= 16, plan.alerts.count <= limits.alertsPerAccountMax else {
             return LedgerError(.limitReached, level: .request, subject: "a plan carries at most 16 grants and \(limits.alertsPerAccountMax) alerts")
         }
-        if let terms = plan.subscription {
-            if let error = validateCredits(terms.creditsPerSeat, "credits per seat", allowZero: true) { return error }
-            if let error = validateCredits(terms.rolloverCap, "rollover cap", allowZero: true) { return error }
-        }
+        if let terms = plan.subscription, let error = problem(subscription: terms, seats: 0, account: nil) { return error }
         for grant in plan.grants {
             if let error = validateCredits(grant.amount, "grant amount") { return error }
             if let lifetime = grant.lifetimeMicroseconds, lifetime <= 0 {
@@ -125,15 +122,13 @@ extension Ledger {
         guard provision.seats >= 0, provision.seats <= limits.seatsPerAccountMax else {
             return refused(LedgerError(.amountOutOfRange, level: .request, subject: "seats must be 0 to \(limits.seatsPerAccountMax)"))
         }
-        if let terms = plan.subscription, terms.scope == .pooled {
-            let (total, overflow) = provision.seats.multipliedReportingOverflow(by: terms.creditsPerSeat)
-            guard !overflow, total <= limits.creditsMax else {
-                return refused(LedgerError(.amountOutOfRange, level: .account, subject: "seats × credits per seat must be at most \(limits.creditsMax)"))
-            }
-        }
+        if let terms = plan.subscription, let error = problem(subscription: terms, seats: provision.seats, account: nil) { return refused(error) }
 
+        // The checks above are the steps' own, so no step refuses. Were one to, its refusal is
+        // the answer (the steps before it stay, on replay as live) rather than a trap.
+        var failure: Answer?
         func must(_ answer: Answer) {
-            precondition(!answer.isRefused, "provisioning step refused after checks: \(answer)")
+            if failure == nil, answer.isRefused { failure = answer }
         }
         must(createAccount(CreateAccount(account: provision.account, parent: provision.parent, overage: plan.overage), at: now))
         for member in provision.members { must(addMember(provision.account, member: member, at: now)) }
@@ -141,7 +136,7 @@ extension Ledger {
             if terms.scope == .pooled { must(setSeats(provision.account, seats: provision.seats, effectiveAt: now, at: now)) }
             must(setSubscription(provision.account, terms: terms, at: now))
         }
-        let slot = accountSlots[HashedString(provision.account)]!
+        guard let slot = accountSlots[HashedString(provision.account)] else { return failure ?? .done }
         for grant in plan.grants {
             let expiresAt = grant.lifetimeMicroseconds.map { now.adding(microseconds: $0) } ?? .distantFuture
             _ = createGrant(
@@ -150,7 +145,7 @@ extension Ledger {
         }
         for alert in plan.alerts { must(setAlert(provision.account, rule: alert, at: now)) }
         if let recharge = plan.autoRecharge { must(setAutoRecharge(provision.account, rule: recharge, at: now)) }
-        return .done
+        return failure ?? .done
     }
 
     /// The plans defined, by name.

@@ -71,7 +71,10 @@ extension Ledger {
             subscriptions[slot]!.nextTerms = .some(nil)
             return .done
         }
-        if let error = validate(terms, seats: existing?.seats ?? 0, account: slot) { return refused(error) }
+        // Every seat count that can come into force under these terms: today's and a pending one.
+        for seats in [existing?.seats ?? 0, existing?.pendingSeats?.seats ?? 0] {
+            if let error = problem(subscription: terms, seats: seats, account: slot) { return refused(error) }
+        }
         if var state = existing, state.terms != nil {
             // A change takes effect at the next boundary; the current period keeps its credits.
             state.nextTerms = state.terms == terms ? nil : .some(terms)
@@ -105,7 +108,10 @@ extension Ledger {
             guard terms.scope == .pooled else {
                 return refused(LedgerError(.invalidArgument, level: .account, subject: "a per-member subscription's seats are its members"))
             }
-            if let error = validate(terms, seats: seats, account: slot) { return refused(error) }
+        }
+        // Every set of terms the count can meet: today's, and those waiting for the next boundary.
+        for case let terms? in [state.terms, state.nextTerms ?? nil] {
+            if let error = problem(subscription: terms, seats: seats, account: slot) { return refused(error) }
         }
         if effectiveAt <= now {
             state.pendingSeats = nil
@@ -119,7 +125,12 @@ extension Ledger {
         return .done
     }
 
-    private func validate(_ terms: Subscription, seats: Int64, account: Int32) -> LedgerError? {
+    /// What is wrong with subscription terms meeting a seat count (and, per member, the
+    /// account's members; nil `account` for a plan not yet provisioned), or nil. The one check
+    /// SET_SUBSCRIPTION, SET_SEATS, DEFINE_PLAN and PROVISION run, for every pairing of terms
+    /// and seats that can come into force, so a period that turns never meets an amount the
+    /// ledger would refuse: seats × credits per seat stays within `creditsMax`.
+    func problem(subscription terms: Subscription, seats: Int64, account: Int32?) -> LedgerError? {
         if let error = validateCredits(terms.creditsPerSeat, "credits per seat", allowZero: true) { return error }
         if let error = validateCredits(terms.rolloverCap, "rollover cap", allowZero: true) { return error }
         switch terms.scope {
@@ -129,7 +140,7 @@ extension Ledger {
                 return LedgerError(.amountOutOfRange, level: .account, subject: "seats × credits per seat must be at most \(limits.creditsMax)")
             }
         case .perMember:
-            guard accounts[Int(account)].memberCount <= limits.seatMembersPerAccountMax else {
+            if let account, accounts[Int(account)].memberCount > limits.seatMembersPerAccountMax {
                 return LedgerError(.limitReached, level: .account, subject: "members of a per-member subscription")
             }
         }
@@ -177,7 +188,7 @@ extension Ledger {
         subscriptions[slot] = state
         schedule(.periodBoundary(account: slot, end: window.end), at: window.end)
         for carry in carried {
-            subscriptionCreditsIssued += carry.amount
+            subscriptionCreditsIssued &+= carry.amount
             _ = createGrant(
                 account: slot, member: carry.member, amount: carry.amount, priority: next.priority, effectiveAt: end, expiresAt: window.end,
                 source: .rollover, at: end)
@@ -200,10 +211,10 @@ extension Ledger {
         subscriptions[slot] = state
         guard let terms = state.terms, terms.scope == .pooled, seats != old else { return }
         if seats > old {
-            let amount = share((seats - old) * terms.creditsPerSeat, of: state, from: now, prorate: terms.prorate)
+            let amount = share(Credits.product(seats - old, terms.creditsPerSeat), of: state, from: now, prorate: terms.prorate)
             issue(slot, member: noSlot, amount: amount, terms: terms, at: now)
         } else if terms.removal == .clawBack {
-            let amount = share((old - seats) * terms.creditsPerSeat, of: state, from: now, prorate: true)
+            let amount = share(Credits.product(old - seats, terms.creditsPerSeat), of: state, from: now, prorate: true)
             clawBack(amount, from: state.included, account: slot, member: noSlot)
         }
     }
@@ -239,7 +250,7 @@ extension Ledger {
             if record.source == .recurring || record.source == .rollover { left += record.available }
         }
         guard left > 0, state.periodEnd > now else { return }
-        subscriptionCreditsIssued += left
+        subscriptionCreditsIssued &+= left
         _ = createGrant(
             account: slot, member: noSlot, amount: left, priority: terms.priority, effectiveAt: now, expiresAt: state.periodEnd, source: .rollover,
             at: now)
@@ -253,7 +264,7 @@ extension Ledger {
         guard let state = subscriptions[slot], let terms = state.terms else { return }
         switch terms.scope {
         case .pooled:
-            let amount = share(state.seats * terms.creditsPerSeat, of: state, from: instant, prorate: terms.prorate)
+            let amount = share(Credits.product(state.seats, terms.creditsPerSeat), of: state, from: instant, prorate: terms.prorate)
             issue(slot, member: noSlot, amount: amount, terms: terms, at: instant)
         case .perMember:
             let amount = share(terms.creditsPerSeat, of: state, from: instant, prorate: terms.prorate)
@@ -265,7 +276,10 @@ extension Ledger {
     /// catches up, not the clock it is catching up to) until the period ends.
     private mutating func issue(_ slot: Int32, member: Int32, amount: Credits, terms: Subscription, at instant: Instant) {
         guard amount > 0, let state = subscriptions[slot], state.periodEnd > instant else { return }
-        subscriptionCreditsIssued += amount
+        // The checks above keep it within creditsMax; a state from before a check existed is
+        // held to it here rather than handed a grant no command could make.
+        let amount = min(amount, limits.creditsMax)
+        subscriptionCreditsIssued &+= amount
         let id = createGrant(
             account: slot, member: member, amount: amount, priority: terms.priority, effectiveAt: instant, expiresAt: state.periodEnd,
             source: .recurring, at: instant)

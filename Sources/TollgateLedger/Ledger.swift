@@ -43,13 +43,13 @@ public struct Ledger: Hashable, Sendable {
     var subscriptions: [Int32: SubscriptionState] = [:]
     /// Credits the ledger granted itself on behalf of subscriptions (included, rolled over,
     /// moved from a removed member), so ledger-wide totals can be checked against what was
-    /// granted by command plus this.
+    /// granted by command plus this. Kept modulo 2^64, as `CreditTotals` are.
     public internal(set) var subscriptionCreditsIssued: Credits = 0
     var alerts: [Int32: [AlertState]] = [:]
     var recharges: [Int32: RechargeState] = [:]
     /// The sequence number of the next event (alerts, recharges).
     public internal(set) var nextEventSequence: UInt64 = 1
-    /// Credits granted by auto-recharges.
+    /// Credits granted by auto-recharges, modulo 2^64.
     public internal(set) var rechargeCreditsIssued: Credits = 0
     /// Events not yet taken by the server; not part of the state (see `EventOutbox`).
     var outbox = EventOutbox()

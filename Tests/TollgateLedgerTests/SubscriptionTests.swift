@@ -255,4 +255,29 @@ import TollgateLedgerTestSupport
         #expect(restored == driver.ledger)
         #expect(driver.violations.isEmpty)
     }
+
+    /// Seats and terms can each wait for a later instant; every pairing that can come into
+    /// force is held to seats × credits per seat ≤ creditsMax, whichever is set first, so no
+    /// boundary or seat change (which recovery replays too) issues more than a command could.
+    @Test func seatsAndTermsThatWaitAreCheckedAgainstEachOther() throws {
+        let big = Subscription(creditsPerSeat: 1_000_000_000_000)
+        // Seats first, dated later, then terms: the terms meet the pending seat count.
+        var seatsFirst = makeDriver()
+        seatsFirst.setUp(.setSeats(account: "acct", seats: 1_000_000, effectiveAt: date(2026, 1, 10)))
+        #expect(seatsFirst.run(.setSubscription(account: "acct", terms: big)).errorCode == .amountOutOfRange)
+        // Small terms now and big ones from the next boundary: a later seat count meets both.
+        var termsFirst = driver(Subscription(creditsPerSeat: 1), seats: 1)
+        termsFirst.setUp(.setSubscription(account: "acct", terms: Subscription(creditsPerSeat: 10_000_000)))
+        #expect(termsFirst.run(.setSeats(account: "acct", seats: 1_000_000, effectiveAt: date(2026, 3, 1))).errorCode == .amountOutOfRange)
+        #expect(termsFirst.run(.setSeats(account: "acct", seats: 1_000_000, effectiveAt: termsFirst.now)).errorCode == .amountOutOfRange)
+        termsFirst.setUp(.setSeats(account: "acct", seats: 1_000, effectiveAt: date(2026, 3, 1)))
+        termsFirst.setUp(.setAlert(account: "acct", rule: AlertRule(id: "half", threshold: .percentOfAllotment(50))))
+        // A year of boundaries and the seat change run without a trap, within the limit.
+        for month in Int64(2)...13 {
+            moveTo(&termsFirst, date(2026 + (month - 1) / 12, (month - 1) % 12 + 1, 1))
+        }
+        #expect(included(termsFirst).allSatisfy { $0.amount <= 10_000_000_000 })
+        #expect(included(termsFirst).contains { $0.amount == 10_000_000_000 })
+        #expect(termsFirst.violations.isEmpty)
+    }
 }
