@@ -8,11 +8,11 @@ import TollgateLedger
 import TollgateServer
 import TollgateWire
 
-// Measures where decisions should run (under a mutex on the connection's event-loop thread,
-// or on one dedicated ledger thread with a hand-off each way) and what each journal mode costs
-// (none, async, sync): starts tollgated in-process, drives reserve+commit pairs through the
-// Swift client, and prints latency percentiles and throughput; then replays each journal and
-// reports its size per record and the replay speed.
+// Measures what each journal mode costs (none, async, sync): starts tollgated in-process,
+// drives reserve+commit pairs through the Swift client, and prints latency percentiles and
+// throughput; then replays each journal and reports its size per record and the replay speed.
+// (It also compared decisions on a dedicated ledger thread, until that mode was removed:
+// bench/README.md keeps the figures.)
 //   swift run -c release tollgate-decision-bench [pairs-per-client]
 
 let pairs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 20_000 : 20_000
@@ -22,7 +22,7 @@ func percentile(_ sorted: [Double], _ p: Double) -> Double {
 }
 
 func measure(
-    _ mode: ServerConfiguration.DecisionThread, clients: Int, journal: ServerConfiguration.JournalModeSetting = .none,
+    clients: Int, journal: ServerConfiguration.JournalModeSetting = .none,
     data: String = "/tmp/tollgate-decision-bench-\(UUID().uuidString)"
 ) async throws -> String {
     var configuration = ServerConfiguration()
@@ -30,7 +30,6 @@ func measure(
     configuration.port = 0
     configuration.adminPort = nil
     configuration.threads = 2
-    configuration.decisionThread = mode
     configuration.dataDirectory = data
     configuration.credentials = .open
     var logger = Logger(label: "bench")
@@ -75,22 +74,20 @@ func measure(
     await group.triggerGracefulShutdown()
     try await task.value
     func format(_ value: Double) -> String { String(Int(value.rounded())) }
-    return "| \(mode.rawValue) | \(journal.rawValue) | \(clients) | \(format(percentile(latencies, 0.5))) | \(format(percentile(latencies, 0.99))) | \(format(percentile(latencies, 0.999))) | \(format(latencies.last!)) | \(Int(Double(latencies.count) / seconds)) |"
+    return "| \(journal.rawValue) | \(clients) | \(format(percentile(latencies, 0.5))) | \(format(percentile(latencies, 0.99))) | \(format(percentile(latencies, 0.999))) | \(format(latencies.last!)) | \(Int(Double(latencies.count) / seconds)) |"
 }
 
 print("reserve+commit pairs through TollgateClient, \(pairs) per client; latency of a pair in µs")
-print("| decisions on | journal | clients | p50 | p99 | p99.9 | max | pairs/s |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("| journal | clients | p50 | p99 | p99.9 | max | pairs/s |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for clients in [1, 8] {
-    for mode in [ServerConfiguration.DecisionThread.connectionThread, .dedicatedThread] {
-        print(try await measure(mode, clients: clients))
-    }
+    print(try await measure(clients: clients))
 }
 var journals: [(ServerConfiguration.JournalModeSetting, String)] = []
 for journal in [ServerConfiguration.JournalModeSetting.async, .sync] {
     for clients in [1, 8] {
         let data = "/tmp/tollgate-decision-bench-\(UUID().uuidString)"
-        print(try await measure(.connectionThread, clients: clients, journal: journal, data: data))
+        print(try await measure(clients: clients, journal: journal, data: data))
         journals.append((journal, data))
     }
 }

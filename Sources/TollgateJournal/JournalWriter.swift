@@ -22,6 +22,14 @@ public enum JournalMode: Sendable, Equatable {
 public protocol JournalFiles: Sendable {
     func write(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int
     func sync(_ descriptor: Int32) -> Int32
+    /// Creates a segment file (open(2) with O_CREAT); -1 with errno set on failure.
+    func create(_ path: String) -> Int32
+}
+
+extension JournalFiles {
+    public func create(_ path: String) -> Int32 {
+        open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o600)
+    }
 }
 
 public struct SystemJournalFiles: JournalFiles {
@@ -47,9 +55,14 @@ public struct SystemJournalFiles: JournalFiles {
 
 public struct JournalError: Error, Sendable, CustomStringConvertible {
     public var description: String
+    /// The record is certainly not in the journal and never will be (the writer stopped with
+    /// it unwritten, or cut back what reached the file): its change can be reported as not
+    /// made. False when that cannot be known.
+    public var notKept: Bool
 
-    public init(_ description: String) {
+    public init(_ description: String, notKept: Bool = false) {
         self.description = description
+        self.notKept = notKept
     }
 }
 
@@ -57,6 +70,14 @@ public struct JournalError: Error, Sendable, CustomStringConvertible {
 /// the ledger's lock, so sequence order is decision order); a writer thread writes and
 /// fsyncs batches — every interval in `async` mode, as soon as anything waits in `sync` mode
 /// (group commit) — and rotates segments when they pass `segmentBytes`.
+///
+/// When a write or fsync fails, what reached the file of that batch is cut back, the batch
+/// stays queued ahead of anything appended later, and the writer tries again every interval;
+/// answers waiting for those records keep waiting, and `failureReason` says why (the server
+/// refuses new mutations meanwhile). A segment that could not be created, or a cut-back that
+/// failed, is retried before anything else is written, so the file never holds a record
+/// twice or a record after a gap. Only when the writer stops with records unwritten are their
+/// waiters told `notKept`.
 public final class JournalWriter: @unchecked Sendable {
     public let mode: JournalMode
     public let directory: String
@@ -69,11 +90,18 @@ public final class JournalWriter: @unchecked Sendable {
         var lastChecksum: UInt32
         var waiters: [(UInt64, @Sendable (Result<Void, JournalError>) -> Void)] = []
         var stopping = false
+        var stopped = false
+        /// When the oldest record in `buffer` was appended (monotonic nanoseconds); 0 if none.
+        var bufferedSince: UInt64 = 0
     }
 
     private let condition = NSCondition()
     private var pending: Pending
+    private let appended = Atomic<UInt64>(0)
     private let durable = Atomic<UInt64>(0)
+    private let durableAt: Mutex<Checkpoint.Position>
+    /// When the oldest record not yet durable was appended (monotonic nanoseconds); 0 if none.
+    private let undurableSince = Atomic<UInt64>(0)
     private let failure = Mutex<String?>(nil)
     private var thread: Thread?
     private let stopped = NSCondition()
@@ -82,6 +110,8 @@ public final class JournalWriter: @unchecked Sendable {
     // Owned by the writer thread.
     private var descriptor: Int32 = -1
     private var segmentSize = 0
+    /// A failed write's bytes could not be cut back: nothing is written until they are.
+    private var needsCutBack = false
     /// Failed writes and fsyncs so far, for metrics.
     private let failures = Atomic<Int>(0)
 
@@ -91,6 +121,8 @@ public final class JournalWriter: @unchecked Sendable {
         self.segmentBytes = segmentBytes
         self.files = files
         self.pending = Pending(nextSequence: scan.lastSequence + 1, lastChecksum: scan.lastChecksum)
+        self.durableAt = Mutex(Checkpoint.Position(sequence: scan.lastSequence, checksum: scan.lastChecksum))
+        appended.store(scan.lastSequence, ordering: .relaxed)
         durable.store(scan.lastSequence, ordering: .relaxed)
         if mode == .none { return }
         if let last = scan.segments.last, FileManager.default.fileExists(atPath: last) {
@@ -106,16 +138,30 @@ public final class JournalWriter: @unchecked Sendable {
         thread.start()
     }
 
-    /// The last record appended (in memory or on disk) and its checksum: what a checkpoint
-    /// taken now includes. Read it under the same lock that orders appends.
+    /// The last record appended (in memory or on disk) and its checksum. Read it under the
+    /// same lock that orders appends.
     public var appendedPosition: Checkpoint.Position {
         condition.lock()
         defer { condition.unlock() }
         return Checkpoint.Position(sequence: pending.nextSequence - 1, checksum: pending.lastChecksum)
     }
 
+    /// The sequence of the last record appended; any state a reader saw before reading this
+    /// is covered by it.
+    public var appendedSequence: UInt64 { appended.load(ordering: .acquiring) }
+
     /// The highest sequence known to be on disk.
     public var durableSequence: UInt64 { durable.load(ordering: .acquiring) }
+
+    /// The last record on disk and its checksum: where a checkpoint may stand.
+    public var durablePosition: Checkpoint.Position { durableAt.withLock { $0 } }
+
+    /// How long the oldest record not yet on disk has waited (0 when everything is on disk),
+    /// given the monotonic time now in nanoseconds: what `async` mode's window is held to.
+    public func lagNanoseconds(now: UInt64) -> UInt64 {
+        let since = undurableSince.load(ordering: .relaxed)
+        return since == 0 || now <= since ? 0 : now - since
+    }
 
     /// Why the journal is not writing, if it is not. It retries every interval and clears this
     /// once a write and fsync succeed again.
@@ -131,29 +177,52 @@ public final class JournalWriter: @unchecked Sendable {
         let sequence = pending.nextSequence
         pending.nextSequence += 1
         if mode == .none {
+            appended.store(sequence, ordering: .releasing)
             durable.store(sequence, ordering: .releasing)
             return sequence
         }
+        if pending.bufferedSince == 0 {
+            let now = Self.monotonicNow()
+            pending.bufferedSince = now
+            if undurableSince.load(ordering: .relaxed) == 0 { undurableSince.store(now, ordering: .relaxed) }
+        }
         let record = JournalRecord(sequence: sequence, instant: instant, key: key, command: command)
         pending.lastChecksum = record.write(to: &pending.buffer, previousChecksum: pending.lastChecksum)
+        appended.store(sequence, ordering: .releasing)
         return sequence
     }
 
     /// Calls `done` once `sequence` is on disk (at once if it already is), on the writer's
-    /// thread. In `sync` mode this wakes the writer.
+    /// thread. In `sync` mode this wakes the writer. While the disk fails it keeps waiting;
+    /// it is told `notKept` only if the writer stops without having written the record.
     public func whenDurable(_ sequence: UInt64, _ done: @escaping @Sendable (Result<Void, JournalError>) -> Void) {
-        if let reason = failureReason {
-            done(.failure(JournalError(reason)))
-            return
-        }
         if sequence <= durableSequence {
             done(.success(()))
             return
         }
         condition.lock()
+        if pending.stopped {
+            condition.unlock()
+            done(sequence <= durableSequence ? .success(()) : .failure(JournalError("the journal is closed", notKept: true)))
+            return
+        }
         pending.waiters.append((sequence, done))
         condition.signal()
         condition.unlock()
+    }
+
+    /// Blocks until `sequence` is on disk, or false after the timeout (or if it never will be).
+    /// For background work such as checkpoints, never for an event loop.
+    public func waitUntilDurable(_ sequence: UInt64, timeoutMilliseconds: Int) -> Bool {
+        if sequence <= durableSequence { return true }
+        let kept = Mutex(false)
+        let done = DispatchSemaphore(value: 0)
+        whenDurable(sequence) { result in
+            if case .success = result { kept.withLock { $0 = true } }
+            done.signal()
+        }
+        _ = done.wait(timeout: .now() + .milliseconds(timeoutMilliseconds))
+        return kept.withLock { $0 } || sequence <= durableSequence
     }
 
     /// Writes what is pending, stops the thread and closes the file.
@@ -169,6 +238,8 @@ public final class JournalWriter: @unchecked Sendable {
         thread = nil
     }
 
+    static func monotonicNow() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
+
     private func run() {
         let interval: TimeInterval
         if case .async(let microseconds) = mode { interval = Double(microseconds) / 1_000_000 } else { interval = 0.5 }
@@ -177,33 +248,57 @@ public final class JournalWriter: @unchecked Sendable {
             if case .async = mode, !pending.stopping {
                 _ = condition.wait(until: Date(timeIntervalSinceNow: interval))
             } else {
-                while pending.waiters.isEmpty && !pending.stopping {
+                while pending.waiters.isEmpty && !pending.stopping && !needsRepair {
                     _ = condition.wait(until: Date(timeIntervalSinceNow: interval))
                     if pending.buffer.readableBytes > 0 { break }
                 }
             }
             let batch = pending.buffer
             pending.buffer = ByteBuffer()
+            let batchSince = pending.bufferedSince
+            pending.bufferedSince = 0
             let through = pending.nextSequence - 1
             let throughChecksum = pending.lastChecksum
-            let waiters = pending.waiters
+            var waiters = pending.waiters
             pending.waiters = []
             let stopping = pending.stopping
             condition.unlock()
 
             let result = flush(batch, through: through, checksum: throughChecksum)
-            if case .failure = result, batch.readableBytes > 0 {
-                // Keep the batch for the next attempt, ahead of anything appended since.
-                condition.lock()
-                var retry = batch
-                retry.writeImmutableBuffer(pending.buffer)
-                pending.buffer = retry
-                condition.unlock()
+
+            var answered: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
+            condition.lock()
+            switch result {
+            case .success:
+                undurableSince.store(pending.bufferedSince, ordering: .relaxed)
+                let durableNow = durableSequence
+                answered = waiters.filter { $0.0 <= durableNow }.map(\.1)
+                waiters.removeAll { $0.0 <= durableNow }
+            case .failure:
+                if batch.readableBytes > 0 {
+                    // Keep the batch for the next attempt, ahead of anything appended since.
+                    var retry = batch
+                    retry.writeImmutableBuffer(pending.buffer)
+                    pending.buffer = retry
+                    if batchSince != 0 { pending.bufferedSince = batchSince }
+                }
             }
-            for (sequence, done) in waiters {
-                if case .failure = result { done(result) } else if sequence <= durableSequence { done(.success(())) } else { whenDurable(sequence, done) }
+            pending.waiters = waiters + pending.waiters
+            var unkept: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
+            if stopping {
+                // Whatever is still unwritten is not kept: the process is going.
+                pending.stopped = true
+                if case .failure = result, needsCutBack, descriptor >= 0, ftruncate(descriptor, off_t(segmentSize)) == 0 { needsCutBack = false }
+                unkept = pending.waiters.map(\.1)
+                pending.waiters = []
             }
-            if stopping { break }
+            condition.unlock()
+            for done in answered { done(.success(())) }
+            if stopping {
+                let reason = failureReason ?? "the journal closed before writing it"
+                for done in unkept { done(.failure(JournalError("not kept: \(reason)", notKept: !needsCutBack))) }
+                break
+            }
             if case .failure = result {
                 // Wait before trying the disk again.
                 Thread.sleep(forTimeInterval: max(interval, 0.05))
@@ -216,31 +311,56 @@ public final class JournalWriter: @unchecked Sendable {
         stopped.unlock()
     }
 
-    /// Writes and syncs a batch whose last record is `sequence` with checksum `checksum`.
+    /// Something must be put right before the next write: a segment to create, bytes to cut.
+    private var needsRepair: Bool { descriptor < 0 || needsCutBack }
+
+    private func failed(_ reason: String) -> Result<Void, JournalError> {
+        failures.wrappingAdd(1, ordering: .relaxed)
+        failure.withLock { $0 = reason }
+        return .failure(JournalError(reason))
+    }
+
+    /// Writes and syncs a batch whose last record is `sequence` with checksum `checksum`,
+    /// after putting right what an earlier failure left.
     private func flush(_ batch: ByteBuffer, through sequence: UInt64, checksum: UInt32) -> Result<Void, JournalError> {
-        guard batch.readableBytes > 0 else { return .success(()) }
-        let written = batch.withUnsafeReadableBytes { files.write(descriptor, $0) }
-        guard written == batch.readableBytes, files.sync(descriptor) == 0 else {
-            let reason = "journal write failed: \(String(cString: strerror(errno)))"
-            failures.wrappingAdd(1, ordering: .relaxed)
-            failure.withLock { $0 = reason }
-            // Cut off whatever part of the batch reached the file, so the retry starts clean.
-            _ = ftruncate(descriptor, off_t(segmentSize))
-            return .failure(JournalError(reason))
+        if needsCutBack {
+            guard ftruncate(descriptor, off_t(segmentSize)) == 0 else {
+                return failed("cannot cut back a failed journal write: \(String(cString: strerror(errno)))")
+            }
+            needsCutBack = false
+        }
+        if descriptor < 0 {
+            let position = durablePosition
+            do {
+                try openSegment(firstSequence: position.sequence + 1, previousChecksum: position.checksum)
+            } catch {
+                return failed("\(error)")
+            }
+        }
+        if batch.readableBytes > 0 {
+            let written = batch.withUnsafeReadableBytes { files.write(descriptor, $0) }
+            if written != batch.readableBytes || files.sync(descriptor) != 0 {
+                let reason = "journal \(written != batch.readableBytes ? "write" : "fsync") failed: \(String(cString: strerror(errno)))"
+                // Cut off whatever part of the batch reached the file, so the retry starts clean
+                // and does not trust pages a failed fsync may have dropped.
+                if ftruncate(descriptor, off_t(segmentSize)) != 0 { needsCutBack = true }
+                return failed(reason)
+            }
+            segmentSize += written
+            durableAt.withLock { $0 = Checkpoint.Position(sequence: sequence, checksum: checksum) }
+            durable.store(sequence, ordering: .releasing)
         }
         if failureReason != nil { failure.withLock { $0 = nil } }
-        segmentSize += written
-        durable.store(sequence, ordering: .releasing)
         if segmentSize >= segmentBytes {
             // Records still buffered continue the chain from this batch's last record, with the
-            // next sequence numbers: exactly what the new segment's header says.
+            // next sequence numbers: exactly what the new segment's header says. The batch is
+            // kept either way; a segment that cannot be created is retried before the next write.
             Glibc.close(descriptor)
             descriptor = -1
             do {
                 try openSegment(firstSequence: sequence + 1, previousChecksum: checksum)
             } catch {
-                failure.withLock { $0 = "\(error)" }
-                return .failure(JournalError("\(error)"))
+                _ = failed("\(error)")
             }
         }
         return .success(())
@@ -249,22 +369,29 @@ public final class JournalWriter: @unchecked Sendable {
     private func openSegment(firstSequence: UInt64, previousChecksum: UInt32) throws {
         let path = directory + "/" + SegmentHeader.fileName(firstSequence: firstSequence)
         let header = SegmentHeader(firstSequence: firstSequence, previousChecksum: previousChecksum).bytes
-        let created = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o600)
+        let created = files.create(path)
         guard created >= 0 else { throw JournalError("cannot create \(path): \(String(cString: strerror(errno)))") }
         guard header.withUnsafeBytes({ files.write(created, $0) }) == header.count, files.sync(created) == 0 else {
+            let reason = String(cString: strerror(errno))
             Glibc.close(created)
-            throw JournalError("cannot write \(path): \(String(cString: strerror(errno)))")
+            unlink(path)
+            throw JournalError("cannot write \(path): \(reason)")
         }
-        syncDirectory()
+        do {
+            try syncDirectory()
+        } catch {
+            Glibc.close(created)
+            throw error
+        }
         descriptor = created
         segmentSize = header.count
     }
 
-    private func syncDirectory() {
+    /// A new segment is only there after a crash once its directory entry is synced.
+    private func syncDirectory() throws {
         let directoryDescriptor = open(directory, O_RDONLY)
-        if directoryDescriptor >= 0 {
-            _ = fsync(directoryDescriptor)
-            Glibc.close(directoryDescriptor)
-        }
+        guard directoryDescriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(directoryDescriptor) }
+        guard fsync(directoryDescriptor) == 0 else { throw JournalError("cannot sync \(directory): \(String(cString: strerror(errno)))") }
     }
 }

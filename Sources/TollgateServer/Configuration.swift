@@ -27,21 +27,16 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// Event-loop threads; 0 means one per core.
     public var threads = 0
     public var serverName = "tollgated"
-    /// Where decisions run. `.connectionThread` (the default, chosen by measurement: see
-    /// bench/README.md) decides under a mutex on the event-loop thread that read the request;
-    /// `.dedicatedThread` hands every decision to one ledger thread and the answer back.
-    public var decisionThread = DecisionThread.connectionThread
-
-    public enum DecisionThread: String, Sendable, Equatable {
-        case connectionThread = "connection"
-        case dedicatedThread = "dedicated"
-    }
     public var limits = LedgerLimits()
     /// `async` (the default): answers leave at once and the journal is fsynced every
     /// `journalFlushIntervalMilliseconds`, the window a crash can lose. `sync`: every answer to
     /// a mutation waits for the fsync that keeps it. `none`: nothing is kept (tests, benchmarks).
     public var journalMode = JournalModeSetting.async
     public var journalFlushIntervalMilliseconds: Int64 = 10
+    /// `async` mode's promise: the acknowledged changes a crash can lose span at most this
+    /// long. When the writer falls further behind (a stalled disk), answers wait for the
+    /// journal, as in `sync` mode, until it catches up.
+    public var journalAsyncWindowMilliseconds: Int64 = 100
     public var journalSegmentBytes = 64 << 20
     /// How often a full checkpoint is written in the background (0: never), so recovery
     /// replays only the journal after it.

@@ -7,7 +7,7 @@ extension ServerConfiguration {
     public static let settingNames = [
         "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
         "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
-        "serverName", "decisionThread", "journalMode", "journalFlushIntervalMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
+        "serverName", "journalMode", "journalFlushIntervalMilliseconds", "journalAsyncWindowMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
         "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
         "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
         "recentActivityKept", "dashboardAccountsMax",
@@ -22,8 +22,9 @@ extension ServerConfiguration {
             "dataDirectory": dataDirectory, "maxFrameBody": "\(maxFrameBody)", "maxInFlight": "\(maxInFlight)", "maxBatchItems": "\(maxBatchItems)",
             "maxConnections": "\(maxConnections)", "idleTimeoutMilliseconds": "\(idleTimeoutMilliseconds)",
             "sweepIntervalMilliseconds": "\(sweepIntervalMilliseconds)", "shutdownGraceMilliseconds": "\(shutdownGraceMilliseconds)",
-            "threads": "\(threads)", "serverName": serverName, "decisionThread": decisionThread.rawValue, "journalMode": journalMode.rawValue,
-            "journalFlushIntervalMilliseconds": "\(journalFlushIntervalMilliseconds)", "journalSegmentBytes": "\(journalSegmentBytes)",
+            "threads": "\(threads)", "serverName": serverName, "journalMode": journalMode.rawValue,
+            "journalFlushIntervalMilliseconds": "\(journalFlushIntervalMilliseconds)",
+            "journalAsyncWindowMilliseconds": "\(journalAsyncWindowMilliseconds)", "journalSegmentBytes": "\(journalSegmentBytes)",
             "checkpointIntervalSeconds": "\(checkpointIntervalSeconds)", "journalRetentionHours": "\(journalRetentionHours)",
             "idempotencyKeysMax": "\(limits.idempotencyKeysMax)",
             "idempotencyRetentionHours": "\(limits.idempotencyRetentionMicroseconds / 3_600_000_000)",
@@ -101,11 +102,10 @@ extension ServerConfiguration {
         case "journalSegmentBytes": journalSegmentBytes = Int(try integer(4_096...4_294_967_296))
         case "checkpointIntervalSeconds": checkpointIntervalSeconds = try integer(0...86_400)
         case "journalRetentionHours": journalRetentionHours = try integer(0...87_600)
+        case "journalAsyncWindowMilliseconds": journalAsyncWindowMilliseconds = try integer(1...60_000)
         case "decisionThread":
-            guard let thread = DecisionThread(rawValue: value) else {
-                throw ConfigurationError("\(source): decisionThread must be connection or dedicated, not \"\(value)\"")
-            }
-            decisionThread = thread
+            throw ConfigurationError(
+                "\(source): decisionThread was removed: decisions always run on the event loop that read the request (bench/README.md says why); delete the setting")
         case "idempotencyKeysMax": limits.idempotencyKeysMax = Int(try integer(1...1_000_000_000))
         case "idempotencyRetentionHours": limits.idempotencyRetentionMicroseconds = try integer(1...8_760) * 3_600_000_000
         case "idempotencyMinimumRetentionMinutes": limits.idempotencyMinimumRetentionMicroseconds = try integer(0...525_600) * 60_000_000
@@ -149,6 +149,10 @@ extension ServerConfiguration {
         guard !host.isEmpty, !dataDirectory.isEmpty else { throw ConfigurationError("host and dataDirectory must not be empty") }
         guard limits.idempotencyMinimumRetentionMicroseconds <= limits.idempotencyRetentionMicroseconds else {
             throw ConfigurationError("idempotencyMinimumRetentionMinutes must not exceed idempotencyRetentionHours")
+        }
+        guard journalAsyncWindowMilliseconds >= 2 * journalFlushIntervalMilliseconds else {
+            throw ConfigurationError(
+                "journalAsyncWindowMilliseconds (\(journalAsyncWindowMilliseconds)) must be at least twice journalFlushIntervalMilliseconds (\(journalFlushIntervalMilliseconds)), or answers would wait for nearly every flush")
         }
         guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {
             throw ConfigurationError("TLS needs both tlsCertificateFile and tlsKeyFile")

@@ -63,9 +63,11 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var unflushed = 0
     private var inFlight = 0
     private var lastRequest = NIODeadline.now()
-    /// Answers not yet written: decisions on the ledger thread (`.dedicatedThread`) or waiting
-    /// for their journal fsync (`sync` mode).
+    /// Answers decided but not yet written: waiting for the journal to keep what they show,
+    /// or for the history thread. They count toward the in-flight limit with the others.
     private var awaitingAnswers = 0
+    /// `async` mode's window in nanoseconds: past it, answers wait for the journal.
+    private let asyncWindowNanoseconds: UInt64
     private var draining = false
     private var idleCheck: RepeatedTask?
 
@@ -101,7 +103,12 @@ final class GateConnectionHandler: ChannelInboundHandler {
         self.logger = logger
         self.configuration = service.configuration
         self.wireLimits = WireLimits(maxBatchItems: service.configuration.maxBatchItems)
+        self.asyncWindowNanoseconds = UInt64(max(1, service.configuration.journalAsyncWindowMilliseconds)) * 1_000_000
     }
+
+    /// Answers this connection owes: not yet written, written but not flushed, and flushed
+    /// but not yet taken by the socket. The in-flight limit counts them all.
+    private var owed: Int { awaitingAnswers + unflushed + inFlight }
 
     func channelActive(context: ChannelHandlerContext) {
         guard limiter.acquire() else {
@@ -160,7 +167,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
             fail(context: context, WireError(.handshakeRequired, "the first frame on a connection must be HELLO"), requestID: requestID)
             return
         }
-        guard inFlight + unflushed < 2 * configuration.maxInFlight else {
+        guard owed < 2 * configuration.maxInFlight else {
             answerError(context: context, frame: frame, WireError(.tooManyInFlight, "more than \(2 * configuration.maxInFlight) answers are waiting to be sent; read them first"))
             return
         }
@@ -206,47 +213,70 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 }
                 if refusals.contains(where: { $0 != nil }) { refusedItems = refusals }
             }
-            if let ledgerThread = service.ledgerThread {
-                decideElsewhere(context: context, request, refusedItems: refusedItems, requestID: requestID, started: started, on: ledgerThread.next())
-                return
-            }
             if case .balanceAt = request {
                 answerFromHistory(context: context, request, requestID: requestID, started: started)
                 return
             }
             let handled = service.handle(request, refusedItems: refusedItems)
-            if let sequence = handled.sequence, configuration.journalMode == .sync, let journal = service.journal {
-                answerWhenDurable(context: context, handled.response, to: request, requestID: requestID, started: started, sequence: sequence, journal: journal)
-                return
-            }
-            response = handled.response
+            deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)
+            return
         }
         write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
         metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
     }
 
-    /// The `.dedicatedThread` path: the decision runs on the ledger's thread and the answer
-    /// hops back to this connection's thread, in order.
-    private func decideElsewhere(
-        context: ChannelHandlerContext, _ request: WireRequest, refusedItems: [WireError?]?, requestID: UInt32, started: UInt64, on loop: any EventLoop
+    /// The one place durability applies to an answer about the ledger — a decision, a
+    /// refusal, a retry answered from the idempotency table, a read, a batch — whatever its
+    /// kind. It may show any change appended so far, so it covers the journal's last
+    /// appended record, read after the answer was decided. `sync`: it leaves once that record
+    /// is on disk, so no answer shows what a crash could take back. `async`: at once, unless
+    /// it answers a mutation while the journal is more than the window behind (a stalled
+    /// disk); then it waits too, so the acknowledged changes a crash can lose never span more
+    /// than the window. Reads are not held in `async` mode.
+    private func deliver(
+        context: ChannelHandlerContext, _ response: WireResponse, to request: WireRequest, requestID: UInt32, started: UInt64, showsState: Bool = true
     ) {
-        let service = service
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        awaitingAnswers += 1
-        loop.submit { service.handle(request, refusedItems: refusedItems).response }.hop(to: context.eventLoop).whenSuccess { response in
-            let (handler, context) = loopBound.value
-            handler.sendDeferred(context: context, response, to: request, requestID: requestID, started: started)
+        if showsState, let journal = service.journal {
+            let covers = journal.appendedSequence
+            if covers > journal.durableSequence {
+                let waits: Bool
+                switch configuration.journalMode {
+                case .sync: waits = true
+                case .async: waits = request.isMutation && journal.lagNanoseconds(now: NIODeadline.now().uptimeNanoseconds) > asyncWindowNanoseconds
+                case .none: waits = false
+                }
+                if waits {
+                    awaitingAnswers += 1
+                    answerWhenDurable(context: context, response, to: request, requestID: requestID, started: started, sequence: covers, journal: journal)
+                    return
+                }
+            }
         }
+        write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
+        metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
     }
 
-    /// Sends an answer that was not ready when its request was read (decided on another
-    /// thread, waiting for the journal, or read from history), and closes once the last such
-    /// answer is out if the server is draining.
-    private func sendDeferred(context: ChannelHandlerContext, _ answer: WireResponse, to request: WireRequest, requestID: UInt32, started: UInt64) {
+    /// Sends an answer that was not ready when its request was read (waiting for the
+    /// journal, or read from history), and closes once the last such answer is out if the
+    /// server is draining. Nil: the outcome cannot be told (the journal stopped without
+    /// knowing whether the record is kept), so the connection closes without an answer and
+    /// the client retries with the same key.
+    private func sendDeferred(context: ChannelHandlerContext, _ answer: WireResponse?, to request: WireRequest, requestID: UInt32, started: UInt64) {
         awaitingAnswers -= 1
         guard context.channel.isActive, !closing || draining else { return }
+        guard let answer else {
+            closing = true
+            flushThenClose(context: context)
+            return
+        }
         write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
         metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
+        deferredAnswerSent(context: context)
+    }
+
+    /// After an answer written outside a read burst: flush it, or, when draining and nothing
+    /// more is owed, flush and close.
+    private func deferredAnswerSent(context: ChannelHandlerContext) {
         if draining {
             if awaitingAnswers == 0 { flushThenClose(context: context) }
         } else {
@@ -297,37 +327,45 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     /// A balance in the past reads files: it runs on the history thread, and the answer hops
     /// back here.
+    /// One history thread serves every connection, so its queue is bounded server-wide.
     private func answerFromHistory(context: ChannelHandlerContext, _ request: WireRequest, requestID: UInt32, started: UInt64) {
-        awaitingAnswers += 1
         let service = service
+        let queued = service.historyQueued.wrappingAdd(1, ordering: .relaxed).newValue
+        guard queued <= LedgerService.historyQueueMax else {
+            service.historyQueued.wrappingSubtract(1, ordering: .relaxed)
+            let busy = WireError(.unavailable, "\(LedgerService.historyQueueMax) balances in the past are already being read; try again shortly")
+            answerError(context: context, frame: Frame(opcode: request.opcode.rawValue, isResponse: false, requestID: requestID, body: ByteBuffer()), busy)
+            return
+        }
+        awaitingAnswers += 1
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         history.runIfActive(eventLoop: context.eventLoop) { service.handle(request).response }.whenComplete { result in
+            service.historyQueued.wrappingSubtract(1, ordering: .relaxed)
             let (handler, context) = loopBound.value
-            let answer: WireResponse
-            switch result {
-            case .success(let response): answer = response
-            case .failure: answer = .error(WireError(.unavailable, "the server is shutting down"))
-            }
-            handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started)
+            handler.awaitingAnswers -= 1
+            guard context.channel.isActive, !handler.closing || handler.draining else { return }
+            let response = (try? result.get()) ?? .error(WireError(.unavailable, "the server is shutting down"))
+            handler.deliver(context: context, response, to: request, requestID: requestID, started: started)
+            handler.deferredAnswerSent(context: context)
         }
     }
 
-    /// `sync` mode: the answer waits for the group-commit fsync that keeps its record; if the
-    /// journal cannot keep it, the answer is `unavailable` and nothing was acknowledged.
+    /// The answer waits for the fsync that keeps every record it may show. While the disk
+    /// fails it keeps waiting (the writer retries); `unavailable` only when the journal
+    /// stopped with the record certainly not kept.
     private func answerWhenDurable(
         context: ChannelHandlerContext, _ response: WireResponse, to request: WireRequest, requestID: UInt32, started: UInt64,
         sequence: UInt64, journal: JournalWriter
     ) {
-        awaitingAnswers += 1
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
         journal.whenDurable(sequence) { result in
             eventLoop.execute {
                 let (handler, context) = loopBound.value
-                let answer: WireResponse
+                let answer: WireResponse?
                 switch result {
                 case .success: answer = response
-                case .failure(let error): answer = .error(WireError(.unavailable, "not kept: \(error.description)"))
+                case .failure(let error): answer = error.notKept ? .error(WireError(.unavailable, "not kept: \(error.description)")) : nil
                 }
                 handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started)
             }

@@ -24,10 +24,10 @@ public func wallClock() -> Instant {
 /// answer never waits for another thread to wake up. A decision holds the lock for one to
 /// two microseconds (bench/README.md), far less than a loopback round trip, so contention
 /// stays low on the few cores a sidecar gets. Handing every decision to one owning thread
-/// was built too (`decisionThread: dedicated`) and measured slower: 280 µs against 225 µs
-/// p50 per reserve+commit pair, and a fifth less throughput (bench/README.md, "Where
-/// decisions run"). The mutex also gives the total order DESIGN.md requires: every decision
-/// sees every decision answered before it.
+/// was built too and measured slower: 298 µs against 269 µs p50 per reserve+commit pair with
+/// one client, 530 against 404 µs and a quarter less throughput with eight (bench/README.md,
+/// "Where decisions run"), so it was removed. The mutex also gives the total order DESIGN.md
+/// requires: every decision sees every decision answered before it.
 public final class LedgerService: Sendable {
     /// The ledger and the journal that keeps it, behind one lock: a decision and its journal
     /// record are one step, and the decision path takes one lock.
@@ -57,16 +57,14 @@ public final class LedgerService: Sendable {
         var unavailable: Handled? {
             guard let reason = journal?.failureReason else { return nil }
             return Handled(
-                response: .error(WireError(.unavailable, "the journal cannot keep changes right now (\(reason)); reads still work")), sequence: nil)
+                response: .error(WireError(.unavailable, "the journal cannot keep changes right now (\(reason)); nothing was changed")), sequence: nil,
+                showsState: false)
         }
     }
 
     private let state: Mutex<State>
     private let clock: @Sendable () -> Instant
     public let configuration: ServerConfiguration
-
-    /// The ledger's own thread, when decisions run on one (`.dedicatedThread`).
-    let ledgerThread: MultiThreadedEventLoopGroup?
 
     /// Where the ledger's events go; taken from the ledger under its lock after every step.
     let hub: EventHub?
@@ -77,12 +75,12 @@ public final class LedgerService: Sendable {
         self.clock = clock
         self.state = Mutex(
             State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil, activity: ActivityLog(capacity: configuration.recentActivityKept)))
-        self.ledgerThread = configuration.decisionThread == .dedicatedThread ? MultiThreadedEventLoopGroup(numberOfThreads: 1) : nil
     }
 
-    func shutdown() async {
-        try? await ledgerThread?.shutdownGracefully()
-    }
+    /// Balances in the past waiting for or being read on the history thread, across every
+    /// connection: past `historyQueueMax` a BALANCE_AT is answered `unavailable` at once.
+    let historyQueued = Atomic<Int>(0)
+    static let historyQueueMax = 64
 
     /// Installs the state recovered from the journal and the writer that continues it.
     public func restore(_ recovered: Ledger, journal: JournalWriter?) {
@@ -107,6 +105,9 @@ public final class LedgerService: Sendable {
     public struct Handled: Sendable {
         public var response: WireResponse
         public var sequence: UInt64?
+        /// False for an answer that shows nothing of the ledger (a refusal because the
+        /// journal cannot write): it need not wait for the journal.
+        public var showsState = true
     }
 
     /// Applies one request. HELLO and PING are the connection's business, not the ledger's.

@@ -226,7 +226,6 @@ public final class TollgateServer: Service, Sendable {
         service.journal?.close()
         events.stop()
         await eventTask.value
-        await service.shutdown()
         try await group.shutdownGracefully()
         logger.info("tollgated stopped")
     }
@@ -308,6 +307,13 @@ public final class TollgateServer: Service, Sendable {
     /// checkpoint thread while decisions go on.
     public func writeCheckpoint() throws {
         guard let source = service.checkpointSource(), source.position.sequence > lastCheckpoint.withLock({ $0 }) else { return }
+        // The copy includes records appended but perhaps not yet on disk: a checkpoint of them
+        // would outlive a crash that loses them, and the journal would end before it. It is
+        // written only once the journal has kept everything it includes.
+        if let journal = service.journal, !journal.waitUntilDurable(source.position.sequence, timeoutMilliseconds: 10_000) {
+            throw ServerError(
+                "the journal has not kept record \(source.position.sequence) yet (kept through \(journal.durableSequence)\(journal.failureReason.map { ": \($0)" } ?? "")); checkpoint postponed")
+        }
         // The journal before a checkpoint is never replayed again, so the events it produced
         // must be in the event log first.
         guard events.waitUntilLogged(source.ledger.nextEventSequence - 1) else {

@@ -33,8 +33,10 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "Event-loop threads (default: one per core).") var threads: Int?
     @Option(help: "Journal mode: async (default; fsync every interval), sync (answers wait for fsync) or none (nothing kept).")
     var journalMode: String?
-    @Option(help: "How often the async journal is fsynced, in ms (default 10): the loss window of a crash.")
+    @Option(help: "How often the async journal is fsynced, in ms (default 10).")
     var journalFlushIntervalMs: Int?
+    @Option(help: "Async mode's loss window, in ms (default 100): the acknowledged changes a crash can lose span at most this; answers wait when the journal falls further behind.")
+    var journalAsyncWindowMs: Int?
     @Option(help: "PEM certificate (chain) of the gate port: with --tls-key, the port speaks TLS (1.3 unless --tls-min-version 1.2).")
     var tlsCert: String?
     @Option(help: "PEM private key of --tls-cert.") var tlsKey: String?
@@ -116,6 +118,7 @@ struct Tollgated: AsyncParsableCommand {
         add("threads", threads)
         add("journalMode", journalMode)
         add("journalFlushIntervalMilliseconds", journalFlushIntervalMs)
+        add("journalAsyncWindowMilliseconds", journalAsyncWindowMs)
         add("tlsCertificateFile", tlsCert)
         add("tlsKeyFile", tlsKey)
         add("tlsClientCAFile", tlsClientCa)

@@ -172,9 +172,9 @@ import TollgateWire
         try await server.stop()
     }
 
-    @Test(arguments: [ServerConfiguration.DecisionThread.connectionThread, .dedicatedThread])
-    func gracefulShutdownAnswersWhatWasAskedThenStops(thread: ServerConfiguration.DecisionThread) async throws {
-        let server = try await TestServer.start { $0.decisionThread = thread }
+    @Test(arguments: [ServerConfiguration.JournalModeSetting.async, .sync])
+    func gracefulShutdownAnswersWhatWasAskedThenStops(journal: ServerConfiguration.JournalModeSetting) async throws {
+        let server = try await TestServer.start { $0.journalMode = journal }
         let gate = try await server.client()
         try await gate.setUpTeamPlan()
         // Requests in flight while shutdown begins all get answers.

@@ -307,27 +307,42 @@ final class FaultyFiles: JournalFiles, Sendable {
 }
 
 @Suite(.serialized) struct FaultTests {
+    func pool(_ server: TestServer) throws -> Credits {
+        try server.server.service.balance(account: "acme", member: nil).get().funds.pool
+    }
+
+    /// Waits for the journal to report the failure the test caused.
+    func journalFailing(_ server: TestServer) async throws {
+        for _ in 0..<3_000 where server.server.service.journal?.failureReason == nil {  // at most 30 s
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(server.server.service.journal?.failureReason != nil)
+    }
+
+    func isUnavailable(_ body: () async throws -> Void) async -> Bool {
+        do {
+            try await body()
+            return false
+        } catch {
+            return (error as? TollgateError)?.status == ProtocolStatus.unavailable.rawValue
+        }
+    }
+
     @Test func aFailingDiskRefusesMutationsKeepsReadsAndRecovers() async throws {
         let data = NSTemporaryDirectory() + "tollgate-fault-\(UUID().uuidString)"
         let files = FaultyFiles()
-        let server = try await TestServer.start(journalFiles: files) { $0.dataDirectory = data; $0.journalMode = .sync }
+        let server = try await TestServer.start(journalFiles: files) { $0.dataDirectory = data; $0.journalMode = .async }
         let gate = try await TollgateClient.connect(.init(port: server.port, retries: 0))
         try await gate.setUpTeamPlan(topUp: false)
         _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "before")
 
         files.set(failing: true)
-        // The spend in flight when the disk fails is not acknowledged.
-        await #expect(throws: TollgateError.self) {
-            _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "during-1")
-        }
-        // Further mutations are refused as unavailable; reads still work.
-        do {
-            _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "during-2")
-            Issue.record("a mutation was accepted while the journal was failing")
-        } catch {
-            #expect(error.status == ProtocolStatus.unavailable.rawValue)
-        }
-        _ = try await gate.balance(account: "acme")
+        // Acknowledged at once (async): the journal fails when it tries to write it.
+        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "during-1")
+        try await journalFailing(server)
+        // Further mutations are refused as unavailable, and not applied; reads still work.
+        #expect(await isUnavailable { _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "during-2") })
+        #expect(try await gate.balance(account: "acme").funds.pool == 390)
         let ready = try await RawHTTP.get(port: server.adminPort, path: "/readyz")
         #expect(ready.hasPrefix("HTTP/1.1 503") && ready.contains("journal failing"))
         #expect(try await RawHTTP.get(port: server.adminPort, path: "/metrics").contains("tollgate_journal_healthy 0"))
@@ -340,15 +355,55 @@ final class FaultyFiles: JournalFiles, Sendable {
             resumed = (try? await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "after")) != nil
         }
         #expect(resumed)
-        let pool = try await gate.balance(account: "acme").funds.pool
+        #expect(try await gate.balance(account: "acme").funds.pool == 385)
         await gate.close()
         try await server.stop()
 
-        // Everything the ledger holds was kept: a restart shows the same pool.
+        // The acknowledged spend was written once the disk returned; the refused one never was.
         let restarted = try await TestServer.start { $0.dataDirectory = data; $0.journalMode = .sync }
-        let again = try await restarted.client()
-        #expect(try await again.balance(account: "acme").funds.pool == pool)
-        await again.close()
+        #expect(try pool(restarted) == 385)
+        try await restarted.stop()
+    }
+
+    /// `sync`: an answer leaves only once what it shows is on disk. While the disk fails, the
+    /// spend already applied waits (it is neither acknowledged nor refused), and `unavailable`
+    /// means nothing was changed — not in memory, not written later.
+    @Test func inSyncModeNothingIsAcknowledgedOrShownBeforeItIsKept() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-fault-\(UUID().uuidString)"
+        let files = FaultyFiles()
+        let server = try await TestServer.start(journalFiles: files) { $0.dataDirectory = data; $0.journalMode = .sync }
+        let gate = try await TollgateClient.connect(.init(port: server.port, requestTimeoutMilliseconds: 120_000, retries: 0))
+        try await gate.setUpTeamPlan(topUp: false)
+        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "before")
+
+        files.set(failing: true)
+        let answered = Mutex(false)
+        let waiting = Task {
+            defer { answered.withLock { $0 = true } }
+            return try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "during-1")
+        }
+        try await journalFailing(server)
+        let other = try await TollgateClient.connect(.init(port: server.port, retries: 0))
+        #expect(await isUnavailable { _ = try await other.spend(account: "acme", member: "ben", product: "ai.preview", quantity: 1, key: "during-2") })
+        // In memory: the first spend is applied (it waits for the disk), the refused one is not.
+        #expect(try pool(server) == 390)
+        // A read would show the spend that is not kept yet: it waits as well.
+        let read = Task { try await other.balance(account: "acme").funds.pool }
+        #expect(!answered.withLock { $0 })
+
+        files.set(failing: false)
+        #expect(try await waiting.value.cost == 5)
+        #expect(try await read.value == 390)
+        // The refused spend, retried with its key, is charged now, and once.
+        _ = try await other.spend(account: "acme", member: "ben", product: "ai.preview", quantity: 1, key: "during-2")
+        _ = try await other.spend(account: "acme", member: "ben", product: "ai.preview", quantity: 1, key: "during-2")
+        #expect(try await other.balance(account: "acme").funds.pool == 385)
+        await gate.close()
+        await other.close()
+        try await server.stop()
+
+        let restarted = try await TestServer.start { $0.dataDirectory = data; $0.journalMode = .sync }
+        #expect(try pool(restarted) == 385)
         try await restarted.stop()
     }
 }
