@@ -39,12 +39,15 @@ public enum Checkpoint {
     public static func write(_ snapshot: [UInt8], at position: Position, in directory: String) throws -> String {
         var header = ByteBuffer()
         header.writeBytes(magic)
-        header.writeInteger(UInt16(1))
+        header.writeInteger(UInt16(2))
         header.writeInteger(UInt16(0))
         header.writeInteger(position.sequence)
         header.writeInteger(position.checksum)
         header.writeInteger(UInt64(snapshot.count))
-        header.writeInteger(CRC32C.checksum(snapshot))
+        // Version 2: the checksum covers the header's fields as well as the snapshot, so a
+        // damaged position is seen as damage, not taken for a place in the journal.
+        let fields = header.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[4..<28])) }
+        header.writeInteger(CRC32C.checksum(snapshot, seed: fields))
         let path = directory + "/" + fileName(position.sequence)
         let temporary = path + ".tmp"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
@@ -59,10 +62,9 @@ public enum Checkpoint {
             throw JournalError("cannot write the checkpoint \(path): \(String(cString: strerror(errno)))")
         }
         let directoryDescriptor = open(directory, O_RDONLY)
-        if directoryDescriptor >= 0 {
-            fsync(directoryDescriptor)
-            close(directoryDescriptor)
-        }
+        guard directoryDescriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }
+        defer { close(directoryDescriptor) }
+        guard fsync(directoryDescriptor) == 0 else { throw JournalError("cannot sync \(directory): \(String(cString: strerror(errno)))") }
         return path
     }
 
@@ -72,13 +74,17 @@ public enum Checkpoint {
         let bytes = [UInt8](data)
         guard Array(bytes[0..<4]) == magic else { return nil }
         var header = ByteBuffer(bytes: bytes[4..<headerSize])
-        guard header.readInteger(as: UInt16.self) == 1, header.readInteger(as: UInt16.self) != nil,
+        guard let version = header.readInteger(as: UInt16.self), version == 1 || version == 2, header.readInteger(as: UInt16.self) != nil,
             let sequence = header.readInteger(as: UInt64.self), let checksum = header.readInteger(as: UInt32.self),
             let length = header.readInteger(as: UInt64.self), let crc = header.readInteger(as: UInt32.self),
             length == UInt64(bytes.count - headerSize)
         else { return nil }
+        // The file is named by the sequence it includes: a header saying otherwise is damaged
+        // (the only check a version 1 header, whose checksum covers the snapshot alone, gets).
+        guard (path as NSString).lastPathComponent == fileName(sequence) else { return nil }
         let snapshot = Array(bytes[headerSize...])
-        guard CRC32C.checksum(snapshot) == crc, let ledger = try? Ledger(snapshot: snapshot, limits: limits) else { return nil }
+        let seed = version == 2 ? CRC32C.checksum(Array(bytes[4..<28])) : 0
+        guard CRC32C.checksum(snapshot, seed: seed) == crc, let ledger = try? Ledger(snapshot: snapshot, limits: limits) else { return nil }
         return (ledger, Position(sequence: sequence, checksum: checksum))
     }
 

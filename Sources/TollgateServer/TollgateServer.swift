@@ -305,12 +305,12 @@ public final class TollgateServer: Service, Sendable {
     /// Writes a checkpoint if the journal moved since the last one: the ledger is copied under
     /// its lock (cheap: storage is shared until it changes), then encoded and written on the
     /// checkpoint thread while decisions go on.
-    public func writeCheckpoint() throws {
+    public func writeCheckpoint(waitingForTheJournalMilliseconds wait: Int = 10_000) throws {
         guard let source = service.checkpointSource(), source.position.sequence > lastCheckpoint.withLock({ $0 }) else { return }
         // The copy includes records appended but perhaps not yet on disk: a checkpoint of them
         // would outlive a crash that loses them, and the journal would end before it. It is
         // written only once the journal has kept everything it includes.
-        if let journal = service.journal, !journal.waitUntilDurable(source.position.sequence, timeoutMilliseconds: 10_000) {
+        if let journal = service.journal, !journal.waitUntilDurable(source.position.sequence, timeoutMilliseconds: wait) {
             throw ServerError(
                 "the journal has not kept record \(source.position.sequence) yet (kept through \(journal.durableSequence)\(journal.failureReason.map { ": \($0)" } ?? "")); checkpoint postponed")
         }

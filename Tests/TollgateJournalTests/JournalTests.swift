@@ -175,8 +175,9 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
         let path = try Checkpoint.write(driver.ledger.snapshot(), at: Checkpoint.Position(sequence: 7, checksum: 1), in: directory)
         #expect(Checkpoint.read(path, limits: LedgerLimits()) != nil)
         let original = try Data(contentsOf: URL(fileURLWithPath: path))
-        // The length is the eight bytes after magic, version, flags, sequence and checksum.
-        for (offset, flip) in [(20, UInt8(0x80)), (20, 0xFF), (27, 0x01), (24, 0x40)] {
+        // The length is the eight bytes after magic, version, flags, sequence and checksum; the
+        // sequence (8…15) and the record checksum (16…19) are covered by the header checksum.
+        for (offset, flip) in [(20, UInt8(0x80)), (20, 0xFF), (27, 0x01), (24, 0x40), (8, 0x80), (15, 0x01), (16, 0x01), (19, 0x80), (6, 0x01)] {
             var damaged = original
             damaged[offset] ^= flip
             try damaged.write(to: URL(fileURLWithPath: path))

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Synchronization
 import Testing
 import TollgateClient
@@ -285,9 +286,12 @@ import Glibc
 /// The journal's file layer, made to fail on demand like a full disk.
 final class FaultyFiles: JournalFiles, Sendable {
     private let failing = Mutex(false)
+    private let stalled = Mutex(false)
     private let system = SystemJournalFiles()
 
     func set(failing value: Bool) { failing.withLock { $0 = value } }
+    /// An fsync in progress does not return until this is set back to false: a stalled disk.
+    func set(stalled value: Bool) { stalled.withLock { $0 = value } }
 
     func write(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
         if failing.withLock({ $0 }) {
@@ -298,6 +302,7 @@ final class FaultyFiles: JournalFiles, Sendable {
     }
 
     func sync(_ descriptor: Int32) -> Int32 {
+        while stalled.withLock({ $0 }) { usleep(1_000) }
         if failing.withLock({ $0 }) {
             errno = EIO
             return -1
@@ -406,6 +411,74 @@ final class FaultyFiles: JournalFiles, Sendable {
         #expect(try pool(restarted) == 385)
         try await restarted.stop()
     }
+
+    /// A checkpoint never includes a record the journal has not kept: while the disk fails
+    /// with a spend applied in memory, it is postponed, and none is written.
+    @Test func noCheckpointIncludesWhatTheJournalHasNotKept() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-fault-\(UUID().uuidString)"
+        let files = FaultyFiles()
+        let server = try await TestServer.start(journalFiles: files) {
+            $0.dataDirectory = data
+            $0.journalMode = .async
+            $0.checkpointIntervalSeconds = 0
+        }
+        let gate = try await server.client(retries: 0)
+        try await gate.setUpTeamPlan(topUp: false)
+        files.set(failing: true)
+        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "unkept")
+        try await journalFailing(server)
+        let postponed = await OffPool.blocking("checkpoint") { () -> Bool in
+            do {
+                try server.server.writeCheckpoint(waitingForTheJournalMilliseconds: 200)
+                return false
+            } catch {
+                return "\(error)".contains("checkpoint postponed")
+            }
+        }
+        #expect(postponed)
+        #expect(Checkpoint.files(in: data + "/journal").isEmpty)
+        files.set(failing: false)
+        // Once the journal has kept it, the checkpoint goes ahead.
+        try await OffPool.blocking("checkpoint") { try server.server.writeCheckpoint() }
+        #expect(Checkpoint.files(in: data + "/journal").count == 1)
+        await gate.close()
+        try await server.stop()
+    }
+
+    /// `async`: while an fsync stalls past the window, answers to mutations wait for it (so a
+    /// crash then could not lose more than the window of acknowledged changes); reads do not.
+    @Test func aStalledDiskHoldsAsyncAcknowledgementsPastTheWindow() async throws {
+        let files = FaultyFiles()
+        let server = try await TestServer.start(journalFiles: files) {
+            $0.journalMode = .async
+            $0.journalFlushIntervalMilliseconds = 10
+            $0.journalAsyncWindowMilliseconds = 100
+        }
+        let gate = try await server.client(requestTimeoutMilliseconds: 120_000, retries: 0)
+        try await gate.setUpTeamPlan(topUp: false)
+        files.set(stalled: true)
+        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "first")
+        // Past the window: the stalled batch (holding "first") is older than 100 ms.
+        let journal = try server.server.service.journal.required("a journal")
+        for _ in 0..<3_000 where journal.lagNanoseconds(now: NIODeadline.now().uptimeNanoseconds) <= 150_000_000 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let answered = Mutex(false)
+        let held = Task {
+            defer { answered.withLock { $0 = true } }
+            return try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "second")
+        }
+        // Once the second spend is applied in memory (its answer held), a read shows it at once.
+        for _ in 0..<3_000 where try pool(server) != 390 { try await Task.sleep(for: .milliseconds(10)) }
+        let reader = try await server.client(retries: 0)
+        #expect(try await reader.balance(account: "acme").funds.pool == 390)  // a read is not held
+        #expect(!answered.withLock { $0 })
+        files.set(stalled: false)
+        #expect(try await held.value.cost == 5)
+        await gate.close()
+        await reader.close()
+        try await server.stop()
+    }
 }
 
 @Suite(.serialized) struct CheckpointTests {
@@ -457,7 +530,10 @@ final class FaultyFiles: JournalFiles, Sendable {
         try await second.stop()
     }
 
-    @Test func aDamagedCheckpointIsPassedOverForTheFullJournal() async throws {
+    /// Damage in the snapshot (-5: near its end), in the sequence the header names (15) or in
+    /// the record checksum it recorded (16): each is seen, and the full journal is used.
+    @Test(arguments: [-5, 15, 16])
+    func aDamagedCheckpointIsPassedOverForTheFullJournal(offset: Int) async throws {
         let data = NSTemporaryDirectory() + "tollgate-checkpoint-\(UUID().uuidString)"
         let configure: (inout ServerConfiguration) -> Void = {
             $0.dataDirectory = data
@@ -474,7 +550,7 @@ final class FaultyFiles: JournalFiles, Sendable {
         try await first.stop()
         let file = Checkpoint.files(in: data + "/journal")[0]
         var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
-        bytes[bytes.count - 5] ^= 0xFF
+        bytes[offset < 0 ? bytes.count + offset : offset] ^= 0x01
         try bytes.write(to: URL(fileURLWithPath: file))
         let second = try await TestServer.start(configure)
         #expect(second.server.service.snapshot.creditTotals().available == pool)
