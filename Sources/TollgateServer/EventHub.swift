@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import Synchronization
+import TollgateJournal
 import TollgateLedger
 import TollgateWire
 
@@ -38,11 +39,21 @@ public final class EventHub: Sendable {
     }
 
     private struct State {
+        /// The last event the log holds (on disk, fsynced).
         var lastLogged: UInt64 = 0
+        /// The last event taken from the ledger: replays at start repeat what came before.
+        var lastAccepted: UInt64 = 0
         var recent: [LedgerEvent] = []
         var subscribers: [ObjectIdentifier: Subscriber] = [:]
         var logFile: Int32 = -1
     }
+
+    /// Events taken but not yet in the log, because writing it failed; retried with every
+    /// batch and every `retryInterval`. Owned by the hub's thread. Checkpoints wait for them
+    /// (`waitUntilLogged`), so the journal that produces them again is kept meanwhile.
+    private let hubOwned = HubThreadState()
+    static let retryInterval: TimeInterval = 0.1
+    private let files: any JournalFiles
 
     let settings: Settings
     private let logger: Logger
@@ -52,8 +63,9 @@ public final class EventHub: Sendable {
     let webhook: WebhookDelivery?
     private let metrics: ServerMetrics
 
-    init(settings: Settings, logger: Logger, metrics: ServerMetrics) {
+    init(settings: Settings, logger: Logger, metrics: ServerMetrics, files: any JournalFiles = SystemJournalFiles()) {
         self.settings = settings
+        self.files = files
         self.logger = logger
         self.metrics = metrics
         if let url = settings.webhookURL {
@@ -91,6 +103,7 @@ public final class EventHub: Sendable {
         state.withLock { state in
             state.logFile = fd
             state.lastLogged = loaded.last?.sequence ?? 0
+            state.lastAccepted = state.lastLogged
             state.recent = Array(loaded.suffix(settings.recentKept))
         }
         if let webhook { webhook.load(backlog: loaded) }
@@ -111,7 +124,10 @@ public final class EventHub: Sendable {
         }
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             let thread = Thread { [self] in
-                while let batches = queue.takeAll() { batches.forEach(process) }
+                while let batches = queue.takeAll(timeout: Self.retryInterval) {
+                    batches.forEach(process)
+                    if !hubOwned.unlogged.isEmpty { writeUnlogged() }
+                }
                 done.resume()
             }
             thread.name = "tollgate-events"
@@ -127,25 +143,16 @@ public final class EventHub: Sendable {
 
     private func process(_ batch: [LedgerEvent]) {
         let fresh: [LedgerEvent] = state.withLock { state in
-            let fresh = batch.filter { $0.sequence > state.lastLogged }
-            guard !fresh.isEmpty else { return [] }
-            if state.logFile >= 0 {
-                var text = Data()
-                for event in fresh {
-                    text.append(EventJSON.encode(event))
-                    text.append(UInt8(ascii: "\n"))
-                }
-                let written = text.withUnsafeBytes { write(state.logFile, $0.baseAddress, $0.count) }
-                if written != text.count || fsync(state.logFile) != 0 {
-                    logger.error("cannot write the event log: \(String(cString: strerror(errno)))")
-                }
-            }
-            state.lastLogged = fresh.last!.sequence
+            let fresh = batch.filter { $0.sequence > state.lastAccepted }
+            guard let last = fresh.last else { return [] }
+            state.lastAccepted = last.sequence
             state.recent.append(contentsOf: fresh)
             if state.recent.count > settings.recentKept { state.recent.removeFirst(state.recent.count - settings.recentKept) }
             return fresh
         }
         guard !fresh.isEmpty else { return }
+        hubOwned.unlogged += fresh
+        writeUnlogged()
         for event in fresh { metrics.recordEvent(event) }
         let subscribers = state.withLock { Array($0.subscribers.values) }
         for subscriber in subscribers {
@@ -154,6 +161,42 @@ public final class EventHub: Sendable {
             }
         }
         webhook?.enqueue(fresh)
+    }
+
+    /// Appends the events not yet logged and fsyncs; on failure cuts back what reached the
+    /// file and keeps them for the next try, so the log never skips one or holds one twice,
+    /// and `lastLogged` only says what is really there.
+    private func writeUnlogged() {
+        guard let last = hubOwned.unlogged.last else { return }
+        let file = state.withLock { $0.logFile }
+        guard file >= 0 else {
+            // No log (journalMode none): nothing is kept, so nothing is waited for.
+            state.withLock { $0.lastLogged = last.sequence }
+            hubOwned.unlogged = []
+            return
+        }
+        var text = Data()
+        for event in hubOwned.unlogged {
+            text.append(EventJSON.encode(event))
+            text.append(UInt8(ascii: "\n"))
+        }
+        let end = lseek(file, 0, SEEK_END)
+        let written = text.withUnsafeBytes { files.write(file, $0) }
+        guard end >= 0, written == text.count, files.sync(file) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if end >= 0 { _ = ftruncate(file, end) }
+            if !hubOwned.logFailing {
+                logger.error("cannot write the event log; keeping \(hubOwned.unlogged.count) events to try again: \(reason)")
+                hubOwned.logFailing = true
+            }
+            return
+        }
+        if hubOwned.logFailing {
+            logger.notice("the event log is written again", metadata: ["through": "\(last.sequence)"])
+            hubOwned.logFailing = false
+        }
+        state.withLock { $0.lastLogged = last.sequence }
+        hubOwned.unlogged = []
     }
 
     /// Blocks (the checkpoint thread) until the log holds every event up to `sequence`.
@@ -175,7 +218,7 @@ public final class EventHub: Sendable {
             if let after {
                 // Events after `after` were dropped if the oldest kept is past `after + 1` (compared
                 // without adding: `after` comes from the client and may be 2^64 − 1).
-                if let first = state.recent.first, after < first.sequence, first.sequence - after > 1, state.lastLogged > after { return nil }
+                if let first = state.recent.first, after < first.sequence, first.sequence - after > 1, state.lastAccepted > after { return nil }
                 state.subscribers[ObjectIdentifier(channel)] = subscriber
                 return state.recent.filter { $0.sequence > after }
             }
@@ -220,12 +263,13 @@ final class BatchQueue: @unchecked Sendable {
         condition.signal()
     }
 
-    /// Every batch waiting, in order, once there is one; nil once closed and empty.
-    func takeAll() -> [[LedgerEvent]]? {
+    /// Every batch waiting, in order, once there is one or `timeout` has passed (then
+    /// perhaps none); nil once closed and empty.
+    func takeAll(timeout: TimeInterval) -> [[LedgerEvent]]? {
         condition.lock()
         defer { condition.unlock() }
-        while batches.isEmpty && !closed { condition.wait() }
-        guard !batches.isEmpty else { return nil }
+        if batches.isEmpty && !closed { _ = condition.wait(until: Date(timeIntervalSinceNow: timeout)) }
+        guard !batches.isEmpty || !closed else { return nil }
         defer { batches = [] }
         return batches
     }
@@ -236,6 +280,12 @@ final class BatchQueue: @unchecked Sendable {
         condition.broadcast()
         condition.unlock()
     }
+}
+
+/// What only the hub's own thread touches: events the log does not have yet.
+final class HubThreadState: @unchecked Sendable {
+    var unlogged: [LedgerEvent] = []
+    var logFailing = false
 }
 
 /// A counter shared between threads.

@@ -67,10 +67,11 @@ public final class TollgateServer: Service, Sendable {
     public let history: BalanceHistory
     private let startedAt: Instant
 
-    /// `journalFiles` replaces the file operations of the journal, for fault-injection tests.
+    /// `journalFiles` and `eventLogFiles` replace the file operations of the journal and of
+    /// the event log, for fault-injection tests.
     public init(
         configuration: ServerConfiguration, logger: Logger, clock: @escaping @Sendable () -> Instant = wallClock,
-        journalFiles: any JournalFiles = SystemJournalFiles()
+        journalFiles: any JournalFiles = SystemJournalFiles(), eventLogFiles: any JournalFiles = SystemJournalFiles()
     ) {
         _ = MetricsBootstrap.registry
         let offset = configuration.clockOffsetSeconds * 1_000_000
@@ -88,7 +89,7 @@ public final class TollgateServer: Service, Sendable {
         let eventDirectory = configuration.journalMode == .none ? nil : configuration.dataDirectory + "/events"
         var hubSettings = EventHub.Settings(directory: eventDirectory, webhookURL: configuration.webhookURL)
         hubSettings.webhookTimeoutMilliseconds = configuration.webhookTimeoutMilliseconds
-        self.events = EventHub(settings: hubSettings, logger: logger, metrics: metrics)
+        self.events = EventHub(settings: hubSettings, logger: logger, metrics: metrics, files: eventLogFiles)
         self.service = LedgerService(configuration: configuration, clock: clock, hub: events)
         var historySettings = BalanceHistory.Settings()
         historySettings.accountsMax = configuration.dashboardAccountsMax

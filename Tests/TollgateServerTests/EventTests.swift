@@ -6,6 +6,7 @@ import Synchronization
 import Testing
 import TollgateClient
 import TollgateLedger
+import TollgateLedgerTestSupport
 import TollgateServer
 import TollgateWire
 
@@ -214,6 +215,40 @@ final class WebhookReceiver: Sendable {
         await gate.close()
         await reader.close()
         try await server.stop()
+    }
+
+    /// A failed write or fsync of the event log does not count as logged: the events are kept
+    /// and written once the disk works, each once, and checkpoints wait for them.
+    @Test func aFailingEventLogKeepsItsEventsUntilTheyAreWritten() async throws {
+        let data = NSTemporaryDirectory() + "tollgate-events-\(UUID().uuidString)"
+        let files = FaultyFiles()
+        let server = try await TestServer.start(eventLogFiles: files) { $0.dataDirectory = data; $0.checkpointIntervalSeconds = 0 }
+        let admin = try await server.client()
+        try await setUp(admin)
+        _ = try await admin.apply(.setAlert(account: "acme", rule: AlertRule(id: "low", threshold: .credits(10))))
+        let (_, stream) = try await admin.subscribe(account: "acme")
+        files.set(failing: true)
+        _ = try await admin.spend(account: "acme", member: nil, product: "p", quantity: 91)
+        // Subscribers hear it at once; the log does not have it, and says so.
+        #expect(await collect(stream, count: 1).map(\.sequence) == [1])
+        #expect(server.server.events.lastLogged == 0)
+        let postponed = await OffPool.blocking("checkpoint") { () -> Bool in
+            do {
+                try server.server.writeCheckpoint()
+                return false
+            } catch {
+                return "\(error)".contains("the event log is behind")
+            }
+        }
+        #expect(postponed)
+        files.set(failing: false)
+        for _ in 0..<3_000 where server.server.events.lastLogged < 1 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(server.server.events.lastLogged == 1)
+        await admin.close()
+        try await server.stop()
+        let lines = try String(contentsOfFile: data + "/events/events.log", encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].contains(#""sequence":1"#))
+        try? FileManager.default.removeItem(atPath: data)
     }
 }
 

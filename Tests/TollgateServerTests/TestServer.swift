@@ -23,7 +23,8 @@ final class TestServer: Sendable {
     let adminPort: Int
 
     static func start(
-        journalFiles: any JournalFiles = SystemJournalFiles(), logger custom: Logger? = nil, _ adjust: (inout ServerConfiguration) -> Void = { _ in }
+        journalFiles: any JournalFiles = SystemJournalFiles(), eventLogFiles: any JournalFiles = SystemJournalFiles(), logger custom: Logger? = nil,
+        _ adjust: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
         var configuration = ServerConfiguration()
         configuration.port = 0
@@ -36,7 +37,7 @@ final class TestServer: Sendable {
         adjust(&configuration)
         var logger = custom ?? Logger(label: "test-tollgated")
         if custom == nil { logger.logLevel = .warning }
-        let server = TollgateServer(configuration: configuration, logger: logger, journalFiles: journalFiles)
+        let server = TollgateServer(configuration: configuration, logger: logger, journalFiles: journalFiles, eventLogFiles: eventLogFiles)
         let group = ServiceGroup(configuration: .init(services: [server], gracefulShutdownSignals: [], logger: logger))
         let task = Task { try await group.run() }
         try await server.waitUntilListening()
