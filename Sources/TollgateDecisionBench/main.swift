@@ -102,7 +102,7 @@ for (journal, data) in journals {
     var ledger = Ledger(startingAt: .epoch)
     let started = ContinuousClock.now
     let scan = try Journal.scan(directory: directory, repair: false) { record in
-        ledger.apply(record.command, key: record.key, at: record.instant)
+        ledger.replay(record.command, key: record.key, at: record.instant)
     }
     let elapsed = ContinuousClock.now - started
     let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18

@@ -115,6 +115,28 @@ struct IdempotencyTable: Hashable, Sendable {
         }
     }
 
+    /// Whether `key` is remembered, under any fingerprint.
+    func contains(_ key: Key) -> Bool { find(key) != nil }
+
+    /// Forgets the oldest keys up to and including `key` (which should be remembered). Keys go
+    /// oldest first, so a key that was forgotten took every older one with it.
+    /// Returns how many it forgot.
+    mutating func forget(through key: Key) -> Int {
+        var forgotten = 0
+        while let first = expiries.first {
+            let last = first.key == key
+            forgetFirst(first.key)
+            forgotten += 1
+            if last { break }
+        }
+        return forgotten
+    }
+
+    /// Forgets the oldest key, whatever its age.
+    mutating func forgetOldest() {
+        if let first = expiries.first { forgetFirst(first.key) }
+    }
+
     /// Forgets the oldest key if it would expire by `instant`; false if it would not.
     mutating func forgetOldest(ifExpiringBy instant: Instant) -> Bool {
         guard let first = expiries.first, first.at <= instant else { return false }

@@ -142,6 +142,43 @@ public struct Ledger: Hashable, Sendable {
         return Applied(answer: answer, instant: now, changedState: remembered || forgotEarly)
     }
 
+    /// Applies a journal record again: the command as it was first decided, which changed the
+    /// ledger then, so it is executed whatever the idempotency table holds now. Replay is
+    /// independent of the idempotency limits: a key the live table had forgotten early (it
+    /// was full) may still be here when the replaying table is larger, and is forgotten now
+    /// (with every older key, as the live table forgot them); a full table forgets its oldest
+    /// key rather than refuse. Balances, holds and every other part of the state come out as
+    /// they were live under any configuration; the table keeps at least what the live one did.
+    /// `changedState` false means the record did not change the ledger on replay although it
+    /// did when decided: the caller reports it.
+    public mutating func replay(_ command: Command, key: String, at instant: Instant) -> Applied {
+        let now = advance(to: instant)
+        if let error = validateKey(key) { return Applied(answer: .refused(Refusal(error)), instant: now, changedState: false) }
+        let scopedKey = IdempotencyTable.Key(scope: command.account, key: key)
+        var forgot = false
+        if idempotency.contains(scopedKey) {
+            idempotencyKeysForgottenEarly += idempotency.forget(through: scopedKey)
+            forgot = true
+        }
+        while idempotency.count >= limits.idempotencyKeysMax {
+            idempotency.forgetOldest()
+            idempotencyKeysForgottenEarly += 1
+            forgot = true
+        }
+        let answer = execute(command, at: now)
+        if !alerts.isEmpty || !recharges.isEmpty, !answer.isRefused, let slot = accountSlots[HashedString(command.account)] {
+            evaluateWatches(slot, at: now)
+            let parent = accounts[Int(slot)].parent
+            if parent != noSlot { evaluateWatches(parent, at: now) }
+        }
+        let remembered = answer.refusal?.error.isRemembered ?? true
+        if remembered {
+            idempotency.remember(
+                scopedKey, fingerprint: command.fingerprint, answer: answer, until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
+        }
+        return Applied(answer: answer, instant: now, changedState: remembered || forgot)
+    }
+
     /// The instant `apply` would decide a command at, given `instant`.
     public func decisionInstant(for instant: Instant) -> Instant {
         max(clock, instant)

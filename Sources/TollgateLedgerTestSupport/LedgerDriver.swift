@@ -2,7 +2,8 @@ import TollgateLedger
 
 /// Drives a ledger the way a server would: a clock that only the driver moves, a fresh
 /// idempotency key for every command unless one is given, and a record of what was applied
-/// (the journal the ledger will later have) so it can be replayed.
+/// (the journal the ledger will later have: the commands that changed it, at the instants they
+/// were decided) so it can be replayed.
 public struct LedgerDriver: Sendable {
     public struct Entry: Hashable, Sendable {
         public var command: Command
@@ -28,9 +29,9 @@ public struct LedgerDriver: Sendable {
     @discardableResult
     public mutating func run(_ command: Command, key: String? = nil) -> Answer {
         let key = key ?? nextKey()
-        let decided = ledger.decisionInstant(for: now)
-        journal.append(Entry(command: command, key: key, at: decided))
-        return ledger.apply(command, key: key, at: now)
+        let applied = ledger.applyRecording(command, key: key, at: now)
+        if applied.changedState { journal.append(Entry(command: command, key: key, at: applied.instant)) }
+        return applied.answer
     }
 
     /// Runs an admin command that must succeed.
@@ -54,12 +55,18 @@ public struct LedgerDriver: Sendable {
         }
     }
 
-    /// Replays a journal into a fresh ledger, as recovery will.
+    /// Replays a journal into a fresh ledger, as recovery does; also the sequence numbers
+    /// (from 1) of records that changed nothing on replay, which should be none.
     public static func replay(_ journal: [Entry], limits: LedgerLimits = LedgerLimits(), start: Instant = Fixtures.start) -> Ledger {
+        replayReporting(journal, limits: limits, start: start).ledger
+    }
+
+    public static func replayReporting(_ journal: [Entry], limits: LedgerLimits = LedgerLimits(), start: Instant = Fixtures.start) -> (ledger: Ledger, unchanged: [Int]) {
         var ledger = Ledger(limits: limits, startingAt: start)
-        for entry in journal {
-            ledger.apply(entry.command, key: entry.key, at: entry.at)
+        var unchanged: [Int] = []
+        for (index, entry) in journal.enumerated() where !ledger.replay(entry.command, key: entry.key, at: entry.at).changedState {
+            unchanged.append(index + 1)
         }
-        return ledger
+        return (ledger, unchanged)
     }
 }

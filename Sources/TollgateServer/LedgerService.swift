@@ -193,7 +193,7 @@ public final class LedgerService: Sendable {
         do {
             _ = try Journal.scan(directory: directory, repair: false, after: base?.position) { record in
                 guard record.instant <= at else { throw StopReplay() }
-                history.apply(record.command, key: record.key, at: record.instant)
+                _ = history.replay(record.command, key: record.key, at: record.instant)
             }
         } catch is StopReplay {
         } catch {

@@ -267,9 +267,19 @@ public final class TollgateServer: Service, Sendable {
             readiness.set(notReadyBecause: "starting: replaying the journal (\(report.line(unit: "records")))")
         }
         let scan: JournalScan
+        var divergent = 0
         do {
-            scan = try Journal.scan(directory: directory, repair: true, after: checkpoint?.position) { record in
-                ledger.apply(record.command, key: record.key, at: record.instant)
+            scan = try Journal.scan(directory: directory, repair: true, after: checkpoint?.position) { [logger] record in
+                // Each record changed the ledger when it was decided; one that does not now is
+                // reported (it cannot come from the configuration: replay does not depend on it).
+                if !ledger.replay(record.command, key: record.key, at: record.instant).changedState {
+                    divergent += 1
+                    if divergent <= 10 {
+                        logger.error(
+                            "a journal record changed nothing on replay, though it did when decided",
+                            metadata: ["sequence": "\(record.sequence)", "command": "\(WireText.describe(command: record.command, key: record.key))"])
+                    }
+                }
                 // Events come out again as the journal replays; the hub keeps those it has
                 // not logged yet (by sequence), so none is lost and none logged twice.
                 if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }
@@ -297,6 +307,7 @@ public final class TollgateServer: Service, Sendable {
             "recovered from the journal",
             metadata: [
                 "records": "\(scan.records)", "segments": "\(scan.segments.count)", "mode": "\(configuration.journalMode.rawValue)",
+                "divergentRecords": "\(divergent)",
                 "recordsPerSecond": "\(replayed.perSecond)", "accounts": "\(ledger.accountCount)", "openHolds": "\(ledger.openHoldCount)",
                 "seconds": "\(ContinuousClock.now - started)",
             ])

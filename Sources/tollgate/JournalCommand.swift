@@ -75,7 +75,7 @@ struct JournalCommand: ParsableCommand {
                     progress.advance()
                     var hold: HoldView?
                     if case .commit(let commit) = record.command { hold = ledger.hold(commit.hold.hold) }
-                    let answer = ledger.apply(record.command, key: record.key, at: record.instant)
+                    let answer = ledger.replay(record.command, key: record.key, at: record.instant).answer
                     let line: [String: Any]? = record.command.consumption(answer: answer, hold: hold).map { consumed in
                         [
                             "account": consumed.account, "member": nullable(consumed.member), "product": nullable(consumed.product),

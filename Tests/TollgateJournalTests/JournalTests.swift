@@ -88,7 +88,7 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
         try await writeJournal(driver.journal, to: directory)
         var replayed = Ledger(startingAt: Fixtures.start)
         _ = try Journal.scan(directory: directory, repair: false) { record in
-            replayed.apply(record.command, key: record.key, at: record.instant)
+            _ = replayed.replay(record.command, key: record.key, at: record.instant)
         }
         #expect(replayed == driver.ledger)
     }

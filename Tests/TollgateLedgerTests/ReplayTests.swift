@@ -40,6 +40,36 @@ import TollgateLedgerTestSupport
         #expect(!equal)
     }
 
+    /// A key forgotten early live (the table was full) runs again when retried; replay runs it
+    /// again too, whatever table size it replays with, and every record changes the ledger.
+    @Test(arguments: [1, 2, 3, 1_000_000])
+    func replayDoesNotDependOnTheIdempotencyLimits(replayKeysMax: Int) throws {
+        var live = LedgerLimits()
+        live.idempotencyKeysMax = 3
+        live.idempotencyMinimumRetentionMicroseconds = 0
+        var driver = LedgerDriver(limits: live)
+        Fixtures.seedsExample(&driver)
+        for _ in 0..<3 {
+            for key in ["a", "b", "c", "d", "e"] {
+                driver.run(.spend(Spend(DecisionRequest(account: "acme", member: "ana", product: Fixtures.summary, quantity: 1))), key: key)
+                driver.advance(microseconds: Microseconds.perSecond)
+            }
+        }
+        #expect(driver.ledger.idempotencyKeysForgottenEarly > 0)
+        var limits = live
+        limits.idempotencyKeysMax = replayKeysMax
+        var (replayed, unchanged) = LedgerDriver.replayReporting(driver.journal, limits: limits)
+        #expect(unchanged.isEmpty, "records that changed nothing on replay: \(unchanged)")
+        var original = driver.ledger
+        let end = max(replayed.clock, original.clock)
+        replayed.advance(to: end)
+        original.advance(to: end)
+        #expect(try replayed.balance(account: "acme", member: nil, at: end).get() == original.balance(account: "acme", member: nil, at: end).get())
+        #expect(replayed.creditTotals() == original.creditTotals())
+        #expect(replayed.openHoldCount == original.openHoldCount)
+        if replayKeysMax == live.idempotencyKeysMax { #expect(Bool(replayed == original), "same limits: the very same state") }
+    }
+
     @Test func seedsExampleReplays() {
         var driver = LedgerDriver()
         Fixtures.seedsExample(&driver)
