@@ -37,7 +37,7 @@ final class Connection: Sendable {
                             let isAddress = (try? SocketAddress(ipAddress: tls.serverName, port: 0)) != nil
                             try sync.addHandler(NIOSSLClientHandler(context: tls.context, serverHostname: isAddress ? nil : tls.serverName))
                         }
-                        try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: 16 << 20, expectsResponses: true)))
+                        try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: FrameHeader.largestBody, expectsResponses: true)))
                         try sync.addHandler(MessageToByteHandler(FrameEncoder()))
                         try sync.addHandler(handler)
                     }

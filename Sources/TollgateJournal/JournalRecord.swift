@@ -7,8 +7,10 @@ import TollgateWire
 public struct JournalRecord: Hashable, Sendable {
     public static let headerSize = 30
     public static let kindCommand: UInt8 = 1
-    /// The largest record accepted when reading; commands are far smaller.
-    public static let bodyLimit = 1 << 20
+    /// The largest record length (the bytes after the length and checksum): the record's own
+    /// fields and the largest body a server accepts, so every command a server took fits, and
+    /// writing and reading agree on one limit.
+    public static let bodyLimit = headerSize - 8 + FrameHeader.largestBody
 
     public var sequence: UInt64
     public var instant: Instant

@@ -9,6 +9,12 @@ public struct LedgerDriver: Sendable {
         public var command: Command
         public var key: String
         public var at: Instant
+
+        public init(command: Command, key: String, at: Instant) {
+            self.command = command
+            self.key = key
+            self.at = at
+        }
     }
 
     public var ledger: Ledger

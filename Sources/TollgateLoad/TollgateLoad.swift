@@ -178,7 +178,7 @@ struct Run: AsyncParsableCommand {
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
                         if let sslContext { try sync.addHandler(try NIOSSLClientHandler(context: sslContext, serverHostname: nil)) }
-                        try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: 16 << 20, expectsResponses: true)))
+                        try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: FrameHeader.largestBody, expectsResponses: true)))
                         try sync.addHandler(MessageToByteHandler(FrameEncoder()))
                         try sync.addHandler(handler)
                     }

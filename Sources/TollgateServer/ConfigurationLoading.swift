@@ -1,3 +1,5 @@
+import TollgateWire
+
 /// Reading `ServerConfiguration` from settings: a config file's keys, environment variables
 /// and command-line flags all arrive as (name, text) pairs and are applied in that order, so
 /// flags win over the environment, which wins over the file.
@@ -84,7 +86,7 @@ extension ServerConfiguration {
             let lowered = value.lowercased()
             adminPort = (lowered == "off" || lowered == "none") ? nil : Int(try integer(0...65_535))
         case "dataDirectory": dataDirectory = value
-        case "maxFrameBody": maxFrameBody = Int(try integer(1_024...16_777_216))
+        case "maxFrameBody": maxFrameBody = Int(try integer(1_024...Int64(FrameHeader.largestBody)))
         case "maxInFlight": maxInFlight = Int(try integer(1...65_535))
         case "maxBatchItems": maxBatchItems = Int(try integer(1...65_535))
         case "maxConnections": maxConnections = Int(try integer(1...1_000_000))

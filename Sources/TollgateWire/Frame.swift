@@ -7,6 +7,9 @@ public struct FrameHeader: Hashable, Sendable {
     public static let version: UInt8 = 1
     /// Flag bit 0: set on every frame the server sends.
     public static let responseFlag: UInt16 = 0x0001
+    /// The largest body any server accepts (`maxFrameBody` is at most this): 16 MiB. A journal
+    /// record holds one command's body, so it is never longer than this plus its own fields.
+    public static let largestBody = 16 << 20
 
     public var opcode: UInt8
     public var isResponse: Bool

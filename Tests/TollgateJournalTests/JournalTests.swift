@@ -187,6 +187,24 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    /// One limit for records, when writing and when reading: a command as large as the largest
+    /// frame a server accepts (a PROVISION of 60,000 members, about 2.6 MB) is written and read
+    /// back, as the last record and followed by others.
+    @Test func aRecordAsLargeAsTheLargestFrameComesBack() async throws {
+        let directory = temporaryDirectory()
+        let members = (0..<60_000).map { "member-\(String(repeating: "x", count: 30))-\($0)" }
+        let big = LedgerDriver.Entry(
+            command: .provision(Provision(account: "big", plan: "team", members: members)), key: "provision-big", at: Fixtures.start)
+        let small = sampleRecords(3)
+        try await writeJournal([big], to: directory)
+        #expect(try readAll(directory).0.map(\.command) == [big.command])
+        try await writeJournal(small, to: directory)
+        let (records, scan) = try readAll(directory)
+        #expect(scan.tornTail == nil)
+        #expect(records.map(\.command) == [big.command] + small.map(\.command))
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
     @Test func damageBeforeTheTailRefusesWithTheFileAndOffset() async throws {
         let directory = temporaryDirectory()
         try await writeJournal(sampleRecords(30), to: directory)
