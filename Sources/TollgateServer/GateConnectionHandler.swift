@@ -127,7 +127,17 @@ final class GateConnectionHandler: ChannelInboundHandler {
             let (handler, context) = loopBound.value
             if !handler.handshaken {
                 // A stranger must not hold a connection open: TLS and HELLO within the limit.
-                if NIODeadline.now() - handler.lastRequest >= handshakeLimit {
+                if NIODeadline.now() - handler.lastRequest >= handshakeLimit, handler.tls != nil, !handler.tlsHandshakeDone {
+                    // Silent, or stuck inside the TLS handshake: no frame can go out (the TLS
+                    // layer holds writes until the handshake ends), so the socket is closed.
+                    handler.tlsHandshakeDone = true
+                    handler.closing = true
+                    handler.metrics.recordTLSHandshake(succeeded: false)
+                    handler.logger.info(
+                        "closed a connection that did not finish TLS in time",
+                        metadata: ["remote": "\(handler.remoteDescription(context))", "limit": "\(handler.configuration.handshakeTimeoutMilliseconds) ms"])
+                    context.close(promise: nil)
+                } else if NIODeadline.now() - handler.lastRequest >= handshakeLimit {
                     handler.fail(
                         context: context, WireError(.idleTimeout, "no HELLO within \(handler.configuration.handshakeTimeoutMilliseconds) ms of connecting"),
                         requestID: 0)

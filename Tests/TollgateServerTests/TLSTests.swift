@@ -93,6 +93,32 @@ import Glibc
         try await server.stop()
     }
 
+    /// The handshake timeout holds before TLS starts: a socket that stays silent, or sends
+    /// only the header of a TLS record, is closed, and so cannot fill the connection slots.
+    @Test func aConnectionThatNeverFinishesTLSIsClosed() async throws {
+        let pki = try await TestPKI.make()
+        defer { pki.remove() }
+        let server = try await Self.start(pki, server: try await pki.issueServer()) {
+            $0.handshakeTimeoutMilliseconds = 300
+            $0.maxConnections = 4
+        }
+        var strangers: [RawSocket] = []
+        for index in 0..<4 {
+            let socket = try await RawSocket.connect(port: server.port, receiveTimeoutMilliseconds: 60_000)
+            if index % 2 == 1 { await socket.send([0x16, 0x03, 0x01, 0x02, 0x00]) }  // a record header, then nothing
+            strangers.append(socket)
+        }
+        for socket in strangers {
+            #expect(await socket.isClosedByServer())
+            await socket.shut()
+        }
+        // Their slots are free again: a real client gets in.
+        let client = try await server.client(tls: TLSOptions(caFile: pki.caCertificate))
+        try await client.ping()
+        await client.close()
+        try await server.stop()
+    }
+
     @Test func theClientChecksTheServersName() async throws {
         let pki = try await TestPKI.make()
         defer { pki.remove() }
