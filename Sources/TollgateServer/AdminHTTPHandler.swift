@@ -148,3 +148,109 @@ final class ReadQueue: Sendable {
         }
     }
 }
+
+/// First on every admin connection, before HTTP: counts it against `adminMaxConnections`;
+/// past the limit it writes a 503 itself and closes, so the admin port's descriptors stay
+/// bounded apart from the gate's.
+final class AdminAdmission: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let limiter: ConnectionLimiter
+    private var admitted = false
+
+    init(limiter: ConnectionLimiter) {
+        self.limiter = limiter
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        guard limiter.acquire() else {
+            let body = "too many admin connections (the limit is \(limiter.maximum)); try again shortly\n"
+            let response = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response))).whenComplete { _ in context.close(promise: nil) }
+            return
+        }
+        admitted = true
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if admitted {
+            admitted = false
+            limiter.release()
+            context.fireChannelInactive()
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if admitted { context.fireChannelRead(data) }
+    }
+}
+
+/// On every admitted admin connection: closes it when a request takes longer than the timeout
+/// to arrive whole, or when it sits idle that long between requests. A response being
+/// prepared does not count as idle. Slow or stuck clients cannot pile up descriptors.
+final class AdminConnectionGuard: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let timeout: TimeAmount
+    private var answering = 0
+    private var lastActivity = NIODeadline.now()
+    private var check: RepeatedTask?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard check == nil else { return }
+        lastActivity = .now()
+        let period = TimeAmount.nanoseconds(max(timeout.nanoseconds / 4, 10_000_000))
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        check = context.eventLoop.scheduleRepeatedTask(initialDelay: period, delay: period) { _ in
+            let (handler, context) = loopBound.value
+            if handler.answering == 0 && NIODeadline.now() - handler.lastActivity >= handler.timeout {
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        check?.cancel()
+        check = nil
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        check?.cancel()
+        check = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .end = unwrapInboundIn(data) {
+            answering += 1
+            lastActivity = .now()
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            answering = max(0, answering - 1)
+            lastActivity = .now()
+        }
+        context.write(data, promise: promise)
+    }
+}

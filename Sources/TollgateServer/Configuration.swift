@@ -17,6 +17,12 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var maxInFlight = 1_024
     public var maxBatchItems = 1_024
     public var maxConnections = 1_024
+    /// Open connections to the admin HTTP port, counted apart from the gate's: past it a new
+    /// one is answered 503 and closed.
+    public var adminMaxConnections = 64
+    /// How long an admin connection may take to send a whole request, and stay open idle
+    /// between requests.
+    public var adminRequestTimeoutMilliseconds: Int64 = 10_000
     /// A connection that completes no request for this long is told `idleTimeout` and closed.
     public var idleTimeoutMilliseconds: Int64 = 300_000
     /// How often holds past their deadline are released; a hold outlives its deadline by at

@@ -8,7 +8,7 @@ extension ServerConfiguration {
     /// in upper snake case after `TOLLGATE_` (`adminPort` → `TOLLGATE_ADMIN_PORT`).
     public static let settingNames = [
         "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
-        "maxConnections", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
+        "maxConnections", "adminMaxConnections", "adminRequestTimeoutMilliseconds", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
         "serverName", "journalMode", "journalFlushIntervalMilliseconds", "journalAsyncWindowMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
         "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
         "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
@@ -22,7 +22,8 @@ extension ServerConfiguration {
         let values: [String: String?] = [
             "host": host, "port": "\(port)", "adminHost": adminHost, "adminPort": adminPort.map { "\($0)" } ?? "off",
             "dataDirectory": dataDirectory, "maxFrameBody": "\(maxFrameBody)", "maxInFlight": "\(maxInFlight)", "maxBatchItems": "\(maxBatchItems)",
-            "maxConnections": "\(maxConnections)", "idleTimeoutMilliseconds": "\(idleTimeoutMilliseconds)",
+            "maxConnections": "\(maxConnections)", "adminMaxConnections": "\(adminMaxConnections)",
+            "adminRequestTimeoutMilliseconds": "\(adminRequestTimeoutMilliseconds)", "idleTimeoutMilliseconds": "\(idleTimeoutMilliseconds)",
             "sweepIntervalMilliseconds": "\(sweepIntervalMilliseconds)", "shutdownGraceMilliseconds": "\(shutdownGraceMilliseconds)",
             "threads": "\(threads)", "serverName": serverName, "journalMode": journalMode.rawValue,
             "journalFlushIntervalMilliseconds": "\(journalFlushIntervalMilliseconds)",
@@ -90,6 +91,8 @@ extension ServerConfiguration {
         case "maxInFlight": maxInFlight = Int(try integer(1...65_535))
         case "maxBatchItems": maxBatchItems = Int(try integer(1...65_535))
         case "maxConnections": maxConnections = Int(try integer(1...1_000_000))
+        case "adminMaxConnections": adminMaxConnections = Int(try integer(1...10_000))
+        case "adminRequestTimeoutMilliseconds": adminRequestTimeoutMilliseconds = try integer(100...600_000)
         case "idleTimeoutMilliseconds": idleTimeoutMilliseconds = try integer(10...86_400_000)
         case "sweepIntervalMilliseconds": sweepIntervalMilliseconds = try integer(1...60_000)
         case "shutdownGraceMilliseconds": shutdownGraceMilliseconds = try integer(0...600_000)

@@ -122,6 +122,7 @@ public final class TollgateServer: Service, Sendable {
         let gate: any Channel
         var admin: (any Channel)?
         do {
+            ensureDescriptorLimit()
             try createDataDirectory()
             try loadAccess()
             try events.open()
@@ -516,6 +517,27 @@ public final class TollgateServer: Service, Sendable {
         }
     }
 
+    /// Descriptors for every gate and admin connection the limits allow, plus the journal,
+    /// checkpoints, event log and listeners: the soft open-file limit is raised to cover them
+    /// (up to the hard limit), or a warning says how many connections it leaves room for.
+    private func ensureDescriptorLimit() {
+        let needed = rlim_t(configuration.maxConnections + (configuration.adminPort == nil ? 0 : configuration.adminMaxConnections) + 128)
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < needed else { return }
+        let wanted = min(needed, limit.rlim_max)
+        var raised = limit
+        raised.rlim_cur = wanted
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit.rlim_cur = wanted }
+        if limit.rlim_cur < needed {
+            logger.warning(
+                "the open-file limit is below what the connection limits need: connections past it will fail",
+                metadata: ["limit": "\(limit.rlim_cur)", "needed": "\(needed)", "maxConnections": "\(configuration.maxConnections)",
+                    "adminMaxConnections": "\(configuration.adminMaxConnections)"])
+        } else {
+            logger.info("raised the open-file limit", metadata: ["limit": "\(limit.rlim_cur)"])
+        }
+    }
+
     private func bindAdmin() async throws -> (any Channel)? {
         guard let port = configuration.adminPort else { return nil }
         let readiness = readiness
@@ -530,10 +552,15 @@ public final class TollgateServer: Service, Sendable {
                 "the admin port is not on loopback: the read API's tokens cross the network in plaintext unless a mesh encrypts it",
                 metadata: ["adminHost": "\(configuration.adminHost)"])
         }
+        let adminLimiter = ConnectionLimiter(maximum: configuration.adminMaxConnections)
+        let adminTimeout = TimeAmount.milliseconds(configuration.adminRequestTimeoutMilliseconds)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMapThrowing {
+                channel.pipeline.addHandler(AdminAdmission(limiter: adminLimiter)).flatMap {
+                    channel.pipeline.configureHTTPServerPipeline()
+                }.flatMapThrowing {
+                    try channel.pipeline.syncOperations.addHandler(AdminConnectionGuard(timeout: adminTimeout))
                     try channel.pipeline.syncOperations.addHandler(
                         AdminHTTPHandler(
                             registry: MetricsBootstrap.registry,

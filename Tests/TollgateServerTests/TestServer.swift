@@ -159,6 +159,16 @@ final class RawSocket: @unchecked Sendable {
         return await OffPool.blocking("raw-read") { RawSocket.readBlocking(descriptor, count) }
     }
 
+    /// What one recv returns: up to `count` bytes, as soon as any arrive (empty at the end).
+    func readSome(_ count: Int) async -> [UInt8] {
+        let descriptor = descriptor
+        return await OffPool.blocking("raw-read") {
+            var bytes = [UInt8](repeating: 0, count: count)
+            let n = bytes.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress!, count, 0) }
+            return Array(bytes.prefix(max(0, n)))
+        }
+    }
+
     private static func readBlocking(_ descriptor: Int32, _ count: Int) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var received = 0
