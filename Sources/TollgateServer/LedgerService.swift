@@ -294,3 +294,52 @@ extension WireRequest {
         }
     }
 }
+
+/// The server's time: the wall clock, made safe to decide by. It never goes backwards and
+/// always moves on at the rate of the monotonic clock, so a hold's TTL is a real duration
+/// whatever the wall clock does:
+/// - the wall clock ahead of the last instant given: the wall clock is used (an NTP step
+///   forward moves time forward with it);
+/// - the wall clock behind (an NTP step back, or a restart whose journal was decided ahead
+///   of it, after `clockOffsetSeconds`): time runs on from the last instant given, by the
+///   monotonic clock, until the wall clock catches up with it.
+final class DecisionClock: Sendable {
+    private struct Anchor {
+        var instant: Instant
+        var monotonicNanoseconds: UInt64
+    }
+
+    private let wall: @Sendable () -> Instant
+    private let monotonic: @Sendable () -> UInt64
+    private let anchor: Mutex<Anchor>
+
+    init(wall: @escaping @Sendable () -> Instant, monotonic: @escaping @Sendable () -> UInt64 = { NIODeadline.now().uptimeNanoseconds }) {
+        self.wall = wall
+        self.monotonic = monotonic
+        self.anchor = Mutex(Anchor(instant: wall(), monotonicNanoseconds: monotonic()))
+    }
+
+    func now() -> Instant {
+        let wallNow = wall()
+        let monotonicNow = monotonic()
+        return anchor.withLock { anchor in
+            let elapsed = monotonicNow >= anchor.monotonicNanoseconds ? monotonicNow - anchor.monotonicNanoseconds : 0
+            let carried = anchor.instant.adding(microseconds: Int64(clamping: elapsed / 1_000))
+            if wallNow > carried {
+                anchor = Anchor(instant: wallNow, monotonicNanoseconds: monotonicNow)
+                return wallNow
+            }
+            return carried
+        }
+    }
+
+    /// Time goes on from `instant` if the wall clock is behind it: the recovered ledger's clock.
+    func notBefore(_ instant: Instant) {
+        let monotonicNow = monotonic()
+        anchor.withLock { anchor in
+            let elapsed = monotonicNow >= anchor.monotonicNanoseconds ? monotonicNow - anchor.monotonicNanoseconds : 0
+            let carried = anchor.instant.adding(microseconds: Int64(clamping: elapsed / 1_000))
+            if instant > carried { anchor = Anchor(instant: instant, monotonicNanoseconds: monotonicNow) }
+        }
+    }
+}

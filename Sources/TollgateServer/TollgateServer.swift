@@ -49,6 +49,7 @@ public final class TollgateServer: Service, Sendable {
     private let started = Mutex<[CheckedContinuation<Void, any Error>]>([])
 
     private let clock: @Sendable () -> Instant
+    private let decisionClock: DecisionClock
     private let journalFiles: any JournalFiles
     private let lastCheckpoint = Mutex<UInt64>(0)
     private let checkpointThread = NIOThreadPool(numberOfThreads: 1)
@@ -77,8 +78,10 @@ public final class TollgateServer: Service, Sendable {
         let offset = configuration.clockOffsetSeconds * 1_000_000
         let base = clock
         let shifted: @Sendable () -> Instant = { base().adding(microseconds: offset) }
-        let clock: @Sendable () -> Instant = offset == 0 ? base : shifted
+        let decisionClock = DecisionClock(wall: offset == 0 ? base : shifted)
+        let clock: @Sendable () -> Instant = { decisionClock.now() }
         if offset != 0 { logger.warning("the server's clock is shifted by \(configuration.clockOffsetSeconds) s (clockOffsetSeconds)") }
+        self.decisionClock = decisionClock
         self.clock = clock
         self.journalFiles = journalFiles
         self.configuration = configuration
@@ -291,6 +294,15 @@ public final class TollgateServer: Service, Sendable {
         }
         if let torn = scan.tornTail {
             logger.warning("truncated a torn journal tail", metadata: ["file": "\(torn.file)", "offset": "\(torn.offset)", "reason": "\(torn.reason)"])
+        }
+        // A journal decided ahead of the wall clock (a clock stepped back since): time goes on
+        // from where the ledger is, at the real rate, rather than stand still until the wall
+        // clock catches up.
+        if ledger.clock > clock() {
+            logger.warning(
+                "the journal's last instant is ahead of the wall clock: time runs on from it until the wall clock catches up",
+                metadata: ["ledgerClock": "\(ledger.clock)", "wallClock": "\(clock())"])
+            decisionClock.notBefore(ledger.clock)
         }
         ledger.advance(to: clock())
         if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }

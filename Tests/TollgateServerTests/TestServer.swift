@@ -14,6 +14,15 @@ import TollgateWire
 import Glibc
 #endif
 
+/// The wall clock a test server reads (a value, so a trailing closure still means `adjust`).
+struct WallClock: Sendable {
+    let now: @Sendable () -> Instant
+
+    init(_ now: @escaping @Sendable () -> Instant) {
+        self.now = now
+    }
+}
+
 /// A real tollgated on loopback with free ports, run by a ServiceGroup as in production.
 final class TestServer: Sendable {
     let server: TollgateServer
@@ -24,7 +33,7 @@ final class TestServer: Sendable {
 
     static func start(
         journalFiles: any JournalFiles = SystemJournalFiles(), eventLogFiles: any JournalFiles = SystemJournalFiles(), logger custom: Logger? = nil,
-        _ adjust: (inout ServerConfiguration) -> Void = { _ in }
+        clock: WallClock = WallClock(wallClock), _ adjust: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
         var configuration = ServerConfiguration()
         configuration.port = 0
@@ -37,7 +46,7 @@ final class TestServer: Sendable {
         adjust(&configuration)
         var logger = custom ?? Logger(label: "test-tollgated")
         if custom == nil { logger.logLevel = .warning }
-        let server = TollgateServer(configuration: configuration, logger: logger, journalFiles: journalFiles, eventLogFiles: eventLogFiles)
+        let server = TollgateServer(configuration: configuration, logger: logger, clock: clock.now, journalFiles: journalFiles, eventLogFiles: eventLogFiles)
         let group = ServiceGroup(configuration: .init(services: [server], gracefulShutdownSignals: [], logger: logger))
         let task = Task { try await group.run() }
         try await server.waitUntilListening()
