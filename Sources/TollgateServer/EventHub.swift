@@ -36,6 +36,9 @@ public final class EventHub: Sendable {
         var requestID: UInt32
         var account: String?
         var queued: SharedCounter
+        /// The last event written to this stream, touched only on the channel's event loop,
+        /// where every write to it happens: the backlog and new events, in order, each once.
+        var lastSent: NIOLoopBoundBox<UInt64>
     }
 
     private struct State {
@@ -210,10 +213,14 @@ public final class EventHub: Sendable {
 
     // MARK: - Subscribers
 
-    /// Registers a SUBSCRIBE stream. With `after`, recent events past it are sent first; if
-    /// the server no longer has them all, the stream is refused with a message saying so.
+    /// Registers a SUBSCRIBE stream; called on the channel's event loop. Recent events past
+    /// `after` are sent first (without one, the connection passes the sequence its answer
+    /// named, less one, so nothing decided in between is missed); if the server no longer has
+    /// them all, the stream is refused with a message saying so.
     func subscribe(channel: any Channel, requestID: UInt32, after: UInt64?, account: String?) -> WireError? {
-        let subscriber = Subscriber(channel: channel, requestID: requestID, account: account, queued: SharedCounter())
+        let subscriber = Subscriber(
+            channel: channel, requestID: requestID, account: account, queued: SharedCounter(),
+            lastSent: NIOLoopBoundBox(after ?? 0, eventLoop: channel.eventLoop))
         let backlog: [LedgerEvent]? = state.withLock { state in
             if let after {
                 // Events after `after` were dropped if the oldest kept is past `after + 1` (compared
@@ -243,9 +250,18 @@ public final class EventHub: Sendable {
             subscriber.channel.writeAndFlush(error.frame(opcode: .subscribe, requestID: subscriber.requestID), promise: nil)
             return
         }
-        let frame = WireResponse.event(event).frame(opcode: .event, requestID: subscriber.requestID)
         let counter = subscriber.queued
-        subscriber.channel.writeAndFlush(frame).whenComplete { _ in counter.decrement() }
+        let write = {
+            // The backlog and the hub's thread may both hold an event: it goes out once.
+            guard event.sequence > subscriber.lastSent.value else {
+                counter.decrement()
+                return
+            }
+            subscriber.lastSent.value = event.sequence
+            let frame = WireResponse.event(event).frame(opcode: .event, requestID: subscriber.requestID)
+            subscriber.channel.writeAndFlush(frame).whenComplete { _ in counter.decrement() }
+        }
+        if subscriber.channel.eventLoop.inEventLoop { write() } else { subscriber.channel.eventLoop.execute(write) }
     }
 }
 

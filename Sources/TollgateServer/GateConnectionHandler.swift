@@ -393,7 +393,11 @@ final class GateConnectionHandler: ChannelInboundHandler {
             return
         }
         subscribed = true
-        write(context: context, WireResponse.subscribed(nextSequence: service.nextEventSequence).frame(opcode: .subscribe, requestID: requestID))
+        let next = service.nextEventSequence
+        // Without `after`, the stream starts at the sequence this answer names: events decided
+        // between reading it and registering the stream come from the hub's recent ones.
+        let after = after ?? (next > 0 ? next - 1 : 0)
+        write(context: context, WireResponse.subscribed(nextSequence: next).frame(opcode: .subscribe, requestID: requestID))
         metrics.recordRequest(.subscribe, outcome: "ok", nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
         let channel = context.channel
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

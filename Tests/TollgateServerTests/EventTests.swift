@@ -217,6 +217,38 @@ final class WebhookReceiver: Sendable {
         try await server.stop()
     }
 
+    /// SUBSCRIBE without `after` while events are being decided: the stream starts exactly at
+    /// the sequence its answer names and misses none after it, and sends none twice.
+    @Test func aSubscriptionMissesNothingDecidedWhileItOpens() async throws {
+        let server = try await TestServer.start()
+        let admin = try await server.client()
+        try await setUp(admin)
+        _ = try await admin.apply(.addGrant(AddGrant(account: "acme", amount: 1_000_000, effectiveAt: .epoch)))
+        // The balance stays below the recharge threshold: every spend is followed by a
+        // recharge, an event each.
+        _ = try await admin.apply(.setAutoRecharge(account: "acme", rule: AutoRecharge(below: 2_000_000, amount: 1, maxPerPeriod: 10_000)))
+        let started = Mutex(0)
+        let spender = Task {
+            let gate = try await server.client()
+            for index in 0..<400 {
+                _ = try await gate.spend(account: "acme", member: nil, product: "p", quantity: 1)
+                started.withLock { $0 = index }
+            }
+            await gate.close()
+        }
+        // Subscribe while the spends (and their events) are going on.
+        while started.withLock({ $0 }) < 100 { try await Task.sleep(for: .milliseconds(1)) }
+        let (next, stream) = try await admin.subscribe()
+        try await spender.value
+        let expected = Int(server.server.service.nextEventSequence - next)
+        if expected > 0 {
+            let events = await collect(stream, count: expected)
+            #expect(events.map(\.sequence) == Array(next..<next + UInt64(expected)))
+        }
+        await admin.close()
+        try await server.stop()
+    }
+
     /// A failed write or fsync of the event log does not count as logged: the events are kept
     /// and written once the disk works, each once, and checkpoints wait for them.
     @Test func aFailingEventLogKeepsItsEventsUntilTheyAreWritten() async throws {
