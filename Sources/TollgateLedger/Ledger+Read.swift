@@ -91,6 +91,13 @@ extension Ledger {
         accountSlots[HashedString(account)] != nil
     }
 
+    /// The account's parent, if it has one.
+    public func parent(of account: String) -> String? {
+        guard let slot = accountSlots[HashedString(account)] else { return nil }
+        let parent = accounts[Int(slot)].parent
+        return parent == noSlot ? nil : accounts[Int(parent)].id
+    }
+
     /// The period's included credits of an account (all seats'), or of a member of a
     /// per-member subscription; 0 without a subscription.
     public func allotment(account: String, member: String? = nil) -> Credits {

@@ -85,8 +85,10 @@ public struct Principal: Hashable, Sendable {
     }
 
     /// Why this principal may not send `request`, or nil if it may. A BATCH is checked item
-    /// by item by the caller; here it only needs the role.
-    public func refusal(_ request: WireRequest) -> WireError? {
+    /// by item by the caller; here it only needs the role. `parentOf` gives an account's
+    /// parent now: a child's cap and its place under the parent are the parent's business,
+    /// so changing them needs the parent in scope too.
+    public func refusal(_ request: WireRequest, parentOf: (String) -> String? = { _ in nil }) -> WireError? {
         let opcode = request.opcode
         guard role.allows(opcode) else {
             return WireError(.forbidden, "\(name) has the \(role) role, which may not send \(opcode.name)")
@@ -112,7 +114,9 @@ public struct Principal: Hashable, Sendable {
             case .createAccount(let create):
                 return check(create.account) ?? create.parent.flatMap(check)
             case .setParent(let account, let parent):
-                return check(account) ?? parent.flatMap(check)
+                return check(account) ?? parent.flatMap(check) ?? parentOf(account).flatMap(check)
+            case .setAccountCap(let account, _):
+                return check(account) ?? parentOf(account).flatMap(check)
             case .provision(let provision):
                 return check(provision.account) ?? provision.parent.flatMap(check)
             case .definePlan:

@@ -457,7 +457,8 @@ final class GateConnectionHandler: ChannelInboundHandler {
             guard identify(context: context) != nil else { return nil }
         }
         guard let principal else { return nil }
-        if let refusal = principal.refusal(request) {
+        let service = service
+        if let refusal = principal.refusal(request, parentOf: { service.parent(of: $0) }) {
             refuse(context: context, frame: frame, refusal, request: request)
             return nil
         }

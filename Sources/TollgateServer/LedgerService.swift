@@ -89,6 +89,11 @@ public final class LedgerService: Sendable {
 
     public var journal: JournalWriter? { state.withLock { $0.journal } }
 
+    /// The account's parent now, for access checks.
+    public func parent(of account: String) -> String? {
+        state.withLock { $0.ledger.parent(of: account) }
+    }
+
     /// Sizes the idempotency index for the table's limit (see `Ledger.reserveIdempotencyIndex`);
     /// the server calls it once, after recovery and before serving.
     public func reserveIdempotencyIndex() {

@@ -154,6 +154,29 @@ final class CollectedLog: Sendable {
         }
     }
 
+    /// A child's cap and its place under its parent belong to the parent: an admin scoped to
+    /// the child alone can change neither, so it cannot drain a pool its siblings share.
+    @Test func aChildsAdminCannotLiftItsCapAtTheParentOrLeaveIt() async throws {
+        let server = try await Self.start()
+        let admin = try await server.client(token: Tokens.admin)
+        _ = try await admin.apply(.createAccount(CreateAccount(account: "org")))
+        _ = try await admin.apply(.createAccount(CreateAccount(account: "eu-team", parent: "org")))
+        _ = try await admin.apply(.setAccountCap(account: "eu-team", limit: 100))
+        _ = try await admin.apply(.createAccount(CreateAccount(account: "eu-solo")))
+        let operator_ = try await server.client(token: Tokens.adminEU)
+        await expectForbidden("lifting a child's cap") { _ = try await operator_.apply(.setAccountCap(account: "eu-team", limit: nil)) }
+        await expectForbidden("detaching a child") { _ = try await operator_.apply(.setParent(account: "eu-team", parent: nil)) }
+        // Its own top-level account is its own business.
+        _ = try await operator_.apply(.setAccountCap(account: "eu-solo", limit: 50))
+        #expect(server.server.service.parent(of: "eu-team") == "org")
+        // The unscoped admin may.
+        _ = try await admin.apply(.setParent(account: "eu-team", parent: nil))
+        #expect(server.server.service.parent(of: "eu-team") == nil)
+        await admin.close()
+        await operator_.close()
+        try await server.stop()
+    }
+
     @Test func aGateCredentialCannotGrantCreditsOrChangeAnything() async throws {
         let log = CollectedLog()
         let server = try await Self.start(log: log)
