@@ -348,10 +348,12 @@ extension Ledger {
         guard rates[HashedString(product)] != nil || rates.count < limits.productsMax else {
             return refused(LedgerError(.limitReached, level: .ledger, subject: "products"))
         }
-        guard (rates[HashedString(product)]?.versions.count ?? 0) < limits.rateVersionsPerProductMax else {
-            return refused(LedgerError(.limitReached, level: .ledger, subject: "rate versions per product"))
+        // Superseded versions are dropped as new ones come, so the limit counts the versions
+        // still to take effect: a rate can change any number of times.
+        guard (rates[HashedString(product)]?.pending(after: now) ?? 0) < limits.rateVersionsPerProductMax else {
+            return refused(LedgerError(.limitReached, level: .ledger, subject: "rate versions still to take effect per product"))
         }
-        rates[HashedString(product), default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
+        rates[HashedString(product), default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now), now: now)
         return .done
     }
 
@@ -362,11 +364,14 @@ extension Ledger {
         guard rates[HashedString(product)] != nil else {
             return refused(LedgerError(.unknownProduct, level: .request, subject: product))
         }
-        let versions = accounts[Int(slot)].rateOverrides.values.reduce(0) { $0 + $1.versions.count }
-        guard versions < limits.rateOverridesPerAccountMax else {
+        let key = HashedString(product)
+        let overrides = accounts[Int(slot)].rateOverrides
+        guard overrides[key] != nil || overrides.count < limits.rateOverridesPerAccountMax,
+            (overrides[key]?.pending(after: now) ?? 0) < limits.rateVersionsPerProductMax
+        else {
             return refused(LedgerError(.limitReached, level: .account, subject: "rate overrides per account"))
         }
-        accounts[Int(slot)].rateOverrides[HashedString(product), default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now))
+        accounts[Int(slot)].rateOverrides[key, default: RateHistory()].set(creditsPerUnit, from: max(effectiveAt, now), now: now)
         return .done
     }
 

@@ -254,8 +254,11 @@ struct RateHistory: Hashable, Sendable {
         return nil
     }
 
-    /// Adds a version, replacing one at the same instant.
-    mutating func set(_ creditsPerUnit: Credits?, from effectiveAt: Instant) {
+    /// Adds a version, replacing one at the same instant, and drops the versions that the
+    /// one in force at `now` has superseded: rates are only read at the ledger's clock, which
+    /// never goes back, so they can never apply again. What is kept is the version in force
+    /// and those still to come.
+    mutating func set(_ creditsPerUnit: Credits?, from effectiveAt: Instant, now: Instant) {
         var index = versions.count
         while index > 0 && versions[index - 1].effectiveAt > effectiveAt { index -= 1 }
         if index > 0 && versions[index - 1].effectiveAt == effectiveAt {
@@ -263,5 +266,13 @@ struct RateHistory: Hashable, Sendable {
         } else {
             versions.insert(Version(effectiveAt: effectiveAt, creditsPerUnit: creditsPerUnit), at: index)
         }
+        if let inForce = versions.lastIndex(where: { $0.effectiveAt <= now }), inForce > 0 {
+            versions.removeFirst(inForce)
+        }
+    }
+
+    /// Versions still to take effect after `now`.
+    func pending(after now: Instant) -> Int {
+        versions.reduce(0) { $0 + ($1.effectiveAt > now ? 1 : 0) }
     }
 }

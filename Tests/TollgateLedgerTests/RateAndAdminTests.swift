@@ -36,6 +36,30 @@ import TollgateLedgerTestSupport
         #expect(driver.run(.setAccountRate(account: "acct", product: "nope", creditsPerUnit: 1, effectiveAt: driver.now)).errorCode == .unknownProduct)
     }
 
+    /// Versions a later one has superseded are dropped, so a rate can change any number of
+    /// times; only changes still to take effect count toward the limit.
+    @Test func aRateCanChangeMoreTimesThanTheVersionLimit() throws {
+        var limits = LedgerLimits()
+        limits.rateVersionsPerProductMax = 5
+        var driver = makeDriver(limits: limits)
+        driver.grant(1_000_000)
+        for step in 1...20 {
+            driver.advance(microseconds: second)
+            driver.setUp(.setRate(product: "p", creditsPerUnit: Int64(step), effectiveAt: driver.now))
+            driver.setUp(.setAccountRate(account: "acct", product: "q", creditsPerUnit: Int64(step), effectiveAt: driver.now))
+        }
+        #expect(driver.spend(1).decision?.cost == 20)
+        #expect(driver.spend(1, product: "q").decision?.cost == 20)
+        // Five changes waiting for later instants fill the limit; the sixth is refused.
+        for step in 1...5 {
+            driver.setUp(.setRate(product: "p", creditsPerUnit: 100, effectiveAt: driver.now.adding(microseconds: Int64(step) * second)))
+        }
+        #expect(driver.run(.setRate(product: "p", creditsPerUnit: 100, effectiveAt: driver.now.adding(microseconds: 9 * second))).errorCode == .limitReached)
+        #expect(driver.spend(1).decision?.cost == 20)
+        #expect(driver.violations.isEmpty)
+        #expect(Bool(LedgerDriver.replay(driver.journal, limits: limits) == driver.ledger))
+    }
+
     @Test func unknownThingsAreNamed() throws {
         var driver = makeDriver()
         driver.grant(100)
