@@ -6,6 +6,8 @@ public struct Hello: Hashable, Sendable {
     public var minVersion: UInt8
     public var maxVersion: UInt8
     public var clientName: String
+    /// PROTOCOL.md §3: a client's name is at most this many bytes of UTF-8.
+    public static let clientNameBytesMax = 64
     /// Empty for none.
     public var token: String
 
@@ -106,10 +108,13 @@ public enum WireRequest: Hashable, Sendable {
     static func decodeFields(_ opcode: Opcode, _ reader: inout BodyReader, limits: WireLimits) throws(WireError) -> WireRequest {
         switch opcode {
         case .hello:
-            return .hello(
-                Hello(
-                    minVersion: try reader.u8("minVersion"), maxVersion: try reader.u8("maxVersion"),
-                    clientName: try reader.string("clientName"), token: try reader.string("token")))
+            let minVersion = try reader.u8("minVersion")
+            let maxVersion = try reader.u8("maxVersion")
+            let clientName = try reader.string("clientName")
+            guard clientName.utf8.count <= Hello.clientNameBytesMax else {
+                throw reader.malformed("clientName", "is \(clientName.utf8.count) bytes; at most \(Hello.clientNameBytesMax)")
+            }
+            return .hello(Hello(minVersion: minVersion, maxVersion: maxVersion, clientName: clientName, token: try reader.string("token")))
         case .ping:
             return .ping
         case .error, .event:
@@ -507,7 +512,9 @@ extension BodyReader {
             let value = try i64("amount value")
             let amount: Commit.Amount
             switch kind {
-            case 0: amount = .held
+            case 0:
+                guard value == 0 else { throw malformed("amount value", "is \(value); must be 0 with kind 0 (held)") }
+                amount = .held
             case 1: amount = .quantity(value)
             case 2: amount = .credits(value)
             default: throw malformed("amount kind", "is \(kind); must be 0, 1 or 2")

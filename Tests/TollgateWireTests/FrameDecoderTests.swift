@@ -78,6 +78,26 @@ import TollgateWire
         }
     }
 
+    /// PROTOCOL.md's own limits: a client name of at most 64 bytes, and a `held` commit's value 0.
+    @Test func theSpecsSmallRulesAreEnforced() throws {
+        var hello = ByteBuffer()
+        WireRequest.hello(Hello(clientName: String(repeating: "n", count: 300))).encodeBody(into: &hello)
+        #expect(throws: WireError(.malformedFrame, "clientName is 300 bytes; at most 64")) {
+            _ = try WireRequest.decode(opcode: Opcode.hello.rawValue, body: hello)
+        }
+        var fine = ByteBuffer()
+        WireRequest.hello(Hello(clientName: String(repeating: "n", count: 64))).encodeBody(into: &fine)
+        _ = try WireRequest.decode(opcode: Opcode.hello.rawValue, body: fine)
+
+        var commit = ByteBuffer()
+        WireRequest.command(.commit(Commit(HoldReference(account: "acme", hold: 1), amount: .held)), key: "k").encodeBody(into: &commit)
+        // The value is the eight bytes before the final flag.
+        commit.setInteger(Int64(5), at: commit.writerIndex - 9)
+        #expect(throws: WireError(.malformedFrame, "amount value is 5; must be 0 with kind 0 (held)")) {
+            _ = try WireRequest.decode(opcode: Opcode.commit.rawValue, body: commit)
+        }
+    }
+
     @Test func fieldsAreValidated() throws {
         func decodeCheck(_ build: (inout ByteBuffer) -> Void) -> WireError? {
             var body = ByteBuffer()
