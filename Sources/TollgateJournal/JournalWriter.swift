@@ -24,11 +24,28 @@ public protocol JournalFiles: Sendable {
     func sync(_ descriptor: Int32) -> Int32
     /// Creates a segment file (open(2) with O_CREAT); -1 with errno set on failure.
     func create(_ path: String) -> Int32
+    /// Opens an existing segment to append to it; -1 with errno set on failure.
+    func openForAppend(_ path: String) -> Int32
+    /// Cuts a file back to `size` bytes (ftruncate(2)); 0, or -1 with errno set.
+    func truncate(_ descriptor: Int32, _ size: Int) -> Int32
+    func close(_ descriptor: Int32)
 }
 
 extension JournalFiles {
     public func create(_ path: String) -> Int32 {
         open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o600)
+    }
+
+    public func openForAppend(_ path: String) -> Int32 {
+        open(path, O_WRONLY | O_APPEND)
+    }
+
+    public func truncate(_ descriptor: Int32, _ size: Int) -> Int32 {
+        ftruncate(descriptor, off_t(size))
+    }
+
+    public func close(_ descriptor: Int32) {
+        _ = Glibc.close(descriptor)
     }
 }
 
@@ -115,7 +132,12 @@ public final class JournalWriter: @unchecked Sendable {
     /// Failed writes and fsyncs so far, for metrics.
     private let failures = Atomic<Int>(0)
 
-    public init(directory: String, mode: JournalMode, after scan: JournalScan, segmentBytes: Int = 64 << 20, files: any JournalFiles = SystemJournalFiles()) throws {
+    /// `thread: false` makes a writer that writes only when `flushPending` is called, for
+    /// deterministic simulation tests.
+    public init(
+        directory: String, mode: JournalMode, after scan: JournalScan, segmentBytes: Int = 64 << 20, files: any JournalFiles = SystemJournalFiles(),
+        thread startsThread: Bool = true
+    ) throws {
         self.mode = mode
         self.directory = directory
         self.segmentBytes = segmentBytes
@@ -126,12 +148,13 @@ public final class JournalWriter: @unchecked Sendable {
         durable.store(scan.lastSequence, ordering: .relaxed)
         if mode == .none { return }
         if let last = scan.segments.last, FileManager.default.fileExists(atPath: last) {
-            descriptor = open(last, O_WRONLY | O_APPEND)
+            descriptor = files.openForAppend(last)
             segmentSize = Int((try? FileManager.default.attributesOfItem(atPath: last)[.size] as? Int) ?? 0)
         }
         if descriptor < 0 {
             try openSegment(firstSequence: scan.lastSequence + 1, previousChecksum: scan.lastChecksum)
         }
+        guard startsThread else { return }
         let thread = Thread { [weak self] in self?.run() }
         thread.name = "tollgate-journal"
         self.thread = thread
@@ -227,7 +250,18 @@ public final class JournalWriter: @unchecked Sendable {
 
     /// Writes what is pending, stops the thread and closes the file.
     public func close() {
-        guard thread != nil else { return }
+        guard thread != nil else {
+            guard mode != .none else { return }
+            condition.lock()
+            let done = pending.stopped
+            pending.stopping = true
+            condition.unlock()
+            if !done {
+                _ = step()
+                finish()
+            }
+            return
+        }
         condition.lock()
         pending.stopping = true
         condition.signal()
@@ -240,9 +274,12 @@ public final class JournalWriter: @unchecked Sendable {
 
     static func monotonicNow() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
 
+    private var interval: TimeInterval {
+        if case .async(let microseconds) = mode { return Double(microseconds) / 1_000_000 }
+        return 0.5
+    }
+
     private func run() {
-        let interval: TimeInterval
-        if case .async(let microseconds) = mode { interval = Double(microseconds) / 1_000_000 } else { interval = 0.5 }
         while true {
             condition.lock()
             if case .async = mode, !pending.stopping {
@@ -253,62 +290,101 @@ public final class JournalWriter: @unchecked Sendable {
                     if pending.buffer.readableBytes > 0 { break }
                 }
             }
-            let batch = pending.buffer
-            pending.buffer = ByteBuffer()
-            let batchSince = pending.bufferedSince
-            pending.bufferedSince = 0
-            let through = pending.nextSequence - 1
-            let throughChecksum = pending.lastChecksum
-            var waiters = pending.waiters
-            pending.waiters = []
-            let stopping = pending.stopping
             condition.unlock()
-
-            let result = flush(batch, through: through, checksum: throughChecksum)
-
-            var answered: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
-            condition.lock()
-            switch result {
-            case .success:
-                undurableSince.store(pending.bufferedSince, ordering: .relaxed)
-                let durableNow = durableSequence
-                answered = waiters.filter { $0.0 <= durableNow }.map(\.1)
-                waiters.removeAll { $0.0 <= durableNow }
-            case .failure:
-                if batch.readableBytes > 0 {
-                    // Keep the batch for the next attempt, ahead of anything appended since.
-                    var retry = batch
-                    retry.writeImmutableBuffer(pending.buffer)
-                    pending.buffer = retry
-                    if batchSince != 0 { pending.bufferedSince = batchSince }
-                }
-            }
-            pending.waiters = waiters + pending.waiters
-            var unkept: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
-            if stopping {
-                // Whatever is still unwritten is not kept: the process is going.
-                pending.stopped = true
-                if case .failure = result, needsCutBack, descriptor >= 0, ftruncate(descriptor, off_t(segmentSize)) == 0 { needsCutBack = false }
-                unkept = pending.waiters.map(\.1)
-                pending.waiters = []
-            }
-            condition.unlock()
-            for done in answered { done(.success(())) }
-            if stopping {
-                let reason = failureReason ?? "the journal closed before writing it"
-                for done in unkept { done(.failure(JournalError("not kept: \(reason)", notKept: !needsCutBack))) }
-                break
-            }
-            if case .failure = result {
+            let (stopped, failed) = step()
+            if stopped { break }
+            if failed {
                 // Wait before trying the disk again.
                 Thread.sleep(forTimeInterval: max(interval, 0.05))
             }
         }
-        if descriptor >= 0 { Glibc.close(descriptor) }
+        finish()
+    }
+
+    /// A writer made with `thread: false` does nothing by itself: each call writes and syncs
+    /// what is pending, as the writer thread does once per interval, and answers the waiters
+    /// it covers. For deterministic simulation tests. False if the write failed.
+    @discardableResult
+    public func flushPending() -> Bool {
+        precondition(thread == nil, "flushPending is for a writer without its own thread")
+        return !step().failed
+    }
+
+    /// A crash, for simulation tests of a writer without a thread: the file is closed and
+    /// nothing pending is written or answered.
+    public func abandon() {
+        precondition(thread == nil, "abandon is for a writer without its own thread")
+        condition.lock()
+        pending.stopping = true
+        pending.stopped = true
+        pending.waiters = []
+        condition.unlock()
+        if descriptor >= 0 { files.close(descriptor) }
+        descriptor = -1
+    }
+
+    private func finish() {
+        if descriptor >= 0 { files.close(descriptor) }
+        descriptor = -1
         stopped.lock()
         isStopped = true
         stopped.signal()
         stopped.unlock()
+    }
+
+    /// One round of the writer: takes what is pending, writes and syncs it, answers the
+    /// waiters it covers and keeps the rest. Returns whether the writer has stopped and
+    /// whether the write failed.
+    private func step() -> (stopped: Bool, failed: Bool) {
+        condition.lock()
+        let batch = pending.buffer
+        pending.buffer = ByteBuffer()
+        let batchSince = pending.bufferedSince
+        pending.bufferedSince = 0
+        let through = pending.nextSequence - 1
+        let throughChecksum = pending.lastChecksum
+        var waiters = pending.waiters
+        pending.waiters = []
+        let stopping = pending.stopping
+        condition.unlock()
+
+        let result = flush(batch, through: through, checksum: throughChecksum)
+
+        var answered: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
+        condition.lock()
+        switch result {
+        case .success:
+            undurableSince.store(pending.bufferedSince, ordering: .relaxed)
+            let durableNow = durableSequence
+            answered = waiters.filter { $0.0 <= durableNow }.map(\.1)
+            waiters.removeAll { $0.0 <= durableNow }
+        case .failure:
+            if batch.readableBytes > 0 {
+                // Keep the batch for the next attempt, ahead of anything appended since.
+                var retry = batch
+                retry.writeImmutableBuffer(pending.buffer)
+                pending.buffer = retry
+                if batchSince != 0 { pending.bufferedSince = batchSince }
+            }
+        }
+        pending.waiters = waiters + pending.waiters
+        var unkept: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
+        if stopping {
+            // Whatever is still unwritten is not kept: the process is going.
+            pending.stopped = true
+            if case .failure = result, needsCutBack, descriptor >= 0, files.truncate(descriptor, segmentSize) == 0 { needsCutBack = false }
+            unkept = pending.waiters.map(\.1)
+            pending.waiters = []
+        }
+        condition.unlock()
+        for done in answered { done(.success(())) }
+        let failed: Bool
+        if case .failure = result { failed = true } else { failed = false }
+        if stopping {
+            let reason = failureReason ?? "the journal closed before writing it"
+            for done in unkept { done(.failure(JournalError("not kept: \(reason)", notKept: !needsCutBack))) }
+        }
+        return (stopping, failed)
     }
 
     /// Something must be put right before the next write: a segment to create, bytes to cut.
@@ -324,7 +400,7 @@ public final class JournalWriter: @unchecked Sendable {
     /// after putting right what an earlier failure left.
     private func flush(_ batch: ByteBuffer, through sequence: UInt64, checksum: UInt32) -> Result<Void, JournalError> {
         if needsCutBack {
-            guard ftruncate(descriptor, off_t(segmentSize)) == 0 else {
+            guard files.truncate(descriptor, segmentSize) == 0 else {
                 return failed("cannot cut back a failed journal write: \(String(cString: strerror(errno)))")
             }
             needsCutBack = false
@@ -343,7 +419,7 @@ public final class JournalWriter: @unchecked Sendable {
                 let reason = "journal \(written != batch.readableBytes ? "write" : "fsync") failed: \(String(cString: strerror(errno)))"
                 // Cut off whatever part of the batch reached the file, so the retry starts clean
                 // and does not trust pages a failed fsync may have dropped.
-                if ftruncate(descriptor, off_t(segmentSize)) != 0 { needsCutBack = true }
+                if files.truncate(descriptor, segmentSize) != 0 { needsCutBack = true }
                 return failed(reason)
             }
             segmentSize += written
@@ -355,7 +431,7 @@ public final class JournalWriter: @unchecked Sendable {
             // Records still buffered continue the chain from this batch's last record, with the
             // next sequence numbers: exactly what the new segment's header says. The batch is
             // kept either way; a segment that cannot be created is retried before the next write.
-            Glibc.close(descriptor)
+            files.close(descriptor)
             descriptor = -1
             do {
                 try openSegment(firstSequence: sequence + 1, previousChecksum: checksum)
@@ -373,14 +449,14 @@ public final class JournalWriter: @unchecked Sendable {
         guard created >= 0 else { throw JournalError("cannot create \(path): \(String(cString: strerror(errno)))") }
         guard header.withUnsafeBytes({ files.write(created, $0) }) == header.count, files.sync(created) == 0 else {
             let reason = String(cString: strerror(errno))
-            Glibc.close(created)
+            files.close(created)
             unlink(path)
             throw JournalError("cannot write \(path): \(reason)")
         }
         do {
             try syncDirectory()
         } catch {
-            Glibc.close(created)
+            files.close(created)
             throw error
         }
         descriptor = created

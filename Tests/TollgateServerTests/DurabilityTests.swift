@@ -324,6 +324,15 @@ final class FaultyFiles: JournalFiles, Sendable {
         #expect(server.server.service.journal?.failureReason != nil)
     }
 
+    /// Waits until the journal has kept everything appended so far (async mode writes later).
+    func journalCaughtUp(_ server: TestServer) async throws {
+        let journal = try server.server.service.journal.required("a journal")
+        for _ in 0..<3_000 where journal.durableSequence < journal.appendedSequence {  // at most 30 s
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(journal.durableSequence == journal.appendedSequence)
+    }
+
     func isUnavailable(_ body: () async throws -> Void) async -> Bool {
         do {
             try await body()
@@ -340,6 +349,7 @@ final class FaultyFiles: JournalFiles, Sendable {
         let gate = try await TollgateClient.connect(.init(port: server.port, retries: 0))
         try await gate.setUpTeamPlan(topUp: false)
         _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "before")
+        try await journalCaughtUp(server)
 
         files.set(failing: true)
         // Acknowledged at once (async): the journal fails when it tries to write it.
@@ -424,6 +434,7 @@ final class FaultyFiles: JournalFiles, Sendable {
         }
         let gate = try await server.client(retries: 0)
         try await gate.setUpTeamPlan(topUp: false)
+        try await journalCaughtUp(server)
         files.set(failing: true)
         _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "unkept")
         try await journalFailing(server)
@@ -456,6 +467,7 @@ final class FaultyFiles: JournalFiles, Sendable {
         }
         let gate = try await server.client(requestTimeoutMilliseconds: 120_000, retries: 0)
         try await gate.setUpTeamPlan(topUp: false)
+        try await journalCaughtUp(server)
         files.set(stalled: true)
         _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "first")
         // Past the window: the stalled batch (holding "first") is older than 100 ms.
