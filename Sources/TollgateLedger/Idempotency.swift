@@ -450,11 +450,11 @@ struct ResolvedHolds: Hashable, Sendable {
         var resolution: HoldResolution
     }
 
-    private(set) var resolutions: [HoldKey: Resolved] = [:]
+    private(set) var resolutions = ShardedTable<HoldKey, Resolved>()
     private var order: ChunkedArray<Expiry> = []
 
     /// The exact contents, for checkpoints.
-    var storage: (resolutions: [HoldKey: Resolved], order: ChunkedArray<Expiry>) {
+    var storage: (resolutions: ShardedTable<HoldKey, Resolved>, order: ChunkedArray<Expiry>) {
         get { (resolutions, order) }
         set { (resolutions, order) = newValue }
     }

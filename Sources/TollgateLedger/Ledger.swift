@@ -26,9 +26,9 @@ public struct Ledger: Hashable, Sendable {
     var groups = ChunkedArray<GroupRecord>()
     var grants = ChunkedArray<GrantRecord>()
     var freeGrantSlots: [Int32] = []
-    var grantSlotByID: [GrantID: Int32] = [:]
+    var grantSlotByID = ShardedTable<GrantID, Int32>()
     var nextGrantID: GrantID = 1
-    var holds: [HoldKey: HoldRecord] = [:]
+    var holds = ShardedTable<HoldKey, HoldRecord>()
     var nextHoldID: HoldID = 1
     var rates: [HashedString: RateHistory] = [:]
     var events = EventQueue()

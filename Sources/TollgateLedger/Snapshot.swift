@@ -157,7 +157,7 @@ extension Ledger {
             w.write(stored.answer)
         }
         let resolved = resolvedHolds.storage
-        w.array(resolved.resolutions.sorted { $0.key.id < $1.key.id }) { w, entry in
+        w.array(resolved.resolutions.entries.sorted { $0.key.id < $1.key.id }) { w, entry in
             w.integer(entry.key.id)
             w.integer(entry.value.account)
             w.integer(entry.value.resolution.rawValue)
@@ -261,7 +261,7 @@ extension Ledger {
         let answers = try r.array { r in IdempotencyTable.Stored(fingerprint: try r.integer(), answer: try r.readAnswer()) }
         guard answers.count == expiries.count else { throw SnapshotError(description: "idempotency entries do not match") }
         idempotency = IdempotencyTable(answers: ChunkedArray(answers), expiries: ChunkedArray(expiries), firstPosition: firstPosition)
-        var resolutions: [HoldKey: ResolvedHolds.Resolved] = [:]
+        var resolutions = ShardedTable<HoldKey, ResolvedHolds.Resolved>()
         for (id, account, raw) in try r.array({ r in (try r.integer(UInt64.self), try r.integer(Int32.self), try r.integer(UInt8.self)) }) {
             guard let resolution = HoldResolution(rawValue: raw) else { throw SnapshotError(description: "unknown hold resolution") }
             resolutions[HoldKey(id)] = ResolvedHolds.Resolved(account: account, resolution: resolution)

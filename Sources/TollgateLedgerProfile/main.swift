@@ -11,6 +11,7 @@ import Glibc
 //   perf record -e cpu-clock -g .build/release/tollgate-ledger-profile reserve+commit 2000000 [accounts]
 //   .build/release/tollgate-ledger-profile keys 1000000     # resident memory per remembered key
 //   .build/release/tollgate-ledger-profile checkpoint 1000000   # checkpoint pause, size and speed
+//   .build/release/tollgate-ledger-profile checkpoint-holds 200000   # the pause with holds open
 let arguments = CommandLine.arguments
 let operation = arguments.count > 1 ? arguments[1] : "reserve+commit"
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 1_000_000 : 1_000_000
@@ -55,6 +56,51 @@ if operation == "checkpoint" {
     let decode = ContinuousClock.now - started
     precondition(restored == copy)
     print("\(count) accounts: decision before the copy \(Int(seconds(before) * 1e6)) µs, first after \(Int(seconds(pause) * 1e6)) µs, second after \(Int(seconds(next) * 1e6)) µs; snapshot \(bytes.count / 1_048_576) MiB encoded in \(String(format: "%.2f", seconds(encode))) s, read back in \(String(format: "%.2f", seconds(decode))) s")
+} else if operation == "checkpoint-holds" {
+    // The pause a checkpoint causes with `count` holds open and as many resolved ones
+    // remembered: the first reserve and the first commit after the copy change both tables.
+    // Beside it, in the same run, the baseline of a flat dictionary of as many 64-byte
+    // entries, copied whole by its first change after a copy (what the tables were).
+    let accounts = max(1, count / 5_000)
+    var ledger = Fixtures.large(accounts: accounts, membersPerAccount: 1)
+    var now = ledger.clock
+    var key = 0
+    func apply(_ command: Command) -> Answer {
+        key += 1
+        now = now.adding(microseconds: 1)
+        return ledger.apply(command, key: "h\(key)", at: now)
+    }
+    var open: [(String, HoldID)] = []
+    for index in 0..<(2 * count) {
+        let account = "a\(index % accounts)"
+        let request = DecisionRequest(account: account, member: "m0", product: "p", quantity: 1)
+        guard case .decision(let decision) = apply(.reserve(Reserve(request, ttlMicroseconds: 6 * Microseconds.perDay))), let hold = decision.hold
+        else { preconditionFailure("reserve refused") }
+        if index % 2 == 0 {
+            _ = apply(.commit(Commit(HoldReference(account: account, hold: hold), amount: .held)))
+        } else {
+            open.append((account, hold))
+        }
+    }
+    func timed(_ body: () -> Void) -> Duration {
+        let started = ContinuousClock.now
+        body()
+        return ContinuousClock.now - started
+    }
+    let request = DecisionRequest(account: "a0", member: "m0", product: "p", quantity: 1)
+    let before = timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) }
+    let copy = ledger
+    let reserve = timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) }
+    let commit = timed { _ = apply(.commit(Commit(HoldReference(account: open[0].0, hold: open[0].1), amount: .held))) }
+    let next = timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) }
+    struct Entry: Hashable { var a: UInt64, b: UInt64, c: UInt64, d: UInt64, e: UInt64, f: UInt64, g: UInt64, h: UInt64 }
+    var flat: [UInt64: Entry] = [:]
+    for index in 0..<UInt64(count) { flat[index] = Entry(a: index, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
+    let flatCopy = flat
+    let flatPause = timed { flat[UInt64(count)] = Entry(a: 0, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
+    precondition(flatCopy.count + 1 == flat.count && copy.openHoldCount + 2 == ledger.openHoldCount)
+    func micro(_ duration: Duration) -> Int { Int(seconds(duration) * 1e6) }
+    print("\(ledger.openHoldCount) holds open, \(count) resolved: reserve before the copy \(micro(before)) µs; after it, first reserve \(micro(reserve)) µs, first commit \(micro(commit)) µs, next reserve \(micro(next)) µs; a flat dictionary of \(count) entries: first change after a copy \(micro(flatPause)) µs")
 } else if operation == "keys" {
     // Spends under distinct keys with the default 24 h retention: every key stays remembered.
     var ledger = Fixtures.large(accounts: 1, membersPerAccount: 1)
