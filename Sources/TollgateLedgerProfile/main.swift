@@ -98,7 +98,7 @@ if operation == "checkpoint" {
     for index in 0..<UInt64(count) { flat[index] = Entry(a: index, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
     let flatCopy = flat
     let flatPause = timed { flat[UInt64(count)] = Entry(a: 0, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
-    precondition(flatCopy.count + 1 == flat.count && copy.openHoldCount + 2 == ledger.openHoldCount)
+    precondition(flatCopy.count + 1 == flat.count && copy.openHoldCount + 1 == ledger.openHoldCount)
     func micro(_ duration: Duration) -> Int { Int(seconds(duration) * 1e6) }
     print("\(ledger.openHoldCount) holds open, \(count) resolved: reserve before the copy \(micro(before)) µs; after it, first reserve \(micro(reserve)) µs, first commit \(micro(commit)) µs, next reserve \(micro(next)) µs; a flat dictionary of \(count) entries: first change after a copy \(micro(flatPause)) µs")
 } else if operation == "keys" {
