@@ -267,8 +267,11 @@ struct RandomRun {
             if chance(15) {
                 send(.setSubscription(account: account, terms: nil))
             } else {
+                // Now and then an amount near the limits: with seats waiting for a later
+                // instant, such pairings once slipped past the check (issue 16).
+                let perSeat: Credits = chance(8) ? .random(in: 0...1_000_000_000_000, using: &rng) : .random(in: 0...40, using: &rng)
                 let terms = Subscription(
-                    scope: chance(50) ? .pooled : .perMember, creditsPerSeat: .random(in: 0...40, using: &rng), prorate: chance(70),
+                    scope: chance(50) ? .pooled : .perMember, creditsPerSeat: perSeat, prorate: chance(70),
                     removal: chance(50) ? .keep : .clawBack, rolloverCap: chance(50) ? 0 : .random(in: 1...30, using: &rng),
                     priority: Int32.random(in: -1...2, using: &rng))
                 send(.setSubscription(account: account, terms: terms))
@@ -296,7 +299,8 @@ struct RandomRun {
             // Seat changes, now or later.
             let account = pick(["C1", "A0", "A2"])
             let later = chance(40) ? Int64.random(in: 1...120, using: &rng) * Microseconds.perSecond : 0
-            send(.setSeats(account: account, seats: .random(in: 0...6, using: &rng), effectiveAt: driver.now.adding(microseconds: later)))
+            let seats: Int64 = chance(8) ? .random(in: 0...1_000_000, using: &rng) : .random(in: 0...6, using: &rng)
+            send(.setSeats(account: account, seats: seats, effectiveAt: driver.now.adding(microseconds: later)))
         }
         checkState()
     }
