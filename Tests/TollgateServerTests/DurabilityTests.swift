@@ -456,6 +456,42 @@ final class FaultyFiles: JournalFiles, Sendable {
         try await server.stop()
     }
 
+    /// Answers waiting for the journal count toward the in-flight limit: with the disk
+    /// stalled in `sync` mode and maxInFlight 4, eight pipelined spends wait and the rest are
+    /// told `tooManyInFlight` at once, instead of all queueing.
+    @Test func answersWaitingForTheJournalCountTowardTheInFlightLimit() async throws {
+        let files = FaultyFiles()
+        let server = try await TestServer.start(journalFiles: files) {
+            $0.journalMode = .sync
+            $0.maxInFlight = 4
+        }
+        let gate = try await server.client()
+        try await gate.setUpTeamPlan()
+        await gate.close()
+        let raw = try await RawSocket.connect(port: server.port, receiveTimeoutMilliseconds: 60_000)
+        try await raw.hello()
+        files.set(stalled: true)
+        let spend = Spend(DecisionRequest(account: "acme", member: "ana", product: "ai.preview", quantity: 1))
+        for index in 0..<30 { await raw.send(.command(.spend(spend), key: "pipelined-\(index)"), id: UInt32(100 + index)) }
+        // The 22 beyond the limit are refused without waiting for the disk.
+        var refused: Set<UInt32> = []
+        for _ in 0..<22 {
+            let (header, _) = try await raw.readFrame()
+            if header.status == ProtocolStatus.tooManyInFlight.rawValue { refused.insert(header.requestID) }
+        }
+        #expect(refused == Set((108..<130).map(UInt32.init)))
+        files.set(stalled: false)
+        // The eight that waited are answered once the disk moves.
+        var answered: Set<UInt32> = []
+        for _ in 0..<8 {
+            let (header, _) = try await raw.readFrame()
+            if header.status == 0 { answered.insert(header.requestID) }
+        }
+        #expect(answered == Set((100..<108).map(UInt32.init)))
+        await raw.shut()
+        try await server.stop()
+    }
+
     /// `async`: while an fsync stalls past the window, answers to mutations wait for it (so a
     /// crash then could not lose more than the window of acknowledged changes); reads do not.
     @Test func aStalledDiskHoldsAsyncAcknowledgementsPastTheWindow() async throws {
