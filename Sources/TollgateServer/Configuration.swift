@@ -19,6 +19,9 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var maxConnections = 1_024
     /// Open connections to the admin HTTP port, counted apart from the gate's: past it a new
     /// one is answered 503 and closed.
+    /// Settings that are accepted but no longer do anything, with what to do about them;
+    /// tollgated logs them at start, so an old config file still starts the server.
+    public var retiredSettings: [String] = []
     public var adminMaxConnections = 64
     /// How long an admin connection may take to send a whole request, and stay open idle
     /// between requests.

@@ -109,8 +109,11 @@ extension ServerConfiguration {
         case "journalRetentionHours": journalRetentionHours = try integer(0...87_600)
         case "journalAsyncWindowMilliseconds": journalAsyncWindowMilliseconds = try integer(1...60_000)
         case "decisionThread":
-            throw ConfigurationError(
-                "\(source): decisionThread was removed: decisions always run on the event loop that read the request (bench/README.md says why); delete the setting")
+            guard value == "connection" || value == "dedicated" else {
+                throw ConfigurationError("\(source): decisionThread must be connection or dedicated, not \"\(value)\"")
+            }
+            retiredSettings.append(
+                "\(source): decisionThread (\(value)) no longer does anything: decisions always run on the event loop that read the request (bench/README.md says why); delete the setting")
         case "idempotencyKeysMax": limits.idempotencyKeysMax = Int(try integer(1...1_000_000_000))
         case "idempotencyRetentionHours": limits.idempotencyRetentionMicroseconds = try integer(1...8_760) * 3_600_000_000
         case "idempotencyMinimumRetentionMinutes": limits.idempotencyMinimumRetentionMicroseconds = try integer(0...525_600) * 60_000_000

@@ -125,6 +125,7 @@ public final class TollgateServer: Service, Sendable {
         let gate: any Channel
         var admin: (any Channel)?
         do {
+            for notice in configuration.retiredSettings { logger.warning("\(notice)") }
             ensureDescriptorLimit()
             try createDataDirectory()
             try loadAccess()

@@ -33,6 +33,20 @@ import TollgateServer
         }
     }
 
+    /// A setting that no longer does anything still loads, so an old file starts the server;
+    /// it is reported instead, and a bad value is still an error.
+    @Test func aRetiredSettingLoadsAndIsReported() throws {
+        var configuration = ServerConfiguration()
+        try configuration.apply([("decisionThread", "dedicated")], source: "tollgate.yaml")
+        #expect(configuration.retiredSettings.count == 1 && configuration.retiredSettings[0].contains("no longer does anything"))
+        #expect(!ServerConfiguration.settingNames.contains("decisionThread"))
+        #expect(throws: ConfigurationError.self) { try configuration.apply([("decisionThread", "sideways")], source: "file") }
+        // The async window must leave room for the flush interval.
+        #expect(throws: ConfigurationError.self) {
+            try configuration.apply([("journalFlushIntervalMilliseconds", "100"), ("journalAsyncWindowMilliseconds", "150")], source: "file")
+        }
+    }
+
     @Test func environmentNamesFollowTheSettings() {
         #expect(ServerConfiguration.environmentName("adminPort") == "TOLLGATE_ADMIN_PORT")
         #expect(ServerConfiguration.environmentName("idempotencyKeysMax") == "TOLLGATE_IDEMPOTENCY_KEYS_MAX")
