@@ -192,6 +192,13 @@ public final class JournalWriter: @unchecked Sendable {
 
     public var failureCount: Int { failures.load(ordering: .relaxed) }
 
+    /// Whether the writer has stopped (closed or abandoned): nothing more will be kept.
+    public var hasStopped: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return pending.stopped
+    }
+
     /// Adds a record; returns its sequence number. Cheap: memory only.
     @discardableResult
     public func append(_ command: Command, key: String, instant: Instant) -> UInt64 {

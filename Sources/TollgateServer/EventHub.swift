@@ -114,8 +114,26 @@ public final class EventHub: Sendable {
 
     /// Takes events from the ledger's lock: cheap (a short lock and a signal), never waits
     /// for the log.
-    func accept(_ events: [LedgerEvent]) {
-        queue.put(events)
+    func accept(_ events: [LedgerEvent], covering sequence: UInt64 = 0) {
+        queue.put(Batch(events: events, covering: sequence))
+    }
+
+    /// In `sync` mode, set once recovery is done: the journal whose records must be kept before
+    /// the events they produced are logged, streamed or sent (nothing not kept is shown).
+    private let keptBy = Mutex<JournalWriter?>(nil)
+
+    func holdEvents(until journal: JournalWriter) {
+        keptBy.withLock { $0 = journal }
+    }
+
+    /// Waits (on the hub's thread) until the journal keeps `sequence`; false if it never will
+    /// (it stopped first), and the batch is dropped: its records are not kept either.
+    private func kept(_ sequence: UInt64) -> Bool {
+        guard sequence > 0, let journal = keptBy.withLock({ $0 }) else { return true }
+        while !journal.waitUntilDurable(sequence, timeoutMilliseconds: 1_000) {
+            if journal.hasStopped { return journal.durableSequence >= sequence }
+        }
+        return true
     }
 
     /// Writes, fans out and delivers until `stop`. Writing the log is a write and an fsync per
@@ -128,7 +146,7 @@ public final class EventHub: Sendable {
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             let thread = Thread { [self] in
                 while let batches = queue.takeAll(timeout: Self.retryInterval) {
-                    batches.forEach(process)
+                    for batch in batches where kept(batch.covering) { process(batch.events) }
                     if !hubOwned.unlogged.isEmpty { writeUnlogged() }
                 }
                 done.resume()
@@ -265,13 +283,20 @@ public final class EventHub: Sendable {
     }
 }
 
+/// Events from one step of the ledger, and the last journal record appended when they were
+/// taken (0: none to wait for).
+struct Batch: Sendable {
+    var events: [LedgerEvent]
+    var covering: UInt64
+}
+
 /// Event batches handed from the ledger's lock to the hub's thread, in order.
 final class BatchQueue: @unchecked Sendable {
     private let condition = NSCondition()
-    private var batches: [[LedgerEvent]] = []
+    private var batches: [Batch] = []
     private var closed = false
 
-    func put(_ batch: [LedgerEvent]) {
+    func put(_ batch: Batch) {
         condition.lock()
         defer { condition.unlock() }
         guard !closed else { return }
@@ -281,7 +306,7 @@ final class BatchQueue: @unchecked Sendable {
 
     /// Every batch waiting, in order, once there is one or `timeout` has passed (then
     /// perhaps none); nil once closed and empty.
-    func takeAll(timeout: TimeInterval) -> [[LedgerEvent]]? {
+    func takeAll(timeout: TimeInterval) -> [Batch]? {
         condition.lock()
         defer { condition.unlock() }
         if batches.isEmpty && !closed { _ = condition.wait(until: Date(timeIntervalSinceNow: timeout)) }

@@ -36,7 +36,7 @@ public final class LedgerService: Sendable {
 
         /// Hands the ledger's new events to the hub; a flag check when there are none.
         mutating func passEvents(to hub: EventHub?) {
-            if ledger.hasPendingEvents, let hub { hub.accept(ledger.takeEvents()) }
+            if ledger.hasPendingEvents, let hub { hub.accept(ledger.takeEvents(), covering: journal?.appendedSequence ?? 0) }
         }
         /// Set once recovery is done, before any connection is served.
         var journal: JournalWriter?

@@ -316,6 +316,7 @@ public final class TollgateServer: Service, Sendable {
             throw ServerError("cannot open the journal: \(error)")
         }
         service.restore(ledger, journal: writer)
+        if configuration.journalMode == .sync { events.holdEvents(until: writer) }
         let replayed = progress.current()
         logger.info(
             "recovered from the journal",

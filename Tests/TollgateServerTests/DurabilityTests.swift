@@ -390,6 +390,17 @@ final class FaultyFiles: JournalFiles, Sendable {
         let gate = try await TollgateClient.connect(.init(port: server.port, requestTimeoutMilliseconds: 120_000, retries: 0))
         try await gate.setUpTeamPlan(topUp: false)
         _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "before")
+        // An alert the next spend sets off: its event is shown to no one before the spend is kept.
+        _ = try await gate.apply(.setAlert(account: "acme", rule: AlertRule(id: "low", threshold: .credits(392))))
+        let listener = try await TollgateClient.connect(.init(port: server.port, retries: 0))
+        let (_, stream) = try await listener.subscribe(account: "acme")
+        let heard = Mutex<[UInt64]>([])
+        let listening = Task {
+            for await event in stream {
+                heard.withLock { $0.append(event.sequence) }
+                break
+            }
+        }
 
         files.set(failing: true)
         let answered = Mutex(false)
@@ -405,10 +416,15 @@ final class FaultyFiles: JournalFiles, Sendable {
         // A read would show the spend that is not kept yet: it waits as well.
         let read = Task { try await other.balance(account: "acme").funds.pool }
         #expect(!answered.withLock { $0 })
+        #expect(heard.withLock { $0 }.isEmpty)  // nor is its alert
 
         files.set(failing: false)
         #expect(try await waiting.value.cost == 5)
         #expect(try await read.value == 390)
+        for _ in 0..<3_000 where heard.withLock({ $0 }).isEmpty { try await Task.sleep(for: .milliseconds(10)) }  // at most 30 s
+        listening.cancel()
+        #expect(heard.withLock { $0 } == [1])
+        await listener.close()
         // The refused spend, retried with its key, is charged now, and once.
         _ = try await other.spend(account: "acme", member: "ben", product: "ai.preview", quantity: 1, key: "during-2")
         _ = try await other.spend(account: "acme", member: "ben", product: "ai.preview", quantity: 1, key: "during-2")
