@@ -98,7 +98,12 @@ public enum Checkpoint {
 
     /// Deletes checkpoints older than the newest `keep`, and segments whose every record is
     /// in the newest checkpoint and whose file is older than `retentionSeconds`.
+    /// Also deletes what a checkpoint interrupted by a crash left behind (`.tgc.tmp` files);
+    /// prune runs after a checkpoint is written, so none is being written then.
     public static func prune(directory: String, keep: Int = 2, retentionSeconds: Double) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix("checkpoint-") && name.hasSuffix(".tgc.tmp") {
+            unlink(directory + "/" + name)
+        }
         let checkpoints = files(in: directory)
         for file in checkpoints.dropLast(keep) { unlink(file) }
         guard let newest = checkpoints.last, let sequence = UInt64(newest.split(separator: "-").last?.prefix(20) ?? "") else { return }

@@ -234,7 +234,11 @@ struct Simulation {
         _ = copy.takeEvents()
         try Checkpoint.write(copy.snapshot(), at: writer.durablePosition, in: directory)
         stats.checkpoints += 1
-        if Int.random(in: 0..<2, using: &rng) == 0 { Checkpoint.prune(directory: directory, retentionSeconds: 0) }
+        if Int.random(in: 0..<2, using: &rng) == 0 {
+            Checkpoint.prune(directory: directory, retentionSeconds: 0)
+            let leftovers = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".tmp") }
+            guard leftovers.isEmpty else { throw fail("an interrupted checkpoint's file was left after pruning: \(leftovers)") }
+        }
     }
 
     mutating func crash() throws {
