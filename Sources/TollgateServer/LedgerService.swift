@@ -44,20 +44,20 @@ public final class LedgerService: Sendable {
         var activity: ActivityLog
 
         /// Applies a command, journals it if it changed the ledger and records what it did.
-        mutating func apply(_ command: Command, key: String, at now: Instant) -> (answer: Answer, sequence: UInt64?) {
+        mutating func apply(_ command: Command, key: String, at now: Instant) -> Answer {
             var hold: HoldView?
             if activity.capacity > 0, case .commit(let commit) = command { hold = ledger.hold(commit.hold.hold) }
             let applied = ledger.applyRecording(command, key: key, at: now)
-            let sequence = applied.changedState ? journal?.append(command, key: key, instant: applied.instant) : nil
+            if applied.changedState { journal?.append(command, key: key, instant: applied.instant) }
             activity.record(command, applied, hold: hold)
-            return (applied.answer, sequence)
+            return applied.answer
         }
 
         /// While the journal cannot write, mutations are refused; reads go on.
         var unavailable: Handled? {
             guard let reason = journal?.failureReason else { return nil }
             return Handled(
-                response: .error(WireError(.unavailable, "the journal cannot keep changes right now (\(reason)); nothing was changed")), sequence: nil,
+                response: .error(WireError(.unavailable, "the journal cannot keep changes right now (\(reason)); nothing was changed")),
                 showsState: false)
         }
     }
@@ -106,12 +106,11 @@ public final class LedgerService: Sendable {
         state.withLock { state in state.journal.map { (state.ledger, $0.appendedPosition) } }
     }
 
-    /// An answer, and the journal sequence it depends on when it changed the ledger.
+    /// An answer. The connection holds it for the journal as its mode says (it may show any
+    /// record appended so far), unless it shows nothing of the ledger: a refusal because the
+    /// journal cannot write.
     public struct Handled: Sendable {
         public var response: WireResponse
-        public var sequence: UInt64?
-        /// False for an answer that shows nothing of the ledger (a refusal because the
-        /// journal cannot write): it need not wait for the journal.
         public var showsState = true
     }
 
@@ -126,27 +125,25 @@ public final class LedgerService: Sendable {
         case .hello, .ping, .subscribe:
             preconditionFailure("the connection handler answers \(request.opcode.name) itself")
         case .balanceAt(let account, let member, let at):
-            return Handled(response: balance(account: account, member: member, at: at, now: now), sequence: nil)
+            return Handled(response: balance(account: account, member: member, at: at, now: now))
         case .check(let decision):
             return Handled(response: .answer(state.withLock { state in
                 defer { state.passEvents(to: hub) }
                 return state.ledger.check(decision, at: now)
-            }), sequence: nil)
+            }))
         case .balance(let account, let member):
-            return Handled(response: currentBalance(account: account, member: member, at: now), sequence: nil)
+            return Handled(response: currentBalance(account: account, member: member, at: now))
         case .command(let command, let key):
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
-                let (answer, sequence) = state.apply(command, key: key, at: now)
-                return Handled(response: .answer(answer), sequence: sequence)
+                return Handled(response: .answer(state.apply(command, key: key, at: now)))
             }
         case .batch(let items):
             // Each item is decided on its own, in order; the lock is taken once for the batch.
             return state.withLock { state in
                 if request.isMutation, let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
-                var last: UInt64?
                 let answers = items.indices.map { index -> BatchItemResponse in
                     let item = items[index]
                     if let refusal = refusedItems?[index] { return BatchItemResponse(opcode: item.opcode, response: .error(refusal)) }
@@ -154,14 +151,12 @@ public final class LedgerService: Sendable {
                     case .check(let decision):
                         return BatchItemResponse(opcode: .check, response: .answer(state.ledger.check(decision, at: now)))
                     case .command(let command, let key):
-                        let (answer, sequence) = state.apply(command, key: key, at: now)
-                        if let sequence { last = sequence }
-                        return BatchItemResponse(opcode: command.opcode, response: .answer(answer))
+                        return BatchItemResponse(opcode: command.opcode, response: .answer(state.apply(command, key: key, at: now)))
                     default:
                         preconditionFailure("the decoder admits only batchable items")
                     }
                 }
-                return Handled(response: .batch(answers), sequence: last)
+                return Handled(response: .batch(answers))
             }
         }
     }
