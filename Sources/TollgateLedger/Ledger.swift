@@ -126,6 +126,17 @@ public struct Ledger: Hashable, Sendable {
             idempotencyKeysForgottenEarly += 1
             forgotEarly = true
         }
+        let (answer, remembered) = executeRemembering(command, scopedKey, fingerprint: fingerprint, at: now)
+        return Applied(answer: answer, instant: now, changedState: remembered || forgotEarly)
+    }
+
+    /// Executes a command found new, lets alerts and recharges react, and remembers its
+    /// answer under its key unless the refusal is one that is not remembered: the common tail
+    /// of deciding and of replaying.
+    @inline(__always)
+    private mutating func executeRemembering(
+        _ command: Command, _ scopedKey: IdempotencyTable.Key, fingerprint: UInt64, at now: Instant
+    ) -> (answer: Answer, remembered: Bool) {
         let answer = execute(command, at: now)
         // Alerts and recharges: a look-up only when some account has them.
         if !alerts.isEmpty || !recharges.isEmpty, !answer.isRefused, let slot = accountSlots[HashedString(command.account)] {
@@ -139,7 +150,7 @@ public struct Ledger: Hashable, Sendable {
                 scopedKey, fingerprint: fingerprint, answer: answer,
                 until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
         }
-        return Applied(answer: answer, instant: now, changedState: remembered || forgotEarly)
+        return (answer, remembered)
     }
 
     /// Applies a journal record again: the command as it was first decided, which changed the
@@ -165,17 +176,7 @@ public struct Ledger: Hashable, Sendable {
             idempotencyKeysForgottenEarly += 1
             forgot = true
         }
-        let answer = execute(command, at: now)
-        if !alerts.isEmpty || !recharges.isEmpty, !answer.isRefused, let slot = accountSlots[HashedString(command.account)] {
-            evaluateWatches(slot, at: now)
-            let parent = accounts[Int(slot)].parent
-            if parent != noSlot { evaluateWatches(parent, at: now) }
-        }
-        let remembered = answer.refusal?.error.isRemembered ?? true
-        if remembered {
-            idempotency.remember(
-                scopedKey, fingerprint: command.fingerprint, answer: answer, until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
-        }
+        let (answer, remembered) = executeRemembering(command, scopedKey, fingerprint: command.fingerprint, at: now)
         return Applied(answer: answer, instant: now, changedState: remembered || forgot)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import TollgateJournal
 import TollgateLedger
@@ -8,11 +9,13 @@ import TollgateLedgerTestSupport
 import Glibc
 #endif
 
-/// Journal files whose durability the simulation decides. They are real files in a
-/// temporary directory, but `sync` only marks what was written as durable (no fdatasync: the
-/// simulation is the disk), and a crash cuts every file back to what was synced plus a random
-/// part of what was not: a torn write. Faults are switched on by the simulation.
-final class SimulatedDisk: JournalFiles, @unchecked Sendable {
+/// Journal files whose durability a test decides. They are real files in a temporary
+/// directory, but `sync` only marks what was written as durable (no fdatasync: the test is the
+/// disk), and a crash cuts every file back to what was synced plus a random part of what was
+/// not: a torn write. Faults are switched on and off by the test, from any thread: a failed
+/// write lets `partialPerMille` of its bytes through first (ENOSPC), a failed fsync is EIO, a
+/// failed creation EMFILE, a failed cut-back EIO.
+final class SimulatedDisk: JournalFiles, Sendable {
     struct Faults {
         var write = false
         var sync = false
@@ -20,13 +23,26 @@ final class SimulatedDisk: JournalFiles, @unchecked Sendable {
         var truncate = false
     }
 
-    /// Synced and written sizes by path; kept after a file is closed.
-    private(set) var sizes: [String: (synced: Int, written: Int)] = [:]
-    private var paths: [Int32: String] = [:]
-    var faults = Faults()
-    /// What a faulty write lets through before failing, as a share of the bytes (0...1000).
-    var partialPerMille = 500
+    private struct State {
+        /// Synced and written sizes by path; kept after a file is closed.
+        var sizes: [String: (synced: Int, written: Int)] = [:]
+        var paths: [Int32: String] = [:]
+        var faults = Faults()
+        var partialPerMille = 500
+    }
+
+    private let state = Mutex(State())
     private let system = SystemJournalFiles()
+
+    var faults: Faults {
+        get { state.withLock { $0.faults } }
+        set { state.withLock { $0.faults = newValue } }
+    }
+
+    var partialPerMille: Int {
+        get { state.withLock { $0.partialPerMille } }
+        set { state.withLock { $0.partialPerMille = newValue } }
+    }
 
     func create(_ path: String) -> Int32 {
         if faults.create {
@@ -35,8 +51,10 @@ final class SimulatedDisk: JournalFiles, @unchecked Sendable {
         }
         let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o600)
         if descriptor >= 0 {
-            paths[descriptor] = path
-            sizes[path] = (0, 0)
+            state.withLock {
+                $0.paths[descriptor] = path
+                $0.sizes[path] = (0, 0)
+            }
         }
         return descriptor
     }
@@ -44,35 +62,38 @@ final class SimulatedDisk: JournalFiles, @unchecked Sendable {
     func openForAppend(_ path: String) -> Int32 {
         let descriptor = open(path, O_WRONLY | O_APPEND)
         if descriptor >= 0 {
-            paths[descriptor] = path
             let size = Self.size(of: path)
-            sizes[path] = (size, size)
+            state.withLock {
+                $0.paths[descriptor] = path
+                $0.sizes[path] = (size, size)
+            }
         }
         return descriptor
     }
 
     func write(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
-        guard let path = paths[descriptor] else { return system.write(descriptor, bytes) }
-        if faults.write {
-            let through = bytes.count * partialPerMille / 1_000
-            let written = system.write(descriptor, UnsafeRawBufferPointer(rebasing: bytes.prefix(through)))
-            if written > 0 { sizes[path]!.written += written }
+        let (path, faults, partial) = state.withLock { ($0.paths[descriptor], $0.faults, $0.partialPerMille) }
+        guard let path else { return system.write(descriptor, bytes) }
+        let through = faults.write ? bytes.count * partial / 1_000 : bytes.count
+        let written = system.write(descriptor, UnsafeRawBufferPointer(rebasing: bytes.prefix(through)))
+        if written > 0 { state.withLock { $0.sizes[path]?.written += written } }
+        guard !faults.write else {
             errno = ENOSPC
             return -1
         }
-        let written = system.write(descriptor, bytes)
-        if written > 0 { sizes[path]!.written += written }
         return written
     }
 
     func sync(_ descriptor: Int32) -> Int32 {
-        guard let path = paths[descriptor] else { return system.sync(descriptor) }
-        if faults.sync {
-            errno = EIO
-            return -1
+        state.withLock { state in
+            guard let path = state.paths[descriptor] else { return 0 }
+            if state.faults.sync {
+                errno = EIO
+                return -1
+            }
+            if let written = state.sizes[path]?.written { state.sizes[path]?.synced = written }
+            return 0
         }
-        sizes[path]!.synced = sizes[path]!.written
-        return 0
     }
 
     func truncate(_ descriptor: Int32, _ size: Int) -> Int32 {
@@ -81,26 +102,32 @@ final class SimulatedDisk: JournalFiles, @unchecked Sendable {
             return -1
         }
         let result = ftruncate(descriptor, off_t(size))
-        if result == 0, let path = paths[descriptor] {
-            sizes[path] = (min(sizes[path]!.synced, size), size)
+        if result == 0 {
+            state.withLock { state in
+                if let path = state.paths[descriptor], let old = state.sizes[path] { state.sizes[path] = (min(old.synced, size), size) }
+            }
         }
         return result
     }
 
     func close(_ descriptor: Int32) {
-        paths.removeValue(forKey: descriptor)
+        _ = state.withLock { $0.paths.removeValue(forKey: descriptor) }
         _ = Glibc.close(descriptor)
     }
 
     /// Power lost: every file keeps what was synced and a random part of the rest.
     func crash(using rng: inout SeededGenerator) {
-        for (path, size) in sizes {
+        var sizes = state.withLock { $0.sizes }
+        for (path, size) in sizes.sorted(by: { $0.key < $1.key }) {
             let torn = size.written > size.synced ? Int.random(in: 0...(size.written - size.synced), using: &rng) : 0
             let kept = size.synced + torn
             _ = Glibc.truncate(path, off_t(kept))
             sizes[path] = (kept, kept)
         }
-        faults = Faults()
+        state.withLock {
+            $0.sizes = sizes
+            $0.faults = Faults()
+        }
     }
 
     static func size(of path: String) -> Int {
@@ -247,7 +274,7 @@ struct Simulation {
         if Int.random(in: 0..<4, using: &rng) == 0 {
             // Killed while writing a checkpoint: its temporary file is left behind.
             let junk = [UInt8](repeating: 0xAB, count: .random(in: 1...500, using: &rng))
-            FileManager.default.createFile(atPath: directory + "/" + Checkpoint.fileName(UInt64(entries.count + 1)) + ".tmp", contents: Data(junk))
+            _ = FileManager.default.createFile(atPath: directory + "/" + Checkpoint.fileName(UInt64(entries.count + 1)) + ".tmp", contents: Data(junk))
         }
         disk.crash(using: &rng)
         try recover()

@@ -9,45 +9,6 @@ import TollgateLedgerTestSupport
 import Glibc
 #endif
 
-/// File operations that fail on demand: writes (ENOSPC), fsyncs (EIO), segment creation
-/// (EMFILE), each switched on and off by the test.
-final class ScriptedFiles: JournalFiles, Sendable {
-    struct Faults: Sendable {
-        var write = false
-        var sync = false
-        var create = false
-    }
-
-    let faults = Mutex(Faults())
-    private let system = SystemJournalFiles()
-
-    func write(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
-        if faults.withLock({ $0.write }) {
-            // Half the bytes reach the file first, as a disk filling up mid-write does.
-            _ = system.write(descriptor, UnsafeRawBufferPointer(rebasing: bytes.prefix(bytes.count / 2)))
-            errno = ENOSPC
-            return -1
-        }
-        return system.write(descriptor, bytes)
-    }
-
-    func sync(_ descriptor: Int32) -> Int32 {
-        if faults.withLock({ $0.sync }) {
-            errno = EIO
-            return -1
-        }
-        return system.sync(descriptor)
-    }
-
-    func create(_ path: String) -> Int32 {
-        if faults.withLock({ $0.create }) {
-            errno = EMFILE
-            return -1
-        }
-        return open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0o600)
-    }
-}
-
 /// The writer through failed writes, failed fsyncs and a segment it cannot create: answers
 /// wait rather than fail, nothing is written twice or after a gap, and it resumes by itself.
 @Suite struct WriterFaultTests {
@@ -64,7 +25,7 @@ final class ScriptedFiles: JournalFiles, Sendable {
     func aFailingDiskDelaysButNeverLosesOrDuplicates(fault: String) async throws {
         let directory = temporaryDirectory()
         let entries = sampleRecords(400)
-        let files = ScriptedFiles()
+        let files = SimulatedDisk()
         try await OffPool.blocking("writer-faults") {
             let writer = try JournalWriter(directory: directory, mode: .sync, after: try Journal.scan(directory: directory, repair: true) { _ in }, segmentBytes: 4_096, files: files)
             var next = 0
@@ -76,12 +37,10 @@ final class ScriptedFiles: JournalFiles, Sendable {
             }
             guard writer.waitUntilDurable(append(20), timeoutMilliseconds: 30_000) else { throw Unexpected("the first batch was not kept") }
 
-            files.faults.withLock {
-                switch fault {
-                case "write": $0.write = true
-                case "sync": $0.sync = true
-                default: $0.create = true
-                }
+            switch fault {
+            case "write": files.faults.write = true
+            case "sync": files.faults.sync = true
+            default: files.faults.create = true
             }
             let failuresBefore = writer.failureCount
             // Enough records to fill the segment, so a rotation (and a creation) is due.
@@ -94,7 +53,7 @@ final class ScriptedFiles: JournalFiles, Sendable {
                 #expect(writer.durableSequence < waiting)
                 #expect(answered.withLock { $0 } == nil)
             }
-            files.faults.withLock { $0 = ScriptedFiles.Faults() }
+            files.faults = SimulatedDisk.Faults()
             try eventually("the writer resuming") { writer.failureReason == nil }
             let last = append(40)
             guard writer.waitUntilDurable(last, timeoutMilliseconds: 30_000) else { throw Unexpected("records after the failure were not kept") }
@@ -113,10 +72,10 @@ final class ScriptedFiles: JournalFiles, Sendable {
     @Test func closingWithRecordsUnwrittenSaysTheyWereNotKept() async throws {
         let directory = temporaryDirectory()
         let entries = sampleRecords(10)
-        let files = ScriptedFiles()
+        let files = SimulatedDisk()
         let outcome = try await OffPool.blocking("writer-close") { () throws -> JournalError? in
             let writer = try JournalWriter(directory: directory, mode: .sync, after: try Journal.scan(directory: directory, repair: true) { _ in }, files: files)
-            files.faults.withLock { $0.write = true }
+            files.faults.write = true
             var last: UInt64 = 0
             for entry in entries { last = writer.append(entry.command, key: entry.key, instant: entry.at) }
             let answered = Mutex<Result<Void, JournalError>?>(nil)

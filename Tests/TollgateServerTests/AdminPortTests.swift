@@ -6,6 +6,18 @@ import TollgateServer
 /// The admin HTTP port has limits of its own: a connection count apart from the gate's, and a
 /// timeout for requests that never finish and connections left idle.
 @Suite(.serialized) struct AdminPortTests {
+    /// One keep-alive GET /healthz on an open connection, read until its body ("ok") is in.
+    func healthz(on socket: RawSocket) async -> String {
+        await socket.send(Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8))
+        var answer = ""
+        while !answer.contains("ok\n") {
+            let chunk = await socket.readSome(4_096)
+            if chunk.isEmpty { break }
+            answer += String(decoding: chunk, as: UTF8.self)
+        }
+        return answer
+    }
+
     @Test func theAdminPortRefusesConnectionsPastItsLimit() async throws {
         let server = try await TestServer.start {
             $0.adminMaxConnections = 3
@@ -16,14 +28,7 @@ import TollgateServer
         var stuck: [RawSocket] = []
         for _ in 0..<3 {
             let socket = try await RawSocket.connect(port: server.adminPort, receiveTimeoutMilliseconds: 60_000)
-            await socket.send(Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8))
-            var answer = ""
-            while !answer.contains("ok\n") {
-                let chunk = await socket.readSome(4_096)
-                if chunk.isEmpty { break }
-                answer += String(decoding: chunk, as: UTF8.self)
-            }
-            #expect(answer.hasPrefix("HTTP/1.1 200"))
+            #expect(await healthz(on: socket).hasPrefix("HTTP/1.1 200"))
             await socket.send(Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\n".utf8))
             stuck.append(socket)
         }
@@ -53,14 +58,7 @@ import TollgateServer
         await unfinished.shut()
         // Kept alive after an answer, then idle.
         let idle = try await RawSocket.connect(port: server.adminPort, receiveTimeoutMilliseconds: 60_000)
-        await idle.send(Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8))
-        var answer = ""
-        while !answer.contains("ok\n") {
-            let chunk = await idle.readSome(4_096)
-            if chunk.isEmpty { break }
-            answer += String(decoding: chunk, as: UTF8.self)
-        }
-        #expect(answer.hasPrefix("HTTP/1.1 200"))
+        #expect(await healthz(on: idle).hasPrefix("HTTP/1.1 200"))
         #expect(await idle.isClosedByServer())
         await idle.shut()
         try await server.stop()
