@@ -132,16 +132,11 @@ struct IdempotencyTable: Hashable, Sendable {
         return forgotten
     }
 
-    /// Forgets the oldest key, whatever its age.
-    mutating func forgetOldest() {
-        if let first = expiries.first { forgetFirst(first.key) }
-    }
-
-    /// Forgets the oldest key if it would expire by `instant`; false if it would not.
-    mutating func forgetOldest(ifExpiringBy instant: Instant) -> Bool {
-        guard let first = expiries.first, first.at <= instant else { return false }
+    /// Takes the oldest key out of the table, with all a retry needs.
+    mutating func removeOldest() -> ArchivedKey? {
+        guard let first = expiries.first, let stored = answers.first else { return nil }
         forgetFirst(first.key)
-        return true
+        return ArchivedKey(low: first.key.low, high: first.key.high, fingerprint: stored.fingerprint, expiry: first.at, answer: stored.answer)
     }
 
     // MARK: - The index

@@ -34,7 +34,10 @@ public struct Ledger: Hashable, Sendable {
     var events = EventQueue()
     var idempotency = IdempotencyTable()
     var resolvedHolds = ResolvedHolds()
-    /// Keys forgotten before their retention because the table was full.
+    /// Keys the full table handed on, for the server's disk tier (KeyTiers.swift).
+    var evicted = EvictedKeys()
+    /// Keys forgotten before their retention because the table was full and had nowhere
+    /// to hand them on.
     public internal(set) var idempotencyKeysForgottenEarly = 0
     /// What retired grants ended with, so ledger-wide totals stay whole after their slots are reused.
     var retiredTotals = CreditTotals()
@@ -104,30 +107,28 @@ public struct Ledger: Hashable, Sendable {
     }
 
     /// `apply`, telling the caller whether the command has to be journaled and at what instant.
-    public mutating func applyRecording(_ command: Command, key: String, at instant: Instant) -> Applied {
+    /// A key the table does not hold is looked for in `older` (the server's disk tier) before
+    /// the command is taken as new; a key found there answers as it would from the table.
+    public mutating func applyRecording(_ command: Command, key: String, at instant: Instant, older: (any OlderKeys)? = nil) -> Applied {
         let now = advance(to: instant)
         if let error = validateKey(key) { return Applied(answer: .refused(Refusal(error)), instant: now, changedState: false) }
         let scopedKey = IdempotencyTable.Key(scope: command.account, key: key)
         let fingerprint = command.fingerprint
         switch idempotency.lookup(scopedKey, fingerprint: fingerprint) {
         case .replay(let answer): return Applied(answer: answer, instant: now, changedState: false)
-        case .conflict:
-            return Applied(answer: .refused(Refusal(LedgerError(.idempotencyConflict, level: .request, subject: key))), instant: now, changedState: false)
-        case .new: break
-        }
-        var forgotEarly = false
-        if idempotency.count >= limits.idempotencyKeysMax {
-            // Forget the oldest key early if it has been kept for at least the floor.
-            let keptSince = now.adding(microseconds: limits.idempotencyRetentionMicroseconds - limits.idempotencyMinimumRetentionMicroseconds)
-            guard idempotency.forgetOldest(ifExpiringBy: keptSince) else {
-                let refusal = Refusal(LedgerError(.limitReached, level: .ledger, subject: "idempotency keys"))
-                return Applied(answer: .refused(refusal), instant: now, changedState: false)
+        case .conflict: return conflict(key, at: now)
+        case .new:
+            if let older, let archived = older.find(low: scopedKey.low, high: scopedKey.high), archived.expiry > now {
+                guard archived.fingerprint == fingerprint else { return conflict(key, at: now) }
+                return Applied(answer: archived.answer, instant: now, changedState: false)
             }
-            idempotencyKeysForgottenEarly += 1
-            forgotEarly = true
         }
         let (answer, remembered) = executeRemembering(command, scopedKey, fingerprint: fingerprint, at: now)
-        return Applied(answer: answer, instant: now, changedState: remembered || forgotEarly)
+        return Applied(answer: answer, instant: now, changedState: remembered)
+    }
+
+    private func conflict(_ key: String, at now: Instant) -> Applied {
+        Applied(answer: .refused(Refusal(LedgerError(.idempotencyConflict, level: .request, subject: key))), instant: now, changedState: false)
     }
 
     /// Executes a command found new, lets alerts and recharges react, and remembers its
@@ -146,6 +147,7 @@ public struct Ledger: Hashable, Sendable {
         }
         let remembered = answer.refusal?.error.isRemembered ?? true
         if remembered {
+            makeRoomForKey()
             idempotency.remember(
                 scopedKey, fingerprint: fingerprint, answer: answer,
                 until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
@@ -157,8 +159,8 @@ public struct Ledger: Hashable, Sendable {
     /// ledger then, so it is executed whatever the idempotency table holds now. Replay is
     /// independent of the idempotency limits: a key the live table had forgotten early (it
     /// was full) may still be here when the replaying table is larger, and is forgotten now
-    /// (with every older key, as the live table forgot them); a full table forgets its oldest
-    /// key rather than refuse. Balances, holds and every other part of the state come out as
+    /// (with every older key, as the live table forgot them); a full table hands its oldest
+    /// key on (or forgets it) as it does live. Balances, holds and every other part of the state come out as
     /// they were live under any configuration; the table keeps at least what the live one did.
     /// `changedState` false means the record did not change the ledger on replay although it
     /// did when decided: the caller reports it.
@@ -169,11 +171,6 @@ public struct Ledger: Hashable, Sendable {
         var forgot = false
         if idempotency.contains(scopedKey) {
             idempotencyKeysForgottenEarly += idempotency.forget(through: scopedKey)
-            forgot = true
-        }
-        while idempotency.count >= limits.idempotencyKeysMax {
-            idempotency.forgetOldest()
-            idempotencyKeysForgottenEarly += 1
             forgot = true
         }
         let (answer, remembered) = executeRemembering(command, scopedKey, fingerprint: command.fingerprint, at: now)

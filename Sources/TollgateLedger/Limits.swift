@@ -35,15 +35,14 @@ public struct LedgerLimits: Hashable, Sendable {
     public var creditsMax: Credits = 1_000_000_000_000
     public var holdTTLMicrosecondsMax: Int64 = 7 * Microseconds.perDay
     public var finishPercentMax: Int64 = 1_000
-    /// How long an idempotency key is remembered, and how many are remembered at once.
-    /// When the table is full, the oldest key is forgotten early, but never one younger than
-    /// `idempotencyMinimumRetentionMicroseconds`: a retry within that floor is always
-    /// recognised. A table full of keys younger than the floor refuses new mutations with
-    /// `.limitReached`. Measured at about 200 bytes a key (bench/README.md), so the default
-    /// ceiling holds about 200 MiB and, at the 15-minute floor, about 1,100 mutations a second.
+    /// How long an idempotency key is remembered, and how many the in-memory table holds.
+    /// A key is remembered from its decision until the retention has passed. When the table
+    /// is full its oldest key goes to the server's disk tier (`Ledger.archivesEvictedKeys`),
+    /// or, for a ledger with no disk tier, is forgotten early (`idempotencyKeysForgottenEarly`).
+    /// Nothing is ever refused because the table is full. About 200 bytes a key in memory
+    /// (bench/README.md), so the default table holds about 50 MiB.
     public var idempotencyRetentionMicroseconds: Int64 = 24 * Microseconds.perHour
-    public var idempotencyMinimumRetentionMicroseconds: Int64 = 15 * Microseconds.perMinute
-    public var idempotencyKeysMax = 1_000_000
+    public var idempotencyKeysMax = 250_000
     /// How many resolved holds are remembered so that a late commit gets "committed",
     /// "released" or "expired" instead of "unknown hold". Oldest are forgotten first.
     public var resolvedHoldsRemembered = 1_000_000

@@ -52,6 +52,13 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var checkpointIntervalSeconds: Int64 = 300
     /// Segments wholly inside the newest checkpoint are deleted once older than this.
     public var journalRetentionHours: Int64 = 168
+    /// The disk tier of idempotency keys (DATA/keys), which holds every key the in-memory
+    /// table (`limits.idempotencyKeysMax`) lets go of until its retention ends: at most this
+    /// many keys (about 2.2 bytes of memory each for filters and page indexes) and this many
+    /// gigabytes of files. Past either, the keys expiring first are forgotten early (logged,
+    /// on /metrics); nothing is refused. The defaults hold 24 hours at 2,000 mutations a second.
+    public var idempotencyDiskKeysMax = 200_000_000
+    public var idempotencyDiskGigabytesMax = 32
 
     public enum JournalModeSetting: String, Sendable, Equatable {
         case async, sync, none

@@ -9,7 +9,7 @@ extension ServerConfiguration {
     public static let settingNames = [
         "host", "port", "adminHost", "adminPort", "dataDirectory", "maxFrameBody", "maxInFlight", "maxBatchItems",
         "maxConnections", "adminMaxConnections", "adminRequestTimeoutMilliseconds", "idleTimeoutMilliseconds", "sweepIntervalMilliseconds", "shutdownGraceMilliseconds", "threads",
-        "serverName", "journalMode", "journalFlushIntervalMilliseconds", "journalAsyncWindowMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyMinimumRetentionMinutes",
+        "serverName", "journalMode", "journalFlushIntervalMilliseconds", "journalAsyncWindowMilliseconds", "journalSegmentBytes", "checkpointIntervalSeconds", "journalRetentionHours", "idempotencyKeysMax", "idempotencyRetentionHours", "idempotencyDiskKeysMax", "idempotencyDiskGigabytesMax",
         "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
         "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
         "recentActivityKept", "dashboardAccountsMax",
@@ -31,7 +31,7 @@ extension ServerConfiguration {
             "checkpointIntervalSeconds": "\(checkpointIntervalSeconds)", "journalRetentionHours": "\(journalRetentionHours)",
             "idempotencyKeysMax": "\(limits.idempotencyKeysMax)",
             "idempotencyRetentionHours": "\(limits.idempotencyRetentionMicroseconds / 3_600_000_000)",
-            "idempotencyMinimumRetentionMinutes": "\(limits.idempotencyMinimumRetentionMicroseconds / 60_000_000)",
+            "idempotencyDiskKeysMax": "\(idempotencyDiskKeysMax)", "idempotencyDiskGigabytesMax": "\(idempotencyDiskGigabytesMax)",
             "tlsCertificateFile": tlsCertificateFile, "tlsKeyFile": tlsKeyFile, "tlsClientCAFile": tlsClientCAFile,
             "tlsClientCertificates": tlsClientCertificates?.rawValue, "tlsMinimumVersion": tlsMinimumVersion.rawValue,
             "credentialsFile": credentialsFile, "allowPlaintext": "\(allowPlaintext)", "reloadCheckSeconds": "\(reloadCheckSeconds)",
@@ -116,7 +116,12 @@ extension ServerConfiguration {
                 "\(source): decisionThread (\(value)) no longer does anything: decisions always run on the event loop that read the request (bench/README.md says why); delete the setting")
         case "idempotencyKeysMax": limits.idempotencyKeysMax = Int(try integer(1...1_000_000_000))
         case "idempotencyRetentionHours": limits.idempotencyRetentionMicroseconds = try integer(1...8_760) * 3_600_000_000
-        case "idempotencyMinimumRetentionMinutes": limits.idempotencyMinimumRetentionMicroseconds = try integer(0...525_600) * 60_000_000
+        case "idempotencyMinimumRetentionMinutes":
+            _ = try integer(0...525_600)
+            retiredSettings.append(
+                "\(source): idempotencyMinimumRetentionMinutes no longer does anything: keys the in-memory table lets go of are kept on disk for the whole retention, and nothing is refused because a table is full (README, \"Idempotency\"); delete the setting")
+        case "idempotencyDiskKeysMax": idempotencyDiskKeysMax = Int(try integer(1_000...10_000_000_000))
+        case "idempotencyDiskGigabytesMax": idempotencyDiskGigabytesMax = Int(try integer(1...1_000_000))
         case "tlsCertificateFile": tlsCertificateFile = value.isEmpty ? nil : value
         case "tlsKeyFile": tlsKeyFile = value.isEmpty ? nil : value
         case "tlsClientCAFile": tlsClientCAFile = value.isEmpty ? nil : value
@@ -155,9 +160,6 @@ extension ServerConfiguration {
 
     func validate() throws(ConfigurationError) {
         guard !host.isEmpty, !dataDirectory.isEmpty else { throw ConfigurationError("host and dataDirectory must not be empty") }
-        guard limits.idempotencyMinimumRetentionMicroseconds <= limits.idempotencyRetentionMicroseconds else {
-            throw ConfigurationError("idempotencyMinimumRetentionMinutes must not exceed idempotencyRetentionHours")
-        }
         guard journalAsyncWindowMilliseconds >= 2 * journalFlushIntervalMilliseconds else {
             throw ConfigurationError(
                 "journalAsyncWindowMilliseconds (\(journalAsyncWindowMilliseconds)) must be at least twice journalFlushIntervalMilliseconds (\(journalFlushIntervalMilliseconds)), or answers would wait for nearly every flush")

@@ -72,6 +72,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var idleCheck: RepeatedTask?
 
     private let history: NIOThreadPool
+    private let keyReads: NIOThreadPool
 
     // Access: who this connection is, decided at HELLO and again whenever the credentials in
     // force change (so a revoked token stops working on open connections).
@@ -91,10 +92,11 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var subscribed = false
 
     init(
-        service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool, access: AccessControl,
-        tls: NIOSSLServerHandler?
+        service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool, keyReads: NIOThreadPool,
+        access: AccessControl, tls: NIOSSLServerHandler?
     ) {
         self.access = access
+        self.keyReads = keyReads
         self.tls = tls
         self.history = history
         self.service = service
@@ -227,6 +229,13 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 answerFromHistory(context: context, request, requestID: requestID, started: started)
                 return
             }
+            if request.isMutation, let archive = service.archive {
+                let keys = service.keysToRead(request, archive: archive)
+                if !keys.isEmpty {
+                    answerAfterReading(keys, archive: archive, context: context, request, refusedItems: refusedItems, requestID: requestID, started: started)
+                    return
+                }
+            }
             let handled = service.handle(request, refusedItems: refusedItems)
             deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)
             return
@@ -356,6 +365,48 @@ final class GateConnectionHandler: ChannelInboundHandler {
             guard context.channel.isActive, !handler.closing || handler.draining else { return }
             let response = (try? result.get()) ?? .error(WireError(.unavailable, "the server is shutting down"))
             handler.deliver(context: context, response, to: request, requestID: requestID, started: started)
+            handler.deferredAnswerSent(context: context)
+        }
+    }
+
+    /// A mutation whose key a run of the disk tier may hold (a retry of an old request, or a
+    /// filter's false positive): the key is read on a key thread, and the request decided
+    /// once it is back here. Bounded server-wide like BALANCE_AT; a key that cannot be read
+    /// answers `unavailable` and decides nothing, so a retry is never charged twice because
+    /// the disk failed.
+    private func answerAfterReading(
+        _ keys: [(low: UInt64, high: UInt64)], archive: KeyArchive, context: ChannelHandlerContext, _ request: WireRequest, refusedItems: [WireError?]?,
+        requestID: UInt32, started: UInt64
+    ) {
+        let service = service
+        let frame = Frame(opcode: request.opcode.rawValue, isResponse: false, requestID: requestID, body: ByteBuffer())
+        let queued = service.keyReadsQueued.wrappingAdd(1, ordering: .relaxed).newValue
+        guard queued <= LedgerService.keyReadsQueueMax else {
+            service.keyReadsQueued.wrappingSubtract(1, ordering: .relaxed)
+            metrics.recordKeyRead(outcome: "busy")
+            answerError(context: context, frame: frame, WireError(.unavailable, "\(LedgerService.keyReadsQueueMax) idempotency keys are already being read from disk; retry shortly"))
+            return
+        }
+        awaitingAnswers += 1
+        let metrics = metrics
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        keyReads.runIfActive(eventLoop: context.eventLoop) { () throws -> [ReadKey] in
+            try keys.map { ReadKey(low: $0.low, high: $0.high, key: try archive.read(low: $0.low, high: $0.high)) }
+        }.whenComplete { result in
+            service.keyReadsQueued.wrappingSubtract(1, ordering: .relaxed)
+            let (handler, context) = loopBound.value
+            handler.awaitingAnswers -= 1
+            guard context.channel.isActive, !handler.closing || handler.draining else { return }
+            switch result {
+            case .success(let read):
+                metrics.recordKeyRead(outcome: read.contains { $0.key != nil } ? "found" : "absent")
+                let handled = service.handle(request, refusedItems: refusedItems, read: read)
+                handler.deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)
+            case .failure(let error):
+                metrics.recordKeyRead(outcome: "failed")
+                handler.answerError(
+                    context: context, frame: frame, WireError(.unavailable, "cannot read the idempotency key from disk (\(error)); nothing was decided; retry"))
+            }
             handler.deferredAnswerSent(context: context)
         }
     }

@@ -43,12 +43,18 @@ public final class LedgerService: Sendable {
         /// Recent consumption and refusals, for the read API.
         var activity: ActivityLog
 
+        /// The disk tier of idempotency keys, set with the journal.
+        var archive: KeyArchive?
+
         /// Applies a command, journals it if it changed the ledger and records what it did.
-        mutating func apply(_ command: Command, key: String, at now: Instant) -> Answer {
+        /// Keys the table lets go of go to the disk tier before the lock is released, so a
+        /// key is always in one tier or the other.
+        mutating func apply(_ command: Command, key: String, at now: Instant, keys: ArchiveKeys?) -> Answer {
             var hold: HoldView?
             if activity.capacity > 0, case .commit(let commit) = command { hold = ledger.hold(commit.hold.hold) }
-            let applied = ledger.applyRecording(command, key: key, at: now)
+            let applied = ledger.applyRecording(command, key: key, at: now, older: keys)
             if applied.changedState { journal?.append(command, key: key, instant: applied.instant) }
+            if ledger.hasEvictedKeys { archive?.add(ledger.takeEvictedKeys()) }
             activity.record(command, applied, hold: hold)
             return applied.answer
         }
@@ -82,12 +88,44 @@ public final class LedgerService: Sendable {
     let historyQueued = Atomic<Int>(0)
     static let historyQueueMax = 64
 
-    /// Installs the state recovered from the journal and the writer that continues it.
-    public func restore(_ recovered: Ledger, journal: JournalWriter?) {
-        state.withLock { $0 = State(ledger: recovered, journal: journal, activity: ActivityLog(capacity: configuration.recentActivityKept)) }
+    /// Requests waiting for idempotency keys read from disk, across every connection.
+    let keyReadsQueued = Atomic<Int>(0)
+    static let keyReadsQueueMax = 256
+
+    /// Installs the state recovered from the journal, the writer that continues it and the
+    /// disk tier of idempotency keys.
+    public func restore(_ recovered: Ledger, journal: JournalWriter?, archive: KeyArchive? = nil) {
+        var ledger = recovered
+        ledger.archivesEvictedKeys = archive != nil
+        if ledger.hasEvictedKeys { archive?.add(ledger.takeEvictedKeys()) }
+        state.withLock {
+            $0 = State(ledger: ledger, journal: journal, activity: ActivityLog(capacity: configuration.recentActivityKept), archive: archive)
+        }
+        archiveRef.withLock { $0 = archive }
     }
 
     public var journal: JournalWriter? { state.withLock { $0.journal } }
+
+    private let archiveRef = Mutex<KeyArchive?>(nil)
+    public var archive: KeyArchive? { archiveRef.withLock { $0 } }
+
+    /// The keys of a request's mutations that only the disk tier may hold: they are read
+    /// (off the event loop) before the request is decided. Empty for nearly every request:
+    /// a new key is told apart by the filters, in memory.
+    public func keysToRead(_ request: WireRequest, archive: KeyArchive) -> [(low: UInt64, high: UInt64)] {
+        var keys: [(low: UInt64, high: UInt64)] = []
+        func look(_ command: Command, _ key: String) {
+            let digest = ArchivedKey.digest(account: command.account, key: key)
+            if case .onDisk = archive.probe(low: digest.low, high: digest.high) { keys.append(digest) }
+        }
+        switch request {
+        case .command(let command, let key): look(command, key)
+        case .batch(let items):
+            for item in items { if case .command(let command, let key) = item { look(command, key) } }
+        default: break
+        }
+        return keys
+    }
 
     /// The account's parent now, for access checks.
     public func parent(of account: String) -> String? {
@@ -119,7 +157,8 @@ public final class LedgerService: Sendable {
     /// journal order is decision order.
     /// `refusedItems`, for a BATCH, holds the refusal of each item its sender may not send
     /// (nil for the items it may); a refused item is answered with its error and not applied.
-    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil) -> Handled {
+    /// `read` holds the keys read from the disk tier for it (`keysToRead`).
+    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil, read: [ReadKey] = []) -> Handled {
         let now = clock()
         switch request {
         case .hello, .ping, .subscribe:
@@ -137,13 +176,15 @@ public final class LedgerService: Sendable {
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
-                return Handled(response: .answer(state.apply(command, key: key, at: now)))
+                let keys = state.archive.map { ArchiveKeys(archive: $0, read: read) }
+                return Handled(response: .answer(state.apply(command, key: key, at: now, keys: keys)))
             }
         case .batch(let items):
             // Each item is decided on its own, in order; the lock is taken once for the batch.
             return state.withLock { state in
                 if request.isMutation, let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
+                let keys = state.archive.map { ArchiveKeys(archive: $0, read: read) }
                 let answers = items.indices.map { index -> BatchItemResponse in
                     let item = items[index]
                     if let refusal = refusedItems?[index] { return BatchItemResponse(opcode: item.opcode, response: .error(refusal)) }
@@ -151,7 +192,7 @@ public final class LedgerService: Sendable {
                     case .check(let decision):
                         return BatchItemResponse(opcode: .check, response: .answer(state.ledger.check(decision, at: now)))
                     case .command(let command, let key):
-                        return BatchItemResponse(opcode: command.opcode, response: .answer(state.apply(command, key: key, at: now)))
+                        return BatchItemResponse(opcode: command.opcode, response: .answer(state.apply(command, key: key, at: now, keys: keys)))
                     default:
                         preconditionFailure("the decoder admits only batchable items")
                     }
@@ -213,6 +254,11 @@ public final class LedgerService: Sendable {
             if let due = state.ledger.nextDue, due <= now { state.ledger.advance(to: now) }
             state.passEvents(to: hub)
         }
+    }
+
+    /// Keys in the ledger's table, and keys it forgot early (only without a disk tier).
+    public var idempotencyCounts: (memory: Int, forgottenEarly: Int) {
+        state.withLock { ($0.ledger.idempotencyKeyCount, $0.ledger.idempotencyKeysForgottenEarly) }
     }
 
     public var openHolds: Int { state.withLock { $0.ledger.openHoldCount } }
@@ -281,6 +327,32 @@ public final class LedgerService: Sendable {
     public func counts() -> (accounts: Int, members: Int, openHolds: Int, burn: BurnRate) {
         let now = clock()
         return state.withLock { ($0.ledger.accountCount, $0.ledger.memberCount, $0.ledger.openHoldCount, $0.ledger.totalBurn(at: now)) }
+    }
+}
+
+/// A key read from the disk tier ahead of its request's decision, and what was found.
+public struct ReadKey: Sendable {
+    public var low: UInt64
+    public var high: UInt64
+    public var key: ArchivedKey?
+}
+
+/// How the ledger finds a key its table does not hold: among the keys read ahead for the
+/// request, then in the disk tier's memory (waiting keys, filters). A key a filter may hold
+/// that was not read ahead — it reached the disk between the read and the decision, which
+/// takes a checkpoint or a full batch landing in that instant — is read here, under the lock.
+/// If that read fails, the key counts as new.
+struct ArchiveKeys: OlderKeys {
+    let archive: KeyArchive
+    let read: [ReadKey]
+
+    func find(low: UInt64, high: UInt64) -> ArchivedKey? {
+        if let done = read.first(where: { $0.low == low && $0.high == high }) { return done.key }
+        switch archive.probe(low: low, high: high) {
+        case .absent: return nil
+        case .found(let key): return key
+        case .onDisk: return try? archive.read(low: low, high: high)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Synchronization
+import TollgateJournal
 import TollgateLedger
 import TollgateWire
 
@@ -126,6 +127,46 @@ public final class ServerMetrics: Sendable {
 
     public func recordOpenHolds(_ count: Int) {
         openHolds.record(count)
+    }
+
+    private let keysInMemory = CoreMetrics.Gauge(label: "tollgate_idempotency_keys", dimensions: [("tier", "memory")])
+    private let keysWaiting = CoreMetrics.Gauge(label: "tollgate_idempotency_keys", dimensions: [("tier", "waiting")])
+    private let keysOnDisk = CoreMetrics.Gauge(label: "tollgate_idempotency_keys", dimensions: [("tier", "disk")])
+    private let keysForgottenEarly = CoreMetrics.Gauge(label: "tollgate_idempotency_keys_forgotten_early")
+    private let keyDiskBytes = CoreMetrics.Gauge(label: "tollgate_idempotency_disk_bytes")
+    private let keyMemoryBytes = CoreMetrics.Gauge(label: "tollgate_idempotency_disk_tier_memory_bytes")
+    private let keyRuns = CoreMetrics.Gauge(label: "tollgate_idempotency_disk_runs")
+    private let keyWriteFailures = CoreMetrics.Gauge(label: "tollgate_idempotency_disk_write_failures")
+    private let keyReadFailures = CoreMetrics.Gauge(label: "tollgate_idempotency_disk_read_failures")
+    private let keyLimitReached = Mutex<[String: CoreMetrics.Gauge]>([:])
+
+    /// The idempotency key tiers: keys in each, what the disk tier takes, what was forgotten
+    /// before its retention because a limit was reached (1 on `..._limit_reached{limit=...}`
+    /// for the last limit reached), and disk failures.
+    public func recordIdempotency(memoryKeys: Int, forgottenInMemory: Int, disk: KeyArchive.Statistics?) {
+        keysInMemory.record(memoryKeys)
+        keysForgottenEarly.record(forgottenInMemory + (disk?.forgottenEarly ?? 0))
+        guard let disk else { return }
+        keysWaiting.record(disk.keysWaiting)
+        keysOnDisk.record(disk.keysOnDisk)
+        keyDiskBytes.record(disk.diskBytes)
+        keyMemoryBytes.record(disk.memoryBytes)
+        keyRuns.record(disk.runs)
+        keyWriteFailures.record(disk.writeFailures)
+        keyReadFailures.record(disk.readFailures)
+        keyLimitReached.withLock { gauges in
+            for limit in ["pendingMax", "keysMax", "bytesMax"] {
+                let gauge = gauges[limit] ?? CoreMetrics.Gauge(label: "tollgate_idempotency_limit_reached", dimensions: [("limit", limit)])
+                gauges[limit] = gauge
+                gauge.record(disk.lastLimit == limit ? 1 : 0)
+            }
+        }
+    }
+
+    /// A retry read from the disk tier: `found`, `absent` (a filter's false positive or an
+    /// expired key), `failed`, or `busy` (too many reads waiting).
+    public func recordKeyRead(outcome: String) {
+        counter("tollgate_idempotency_disk_reads_total", [("outcome", outcome)]).increment()
     }
 
     /// 1 while the journal writes, 0 while it fails; and how many writes or fsyncs failed.

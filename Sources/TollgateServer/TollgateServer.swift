@@ -59,6 +59,8 @@ public final class TollgateServer: Service, Sendable {
     private let reloadThread = NIOThreadPool(numberOfThreads: 1)
     /// Answers the read API, off the event loops.
     private let readThread = NIOThreadPool(numberOfThreads: 1)
+    /// Reads idempotency keys from the disk tier for retries the filters could not rule out.
+    private let keyThread = NIOThreadPool(numberOfThreads: 2)
     /// The credentials in force; empty (everyone refused) until `run` loads them.
     public let access = AccessControl(Credentials())
     /// The ledger's events: the event log, SUBSCRIBE streams and the webhook.
@@ -227,9 +229,11 @@ public final class TollgateServer: Service, Sendable {
             try? await checkpointThread.shutdownGracefully()
         }
         try? await historyThread.shutdownGracefully()
+        try? await keyThread.shutdownGracefully()
         try? await admin?.close()
         try? await readThread.shutdownGracefully()
         service.journal?.close()
+        service.archive?.stop()
         events.stop()
         await eventTask.value
         try await group.shutdownGracefully()
@@ -265,6 +269,18 @@ public final class TollgateServer: Service, Sendable {
             lastCheckpoint.withLock { $0 = checkpoint.position.sequence }
         }
         var ledger = checkpoint?.ledger ?? Ledger(limits: configuration.limits, startingAt: .epoch)
+        // The disk tier of idempotency keys is there before the replay, which hands it the
+        // keys the table lets go of as it did live.
+        var archiveSettings = KeyArchive.Settings(directory: configuration.dataDirectory + "/keys", retentionMicroseconds: configuration.limits.idempotencyRetentionMicroseconds)
+        archiveSettings.keysMax = configuration.idempotencyDiskKeysMax
+        archiveSettings.bytesMax = Int64(configuration.idempotencyDiskGigabytesMax) << 30
+        let archive: KeyArchive
+        do {
+            archive = try KeyArchive(settings: archiveSettings, clock: { [decisionClock] in decisionClock.now() }) { [logger] message in logger.warning("\(message)") }
+        } catch {
+            throw ServerError("cannot open the idempotency keys' directory: \(error)")
+        }
+        ledger.archivesEvictedKeys = true
         readiness.set(notReadyBecause: "starting: replaying the journal")
         let readiness = readiness
         var progress = ProgressMeter(every: .milliseconds(configuration.progressIntervalMilliseconds)) { [logger] report in
@@ -288,6 +304,10 @@ public final class TollgateServer: Service, Sendable {
                 // Events come out again as the journal replays; the hub keeps those it has
                 // not logged yet (by sequence), so none is lost and none logged twice.
                 if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }
+                if ledger.hasEvictedKeys {
+                    archive.add(ledger.takeEvictedKeys())
+                    archive.maintain()
+                }
                 progress.advance()
             }
         } catch let damage as JournalDamage {
@@ -315,7 +335,11 @@ public final class TollgateServer: Service, Sendable {
         } catch {
             throw ServerError("cannot open the journal: \(error)")
         }
-        service.restore(ledger, journal: writer)
+        service.restore(ledger, journal: writer, archive: archive)
+        archive.start()
+        let keys = archive.statistics
+        logger.info(
+            "idempotency keys", metadata: ["inMemory": "\(ledger.idempotencyKeyCount)", "onDisk": "\(keys.keysOnDisk)", "runs": "\(keys.runs)", "diskBytes": "\(keys.diskBytes)", "damagedRuns": "\(keys.damagedRuns)"])
         if configuration.journalMode == .sync { events.holdEvents(until: writer) }
         let replayed = progress.current()
         logger.info(
@@ -348,6 +372,8 @@ public final class TollgateServer: Service, Sendable {
         }
         let directory = configuration.dataDirectory + "/journal"
         let started = ContinuousClock.now
+        // Keys the table let go of before the copy are not in it: they go to disk first.
+        try service.archive?.persist()
         let bytes = source.ledger.snapshot()
         let file = try Checkpoint.write(bytes, at: source.position, in: directory)
         lastCheckpoint.withLock { $0 = source.position.sequence }
@@ -497,9 +523,11 @@ public final class TollgateServer: Service, Sendable {
         let logger = logger
         let configuration = configuration
         let history = historyThread
+        let keyReads = keyThread
         let access = access
         let tlsSource = tlsSource.withLock { $0 }
         history.start()
+        keyReads.start()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -520,7 +548,8 @@ public final class TollgateServer: Service, Sendable {
                     try sync.addHandler(BackPressureHandler())
                     try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: configuration.maxFrameBody, expectsResponses: false)))
                     try sync.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try sync.addHandler(GateConnectionHandler(service: service, metrics: metrics, limiter: limiter, logger: logger, history: history, access: access, tls: tls))
+                    try sync.addHandler(GateConnectionHandler(
+                            service: service, metrics: metrics, limiter: limiter, logger: logger, history: history, keyReads: keyReads, access: access, tls: tls))
                     self?.track(channel)
                 }
             }
@@ -582,6 +611,8 @@ public final class TollgateServer: Service, Sendable {
                             refreshGauges: {
                                 metrics.recordOpenHolds(service.openHolds)
                                 metrics.recordBurn(service.burn)
+                                let keys = service.idempotencyCounts
+                                metrics.recordIdempotency(memoryKeys: keys.memory, forgottenInMemory: keys.forgottenEarly, disk: service.archive?.statistics)
                                 if let journal = service.journal {
                                     metrics.recordJournal(healthy: journal.failureReason == nil, failures: journal.failureCount)
                                 }

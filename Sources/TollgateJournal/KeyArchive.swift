@@ -1,0 +1,407 @@
+import Foundation
+import Synchronization
+import TollgateLedger
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The idempotency keys' disk tier: keys the ledger's in-memory table let go of, kept with
+/// their answers until they expire, in immutable sorted runs (proto/JOURNAL.md, "Idempotency
+/// keys on disk").
+///
+/// - Keys arrive in batches, in the order the table let them go, and wait in memory — found
+///   exactly, like the table — until a batch is full or a checkpoint needs them on disk.
+///   Then the batch is sorted by digest and written as one run: pages of about 8 KiB, an
+///   index of each page's first digest, and a blocked Bloom filter, all checksummed.
+/// - Every run's filter and page index stay in memory (about 2.2 bytes a key), so a key no
+///   run holds is told "never seen" without touching the disk; a key a filter may hold is
+///   read with one page per candidate run, off the event loop.
+/// - Runs are grouped in windows of expiry (an eighth of the retention each). Within a window
+///   four runs of one size are merged into one, and a window no new key can reach is merged
+///   into a single run, so a lookup consults a bounded number of filters. A run is deleted
+///   once its newest key has expired; merges drop expired keys and duplicates.
+/// - Limits (`keysMax`, `bytesMax`, `pendingMax`): reaching one forgets the oldest keys
+///   first, counts them and logs it — never a refusal.
+public final class KeyArchive: Sendable {
+    public struct Settings: Sendable {
+        public var directory: String
+        public var retentionMicroseconds: Int64
+        /// Keys per run written from memory.
+        public var batchKeys = 65_536
+        /// Keys waiting in memory, at most; past it the oldest waiting batch is forgotten.
+        public var pendingMax = 4 * 65_536
+        /// Keys on disk, at most (each costs about 2.2 bytes of memory for its filter and index).
+        public var keysMax = 200_000_000
+        /// Bytes of run files, at most.
+        public var bytesMax: Int64 = 32 << 30
+        public var bitsPerKey = 16
+        public var files: any JournalFiles = SystemJournalFiles()
+
+        public init(directory: String, retentionMicroseconds: Int64) {
+            self.directory = directory
+            self.retentionMicroseconds = retentionMicroseconds
+        }
+    }
+
+    /// What the archive holds and has done, for /metrics and the log.
+    public struct Statistics: Sendable, Equatable {
+        public var runs = 0
+        public var keysOnDisk = 0
+        public var diskBytes: Int64 = 0
+        public var keysWaiting = 0
+        /// Bytes of memory the filters and page indexes take, plus an estimate for waiting keys.
+        public var memoryBytes = 0
+        public var forgottenEarly = 0
+        public var writeFailures = 0
+        public var readFailures = 0
+        public var damagedRuns = 0
+        public var diskReads = 0
+        public var merges = 0
+        /// The last limit reached, if any, and when a write last failed.
+        public var lastLimit: String?
+        public var lastFailure: String?
+    }
+
+    public enum Probe: Sendable {
+        /// No tier holds it.
+        case absent
+        /// Waiting in memory.
+        case found(ArchivedKey)
+        /// Some run's filter may hold it: reading it costs a page per run.
+        case onDisk
+    }
+
+    struct Digest: Hashable {
+        var low: UInt64
+        var high: UInt64
+    }
+
+    /// Keys waiting in memory, in arrival order, with an index.
+    final class Batch: @unchecked Sendable {
+        var keys: [ArchivedKey] = []
+        var index: [Digest: Int] = [:]
+        var writing = false
+
+        func add(_ key: ArchivedKey) {
+            index[Digest(low: key.low, high: key.high)] = keys.count
+            keys.append(key)
+        }
+    }
+
+    private struct State {
+        var runs: [KeyRun] = []
+        var waiting: [Batch] = [Batch()]
+        var waitingCount = 0
+        var nextRunID: UInt64 = 1
+        var statistics = Statistics()
+        var stopped = false
+    }
+
+    public let settings: Settings
+    private let state: Mutex<State>
+    /// Held by whatever writes, merges or deletes runs: the writer thread or `persist`.
+    private let work = Mutex<Void>(())
+    private let wake = WakeSignal()
+    private let clock: @Sendable () -> Instant
+    private let log: @Sendable (String) -> Void
+    private var windowMicroseconds: Int64 { max(1_000_000, settings.retentionMicroseconds / 8) }
+
+    /// Opens (or creates) the directory and loads every run in it. A run that does not read
+    /// back whole is left in place, renamed `.damaged`, and counted.
+    public init(settings: Settings, clock: @escaping @Sendable () -> Instant, log: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        self.settings = settings
+        self.clock = clock
+        self.log = log
+        if mkdir(settings.directory, 0o700) != 0 && errno != EEXIST {
+            throw JournalError("cannot create \(settings.directory): \(String(cString: strerror(errno)))")
+        }
+        var loaded = State()
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: settings.directory)) ?? []).sorted()
+        for name in names {
+            let path = settings.directory + "/" + name
+            if name.hasSuffix(".tgk.tmp") {
+                unlink(path)
+                continue
+            }
+            guard name.hasPrefix("keys-"), name.hasSuffix(".tgk"), let id = UInt64(name.dropFirst(5).dropLast(4), radix: 16) else { continue }
+            loaded.nextRunID = max(loaded.nextRunID, id + 1)
+            do {
+                loaded.runs.append(try KeyRun(path: path, id: id))
+            } catch {
+                loaded.statistics.damagedRuns += 1
+                rename(path, path + ".damaged")
+                log("a run of idempotency keys is damaged and was set aside as \(name).damaged (its keys are forgotten): \(error)")
+            }
+        }
+        state = Mutex(loaded)
+        refreshStatistics()
+    }
+
+    // MARK: - Finding keys
+
+    /// Whether a tier holds the key: waiting keys are found exactly, runs through their
+    /// filters. Memory only; called on the decision path.
+    public func probe(low: UInt64, high: UInt64) -> Probe {
+        state.withLock { state in
+            let digest = Digest(low: low, high: high)
+            for batch in state.waiting.reversed() {
+                if let index = batch.index[digest] { return .found(batch.keys[index]) }
+            }
+            for run in state.runs where run.mayContain(low: low, high: high) { return .onDisk }
+            return .absent
+        }
+    }
+
+    /// The key, from whichever tier holds it; reads a page from each run whose filter may
+    /// hold it, newest first. Blocking: never on an event loop.
+    public func read(low: UInt64, high: UInt64) throws -> ArchivedKey? {
+        enum Where { case waiting(ArchivedKey), runs([KeyRun]) }
+        let place: Where = state.withLock { state in
+            let digest = Digest(low: low, high: high)
+            for batch in state.waiting.reversed() {
+                if let index = batch.index[digest] { return .waiting(batch.keys[index]) }
+            }
+            return .runs(state.runs.filter { $0.mayContain(low: low, high: high) }.reversed())
+        }
+        guard case .runs(let candidates) = place else {
+            if case .waiting(let key) = place { return key }
+            return nil
+        }
+        for run in candidates {
+            state.withLock { $0.statistics.diskReads += 1 }
+            do {
+                if let key = try run.find(low: low, high: high) { return key }
+            } catch {
+                state.withLock { $0.statistics.readFailures += 1 }
+                log("cannot read idempotency keys from \(run.path): \(error)")
+                throw error
+            }
+        }
+        return nil
+    }
+
+    // MARK: - Adding keys
+
+    /// Takes keys the ledger's table let go of. Memory only (under the ledger's lock).
+    public func add(_ keys: [ArchivedKey]) {
+        guard !keys.isEmpty else { return }
+        var full = false
+        state.withLock { state in
+            for key in keys {
+                var batch = state.waiting[state.waiting.count - 1]
+                if batch.keys.count >= settings.batchKeys || batch.writing {
+                    batch = Batch()
+                    state.waiting.append(batch)
+                    full = true
+                }
+                batch.add(key)
+                state.waitingCount += 1
+            }
+            // Past the limit the oldest batch not being written is forgotten.
+            while state.waitingCount > settings.pendingMax, let victim = state.waiting.firstIndex(where: { !$0.writing }), state.waiting.count > 1 {
+                let dropped = state.waiting.remove(at: victim)
+                state.waitingCount -= dropped.keys.count
+                state.statistics.forgottenEarly += dropped.keys.count
+                state.statistics.lastLimit = "pendingMax"
+                log("idempotency keys are arriving faster than they can be written: \(dropped.keys.count) waiting keys forgotten early (pendingMax \(settings.pendingMax))")
+            }
+        }
+        if full { wake.signal() }
+    }
+
+    // MARK: - Writing, merging, expiring
+
+    /// Writes every waiting key to disk (fsynced) and returns once they are there: a
+    /// checkpoint that no longer holds them in the ledger's table is written after this.
+    public func persist() throws {
+        try work.withLock { _ in
+            let batches: [Batch] = state.withLock { state in
+                if let last = state.waiting.last, !last.keys.isEmpty { state.waiting.append(Batch()) }
+                let batches = state.waiting.filter { !$0.keys.isEmpty }
+                for batch in batches { batch.writing = true }
+                return batches
+            }
+            for batch in batches { try write(batch) }
+        }
+    }
+
+    /// One round of the writer's work: full batches written, expired runs deleted, limits
+    /// kept, and at most one merge. Returns whether there may be more to do.
+    @discardableResult
+    public func maintain() -> Bool {
+        work.withLock { _ in
+            let now = clock()
+            let full: Batch? = state.withLock { state in
+                guard let batch = state.waiting.first, !batch.writing, batch.keys.count >= settings.batchKeys || state.waiting.count > 1 else { return nil }
+                batch.writing = true
+                return batch
+            }
+            if let full {
+                do {
+                    try write(full)
+                } catch {
+                    state.withLock {
+                        full.writing = false
+                        $0.statistics.writeFailures += 1
+                        $0.statistics.lastFailure = "\(error)"
+                    }
+                    log("cannot write idempotency keys to disk (they stay in memory; retrying): \(error)")
+                    return false
+                }
+            }
+            expire(now: now)
+            let merged = mergeOnce(now: now)
+            return full != nil || merged
+        }
+    }
+
+    /// Runs `maintain` on a thread of its own until `stop`.
+    public func start() {
+        let thread = Thread { [self] in
+            while !state.withLock({ $0.stopped }) {
+                if !maintain() { wake.wait(timeoutMilliseconds: 1_000) }
+            }
+        }
+        thread.name = "tollgate-keys"
+        thread.start()
+    }
+
+    public func stop() {
+        state.withLock { $0.stopped = true }
+        wake.signal()
+    }
+
+    public var statistics: Statistics { state.withLock { $0.statistics } }
+
+    /// Every key the archive holds, waiting or on disk, expired or not (tests, small archives).
+    public func allKeys() throws -> [ArchivedKey] {
+        let (waiting, runs) = state.withLock { state in (state.waiting.flatMap(\.keys), state.runs) }
+        var keys = waiting
+        for run in runs { try run.forEach { keys.append($0) } }
+        return keys
+    }
+
+    private func write(_ batch: Batch) throws {
+        let sorted = batch.keys.sorted { ($0.low, $0.high) < ($1.low, $1.high) }
+        let id = state.withLock { state in
+            defer { state.nextRunID += 1 }
+            return state.nextRunID
+        }
+        let run = try KeyRun.write(sorted, id: id, level: 0, in: settings.directory, bitsPerKey: settings.bitsPerKey, files: settings.files)
+        state.withLock { state in
+            state.runs.append(run)
+            state.waiting.removeAll { $0 === batch }
+            if state.waiting.isEmpty { state.waiting.append(Batch()) }
+            state.waitingCount -= batch.keys.count
+        }
+        refreshStatistics()
+    }
+
+    private func window(_ expiry: Instant) -> Int64 {
+        let micros = expiry.microsecondsSinceEpoch
+        let span = windowMicroseconds
+        return micros >= 0 ? micros / span : -((-micros + span - 1) / span)
+    }
+
+    /// Deletes runs whose every key has expired, then keeps the limits by forgetting the
+    /// runs that expire first.
+    private func expire(now: Instant) {
+        var deleted: [KeyRun] = []
+        state.withLock { state in
+            deleted = state.runs.filter { $0.maxExpiry <= now }
+            state.runs.removeAll { $0.maxExpiry <= now }
+            while state.runs.count > 1 {
+                let keys = state.runs.reduce(0) { $0 + $1.count }
+                let bytes = state.runs.reduce(Int64(0)) { $0 + $1.bytes }
+                guard keys > settings.keysMax || bytes > settings.bytesMax else { break }
+                let oldest = state.runs.indices.min { state.runs[$0].maxExpiry < state.runs[$1].maxExpiry }!
+                let run = state.runs.remove(at: oldest)
+                let limit = keys > settings.keysMax ? "keysMax \(settings.keysMax)" : "bytesMax \(settings.bytesMax)"
+                state.statistics.forgottenEarly += run.count
+                state.statistics.lastLimit = keys > settings.keysMax ? "keysMax" : "bytesMax"
+                log("the idempotency keys on disk reached \(limit): \(run.count) keys expiring first were forgotten early")
+                deleted.append(run)
+            }
+        }
+        for run in deleted { unlink(run.path) }
+        if !deleted.isEmpty { refreshStatistics() }
+    }
+
+    /// Merges one group of runs, if any is due: every run of a window no new key can reach,
+    /// or four runs of one level in a window still filling.
+    private func mergeOnce(now: Instant) -> Bool {
+        let runs = state.withLock { $0.runs }
+        // New keys expire a retention from now, and keys come to the archive a little after
+        // they were decided: a window that ended two windows before that is closed.
+        let openFrom = window(now.adding(microseconds: settings.retentionMicroseconds)) - 2
+        var byWindow: [Int64: [KeyRun]] = [:]
+        for run in runs { byWindow[window(run.maxExpiry), default: []].append(run) }
+        var chosen: [KeyRun]?
+        for (window, group) in byWindow.sorted(by: { $0.key < $1.key }) {
+            if window < openFrom, group.count > 1 {
+                chosen = Array(group.prefix(32))
+                break
+            }
+            let byLevel = Dictionary(grouping: group, by: \.level)
+            if let (_, same) = byLevel.first(where: { $0.value.count >= 4 }) {
+                chosen = Array(same.sorted { $0.id < $1.id }.prefix(4))
+                break
+            }
+        }
+        guard let inputs = chosen else { return false }
+        let id = state.withLock { state in
+            defer { state.nextRunID += 1 }
+            return state.nextRunID
+        }
+        do {
+            let level = (inputs.map(\.level).max() ?? 0) + 1
+            let merged = try KeyRun.merge(inputs, id: id, level: level, now: now, in: settings.directory, bitsPerKey: settings.bitsPerKey, files: settings.files)
+            state.withLock { state in
+                let ids = Set(inputs.map(\.id))
+                state.runs.removeAll { ids.contains($0.id) }
+                if let merged { state.runs.append(merged) }
+                state.runs.sort { $0.id < $1.id }
+                state.statistics.merges += 1
+            }
+            for input in inputs { unlink(input.path) }
+        } catch {
+            state.withLock {
+                $0.statistics.writeFailures += 1
+                $0.statistics.lastFailure = "\(error)"
+            }
+            log("cannot merge runs of idempotency keys (retrying later): \(error)")
+            return false
+        }
+        refreshStatistics()
+        return true
+    }
+
+    private func refreshStatistics() {
+        state.withLock { state in
+            state.statistics.runs = state.runs.count
+            state.statistics.keysOnDisk = state.runs.reduce(0) { $0 + $1.count }
+            state.statistics.diskBytes = state.runs.reduce(Int64(0)) { $0 + $1.bytes }
+            state.statistics.keysWaiting = state.waitingCount
+            // A waiting key: the key itself (about 100 bytes with its answer) and its index entry.
+            state.statistics.memoryBytes = state.runs.reduce(0) { $0 + $1.memoryBytes } + state.waitingCount * 160
+        }
+    }
+}
+
+/// A condition to sleep on until signalled or a timeout passes.
+final class WakeSignal: Sendable {
+    private let signalled = Mutex<Bool>(false)
+
+    func signal() { signalled.withLock { $0 = true } }
+
+    /// Sleeps in short steps until signalled or the timeout; cheap enough for one thread.
+    func wait(timeoutMilliseconds: Int) {
+        var waited = 0
+        while waited < timeoutMilliseconds {
+            if signalled.withLock({ flag in defer { flag = false }; return flag }) { return }
+            usleep(10_000)
+            waited += 10
+        }
+    }
+}

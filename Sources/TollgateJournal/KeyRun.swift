@@ -1,0 +1,425 @@
+import Foundation
+import TollgateLedger
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One immutable run of idempotency keys on disk, sorted by digest (proto/JOURNAL.md,
+/// "Idempotency keys on disk"):
+///
+///     pages   each: u32 length, u32 CRC-32C of the entries, entries
+///             entry: u64 low, u64 high, u64 fingerprint, i64 expiry, u16 n, n bytes of answer
+///     index   per page: u64 first entry's low, u64 page offset
+///     filter  u64 words: a Bloom filter of 512-bit blocks, 10 bits a key
+///     footer  72 bytes: "TGKEYRUN", u32 version 1, u32 level, u64 keys, u64 pages,
+///             u64 index offset, u64 filter words, i64 first and i64 last expiry,
+///             u32 CRC-32C of index, filter and the footer's first 64 bytes, u32 zero
+///
+/// All integers little-endian. The filter and the index stay in memory; a lookup reads one
+/// page (two if a page boundary falls among equal lows).
+final class KeyRun: Sendable {
+    static let magic: [UInt8] = Array("TGKEYRUN".utf8)
+    static let footerSize = 72
+    static let pageTarget = 8_192
+    static let pageMax = 16 << 20
+    static let bitsSet = 10
+
+    let id: UInt64
+    let level: Int
+    let count: Int
+    let bytes: Int64
+    let minExpiry: Instant
+    let maxExpiry: Instant
+    let path: String
+    private let descriptor: Int32
+    private let filter: [UInt64]
+    private let firstLows: [UInt64]
+    /// Page offsets, and the index's offset last: page i spans offsets[i]..<offsets[i+1].
+    private let offsets: [UInt64]
+
+    var memoryBytes: Int { filter.count * 8 + firstLows.count * 8 + offsets.count * 8 + 256 }
+
+    private init(
+        id: UInt64, level: Int, count: Int, bytes: Int64, minExpiry: Instant, maxExpiry: Instant, path: String, descriptor: Int32,
+        filter: [UInt64], firstLows: [UInt64], offsets: [UInt64]
+    ) {
+        self.id = id
+        self.level = level
+        self.count = count
+        self.bytes = bytes
+        self.minExpiry = minExpiry
+        self.maxExpiry = maxExpiry
+        self.path = path
+        self.descriptor = descriptor
+        self.filter = filter
+        self.firstLows = firstLows
+        self.offsets = offsets
+    }
+
+    deinit { Glibc.close(descriptor) }
+
+    // MARK: - The filter
+
+    static func filterWords(forKeys count: Int, bitsPerKey: Int) -> Int {
+        let blocks = max(1, (count * bitsPerKey + 511) / 512)
+        return blocks * 8
+    }
+
+    /// The block comes from the digest's low half, the bits from its high half.
+    @inline(__always)
+    static func filterPositions(low: UInt64, high: UInt64, words: Int, _ body: (Int, UInt64) -> Bool) -> Bool {
+        let blocks = UInt64(words / 8)
+        let block = Int(low.multipliedFullWidth(by: blocks).high) * 8
+        var hash = high
+        let step = ((high >> 29) | (high << 35)) &* 0x9E37_79B9_7F4A_7C15 | 1
+        for _ in 0..<bitsSet {
+            let bit = Int(hash >> 55)
+            if !body(block + (bit >> 6), (1 as UInt64) << UInt64(bit & 63)) { return false }
+            hash &+= step
+        }
+        return true
+    }
+
+    func mayContain(low: UInt64, high: UInt64) -> Bool {
+        let filter = filter
+        return Self.filterPositions(low: low, high: high, words: filter.count) { word, mask in filter[word] & mask != 0 }
+    }
+
+    // MARK: - Reading
+
+    /// Loads a run's footer, index and filter, checking them.
+    convenience init(path: String, id: UInt64) throws {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw JournalError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        do {
+            var status = stat()
+            guard fstat(descriptor, &status) == 0 else { throw JournalError("cannot stat \(path): \(String(cString: strerror(errno)))") }
+            let size = Int(status.st_size)
+            guard size >= Self.footerSize else { throw JournalError("\(path) is \(size) bytes, shorter than a footer") }
+            let footer = try Self.readFully(descriptor, offset: size - Self.footerSize, count: Self.footerSize, path: path)
+            guard Array(footer[0..<8]) == Self.magic, footer.u32(8) == 1 else { throw JournalError("\(path) is not a run of keys (magic or version)") }
+            let level = Int(footer.u32(12))
+            let count = footer.u64(16)
+            let pages = footer.u64(24)
+            let indexOffset = footer.u64(32)
+            let words = footer.u64(40)
+            let tail = UInt64(size - Self.footerSize)
+            guard pages <= tail / 16, words <= tail / 8, indexOffset <= tail, indexOffset + pages * 16 + words * 8 == tail, count <= tail,
+                words >= 8, words % 8 == 0, level < 64
+            else { throw JournalError("\(path) has an inconsistent footer") }
+            let body = try Self.readFully(descriptor, offset: Int(indexOffset), count: Int(tail - indexOffset), path: path)
+            var checked = body
+            checked.append(contentsOf: footer[0..<64])
+            guard CRC32C.checksum(checked) == footer.u32(64) else { throw JournalError("\(path): the index and filter fail their checksum") }
+            var firstLows: [UInt64] = []
+            var offsets: [UInt64] = []
+            firstLows.reserveCapacity(Int(pages))
+            offsets.reserveCapacity(Int(pages) + 1)
+            for page in 0..<Int(pages) {
+                firstLows.append(body.u64(page * 16))
+                let offset = body.u64(page * 16 + 8)
+                guard offset < indexOffset, offset >= (offsets.last ?? 0), page > 0 || offset == 0 else { throw JournalError("\(path): page \(page) has a bad offset") }
+                offsets.append(offset)
+            }
+            offsets.append(indexOffset)
+            var filter = [UInt64](repeating: 0, count: Int(words))
+            let filterStart = Int(pages) * 16
+            for word in 0..<Int(words) { filter[word] = body.u64(filterStart + word * 8) }
+            self.init(
+                id: id, level: level, count: Int(count), bytes: Int64(size),
+                minExpiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: footer.u64(48))),
+                maxExpiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: footer.u64(56))),
+                path: path, descriptor: descriptor, filter: filter, firstLows: firstLows, offsets: offsets)
+        } catch {
+            Glibc.close(descriptor)
+            throw error
+        }
+    }
+
+    /// The key, if this run holds it.
+    func find(low: UInt64, high: UInt64) throws -> ArchivedKey? {
+        guard !firstLows.isEmpty else { return nil }
+        // The last page starting at or below `low`, and earlier ones starting at `low` too.
+        var lower = 0
+        var upper = firstLows.count
+        while lower < upper {
+            let middle = (lower + upper) / 2
+            if firstLows[middle] <= low { lower = middle + 1 } else { upper = middle }
+        }
+        var page = lower - 1
+        guard page >= 0 else { return nil }
+        while page >= 0 {
+            for key in try readPage(page) where key.low == low && key.high == high { return key }
+            guard firstLows[page] == low else { break }
+            page -= 1
+        }
+        return nil
+    }
+
+    /// Every key, in digest order.
+    func forEach(_ body: (ArchivedKey) throws -> Void) throws {
+        for page in 0..<firstLows.count {
+            for key in try readPage(page) { try body(key) }
+        }
+    }
+
+    var pageCount: Int { firstLows.count }
+
+    func readPage(_ page: Int) throws -> [ArchivedKey] {
+        let start = Int(offsets[page])
+        let length = Int(offsets[page + 1]) - start
+        guard length >= 8, length <= Self.pageMax else { throw JournalError("\(path): page \(page) is \(length) bytes") }
+        let bytes = try Self.readFully(descriptor, offset: start, count: length, path: path)
+        guard Int(bytes.u32(0)) == length - 8, CRC32C.checksum(Array(bytes[8...])) == bytes.u32(4) else {
+            throw JournalError("\(path): page \(page) fails its checksum")
+        }
+        var keys: [ArchivedKey] = []
+        var position = 8
+        while position < length {
+            guard position + 34 <= length else { throw JournalError("\(path): page \(page) ends inside an entry") }
+            let answerLength = Int(bytes.u16(position + 32))
+            guard position + 34 + answerLength <= length,
+                let answer = ArchivedKey.decodeAnswer(Array(bytes[(position + 34)..<(position + 34 + answerLength)]))
+            else { throw JournalError("\(path): page \(page) holds a damaged entry") }
+            keys.append(
+                ArchivedKey(
+                    low: bytes.u64(position), high: bytes.u64(position + 8), fingerprint: bytes.u64(position + 16),
+                    expiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: bytes.u64(position + 24))), answer: answer))
+            position += 34 + answerLength
+        }
+        return keys
+    }
+
+    static func readFully(_ descriptor: Int32, offset: Int, count: Int, path: String) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let result = bytes.withUnsafeMutableBytes { buffer in
+                pread(descriptor, buffer.baseAddress! + done, count - done, off_t(offset + done))
+            }
+            if result < 0 && errno == EINTR { continue }
+            guard result > 0 else { throw JournalError("cannot read \(path) at \(offset + done): \(result < 0 ? String(cString: strerror(errno)) : "end of file")") }
+            done += result
+        }
+        return bytes
+    }
+
+    // MARK: - Writing
+
+    /// Writes sorted keys as a run: a temporary file, fsync, rename, directory fsync.
+    static func write(_ keys: [ArchivedKey], id: UInt64, level: Int, in directory: String, bitsPerKey: Int, files: any JournalFiles) throws -> KeyRun {
+        let builder = try Builder(id: id, level: level, capacity: keys.count, directory: directory, bitsPerKey: bitsPerKey, files: files)
+        do {
+            for key in keys { try builder.add(key) }
+            return try builder.finish()!
+        } catch {
+            builder.abandon()
+            throw error
+        }
+    }
+
+    /// Merges runs into one, dropping keys expired by `now` and duplicates; nil if nothing is left.
+    static func merge(_ runs: [KeyRun], id: UInt64, level: Int, now: Instant, in directory: String, bitsPerKey: Int, files: any JournalFiles) throws -> KeyRun? {
+        let builder = try Builder(id: id, level: level, capacity: runs.reduce(0) { $0 + $1.count }, directory: directory, bitsPerKey: bitsPerKey, files: files)
+        do {
+            var cursors = try runs.map { try Cursor(run: $0) }
+            var last: (UInt64, UInt64)?
+            while true {
+                var best: Int?
+                for index in cursors.indices {
+                    guard let head = cursors[index].head else { continue }
+                    if let chosen = best, let current = cursors[chosen].head, (current.low, current.high) <= (head.low, head.high) { continue }
+                    best = index
+                }
+                guard let chosen = best, let key = cursors[chosen].head else { break }
+                try cursors[chosen].advance()
+                if let previous = last, previous == (key.low, key.high) { continue }
+                last = (key.low, key.high)
+                if key.expiry > now { try builder.add(key) }
+            }
+            return try builder.finish()
+        } catch {
+            builder.abandon()
+            throw error
+        }
+    }
+
+    private struct Cursor {
+        let run: KeyRun
+        var page = 0
+        var keys: [ArchivedKey] = []
+        var position = 0
+
+        init(run: KeyRun) throws {
+            self.run = run
+            try load()
+        }
+
+        var head: ArchivedKey? { position < keys.count ? keys[position] : nil }
+
+        mutating func advance() throws {
+            position += 1
+            if position >= keys.count {
+                page += 1
+                try load()
+            }
+        }
+
+        private mutating func load() throws {
+            keys = []
+            position = 0
+            while page < run.pageCount, keys.isEmpty {
+                keys = try run.readPage(page)
+                if keys.isEmpty { page += 1 }
+            }
+        }
+    }
+
+    /// Streams sorted keys into a new run file.
+    final class Builder {
+        let id: UInt64
+        let level: Int
+        let path: String
+        let files: any JournalFiles
+        let directory: String
+        private var descriptor: Int32
+        private var filter: [UInt64]
+        private var firstLows: [UInt64] = []
+        private var offsets: [UInt64] = []
+        private var page: [UInt8] = []
+        private var written: UInt64 = 0
+        private var count = 0
+        private var minExpiry = Instant(microsecondsSinceEpoch: .max)
+        private var maxExpiry = Instant(microsecondsSinceEpoch: .min)
+
+        init(id: UInt64, level: Int, capacity: Int, directory: String, bitsPerKey: Int, files: any JournalFiles) throws {
+            self.id = id
+            self.level = level
+            self.directory = directory
+            self.path = directory + "/" + String(format: "keys-%016llx.tgk", id)
+            self.files = files
+            self.filter = [UInt64](repeating: 0, count: KeyRun.filterWords(forKeys: capacity, bitsPerKey: bitsPerKey))
+            descriptor = files.create(path + ".tmp")
+            guard descriptor >= 0 else { throw JournalError("cannot create \(path).tmp: \(String(cString: strerror(errno)))") }
+            page.reserveCapacity(KeyRun.pageTarget + 512)
+        }
+
+        func add(_ key: ArchivedKey) throws {
+            let answer = key.encodedAnswer
+            guard answer.count <= Int(UInt16.max) else { throw JournalError("an answer of \(answer.count) bytes is too long to keep on disk") }
+            if page.count + 34 + answer.count > KeyRun.pageTarget, !page.isEmpty { try flushPage() }
+            if page.isEmpty {
+                page.append(contentsOf: [UInt8](repeating: 0, count: 8))
+                firstLows.append(key.low)
+            }
+            page.appendLittleEndian(key.low)
+            page.appendLittleEndian(key.high)
+            page.appendLittleEndian(key.fingerprint)
+            page.appendLittleEndian(UInt64(bitPattern: key.expiry.microsecondsSinceEpoch))
+            page.appendLittleEndian(UInt16(answer.count))
+            page.append(contentsOf: answer)
+            let words = filter.count
+            _ = filter.withUnsafeMutableBufferPointer { filter in
+                KeyRun.filterPositions(low: key.low, high: key.high, words: words) { word, mask in
+                    filter[word] |= mask
+                    return true
+                }
+            }
+            count += 1
+            minExpiry = min(minExpiry, key.expiry)
+            maxExpiry = max(maxExpiry, key.expiry)
+        }
+
+        private func flushPage() throws {
+            let entries = page.count - 8
+            page.setLittleEndian(UInt32(entries), at: 0)
+            page.setLittleEndian(page.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[8...])) }, at: 4)
+            offsets.append(written)
+            try put(page)
+            page.removeAll(keepingCapacity: true)
+        }
+
+        private func put(_ bytes: [UInt8]) throws {
+            let result = bytes.withUnsafeBytes { files.write(descriptor, $0) }
+            guard result == bytes.count else { throw JournalError("cannot write \(path).tmp: \(String(cString: strerror(errno)))") }
+            written += UInt64(bytes.count)
+        }
+
+        /// Writes the index, filter and footer, syncs and renames; nil if no key was added.
+        func finish() throws -> KeyRun? {
+            guard count > 0 else {
+                abandon()
+                return nil
+            }
+            if !page.isEmpty { try flushPage() }
+            let indexOffset = written
+            var tail: [UInt8] = []
+            tail.reserveCapacity(firstLows.count * 16 + filter.count * 8 + KeyRun.footerSize)
+            for (low, offset) in zip(firstLows, offsets) {
+                tail.appendLittleEndian(low)
+                tail.appendLittleEndian(offset)
+            }
+            for word in filter { tail.appendLittleEndian(word) }
+            let checkedStart = tail.count - firstLows.count * 16 - filter.count * 8
+            tail.append(contentsOf: KeyRun.magic)
+            tail.appendLittleEndian(UInt32(1))
+            tail.appendLittleEndian(UInt32(level))
+            tail.appendLittleEndian(UInt64(count))
+            tail.appendLittleEndian(UInt64(firstLows.count))
+            tail.appendLittleEndian(indexOffset)
+            tail.appendLittleEndian(UInt64(filter.count))
+            tail.appendLittleEndian(UInt64(bitPattern: minExpiry.microsecondsSinceEpoch))
+            tail.appendLittleEndian(UInt64(bitPattern: maxExpiry.microsecondsSinceEpoch))
+            tail.appendLittleEndian(CRC32C.checksum(Array(tail[checkedStart...])))
+            tail.appendLittleEndian(UInt32(0))
+            try put(tail)
+            guard files.sync(descriptor) == 0 else { throw JournalError("cannot sync \(path).tmp: \(String(cString: strerror(errno)))") }
+            files.close(descriptor)
+            descriptor = -1
+            guard rename(path + ".tmp", path) == 0 else { throw JournalError("cannot rename \(path).tmp: \(String(cString: strerror(errno)))") }
+            try syncDirectory(directory)
+            let reader = open(path, O_RDONLY | O_CLOEXEC)
+            guard reader >= 0 else { throw JournalError("cannot open \(path): \(String(cString: strerror(errno)))") }
+            offsets.append(indexOffset)
+            return KeyRun(
+                id: id, level: level, count: count, bytes: Int64(written), minExpiry: minExpiry, maxExpiry: maxExpiry, path: path,
+                descriptor: reader, filter: filter, firstLows: firstLows, offsets: offsets)
+        }
+
+        func abandon() {
+            if descriptor >= 0 { files.close(descriptor) }
+            descriptor = -1
+            unlink(path + ".tmp")
+        }
+    }
+}
+
+func syncDirectory(_ directory: String) throws {
+    let descriptor = open(directory, O_RDONLY)
+    guard descriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }
+    defer { Glibc.close(descriptor) }
+    guard fsync(descriptor) == 0 else { throw JournalError("cannot sync \(directory): \(String(cString: strerror(errno)))") }
+}
+
+extension [UInt8] {
+    mutating func appendLittleEndian<Value: FixedWidthInteger>(_ value: Value) {
+        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+    }
+
+    mutating func setLittleEndian<Value: FixedWidthInteger>(_ value: Value, at offset: Int) {
+        Swift.withUnsafeBytes(of: value.littleEndian) { bytes in
+            for index in 0..<bytes.count { self[offset + index] = bytes[index] }
+        }
+    }
+
+    func littleEndian<Value: FixedWidthInteger>(_ offset: Int, as: Value.Type) -> Value {
+        var value = Value.zero
+        for index in (0..<MemoryLayout<Value>.size).reversed() { value = value << 8 | Value(self[offset + index]) }
+        return value
+    }
+
+    func u16(_ offset: Int) -> UInt16 { littleEndian(offset, as: UInt16.self) }
+    func u32(_ offset: Int) -> UInt32 { littleEndian(offset, as: UInt32.self) }
+    func u64(_ offset: Int) -> UInt64 { littleEndian(offset, as: UInt64.self) }
+}
