@@ -222,7 +222,19 @@ public final class KeyArchive: Sendable {
                 for batch in batches { batch.writing = true }
                 return batches
             }
-            for batch in batches { try write(batch) }
+            for (index, batch) in batches.enumerated() {
+                do {
+                    try write(batch)
+                } catch {
+                    state.withLock { state in
+                        for unwritten in batches[index...] { unwritten.writing = false }
+                        state.statistics.writeFailures += 1
+                        state.statistics.lastFailure = "\(error)"
+                    }
+                    log("cannot write idempotency keys to disk (they stay in memory): \(error)")
+                    throw error
+                }
+            }
         }
     }
 

@@ -176,7 +176,6 @@ struct Simulation {
         rng = SeededGenerator(seed: seed)
         directory = temporaryDirectory()
         limits.idempotencyKeysMax = [1_000_000, 64, 8][Int(seed % 3)]
-        limits.idempotencyMinimumRetentionMicroseconds = 0
         ledger = Ledger(limits: limits, startingAt: Fixtures.start)
         base = ledger
         writer = try JournalWriter(

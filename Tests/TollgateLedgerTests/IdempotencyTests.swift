@@ -73,28 +73,71 @@ import TollgateLedgerTestSupport
         #expect(driver.balance(account: "acct").funds.pool == 80)
     }
 
-    @Test func aFullTableForgetsTheOldestKeyOnlyPastTheFloor() {
+    @Test func aFullTableWithNowhereToPutKeysForgetsTheOldestAndNeverRefuses() {
         var limits = LedgerLimits()
         limits.idempotencyKeysMax = 20
-        limits.idempotencyMinimumRetentionMicroseconds = 10 * second
         var driver = makeDriver(limits: limits)
         driver.grant(100)
         let used = driver.ledger.idempotencyKeyCount
         for index in 0..<(20 - used) { _ = driver.spend(1, key: "fill-\(index)") }
-        // Full of keys younger than the floor: refused, and nothing is forgotten.
-        driver.advance(microseconds: 10 * second - 1)
-        let refused = driver.spend(1, key: "one-too-many")
-        #expect(refused.refusal?.error == LedgerError(.limitReached, level: .ledger, subject: "idempotency keys"))
-        #expect(driver.spend(1, key: "fill-0").decision != nil, "a retry of a known key is still answered")
-        #expect(driver.balance(account: "acct").funds.pool == 100 - (20 - used))
-        // At the floor the oldest key (from set-up) makes room; the newest keys are still known.
-        driver.advance(microseconds: 1)
-        #expect(driver.spend(1, key: "one-too-many").decision != nil)
+        // Full: a new key is decided, not refused; the oldest key (from set-up) is forgotten.
+        #expect(driver.spend(1, key: "one-more").decision != nil)
         #expect(driver.ledger.idempotencyKeysForgottenEarly == 1)
         #expect(driver.ledger.idempotencyKeyCount == 20)
         let before = driver.balance(account: "acct").funds.pool
         _ = driver.spend(1, key: "fill-5")
-        #expect(driver.balance(account: "acct").funds.pool == before)
+        #expect(driver.balance(account: "acct").funds.pool == before, "recent keys are still known")
+    }
+
+    /// An older tier for tests: a dictionary of what the table let go of.
+    final class DictionaryTier: OlderKeys {
+        var keys: [String: ArchivedKey] = [:]
+        var finds = 0
+        func take(_ evicted: [ArchivedKey]) { for key in evicted { keys["\(key.low)/\(key.high)"] = key } }
+        func find(low: UInt64, high: UInt64) -> ArchivedKey? {
+            finds += 1
+            return keys["\(low)/\(high)"]
+        }
+    }
+
+    @Test func aFullTableHandsItsOldestKeysOnAndRetriesFindThemThere() throws {
+        var limits = LedgerLimits()
+        limits.idempotencyKeysMax = 10
+        var ledger = Ledger(limits: limits, startingAt: Instant(microsecondsSinceEpoch: 1_000_000))
+        ledger.archivesEvictedKeys = true
+        let tier = DictionaryTier()
+        let at = Instant(microsecondsSinceEpoch: 1_000_000)
+        func apply(_ command: Command, _ key: String) -> Answer {
+            let answer = ledger.applyRecording(command, key: key, at: at, older: tier).answer
+            tier.take(ledger.takeEvictedKeys())
+            return answer
+        }
+        _ = apply(.createAccount(CreateAccount(account: "a")), "create")
+        _ = apply(.addGrant(AddGrant(account: "a", amount: 1_000, effectiveAt: .epoch)), "grant")
+        _ = apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch), "rate")
+        var first: [Answer] = []
+        for index in 0..<30 {
+            first.append(apply(.spend(Spend(DecisionRequest(account: "a", member: nil, product: "p", quantity: 1))), "spend-\(index)"))
+        }
+        #expect(ledger.idempotencyKeyCount == 10)
+        #expect(ledger.idempotencyKeysForgottenEarly == 0, "handed on, not forgotten")
+        #expect(tier.keys.count == 23)
+        let pool = try ledger.balance(account: "a", member: nil, at: at).get().funds.pool
+        // Retries of keys in either tier get the first answer and change nothing.
+        for index in [0, 5, 19, 29] {
+            let retry = apply(.spend(Spend(DecisionRequest(account: "a", member: nil, product: "p", quantity: 1))), "spend-\(index)")
+            #expect(retry == first[index])
+        }
+        #expect(try ledger.balance(account: "a", member: nil, at: at).get().funds.pool == pool)
+        // The same key with other fields is a conflict from the older tier too.
+        let conflict = apply(.spend(Spend(DecisionRequest(account: "a", member: nil, product: "p", quantity: 2))), "spend-0")
+        #expect(conflict.refusal?.error.code == .idempotencyConflict)
+        // Past the retention, a key in the older tier is a new request.
+        let later = at.adding(microseconds: limits.idempotencyRetentionMicroseconds)
+        let renewed = ledger.applyRecording(
+            .spend(Spend(DecisionRequest(account: "a", member: nil, product: "p", quantity: 1))), key: "spend-0", at: later, older: tier)
+        #expect(renewed.changedState)
+        #expect(try ledger.balance(account: "a", member: nil, at: later).get().funds.pool == pool - 1)
     }
 
     @Test func keysMustBeUsable() {
@@ -162,7 +205,6 @@ import TollgateLedgerTestSupport
         // and the keys forgotten must be those of an index that grows as keys arrive.
         var limits = LedgerLimits()
         limits.idempotencyKeysMax = 5_000
-        limits.idempotencyMinimumRetentionMicroseconds = 0
         var growing = makeDriver(limits: limits)
         var sized = makeDriver(limits: limits)
         sized.ledger.reserveIdempotencyIndex()

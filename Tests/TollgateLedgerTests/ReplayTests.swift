@@ -46,7 +46,6 @@ import TollgateLedgerTestSupport
     func replayDoesNotDependOnTheIdempotencyLimits(replayKeysMax: Int) throws {
         var live = LedgerLimits()
         live.idempotencyKeysMax = 3
-        live.idempotencyMinimumRetentionMicroseconds = 0
         var driver = LedgerDriver(limits: live)
         Fixtures.seedsExample(&driver)
         for _ in 0..<3 {
