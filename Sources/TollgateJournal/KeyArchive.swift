@@ -94,6 +94,8 @@ public final class KeyArchive: Sendable {
         var waiting: [Batch] = [Batch()]
         var waitingCount = 0
         var nextRunID: UInt64 = 1
+        /// Batches moved from waiting to a run (merges move nothing in or out).
+        var batchesWritten: UInt64 = 0
         var statistics = Statistics()
         var stopped = false
     }
@@ -143,13 +145,21 @@ public final class KeyArchive: Sendable {
     /// Whether a tier holds the key: waiting keys are found exactly, runs through their
     /// filters. Memory only; called on the decision path.
     public func probe(low: UInt64, high: UInt64) -> Probe {
+        probeCounting(low: low, high: high).probe
+    }
+
+    /// `probe`, and the count of batches written to runs so far. Given that count from an
+    /// earlier probe, the runs' filters are skipped if no batch has been written since: a key
+    /// they ruled out then is not in them now unless it came from a waiting batch.
+    public func probeCounting(low: UInt64, high: UInt64, runsCheckedAt: UInt64? = nil) -> (probe: Probe, batchesWritten: UInt64) {
         state.withLock { state in
             let digest = Digest(low: low, high: high)
             for batch in state.waiting.reversed() {
-                if let index = batch.index[digest] { return .found(batch.keys[index]) }
+                if let index = batch.index[digest] { return (.found(batch.keys[index]), state.batchesWritten) }
             }
-            for run in state.runs where run.mayContain(low: low, high: high) { return .onDisk }
-            return .absent
+            if let checked = runsCheckedAt, checked == state.batchesWritten { return (.absent, checked) }
+            for run in state.runs where run.mayContain(low: low, high: high) { return (.onDisk, state.batchesWritten) }
+            return (.absent, state.batchesWritten)
         }
     }
 
@@ -303,6 +313,7 @@ public final class KeyArchive: Sendable {
         let run = try KeyRun.write(sorted, id: id, level: 0, in: settings.directory, bitsPerKey: settings.bitsPerKey, files: settings.files)
         state.withLock { state in
             state.runs.append(run)
+            state.batchesWritten += 1
             state.waiting.removeAll { $0 === batch }
             if state.waiting.isEmpty { state.waiting.append(Batch()) }
             state.waitingCount -= batch.keys.count
@@ -345,8 +356,10 @@ public final class KeyArchive: Sendable {
     private func mergeOnce(now: Instant) -> Bool {
         let runs = state.withLock { $0.runs }
         // New keys expire a retention from now, and keys come to the archive a little after
-        // they were decided: a window that ended two windows before that is closed.
-        let openFrom = window(now.adding(microseconds: settings.retentionMicroseconds)) - 2
+        // they were decided (minutes, at the rates the table is sized for): a window that
+        // ended half a window before that is closed. A later key reaching it adds a run,
+        // merged again in turn.
+        let openFrom = window(now.adding(microseconds: settings.retentionMicroseconds - windowMicroseconds / 2))
         var byWindow: [Int64: [KeyRun]] = [:]
         for run in runs { byWindow[window(run.maxExpiry), default: []].append(run) }
         var chosen: [KeyRun]?

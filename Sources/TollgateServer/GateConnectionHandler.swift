@@ -230,11 +230,14 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 return
             }
             if request.isMutation, let archive = service.archive {
-                let keys = service.keysToRead(request, archive: archive)
+                let (keys, runsChecked) = service.keysToRead(request, archive: archive)
                 if !keys.isEmpty {
                     answerAfterReading(keys, archive: archive, context: context, request, refusedItems: refusedItems, requestID: requestID, started: started)
                     return
                 }
+                let handled = service.handle(request, refusedItems: refusedItems, runsChecked: runsChecked)
+                deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)
+                return
             }
             let handled = service.handle(request, refusedItems: refusedItems)
             deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)

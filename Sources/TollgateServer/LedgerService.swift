@@ -111,12 +111,19 @@ public final class LedgerService: Sendable {
 
     /// The keys of a request's mutations that only the disk tier may hold: they are read
     /// (off the event loop) before the request is decided. Empty for nearly every request:
-    /// a new key is told apart by the filters, in memory.
-    public func keysToRead(_ request: WireRequest, archive: KeyArchive) -> [(low: UInt64, high: UInt64)] {
+    /// a new key is told apart by the filters, in memory. `runsChecked` is the archive's
+    /// count of written batches when the filters were consulted, so the decision need not
+    /// consult them again (`ArchiveKeys`).
+    public func keysToRead(_ request: WireRequest, archive: KeyArchive) -> (keys: [(low: UInt64, high: UInt64)], runsChecked: UInt64?) {
         var keys: [(low: UInt64, high: UInt64)] = []
+        var checked: UInt64?
+        var consistent = true
         func look(_ command: Command, _ key: String) {
             let digest = ArchivedKey.digest(account: command.account, key: key)
-            if case .onDisk = archive.probe(low: digest.low, high: digest.high) { keys.append(digest) }
+            let (probe, written) = archive.probeCounting(low: digest.low, high: digest.high)
+            if case .onDisk = probe { keys.append(digest) }
+            if let earlier = checked, earlier != written { consistent = false }
+            checked = written
         }
         switch request {
         case .command(let command, let key): look(command, key)
@@ -124,18 +131,7 @@ public final class LedgerService: Sendable {
             for item in items { if case .command(let command, let key) = item { look(command, key) } }
         default: break
         }
-        return keys
-    }
-
-    /// The account's parent now, for access checks.
-    public func parent(of account: String) -> String? {
-        state.withLock { $0.ledger.parent(of: account) }
-    }
-
-    /// Sizes the idempotency index for the table's limit (see `Ledger.reserveIdempotencyIndex`);
-    /// the server calls it once, after recovery and before serving.
-    public func reserveIdempotencyIndex() {
-        state.withLock { $0.ledger.reserveIdempotencyIndex() }
+        return (keys, consistent ? checked : nil)
     }
 
     /// A copy of the ledger and the journal position it includes, taken together under the
@@ -158,7 +154,7 @@ public final class LedgerService: Sendable {
     /// `refusedItems`, for a BATCH, holds the refusal of each item its sender may not send
     /// (nil for the items it may); a refused item is answered with its error and not applied.
     /// `read` holds the keys read from the disk tier for it (`keysToRead`).
-    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil, read: [ReadKey] = []) -> Handled {
+    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: UInt64? = nil) -> Handled {
         let now = clock()
         switch request {
         case .hello, .ping, .subscribe:
@@ -176,7 +172,7 @@ public final class LedgerService: Sendable {
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
-                let keys = state.archive.map { ArchiveKeys(archive: $0, read: read) }
+                let keys = state.archive.map { ArchiveKeys(archive: $0, read: read, runsChecked: runsChecked) }
                 return Handled(response: .answer(state.apply(command, key: key, at: now, keys: keys)))
             }
         case .batch(let items):
@@ -184,7 +180,7 @@ public final class LedgerService: Sendable {
             return state.withLock { state in
                 if request.isMutation, let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
-                let keys = state.archive.map { ArchiveKeys(archive: $0, read: read) }
+                let keys = state.archive.map { ArchiveKeys(archive: $0, read: read, runsChecked: runsChecked) }
                 let answers = items.indices.map { index -> BatchItemResponse in
                     let item = items[index]
                     if let refusal = refusedItems?[index] { return BatchItemResponse(opcode: item.opcode, response: .error(refusal)) }
@@ -338,17 +334,19 @@ public struct ReadKey: Sendable {
 }
 
 /// How the ledger finds a key its table does not hold: among the keys read ahead for the
-/// request, then in the disk tier's memory (waiting keys, filters). A key a filter may hold
-/// that was not read ahead — it reached the disk between the read and the decision, which
-/// takes a checkpoint or a full batch landing in that instant — is read here, under the lock.
-/// If that read fails, the key counts as new.
+/// request, then in the disk tier's memory (waiting keys; the runs' filters, unless they were
+/// consulted for this request and no batch reached a run since). A key a filter may hold
+/// that was not read ahead — it reached a run between the read and the decision, which takes
+/// a checkpoint or a full batch landing in that instant — is read here, under the lock. If
+/// that read fails, the key counts as new.
 struct ArchiveKeys: OlderKeys {
     let archive: KeyArchive
     let read: [ReadKey]
+    let runsChecked: UInt64?
 
     func find(low: UInt64, high: UInt64) -> ArchivedKey? {
         if let done = read.first(where: { $0.low == low && $0.high == high }) { return done.key }
-        switch archive.probe(low: low, high: high) {
+        switch archive.probeCounting(low: low, high: high, runsCheckedAt: runsChecked).probe {
         case .absent: return nil
         case .found(let key): return key
         case .onDisk: return try? archive.read(low: low, high: high)
