@@ -134,6 +134,17 @@ public final class LedgerService: Sendable {
         return (keys, consistent ? checked : nil)
     }
 
+    /// The account's parent now, for access checks.
+    public func parent(of account: String) -> String? {
+        state.withLock { $0.ledger.parent(of: account) }
+    }
+
+    /// Sizes the idempotency index for the table's limit (see `Ledger.reserveIdempotencyIndex`);
+    /// the server calls it once, after recovery and before serving.
+    public func reserveIdempotencyIndex() {
+        state.withLock { $0.ledger.reserveIdempotencyIndex() }
+    }
+
     /// A copy of the ledger and the journal position it includes, taken together under the
     /// ledger's lock. The copy shares storage with the live ledger until either changes.
     public func checkpointSource() -> (ledger: Ledger, position: Checkpoint.Position)? {
