@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "tollgate", targets: ["tollgate"]),
         .executable(name: "tollgate-ledger-profile", targets: ["TollgateLedgerProfile"]),
         .executable(name: "tollgate-decision-bench", targets: ["TollgateDecisionBench"]),
+        .executable(name: "tollgate-key-bench", targets: ["TollgateKeyBench"]),
         .executable(name: "tollgate-tls-bench", targets: ["TollgateTLSBench"]),
         .executable(name: "tollgate-load", targets: ["TollgateLoad"]),
     ],
@@ -106,6 +107,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+        // The idempotency keys' tiers at scale: memory, disk, the decision path and retries.
+        .executableTarget(
+            name: "TollgateKeyBench",
+            dependencies: ["TollgateServer", "TollgateLedger", "TollgateWire", "TollgateJournal"]
         ),
         // What TLS costs: handshakes per second, and latency with and without it.
         .executableTarget(

@@ -75,13 +75,22 @@ public final class KeyArchive: Sendable {
     struct Digest: Hashable {
         var low: UInt64
         var high: UInt64
+
+        /// The digest is already a hash: one word of it is enough for the dictionary.
+        func hash(into hasher: inout Hasher) { hasher.combine(low) }
     }
 
-    /// Keys waiting in memory, in arrival order, with an index.
+    /// Keys waiting in memory, in arrival order, with an index. Sized for a whole batch when
+    /// made, so adding a key never rehashes on the decision path.
     final class Batch: @unchecked Sendable {
         var keys: [ArchivedKey] = []
         var index: [Digest: Int] = [:]
         var writing = false
+
+        init(capacity: Int = 0) {
+            keys.reserveCapacity(capacity)
+            index.reserveCapacity(capacity)
+        }
 
         func add(_ key: ArchivedKey) {
             index[Digest(low: key.low, high: key.high)] = keys.count
@@ -119,6 +128,7 @@ public final class KeyArchive: Sendable {
             throw JournalError("cannot create \(settings.directory): \(String(cString: strerror(errno)))")
         }
         var loaded = State()
+        loaded.waiting = [Batch(capacity: settings.batchKeys)]
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: settings.directory)) ?? []).sorted()
         for name in names {
             let path = settings.directory + "/" + name
@@ -201,7 +211,7 @@ public final class KeyArchive: Sendable {
             for key in keys {
                 var batch = state.waiting[state.waiting.count - 1]
                 if batch.keys.count >= settings.batchKeys || batch.writing {
-                    batch = Batch()
+                    batch = Batch(capacity: settings.batchKeys)
                     state.waiting.append(batch)
                     full = true
                 }
@@ -227,7 +237,7 @@ public final class KeyArchive: Sendable {
     public func persist() throws {
         try work.withLock { _ in
             let batches: [Batch] = state.withLock { state in
-                if let last = state.waiting.last, !last.keys.isEmpty { state.waiting.append(Batch()) }
+                if let last = state.waiting.last, !last.keys.isEmpty { state.waiting.append(Batch(capacity: settings.batchKeys)) }
                 let batches = state.waiting.filter { !$0.keys.isEmpty }
                 for batch in batches { batch.writing = true }
                 return batches
@@ -294,7 +304,13 @@ public final class KeyArchive: Sendable {
         wake.signal()
     }
 
-    public var statistics: Statistics { state.withLock { $0.statistics } }
+    public var statistics: Statistics {
+        state.withLock { state in
+            var statistics = state.statistics
+            statistics.keysWaiting = state.waitingCount
+            return statistics
+        }
+    }
 
     /// Every key the archive holds, waiting or on disk, expired or not (tests, small archives).
     public func allKeys() throws -> [ArchivedKey] {
@@ -315,7 +331,7 @@ public final class KeyArchive: Sendable {
             state.runs.append(run)
             state.batchesWritten += 1
             state.waiting.removeAll { $0 === batch }
-            if state.waiting.isEmpty { state.waiting.append(Batch()) }
+            if state.waiting.isEmpty { state.waiting.append(Batch(capacity: settings.batchKeys)) }
             state.waitingCount -= batch.keys.count
         }
         refreshStatistics()

@@ -150,7 +150,7 @@ final class KeyRun: Sendable {
         var page = lower - 1
         guard page >= 0 else { return nil }
         while page >= 0 {
-            for key in try readPage(page) where key.low == low && key.high == high { return key }
+            if let key = try readPage(page, only: (low, high)).first { return key }
             guard firstLows[page] == low else { break }
             page -= 1
         }
@@ -166,29 +166,42 @@ final class KeyRun: Sendable {
 
     var pageCount: Int { firstLows.count }
 
-    func readPage(_ page: Int) throws -> [ArchivedKey] {
+    /// The keys of a page, checked against its checksum; with `only`, just the key with that
+    /// digest (the others are skipped, not decoded).
+    func readPage(_ page: Int, only wanted: (UInt64, UInt64)? = nil) throws -> [ArchivedKey] {
         let start = Int(offsets[page])
         let length = Int(offsets[page + 1]) - start
         guard length >= 8, length <= Self.pageMax else { throw JournalError("\(path): page \(page) is \(length) bytes") }
         let bytes = try Self.readFully(descriptor, offset: start, count: length, path: path)
-        guard Int(bytes.u32(0)) == length - 8, CRC32C.checksum(Array(bytes[8...])) == bytes.u32(4) else {
-            throw JournalError("\(path): page \(page) fails its checksum")
+        return try bytes.withUnsafeBytes { buffer throws -> [ArchivedKey] in
+            func word<Value: FixedWidthInteger>(_ offset: Int, _ type: Value.Type) -> Value {
+                Value(littleEndian: buffer.loadUnaligned(fromByteOffset: offset, as: Value.self))
+            }
+            guard Int(word(0, UInt32.self)) == length - 8, CRC32C.checksum(UnsafeRawBufferPointer(rebasing: buffer[8...])) == word(4, UInt32.self) else {
+                throw JournalError("\(path): page \(page) fails its checksum")
+            }
+            var keys: [ArchivedKey] = []
+            var position = 8
+            while position < length {
+                guard position + 34 <= length else { throw JournalError("\(path): page \(page) ends inside an entry") }
+                let answerLength = Int(word(position + 32, UInt16.self))
+                guard position + 34 + answerLength <= length else { throw JournalError("\(path): page \(page) holds an entry running past its end") }
+                let low = word(position, UInt64.self)
+                let high = word(position + 8, UInt64.self)
+                if wanted == nil || (wanted!.0 == low && wanted!.1 == high) {
+                    guard let answer = ArchivedKey.decodeAnswer(Array(buffer[(position + 34)..<(position + 34 + answerLength)])) else {
+                        throw JournalError("\(path): page \(page) holds a damaged answer")
+                    }
+                    keys.append(
+                        ArchivedKey(
+                            low: low, high: high, fingerprint: word(position + 16, UInt64.self),
+                            expiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: word(position + 24, UInt64.self))), answer: answer))
+                    if wanted != nil { break }
+                }
+                position += 34 + answerLength
+            }
+            return keys
         }
-        var keys: [ArchivedKey] = []
-        var position = 8
-        while position < length {
-            guard position + 34 <= length else { throw JournalError("\(path): page \(page) ends inside an entry") }
-            let answerLength = Int(bytes.u16(position + 32))
-            guard position + 34 + answerLength <= length,
-                let answer = ArchivedKey.decodeAnswer(Array(bytes[(position + 34)..<(position + 34 + answerLength)]))
-            else { throw JournalError("\(path): page \(page) holds a damaged entry") }
-            keys.append(
-                ArchivedKey(
-                    low: bytes.u64(position), high: bytes.u64(position + 8), fingerprint: bytes.u64(position + 16),
-                    expiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: bytes.u64(position + 24))), answer: answer))
-            position += 34 + answerLength
-        }
-        return keys
     }
 
     static func readFully(_ descriptor: Int32, offset: Int, count: Int, path: String) throws -> [UInt8] {

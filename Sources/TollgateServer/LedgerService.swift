@@ -342,6 +342,12 @@ public struct ReadKey: Sendable {
     public var low: UInt64
     public var high: UInt64
     public var key: ArchivedKey?
+
+    public init(low: UInt64, high: UInt64, key: ArchivedKey?) {
+        self.low = low
+        self.high = high
+        self.key = key
+    }
 }
 
 /// How the ledger finds a key its table does not hold: among the keys read ahead for the
