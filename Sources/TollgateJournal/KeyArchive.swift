@@ -17,10 +17,11 @@ import Glibc
 /// - Every run's filter and page index stay in memory (about 2.2 bytes a key), so a key no
 ///   run holds is told "never seen" without touching the disk; a key a filter may hold is
 ///   read with one page per candidate run, off the event loop.
-/// - Runs are grouped in windows of expiry (an eighth of the retention each). Within a window
-///   four runs of one size are merged into one, and a window no new key can reach is merged
-///   into a single run, so a lookup consults a bounded number of filters. A run is deleted
-///   once its newest key has expired; merges drop expired keys and duplicates.
+/// - A key is kept until its decision instant plus the retention has passed. Runs are grouped
+///   in windows of decision instants (an eighth of the retention each). Within a window four
+///   runs of one size are merged into one, and a window no new key can reach is merged into a
+///   single run, so a lookup consults a bounded number of filters. A run is deleted once its
+///   newest key is past the retention; merges drop such keys and duplicates.
 /// - Limits (`keysMax`, `bytesMax`, `pendingMax`): reaching one forgets the oldest keys
 ///   first, counts them and logs it — never a refusal.
 public final class KeyArchive: Sendable {
@@ -103,16 +104,21 @@ public final class KeyArchive: Sendable {
         var waiting: [Batch] = [Batch()]
         var waitingCount = 0
         var nextRunID: UInt64 = 1
+        /// An empty batch made ahead by the writer thread, for `add` to take.
+        var spare: Batch?
         /// Batches moved from waiting to a run (merges move nothing in or out).
         var batchesWritten: UInt64 = 0
+        var keysAdded: UInt64 = 0
         var statistics = Statistics()
         var stopped = false
     }
 
     public let settings: Settings
     private let state: Mutex<State>
-    /// Held by whatever writes, merges or deletes runs: the writer thread or `persist`.
+    /// Held while waiting keys are written (the writer thread, or `persist`).
     private let work = Mutex<Void>(())
+    /// Held while runs are merged or deleted (the merging thread).
+    private let compaction = Mutex<Void>(())
     private let wake = WakeSignal()
     private let clock: @Sendable () -> Instant
     private let log: @Sendable (String) -> Void
@@ -155,21 +161,37 @@ public final class KeyArchive: Sendable {
     /// Whether a tier holds the key: waiting keys are found exactly, runs through their
     /// filters. Memory only; called on the decision path.
     public func probe(low: UInt64, high: UInt64) -> Probe {
-        probeCounting(low: low, high: high).probe
+        probe(low: low, high: high, since: nil).probe
     }
 
-    /// `probe`, and the count of batches written to runs so far. Given that count from an
-    /// earlier probe, the runs' filters are skipped if no batch has been written since: a key
-    /// they ruled out then is not in them now unless it came from a waiting batch.
-    public func probeCounting(low: UInt64, high: UInt64, runsCheckedAt: UInt64? = nil) -> (probe: Probe, batchesWritten: UInt64) {
+    /// Where the archive stood at a probe: batches written to runs and keys added so far.
+    public struct Mark: Sendable, Equatable {
+        var batchesWritten: UInt64
+        var keysAdded: UInt64
+    }
+
+    /// `probe`, and where the archive stood. Given the mark of an earlier probe that found
+    /// the key absent, only what changed since is looked at: if no batch has reached a run,
+    /// the key can only have arrived among the keys added since (a few, at most 256 are
+    /// looked at this way), not in a run's filter.
+    public func probe(low: UInt64, high: UInt64, since earlier: Mark?) -> (probe: Probe, mark: Mark) {
         state.withLock { state in
+            let mark = Mark(batchesWritten: state.batchesWritten, keysAdded: state.keysAdded)
+            if let earlier, earlier.batchesWritten == mark.batchesWritten, mark.keysAdded - earlier.keysAdded <= 256 {
+                var remaining = Int(mark.keysAdded - earlier.keysAdded)
+                for batch in state.waiting.reversed() where remaining > 0 {
+                    for key in batch.keys.reversed().prefix(remaining) where key.low == low && key.high == high { return (.found(key), mark) }
+                    remaining -= batch.keys.count
+                }
+                return (.absent, mark)
+            }
             let digest = Digest(low: low, high: high)
             for batch in state.waiting.reversed() {
-                if let index = batch.index[digest] { return (.found(batch.keys[index]), state.batchesWritten) }
+                if let index = batch.index[digest] { return (.found(batch.keys[index]), mark) }
             }
-            if let checked = runsCheckedAt, checked == state.batchesWritten { return (.absent, checked) }
-            for run in state.runs where run.mayContain(low: low, high: high) { return (.onDisk, state.batchesWritten) }
-            return (.absent, state.batchesWritten)
+            let key = KeyRun.FilterKey(low: low, high: high)
+            for run in state.runs where run.mayContain(key) { return (.onDisk, mark) }
+            return (.absent, mark)
         }
     }
 
@@ -182,7 +204,8 @@ public final class KeyArchive: Sendable {
             for batch in state.waiting.reversed() {
                 if let index = batch.index[digest] { return .waiting(batch.keys[index]) }
             }
-            return .runs(state.runs.filter { $0.mayContain(low: low, high: high) }.reversed())
+            let key = KeyRun.FilterKey(low: low, high: high)
+            return .runs(state.runs.filter { $0.mayContain(key) }.reversed())
         }
         guard case .runs(let candidates) = place else {
             if case .waiting(let key) = place { return key }
@@ -211,12 +234,15 @@ public final class KeyArchive: Sendable {
             for key in keys {
                 var batch = state.waiting[state.waiting.count - 1]
                 if batch.keys.count >= settings.batchKeys || batch.writing {
-                    batch = Batch(capacity: settings.batchKeys)
+                    // The writer thread makes the next batch ahead, so its allocation is not here.
+                    batch = state.spare ?? Batch(capacity: settings.batchKeys)
+                    state.spare = nil
                     state.waiting.append(batch)
                     full = true
                 }
                 batch.add(key)
                 state.waitingCount += 1
+                state.keysAdded += 1
             }
             // Past the limit the oldest batch not being written is forgotten.
             while state.waitingCount > settings.pendingMax, let victim = state.waiting.firstIndex(where: { !$0.writing }), state.waiting.count > 1 {
@@ -258,45 +284,73 @@ public final class KeyArchive: Sendable {
         }
     }
 
-    /// One round of the writer's work: full batches written, expired runs deleted, limits
-    /// kept, and at most one merge. Returns whether there may be more to do.
+    /// One round of both threads' work, one after the other (tests, benchmarks): a full
+    /// batch written, then expiry, limits and at most one merge. Whether there may be more.
     @discardableResult
     public func maintain() -> Bool {
-        work.withLock { _ in
-            let now = clock()
+        let wrote = writeFullBatch()
+        let compacted = compact()
+        return wrote || compacted
+    }
+
+    /// Writes the oldest waiting batch if it is full (or a newer one is waiting behind it).
+    /// On the writer thread, which does nothing else, so a long merge never holds keys in
+    /// memory past `pendingMax`.
+    @discardableResult
+    public func writeFullBatch() -> Bool {
+        if state.withLock({ $0.spare == nil }) {
+            let spare = Batch(capacity: settings.batchKeys)
+            state.withLock { if $0.spare == nil { $0.spare = spare } }
+        }
+        return work.withLock { _ in
             let full: Batch? = state.withLock { state in
                 guard let batch = state.waiting.first, !batch.writing, batch.keys.count >= settings.batchKeys || state.waiting.count > 1 else { return nil }
                 batch.writing = true
                 return batch
             }
-            if let full {
-                do {
-                    try write(full)
-                } catch {
-                    state.withLock {
-                        full.writing = false
-                        $0.statistics.writeFailures += 1
-                        $0.statistics.lastFailure = "\(error)"
-                    }
-                    log("cannot write idempotency keys to disk (they stay in memory; retrying): \(error)")
-                    return false
+            guard let full else { return false }
+            do {
+                try write(full)
+                return true
+            } catch {
+                state.withLock {
+                    full.writing = false
+                    $0.statistics.writeFailures += 1
+                    $0.statistics.lastFailure = "\(error)"
                 }
+                log("cannot write idempotency keys to disk (they stay in memory; retrying): \(error)")
+                return false
             }
-            expire(now: now)
-            let merged = mergeOnce(now: now)
-            return full != nil || merged
         }
     }
 
-    /// Runs `maintain` on a thread of its own until `stop`.
+    /// Deletes runs past the retention, keeps the limits and does at most one merge. On the
+    /// merging thread; whether there may be more to do.
+    @discardableResult
+    public func compact() -> Bool {
+        compaction.withLock { _ in
+            let now = clock()
+            expire(now: now)
+            return mergeOnce(now: now)
+        }
+    }
+
+    /// Runs the writer and the merger on threads of their own until `stop`.
     public func start() {
-        let thread = Thread { [self] in
+        let writer = Thread { [self] in
             while !state.withLock({ $0.stopped }) {
-                if !maintain() { wake.wait(timeoutMilliseconds: 1_000) }
+                if !writeFullBatch() { wake.wait(timeoutMilliseconds: 1_000) }
             }
         }
-        thread.name = "tollgate-keys"
-        thread.start()
+        writer.name = "tollgate-keys-write"
+        writer.start()
+        let merger = Thread { [self] in
+            while !state.withLock({ $0.stopped }) {
+                if !compact() { usleep(200_000) }
+            }
+        }
+        merger.name = "tollgate-keys-merge"
+        merger.start()
     }
 
     public func stop() {
@@ -312,7 +366,7 @@ public final class KeyArchive: Sendable {
         }
     }
 
-    /// Every key the archive holds, waiting or on disk, expired or not (tests, small archives).
+    /// Every key the archive holds, waiting or on disk, past the retention or not (tests, small archives).
     public func allKeys() throws -> [ArchivedKey] {
         let (waiting, runs) = state.withLock { state in (state.waiting.flatMap(\.keys), state.runs) }
         var keys = waiting
@@ -337,24 +391,25 @@ public final class KeyArchive: Sendable {
         refreshStatistics()
     }
 
-    private func window(_ expiry: Instant) -> Int64 {
-        let micros = expiry.microsecondsSinceEpoch
+    private func window(_ decided: Instant) -> Int64 {
+        let micros = decided.microsecondsSinceEpoch
         let span = windowMicroseconds
         return micros >= 0 ? micros / span : -((-micros + span - 1) / span)
     }
 
-    /// Deletes runs whose every key has expired, then keeps the limits by forgetting the
-    /// runs that expire first.
+    /// Deletes runs whose every key is past the retention, then keeps the limits by forgetting
+    /// the runs decided first.
     private func expire(now: Instant) {
         var deleted: [KeyRun] = []
+        let forgetThrough = now.adding(microseconds: -settings.retentionMicroseconds)
         state.withLock { state in
-            deleted = state.runs.filter { $0.maxExpiry <= now }
-            state.runs.removeAll { $0.maxExpiry <= now }
+            deleted = state.runs.filter { $0.lastDecided <= forgetThrough }
+            state.runs.removeAll { $0.lastDecided <= forgetThrough }
             while state.runs.count > 1 {
                 let keys = state.runs.reduce(0) { $0 + $1.count }
                 let bytes = state.runs.reduce(Int64(0)) { $0 + $1.bytes }
                 guard keys > settings.keysMax || bytes > settings.bytesMax else { break }
-                let oldest = state.runs.indices.min { state.runs[$0].maxExpiry < state.runs[$1].maxExpiry }!
+                let oldest = state.runs.indices.min { state.runs[$0].lastDecided < state.runs[$1].lastDecided }!
                 let run = state.runs.remove(at: oldest)
                 let limit = keys > settings.keysMax ? "keysMax \(settings.keysMax)" : "bytesMax \(settings.bytesMax)"
                 state.statistics.forgottenEarly += run.count
@@ -371,13 +426,12 @@ public final class KeyArchive: Sendable {
     /// or four runs of one level in a window still filling.
     private func mergeOnce(now: Instant) -> Bool {
         let runs = state.withLock { $0.runs }
-        // New keys expire a retention from now, and keys come to the archive a little after
-        // they were decided (minutes, at the rates the table is sized for): a window that
-        // ended half a window before that is closed. A later key reaching it adds a run,
-        // merged again in turn.
-        let openFrom = window(now.adding(microseconds: settings.retentionMicroseconds - windowMicroseconds / 2))
+        // Keys come to the archive a little after they were decided (minutes, at the rates the
+        // table is sized for): a window that ended half a window ago is closed. A later key
+        // reaching it adds a run, merged again in turn.
+        let openFrom = window(now.adding(microseconds: -windowMicroseconds / 2))
         var byWindow: [Int64: [KeyRun]] = [:]
-        for run in runs { byWindow[window(run.maxExpiry), default: []].append(run) }
+        for run in runs { byWindow[window(run.lastDecided), default: []].append(run) }
         var chosen: [KeyRun]?
         for (window, group) in byWindow.sorted(by: { $0.key < $1.key }) {
             if window < openFrom, group.count > 1 {
@@ -397,7 +451,8 @@ public final class KeyArchive: Sendable {
         }
         do {
             let level = (inputs.map(\.level).max() ?? 0) + 1
-            let merged = try KeyRun.merge(inputs, id: id, level: level, now: now, in: settings.directory, bitsPerKey: settings.bitsPerKey, files: settings.files)
+            let merged = try KeyRun.merge(
+                inputs, id: id, level: level, forgetThrough: now.adding(microseconds: -settings.retentionMicroseconds), in: settings.directory, bitsPerKey: settings.bitsPerKey, files: settings.files)
             state.withLock { state in
                 let ids = Set(inputs.map(\.id))
                 state.runs.removeAll { ids.contains($0.id) }

@@ -9,11 +9,11 @@ import Glibc
 /// "Idempotency keys on disk"):
 ///
 ///     pages   each: u32 length, u32 CRC-32C of the entries, entries
-///             entry: u64 low, u64 high, u64 fingerprint, i64 expiry, u16 n, n bytes of answer
+///             entry: u64 low, u64 high, u64 fingerprint, i64 decided, u16 n, n bytes of answer
 ///     index   per page: u64 first entry's low, u64 page offset
 ///     filter  u64 words: a Bloom filter of 512-bit blocks, 10 bits a key
 ///     footer  72 bytes: "TGKEYRUN", u32 version 1, u32 level, u64 keys, u64 pages,
-///             u64 index offset, u64 filter words, i64 first and i64 last expiry,
+///             u64 index offset, u64 filter words, i64 first and i64 last decision instant,
 ///             u32 CRC-32C of index, filter and the footer's first 64 bytes, u32 zero
 ///
 /// All integers little-endian. The filter and the index stay in memory; a lookup reads one
@@ -29,8 +29,9 @@ final class KeyRun: Sendable {
     let level: Int
     let count: Int
     let bytes: Int64
-    let minExpiry: Instant
-    let maxExpiry: Instant
+    /// The earliest and latest instants its keys were decided at.
+    let firstDecided: Instant
+    let lastDecided: Instant
     let path: String
     private let descriptor: Int32
     private let filter: [UInt64]
@@ -41,15 +42,15 @@ final class KeyRun: Sendable {
     var memoryBytes: Int { filter.count * 8 + firstLows.count * 8 + offsets.count * 8 + 256 }
 
     private init(
-        id: UInt64, level: Int, count: Int, bytes: Int64, minExpiry: Instant, maxExpiry: Instant, path: String, descriptor: Int32,
+        id: UInt64, level: Int, count: Int, bytes: Int64, firstDecided: Instant, lastDecided: Instant, path: String, descriptor: Int32,
         filter: [UInt64], firstLows: [UInt64], offsets: [UInt64]
     ) {
         self.id = id
         self.level = level
         self.count = count
         self.bytes = bytes
-        self.minExpiry = minExpiry
-        self.maxExpiry = maxExpiry
+        self.firstDecided = firstDecided
+        self.lastDecided = lastDecided
         self.path = path
         self.descriptor = descriptor
         self.filter = filter
@@ -66,25 +67,42 @@ final class KeyRun: Sendable {
         return blocks * 8
     }
 
-    /// The block comes from the digest's low half, the bits from its high half.
-    @inline(__always)
-    static func filterPositions(low: UInt64, high: UInt64, words: Int, _ body: (Int, UInt64) -> Bool) -> Bool {
-        let blocks = UInt64(words / 8)
-        let block = Int(low.multipliedFullWidth(by: blocks).high) * 8
-        var hash = high
-        let step = ((high >> 29) | (high << 35)) &* 0x9E37_79B9_7F4A_7C15 | 1
-        for _ in 0..<bitsSet {
-            let bit = Int(hash >> 55)
-            if !body(block + (bit >> 6), (1 as UInt64) << UInt64(bit & 63)) { return false }
-            hash &+= step
+    /// A key's bits in any run's filter: the block comes from the digest's low half (and the
+    /// filter's size), the 10 bits within it from the high half, the same in every run — so a
+    /// lookup works them out once and each run costs one 64-byte load.
+    struct FilterKey {
+        let low: UInt64
+        let mask: SIMD8<UInt64>
+
+        init(low: UInt64, high: UInt64) {
+            self.low = low
+            var mask = SIMD8<UInt64>(repeating: 0)
+            var hash = high
+            let step = ((high >> 29) | (high << 35)) &* 0x9E37_79B9_7F4A_7C15 | 1
+            for _ in 0..<KeyRun.bitsSet {
+                let bit = Int(hash >> 55)
+                mask[bit >> 6] |= (1 as UInt64) << UInt64(bit & 63)
+                hash &+= step
+            }
+            self.mask = mask
         }
-        return true
+
+        /// The first word of the key's block in a filter of `words` words.
+        @inline(__always)
+        func blockStart(words: Int) -> Int {
+            Int(low.multipliedFullWidth(by: UInt64(words / 8)).high) * 8
+        }
     }
 
-    func mayContain(low: UInt64, high: UInt64) -> Bool {
-        let filter = filter
-        return Self.filterPositions(low: low, high: high, words: filter.count) { word, mask in filter[word] & mask != 0 }
+    func mayContain(_ key: FilterKey) -> Bool {
+        filter.withUnsafeBufferPointer { words in
+            let start = key.blockStart(words: words.count)
+            let block = UnsafeRawPointer(words.baseAddress! + start).loadUnaligned(as: SIMD8<UInt64>.self)
+            return (key.mask & ~block) == SIMD8<UInt64>(repeating: 0)
+        }
     }
+
+    func mayContain(low: UInt64, high: UInt64) -> Bool { mayContain(FilterKey(low: low, high: high)) }
 
     // MARK: - Reading
 
@@ -128,8 +146,8 @@ final class KeyRun: Sendable {
             for word in 0..<Int(words) { filter[word] = body.u64(filterStart + word * 8) }
             self.init(
                 id: id, level: level, count: Int(count), bytes: Int64(size),
-                minExpiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: footer.u64(48))),
-                maxExpiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: footer.u64(56))),
+                firstDecided: Instant(microsecondsSinceEpoch: Int64(bitPattern: footer.u64(48))),
+                lastDecided: Instant(microsecondsSinceEpoch: Int64(bitPattern: footer.u64(56))),
                 path: path, descriptor: descriptor, filter: filter, firstLows: firstLows, offsets: offsets)
         } catch {
             Glibc.close(descriptor)
@@ -195,7 +213,7 @@ final class KeyRun: Sendable {
                     keys.append(
                         ArchivedKey(
                             low: low, high: high, fingerprint: word(position + 16, UInt64.self),
-                            expiry: Instant(microsecondsSinceEpoch: Int64(bitPattern: word(position + 24, UInt64.self))), answer: answer))
+                            decidedAt: Instant(microsecondsSinceEpoch: Int64(bitPattern: word(position + 24, UInt64.self))), answer: answer))
                     if wanted != nil { break }
                 }
                 position += 34 + answerLength
@@ -232,8 +250,9 @@ final class KeyRun: Sendable {
         }
     }
 
-    /// Merges runs into one, dropping keys expired by `now` and duplicates; nil if nothing is left.
-    static func merge(_ runs: [KeyRun], id: UInt64, level: Int, now: Instant, in directory: String, bitsPerKey: Int, files: any JournalFiles) throws -> KeyRun? {
+    /// Merges runs into one, dropping keys decided at or before `forgetThrough` and
+    /// duplicates; nil if nothing is left.
+    static func merge(_ runs: [KeyRun], id: UInt64, level: Int, forgetThrough: Instant, in directory: String, bitsPerKey: Int, files: any JournalFiles) throws -> KeyRun? {
         let builder = try Builder(id: id, level: level, capacity: runs.reduce(0) { $0 + $1.count }, directory: directory, bitsPerKey: bitsPerKey, files: files)
         do {
             var cursors = try runs.map { try Cursor(run: $0) }
@@ -249,7 +268,7 @@ final class KeyRun: Sendable {
                 try cursors[chosen].advance()
                 if let previous = last, previous == (key.low, key.high) { continue }
                 last = (key.low, key.high)
-                if key.expiry > now { try builder.add(key) }
+                if key.decidedAt > forgetThrough { try builder.add(key) }
             }
             return try builder.finish()
         } catch {
@@ -303,8 +322,8 @@ final class KeyRun: Sendable {
         private var page: [UInt8] = []
         private var written: UInt64 = 0
         private var count = 0
-        private var minExpiry = Instant(microsecondsSinceEpoch: .max)
-        private var maxExpiry = Instant(microsecondsSinceEpoch: .min)
+        private var firstDecided = Instant(microsecondsSinceEpoch: .max)
+        private var lastDecided = Instant(microsecondsSinceEpoch: .min)
 
         init(id: UInt64, level: Int, capacity: Int, directory: String, bitsPerKey: Int, files: any JournalFiles) throws {
             self.id = id
@@ -329,19 +348,15 @@ final class KeyRun: Sendable {
             page.appendLittleEndian(key.low)
             page.appendLittleEndian(key.high)
             page.appendLittleEndian(key.fingerprint)
-            page.appendLittleEndian(UInt64(bitPattern: key.expiry.microsecondsSinceEpoch))
+            page.appendLittleEndian(UInt64(bitPattern: key.decidedAt.microsecondsSinceEpoch))
             page.appendLittleEndian(UInt16(answer.count))
             page.append(contentsOf: answer)
-            let words = filter.count
-            _ = filter.withUnsafeMutableBufferPointer { filter in
-                KeyRun.filterPositions(low: key.low, high: key.high, words: words) { word, mask in
-                    filter[word] |= mask
-                    return true
-                }
-            }
+            let filterKey = FilterKey(low: key.low, high: key.high)
+            let start = filterKey.blockStart(words: filter.count)
+            for index in 0..<8 { filter[start + index] |= filterKey.mask[index] }
             count += 1
-            minExpiry = min(minExpiry, key.expiry)
-            maxExpiry = max(maxExpiry, key.expiry)
+            firstDecided = min(firstDecided, key.decidedAt)
+            lastDecided = max(lastDecided, key.decidedAt)
         }
 
         private func flushPage() throws {
@@ -382,8 +397,8 @@ final class KeyRun: Sendable {
             tail.appendLittleEndian(UInt64(firstLows.count))
             tail.appendLittleEndian(indexOffset)
             tail.appendLittleEndian(UInt64(filter.count))
-            tail.appendLittleEndian(UInt64(bitPattern: minExpiry.microsecondsSinceEpoch))
-            tail.appendLittleEndian(UInt64(bitPattern: maxExpiry.microsecondsSinceEpoch))
+            tail.appendLittleEndian(UInt64(bitPattern: firstDecided.microsecondsSinceEpoch))
+            tail.appendLittleEndian(UInt64(bitPattern: lastDecided.microsecondsSinceEpoch))
             tail.appendLittleEndian(CRC32C.checksum(Array(tail[checkedStart...])))
             tail.appendLittleEndian(UInt32(0))
             try put(tail)
@@ -396,7 +411,7 @@ final class KeyRun: Sendable {
             guard reader >= 0 else { throw JournalError("cannot open \(path): \(String(cString: strerror(errno)))") }
             offsets.append(indexOffset)
             return KeyRun(
-                id: id, level: level, count: count, bytes: Int64(written), minExpiry: minExpiry, maxExpiry: maxExpiry, path: path,
+                id: id, level: level, count: count, bytes: Int64(written), firstDecided: firstDecided, lastDecided: lastDecided, path: path,
                 descriptor: reader, filter: filter, firstLows: firstLows, offsets: offsets)
         }
 

@@ -83,7 +83,7 @@ func archivedKey(_ index: Int) -> ArchivedKey {
     let answer: Answer = index % 2 == 0
         ? .decision(Decision(hold: UInt64(index), cost: 60, creditsPerUnit: 12, deadline: decided.adding(microseconds: 30_000_000), headroom: headroom))
         : .decision(Decision(hold: nil, cost: 35, creditsPerUnit: 7, deadline: nil, headroom: headroom))
-    return ArchivedKey(low: digest.low, high: digest.high, fingerprint: UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15, expiry: decided.adding(microseconds: retention), answer: answer)
+    return ArchivedKey(low: digest.low, high: digest.high, fingerprint: UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15, decidedAt: decided, answer: answer)
 }
 
 print("tollgate-key-bench: \(keyCount) keys at \(rate)/s (\(keyCount / Int(rate)) s of traffic), retention \(retentionHours) h, in \(directory)")

@@ -43,6 +43,8 @@ struct IdempotencyTable: Hashable, Sendable {
         var answer: Answer
     }
 
+    /// A key and the instant its request was decided: a recorded fact (the journal record's
+    /// instant). When it is forgotten follows from it and the retention in force.
     struct Expiry: Hashable, Sendable {
         var key: Key
         var at: Instant
@@ -100,16 +102,17 @@ struct IdempotencyTable: Hashable, Sendable {
         return answers[index].fingerprint == fingerprint ? .replay(answers[index].answer) : .conflict
     }
 
-    /// Stores an answer for a key that `lookup` reported as new.
-    mutating func remember(_ key: Key, fingerprint: UInt64, answer: Answer, until expiry: Instant) {
+    /// Stores an answer for a key that `lookup` reported as new, decided at `decided`.
+    mutating func remember(_ key: Key, fingerprint: UInt64, answer: Answer, decidedAt decided: Instant) {
         if 2 * (expiries.count + 1) > slots.count { grow() }
         let position = firstPosition + UInt64(expiries.count)
         insert(Slot(tag: key.low, positionPlusOne: position + 1))
         answers.append(Stored(fingerprint: fingerprint, answer: answer))
-        expiries.append(Expiry(key: key, at: expiry))
+        expiries.append(Expiry(key: key, at: decided))
     }
 
-    mutating func forget(through instant: Instant) {
+    /// Forgets the keys decided at or before `instant`.
+    mutating func forget(decidedThrough instant: Instant) {
         while let first = expiries.first, first.at <= instant {
             forgetFirst(first.key)
         }
@@ -132,11 +135,18 @@ struct IdempotencyTable: Hashable, Sendable {
         return forgotten
     }
 
+    /// Every entry, oldest first.
+    var entries: [ArchivedKey] {
+        zip(expiries, answers).map { expiry, stored in
+            ArchivedKey(low: expiry.key.low, high: expiry.key.high, fingerprint: stored.fingerprint, decidedAt: expiry.at, answer: stored.answer)
+        }
+    }
+
     /// Takes the oldest key out of the table, with all a retry needs.
     mutating func removeOldest() -> ArchivedKey? {
         guard let first = expiries.first, let stored = answers.first else { return nil }
         forgetFirst(first.key)
-        return ArchivedKey(low: first.key.low, high: first.key.high, fingerprint: stored.fingerprint, expiry: first.at, answer: stored.answer)
+        return ArchivedKey(low: first.key.low, high: first.key.high, fingerprint: stored.fingerprint, decidedAt: first.at, answer: stored.answer)
     }
 
     // MARK: - The index

@@ -3,25 +3,28 @@
 /// The ledger keeps its most recent keys, with their full answers, in `IdempotencyTable`, at
 /// most `LedgerLimits.idempotencyKeysMax` of them. When it has somewhere to put older keys
 /// (`archivesEvictedKeys`), a full table hands its oldest key on instead of forgetting it:
-/// the key, its fingerprint, its answer and the instant it expires at, as an `ArchivedKey`,
+/// the key, its fingerprint, its answer and the instant it was decided at, as an `ArchivedKey`,
 /// taken by the server with `takeEvictedKeys()` under the ledger's lock and kept on disk.
 /// Which tier holds a key never changes what a retry gets: a key is remembered from its
-/// decision until `idempotencyRetentionMicroseconds` later, in whichever tier it is.
+/// decision until `idempotencyRetentionMicroseconds` later, in whichever tier it is. Both
+/// tiers keep the decision instant — a recorded fact — not an expiry, so what is forgotten
+/// and when follows from the journal and the retention in force, whatever else is configured.
 
 /// A remembered key in the form the disk tier keeps: the key's 128-bit digest, the command's
-/// fingerprint, the instant it is forgotten at, and the answer it got.
+/// fingerprint, the instant its request was decided (the journal record's), and the answer it
+/// got. It is remembered while `decidedAt` + the retention is later than the ledger's clock.
 public struct ArchivedKey: Hashable, Sendable {
     public var low: UInt64
     public var high: UInt64
     public var fingerprint: UInt64
-    public var expiry: Instant
+    public var decidedAt: Instant
     public var answer: Answer
 
-    public init(low: UInt64, high: UInt64, fingerprint: UInt64, expiry: Instant, answer: Answer) {
+    public init(low: UInt64, high: UInt64, fingerprint: UInt64, decidedAt: Instant, answer: Answer) {
         self.low = low
         self.high = high
         self.fingerprint = fingerprint
-        self.expiry = expiry
+        self.decidedAt = decidedAt
         self.answer = answer
     }
 
@@ -49,7 +52,7 @@ public struct ArchivedKey: Hashable, Sendable {
 /// Where the ledger finds keys that are no longer in its table: the server's disk tier,
 /// through the answers it has already read for the request at hand.
 public protocol OlderKeys {
-    /// The key, if a tier beyond the table holds it (expired or not: the ledger decides).
+    /// The key, if a tier beyond the table holds it (past its retention or not: the ledger decides).
     /// May read the disk; the server reads ahead, off the event loop, whatever it can.
     func find(low: UInt64, high: UInt64) -> ArchivedKey?
 }
@@ -75,10 +78,15 @@ extension Ledger {
 
     public var hasEvictedKeys: Bool { !evicted.keys.isEmpty }
 
+    /// The keys in the in-memory table, oldest first, in the disk tier's form (tests, tools).
+    public var rememberedKeys: [ArchivedKey] { idempotency.entries }
+
     /// The keys the table let go of since the last call, oldest first.
     public mutating func takeEvictedKeys() -> [ArchivedKey] {
-        defer { evicted.keys.removeAll(keepingCapacity: true) }
-        return evicted.keys
+        // Swapped out, not copied: the caller takes the storage and the ledger starts anew.
+        var taken: [ArchivedKey] = []
+        swap(&taken, &evicted.keys)
+        return taken
     }
 
     /// Makes room for one more key: the oldest goes to the evicted keys, or is forgotten

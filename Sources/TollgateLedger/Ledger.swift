@@ -118,7 +118,9 @@ public struct Ledger: Hashable, Sendable {
         case .replay(let answer): return Applied(answer: answer, instant: now, changedState: false)
         case .conflict: return conflict(key, at: now)
         case .new:
-            if let older, let archived = older.find(low: scopedKey.low, high: scopedKey.high), archived.expiry > now {
+            if let older, let archived = older.find(low: scopedKey.low, high: scopedKey.high),
+                archived.decidedAt.adding(microseconds: limits.idempotencyRetentionMicroseconds) > now
+            {
                 guard archived.fingerprint == fingerprint else { return conflict(key, at: now) }
                 return Applied(answer: archived.answer, instant: now, changedState: false)
             }
@@ -148,9 +150,7 @@ public struct Ledger: Hashable, Sendable {
         let remembered = answer.refusal?.error.isRemembered ?? true
         if remembered {
             makeRoomForKey()
-            idempotency.remember(
-                scopedKey, fingerprint: fingerprint, answer: answer,
-                until: now.adding(microseconds: limits.idempotencyRetentionMicroseconds))
+            idempotency.remember(scopedKey, fingerprint: fingerprint, answer: answer, decidedAt: now)
         }
         return (answer, remembered)
     }
@@ -261,7 +261,7 @@ public struct Ledger: Hashable, Sendable {
             let parent = accounts[Int(account)].parent
             if parent != noSlot { evaluateWatches(parent, at: event.at) }
         }
-        idempotency.forget(through: clock)
+        idempotency.forget(decidedThrough: clock.adding(microseconds: -limits.idempotencyRetentionMicroseconds))
         resolvedHolds.forget(through: clock)
         return clock
     }

@@ -89,7 +89,10 @@ struct SnapshotReader {
 
 extension Ledger {
     /// "TGL2": adds subscriptions. A "TGL1" snapshot (before them) is still read.
-    static let snapshotMagic: UInt32 = 0x5447_4C32
+    /// Version 3: idempotency entries carry the instant their request was decided.
+    static let snapshotMagic: UInt32 = 0x5447_4C33
+    /// Version 2: idempotency entries carry the instant they expire at.
+    static let snapshotMagicVersion2: UInt32 = 0x5447_4C32
     static let snapshotMagicVersion1: UInt32 = 0x5447_4C31
 
     /// The whole state as bytes.
@@ -219,7 +222,9 @@ extension Ledger {
     public init(snapshot bytes: [UInt8], limits: LedgerLimits = LedgerLimits()) throws {
         var r = SnapshotReader(bytes: bytes)
         let magic = try r.integer(UInt32.self)
-        guard magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion1 else { throw SnapshotError(description: "not a ledger snapshot") }
+        guard magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion2 || magic == Ledger.snapshotMagicVersion1 else {
+            throw SnapshotError(description: "not a ledger snapshot")
+        }
         self.init(limits: limits, startingAt: try r.instant())
         accounts = ChunkedArray(try r.array { try $0.readAccount() })
         members = ChunkedArray(try r.array { try $0.readMember() })
@@ -255,8 +260,10 @@ extension Ledger {
         }
         events.storage = (heap, try r.integer(), try r.int())
         let firstPosition = try r.integer(UInt64.self)
+        // Before version 3 an entry carried its expiry: taken as decided a retention before.
+        let expiryShift = magic == Ledger.snapshotMagic ? 0 : -limits.idempotencyRetentionMicroseconds
         let expiries = try r.array { r in
-            IdempotencyTable.Expiry(key: IdempotencyTable.Key(low: try r.integer(), high: try r.integer()), at: try r.instant())
+            IdempotencyTable.Expiry(key: IdempotencyTable.Key(low: try r.integer(), high: try r.integer()), at: try r.instant().adding(microseconds: expiryShift))
         }
         let answers = try r.array { r in IdempotencyTable.Stored(fingerprint: try r.integer(), answer: try r.readAnswer()) }
         guard answers.count == expiries.count else { throw SnapshotError(description: "idempotency entries do not match") }
@@ -275,7 +282,7 @@ extension Ledger {
         retiredTotals.consumed = try r.integer()
         retiredTotals.expired = try r.integer()
         retiredTotals.voided = try r.integer()
-        if magic == Ledger.snapshotMagic {
+        if magic != Ledger.snapshotMagicVersion1 {
             for (slot, state) in try r.array({ r in (try r.integer(Int32.self), try r.readSubscription()) }) {
                 guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "subscription of an unknown account slot \(slot)") }
                 subscriptions[slot] = state

@@ -111,19 +111,25 @@ public final class LedgerService: Sendable {
 
     /// The keys of a request's mutations that only the disk tier may hold: they are read
     /// (off the event loop) before the request is decided. Empty for nearly every request:
-    /// a new key is told apart by the filters, in memory. `runsChecked` is the archive's
-    /// count of written batches when the filters were consulted, so the decision need not
-    /// consult them again (`ArchiveKeys`).
-    public func keysToRead(_ request: WireRequest, archive: KeyArchive) -> (keys: [(low: UInt64, high: UInt64)], runsChecked: UInt64?) {
+    /// a new key is told apart by the filters, in memory. `runsChecked` is where the archive
+    /// stood when they were consulted, so the decision looks only at what changed since
+    /// (`ArchiveKeys`); nil when the request's keys were probed at different points or one was
+    /// waiting in memory.
+    public func keysToRead(_ request: WireRequest, archive: KeyArchive) -> (keys: [(low: UInt64, high: UInt64)], runsChecked: KeyArchive.Mark?) {
         var keys: [(low: UInt64, high: UInt64)] = []
-        var checked: UInt64?
+        var checked: KeyArchive.Mark?
         var consistent = true
         func look(_ command: Command, _ key: String) {
             let digest = ArchivedKey.digest(account: command.account, key: key)
-            let (probe, written) = archive.probeCounting(low: digest.low, high: digest.high)
-            if case .onDisk = probe { keys.append(digest) }
-            if let earlier = checked, earlier != written { consistent = false }
-            checked = written
+            let (probe, mark) = archive.probe(low: digest.low, high: digest.high, since: nil)
+            switch probe {
+            case .onDisk: keys.append(digest)
+            // The mark vouches only for keys found nowhere: a waiting key is looked up in full.
+            case .found: consistent = false
+            case .absent: break
+            }
+            if let earlier = checked, earlier != mark { consistent = false }
+            checked = mark
         }
         switch request {
         case .command(let command, let key): look(command, key)
@@ -165,7 +171,7 @@ public final class LedgerService: Sendable {
     /// `refusedItems`, for a BATCH, holds the refusal of each item its sender may not send
     /// (nil for the items it may); a refused item is answered with its error and not applied.
     /// `read` holds the keys read from the disk tier for it (`keysToRead`).
-    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: UInt64? = nil) -> Handled {
+    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: KeyArchive.Mark? = nil) -> Handled {
         let now = clock()
         switch request {
         case .hello, .ping, .subscribe:
@@ -351,19 +357,19 @@ public struct ReadKey: Sendable {
 }
 
 /// How the ledger finds a key its table does not hold: among the keys read ahead for the
-/// request, then in the disk tier's memory (waiting keys; the runs' filters, unless they were
-/// consulted for this request and no batch reached a run since). A key a filter may hold
+/// request, then in the disk tier's memory (waiting keys and the runs' filters, or, when they
+/// were consulted for this request, only the keys that arrived since). A key a filter may hold
 /// that was not read ahead — it reached a run between the read and the decision, which takes
 /// a checkpoint or a full batch landing in that instant — is read here, under the lock. If
 /// that read fails, the key counts as new.
 struct ArchiveKeys: OlderKeys {
     let archive: KeyArchive
     let read: [ReadKey]
-    let runsChecked: UInt64?
+    let runsChecked: KeyArchive.Mark?
 
     func find(low: UInt64, high: UInt64) -> ArchivedKey? {
         if let done = read.first(where: { $0.low == low && $0.high == high }) { return done.key }
-        switch archive.probeCounting(low: low, high: high, runsCheckedAt: runsChecked).probe {
+        switch archive.probe(low: low, high: high, since: runsChecked).probe {
         case .absent: return nil
         case .found(let key): return key
         case .onDisk: return try? archive.read(low: low, high: high)

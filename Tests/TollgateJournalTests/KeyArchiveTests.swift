@@ -20,13 +20,13 @@ import Glibc
 
     static let hour: Int64 = 3_600_000_000
 
-    func keys(_ range: Range<Int>, expiry: Instant, seed: UInt64 = 1) -> [ArchivedKey] {
+    func keys(_ range: Range<Int>, decided: Instant, seed: UInt64 = 1) -> [ArchivedKey] {
         range.map { index in
             let digest = ArchivedKey.digest(account: "acct-\(index % 7)", key: "key-\(seed)-\(index)")
             let answer: Answer = index % 3 == 0
                 ? .refused(Refusal(LedgerError(.insufficientFunds, level: .account, subject: "acct-\(index % 7)")))
                 : .decision(Decision(hold: UInt64(index), cost: Int64(index), creditsPerUnit: 5, deadline: nil, headroom: Headroom(member: 5, funds: Int64(index) * 3)))
-            return ArchivedKey(low: digest.low, high: digest.high, fingerprint: UInt64(index) &* 0x9E37_79B9, expiry: expiry.adding(microseconds: Int64(index)), answer: answer)
+            return ArchivedKey(low: digest.low, high: digest.high, fingerprint: UInt64(index) &* 0x9E37_79B9, decidedAt: decided.adding(microseconds: Int64(index)), answer: answer)
         }
     }
 
@@ -44,7 +44,7 @@ import Glibc
             let clock = Clock()
             let path = directory()
             let archive = try KeyArchive(settings: settings(path), clock: { clock.now })
-            let all = keys(0..<5_500, expiry: clock.now.adding(microseconds: 24 * Self.hour))
+            let all = keys(0..<5_500, decided: clock.now)
             archive.add(all)
             // Waiting keys are found in memory.
             if case .found(let key) = archive.probe(low: all[7].low, high: all[7].high) { #expect(key == all[7]) } else { Issue.record("not waiting") }
@@ -54,7 +54,7 @@ import Glibc
             #expect(archive.statistics.keysOnDisk == 5_500)
             for key in all.shuffled().prefix(500) { #expect(try archive.read(low: key.low, high: key.high) == key) }
             // Keys never added: the filters rule nearly all out without a read.
-            let strangers = keys(0..<10_000, expiry: clock.now, seed: 99)
+            let strangers = keys(0..<10_000, decided: clock.now, seed: 99)
             var onDisk = 0
             for key in strangers {
                 if case .onDisk = archive.probe(low: key.low, high: key.high) { onDisk += 1 }
@@ -73,8 +73,7 @@ import Glibc
         try await OffPool.cpu {
             let clock = Clock()
             let archive = try KeyArchive(settings: settings(directory(), batch: 200), clock: { clock.now })
-            let expiry = clock.now.adding(microseconds: Self.hour)
-            let all = keys(0..<4_000, expiry: expiry)
+            let all = keys(0..<4_000, decided: clock.now)
             for start in stride(from: 0, to: 4_000, by: 200) {
                 archive.add(Array(all[start..<start + 200]))
                 while archive.maintain() {}
@@ -86,8 +85,8 @@ import Glibc
             #expect(stats.runs < 20, "20 runs of 200 written, \(stats.runs) left after merging")
             #expect(stats.keysOnDisk == 4_000)
             for key in all.shuffled().prefix(300) { #expect(try archive.read(low: key.low, high: key.high) == key) }
-            // Once every key has expired, the runs go.
-            clock.advance(Self.hour + 10_000)
+            // Once every key is past the retention, the runs go.
+            clock.advance(24 * Self.hour + 10_000)
             while archive.maintain() {}
             #expect(archive.statistics.runs == 0)
             #expect(archive.statistics.keysOnDisk == 0)
@@ -100,7 +99,7 @@ import Glibc
             var settings = settings(directory(), batch: 100)
             settings.retentionMicroseconds = 8 * 1_000_000
             let archive = try KeyArchive(settings: settings, clock: { clock.now })
-            let some = keys(0..<100, expiry: clock.now.adding(microseconds: 2_000_000))
+            let some = keys(0..<100, decided: clock.now)
             for _ in 0..<4 {
                 archive.add(some)
                 try archive.persist()
@@ -113,15 +112,15 @@ import Glibc
         }
     }
 
-    @Test func aLimitForgetsTheKeysExpiringFirstAndSaysSo() async throws {
+    @Test func aLimitForgetsTheKeysDecidedFirstAndSaysSo() async throws {
         try await OffPool.cpu {
             let clock = Clock()
             var limited = settings(directory(), batch: 500)
             limited.keysMax = 1_200
             let messages = Mutex<[String]>([])
             let archive = try KeyArchive(settings: limited, clock: { clock.now }) { message in messages.withLock { $0.append(message) } }
-            let first = keys(0..<1_000, expiry: clock.now.adding(microseconds: Self.hour))
-            let second = keys(0..<1_000, expiry: clock.now.adding(microseconds: 2 * Self.hour), seed: 2)
+            let first = keys(0..<1_000, decided: clock.now)
+            let second = keys(0..<1_000, decided: clock.now.adding(microseconds: Self.hour), seed: 2)
             archive.add(first)
             try archive.persist()
             archive.add(second)
@@ -141,7 +140,7 @@ import Glibc
             let clock = Clock()
             let path = directory()
             let archive = try KeyArchive(settings: settings(path, batch: 2_000), clock: { clock.now })
-            let all = keys(0..<3_000, expiry: clock.now.adding(microseconds: Self.hour))
+            let all = keys(0..<3_000, decided: clock.now)
             archive.add(Array(all[0..<1_500]))
             try archive.persist()
             archive.add(Array(all[1_500...]))
@@ -190,7 +189,7 @@ import Glibc
             var failingSettings = settings(directory(), batch: 500)
             failingSettings.files = files
             let archive = try KeyArchive(settings: failingSettings, clock: { clock.now })
-            let all = keys(0..<1_200, expiry: clock.now.adding(microseconds: Self.hour))
+            let all = keys(0..<1_200, decided: clock.now)
             files.failing.withLock { $0 = true }
             archive.add(all)
             _ = archive.maintain()

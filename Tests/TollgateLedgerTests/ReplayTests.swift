@@ -69,6 +69,56 @@ import TollgateLedgerTestSupport
         if replayKeysMax == live.idempotencyKeysMax { #expect(Bool(replayed == original), "same limits: the very same state") }
     }
 
+    /// With a tier to hand keys to (as tollgated has), what is remembered — every key, its
+    /// answer and the instant it was decided — is the same whatever the table's size or the
+    /// retention configured when replaying: only where each key is kept differs. The retention
+    /// applies to the recorded decision instants, so changing it changes what is forgotten from
+    /// then on, never what a replay rebuilds.
+    @Test(arguments: [(2, 1_000_000), (1_000_000, 2), (5, 7)])
+    func whatIsRememberedDoesNotDependOnWhereKeysAreKept(liveKeysMax: Int, replayKeysMax: Int) throws {
+        func run(_ keysMax: Int, _ journal: [LedgerDriver.Entry]?) -> (Ledger, [ArchivedKey], [LedgerDriver.Entry]) {
+            var limits = LedgerLimits()
+            limits.idempotencyKeysMax = keysMax
+            var ledger = Ledger(limits: limits, startingAt: Fixtures.start)
+            ledger.archivesEvictedKeys = true
+            var tier: [ArchivedKey] = []
+            final class Older: OlderKeys {
+                let keys: [ArchivedKey]
+                init(_ keys: [ArchivedKey]) { self.keys = keys }
+                func find(low: UInt64, high: UInt64) -> ArchivedKey? { keys.first { $0.low == low && $0.high == high } }
+            }
+            var recorded: [LedgerDriver.Entry] = []
+            if let journal {
+                for entry in journal {
+                    _ = ledger.replay(entry.command, key: entry.key, at: entry.at)
+                    tier += ledger.takeEvictedKeys()
+                }
+            } else {
+                var driver = LedgerDriver(limits: limits)
+                driver.ledger.archivesEvictedKeys = true
+                Fixtures.seedsExample(&driver)
+                ledger = driver.ledger
+                tier += ledger.takeEvictedKeys()
+                recorded = driver.journal
+                var now = driver.now
+                for step in 0..<30 {
+                    let key = ["a", "b", "c", "d", "e", "f", "g"][step % 7] + "\(step / 14)"
+                    let command = Command.spend(Spend(DecisionRequest(account: "acme", member: "ana", product: Fixtures.summary, quantity: 1)))
+                    let applied = ledger.applyRecording(command, key: key, at: now, older: Older(tier))
+                    if applied.changedState { recorded.append(LedgerDriver.Entry(command: command, key: key, at: applied.instant)) }
+                    tier += ledger.takeEvictedKeys()
+                    now = now.adding(microseconds: Microseconds.perSecond)
+                }
+            }
+            return (ledger, tier, recorded)
+        }
+        var (live, liveTier, journal) = run(liveKeysMax, nil)
+        var (replayed, replayedTier, _) = run(replayKeysMax, journal)
+        #expect(Set(live.rememberedKeys + liveTier) == Set(replayed.rememberedKeys + replayedTier))
+        #expect(try replayed.balance(account: "acme", member: nil, at: live.clock).get() == live.balance(account: "acme", member: nil, at: live.clock).get())
+        #expect(live.idempotencyKeysForgottenEarly == 0 && replayed.idempotencyKeysForgottenEarly == 0)
+    }
+
     @Test func seedsExampleReplays() {
         var driver = LedgerDriver()
         Fixtures.seedsExample(&driver)

@@ -46,6 +46,10 @@ import TollgateLedgerTestSupport
     @Test func aVersionOneSnapshotStillLoads() throws {
         var driver = LedgerDriver()
         Fixtures.seedsExample(&driver)
+        // Past the keys' retention, so the table is empty: version 1 kept expiries, not decision
+        // instants (the test below covers that difference).
+        driver.ledger.advance(to: driver.now.adding(microseconds: driver.ledger.limits.idempotencyRetentionMicroseconds + 1))
+        #expect(driver.ledger.idempotencyKeyCount == 0)
         let bytes = driver.ledger.snapshot()
         // The version-2 section of a ledger without subscriptions, alerts or recharges: no
         // subscriptions, none issued, no alerts, no recharges, the next event 1, none
@@ -58,6 +62,24 @@ import TollgateLedgerTestSupport
         #expect(Array(bytes.suffix(48)) == [UInt8](repeating: 0, count: 48))
         let versionOne = [0x54, 0x47, 0x4C, 0x31] + Array(bytes.dropFirst(4).dropLast(section))
         #expect(try Ledger(snapshot: versionOne) == driver.ledger)
+    }
+
+    /// Checkpoints of version 2 ("TGL2") carried each key's expiry; version 3 carries the
+    /// instant it was decided. A version-2 checkpoint's keys are read as decided a retention
+    /// before their expiry, so they are forgotten when they would have been.
+    @Test func aVersionTwoSnapshotsKeysAreReadAsDecidedARetentionBeforeTheirExpiry() throws {
+        var driver = LedgerDriver()
+        Fixtures.seedsExample(&driver)
+        let ledger = driver.ledger
+        let bytes = ledger.snapshot()
+        #expect(Array(bytes.prefix(4)) == [0x54, 0x47, 0x4C, 0x33])
+        // The same bytes read as version 2: every decision instant is taken as an expiry.
+        let versionTwo = [0x54, 0x47, 0x4C, 0x32] + Array(bytes.dropFirst(4))
+        let loaded = try Ledger(snapshot: versionTwo)
+        let retention = ledger.limits.idempotencyRetentionMicroseconds
+        #expect(!ledger.rememberedKeys.isEmpty)
+        #expect(loaded.rememberedKeys.map { $0.decidedAt.adding(microseconds: retention) } == ledger.rememberedKeys.map(\.decidedAt))
+        #expect(loaded.rememberedKeys.map(\.answer) == ledger.rememberedKeys.map(\.answer))
     }
 
     @Test func damagedSnapshotsAreRefused() throws {
