@@ -184,36 +184,45 @@ final class KeyRun: Sendable {
 
     var pageCount: Int { firstLows.count }
 
-    /// The keys of a page, checked against its checksum; with `only`, just the key with that
-    /// digest (the others are skipped, not decoded).
-    func readPage(_ page: Int, only wanted: (UInt64, UInt64)? = nil) throws -> [ArchivedKey] {
+    /// A page's bytes, checked against its checksum and walked entry by entry.
+    func readRawPage(_ page: Int) throws -> [UInt8] {
         let start = Int(offsets[page])
         let length = Int(offsets[page + 1]) - start
         guard length >= 8, length <= Self.pageMax else { throw JournalError("\(path): page \(page) is \(length) bytes") }
         let bytes = try Self.readFully(descriptor, offset: start, count: length, path: path)
-        return try bytes.withUnsafeBytes { buffer throws -> [ArchivedKey] in
-            func word<Value: FixedWidthInteger>(_ offset: Int, _ type: Value.Type) -> Value {
-                Value(littleEndian: buffer.loadUnaligned(fromByteOffset: offset, as: Value.self))
-            }
-            guard Int(word(0, UInt32.self)) == length - 8, CRC32C.checksum(UnsafeRawBufferPointer(rebasing: buffer[8...])) == word(4, UInt32.self) else {
-                throw JournalError("\(path): page \(page) fails its checksum")
-            }
-            var keys: [ArchivedKey] = []
+        try bytes.withUnsafeBytes { buffer in
+            guard Int(buffer.word(0, UInt32.self)) == length - 8,
+                CRC32C.checksum(UnsafeRawBufferPointer(rebasing: buffer[8...])) == buffer.word(4, UInt32.self)
+            else { throw JournalError("\(path): page \(page) fails its checksum") }
             var position = 8
             while position < length {
                 guard position + 34 <= length else { throw JournalError("\(path): page \(page) ends inside an entry") }
-                let answerLength = Int(word(position + 32, UInt16.self))
-                guard position + 34 + answerLength <= length else { throw JournalError("\(path): page \(page) holds an entry running past its end") }
-                let low = word(position, UInt64.self)
-                let high = word(position + 8, UInt64.self)
+                position += 34 + Int(buffer.word(position + 32, UInt16.self))
+                guard position <= length else { throw JournalError("\(path): page \(page) holds an entry running past its end") }
+            }
+        }
+        return bytes
+    }
+
+    /// The keys of a page; with `only`, just the key with that digest (the others are
+    /// skipped, not decoded).
+    func readPage(_ page: Int, only wanted: (UInt64, UInt64)? = nil) throws -> [ArchivedKey] {
+        let bytes = try readRawPage(page)
+        return try bytes.withUnsafeBytes { buffer throws -> [ArchivedKey] in
+            var keys: [ArchivedKey] = []
+            var position = 8
+            while position < buffer.count {
+                let answerLength = Int(buffer.word(position + 32, UInt16.self))
+                let low = buffer.word(position, UInt64.self)
+                let high = buffer.word(position + 8, UInt64.self)
                 if wanted == nil || (wanted!.0 == low && wanted!.1 == high) {
                     guard let answer = ArchivedKey.decodeAnswer(Array(buffer[(position + 34)..<(position + 34 + answerLength)])) else {
                         throw JournalError("\(path): page \(page) holds a damaged answer")
                     }
                     keys.append(
                         ArchivedKey(
-                            low: low, high: high, fingerprint: word(position + 16, UInt64.self),
-                            decidedAt: Instant(microsecondsSinceEpoch: Int64(bitPattern: word(position + 24, UInt64.self))), answer: answer))
+                            low: low, high: high, fingerprint: buffer.word(position + 16, UInt64.self),
+                            decidedAt: Instant(microsecondsSinceEpoch: Int64(bitPattern: buffer.word(position + 24, UInt64.self))), answer: answer))
                     if wanted != nil { break }
                 }
                 position += 34 + answerLength
@@ -238,11 +247,13 @@ final class KeyRun: Sendable {
 
     // MARK: - Writing
 
-    /// Writes sorted keys as a run: a temporary file, fsync, rename, directory fsync.
+    /// Writes keys (in any order) as a run: sorted by digest, then a temporary file, fsync,
+    /// rename, directory fsync.
     static func write(_ keys: [ArchivedKey], id: UInt64, level: Int, in directory: String, bitsPerKey: Int, files: any JournalFiles) throws -> KeyRun {
+        let order = keys.indices.sorted { (keys[$0].low, keys[$0].high) < (keys[$1].low, keys[$1].high) }
         let builder = try Builder(id: id, level: level, capacity: keys.count, directory: directory, bitsPerKey: bitsPerKey, files: files)
         do {
-            for key in keys { try builder.add(key) }
+            for index in order { try builder.add(keys[index]) }
             return try builder.finish()!
         } catch {
             builder.abandon()
@@ -251,24 +262,25 @@ final class KeyRun: Sendable {
     }
 
     /// Merges runs into one, dropping keys decided at or before `forgetThrough` and
-    /// duplicates; nil if nothing is left.
+    /// duplicates; nil if nothing is left. Entries are copied as they are, not decoded.
     static func merge(_ runs: [KeyRun], id: UInt64, level: Int, forgetThrough: Instant, in directory: String, bitsPerKey: Int, files: any JournalFiles) throws -> KeyRun? {
         let builder = try Builder(id: id, level: level, capacity: runs.reduce(0) { $0 + $1.count }, directory: directory, bitsPerKey: bitsPerKey, files: files)
         do {
             var cursors = try runs.map { try Cursor(run: $0) }
             var last: (UInt64, UInt64)?
+            let forget = forgetThrough.microsecondsSinceEpoch
             while true {
-                var best: Int?
-                for index in cursors.indices {
-                    guard let head = cursors[index].head else { continue }
-                    if let chosen = best, let current = cursors[chosen].head, (current.low, current.high) <= (head.low, head.high) { continue }
-                    best = index
+                var best = -1
+                for index in cursors.indices where !cursors[index].done {
+                    if best < 0 || (cursors[index].low, cursors[index].high) < (cursors[best].low, cursors[best].high) { best = index }
                 }
-                guard let chosen = best, let key = cursors[chosen].head else { break }
-                try cursors[chosen].advance()
-                if let previous = last, previous == (key.low, key.high) { continue }
-                last = (key.low, key.high)
-                if key.decidedAt > forgetThrough { try builder.add(key) }
+                guard best >= 0 else { break }
+                let (low, high) = (cursors[best].low, cursors[best].high)
+                if last.map({ $0 != (low, high) }) ?? true, cursors[best].decided > forget {
+                    try cursors[best].withEntry { entry in try builder.addEncoded(low: low, high: high, decided: cursors[best].decided, entry: entry) }
+                }
+                last = (low, high)
+                try cursors[best].advance()
             }
             return try builder.finish()
         } catch {
@@ -277,33 +289,52 @@ final class KeyRun: Sendable {
         }
     }
 
+    /// Walks a run's entries in order, a page at a time, without decoding them.
     private struct Cursor {
         let run: KeyRun
-        var page = 0
-        var keys: [ArchivedKey] = []
+        var page = -1
+        var bytes: [UInt8] = []
         var position = 0
+        var done = false
+        var low: UInt64 = 0
+        var high: UInt64 = 0
+        var decided: Int64 = 0
 
         init(run: KeyRun) throws {
             self.run = run
-            try load()
+            try nextPage()
         }
 
-        var head: ArchivedKey? { position < keys.count ? keys[position] : nil }
+        private var entryLength: Int { 34 + Int(bytes.withUnsafeBytes { $0.word(position + 32, UInt16.self) }) }
+
+        func withEntry(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+            let length = entryLength
+            try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[position..<(position + length)])) }
+        }
 
         mutating func advance() throws {
-            position += 1
-            if position >= keys.count {
-                page += 1
-                try load()
-            }
+            position += entryLength
+            if position >= bytes.count { try nextPage() } else { readHead() }
         }
 
-        private mutating func load() throws {
-            keys = []
-            position = 0
-            while page < run.pageCount, keys.isEmpty {
-                keys = try run.readPage(page)
-                if keys.isEmpty { page += 1 }
+        private mutating func nextPage() throws {
+            repeat {
+                page += 1
+                guard page < run.pageCount else {
+                    done = true
+                    return
+                }
+                bytes = try run.readRawPage(page)
+                position = 8
+            } while position >= bytes.count
+            readHead()
+        }
+
+        private mutating func readHead() {
+            bytes.withUnsafeBytes { buffer in
+                low = buffer.word(position, UInt64.self)
+                high = buffer.word(position + 8, UInt64.self)
+                decided = Int64(bitPattern: buffer.word(position + 24, UInt64.self))
             }
         }
     }
@@ -337,26 +368,36 @@ final class KeyRun: Sendable {
             page.reserveCapacity(KeyRun.pageTarget + 512)
         }
 
+        private var entry: [UInt8] = []
+
         func add(_ key: ArchivedKey) throws {
             let answer = key.encodedAnswer
             guard answer.count <= Int(UInt16.max) else { throw JournalError("an answer of \(answer.count) bytes is too long to keep on disk") }
-            if page.count + 34 + answer.count > KeyRun.pageTarget, !page.isEmpty { try flushPage() }
+            entry.removeAll(keepingCapacity: true)
+            entry.appendLittleEndian(key.low)
+            entry.appendLittleEndian(key.high)
+            entry.appendLittleEndian(key.fingerprint)
+            entry.appendLittleEndian(UInt64(bitPattern: key.decidedAt.microsecondsSinceEpoch))
+            entry.appendLittleEndian(UInt16(answer.count))
+            entry.append(contentsOf: answer)
+            try entry.withUnsafeBytes { try addEncoded(low: key.low, high: key.high, decided: key.decidedAt.microsecondsSinceEpoch, entry: $0) }
+        }
+
+        /// Appends an entry already in its on-disk form (34 bytes and the answer).
+        func addEncoded(low: UInt64, high: UInt64, decided: Int64, entry: UnsafeRawBufferPointer) throws {
+            if page.count + entry.count > KeyRun.pageTarget, !page.isEmpty { try flushPage() }
             if page.isEmpty {
                 page.append(contentsOf: [UInt8](repeating: 0, count: 8))
-                firstLows.append(key.low)
+                firstLows.append(low)
             }
-            page.appendLittleEndian(key.low)
-            page.appendLittleEndian(key.high)
-            page.appendLittleEndian(key.fingerprint)
-            page.appendLittleEndian(UInt64(bitPattern: key.decidedAt.microsecondsSinceEpoch))
-            page.appendLittleEndian(UInt16(answer.count))
-            page.append(contentsOf: answer)
-            let filterKey = FilterKey(low: key.low, high: key.high)
+            page.append(contentsOf: entry)
+            let filterKey = FilterKey(low: low, high: high)
             let start = filterKey.blockStart(words: filter.count)
             for index in 0..<8 { filter[start + index] |= filterKey.mask[index] }
             count += 1
-            firstDecided = min(firstDecided, key.decidedAt)
-            lastDecided = max(lastDecided, key.decidedAt)
+            let instant = Instant(microsecondsSinceEpoch: decided)
+            firstDecided = min(firstDecided, instant)
+            lastDecided = max(lastDecided, instant)
         }
 
         private func flushPage() throws {
@@ -428,6 +469,13 @@ func syncDirectory(_ directory: String) throws {
     guard descriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }
     defer { Glibc.close(descriptor) }
     guard fsync(descriptor) == 0 else { throw JournalError("cannot sync \(directory): \(String(cString: strerror(errno)))") }
+}
+
+extension UnsafeRawBufferPointer {
+    @inline(__always)
+    func word<Value: FixedWidthInteger>(_ offset: Int, _ type: Value.Type) -> Value {
+        Value(littleEndian: loadUnaligned(fromByteOffset: offset, as: Value.self))
+    }
 }
 
 extension [UInt8] {

@@ -102,8 +102,11 @@ if operation == "checkpoint" {
     func micro(_ duration: Duration) -> Int { Int(seconds(duration) * 1e6) }
     print("\(ledger.openHoldCount) holds open, \(count) resolved: reserve before the copy \(micro(before)) µs; after it, first reserve \(micro(reserve)) µs, first commit \(micro(commit)) µs, next reserve \(micro(next)) µs; a flat dictionary of \(count) entries: first change after a copy \(micro(flatPause)) µs")
 } else if operation == "keys" {
-    // Spends under distinct keys with the default 24 h retention: every key stays remembered.
-    var ledger = Fixtures.large(accounts: 1, membersPerAccount: 1)
+    // Spends under distinct keys with the default 24 h retention, in a table large enough
+    // to keep them all in memory: what a key costs in the in-memory tier.
+    var limits = LedgerLimits()
+    limits.idempotencyKeysMax = max(limits.idempotencyKeysMax, count + 16)
+    var ledger = Fixtures.large(accounts: 1, membersPerAccount: 1, limits: limits)
     var now = ledger.clock
     let before = residentBytes()
     for index in 0..<count {

@@ -41,6 +41,13 @@ import TollgateServer
         #expect(configuration.retiredSettings.count == 1 && configuration.retiredSettings[0].contains("no longer does anything"))
         #expect(!ServerConfiguration.settingNames.contains("decisionThread"))
         #expect(throws: ConfigurationError.self) { try configuration.apply([("decisionThread", "sideways")], source: "file") }
+        // The old table's retention floor: nothing is refused any more, so it does nothing.
+        try configuration.apply([("idempotencyMinimumRetentionMinutes", "15")], source: "tollgate.yaml")
+        #expect(configuration.retiredSettings.count == 2 && configuration.retiredSettings[1].contains("idempotencyMinimumRetentionMinutes no longer does anything"))
+        #expect(!ServerConfiguration.settingNames.contains("idempotencyMinimumRetentionMinutes"))
+        try configuration.apply([("idempotencyDiskKeysMax", "5000000"), ("idempotencyDiskGigabytesMax", "4")], source: "file")
+        #expect(configuration.idempotencyDiskKeysMax == 5_000_000 && configuration.idempotencyDiskGigabytesMax == 4)
+        #expect(throws: ConfigurationError.self) { try configuration.apply([("idempotencyDiskKeysMax", "10")], source: "file") }
         // The async window must leave room for the flush interval.
         #expect(throws: ConfigurationError.self) {
             try configuration.apply([("journalFlushIntervalMilliseconds", "100"), ("journalAsyncWindowMilliseconds", "150")], source: "file")

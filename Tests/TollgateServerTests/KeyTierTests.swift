@@ -102,6 +102,47 @@ extension RawSocket {
         try await restarted.stop()
     }
 
+    /// One busy account fills every tier; no one's mutation is refused: the keys decided
+    /// first are forgotten early instead, and /metrics says which limit was reached.
+    @Test func fullTiersRefuseNoOneAndSaySo() async throws {
+        let server = try await TestServer.start {
+            $0.journalMode = .async
+            $0.checkpointIntervalSeconds = 0
+            $0.limits.idempotencyKeysMax = 50
+            $0.idempotencyDiskKeysMax = 1_000
+        }
+        let gate = try await server.client()
+        try await gate.setUpTeamPlan()
+        _ = try await gate.apply(.addGrant(AddGrant(account: "acme", amount: 100_000, effectiveAt: .epoch)))
+        _ = try await gate.apply(.createAccount(CreateAccount(account: "quiet")))
+        for round in 0..<3 {
+            for index in 0..<500 {
+                _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "busy-\(round)-\(index)")
+            }
+            // A checkpoint writes the waiting keys to disk, as the writer would with full batches.
+            try await OffPool.blocking("checkpoint") { try server.server.writeCheckpoint() }
+        }
+        // Another account's mutation, with the tiers past their limits, is decided.
+        let grant = try await gate.apply(.addGrant(AddGrant(account: "quiet", amount: 10, effectiveAt: .epoch)))
+        #expect(!grant.isRefused)
+        var reached = 0
+        for _ in 0..<200 {
+            reached = try await metric(server, "tollgate_idempotency_limit_reached{limit=\"keysMax\"}")
+            if reached == 1 { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(reached == 1)
+        #expect(try await metric(server, "tollgate_idempotency_keys_forgotten_early") > 0)
+        #expect(try await metric(server, "tollgate_idempotency_keys{tier=\"disk\"}") <= 1_000)
+        #expect(try await metric(server, "tollgate_requests_total{operation=\"spend\",outcome=\"limitReached\"}") == 0)
+        // The newest keys are still known.
+        let before = try await gate.balance(account: "acme").funds.pool
+        _ = try await gate.spend(account: "acme", member: "ana", product: "ai.preview", quantity: 1, key: "busy-2-499")
+        #expect(try await gate.balance(account: "acme").funds.pool == before, "a recent key is a retry")
+        await gate.close()
+        try await server.stop()
+    }
+
     @Test func aKeyPastItsRetentionIsANewRequestFromEitherTier() async throws {
         let data = NSTemporaryDirectory() + "tollgate-keys-\(UUID().uuidString)"
         let offset = ManagedAtomicInstant()
