@@ -34,12 +34,44 @@ final class KeyRun: Sendable {
     let lastDecided: Instant
     let path: String
     private let descriptor: Int32
-    private let filter: [UInt64]
+    /// The filter, 64-byte aligned so a key's block is one cache line.
+    let filter: FilterWords
     private let firstLows: [UInt64]
     /// Page offsets, and the index's offset last: page i spans offsets[i]..<offsets[i+1].
     private let offsets: [UInt64]
 
     var memoryBytes: Int { filter.count * 8 + firstLows.count * 8 + offsets.count * 8 + 256 }
+
+    /// Words in a buffer of their own, aligned to a cache line, for the lookups to read
+    /// without reference counting (`KeyArchive` keeps each run alive while it is listed).
+    final class FilterWords: @unchecked Sendable {
+        let base: UnsafeMutablePointer<UInt64>
+        let count: Int
+
+        init(_ words: [UInt64]) {
+            count = words.count
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: max(64, words.count * 8), alignment: 64)
+            base = raw.bindMemory(to: UInt64.self, capacity: max(8, words.count))
+            words.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: words.count) }
+        }
+
+        deinit { UnsafeMutableRawPointer(base).deallocate() }
+
+        var view: FilterView { FilterView(base: UnsafePointer(base), blocks: UInt64(count / 8)) }
+    }
+
+    /// A filter as the probe loop reads it: a pointer and a block count, no reference.
+    struct FilterView: @unchecked Sendable {
+        let base: UnsafePointer<UInt64>
+        let blocks: UInt64
+
+        @inline(__always)
+        func mayContain(_ key: FilterKey) -> Bool {
+            let start = Int(key.low.multipliedFullWidth(by: blocks).high) * 8
+            let block = UnsafeRawPointer(base + start).load(as: SIMD8<UInt64>.self)
+            return (key.mask & ~block) == SIMD8<UInt64>(repeating: 0)
+        }
+    }
 
     private init(
         id: UInt64, level: Int, count: Int, bytes: Int64, firstDecided: Instant, lastDecided: Instant, path: String, descriptor: Int32,
@@ -53,7 +85,7 @@ final class KeyRun: Sendable {
         self.lastDecided = lastDecided
         self.path = path
         self.descriptor = descriptor
-        self.filter = filter
+        self.filter = FilterWords(filter)
         self.firstLows = firstLows
         self.offsets = offsets
     }
@@ -94,13 +126,7 @@ final class KeyRun: Sendable {
         }
     }
 
-    func mayContain(_ key: FilterKey) -> Bool {
-        filter.withUnsafeBufferPointer { words in
-            let start = key.blockStart(words: words.count)
-            let block = UnsafeRawPointer(words.baseAddress! + start).loadUnaligned(as: SIMD8<UInt64>.self)
-            return (key.mask & ~block) == SIMD8<UInt64>(repeating: 0)
-        }
-    }
+    func mayContain(_ key: FilterKey) -> Bool { filter.view.mayContain(key) }
 
     func mayContain(low: UInt64, high: UInt64) -> Bool { mayContain(FilterKey(low: low, high: high)) }
 

@@ -306,7 +306,8 @@ public final class TollgateServer: Service, Sendable {
                 if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }
                 if ledger.hasEvictedKeys {
                     archive.add(ledger.takeEvictedKeys())
-                    archive.maintain()
+                    // Full batches are written as they fill; merging waits for the threads.
+                    while archive.waitingKeyCount >= archiveSettings.batchKeys, archive.writeFullBatch() {}
                 }
                 progress.advance()
             }
