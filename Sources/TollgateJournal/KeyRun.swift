@@ -52,7 +52,8 @@ final class KeyRun: Sendable {
             count = words.count
             let raw = UnsafeMutableRawPointer.allocate(byteCount: max(64, words.count * 8), alignment: 64)
             base = raw.bindMemory(to: UInt64.self, capacity: max(8, words.count))
-            words.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: words.count) }
+            base.initialize(repeating: 0, count: max(8, words.count))
+            words.withUnsafeBufferPointer { if let source = $0.baseAddress { base.update(from: source, count: words.count) } }
         }
 
         deinit { UnsafeMutableRawPointer(base).deallocate() }
