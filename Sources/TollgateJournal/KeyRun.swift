@@ -150,7 +150,7 @@ final class KeyRun: Sendable {
             let indexOffset = footer.u64(32)
             let words = footer.u64(40)
             let tail = UInt64(size - Self.footerSize)
-            guard pages <= tail / 16, words <= tail / 8, indexOffset <= tail, indexOffset + pages * 16 + words * 8 == tail, count <= tail,
+            guard pages <= tail / 16, words <= tail / 8, indexOffset <= tail, indexOffset + pages * 16 + words * 8 == tail, count <= indexOffset / 34,
                 words >= 8, words % 8 == 0, level < 64
             else { throw JournalError("\(path) has an inconsistent footer") }
             let body = try Self.readFully(descriptor, offset: Int(indexOffset), count: Int(tail - indexOffset), path: path)
