@@ -227,5 +227,26 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
     @Test func crc32cMatchesTheStandardCheckValue() {
         #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
         #expect(CRC32C.checksum([]) == 0)
+        let check = Array("123456789".utf8)
+        #expect(check.withUnsafeBytes { CRC32C.softwareChecksum($0) } == 0xE306_9283)
+    }
+
+    /// The instruction and the tables agree on every length, alignment and seed (where the CPU
+    /// has no instruction both calls are the tables, and this checks nothing new).
+    @Test func crc32cInHardwareMatchesTheTables() {
+        var generator = SeededGenerator(seed: 32)
+        let bytes = (0..<4_200).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var mismatches: [String] = []
+        bytes.withUnsafeBytes { buffer in
+            for length in [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 255, 1_000, 4_096, 4_100] {
+                for offset in [0, 1, 3, 5, 7] where offset + length <= buffer.count {
+                    let slice = UnsafeRawBufferPointer(rebasing: buffer[offset..<(offset + length)])
+                    for seed: UInt32 in [0, 0xFFFF_FFFF, 0x1234_5678] where CRC32C.checksum(slice, seed: seed) != CRC32C.softwareChecksum(slice, seed: seed) {
+                        mismatches.append("length \(length) offset \(offset) seed \(seed)")
+                    }
+                }
+            }
+        }
+        #expect(mismatches.isEmpty, "\(mismatches.prefix(5))")
     }
 }
