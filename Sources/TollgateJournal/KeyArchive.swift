@@ -401,12 +401,19 @@ public final class KeyArchive: Sendable {
     }
 
     private func write(_ batch: Batch) throws {
-        let sorted = batch.keys.sorted { ($0.low, $0.high) < ($1.low, $1.high) }
+        guard !batch.keys.isEmpty else {
+            state.withLock { state in
+                state.waiting.removeAll { $0 === batch }
+                if state.waiting.isEmpty { state.waiting.append(Batch(capacity: settings.batchKeys)) }
+            }
+            return
+        }
         let id = state.withLock { state in
             defer { state.nextRunID += 1 }
             return state.nextRunID
         }
-        let run = try KeyRun.write(sorted, id: id, level: 0, in: settings.directory, bitsPerKey: settings.bitsPerKey, files: settings.files)
+        // KeyRun.write sorts them by digest.
+        let run = try KeyRun.write(batch.keys, id: id, level: 0, in: settings.directory, bitsPerKey: settings.bitsPerKey, files: settings.files)
         state.withLock { state in
             state.runs.append(run)
             state.batchesWritten += 1
@@ -437,7 +444,7 @@ public final class KeyArchive: Sendable {
                 let keys = state.runs.reduce(0) { $0 + $1.count }
                 let bytes = state.runs.reduce(Int64(0)) { $0 + $1.bytes }
                 guard keys > settings.keysMax || bytes > settings.bytesMax else { break }
-                let oldest = state.runs.indices.min { state.runs[$0].lastDecided < state.runs[$1].lastDecided }!
+                guard let oldest = state.runs.indices.min(by: { state.runs[$0].lastDecided < state.runs[$1].lastDecided }) else { break }
                 let run = state.runs.remove(at: oldest)
                 let limit = keys > settings.keysMax ? "keysMax \(settings.keysMax)" : "bytesMax \(settings.bytesMax)"
                 state.statistics.forgottenEarly += run.count

@@ -281,7 +281,8 @@ final class KeyRun: Sendable {
         let builder = try Builder(id: id, level: level, capacity: keys.count, directory: directory, bitsPerKey: bitsPerKey, files: files)
         do {
             for index in order { try builder.add(keys[index]) }
-            return try builder.finish()!
+            guard let run = try builder.finish() else { throw JournalError("a run of no keys is not written") }
+            return run
         } catch {
             builder.abandon()
             throw error
