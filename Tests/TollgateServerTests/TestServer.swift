@@ -62,11 +62,13 @@ final class TestServer: Sendable {
     }
 
     func client(
-        connections: Int = 1, requestTimeoutMilliseconds: Int64 = 5_000, token: String = "", retries: Int = 3, tls: TLSOptions? = nil
+        connections: Int = 1, connectTimeoutMilliseconds: Int64 = 2_000, requestTimeoutMilliseconds: Int64 = 5_000, token: String = "",
+        retries: Int = 3, tls: TLSOptions? = nil
     ) async throws -> TollgateClient {
         try await TollgateClient.connect(
             .init(
-                port: port, token: token, connections: connections, requestTimeoutMilliseconds: requestTimeoutMilliseconds, retries: retries, tls: tls))
+                port: port, token: token, connections: connections, connectTimeoutMilliseconds: connectTimeoutMilliseconds,
+                requestTimeoutMilliseconds: requestTimeoutMilliseconds, retries: retries, tls: tls))
     }
 
     /// Graceful shutdown, as on SIGTERM; returns when the server has stopped.
