@@ -113,7 +113,7 @@ let package = Package(
         // The idempotency keys' tiers at scale: memory, disk, the decision path and retries.
         .executableTarget(
             name: "TollgateKeyBench",
-            dependencies: ["TollgateServer", "TollgateLedger", "TollgateWire", "TollgateJournal"]
+            dependencies: ["TollgateServer", "TollgateLedger", "TollgateLedgerTestSupport", "TollgateWire", "TollgateJournal"]
         ),
         // What TLS costs: handshakes per second, and latency with and without it.
         .executableTarget(

@@ -61,10 +61,7 @@ public enum Checkpoint {
             unlink(temporary)
             throw JournalError("cannot write the checkpoint \(path): \(String(cString: strerror(errno)))")
         }
-        let directoryDescriptor = open(directory, O_RDONLY)
-        guard directoryDescriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }
-        defer { close(directoryDescriptor) }
-        guard fsync(directoryDescriptor) == 0 else { throw JournalError("cannot sync \(directory): \(String(cString: strerror(errno)))") }
+        try syncDirectory(directory)
         return path
     }
 

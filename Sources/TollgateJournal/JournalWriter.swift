@@ -461,20 +461,12 @@ public final class JournalWriter: @unchecked Sendable {
             throw JournalError("cannot write \(path): \(reason)")
         }
         do {
-            try syncDirectory()
+            try syncDirectory(directory)
         } catch {
             files.close(created)
             throw error
         }
         descriptor = created
         segmentSize = header.count
-    }
-
-    /// A new segment is only there after a crash once its directory entry is synced.
-    private func syncDirectory() throws {
-        let directoryDescriptor = open(directory, O_RDONLY)
-        guard directoryDescriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }
-        defer { Glibc.close(directoryDescriptor) }
-        guard fsync(directoryDescriptor) == 0 else { throw JournalError("cannot sync \(directory): \(String(cString: strerror(errno)))") }
     }
 }

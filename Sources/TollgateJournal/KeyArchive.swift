@@ -147,7 +147,8 @@ public final class KeyArchive: Sendable {
                 unlink(path)
                 continue
             }
-            guard name.hasPrefix("keys-"), name.hasSuffix(".tgk"), let id = UInt64(name.dropFirst(5).dropLast(4), radix: 16) else { continue }
+            // Ids this archive would never reach (it counts up from 1) are not its files.
+            guard name.hasPrefix("keys-"), name.hasSuffix(".tgk"), let id = UInt64(name.dropFirst(5).dropLast(4), radix: 16), id < UInt64.max / 2 else { continue }
             loaded.nextRunID = max(loaded.nextRunID, id + 1)
             do {
                 loaded.runs.append(try KeyRun(path: path, id: id))
@@ -182,7 +183,7 @@ public final class KeyArchive: Sendable {
     public func probe(low: UInt64, high: UInt64, since earlier: Mark?) -> (probe: Probe, mark: Mark) {
         state.withLock { state in
             let mark = Mark(batchesWritten: state.batchesWritten, keysAdded: state.keysAdded)
-            if let earlier, earlier.batchesWritten == mark.batchesWritten, mark.keysAdded - earlier.keysAdded <= 256 {
+            if let earlier, earlier.batchesWritten == mark.batchesWritten, mark.keysAdded >= earlier.keysAdded, mark.keysAdded - earlier.keysAdded <= 256 {
                 var remaining = Int(mark.keysAdded - earlier.keysAdded)
                 for batch in state.waiting.reversed() where remaining > 0 {
                     for key in batch.keys.reversed().prefix(remaining) where key.low == low && key.high == high { return (.found(key), mark) }
@@ -427,7 +428,8 @@ public final class KeyArchive: Sendable {
     private func window(_ decided: Instant) -> Int64 {
         let micros = decided.microsecondsSinceEpoch
         let span = windowMicroseconds
-        return micros >= 0 ? micros / span : -((-micros + span - 1) / span)
+        // Rounded down; written so the most negative instant does not overflow.
+        return micros >= 0 ? micros / span : (micros + 1) / span - 1
     }
 
     /// Deletes runs whose every key is past the retention, then keeps the limits by forgetting
@@ -520,19 +522,23 @@ public final class KeyArchive: Sendable {
     }
 }
 
-/// A condition to sleep on until signalled or a timeout passes.
-final class WakeSignal: Sendable {
-    private let signalled = Mutex<Bool>(false)
+/// A condition to sleep on until signalled or a timeout passes (an `NSCondition`, as the
+/// journal writer's thread sleeps).
+final class WakeSignal: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var signalled = false
 
-    func signal() { signalled.withLock { $0 = true } }
+    func signal() {
+        condition.lock()
+        signalled = true
+        condition.signal()
+        condition.unlock()
+    }
 
-    /// Sleeps in short steps until signalled or the timeout; cheap enough for one thread.
     func wait(timeoutMilliseconds: Int) {
-        var waited = 0
-        while waited < timeoutMilliseconds {
-            if signalled.withLock({ flag in defer { flag = false }; return flag }) { return }
-            usleep(10_000)
-            waited += 10
-        }
+        condition.lock()
+        defer { condition.unlock() }
+        if !signalled { _ = condition.wait(until: Date(timeIntervalSinceNow: TimeInterval(timeoutMilliseconds) / 1_000)) }
+        signalled = false
     }
 }

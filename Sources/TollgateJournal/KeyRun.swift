@@ -68,7 +68,7 @@ final class KeyRun: Sendable {
 
         @inline(__always)
         func mayContain(_ key: FilterKey) -> Bool {
-            let start = Int(key.low.multipliedFullWidth(by: blocks).high) * 8
+            let start = key.blockStart(blocks: blocks)
             let block = UnsafeRawPointer(base + start).load(as: SIMD8<UInt64>.self)
             return (key.mask & ~block) == SIMD8<UInt64>(repeating: 0)
         }
@@ -120,10 +120,10 @@ final class KeyRun: Sendable {
             self.mask = mask
         }
 
-        /// The first word of the key's block in a filter of `words` words.
+        /// The first word of the key's block in a filter of `blocks` 512-bit blocks.
         @inline(__always)
-        func blockStart(words: Int) -> Int {
-            Int(low.multipliedFullWidth(by: UInt64(words / 8)).high) * 8
+        func blockStart(blocks: UInt64) -> Int {
+            Int(low.multipliedFullWidth(by: blocks).high) * 8
         }
     }
 
@@ -420,7 +420,7 @@ final class KeyRun: Sendable {
             }
             page.append(contentsOf: entry)
             let filterKey = FilterKey(low: low, high: high)
-            let start = filterKey.blockStart(words: filter.count)
+            let start = filterKey.blockStart(blocks: UInt64(filter.count / 8))
             for index in 0..<8 { filter[start + index] |= filterKey.mask[index] }
             count += 1
             let instant = Instant(microsecondsSinceEpoch: decided)
@@ -492,6 +492,8 @@ final class KeyRun: Sendable {
     }
 }
 
+/// A file created or renamed in `directory` is only there after a crash once the directory is
+/// synced: segments, checkpoints and runs of keys all end with this.
 func syncDirectory(_ directory: String) throws {
     let descriptor = open(directory, O_RDONLY)
     guard descriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import TollgateJournal
 import TollgateLedger
+import TollgateLedgerTestSupport
 import TollgateServer
 import TollgateWire
 
@@ -36,24 +37,6 @@ final class SimulatedClock: Sendable {
     private let value = Mutex<Int64>(1_800_000_000_000_000)
     var now: Instant { Instant(microsecondsSinceEpoch: value.withLock { $0 }) }
     func set(_ instant: Instant) { value.withLock { $0 = max($0, instant.microsecondsSinceEpoch) } }
-}
-
-/// glibc's malloc_trim, which the Glibc module does not export: returns freed memory to the
-/// system so the resident size counts what is in use.
-func trimMalloc() {
-    typealias Trim = @convention(c) (Int) -> Int32
-    if let symbol = dlsym(nil, "malloc_trim") { _ = unsafeBitCast(symbol, to: Trim.self)(0) }
-}
-
-func residentBytes() -> Int {
-    trimMalloc()
-    guard let file = fopen("/proc/self/statm", "r") else { return 0 }
-    defer { fclose(file) }
-    var buffer = [UInt8](repeating: 0, count: 128)
-    let read = fread(&buffer, 1, buffer.count - 1, file)
-    let fields = String(decoding: buffer[0..<read], as: UTF8.self).split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 
 func nanoseconds() -> UInt64 {
@@ -105,7 +88,7 @@ func archivedKey(_ index: Int) -> ArchivedKey {
 }
 
 print("tollgate-key-bench: \(keyCount) keys at \(rate)/s (\(keyCount / Int(rate)) s of traffic), retention \(retentionHours) h, in \(directory)")
-let baseline = residentBytes()
+let baseline = residentBytes(trimmingFreedMemory: true)
 let settings = KeyArchive.Settings(directory: directory, retentionMicroseconds: retention)
 let archive = try KeyArchive(settings: settings, clock: { start.now }) { message in print("archive: \(message)") }
 
@@ -148,7 +131,7 @@ do {
     writerCPU += cpuSeconds() - cpuBefore
 }
 let filled = archive.statistics
-let resident = residentBytes() - baseline
+let resident = residentBytes(trimmingFreedMemory: true) - baseline
 print("")
 print("filled in \(String(format: "%.1f", Double(nanoseconds() - fillStarted) / 1e9)) s; the writer (sort, write, fsync, merge) took \(String(format: "%.1f", Double(writerNanoseconds) / 1e9)) s wall, \(String(format: "%.1f", writerCPU)) s CPU")
 print("  writer per key: \(String(format: "%.2f", Double(writerNanoseconds) / Double(keyCount) / 1_000)) µs wall, \(String(format: "%.2f", writerCPU * 1e6 / Double(keyCount))) µs CPU -> one core sustains \(Int(Double(keyCount) / max(writerCPU, 1e-9))) keys/s")

@@ -16,17 +16,6 @@ let arguments = CommandLine.arguments
 let operation = arguments.count > 1 ? arguments[1] : "reserve+commit"
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 1_000_000 : 1_000_000
 
-/// Resident set size in bytes, from /proc/self/statm (its second field, in pages).
-func residentBytes() -> Int {
-    guard let file = fopen("/proc/self/statm", "r") else { return 0 }
-    defer { fclose(file) }
-    var buffer = [UInt8](repeating: 0, count: 128)
-    let read = fread(&buffer, 1, buffer.count - 1, file)
-    let fields = String(decoding: buffer[0..<read], as: UTF8.self).split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
-}
-
 func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
