@@ -242,7 +242,7 @@ final class KeyRun: Sendable {
                 let answerLength = Int(buffer.word(position + 32, UInt16.self))
                 let low = buffer.word(position, UInt64.self)
                 let high = buffer.word(position + 8, UInt64.self)
-                if wanted == nil || (wanted!.0 == low && wanted!.1 == high) {
+                if wanted.map({ $0.0 == low && $0.1 == high }) ?? true {
                     guard let answer = ArchivedKey.decodeAnswer(Array(buffer[(position + 34)..<(position + 34 + answerLength)])) else {
                         throw JournalError("\(path): page \(page) holds a damaged answer")
                     }
