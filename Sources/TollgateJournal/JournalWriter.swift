@@ -125,6 +125,9 @@ public final class JournalWriter: @unchecked Sendable {
     private var isStopped = false
 
     // Owned by the writer thread.
+    /// A written batch's buffer, kept (up to `spareCapacityMax`) to take the next records.
+    private var spare: ByteBuffer?
+    private static let spareCapacityMax = 4 << 20
     private var descriptor: Int32 = -1
     private var segmentSize = 0
     /// A failed write's bytes could not be cut back: nothing is written until they are.
@@ -344,8 +347,11 @@ public final class JournalWriter: @unchecked Sendable {
     /// whether the write failed.
     private func step() -> (stopped: Bool, failed: Bool) {
         condition.lock()
-        let batch = pending.buffer
-        pending.buffer = ByteBuffer()
+        var batch = pending.buffer
+        // The last batch's storage, emptied, takes the next records: appends under the ledger's
+        // lock do not allocate and regrow a buffer after every write.
+        pending.buffer = spare ?? ByteBuffer()
+        spare = nil
         let batchSince = pending.bufferedSince
         pending.bufferedSince = 0
         let through = pending.nextSequence - 1
@@ -361,6 +367,10 @@ public final class JournalWriter: @unchecked Sendable {
         condition.lock()
         switch result {
         case .success:
+            if batch.capacity <= Self.spareCapacityMax {
+                batch.clear()  // the only reference left: keeps its storage
+                spare = batch
+            }
             undurableSince.store(pending.bufferedSince, ordering: .relaxed)
             let durableNow = durableSequence
             answered = waiters.filter { $0.0 <= durableNow }.map(\.1)

@@ -8,9 +8,20 @@ import TollgateWire
 /// (opcodes, status names), so the number of series is bounded.
 public final class ServerMetrics: Sendable {
     private struct Key: Hashable {
-        var operation: String
+        var operation: UInt8
         var outcome: String
     }
+
+    /// Each opcode's name as its label says it, by raw value, made once.
+    private static let operationNames: [String] = {
+        var names = Array(repeating: "", count: 256)
+        for opcode in Opcode.allCases { names[Int(opcode.rawValue)] = opcode.name.lowercased() }
+        return names
+    }()
+
+    /// `tollgate_requests_total{outcome="ok"}` of every opcode, by raw value, made at start: the
+    /// answer nearly every request gets is counted without a lock or an allocation.
+    private let answeredOK: [CoreMetrics.Counter?]
 
     private let decisions = Mutex<[Key: CoreMetrics.Counter]>([:])
     private let errors = Mutex<[String: CoreMetrics.Counter]>([:])
@@ -30,6 +41,12 @@ public final class ServerMetrics: Sendable {
         journalHealthy = CoreMetrics.Gauge(label: "tollgate_journal_healthy")
         journalFailures = CoreMetrics.Gauge(label: "tollgate_journal_write_failures")
         certificateExpiry = CoreMetrics.Gauge(label: "tollgate_tls_certificate_not_after_seconds")
+        var answeredOK = [CoreMetrics.Counter?](repeating: nil, count: 256)
+        for opcode in Opcode.allCases {
+            answeredOK[Int(opcode.rawValue)] = CoreMetrics.Counter(
+                label: "tollgate_requests_total", dimensions: [("operation", Self.operationNames[Int(opcode.rawValue)]), ("outcome", "ok")])
+        }
+        self.answeredOK = answeredOK
     }
 
     /// A counter with fixed-set labels, made once and kept.
@@ -93,16 +110,22 @@ public final class ServerMetrics: Sendable {
 
     /// One request answered: its operation, its outcome (`ok` or a status name) and how long
     /// the server took from decoding it to writing the answer.
+    /// `ok` is counted by a counter made at start; other outcomes (refusals, errors, batches)
+    /// by counters made on first use and kept behind a lock.
     public func recordRequest(_ opcode: Opcode, outcome: String, nanoseconds: Int64) {
-        let key = Key(operation: opcode.name.lowercased(), outcome: outcome)
-        let counter = decisions.withLock { cache in
-            if let counter = cache[key] { return counter }
-            let counter = CoreMetrics.Counter(
-                label: "tollgate_requests_total", dimensions: [("operation", key.operation), ("outcome", key.outcome)])
-            cache[key] = counter
-            return counter
+        if outcome == "ok", let counter = answeredOK[Int(opcode.rawValue)] {
+            counter.increment()
+        } else {
+            let key = Key(operation: opcode.rawValue, outcome: outcome)
+            let counter = decisions.withLock { cache in
+                if let counter = cache[key] { return counter }
+                let counter = CoreMetrics.Counter(
+                    label: "tollgate_requests_total", dimensions: [("operation", Self.operationNames[Int(key.operation)]), ("outcome", key.outcome)])
+                cache[key] = counter
+                return counter
+            }
+            counter.increment()
         }
-        counter.increment()
         latency.recordNanoseconds(nanoseconds)
     }
 

@@ -133,7 +133,10 @@ import TollgateWire
         #expect(try await get("/healthz").hasPrefix("HTTP/1.1 200"))
         #expect(try await get("/readyz").contains("ready"))
         let metrics = try await get("/metrics")
-        #expect(metrics.contains("tollgate_requests_total{operation=\"ping\",outcome=\"ok\"}"))
+        // Every opcode's `ok` series exists from the start; the ping above counted in this one.
+        let pings = metrics.split(separator: "\n").first { $0.hasPrefix("tollgate_requests_total{operation=\"ping\",outcome=\"ok\"} ") }
+        #expect(pings.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true)
+        #expect(metrics.contains("tollgate_requests_total{operation=\"reserve\",outcome=\"ok\"}"))
         #expect(metrics.contains("tollgate_request_duration_seconds_bucket"))
         #expect(metrics.contains("tollgate_open_holds"))
         #expect(metrics.contains("tollgate_connections"))
