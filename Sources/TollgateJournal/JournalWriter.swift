@@ -105,11 +105,19 @@ public final class JournalWriter: @unchecked Sendable {
         var buffer = ByteBuffer()
         var nextSequence: UInt64
         var lastChecksum: UInt32
-        var waiters: [(UInt64, @Sendable (Result<Void, JournalError>) -> Void)] = []
+        var waiters: [Waiter] = []
         var stopping = false
         var stopped = false
         /// When the oldest record in `buffer` was appended (monotonic nanoseconds); 0 if none.
         var bufferedSince: UInt64 = 0
+    }
+
+    /// Someone waiting for a sequence to be on disk: told on `loop` if it has one (all of a
+    /// batch's waiters on one loop in one task), else on the writer's thread.
+    private struct Waiter {
+        var sequence: UInt64
+        var loop: (any EventLoop)?
+        var done: @Sendable (Result<Void, JournalError>) -> Void
     }
 
     private let condition = NSCondition()
@@ -158,7 +166,10 @@ public final class JournalWriter: @unchecked Sendable {
             try openSegment(firstSequence: scan.lastSequence + 1, previousChecksum: scan.lastChecksum)
         }
         guard startsThread else { return }
-        let thread = Thread { [weak self] in self?.run() }
+        let thread = Thread { [weak self] in
+            nameCurrentThread("tg-journal")
+            self?.run()
+        }
         thread.name = "tollgate-journal"
         self.thread = thread
         thread.start()
@@ -229,19 +240,61 @@ public final class JournalWriter: @unchecked Sendable {
     /// thread. In `sync` mode this wakes the writer. While the disk fails it keeps waiting;
     /// it is told `notKept` only if the writer stops without having written the record.
     public func whenDurable(_ sequence: UInt64, _ done: @escaping @Sendable (Result<Void, JournalError>) -> Void) {
-        if sequence <= durableSequence {
-            done(.success(()))
+        register(Waiter(sequence: sequence, loop: nil, done: done))
+    }
+
+    /// As `whenDurable`, but `done` runs on `loop` (at once, if the record is already on
+    /// disk and this is called on `loop`). The waiters a batch covers on one loop are told in
+    /// one task: one wake-up of that loop per fsync, not one per answer.
+    public func whenDurable(_ sequence: UInt64, on loop: any EventLoop, _ done: @escaping @Sendable (Result<Void, JournalError>) -> Void) {
+        register(Waiter(sequence: sequence, loop: loop, done: done))
+    }
+
+    private func register(_ waiter: Waiter) {
+        if waiter.sequence <= durableSequence {
+            Self.tell([waiter], .success(()))
             return
         }
         condition.lock()
         if pending.stopped {
             condition.unlock()
-            done(sequence <= durableSequence ? .success(()) : .failure(JournalError("the journal is closed", notKept: true)))
+            let result: Result<Void, JournalError> =
+                waiter.sequence <= durableSequence ? .success(()) : .failure(JournalError("the journal is closed", notKept: true))
+            Self.tell([waiter], result)
             return
         }
-        pending.waiters.append((sequence, done))
+        pending.waiters.append(waiter)
         condition.signal()
         condition.unlock()
+    }
+
+    /// Runs the waiters' callbacks: those without a loop here, those with one in one task per
+    /// loop (in the order they waited), or here if already on it.
+    private static func tell(_ waiters: [Waiter], _ result: Result<Void, JournalError>) {
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, dones: [@Sendable (Result<Void, JournalError>) -> Void])] = [:]
+        var order: [ObjectIdentifier] = []
+        for waiter in waiters {
+            guard let loop = waiter.loop else {
+                waiter.done(result)
+                continue
+            }
+            let id = ObjectIdentifier(loop)
+            if byLoop[id] == nil {
+                byLoop[id] = (loop, [])
+                order.append(id)
+            }
+            byLoop[id]!.dones.append(waiter.done)
+        }
+        for id in order {
+            guard let (loop, dones) = byLoop[id] else { continue }
+            if loop.inEventLoop {
+                for done in dones { done(result) }
+            } else {
+                loop.execute {
+                    for done in dones { done(result) }
+                }
+            }
+        }
     }
 
     /// Blocks until `sequence` is on disk, or false after the timeout (or if it never will be).
@@ -363,7 +416,7 @@ public final class JournalWriter: @unchecked Sendable {
 
         let result = flush(batch, through: through, checksum: throughChecksum)
 
-        var answered: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
+        var answered: [Waiter] = []
         condition.lock()
         switch result {
         case .success:
@@ -373,8 +426,8 @@ public final class JournalWriter: @unchecked Sendable {
             }
             undurableSince.store(pending.bufferedSince, ordering: .relaxed)
             let durableNow = durableSequence
-            answered = waiters.filter { $0.0 <= durableNow }.map(\.1)
-            waiters.removeAll { $0.0 <= durableNow }
+            answered = waiters.filter { $0.sequence <= durableNow }
+            waiters.removeAll { $0.sequence <= durableNow }
         case .failure:
             if batch.readableBytes > 0 {
                 // Keep the batch for the next attempt, ahead of anything appended since.
@@ -385,21 +438,21 @@ public final class JournalWriter: @unchecked Sendable {
             }
         }
         pending.waiters = waiters + pending.waiters
-        var unkept: [(@Sendable (Result<Void, JournalError>) -> Void)] = []
+        var unkept: [Waiter] = []
         if stopping {
             // Whatever is still unwritten is not kept: the process is going.
             pending.stopped = true
             if case .failure = result, needsCutBack, descriptor >= 0, files.truncate(descriptor, segmentSize) == 0 { needsCutBack = false }
-            unkept = pending.waiters.map(\.1)
+            unkept = pending.waiters
             pending.waiters = []
         }
         condition.unlock()
-        for done in answered { done(.success(())) }
+        Self.tell(answered, .success(()))
         let failed: Bool
         if case .failure = result { failed = true } else { failed = false }
         if stopping {
             let reason = failureReason ?? "the journal closed before writing it"
-            for done in unkept { done(.failure(JournalError("not kept: \(reason)", notKept: !needsCutBack))) }
+            Self.tell(unkept, .failure(JournalError("not kept: \(reason)", notKept: !needsCutBack)))
         }
         return (stopping, failed)
     }

@@ -360,6 +360,7 @@ public final class KeyArchive: Sendable {
     /// thread's nice value; raising it needs no privilege.
     public func start() {
         let writer = Thread { [self] in
+            nameCurrentThread("tg-keys-write")
             _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
             while !state.withLock({ $0.stopped }) {
                 if !writeFullBatch() { wake.wait(timeoutMilliseconds: 1_000) }
@@ -368,6 +369,7 @@ public final class KeyArchive: Sendable {
         writer.name = "tollgate-keys-write"
         writer.start()
         let merger = Thread { [self] in
+            nameCurrentThread("tg-keys-merge")
             _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
             while !state.withLock({ $0.stopped }) {
                 if !compact() { usleep(200_000) }

@@ -11,7 +11,7 @@ import Glibc
 //   perf record -e cpu-clock -g .build/release/tollgate-ledger-profile reserve+commit 2000000 [accounts]
 //   .build/release/tollgate-ledger-profile keys 1000000     # resident memory per remembered key
 //   .build/release/tollgate-ledger-profile checkpoint 1000000   # checkpoint pause, size and speed
-//   .build/release/tollgate-ledger-profile checkpoint-holds 200000   # the pause with holds open
+//   .build/release/tollgate-ledger-profile checkpoint-holds 300000 1000000   # the pause with holds open [accounts [repeats]]
 let arguments = CommandLine.arguments
 let operation = arguments.count > 1 ? arguments[1] : "reserve+commit"
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 1_000_000 : 1_000_000
@@ -50,7 +50,11 @@ if operation == "checkpoint" {
     // remembered: the first reserve and the first commit after the copy change both tables.
     // Beside it, in the same run, the baseline of a flat dictionary of as many 64-byte
     // entries, copied whole by its first change after a copy (what the tables were).
-    let accounts = max(1, count / 5_000)
+    // checkpoint-holds HOLDS [ACCOUNTS [REPEATS]]: the copy and the first changes after it
+    // REPEATS times (one copy alive at a time, as a checkpoint's), for a profiler; the figures
+    // printed are the longest of the repeats.
+    let accounts = arguments.count > 3 ? max(1, Int(arguments[3]) ?? 1) : max(1, count / 5_000)
+    let repeats = arguments.count > 4 ? max(1, Int(arguments[4]) ?? 1) : 1
     var ledger = Fixtures.large(accounts: accounts, membersPerAccount: 1)
     var now = ledger.clock
     var key = 0
@@ -78,18 +82,24 @@ if operation == "checkpoint" {
     }
     let request = DecisionRequest(account: "a0", member: "m0", product: "p", quantity: 1)
     let before = timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) }
-    let copy = ledger
-    let reserve = timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) }
-    let commit = timed { _ = apply(.commit(Commit(HoldReference(account: open[0].0, hold: open[0].1), amount: .held))) }
-    let next = timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) }
+    var copy = ledger
+    var reserve = Duration.zero, commit = Duration.zero, next = Duration.zero
+    for round in 0..<repeats {
+        copy = ledger
+        reserve = max(reserve, timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) })
+        let (account, hold) = open[round % open.count]
+        commit = max(commit, timed { _ = apply(.commit(Commit(HoldReference(account: account, hold: hold), amount: .held))) })
+        next = max(next, timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) })
+    }
     struct Entry: Hashable { var a: UInt64, b: UInt64, c: UInt64, d: UInt64, e: UInt64, f: UInt64, g: UInt64, h: UInt64 }
     var flat: [UInt64: Entry] = [:]
     for index in 0..<UInt64(count) { flat[index] = Entry(a: index, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
     let flatCopy = flat
     let flatPause = timed { flat[UInt64(count)] = Entry(a: 0, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
     precondition(flatCopy.count + 1 == flat.count && copy.openHoldCount + 1 == ledger.openHoldCount)
+    let accountsNote = "\(accounts) accounts, "
     func micro(_ duration: Duration) -> Int { Int(seconds(duration) * 1e6) }
-    print("\(ledger.openHoldCount) holds open, \(count) resolved: reserve before the copy \(micro(before)) µs; after it, first reserve \(micro(reserve)) µs, first commit \(micro(commit)) µs, next reserve \(micro(next)) µs; a flat dictionary of \(count) entries: first change after a copy \(micro(flatPause)) µs")
+    print("\(accountsNote)\(ledger.openHoldCount) holds open, \(count) resolved\(repeats > 1 ? ", longest of \(repeats) copies" : ""): reserve before the copy \(micro(before)) µs; after it, first reserve \(micro(reserve)) µs, first commit \(micro(commit)) µs, next reserve \(micro(next)) µs; a flat dictionary of \(count) entries: first change after a copy \(micro(flatPause)) µs")
 } else if operation == "keys" {
     // Spends under distinct keys with the default 24 h retention, in a table large enough
     // to keep them all in memory: what a key costs in the in-memory tier.

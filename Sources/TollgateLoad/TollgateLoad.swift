@@ -17,7 +17,7 @@ import Glibc
 struct TollgateLoad: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tollgate-load", abstract: "Drive tollgated (or the echo floor) and report latency and throughput.",
-        subcommands: [Run.self, Setup.self, EchoServer.self, Plot.self])
+        subcommands: [Run.self, Setup.self, EchoServer.self, Plot.self, FsyncProbe.self])
 }
 
 struct Target: ParsableArguments {
@@ -205,12 +205,12 @@ struct Run: AsyncParsableCommand {
         let report = Report(
             label: label.isEmpty ? `protocol` : label, mode: closed ? "closed(depth \(depth))" : "open(\(poisson ? "poisson" : "constant"))", offered: closed ? nil : rate,
             seconds: duration, connections: connections, batch: workload.batch, operation: operation, accounts: accounts, accountCount: workload.accountCount,
-            measured: total, cpus: allowedCPUs())
+            measured: total, cpus: Self.allowedCPUs())
         print(json ? report.json : report.text)
     }
 
     /// The CPUs this process may run on (taskset), from /proc/self/status.
-    func allowedCPUs() -> String {
+    static func allowedCPUs() -> String {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
             let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") })
         else { return "?" }

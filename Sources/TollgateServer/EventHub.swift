@@ -145,6 +145,7 @@ public final class EventHub: Sendable {
         }
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             let thread = Thread { [self] in
+                nameCurrentThread("tg-events")
                 while let batches = queue.takeAll(timeout: Self.retryInterval) {
                     for batch in batches where kept(batch.covering) { process(batch.events) }
                     if !hubOwned.unlogged.isEmpty { writeUnlogged() }

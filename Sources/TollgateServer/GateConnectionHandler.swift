@@ -66,6 +66,8 @@ final class GateConnectionHandler: ChannelInboundHandler {
     /// Answers decided but not yet written: waiting for the journal to keep what they show,
     /// or for the history thread. They count toward the in-flight limit with the others.
     private var awaitingAnswers = 0
+    /// A flush of deferred answers is queued on the loop.
+    private var flushScheduled = false
     /// `async` mode's window in nanoseconds: past it, answers wait for the journal.
     private let asyncWindowNanoseconds: UInt64
     private var draining = false
@@ -283,7 +285,10 @@ final class GateConnectionHandler: ChannelInboundHandler {
     /// server is draining. Nil: the outcome cannot be told (the journal stopped without
     /// knowing whether the record is kept), so the connection closes without an answer and
     /// the client retries with the same key.
-    private func sendDeferred(context: ChannelHandlerContext, _ answer: WireResponse?, to request: WireRequest, requestID: UInt32, started: UInt64) {
+    /// `flushesSoon`: answers that arrive together (an fsync's worth) share one flush.
+    private func sendDeferred(
+        context: ChannelHandlerContext, _ answer: WireResponse?, to request: WireRequest, requestID: UInt32, started: UInt64, flushesSoon: Bool = false
+    ) {
         awaitingAnswers -= 1
         guard context.channel.isActive, !closing || draining else { return }
         guard let answer else {
@@ -293,14 +298,24 @@ final class GateConnectionHandler: ChannelInboundHandler {
         }
         write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
         metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
-        deferredAnswerSent(context: context)
+        deferredAnswerSent(context: context, soon: flushesSoon)
     }
 
     /// After an answer written outside a read burst: flush it, or, when draining and nothing
-    /// more is owed, flush and close.
-    private func deferredAnswerSent(context: ChannelHandlerContext) {
+    /// more is owed, flush and close. `soon`: in a task after the current one, so that the
+    /// answers told together leave in one write.
+    private func deferredAnswerSent(context: ChannelHandlerContext, soon: Bool = false) {
         if draining {
             if awaitingAnswers == 0 { flushThenClose(context: context) }
+        } else if soon {
+            guard !flushScheduled else { return }
+            flushScheduled = true
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.execute {
+                let (handler, context) = loopBound.value
+                handler.flushScheduled = false
+                handler.flush(context: context)
+            }
         } else {
             flush(context: context)
         }
@@ -422,17 +437,15 @@ final class GateConnectionHandler: ChannelInboundHandler {
         sequence: UInt64, journal: JournalWriter
     ) {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        journal.whenDurable(sequence) { result in
-            eventLoop.execute {
-                let (handler, context) = loopBound.value
-                let answer: WireResponse?
-                switch result {
-                case .success: answer = response
-                case .failure(let error): answer = error.notKept ? .error(WireError(.unavailable, "not kept: \(error.description)")) : nil
-                }
-                handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started)
+        // Told on this loop, with every other answer the same fsync covers here in one task.
+        journal.whenDurable(sequence, on: context.eventLoop) { result in
+            let (handler, context) = loopBound.value
+            let answer: WireResponse?
+            switch result {
+            case .success: answer = response
+            case .failure(let error): answer = error.notKept ? .error(WireError(.unavailable, "not kept: \(error.description)")) : nil
             }
+            handler.sendDeferred(context: context, answer, to: request, requestID: requestID, started: started, flushesSoon: true)
         }
     }
 

@@ -1,4 +1,6 @@
 import Foundation
+import NIOPosix
+import Synchronization
 import Testing
 import TollgateJournal
 import TollgateLedger
@@ -248,5 +250,57 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
             }
         }
         #expect(mismatches.isEmpty, "\(mismatches.prefix(5))")
+    }
+}
+
+/// Sync mode's answers: the waiters a batch covers on one event loop are told on that loop,
+/// in the order they waited.
+@Suite struct DurableOnLoopTests {
+    struct Told: Sendable, Equatable {
+        var sequence: UInt64
+        var onLoop: Bool
+        var kept: Bool
+    }
+
+    @Test func waitersAreToldOnTheirLoopInOrder() async throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let entries = sampleRecords(60)
+        let told: [Told] = try await OffPool.blocking {
+            let writer = try JournalWriter(directory: directory, mode: .sync, after: try Journal.scan(directory: directory, repair: true) { _ in })
+            let seen = Mutex<[Told]>([])
+            let all = DispatchSemaphore(value: 0)
+            for (index, entry) in entries.enumerated() {
+                let sequence = writer.append(entry.command, key: entry.key, instant: entry.at)
+                writer.whenDurable(sequence, on: loop) { result in
+                    let kept: Bool
+                    if case .success = result { kept = true } else { kept = false }
+                    let count = seen.withLock {
+                        $0.append(Told(sequence: sequence, onLoop: loop.inEventLoop, kept: kept))
+                        return $0.count
+                    }
+                    if count == entries.count { all.signal() }
+                }
+                if index % 7 == 0 { usleep(200) }  // several batches
+            }
+            guard all.wait(timeout: .now() + 30) == .success else { return [] }
+            // A record already on disk, asked about from off the loop: told on the loop.
+            let late = DispatchSemaphore(value: 0)
+            writer.whenDurable(UInt64(entries.count), on: loop) { result in
+                let kept: Bool
+                if case .success = result { kept = true } else { kept = false }
+                seen.withLock { $0.append(Told(sequence: 0, onLoop: loop.inEventLoop, kept: kept)) }
+                late.signal()
+            }
+            _ = late.wait(timeout: .now() + 30)
+            writer.close()
+            return seen.withLock { $0 }
+        }
+        try await group.shutdownGracefully()
+        try #require(told.count == entries.count + 1, "every waiter is told")
+        #expect(told.dropLast().map(\.sequence) == Array(1...UInt64(entries.count)), "in the order they waited")
+        #expect(told.allSatisfy { $0.onLoop && $0.kept })
     }
 }
