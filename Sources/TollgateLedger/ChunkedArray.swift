@@ -1,11 +1,15 @@
-/// An array kept in chunks of 4,096 elements, for the ledger's big tables.
+/// An array kept in chunks of 1,024 elements, for the ledger's big tables.
 ///
 /// A copy of the ledger (a checkpoint takes one) shares storage with the original until
 /// either changes; with one flat array, the first change after the copy would copy the whole
 /// table — measured at 1.2 s for a million accounts. Here it copies the list of chunks and the
 /// one chunk it touches. `removeFirst` is cheap too, so the type also serves as a queue.
+/// Smaller chunks make that copy smaller and the list longer: 4,096-element chunks of a
+/// million accounts' records made the first reserve after a copy take milliseconds; 512 was
+/// no faster there, and every chunk a growing table starts is an allocation (bench/README.md,
+/// "Checkpoints").
 struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, MutableCollection, Hashable, Sendable, ExpressibleByArrayLiteral {
-    private static var shift: Int { 12 }
+    private static var shift: Int { 10 }
     private static var chunkSize: Int { 1 << shift }
 
     private var chunks: [[Element]] = []

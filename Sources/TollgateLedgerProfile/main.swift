@@ -83,14 +83,17 @@ if operation == "checkpoint" {
     let request = DecisionRequest(account: "a0", member: "m0", product: "p", quantity: 1)
     let before = timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) }
     var copy = ledger
-    var reserve = Duration.zero, commit = Duration.zero, next = Duration.zero
+    func micro(_ duration: Duration) -> Int { Int(seconds(duration) * 1e6) }
+    var reserves: [Duration] = [], commits: [Duration] = [], nexts: [Duration] = []
     for round in 0..<repeats {
         copy = ledger
-        reserve = max(reserve, timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) })
+        reserves.append(timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) })
         let (account, hold) = open[round % open.count]
-        commit = max(commit, timed { _ = apply(.commit(Commit(HoldReference(account: account, hold: hold), amount: .held))) })
-        next = max(next, timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) })
+        commits.append(timed { _ = apply(.commit(Commit(HoldReference(account: account, hold: hold), amount: .held))) })
+        nexts.append(timed { _ = apply(.reserve(Reserve(request, ttlMicroseconds: Microseconds.perMinute))) })
     }
+    let reserve = reserves.max()!, commit = commits.max()!, next = nexts.max()!
+    let medians = repeats > 1 ? " (first copy \(micro(reserves[0])) µs, the longest of the others \(micro(reserves.dropFirst().max()!)) µs; medians \(micro(reserves.sorted()[repeats / 2])), \(micro(commits.sorted()[repeats / 2])), \(micro(nexts.sorted()[repeats / 2])) µs)" : ""
     struct Entry: Hashable { var a: UInt64, b: UInt64, c: UInt64, d: UInt64, e: UInt64, f: UInt64, g: UInt64, h: UInt64 }
     var flat: [UInt64: Entry] = [:]
     for index in 0..<UInt64(count) { flat[index] = Entry(a: index, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
@@ -98,8 +101,7 @@ if operation == "checkpoint" {
     let flatPause = timed { flat[UInt64(count)] = Entry(a: 0, b: 0, c: 0, d: 0, e: 0, f: 0, g: 0, h: 0) }
     precondition(flatCopy.count + 1 == flat.count && copy.openHoldCount + 1 == ledger.openHoldCount)
     let accountsNote = "\(accounts) accounts, "
-    func micro(_ duration: Duration) -> Int { Int(seconds(duration) * 1e6) }
-    print("\(accountsNote)\(ledger.openHoldCount) holds open, \(count) resolved\(repeats > 1 ? ", longest of \(repeats) copies" : ""): reserve before the copy \(micro(before)) µs; after it, first reserve \(micro(reserve)) µs, first commit \(micro(commit)) µs, next reserve \(micro(next)) µs; a flat dictionary of \(count) entries: first change after a copy \(micro(flatPause)) µs")
+    print("\(accountsNote)\(ledger.openHoldCount) holds open, \(count) resolved\(repeats > 1 ? ", longest of \(repeats) copies" : ""): reserve before the copy \(micro(before)) µs; after it, first reserve \(micro(reserve)) µs, first commit \(micro(commit)) µs, next reserve \(micro(next)) µs\(medians); a flat dictionary of \(count) entries: first change after a copy \(micro(flatPause)) µs")
 } else if operation == "keys" {
     // Spends under distinct keys with the default 24 h retention, in a table large enough
     // to keep them all in memory: what a key costs in the in-memory tier.
