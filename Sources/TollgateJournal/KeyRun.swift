@@ -380,6 +380,8 @@ final class KeyRun: Sendable {
         private var offsets: [UInt64] = []
         private var page: [UInt8] = []
         private var written: UInt64 = 0
+        /// Where the last fdatasync of this file left off.
+        private var synced: UInt64 = 0
         private var count = 0
         private var firstDecided = Instant(microsecondsSinceEpoch: .max)
         private var lastDecided = Instant(microsecondsSinceEpoch: .min)
@@ -441,7 +443,17 @@ final class KeyRun: Sendable {
             let result = bytes.withUnsafeBytes { files.write(descriptor, $0) }
             guard result == bytes.count else { throw JournalError("cannot write \(path).tmp: \(String(cString: strerror(errno)))") }
             written += UInt64(bytes.count)
+            // Never more than a little unsynced: the journal's fdatasync on the same file system
+            // can wait for every dirty page of the file system's running transaction, so a run
+            // of tens of MiB synced only at the end held `sync` answers for tens of ms
+            // (bench/README.md, "Keys on disk and the journal's fsync").
+            if written - synced >= Self.syncEvery {
+                guard files.sync(descriptor) == 0 else { throw JournalError("cannot sync \(path).tmp: \(String(cString: strerror(errno)))") }
+                synced = written
+            }
         }
+
+        static let syncEvery: UInt64 = 1 << 20
 
         /// Writes the index, filter and footer, syncs and renames; nil if no key was added.
         func finish() throws -> KeyRun? {

@@ -182,6 +182,49 @@ import Glibc
         func sync(_ descriptor: Int32) -> Int32 { SystemJournalFiles().sync(descriptor) }
     }
 
+    /// Files that note, per descriptor, the most bytes written between two syncs.
+    final class SyncCountingFiles: JournalFiles, Sendable {
+        private let state = Mutex<(unsynced: [Int32: Int], most: Int, total: Int)>(([:], 0, 0))
+        var mostUnsynced: Int { state.withLock { $0.most } }
+        var totalWritten: Int { state.withLock { $0.total } }
+        func write(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) -> Int {
+            let written = SystemJournalFiles().write(descriptor, bytes)
+            if written > 0 {
+                state.withLock {
+                    $0.unsynced[descriptor, default: 0] += written
+                    $0.total += written
+                    $0.most = max($0.most, $0.unsynced[descriptor]!)
+                }
+            }
+            return written
+        }
+        func sync(_ descriptor: Int32) -> Int32 {
+            state.withLock { $0.unsynced[descriptor] = 0 }
+            return SystemJournalFiles().sync(descriptor)
+        }
+    }
+
+    /// A run is synced as it is written, so that the journal's fdatasync on the same file
+    /// system never waits behind many MiB of a run's dirty pages.
+    @Test func aLargeRunIsSyncedAsItIsWritten() async throws {
+        try await OffPool.cpu {
+            let clock = Clock()
+            let files = SyncCountingFiles()
+            var countingSettings = settings(directory(), batch: 60_000)
+            countingSettings.files = files
+            let archive = try KeyArchive(settings: countingSettings, clock: { clock.now })
+            let all = keys(0..<60_000, decided: clock.now)
+            archive.add(all)
+            _ = archive.maintain()
+            try archive.persist()
+            #expect(archive.statistics.keysOnDisk == all.count)
+            #expect(files.totalWritten > 3 << 20, "the run is several MiB: \(files.totalWritten) bytes")
+            // A page or the index and filter may cross the mark: at most a little past 1 MiB.
+            #expect(files.mostUnsynced <= (1 << 20) + (256 << 10), "at most \(files.mostUnsynced) bytes written before a sync")
+            for key in all.prefix(20) { #expect(try archive.read(low: key.low, high: key.high) == key) }
+        }
+    }
+
     @Test func aFailingDiskKeepsKeysWaitingAndFindableUntilItRecovers() async throws {
         try await OffPool.cpu {
             let clock = Clock()
