@@ -271,28 +271,23 @@ public final class JournalWriter: @unchecked Sendable {
     /// Runs the waiters' callbacks: those without a loop here, those with one in one task per
     /// loop (in the order they waited), or here if already on it.
     private static func tell(_ waiters: [Waiter], _ result: Result<Void, JournalError>) {
-        var byLoop: [ObjectIdentifier: (loop: any EventLoop, dones: [@Sendable (Result<Void, JournalError>) -> Void])] = [:]
-        var order: [ObjectIdentifier] = []
+        var groups: [(loop: any EventLoop, dones: [@Sendable (Result<Void, JournalError>) -> Void])] = []
         for waiter in waiters {
             guard let loop = waiter.loop else {
                 waiter.done(result)
                 continue
             }
-            let id = ObjectIdentifier(loop)
-            if byLoop[id] == nil {
-                byLoop[id] = (loop, [])
-                order.append(id)
+            if let index = groups.firstIndex(where: { $0.loop === loop }) {
+                groups[index].dones.append(waiter.done)
+            } else {
+                groups.append((loop, [waiter.done]))
             }
-            byLoop[id]!.dones.append(waiter.done)
         }
-        for id in order {
-            guard let (loop, dones) = byLoop[id] else { continue }
+        for (loop, dones) in groups {
             if loop.inEventLoop {
                 for done in dones { done(result) }
             } else {
-                loop.execute {
-                    for done in dones { done(result) }
-                }
+                loop.execute { for done in dones { done(result) } }
             }
         }
     }

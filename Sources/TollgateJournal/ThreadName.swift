@@ -8,10 +8,11 @@ import Glibc
 /// bytes; longer names are cut. Best effort: a failure leaves the inherited name.
 public func nameCurrentThread(_ name: String) {
     #if os(Linux)
+    let bytes = Array(name.utf8.prefix(15))
+    guard !bytes.isEmpty else { return }
     let descriptor = open("/proc/thread-self/comm", O_WRONLY)
     guard descriptor >= 0 else { return }
     defer { close(descriptor) }
-    let bytes = Array(name.utf8.prefix(15))
     _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress!, $0.count) }
     #endif
 }
