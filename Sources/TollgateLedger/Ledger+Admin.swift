@@ -121,8 +121,9 @@ extension Ledger {
         return .done
     }
 
-    /// Removing a member with open holds is refused. Its groups stop counting its consumption,
-    /// and grants scoped to it are voided, since no one else can draw them.
+    /// Removing a member with open holds is refused. It leaves its groups (what it consumed in
+    /// them stays counted this period), and grants scoped to it are voided, since no one else
+    /// can draw them.
     mutating func removeMember(_ account: String, member: String, at now: Instant) -> Answer {
         let slot: Int32
         switch memberSlot(account, member) {
@@ -136,7 +137,7 @@ extension Ledger {
         seatMemberRemoving(slot, account: members[index].account, at: now)
         dropAlerts(member: slot, account: members[index].account)
         if Int(slot) < memberBurn.count { memberBurn[Int(slot)] = BurnWindow() }
-        for group in members[index].groups { leave(group: group, member: slot, at: now) }
+        for group in members[index].groups { leave(group: group, member: slot) }
         for grant in members[index].grantOrder { endGrant(grant, as: .voided) }
         if members[index].pendingGrants > 0 {
             for grant in grants.indices where grants[grant].isLive && grants[grant].member == slot {
@@ -180,6 +181,9 @@ extension Ledger {
         return .done
     }
 
+    /// Members leave the group and its name is free again (a new group of that name starts at 0).
+    /// Open holds made in it are not refused: they resolve against the closed group's record,
+    /// which no later decision reads.
     mutating func deleteGroup(_ account: String, group: String, at now: Instant) -> Answer {
         let slots: (account: Int32, group: Int32)
         switch groupSlot(account, group) {
@@ -187,7 +191,7 @@ extension Ledger {
         case .success(let value): slots = value
         }
         for member in members.indices where members[member].isLive && members[member].groups.contains(slots.group) {
-            leave(group: slots.group, member: Int32(member), at: now)
+            leave(group: slots.group, member: Int32(member))
         }
         groups[Int(slots.group)].isLive = false
         accounts[Int(slots.account)].groupSlots.removeValue(forKey: HashedString(group))
@@ -204,8 +208,9 @@ extension Ledger {
         }
     }
 
-    /// The member's consumption this period and what it holds now start counting against the
-    /// group's cap.
+    /// From now on the member's decisions count against the group. What it consumed before, or
+    /// holds now (holds made outside the group), is not imported: a group's consumption is what
+    /// was decided for its members while they were in it.
     mutating func addToGroup(_ account: String, group: String, member: String, at now: Instant) -> Answer {
         let groupSlot: Int32
         switch self.groupSlot(account, group) {
@@ -224,10 +229,6 @@ extension Ledger {
         guard members[memberIndex].groups.count < limits.groupsPerMemberMax else {
             return refused(LedgerError(.limitReached, level: .member, subject: "groups per member"))
         }
-        let period = accounts[Int(members[memberIndex].account)].period
-        members[memberIndex].usage.roll(to: now, period: period)
-        groups[Int(groupSlot)].usage.roll(to: now, period: period)
-        groups[Int(groupSlot)].usage.add(held: members[memberIndex].usage.held, consumed: members[memberIndex].usage.consumed)
         groups[Int(groupSlot)].memberCount += 1
         members[memberIndex].groups.append(groupSlot)
         return .done
@@ -245,21 +246,17 @@ extension Ledger {
         case .success(let value): memberSlot = value.member
         }
         guard members[Int(memberSlot)].groups.contains(groupSlot) else {
-            return refused(LedgerError(.unknownGroup, level: .group, subject: "\(member) is not in \(group)"))
+            return refused(LedgerError(.notInGroup, level: .group, subject: "\(member) is not in \(group)"))
         }
-        leave(group: groupSlot, member: memberSlot, at: now)
+        leave(group: groupSlot, member: memberSlot)
         return .done
     }
 
-    private mutating func leave(group: Int32, member: Int32, at now: Instant) {
-        let memberIndex = Int(member)
-        let period = accounts[Int(members[memberIndex].account)].period
-        members[memberIndex].usage.roll(to: now, period: period)
-        groups[Int(group)].usage.roll(to: now, period: period)
-        groups[Int(group)].usage.consumed -= members[memberIndex].usage.consumed
-        groups[Int(group)].usage.held -= members[memberIndex].usage.held
+    /// The member's later decisions stop counting against the group. What was consumed in it
+    /// stays consumed this period, and holds made while in it stay counted until resolved.
+    private mutating func leave(group: Int32, member: Int32) {
         groups[Int(group)].memberCount -= 1
-        members[memberIndex].groups.removeAll { $0 == group }
+        members[Int(member)].groups.removeAll { $0 == group }
     }
 
     // MARK: - Grants

@@ -214,6 +214,14 @@ extension Ledger {
             committed: hold.committed, createdAt: hold.createdAt, deadline: hold.deadline)
     }
 
+    /// What a group of the account has consumed this period and holds at `now`: what was
+    /// decided for its members while they were in it. Nil for an unknown account or group.
+    public func groupUsage(account: String, group: String, at now: Instant) -> LevelUsage? {
+        guard case .success(let slots) = groupSlot(account, group) else { return nil }
+        let record = groups[Int(slots.group)]
+        return usage(.group, record.id, record.capLimit, record.usage, max(now, clock))
+    }
+
     public var openHoldCount: Int { holds.count }
     public var accountCount: Int { accounts.count }
     public var memberCount: Int { liveMemberCount }

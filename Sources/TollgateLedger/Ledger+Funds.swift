@@ -176,8 +176,9 @@ extension Ledger {
 
     // MARK: - Usage counters
 
-    /// Adds to held and consumed at every level of the chain: the member, each of its groups,
-    /// the account and the parent. Each counter first rolls into the current period.
+    /// Adds to held and consumed at every level of the chain: the member, each group the chain
+    /// counts against (what a group has consumed is what was decided for its members while they
+    /// were in it), the account and the parent. Each counter first rolls into the current period.
     mutating func addUsage(_ chain: Chain, held: Credits, consumed: Credits, at now: Instant) {
         let account = Int(chain.account)
         let period = accounts[account].period
@@ -185,7 +186,7 @@ extension Ledger {
             let member = Int(chain.member)
             members[member].usage.roll(to: now, period: period)
             members[member].usage.add(held: held, consumed: consumed)
-            for group in members[member].groups {
+            for group in chain.groups {
                 groups[Int(group)].usage.roll(to: now, period: period)
                 groups[Int(group)].usage.add(held: held, consumed: consumed)
             }

@@ -5,6 +5,9 @@ struct Chain: Hashable, Sendable {
     var member: Int32
     /// `noSlot` when the account has no parent.
     var parent: Int32
+    /// The groups the decision counts against: the member's groups now for a new decision, the
+    /// groups it was in when the hold was made for anything done to a hold.
+    var groups: [Int32] = []
 }
 
 /// A request that has been resolved and priced, with the headroom before it.
@@ -78,7 +81,7 @@ extension Ledger {
         holds[HoldKey(id)] = HoldRecord(
             id: id, account: chain.account, member: chain.member, product: reserve.request.product,
             quantity: reserve.request.quantity, creditsPerUnit: priced.creditsPerUnit, original: priced.cost,
-            held: priced.cost, createdAt: now, deadline: deadline, draws: draws)
+            held: priced.cost, createdAt: now, deadline: deadline, draws: draws, groups: chain.groups)
         accounts[Int(chain.account)].openHolds += 1
         if chain.member != noSlot { members[Int(chain.member)].openHolds += 1 }
         schedule(.holdDeadline(id), at: deadline)
@@ -209,8 +212,11 @@ extension Ledger {
         return .failure(LedgerError(.unknownHold, level: .request, subject: String(reference.hold)))
     }
 
+    /// A hold counts against the groups its member was in when it was made, whatever has
+    /// happened to the membership since, and against the parent it had then (SET_PARENT is
+    /// refused while an account has open holds).
     func chain(of hold: HoldRecord) -> Chain {
-        Chain(account: hold.account, member: hold.member, parent: accounts[Int(hold.account)].parent)
+        Chain(account: hold.account, member: hold.member, parent: accounts[Int(hold.account)].parent, groups: hold.groups)
     }
 
     func resolveChain(account: String, member: String?) -> Result<Chain, LedgerError> {
@@ -218,13 +224,15 @@ extension Ledger {
             return .failure(LedgerError(.unknownAccount, level: .account, subject: account))
         }
         var memberSlot = noSlot
+        var groups: [Int32] = []
         if let member {
             guard let slot = memberSlots[MemberKey(account: accountSlot, member: member)] else {
                 return .failure(LedgerError(.unknownMember, level: .member, subject: member))
             }
             memberSlot = slot
+            groups = members[Int(slot)].groups
         }
-        return .success(Chain(account: accountSlot, member: memberSlot, parent: accounts[Int(accountSlot)].parent))
+        return .success(Chain(account: accountSlot, member: memberSlot, parent: accounts[Int(accountSlot)].parent, groups: groups))
     }
 
     /// The rate in force for a product at an instant: the account's override if it has one,
@@ -268,7 +276,7 @@ extension Ledger {
             let member = Int(chain.member)
             result.member = members[member].usage.headroom(limit: members[member].capLimit, at: now)
             funds += members[member].available
-            for group in members[member].groups {
+            for group in chain.groups {
                 let record = groups[Int(group)]
                 if let headroom = record.usage.headroom(limit: record.capLimit, at: now), headroom < (result.group ?? Credits.max) {
                     result.group = headroom

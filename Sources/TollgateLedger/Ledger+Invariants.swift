@@ -63,6 +63,7 @@ extension Ledger {
         var heldPerMember = [Credits](repeating: 0, count: members.count)
         var holdsPerAccount = [Int](repeating: 0, count: accounts.count)
         var holdsPerMember = [Int](repeating: 0, count: members.count)
+        var heldPerGroup = [Credits](repeating: 0, count: groups.count)
         for hold in holds.values {
             expect(hold.held >= 0 && hold.held == hold.draws.total, "hold \(hold.id) holds \(hold.held) but its draws total \(hold.draws.total)")
             expect(hold.deadline > clock, "hold \(hold.id) outlived its deadline \(hold.deadline) at \(clock)")
@@ -84,6 +85,14 @@ extension Ledger {
                 heldPerMember[Int(hold.member)] += hold.held
                 holdsPerMember[Int(hold.member)] += 1
             }
+            expect(hold.member != noSlot || hold.groups.isEmpty, "hold \(hold.id) of the account counts against groups")
+            for group in hold.groups {
+                guard group >= 0, Int(group) < groups.count, groups[Int(group)].account == hold.account else {
+                    expect(false, "hold \(hold.id) counts against group slot \(group), not one of its account's")
+                    continue
+                }
+                heldPerGroup[Int(group)] += hold.held
+            }
         }
         for (slot, grant) in grants.enumerated() where grant.isLive {
             expect(grant.held == heldPerGrant[slot], "grant \(grant.id) shows \(grant.held) held, its holds draw \(heldPerGrant[slot])")
@@ -93,18 +102,19 @@ extension Ledger {
             expect(account.usage.held == heldPerAccount[slot], "account \(account.id) counts \(account.usage.held) held, holds add to \(heldPerAccount[slot])")
             expect(account.openHolds == holdsPerAccount[slot], "account \(account.id) open hold count mismatch")
         }
-        var heldPerGroup = [Credits](repeating: 0, count: groups.count)
         var membersPerGroup = [Int](repeating: 0, count: groups.count)
         for (slot, member) in members.enumerated() where member.isLive {
             expect(member.usage.held == heldPerMember[slot], "member \(member.id) counts \(member.usage.held) held, holds add to \(heldPerMember[slot])")
             expect(member.openHolds == holdsPerMember[slot], "member \(member.id) open hold count mismatch")
             for group in member.groups {
-                heldPerGroup[Int(group)] += member.usage.held
+                expect(groups[Int(group)].isLive && groups[Int(group)].account == member.account, "member \(member.id) is in a closed group or another account's")
                 membersPerGroup[Int(group)] += 1
             }
         }
-        for (slot, group) in groups.enumerated() where group.isLive {
-            expect(group.usage.held == heldPerGroup[slot], "group \(group.id) counts \(group.usage.held) held, members hold \(heldPerGroup[slot])")
+        // A group holds what the open holds made while their members were in it hold, closed
+        // groups included (their holds resolve against them).
+        for (slot, group) in groups.enumerated() {
+            expect(group.usage.held == heldPerGroup[slot], "group \(group.id) counts \(group.usage.held) held, its holds add to \(heldPerGroup[slot])")
             expect(group.memberCount == membersPerGroup[slot], "group \(group.id) member count mismatch")
         }
         var liveMembersPerAccount = [Int](repeating: 0, count: accounts.count)

@@ -35,6 +35,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
         case inUse = 19
         case amountOutOfRange = 20
         case grantNotLive = 21
+        case notInGroup = 22
 
         /// The status name of proto/PROTOCOL.md §7.1, for logs, metrics labels and `--json`.
         public var identifier: String {
@@ -60,6 +61,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
             case .inUse: "inUse"
             case .amountOutOfRange: "amountOutOfRange"
             case .grantNotLive: "grantNotLive"
+            case .notInGroup: "notInGroup"
             }
         }
 
@@ -86,6 +88,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
             case .inUse: "in use"
             case .amountOutOfRange: "amount out of range"
             case .grantNotLive: "grant is spent, expired or voided"
+            case .notInGroup: "member is not in the group"
             }
         }
     }

@@ -232,6 +232,9 @@ struct HoldRecord: Hashable, Sendable {
     var createdAt: Instant
     var deadline: Instant
     var draws: DrawList
+    /// The groups its member was in when it was made: what it holds and what it consumes count
+    /// against them until it is resolved, whatever happens to the membership meanwhile.
+    var groups: [Int32] = []
 }
 
 /// A product's rate over time. Versions are sorted by `effectiveAt`; an account override's

@@ -89,16 +89,24 @@ struct SnapshotReader {
 
 extension Ledger {
     /// "TGL2": adds subscriptions. A "TGL1" snapshot (before them) is still read.
+    /// Version 4: a hold carries the groups it counts against (its member's when it was made).
+    static let snapshotMagic: UInt32 = 0x5447_4C34
     /// Version 3: idempotency entries carry the instant their request was decided.
-    static let snapshotMagic: UInt32 = 0x5447_4C33
+    static let snapshotMagicVersion3: UInt32 = 0x5447_4C33
     /// Version 2: idempotency entries carry the instant they expire at.
     static let snapshotMagicVersion2: UInt32 = 0x5447_4C32
     static let snapshotMagicVersion1: UInt32 = 0x5447_4C31
 
     /// The whole state as bytes.
     public func snapshot() -> [UInt8] {
+        snapshot(asVersion3: false)
+    }
+
+    /// `asVersion3` writes what a version-3 checkpoint held (holds without their groups), so
+    /// that tests can check how one is read.
+    func snapshot(asVersion3: Bool) -> [UInt8] {
         var w = SnapshotWriter()
-        w.integer(Ledger.snapshotMagic)
+        w.integer(asVersion3 ? Ledger.snapshotMagicVersion3 : Ledger.snapshotMagic)
         w.instant(clock)
         w.array(accounts) { w, account in w.write(account) }
         w.array(members) { w, member in w.write(member) }
@@ -114,7 +122,7 @@ extension Ledger {
         w.array(grants) { w, grant in w.write(grant) }
         w.array(freeGrantSlots) { $0.integer($1) }
         w.integer(nextGrantID)
-        w.array(holds.values.sorted { $0.id < $1.id }) { w, hold in w.write(hold) }
+        w.array(holds.values.sorted { $0.id < $1.id }) { w, hold in w.write(hold, withGroups: !asVersion3) }
         w.integer(nextHoldID)
         w.array(rates.sorted { $0.key.string < $1.key.string }) { w, rate in
             w.string(rate.key.string)
@@ -222,7 +230,8 @@ extension Ledger {
     public init(snapshot bytes: [UInt8], limits: LedgerLimits = LedgerLimits()) throws {
         var r = SnapshotReader(bytes: bytes)
         let magic = try r.integer(UInt32.self)
-        guard magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion2 || magic == Ledger.snapshotMagicVersion1 else {
+        let known = [Ledger.snapshotMagic, Ledger.snapshotMagicVersion3, Ledger.snapshotMagicVersion2, Ledger.snapshotMagicVersion1]
+        guard known.contains(magic) else {
             throw SnapshotError(description: "not a ledger snapshot")
         }
         self.init(limits: limits, startingAt: try r.instant())
@@ -241,7 +250,19 @@ extension Ledger {
         grants = ChunkedArray(try r.array { try $0.readGrant() })
         freeGrantSlots = try r.array { try $0.integer(Int32.self) }
         nextGrantID = try r.integer()
-        for hold in try r.array({ try $0.readHold() }) { holds[HoldKey(hold.id)] = hold }
+        for var hold in try r.array({ try $0.readHold(withGroups: magic == Ledger.snapshotMagic) }) {
+            guard hold.account >= 0, Int(hold.account) < accounts.count else { throw SnapshotError(description: "hold \(hold.id) of an unknown account slot") }
+            if hold.member != noSlot {
+                guard hold.member >= 0, Int(hold.member) < members.count else { throw SnapshotError(description: "hold \(hold.id) of an unknown member slot") }
+                // Before version 4 a group counted what its members held: the same as the groups
+                // the holds' members are in now.
+                if magic != Ledger.snapshotMagic { hold.groups = members[Int(hold.member)].groups }
+            }
+            for group in hold.groups where group < 0 || Int(group) >= groups.count || groups[Int(group)].account != hold.account {
+                throw SnapshotError(description: "hold \(hold.id) counts against an unknown group slot \(group)")
+            }
+            holds[HoldKey(hold.id)] = hold
+        }
         nextHoldID = try r.integer()
         for (product, history) in try r.array({ r in (try r.string(), try r.readRates()) }) { rates[HashedString(product)] = history }
         let heap: [EventQueue.Event] = try r.array { r in
@@ -261,7 +282,7 @@ extension Ledger {
         events.storage = (heap, try r.integer(), try r.int())
         let firstPosition = try r.integer(UInt64.self)
         // Before version 3 an entry carried its expiry: taken as decided a retention before.
-        let expiryShift = magic == Ledger.snapshotMagic ? 0 : -limits.idempotencyRetentionMicroseconds
+        let expiryShift = magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion3 ? 0 : -limits.idempotencyRetentionMicroseconds
         let expiries = try r.array { r in
             IdempotencyTable.Expiry(key: IdempotencyTable.Key(low: try r.integer(), high: try r.integer()), at: try r.instant().adding(microseconds: expiryShift))
         }
@@ -349,6 +370,9 @@ extension Ledger {
         for member in members where member.isLive {
             guard member.account >= 0, Int(member.account) < accounts.count else { throw SnapshotError(description: "member \(member.id) of an unknown account slot") }
             accounts[Int(member.account)].membersAvailable += member.available
+            for group in member.groups where group < 0 || Int(group) >= groups.count || groups[Int(group)].account != member.account {
+                throw SnapshotError(description: "member \(member.id) is in an unknown group slot \(group)")
+            }
         }
         for slot in Set(alerts.keys).union(recharges.keys) { accounts[Int(slot)].isWatched = true }
     }
@@ -484,7 +508,7 @@ extension SnapshotWriter {
         bool(grant.isLive)
     }
 
-    mutating func write(_ hold: HoldRecord) {
+    mutating func write(_ hold: HoldRecord, withGroups: Bool) {
         integer(hold.id)
         integer(hold.account)
         integer(hold.member)
@@ -496,6 +520,7 @@ extension SnapshotWriter {
             w.integer(draw.grant)
             w.integer(draw.amount)
         }
+        if withGroups { array(hold.groups) { $0.integer($1) } }
     }
 
     mutating func write(_ headroom: Headroom) {
@@ -676,7 +701,7 @@ extension SnapshotReader {
         return grant
     }
 
-    mutating func readHold() throws -> HoldRecord {
+    mutating func readHold(withGroups: Bool) throws -> HoldRecord {
         let id = try integer(UInt64.self)
         let account = try integer(Int32.self)
         let member = try integer(Int32.self)
@@ -689,6 +714,7 @@ extension SnapshotReader {
             id: id, account: account, member: member, product: product, quantity: values[0], creditsPerUnit: values[1], original: values[2],
             held: values[3], createdAt: createdAt, deadline: deadline, draws: DrawList(exactly: draws))
         hold.committed = values[4]
+        if withGroups { hold.groups = try array { try $0.integer(Int32.self) } }
         return hold
     }
 

@@ -53,7 +53,7 @@ public struct BatchItemResponse: Hashable, Sendable {
 public indirect enum WireResponse: Hashable, Sendable {
     case hello(HelloAnswer)
     case pong
-    /// The ledger's answer to a CHECK or to a command: success, or a refusal (status 1–21).
+    /// The ledger's answer to a CHECK or to a command: success, or a refusal (status 1–22).
     case answer(Answer)
     case balance(Balance)
     case batch([BatchItemResponse])

@@ -37,7 +37,7 @@ import TollgateLedgerTestSupport
         #expect(driver.violations.isEmpty)
     }
 
-    @Test func joiningAndLeavingAGroupMovesTheMembersUsage() throws {
+    @Test func joiningAGroupImportsNothingAndLeavingGivesNothingBack() throws {
         var driver = makeDriver()
         driver.grant(1_000)
         driver.setUp(.createGroup(account: "acct", group: "g"))
@@ -45,13 +45,17 @@ import TollgateLedgerTestSupport
         _ = try #require(driver.spend(8, member: "m1").decision)
         _ = try #require(driver.reserve(1, member: "m1").decision)
         driver.setUp(.addToGroup(account: "acct", group: "g", member: "m1"))
-        // 8 consumed + 1 held already count against the group.
-        #expect(driver.spend(2, member: "m1").errorCode == .groupCap)
+        // What m1 consumed and holds from before it joined is not the group's.
+        #expect(driver.ledger.groupUsage(account: "acct", group: "g", at: driver.now)?.consumed == 0)
+        _ = try #require(driver.spend(7, member: "m1").decision)
         driver.setUp(.removeFromGroup(account: "acct", group: "g", member: "m1"))
+        // The 7 spent in the group stay spent in it: m2 gets the 3 that are left, not 10.
         driver.setUp(.addToGroup(account: "acct", group: "g", member: "m2"))
-        #expect(driver.spend(10, member: "m2").decision != nil)
+        #expect(driver.spend(4, member: "m2").errorCode == .groupCap)
+        #expect(driver.spend(3, member: "m2").decision != nil)
         #expect(driver.violations.isEmpty)
         #expect(driver.run(.addToGroup(account: "acct", group: "g", member: "m2")).errorCode == .alreadyExists)
+        #expect(driver.run(.removeFromGroup(account: "acct", group: "g", member: "m1")).errorCode == .notInGroup)
         #expect(driver.run(.deleteGroup(account: "acct", group: "g")) == .done)
         #expect(driver.spend(5, member: "m2").decision != nil)
         #expect(driver.violations.isEmpty)

@@ -73,6 +73,23 @@ import TollgateLedgerTestSupport
         #expect(driver.balance(account: "acct").funds.overdrawn == 2)
     }
 
+    /// PROTOCOL.md §5.3's example: a 50-credit hold with 5 credits left under finish(20).
+    /// Funds cover part of the excess: they are drawn and the rest is overdrawn, provided the
+    /// whole excess (not only the uncovered part) is within 20 % of the hold.
+    @Test func finishDrawsWhatFundsCoverAndOverdrawsTheRestOfAnExcessWithinThePercentage() throws {
+        var driver = makeDriver(overage: .finish(percent: 20))
+        driver.grant(55)
+        let hold = try #require(driver.reserve(50).decision?.hold)
+        #expect(driver.balance(account: "acct").funds.pool == 5)
+        #expect(driver.commit(hold, .credits(62), key: "beyond").errorCode == .insufficientFunds)
+        #expect(driver.commit(hold, .credits(61), key: "beyond-by-one").errorCode == .insufficientFunds)
+        let result = try #require(driver.commit(hold, .credits(58)).committed)
+        #expect(result.committed == 58)
+        let funds = driver.balance(account: "acct").funds
+        #expect(funds.pool == 0 && funds.overdrawn == 3)
+        #expect(driver.violations.isEmpty)
+    }
+
     @Test func capsStayHardUnderEveryPolicy() throws {
         var driver = makeDriver(overage: .finish(percent: 100))
         driver.grant(100)

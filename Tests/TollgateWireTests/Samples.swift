@@ -127,6 +127,9 @@ enum Samples {
             request("set group cap", 32, .command(.setGroupCap(account: "acme", group: "research", limit: 40), key: "setup-13")),
             request("add to group", 33, .command(.addToGroup(account: "acme", group: "research", member: "ana"), key: "setup-14")),
             request("remove from group", 34, .command(.removeFromGroup(account: "acme", group: "research", member: "ana"), key: "setup-15")),
+            response(
+                "remove from group of a member not in it", 34, .removeFromGroup,
+                .answer(.refused(Refusal(LedgerError(.notInGroup, level: .group, subject: "ana is not in research"))))),
             request(
                 "add pooled grant", 35,
                 .command(.addGrant(AddGrant(account: "acme", amount: 400, priority: 0, effectiveAt: t0, expiresAt: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000), source: .recurring)), key: "setup-16")),

@@ -1,9 +1,9 @@
 """Typed exceptions, one per status of proto/PROTOCOL.md §7.1, plus the client's own.
 
     TollgateError
-    ├── Refused                 statuses 1–21: the ledger said no (the call reached it)
+    ├── Refused                 statuses 1–22: the ledger said no (the call reached it)
     │   ├── InsufficientFunds, MemberCap, GroupCap, AccountCap, ParentCap  (CreditsExhausted)
-    │   └── UnknownProduct, UnknownAccount, …, GrantNotLive
+    │   └── UnknownProduct, UnknownAccount, …, GrantNotLive, NotInGroup
     ├── ProtocolError           statuses 100 and up
     │   └── MalformedFrame, …, Unavailable, Unauthorized, Forbidden, InternalError, BadFrame
     ├── DeadlineExceeded        the call's deadline passed before an answer came
@@ -81,6 +81,7 @@ _REFUSALS = [
     (19, "inUse", Refused, "It is in use (e.g. a member with open holds)."),
     (20, "amountOutOfRange", Refused, "A quantity, amount or cost is out of range, or overflowed."),
     (21, "grantNotLive", Refused, "The grant is spent, expired or voided."),
+    (22, "notInGroup", Refused, "The member is not in the group."),
 ]
 _PROTOCOL = [
     (100, "malformedFrame", "The body did not decode."),

@@ -25,6 +25,7 @@ LEDGER_STATUS = [
     None, "insufficientFunds", "memberCap", "groupCap", "accountCap", "parentCap", "unknownProduct", "unknownAccount",
     "unknownMember", "unknownGroup", "unknownHold", "unknownGrant", "holdExpired", "holdCommitted", "holdReleased",
     "idempotencyConflict", "limitReached", "invalidArgument", "alreadyExists", "inUse", "amountOutOfRange", "grantNotLive",
+    "notInGroup",
 ]
 PROTOCOL_STATUS = {
     100: "malformedFrame", 101: "unsupportedVersion", 102: "unknownOpcode", 103: "frameTooLarge", 104: "tooManyInFlight",
