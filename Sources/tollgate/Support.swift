@@ -244,16 +244,22 @@ enum TimeParser {
         if lowered == "now" { return now }
         if lowered == "never" { return .distantFuture }
         if let unit = lowered.last, let amount = Int64(lowered.dropLast()) {
-            let microseconds: Int64?
+            let perUnit: Int64?
             switch unit {
-            case "s": microseconds = amount * Microseconds.perSecond
-            case "m": microseconds = amount * Microseconds.perMinute
-            case "h": microseconds = amount * Microseconds.perHour
-            case "d": microseconds = amount * Microseconds.perDay
-            case "y": microseconds = amount * 365 * Microseconds.perDay
-            default: microseconds = nil
+            case "s": perUnit = Microseconds.perSecond
+            case "m": perUnit = Microseconds.perMinute
+            case "h": perUnit = Microseconds.perHour
+            case "d": perUnit = Microseconds.perDay
+            case "y": perUnit = 365 * Microseconds.perDay
+            default: perUnit = nil
             }
-            if let microseconds { return now.adding(microseconds: microseconds) }
+            if let perUnit {
+                // Out of range is an error, not a trap: "9999999999999d".
+                let (microseconds, overflow) = amount.multipliedReportingOverflow(by: perUnit)
+                let (_, past) = now.microsecondsSinceEpoch.addingReportingOverflow(microseconds)
+                guard !overflow, !past else { throw ValidationError("\"\(text)\" is out of range") }
+                return now.adding(microseconds: microseconds)
+            }
         }
         let digits = text.split(whereSeparator: { "-T:Z".contains($0) }).map { Int64($0) }
         if digits.count >= 3, digits.allSatisfy({ $0 != nil }) {

@@ -1,0 +1,115 @@
+"""`tollgate apply` against the real server (issue 20): a plan file can no longer change money
+without saying so. Re-applying an unchanged file issues nothing; an edited grant is refused with
+nothing sent unless --new-grants; unknown keys and invalid values are refused, with the file's
+line, before anything is sent; --dry-run sends nothing; settings converge to the file."""
+
+import json
+import subprocess
+
+from conftest import binary
+
+PLAN = """products:
+  ai.summary: 7
+accounts:
+  - id: acme
+    members: [ana, ben]
+    cap: {cap}
+    groups:
+      - id: research
+        members: [ana]
+    grants:
+      - amount: {amount}
+        priority: 5
+        source: top-up
+        expires: 30d
+      - id: welcome
+        amount: 50
+        source: promotional
+"""
+
+
+def run(server, *arguments):
+    common = ["--server", server.address, "--token-file", server.token_file]
+    return subprocess.run([binary("tollgate"), *arguments, *common], capture_output=True, text=True, timeout=120)
+
+
+def balance(server, account="acme"):
+    result = run(server, "balance", account, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def write(path, **values):
+    path.write_text(PLAN.format(**{"cap": 1000, "amount": 500, **values}))
+    return str(path)
+
+
+def test_reapplying_an_unchanged_file_issues_nothing(admin_server, tmp_path):
+    plan = write(tmp_path / "plan.yaml")
+    first = run(admin_server, "apply", plan)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert balance(admin_server)["funds"]["pool"] == 550
+    again = run(admin_server, "apply", plan)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("issued   grant") == 2
+    assert balance(admin_server)["funds"]["pool"] == 550
+
+
+def test_an_edited_grant_is_refused_with_nothing_sent_unless_asked(admin_server, tmp_path):
+    assert run(admin_server, "apply", write(tmp_path / "plan.yaml")).returncode == 0
+    # The grant's amount and the account's cap both change: neither is applied.
+    edited = write(tmp_path / "edited.yaml", amount=600, cap=10)
+    refused = run(admin_server, "apply", edited)
+    assert refused.returncode == 65, refused.stdout + refused.stderr
+    assert "nothing was sent" in refused.stderr and "edited.yaml:11: grant #1 of acme: 600" in refused.stderr
+    after = balance(admin_server)
+    assert after["funds"]["pool"] == 550
+    assert next(level for level in after["levels"] if level["level"] == "account")["limit"] == 1000
+    # --dry-run says the same and sends nothing either.
+    dry = run(admin_server, "apply", edited, "--dry-run")
+    assert dry.returncode == 65
+    assert "NOT ISSUED grant #1 of acme: 600" in dry.stdout and "issued   grant welcome" in dry.stdout
+    assert "change   cap acme = 10" in dry.stdout
+    assert balance(admin_server)["funds"]["pool"] == 550
+    # Asked for, the edited grant is issued as a new grant; the unchanged one is left alone.
+    issued = run(admin_server, "apply", edited, "--new-grants")
+    assert issued.returncode == 0, issued.stdout + issued.stderr
+    after = balance(admin_server)
+    assert after["funds"]["pool"] == 1150
+    assert next(level for level in after["levels"] if level["level"] == "account")["limit"] == 10
+
+
+def test_settings_converge_to_the_file(admin_server, tmp_path):
+    for cap in (100, 40, 100):
+        result = run(admin_server, "apply", write(tmp_path / ("cap-%d.yaml" % cap), cap=cap))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert next(level for level in balance(admin_server)["levels"] if level["level"] == "account")["limit"] == cap
+
+
+def test_an_invalid_file_is_refused_before_anything_is_sent(admin_server, tmp_path):
+    cases = {
+        "unknown key": ("accounts:\n  - id: beta\n    grants:\n      - amount: 5\n        priorty: 5\n", 5, 'unknown key "priorty"'),
+        "negative grant": ("accounts:\n  - id: beta\n    members: [a]\n    grants:\n      - amount: -5\n", 5, "amount out of range"),
+        "member not listed": ("accounts:\n  - id: beta\n    members: [a]\n    groups:\n      - id: g\n        members: [a, zed]\n", 5, "zed"),
+        "bad identifier": ("accounts:\n  - id: beta\n    members: [\"a b\"]\n", 3, "printable ASCII"),
+        "wrong kind": ("accounts:\n  - id: beta\n    members: {a: 1}\n", 3, "must be a list"),
+        "unknown top-level key": ("acounts: []\n", 1, 'unknown key "acounts"'),
+    }
+    for name, (text, line, words) in cases.items():
+        path = tmp_path / (name.replace(" ", "-") + ".yaml")
+        path.write_text(text)
+        result = run(admin_server, "apply", str(path))
+        assert result.returncode == 64, (name, result.stdout, result.stderr)
+        assert "%s:%d:" % (path, line) in result.stderr and words in result.stderr, (name, result.stderr)
+        assert "Usage:" not in result.stderr
+        assert run(admin_server, "balance", "beta").returncode == 3, name  # unknownAccount: nothing was created
+    # Under --json the error is JSON on standard output.
+    result = run(admin_server, "apply", str(tmp_path / "unknown-key.yaml"), "--json")
+    assert result.returncode == 64 and json.loads(result.stdout)["line"] == 5
+
+
+def test_a_dry_run_of_a_new_account_creates_nothing(admin_server, tmp_path):
+    dry = run(admin_server, "apply", write(tmp_path / "plan.yaml"), "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "create   account acme" in dry.stdout and "issue    grant welcome" in dry.stdout
+    assert run(admin_server, "balance", "acme").returncode == 3
