@@ -35,7 +35,7 @@ struct Apply: AsyncParsableCommand {
             void ACCOUNT ID) and add the new one. --dry-run prints what would change.
 
             Exit status: 0 applied (or nothing to do); 1 the server could not be reached or \
-            failed; 3 the server refused a step; 64 the file cannot be read or is not a valid \
+            failed; 4 the server refused a step; 64 the file cannot be read or is not a valid \
             plan; 65 grants not issued (see above), nothing sent.
             """)
     @OptionGroup var options: GlobalOptions
@@ -59,11 +59,15 @@ struct Apply: AsyncParsableCommand {
             } else {
                 FileHandle.standardError.write(Data("tollgate: \(location) \(error.message)\n".utf8))
             }
-            throw ExitCode(64)
+            throw ExitCode(ExitStatus.usage)
         }
         let client = try await options.connect()
         do {
             try await apply(steps, client: client, now: now)
+        } catch let error as CLIError {
+            await client.close()
+            options.fail(error.description)
+            throw ExitCode(ExitStatus.failed)
         } catch {
             await client.close()
             throw error
@@ -106,7 +110,7 @@ struct Apply: AsyncParsableCommand {
                 report.append(["step": step.label, "line": step.line as Any, "outcome": outcome.trimmingCharacters(in: .whitespaces)])
             }
             print(options.json ? Output.json(["file": file, "dryRun": true, "steps": report]) : lines.joined(separator: "\n"))
-            if !unseen.isEmpty && !newGrants { throw ExitCode(65) }
+            if !unseen.isEmpty && !newGrants { throw ExitCode(ExitStatus.grantsNotIssued) }
             return
         }
         if !unseen.isEmpty && !newGrants {
@@ -124,7 +128,7 @@ struct Apply: AsyncParsableCommand {
             } else {
                 FileHandle.standardError.write(Data("tollgate: \(message)\n".utf8))
             }
-            throw ExitCode(65)
+            throw ExitCode(ExitStatus.grantsNotIssued)
         }
 
         var lines: [String] = []
@@ -174,7 +178,7 @@ struct Apply: AsyncParsableCommand {
         }
         progress.finish()
         print(options.json ? Output.json(["file": file, "steps": report, "refused": refused]) : lines.joined(separator: "\n"))
-        if refused > 0 { throw ExitCode(3) }
+        if refused > 0 { throw ExitCode(ExitStatus.refused) }
     }
 
     /// Whether the server keeps `key` from an earlier apply: an ADD_GRANT of 0 credits under it
@@ -743,7 +747,8 @@ struct Plan {
         var source = GrantSource.manual
         if let sourceNode = mapping["source"] {
             let name = try string(sourceNode, "\(what): grant source")
-            guard let value = sources[name] else {
+            // `topUp` was read before; `top-up` is the one spelling now, as everywhere else.
+            guard let value = sources[name == "topUp" ? "top-up" : name] else {
                 throw PlanError("\(what): grant source must be one of \(sources.keys.sorted().joined(separator: ", ")), not \"\(name)\"", at: sourceNode)
             }
             source = value

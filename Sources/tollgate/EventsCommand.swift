@@ -91,7 +91,8 @@ struct EventsCommand: AsyncParsableCommand {
             stream = try await client.subscribe(after: after, account: account).events
         } catch {
             await client.close()
-            throw CLIError.failed("cannot subscribe: \(error)")
+            options.fail("cannot subscribe: \(error)", status: error.status)
+            throw ExitCode(ExitStatus.failed)
         }
         var seen = 0
         for await event in stream {

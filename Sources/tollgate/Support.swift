@@ -57,13 +57,30 @@ struct GlobalOptions: ParsableArguments {
         do {
             return try await TollgateClient.connect(configuration)
         } catch {
-            var hint = ""
-            if case .server(let wire) = error, wire.status == .unauthorized {
-                hint = configuration.token.isEmpty
-                    ? " (no token was sent: pass --token-file, or set TOLLGATE_TOKEN_FILE; a server without a credentials file keeps its admin token in <data-dir>/admin.token)"
-                    : ""
+            let message: String
+            switch error {
+            case .connection(let reason), .tls(let reason):
+                message = "cannot connect to \(address) — is tollgated running? (\(reason))"
+            case .timeout:
+                message = "cannot connect to \(address): no answer within \(timeoutMs) ms — is tollgated running there?"
+            case .server(let wire) where wire.status == .unauthorized:
+                message = configuration.token.isEmpty
+                    ? "tollgated at \(address) wants a token and none was sent: pass --token-file, or set TOLLGATE_TOKEN_FILE (a server without a credentials file keeps its admin token in <data-dir>/admin.token)"
+                    : "tollgated at \(address) did not accept the token: \(wire.message)"
+            default:
+                message = "cannot talk to tollgated at \(address): \(error)"
             }
-            throw CLIError.failed("cannot reach tollgated at \(address): \(error)\(hint)")
+            fail(message, status: error.status)
+            throw ExitCode(ExitStatus.failed)
+        }
+    }
+
+    /// Reports a failure: as JSON on standard output under --json, else on standard error.
+    func fail(_ message: String, status: UInt16? = nil) {
+        if json {
+            print(Output.json(["error": message, "status": status.map { Int($0) } as Any]))
+        } else {
+            FileHandle.standardError.write(Data("tollgate: \(message)\n".utf8))
         }
     }
 
@@ -94,7 +111,31 @@ enum CLIError: Error, CustomStringConvertible {
     }
 }
 
-/// Runs a call, prints its result as text or JSON, and turns a refusal into exit status 3.
+/// The CLI's exit statuses (also in `tollgate --help` and the README).
+enum ExitStatus {
+    static let ok: Int32 = 0
+    /// tollgated could not be reached, or failed (a protocol error, a timeout, unavailable).
+    static let failed: Int32 = 1
+    /// Refused by funds or a cap: insufficientFunds, memberCap, groupCap, accountCap, parentCap.
+    static let outOfCredits: Int32 = 3
+    /// Refused for any other reason: an unknown account, member, product, hold or grant, an
+    /// invalid argument, a conflict, a limit.
+    static let refused: Int32 = 4
+    /// The command line or a plan file is not valid (ArgumentParser's usage status).
+    static let usage: Int32 = 64
+    /// `apply`: grants not issued without --new-grants; nothing was sent.
+    static let grantsNotIssued: Int32 = 65
+
+    static func of(_ code: LedgerError.Code) -> Int32 {
+        switch code {
+        case .insufficientFunds, .memberCap, .groupCap, .accountCap, .parentCap: outOfCredits
+        default: refused
+        }
+    }
+}
+
+/// Runs a call, prints its result as text or JSON, and turns a refusal into exit status 3 (funds
+/// or caps) or 4 (anything else).
 func runCall(_ options: GlobalOptions, _ body: (TollgateClient) async throws(TollgateError) -> Output) async throws {
     let client = try await options.connect()
     defer { Task { await client.close() } }
@@ -108,14 +149,10 @@ func runCall(_ options: GlobalOptions, _ body: (TollgateClient) async throws(Tol
         case .refused(let refusal):
             let output = Output.refusal(refusal)
             print(options.json ? output.json : output.text)
-            throw ExitCode(3)
+            throw ExitCode(ExitStatus.of(refusal.error.code))
         default:
-            if options.json {
-                print(Output.json(["error": "\(error)", "status": error.status.map { Int($0) } as Any]))
-            } else {
-                FileHandle.standardError.write(Data("tollgate: \(error)\n".utf8))
-            }
-            throw ExitCode(1)
+            options.fail("\(error)", status: error.status)
+            throw ExitCode(ExitStatus.failed)
         }
     }
 }

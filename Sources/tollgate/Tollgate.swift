@@ -9,7 +9,13 @@ struct Tollgate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tollgate",
         abstract: "Talk to a Tollgate server: gate decisions, balances and administration.",
-        discussion: "Exit status: 0 done, 3 refused by the ledger (the reason is printed), 1 any other failure.",
+        discussion: """
+            Exit status: 0 done; 1 tollgated could not be reached or failed; 3 refused by funds or a cap \
+            (insufficientFunds, memberCap, groupCap, accountCap, parentCap); 4 refused for another reason \
+            (an unknown account, member, product, hold or grant, an invalid argument, a conflict, a limit); \
+            64 the command line or a plan file is not valid; 65 apply: grants not issued without --new-grants. \
+            The reason is printed; under --json, as JSON on standard output.
+            """,
         subcommands: [
             Ping.self, Check.self, Reserve.self, Commit.self, Release.self, ExtendHold.self, SpendCommand.self, BalanceCommand.self,
             AccountCommand.self, MemberCommand.self, GroupCommand.self, GrantCommand.self, RateCommand.self, Apply.self,

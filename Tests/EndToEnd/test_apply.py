@@ -102,7 +102,7 @@ def test_an_invalid_file_is_refused_before_anything_is_sent(admin_server, tmp_pa
         assert result.returncode == 64, (name, result.stdout, result.stderr)
         assert "%s:%d:" % (path, line) in result.stderr and words in result.stderr, (name, result.stderr)
         assert "Usage:" not in result.stderr
-        assert run(admin_server, "balance", "beta").returncode == 3, name  # unknownAccount: nothing was created
+        assert run(admin_server, "balance", "beta").returncode == 4, name  # unknownAccount: nothing was created
     # Under --json the error is JSON on standard output.
     result = run(admin_server, "apply", str(tmp_path / "unknown-key.yaml"), "--json")
     assert result.returncode == 64 and json.loads(result.stdout)["line"] == 5
@@ -112,4 +112,17 @@ def test_a_dry_run_of_a_new_account_creates_nothing(admin_server, tmp_path):
     dry = run(admin_server, "apply", write(tmp_path / "plan.yaml"), "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "create   account acme" in dry.stdout and "issue    grant welcome" in dry.stdout
-    assert run(admin_server, "balance", "acme").returncode == 3
+    assert run(admin_server, "balance", "acme").returncode == 4
+
+
+def test_exit_statuses_and_a_missing_server(admin_server, tmp_path):
+    assert run(admin_server, "apply", write(tmp_path / "plan.yaml")).returncode == 0
+    # Funds and caps: 3; anything else the ledger refuses: 4.
+    assert run(admin_server, "spend", "acme", "ai.summary", "1000", "--member", "ana").returncode == 3
+    assert run(admin_server, "spend", "acme", "ai.nothing", "1", "--member", "ana").returncode == 4
+    assert run(admin_server, "balance", "nobody").returncode == 4
+    # No server there: a sentence, not a stack of NIO types; under --json, JSON on stdout.
+    missing = subprocess.run([binary("tollgate"), "balance", "acme", "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "cannot connect to 127.0.0.1:1 — is tollgated running?" in missing.stderr
+    as_json = subprocess.run([binary("tollgate"), "balance", "acme", "--json", "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 1 and "is tollgated running?" in json.loads(as_json.stdout)["error"]

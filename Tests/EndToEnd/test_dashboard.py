@@ -20,7 +20,7 @@ def provision(client):
         client.add_member("acme", member)
     client.set_subscription("acme", {"credits_per_seat": 100})
     client.set_seats("acme", 4)
-    client.add_grant("acme", 100_000, priority=100, source="top_up")
+    client.add_grant("acme", 100_000, priority=100, source="top-up")
     client.set_member_cap("acme", "dee", 50)
     client.set_alert("acme", "low", ("credits", 99_000))
     client.set_alert("acme", "empty", "depleted")

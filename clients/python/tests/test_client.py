@@ -102,7 +102,7 @@ def test_every_admin_operation(server):
         admin.set_group_cap("acme", "research", 40)
         admin.create_group("acme", "temp")
         admin.delete_group("acme", "temp")
-        grant = admin.add_grant("acme", 100, source="top_up").grant
+        grant = admin.add_grant("acme", 100, source="top-up").grant
         spare = admin.add_grant("acme", 5, member="alice").grant
         admin.void_grant("acme", spare)
         admin.set_account_rate("acme", "web_search", 3)
@@ -483,3 +483,11 @@ def test_tls_and_mtls(start_server, pki, tmp_path):
     asyncio.run(main())
     with pytest.raises(tollgate.TollgateError):
         tollgate.Client(mtls.address, ca_file=str(pki / "ca.pem"), timeout=2, retries=0).ping()  # no client certificate
+
+
+def test_grant_sources_have_one_spelling():
+    from tollgate import ops
+    assert ops._source("top-up") == ops._source("top_up") == 1
+    with pytest.raises(ValueError):
+        ops._source("topup")
+    assert ops._SOURCE_NAMES[1] == "top-up"

@@ -119,7 +119,17 @@ def _recharge(below, amount, up_to, max_per_period, priority, expires_after):
             None if expires_after is None else microseconds(expires_after, "expires_after"))
 
 
-SOURCES = {"recurring": 0, "top_up": 1, "promotional": 2, "manual": 3, "rollover": 4}
+SOURCES = {"recurring": 0, "top-up": 1, "promotional": 2, "manual": 3, "rollover": 4}
+# One spelling, "top-up", as the CLI, plan files and the read API's JSON have it; the Python
+# spelling the client took before is still accepted.
+_SOURCE_ALIASES = {"top_up": "top-up", "topUp": "top-up"}
+
+
+def _source(name):
+    name = _SOURCE_ALIASES.get(name, name)
+    if name not in SOURCES:
+        raise ValueError("source must be one of %s, not %r" % (", ".join(sorted(SOURCES)), name))
+    return SOURCES[name]
 
 
 def _decision(account, product, quantity, member):
@@ -245,7 +255,7 @@ def add_grant(account, amount, member=None, priority=0, effective_at=None, expir
     return _mutation("ADD_GRANT", key, [
         ("account", account), ("scope", member), ("amount", _integer("amount", amount)), ("priority", priority),
         ("effectiveAt", instant(effective_at)), ("expiresAt", NEVER if expires_at is None else instant(expires_at)),
-        ("source", SOURCES[source])])
+        ("source", _source(source))])
 
 
 def void_grant(account, grant, key=None):
@@ -289,7 +299,7 @@ def set_auto_recharge(account, below=None, amount=None, up_to=None, max_per_peri
 def define_plan(name, overage="deny", subscription=None, grants=(), alerts=(), recharge=None, key=None):
     """`grants`: dicts with `amount` and optionally `priority`, `source`, `lifetime` (seconds);
     `alerts`: (id, threshold) pairs; `recharge`: the keyword arguments of set_auto_recharge."""
-    plan_grants = [(_integer("amount", g["amount"]), g.get("priority", 0), SOURCES[g.get("source", "manual")],
+    plan_grants = [(_integer("amount", g["amount"]), g.get("priority", 0), _source(g.get("source", "manual")),
                     None if g.get("lifetime") is None else microseconds(g["lifetime"], "lifetime")) for g in grants]
     plan_alerts = [(alert_id, _threshold(threshold)) for alert_id, threshold in alerts]
     recharge_value = None if recharge is None else _recharge(
