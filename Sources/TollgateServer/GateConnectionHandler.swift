@@ -181,6 +181,16 @@ final class GateConnectionHandler: ChannelInboundHandler {
             fail(context: context, WireError(.handshakeRequired, "the first frame on a connection must be HELLO"), requestID: requestID)
             return
         }
+        // Request id 0 is what connection-level ERROR frames carry, and a request's status
+        // field is 0: anything else could not be told apart from the server's own frames.
+        guard requestID != 0 else {
+            answerError(context: context, frame: frame, WireError(.malformedFrame, "request id 0 is reserved for connection-level errors; number requests from 1"))
+            return
+        }
+        guard frame.header.status == 0 else {
+            answerError(context: context, frame: frame, WireError(.malformedFrame, "a request's status field must be 0, not \(frame.header.status)"))
+            return
+        }
         guard owed < 2 * configuration.maxInFlight else {
             answerError(context: context, frame: frame, WireError(.tooManyInFlight, "more than \(2 * configuration.maxInFlight) answers are waiting to be sent; read them first"))
             return
@@ -197,8 +207,15 @@ final class GateConnectionHandler: ChannelInboundHandler {
         let response: WireResponse
         switch request {
         case .hello(let hello):
+            guard !handshaken else {
+                // The identity and role are decided once, at the first HELLO: a second one could
+                // otherwise present other credentials and change them.
+                answerError(context: context, frame: frame, WireError(.forbidden, "this connection has said HELLO already; its identity is decided once — open a new connection for another"))
+                return
+            }
             guard hello.minVersion <= FrameHeader.version, FrameHeader.version <= hello.maxVersion else {
-                fail(context: context, WireError(.unsupportedVersion, "this server speaks version 1; the client asked for \(hello.minVersion) to \(hello.maxVersion)"), requestID: requestID)
+                // Answered as the HELLO's response (§4), then the connection is closed.
+                answerError(context: context, frame: frame, WireError(.unsupportedVersion, "this server speaks version 1; the client asked for \(hello.minVersion) to \(hello.maxVersion)"))
                 return
             }
             clientName = hello.clientName

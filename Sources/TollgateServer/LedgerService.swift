@@ -140,6 +140,11 @@ public final class LedgerService: Sendable {
         return (keys, consistent ? checked : nil)
     }
 
+    /// Whether the account exists now.
+    public func hasAccount(_ account: String) -> Bool {
+        state.withLock { $0.ledger.hasAccount(account) }
+    }
+
     /// The account's parent now, for access checks.
     public func parent(of account: String) -> String? {
         state.withLock { $0.ledger.parent(of: account) }

@@ -26,7 +26,7 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "Admin HTTP port: /healthz, /readyz, /metrics, the read API (/api/v1) and the dashboard (default 7401; 'off' disables it).") var adminPort: String?
     @Option(help: "Data directory (default ./tollgate-data).") var dataDir: String?
     @Option(help: "Largest frame body in bytes (default 65536).") var maxFrameBody: Int?
-    @Option(help: "Unsent answers per connection before tooManyInFlight (default 1024).") var maxInFlight: Int?
+    @Option(help: "Requests a client may keep unanswered per connection, told in HELLO (default 1024); past twice this many unsent answers, requests are answered tooManyInFlight.") var maxInFlight: Int?
     @Option(help: "Open connections (default 1024).") var maxConnections: Int?
     @Option(help: "Close connections with no complete request for this long, in ms (default 300000).") var idleTimeoutMs: Int?
     @Option(help: "How often expired holds are released, in ms (default 100).") var sweepIntervalMs: Int?

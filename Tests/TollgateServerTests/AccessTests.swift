@@ -154,6 +154,28 @@ final class CollectedLog: Sendable {
         }
     }
 
+    /// A connection's identity is decided at its first HELLO: a second one, even with the admin
+    /// token, is refused, and the connection keeps its first identity and role.
+    @Test func aSecondHelloCannotRaiseAConnectionsRole() async throws {
+        let server = try await Self.start()
+        let socket = try await RawSocket.connect(port: server.port)
+        await socket.send(.hello(Hello(clientName: "reader", token: Tokens.read)), id: 1)
+        let (_, first) = try await socket.readFrame()
+        guard case .hello(let answer) = first else {
+            Issue.record("no HELLO answer: \(first)")
+            return
+        }
+        #expect(answer.identity == "dashboard" && answer.role == 1)
+        await socket.send(.hello(Hello(clientName: "raised", token: Tokens.admin)), id: 2)
+        let (header, second) = try await socket.readFrame()
+        #expect(header.requestID == 2 && header.opcode == Opcode.hello.rawValue && second.status == ProtocolStatus.forbidden.rawValue)
+        await socket.send(.command(.createAccount(CreateAccount(account: "raised")), key: "k"), id: 3)
+        let (_, third) = try await socket.readFrame()
+        #expect(third.status == ProtocolStatus.forbidden.rawValue)
+        #expect(!server.server.service.hasAccount("raised"))
+        try await server.stop()
+    }
+
     /// A child's cap and its place under its parent belong to the parent: an admin scoped to
     /// the child alone can change neither, so it cannot drain a pool its siblings share.
     @Test func aChildsAdminCannotLiftItsCapAtTheParentOrLeaveIt() async throws {

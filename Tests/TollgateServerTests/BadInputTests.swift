@@ -104,9 +104,28 @@ import TollgateWire
         let server = try await TestServer.start()
         let socket = try await RawSocket.connect(port: server.port)
         await socket.send(.hello(Hello(minVersion: 2, maxVersion: 3, clientName: "future")), id: 1)
-        let (_, response) = try await socket.readFrame()
+        let (header, response) = try await socket.readFrame()
+        // The HELLO's own response (PROTOCOL.md §4), not a connection-level ERROR frame.
+        #expect(header.opcode == Opcode.hello.rawValue && header.requestID == 1 && header.isResponse)
         #expect(response.status == ProtocolStatus.unsupportedVersion.rawValue)
         #expect(await socket.isClosedByServer())
+        try await server.stop()
+    }
+
+    @Test func requestIDZeroAndARequestWithAStatusAreMalformed() async throws {
+        let server = try await TestServer.start()
+        let socket = try await RawSocket.connect(port: server.port)
+        try await socket.hello()
+        await socket.send(.ping, id: 0)
+        let (zero, zeroError) = try await socket.readFrame()
+        #expect(zero.opcode == Opcode.ping.rawValue && zeroError.status == ProtocolStatus.malformedFrame.rawValue)
+        var frame = ByteBuffer()
+        FrameHeader(opcode: Opcode.ping.rawValue, isResponse: false, status: 7, requestID: 9, bodyLength: 0).write(to: &frame)
+        await socket.send(Array(frame.readableBytesView))
+        let (statused, statusError) = try await socket.readFrame()
+        #expect(statused.requestID == 9 && statusError.status == ProtocolStatus.malformedFrame.rawValue)
+        await socket.send(.ping, id: 10)
+        #expect(try await socket.readFrame().0.status == 0)
         try await server.stop()
     }
 
