@@ -234,6 +234,7 @@ public enum WireText {
                     "grant=(\(grant.id),\(quote(grant.account)),\(scope(grant.scope)),amount=\(grant.amount),available=\(grant.available),held=\(grant.held),consumed=\(grant.consumed),expired=\(grant.expired),voided=\(grant.voided),priority=\(grant.priority),effectiveAt=\(grant.effectiveAt.microsecondsSinceEpoch),expiresAt=\(grant.expiresAt.microsecondsSinceEpoch),source=\(grant.source.rawValue),state=\(grant.state.rawValue))")
             }
             fields.append("openHolds=\(balance.openHolds)")
+            if balance.subscription == nil { fields.append("subscription=-") }
             if let view = balance.subscription {
                 let next: String
                 switch view.nextTerms {

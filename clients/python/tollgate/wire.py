@@ -388,7 +388,9 @@ def render_balance(b):
                    "effectiveAt=%d,expiresAt=%d,source=%d,state=%d)" % (g[0], quote(g[1]), SCOPE[2](g[2]), *g[3:]))
     out.append("openHolds=%d" % b["openHolds"])
     sub = b["subscription"]
-    if sub is not None:
+    if sub is None:
+        out.append("subscription=-")
+    else:
         kind, terms = sub["next"]
         following = "unchanged" if kind == 0 else ("ends" if kind == 1 else SUBSCRIPTION[2](terms))
         pending = "-" if sub["pendingSeats"] is None else "%d@%d" % (sub["pendingSeats"][1], sub["pendingSeats"][0])
