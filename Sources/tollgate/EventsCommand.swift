@@ -12,7 +12,7 @@ struct AlertCommand: AsyncParsableCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add or replace an alert.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
         @Argument(help: "The alert's id within the account.") var id: String
         @Option(help: "Fire at or below this many credits.") var credits: Int64?
         @Option(help: "Fire at or below this percentage of the period's allotment.") var percent: Int64?
@@ -34,8 +34,8 @@ struct AlertCommand: AsyncParsableCommand {
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove an alert.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var id: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The alert's id.") var id: String
 
         func run() async throws { try await admin(options, .removeAlert(account: account, id: id)) }
     }
@@ -49,7 +49,7 @@ struct RechargeCommand: AsyncParsableCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set the account's auto-recharge.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
         @Option(help: "Recharge when the balance falls below this.") var below: Int64
         @Option(help: "Credits to add (with --up-to: the most to add).") var amount: Int64
         @Option(help: "Add what brings the balance back up to this, at most --amount.") var upTo: Int64?
@@ -70,7 +70,7 @@ struct RechargeCommand: AsyncParsableCommand {
     struct Off: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Turn the account's auto-recharge off.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
 
         func run() async throws { try await admin(options, .setAutoRecharge(account: account, rule: nil)) }
     }

@@ -10,11 +10,16 @@ import Glibc
 struct HealthCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "health", abstract: "Ask tollgated's admin port whether it is ready (exit 0) or not (exit 1).",
-        discussion: "GETs /readyz (or --path) from the admin port and prints the answer.")
+        discussion: """
+            GETs /readyz (or --path) from the admin port and prints the answer. It asks the admin port \
+            (--admin), which is where readiness lives, not the gate port that other commands' --server \
+            names: `tollgate ping --server HOST:PORT` checks that one.
+            """)
 
     @Option(help: "The admin port, HOST:PORT (also TOLLGATE_ADMIN; default 127.0.0.1:7401).") var admin: String?
     @Option(help: "What to ask: /readyz (ready for decisions) or /healthz (the process is up).") var path = "/readyz"
     @Option(help: "Give up after this many milliseconds.") var timeoutMs = 2_000
+    @Flag(help: "Print {\"status\": …, \"body\": …} (or {\"error\": …}) instead of text.") var json = false
 
     func run() throws {
         let address = admin ?? ProcessInfo.processInfo.environment["TOLLGATE_ADMIN"] ?? "127.0.0.1:7401"
@@ -25,11 +30,12 @@ struct HealthCommand: ParsableCommand {
         let host = String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         do {
             let (status, body) = try Self.get(host: host, port: port, path: path, timeoutMilliseconds: timeoutMs)
-            print("\(status) \(body.trimmingCharacters(in: .whitespacesAndNewlines))")
-            if status != 200 { throw ExitCode(1) }
+            let text = body.trimmingCharacters(in: .whitespacesAndNewlines)
+            print(json ? Output.json(["admin": address, "path": path, "status": status, "body": text, "ready": status == 200]) : "\(status) \(text)")
+            if status != 200 { throw ExitCode(ExitStatus.failed) }
         } catch let error as HealthError {
-            print("unreachable: \(error.message)")
-            throw ExitCode(1)
+            print(json ? Output.json(["admin": address, "path": path, "error": error.message, "ready": false]) : "unreachable: \(error.message)")
+            throw ExitCode(ExitStatus.failed)
         }
     }
 

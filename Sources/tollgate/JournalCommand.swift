@@ -36,7 +36,7 @@ struct JournalCommand: ParsableCommand {
 
     struct Dump: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print every record: sequence, instant, the command and its key.")
-        @Argument var directory: String
+        @Argument(help: "The journal directory (DATA_DIR/journal).") var directory: String
 
         func run() throws {
             do {
@@ -64,7 +64,7 @@ struct JournalCommand: ParsableCommand {
                 {"type": "recharged" | "alert" | "depleted", "id", "sequence", ...}; recharges are \
                 top-ups to bill.
                 """)
-        @Argument var directory: String
+        @Argument(help: "The journal directory (DATA_DIR/journal).") var directory: String
 
         func run() throws {
             var ledger = Ledger(startingAt: .epoch)

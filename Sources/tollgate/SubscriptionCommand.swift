@@ -12,7 +12,7 @@ struct SubscriptionCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Start a subscription now (this period's credits are issued at once), or change its terms from the next period.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
         @Option(help: "Included credits per seat per period.") var creditsPerSeat: Int64
         @Flag(help: "Every member is a seat with its own credits (default: seats share a pool; set their number with `tollgate seats`).")
         var perMember = false
@@ -40,7 +40,7 @@ struct SubscriptionCommand: AsyncParsableCommand {
     struct End: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "End the subscription at the end of the current period.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
 
         func run() async throws { try await admin(options, .setSubscription(account: account, terms: nil)) }
     }
@@ -50,8 +50,8 @@ struct SeatsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "seats", abstract: "Set a pooled subscription's seat count, now or from a given time.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
-    @Argument var seats: Int64
+    @Argument(help: "The account id.") var account: String
+    @Argument(help: "The seat count, 0 or more.") var seats: Int64
     @Option(help: "When: now, a time, or a duration from now such as 2d.") var effective = "now"
 
     func run() async throws {
@@ -70,8 +70,8 @@ struct PlanCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "provision", abstract: "Create an account on a plan: members, seats, subscription, grants, alerts and recharge, all or nothing.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var plan: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The plan's name (tollgate plan define, or plans: in a plan file).") var plan: String
         @Option(help: "Seats of a pooled subscription.") var seats: Int64 = 0
         @Option(help: "A member to add (repeat for several; per-member plans give each its seat).") var member: [String] = []
         @Option(help: "A parent account whose pool this one may draw on.") var parent: String?

@@ -309,8 +309,10 @@ enum TimeParser {
 
     static func duration(_ text: String) throws -> Int64 {
         let zero = Instant(microsecondsSinceEpoch: 0)
+        let problem = ValidationError("\"\(text)\" is not a duration: a whole number of s, m, h, d or y, such as 30s, 5m or 2h")
+        guard let unit = text.last, "smhdy".contains(unit), Int64(text.dropLast()) != nil else { throw problem }
         let instant = try instant(text, now: zero)
-        guard instant > zero, instant != .distantFuture else { throw ValidationError("\"\(text)\" is not a duration such as 30s or 5m") }
+        guard instant > zero, instant != .distantFuture else { throw problem }
         return instant.microsecondsSinceEpoch
     }
 }

@@ -50,7 +50,7 @@ struct TokenCommand: AsyncParsableCommand {
 
     struct Check: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Read a credentials file as tollgated would and list its identities.")
-        @Argument var file: String
+        @Argument(help: "The credentials file (YAML).") var file: String
 
         func run() throws {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }

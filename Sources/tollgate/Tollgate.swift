@@ -22,6 +22,45 @@ struct Tollgate: AsyncParsableCommand {
             SubscriptionCommand.self, SeatsCommand.self, PlanCommand.self, AlertCommand.self, RechargeCommand.self, EventsCommand.self, JournalCommand.self,
             TokenCommand.self, HealthCommand.self,
         ])
+
+    /// As ArgumentParser's, with two changes: a mistyped command gets a suggestion, and an invalid
+    /// value found by a command's run (a TTL, a time, a cap) is shown with that command's usage,
+    /// not the top level's.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        let names = configuration.subcommands.map { $0._commandName }
+        if let first = arguments.first, !first.hasPrefix("-"), first != "help", !names.contains(first) {
+            let nearest = names.min { editDistance(first, $0) < editDistance(first, $1) }
+            var message = "tollgate: unknown command '\(first)'"
+            if let nearest, editDistance(first, nearest) <= max(2, first.count / 3) { message += "; did you mean '\(nearest)'?" }
+            FileHandle.standardError.write(Data((message + "\n  See 'tollgate --help' for the commands.\n").utf8))
+            Foundation.exit(ExitStatus.usage)
+        }
+        do {
+            var command = try parseAsRoot(arguments)
+            do {
+                if var asyncCommand = command as? AsyncParsableCommand {
+                    try await asyncCommand.run()
+                } else {
+                    try command.run()
+                }
+            } catch let error as ValidationError {
+                // The command's own usage, under its full name (`tollgate grant void`).
+                var path: [String] = []
+                var level: [ParsableCommand.Type] = configuration.subcommands
+                for argument in arguments {
+                    guard let next = level.first(where: { $0._commandName == argument }) else { break }
+                    path.append(argument)
+                    level = next.configuration.subcommands
+                }
+                let usage = ([ "tollgate" ] + path.dropLast() + [type(of: command).usageString()]).joined(separator: " ")
+                FileHandle.standardError.write(Data("Error: \(error.message)\nUsage: \(usage)\n  See 'tollgate \(path.joined(separator: " ")) --help' for more information.\n".utf8))
+                Foundation.exit(ExitStatus.usage)
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 struct Ping: AsyncParsableCommand {
@@ -46,9 +85,9 @@ struct Ping: AsyncParsableCommand {
 struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Would this be allowed now? Holds nothing.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
-    @Argument var product: String
-    @Argument var quantity: Int64
+    @Argument(help: "The account id.") var account: String
+    @Argument(help: "The product id; its rate prices the request.") var product: String
+    @Argument(help: "Units of the product, 1 to 10^12.") var quantity: Int64
     @Option(help: "The member asking (omit for the account as a whole).") var member: String?
 
     func run() async throws {
@@ -61,9 +100,9 @@ struct Check: AsyncParsableCommand {
 struct Reserve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Hold credits for an action; prints the hold id.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
-    @Argument var product: String
-    @Argument var quantity: Int64
+    @Argument(help: "The account id.") var account: String
+    @Argument(help: "The product id; its rate prices the request.") var product: String
+    @Argument(help: "Units of the product, 1 to 10^12.") var quantity: Int64
     @Option var member: String?
     @Option(help: "How long the hold lives: 30s, 5m, … (default 60s).") var ttl = "60s"
     @Option(help: "Idempotency key (default: a fresh random key).") var key: String?
@@ -82,8 +121,8 @@ struct Reserve: AsyncParsableCommand {
 struct Commit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Consume a hold: all of it, or the actual cost.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
-    @Argument var hold: UInt64
+    @Argument(help: "The account id.") var account: String
+    @Argument(help: "The hold id that reserve printed.") var hold: UInt64
     @Option(help: "The actual cost in credits.") var credits: Int64?
     @Option(help: "The actual quantity, priced at the hold's rate.") var quantity: Int64?
     @Flag(help: "Keep the rest held (a partial commit).") var partial = false
@@ -101,8 +140,8 @@ struct Commit: AsyncParsableCommand {
 struct Release: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Give a hold's credits back.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
-    @Argument var hold: UInt64
+    @Argument(help: "The account id.") var account: String
+    @Argument(help: "The hold id that reserve printed.") var hold: UInt64
     @Option var key: String?
 
     func run() async throws {
@@ -115,8 +154,8 @@ struct Release: AsyncParsableCommand {
 struct ExtendHold: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "extend", abstract: "Renew a hold's deadline from now.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
-    @Argument var hold: UInt64
+    @Argument(help: "The account id.") var account: String
+    @Argument(help: "The hold id that reserve printed.") var hold: UInt64
     @Option(help: "New time to live from now: 30s, 5m, …") var ttl: String
     @Option var key: String?
 
@@ -131,9 +170,9 @@ struct ExtendHold: AsyncParsableCommand {
 struct SpendCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "spend", abstract: "Reserve and commit in one step.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
-    @Argument var product: String
-    @Argument var quantity: Int64
+    @Argument(help: "The account id.") var account: String
+    @Argument(help: "The product id; its rate prices the request.") var product: String
+    @Argument(help: "Units of the product, 1 to 10^12.") var quantity: Int64
     @Option var member: String?
     @Option var key: String?
 
@@ -147,7 +186,7 @@ struct SpendCommand: AsyncParsableCommand {
 struct BalanceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "balance", abstract: "Balances, caps and headroom of an account or a member.")
     @OptionGroup var options: GlobalOptions
-    @Argument var account: String
+    @Argument(help: "The account id.") var account: String
     @Option var member: String?
     @Option(help: "The balance as it was at a past time: 2026-11-01T00:00:00Z, or a duration ago such as 2h.") var at: String?
 
@@ -182,7 +221,7 @@ struct AccountCommand: AsyncParsableCommand {
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create an account (monthly period from now).")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
         @Option(help: "Parent account, whose pool this one may draw on.") var parent: String?
         @Option(help: "deny, overdraft:LIMIT or finish:PERCENT.") var overage = "deny"
 
@@ -192,18 +231,18 @@ struct AccountCommand: AsyncParsableCommand {
     }
 
     struct SetParent: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "set-parent")
+        static let configuration = CommandConfiguration(commandName: "set-parent", abstract: "Put the account under a parent (--parent), or detach it; refused while it has open holds.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
         @Option(help: "The new parent; omit to detach.") var parent: String?
 
         func run() async throws { try await admin(options, .setParent(account: account, parent: parent)) }
     }
 
     struct SetOverage: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "set-overage")
+        static let configuration = CommandConfiguration(commandName: "set-overage", abstract: "What happens when funds run out: deny, overdraft:LIMIT or finish:PERCENT.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
         @Argument(help: "deny, overdraft:LIMIT or finish:PERCENT.") var policy: String
 
         func run() async throws { try await admin(options, .setOverage(account: account, policy: try parseOverage(policy))) }
@@ -212,7 +251,7 @@ struct AccountCommand: AsyncParsableCommand {
     struct SetCap: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "The account's cap per period (a child's cap at its parent).")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
+        @Argument(help: "The account id.") var account: String
         @Argument(help: "Credits per period, or none.") var limit: String
 
         func run() async throws { try await admin(options, .setAccountCap(account: account, limit: try parseLimit(limit))) }
@@ -223,24 +262,26 @@ struct MemberCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "member", abstract: "Add, remove and cap members.", subcommands: [Add.self, Remove.self, SetCap.self])
 
     struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a member to the account.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var member: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The member id.") var member: String
         func run() async throws { try await admin(options, .addMember(account: account, member: member)) }
     }
 
     struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a member (refused while it has open holds); its grants are voided.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var member: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The member id.") var member: String
         func run() async throws { try await admin(options, .removeMember(account: account, member: member)) }
     }
 
     struct SetCap: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "set-cap")
+        static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "The member's cap per period.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var member: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The member id.") var member: String
         @Argument(help: "Credits per period, or none.") var limit: String
         func run() async throws { try await admin(options, .setMemberCap(account: account, member: member, limit: try parseLimit(limit))) }
     }
@@ -251,41 +292,45 @@ struct GroupCommand: AsyncParsableCommand {
         commandName: "group", abstract: "Groups, their caps and their members.", subcommands: [Create.self, Delete.self, SetCap.self, Add.self, Remove.self])
 
     struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a group in the account; it starts at 0 consumed.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var group: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The group id.") var group: String
         func run() async throws { try await admin(options, .createGroup(account: account, group: group)) }
     }
 
     struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a group; its open holds still resolve.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var group: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The group id.") var group: String
         func run() async throws { try await admin(options, .deleteGroup(account: account, group: group)) }
     }
 
     struct SetCap: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "set-cap")
+        static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "The group's cap per period, over what its members decide while in it.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var group: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The group id.") var group: String
         @Argument(help: "Credits per period, or none.") var limit: String
         func run() async throws { try await admin(options, .setGroupCap(account: account, group: group, limit: try parseLimit(limit))) }
     }
 
     struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a member to the group: its decisions from now on count against the group.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var group: String
-        @Argument var member: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The group id.") var group: String
+        @Argument(help: "The member id.") var member: String
         func run() async throws { try await admin(options, .addToGroup(account: account, group: group, member: member)) }
     }
 
     struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a member from the group: what it spent in the group stays counted.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var group: String
-        @Argument var member: String
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The group id.") var group: String
+        @Argument(help: "The member id.") var member: String
         func run() async throws { try await admin(options, .removeFromGroup(account: account, group: group, member: member)) }
     }
 }
@@ -296,8 +341,8 @@ struct GrantCommand: AsyncParsableCommand {
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a grant; prints its id.")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var amount: Int64
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "Credits to grant, 1 to 10^12.") var amount: Int64
         @Option(help: "Scope the grant to one member (default: the account's pool).") var member: String?
         @Option(help: "Lower is drawn first (default 0).") var priority: Int32 = 0
         @Option(help: "When it takes effect: now, a time, or a duration from now.") var effective = "now"
@@ -316,9 +361,10 @@ struct GrantCommand: AsyncParsableCommand {
     }
 
     struct Void: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Void what is left available of a grant (credits held on it stay held).")
         @OptionGroup var options: GlobalOptions
-        @Argument var account: String
-        @Argument var grant: UInt64
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The grant id that grant add printed (see balance).") var grant: UInt64
         func run() async throws { try await admin(options, .voidGrant(account: account, grant: grant)) }
     }
 }
@@ -329,7 +375,7 @@ struct RateCommand: AsyncParsableCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Credits per unit of a product, from a given time (default now).")
         @OptionGroup var options: GlobalOptions
-        @Argument var product: String
+        @Argument(help: "The product id; its rate prices the request.") var product: String
         @Argument(help: "Credits per unit; with --account, none withdraws the override.") var credits: String
         @Option(help: "Override the rate for one account only.") var account: String?
         @Option(help: "When it takes effect: now, a time, or a duration from now.") var effective = "now"
@@ -344,4 +390,20 @@ struct RateCommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// Levenshtein distance, for suggesting the command a typo meant.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    guard !a.isEmpty else { return b.count }
+    guard !b.isEmpty else { return a.count }
+    var previous = Array(0...b.count)
+    for i in 1...a.count {
+        var current = [i] + [Int](repeating: 0, count: b.count)
+        for j in 1...b.count {
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        previous = current
+    }
+    return previous[b.count]
 }

@@ -1,0 +1,46 @@
+"""The CLI as a new user meets it (issue 20): typos get a suggestion, a bad value is shown with
+its command's usage, every argument has help, and health speaks JSON."""
+
+import json
+import subprocess
+
+from conftest import binary
+
+
+def tollgate(*arguments):
+    return subprocess.run([binary("tollgate"), *arguments], capture_output=True, text=True, timeout=60)
+
+
+def test_a_mistyped_command_gets_a_suggestion():
+    result = tollgate("balanse", "acme")
+    assert result.returncode == 64
+    assert "unknown command 'balanse'; did you mean 'balance'?" in result.stderr
+    assert "did you mean" not in tollgate("xyzzy").stderr
+
+
+def test_a_bad_value_is_shown_with_its_commands_usage():
+    result = tollgate("reserve", "acme", "ai.summary", "1", "--ttl", "5x")
+    assert result.returncode == 64
+    assert '"5x" is not a duration' in result.stderr and "now, never" not in result.stderr
+    assert "Usage: tollgate reserve [<options>] <account> <product> <quantity>" in result.stderr
+    nested = tollgate("grant", "add", "acme", "5", "--expires", "5q")
+    assert nested.returncode == 64 and "Usage: tollgate grant add" in nested.stderr
+    assert "out of range" in tollgate("reserve", "acme", "p", "1", "--ttl", "99999999999999999d").stderr
+
+
+def test_every_argument_and_subcommand_has_help():
+    for path in (["grant", "void"], ["member", "add"], ["account", "set-parent"], ["group", "remove"]):
+        text = tollgate(*path, "--help").stdout
+        assert text.startswith("OVERVIEW: "), (path, text[:200])
+        arguments = text.split("ARGUMENTS:")[1].split("OPTIONS:")[0]
+        for line in arguments.strip().splitlines():
+            if line.strip().startswith("<"):
+                assert len(line.split(">", 1)[1].strip()) > 0, (path, line)
+
+
+def test_health_speaks_json(admin_server):
+    ready = tollgate("health", "--admin", admin_server.admin_url.split("//")[1].rstrip("/"), "--json")
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    assert json.loads(ready.stdout)["ready"] is True
+    down = tollgate("health", "--admin", "127.0.0.1:1", "--json")
+    assert down.returncode == 1 and json.loads(down.stdout)["ready"] is False
