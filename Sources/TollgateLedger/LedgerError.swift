@@ -87,7 +87,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
             case .alreadyExists: "already exists"
             case .inUse: "in use"
             case .amountOutOfRange: "amount out of range"
-            case .grantNotLive: "grant is spent, expired or voided"
+            case .grantNotLive: "grant is expired or voided (credits are still held on it)"
             case .notInGroup: "member is not in the group"
             }
         }

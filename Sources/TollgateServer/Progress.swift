@@ -70,6 +70,16 @@ public struct ProgressMeter {
 }
 
 extension Duration {
+    /// Seconds with three decimals, as logs write them under a key that already says
+    /// `seconds` ("0.004", not "0.0039 seconds").
+    public var secondsText: String {
+        let milliseconds = components.seconds * 1_000 + components.attoseconds / 1_000_000_000_000_000
+        let sign = milliseconds < 0 ? "-" : ""
+        let magnitude = milliseconds.magnitude
+        let fraction = String(magnitude % 1_000)
+        return "\(sign)\(magnitude / 1_000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+    }
+
     /// How many per second `count` in this long comes to, in whole units (at least one
     /// microsecond is assumed, so a zero duration does not divide by zero).
     public func rate(of count: Int64) -> Int64 {

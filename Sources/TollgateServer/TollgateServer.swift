@@ -263,7 +263,7 @@ public final class TollgateServer: Service, Sendable {
                 metadata: [
                     "file": "\(checkpoint.file)", "sequence": "\(checkpoint.position.sequence)", "bytes": "\(bytes)",
                     "accounts": "\(checkpoint.ledger.accountCount)", "members": "\(checkpoint.ledger.memberCount)", "openHolds": "\(checkpoint.ledger.openHoldCount)",
-                    "seconds": "\(seconds)",
+                    "seconds": "\(seconds.secondsText)",
                     "megabytesPerSecond": "\(seconds.rate(of: Int64(bytes)) / 1_000_000)",
                 ])
             lastCheckpoint.withLock { $0 = checkpoint.position.sequence }
@@ -284,7 +284,7 @@ public final class TollgateServer: Service, Sendable {
         readiness.set(notReadyBecause: "starting: replaying the journal")
         let readiness = readiness
         var progress = ProgressMeter(every: .milliseconds(configuration.progressIntervalMilliseconds)) { [logger] report in
-            logger.info("replaying the journal", metadata: ["records": "\(report.done)", "recordsPerSecond": "\(report.perSecond)", "seconds": "\(report.elapsed)"])
+            logger.info("replaying the journal", metadata: ["records": "\(report.done)", "recordsPerSecond": "\(report.perSecond)", "seconds": "\(report.elapsed.secondsText)"])
             readiness.set(notReadyBecause: "starting: replaying the journal (\(report.line(unit: "records")))")
         }
         let scan: JournalScan
@@ -349,7 +349,7 @@ public final class TollgateServer: Service, Sendable {
                 "records": "\(scan.records)", "segments": "\(scan.segments.count)", "mode": "\(configuration.journalMode.rawValue)",
                 "divergentRecords": "\(divergent)",
                 "recordsPerSecond": "\(replayed.perSecond)", "accounts": "\(ledger.accountCount)", "openHolds": "\(ledger.openHoldCount)",
-                "seconds": "\(ContinuousClock.now - started)",
+                "seconds": "\((ContinuousClock.now - started).secondsText)",
             ])
         readiness.set(notReadyBecause: "starting: opening the gate port")
     }
@@ -381,7 +381,7 @@ public final class TollgateServer: Service, Sendable {
         Checkpoint.prune(directory: directory, retentionSeconds: Double(configuration.journalRetentionHours) * 3_600)
         logger.info(
             "wrote a checkpoint",
-            metadata: ["file": "\(file)", "bytes": "\(bytes.count)", "sequence": "\(source.position.sequence)", "seconds": "\(ContinuousClock.now - started)"])
+            metadata: ["file": "\(file)", "bytes": "\(bytes.count)", "sequence": "\(source.position.sequence)", "seconds": "\((ContinuousClock.now - started).secondsText)"])
     }
 
     // MARK: - Access and TLS

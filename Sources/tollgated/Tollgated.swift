@@ -53,6 +53,8 @@ struct Tollgated: AsyncParsableCommand {
     var allowPlaintext = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (also TOLLGATE_LOG_LEVEL; default info).")
     var logLevel: String?
+    @Option(help: "Log format: text, or json for one JSON object per line (also TOLLGATE_LOG_FORMAT; default text).")
+    var logFormat: String?
 
     @Flag(help: "Print the settings in force (file, environment and flags applied), as a config file, and exit.")
     var printConfig = false
@@ -78,7 +80,14 @@ struct Tollgated: AsyncParsableCommand {
         }
         let levelName = logLevel ?? environment["TOLLGATE_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else { throw ValidationError("unknown log level \"\(levelName)\"") }
+        let formatName = logFormat ?? environment["TOLLGATE_LOG_FORMAT"] ?? "text"
+        guard formatName == "text" || formatName == "json" else { throw ValidationError("log format must be text or json, not \"\(formatName)\"") }
         LoggingSystem.bootstrap { label in
+            if formatName == "json" {
+                var handler = JSONLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler

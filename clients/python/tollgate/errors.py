@@ -80,7 +80,7 @@ _REFUSALS = [
     (18, "alreadyExists", Refused, "It exists already."),
     (19, "inUse", Refused, "It is in use (e.g. a member with open holds)."),
     (20, "amountOutOfRange", Refused, "A quantity, amount or cost is out of range, or overflowed."),
-    (21, "grantNotLive", Refused, "The grant is spent, expired or voided."),
+    (21, "grantNotLive", Refused, "The grant is expired or voided, with credits still held on it."),
     (22, "notInGroup", Refused, "The member is not in the group."),
 ]
 _PROTOCOL = [
