@@ -156,6 +156,7 @@ public final class TollgateServer: Service, Sendable {
         for continuation in waiting { continuation.resume() }
         let eventTask = Task { [events] in await events.run() }
         readiness.set(notReadyBecause: nil)
+        SystemdNotify.send("READY=1\nSTATUS=taking decisions")
         logger.info(
             "tollgated listening",
             metadata: [
@@ -213,6 +214,7 @@ public final class TollgateServer: Service, Sendable {
             try? await gate.closeFuture.get()
         } onGracefulShutdown: { [readiness, logger] in
             readiness.set(notReadyBecause: "shutting down")
+            SystemdNotify.send("STOPPING=1\nSTATUS=shutting down: finishing open connections")
             logger.info("shutting down: no new connections; finishing open ones")
             gate.close(promise: nil)
         }

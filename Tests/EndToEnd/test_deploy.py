@@ -83,7 +83,7 @@ def env_name(setting):
 
 def test_every_manifest_parses_and_the_kustomization_lists_them():
     documents = manifests()
-    assert {kind for kind, _ in documents} == {"ConfigMap", "StatefulSet", "Service", "Kustomization"}
+    assert {kind for kind, _ in documents} == {"ConfigMap", "StatefulSet", "Service", "Kustomization", "NetworkPolicy", "PodDisruptionBudget"}
     kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(p.name for p in KUBE.glob("*.yaml") if p.name != "kustomization.yaml")
     for (kind, _), document in documents.items():
@@ -293,3 +293,29 @@ def test_the_units_command_line_starts_the_server_in_a_temporary_directory(tmp_p
     assert code == 0
     assert (state / "journal").is_dir() and (state / "events").is_dir()
     assert "tollgated stopped" in (tmp_path / "tollgated.log").read_text()
+
+
+def test_the_network_policy_budget_and_monitoring_select_the_pods_and_name_real_ports_and_metrics():
+    documents = manifests()
+    labels = statefulset()["spec"]["template"]["metadata"]["labels"]
+    _, sidecar, _ = pod_containers()
+    port_names = {port["name"] for port in sidecar["ports"]}
+    policy = documents[("NetworkPolicy", "agent-app-tollgate")]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]} == port_names
+    budget = documents[("PodDisruptionBudget", "agent-app")]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items() and budget["spec"]["maxUnavailable"] == 1
+    assert sidecar["imagePullPolicy"] == "IfNotPresent" and sidecar["image"].startswith("REGISTRY/")
+    # The optional monitoring kustomization (Prometheus Operator CRDs).
+    monitoring = KUBE / "monitoring"
+    kustomization = yaml.safe_load((monitoring / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in monitoring.glob("*.yaml") if p.name != "kustomization.yaml")
+    monitor = yaml.safe_load((monitoring / "servicemonitor.yaml").read_text())
+    service = documents[("Service", "agent-app")]
+    assert monitor["spec"]["endpoints"][0]["port"] in {port["name"] for port in service["spec"]["ports"]}
+    # Every metric an alert reads is one the server exports.
+    exported = set(re.findall(r'"(tollgate_[a-z_]+)"', (ROOT / "Sources" / "TollgateServer" / "ServerMetrics.swift").read_text()))
+    rules = yaml.safe_load((monitoring / "prometheusrule.yaml").read_text())["spec"]["groups"][0]["rules"]
+    for rule in rules:
+        used = set(re.findall(r"tollgate_[a-z_]+", rule["expr"]))
+        assert used and used <= exported, (rule["alert"], used - exported)
