@@ -3,6 +3,7 @@ context manager and the decorator, races with no overspend, retries across a dro
 connection that never charge twice, deadlines, typed errors, TLS and mTLS."""
 
 import asyncio
+import datetime
 import hashlib
 import json
 import pathlib
@@ -35,7 +36,7 @@ def test_the_client_reads_every_response_vector(vector):
     opcode, status, _, length = _common.parse_header(data[:16])
     name, value = _common.decode_body(opcode, status, data[16:16 + length])
     if status == 0:
-        assert isinstance(ops.result(name, status, value), (dict, list))
+        assert isinstance(ops.result(name, status, value), (dict, list, tollgate.types.Balance))
     else:
         with pytest.raises(tollgate.TollgateError) as raised:
             ops.result(name, status, value)
@@ -491,3 +492,54 @@ def test_grant_sources_have_one_spelling():
     with pytest.raises(ValueError):
         ops._source("topup")
     assert ops._SOURCE_NAMES[1] == "top-up"
+
+
+def test_a_balance_is_typed_with_datetimes_and_names():
+    vector = next(v for v in VECTORS if v["name"] == "balance")
+    data = bytes.fromhex(vector["hex"])
+    opcode, status, _, length = _common.parse_header(data[:16])
+    name, value = _common.decode_body(opcode, status, data[16:16 + length])
+    balance = ops.result(name, status, value)
+    assert isinstance(balance, tollgate.Balance)
+    assert balance.at == datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    assert balance.period_end > balance.period_start
+    assert balance.funds.overage == "deny" and balance.funds.pool == 1390 and balance.funds.balance == 1390
+    assert [level.level for level in balance.levels] == ["member", "account"]
+    pool, own = balance.grants
+    assert (pool.member, own.member) == (None, "ana")
+    assert pool.source == "recurring" and own.source == "top-up" and own.state == "active"
+    assert own.expires_at is None and pool.expires_at == balance.period_end
+    assert balance.subscription is None and balance.burn == tollgate.types.Burn(0, 0)
+    assert balance["funds"] is balance.funds and balance.burn_last_hour == 0
+
+
+def test_a_hold_that_expires_while_the_tool_runs(server):
+    with server.client(account="acme", member="alice") as gate:
+        setup_account(gate, credits=100)
+        # The default: HoldExpired on exit, nothing charged, the credits back.
+        with pytest.raises(tollgate.HoldExpired):
+            with gate.hold("web_search", 5, ttl=0.2):
+                time.sleep(0.6)
+        assert gate.balance().funds.pool == 100
+        # on_expiry="spend": what was used is spent instead, once.
+        with gate.hold("web_search", 5, ttl=0.2, key="long-step", on_expiry="spend") as hold:
+            time.sleep(0.6)
+            hold.use(quantity=3)
+        assert hold.spent_after_expiry and hold.result.cost == 3
+        assert gate.balance().funds.pool == 97
+        # Usage in credits cannot be spent without the hold: HoldExpired again.
+        with pytest.raises(tollgate.HoldExpired):
+            with gate.hold("web_search", 5, ttl=0.2, on_expiry="spend") as hold:
+                time.sleep(0.6)
+                hold.use(credits=2)
+        assert gate.balance().funds.pool == 97
+        with pytest.raises(ValueError):
+            gate.hold("web_search", on_expiry="maybe")
+
+    async def main():
+        async with server.async_client(account="acme", member="alice") as gate:
+            async with gate.hold("web_search", 4, ttl=0.2, on_expiry="spend") as hold:
+                await asyncio.sleep(0.6)
+            assert hold.spent_after_expiry and hold.result.cost == 4
+            assert (await gate.balance()).funds.pool == 93
+    asyncio.run(main())

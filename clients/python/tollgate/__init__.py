@@ -8,15 +8,17 @@
     def search(query): ...
 """
 
-from . import ops
+from . import ops, types
 from .aio import AsyncClient, AsyncEventStream
 from .client import Client, EventStream
 from .errors import *  # noqa: F401,F403 — the typed exceptions, one per status
 from .errors import ConnectionLost, CreditsExhausted, DeadlineExceeded, ProtocolError, Refused, TollgateError
 from .gate import AsyncHold, Hold, current_hold
 from .ops import Result, new_key
+from .types import Balance, Burn, Funds, Grant, Headroom, Level, Subscription, SubscriptionTerms
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "AsyncClient", "EventStream", "AsyncEventStream", "Hold", "AsyncHold", "current_hold", "Result", "new_key", "ops",
+__all__ = ["Client", "AsyncClient", "EventStream", "AsyncEventStream", "Hold", "AsyncHold", "current_hold", "Result", "new_key", "ops", "types",
+           "Balance", "Burn", "Funds", "Grant", "Headroom", "Level", "Subscription", "SubscriptionTerms",
            "TollgateError", "Refused", "CreditsExhausted", "ProtocolError", "DeadlineExceeded", "ConnectionLost"]

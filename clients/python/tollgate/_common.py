@@ -1,11 +1,14 @@
 """What the blocking and the asyncio client share: settings, TLS, frames, request ids, retry
 policy, and the operations themselves."""
 
+from __future__ import annotations
+
 import functools
 import inspect
 import os
 import ssl
 import time
+from typing import Any, List, Optional, Union
 
 from . import errors, ops, wire
 from .gate import gated_function
@@ -127,8 +130,18 @@ class Operations:
 
     hold_class = None
 
-    def __init__(self, address=DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
-                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
+    def __init__(self, address: Union[str, tuple] = DEFAULT_ADDRESS, *, token: Optional[str] = None, token_file: Optional[str] = None,
+                 tls: Union[bool, ssl.SSLContext] = False, ca_file: Optional[str] = None, cert_file: Optional[str] = None,
+                 key_file: Optional[str] = None, server_name: Optional[str] = None, timeout: float = 5.0, retries: int = 3,
+                 client_name: str = "tollgate-python", account: Optional[str] = None, member: Optional[str] = None) -> None:
+        """`address` is "HOST:PORT" or (host, port). The token is `token`, else read from
+        `token_file`, else TOLLGATE_TOKEN / TOLLGATE_TOKEN_FILE, else a local server's
+        ./tollgate-data/admin.token. `tls=True` (or `ca_file`) speaks TLS; `cert_file` and
+        `key_file` add a client certificate (mTLS); `server_name` is the name the server's
+        certificate must carry when it is not the host. `timeout` is each call's deadline in
+        seconds; `retries` how often a call is retried (with its key) after a dropped
+        connection or `unavailable`. `account` and `member` are the defaults of the calls that
+        take them."""
         self.host, self.port = parse_address(address)
         self.token = resolve_token(token, token_file)
         self.context = tls_context(tls, ca_file, cert_file, key_file)
@@ -141,15 +154,24 @@ class Operations:
     def _deadline(self, timeout):
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
-    def hold(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False, key=None, timeout=None):
+    def hold(self, product: str, quantity: int = 1, *, account: Optional[str] = None, member: Optional[str] = None, ttl: float = 60,
+             keepalive: bool = False, key: Optional[str] = None, timeout: Optional[float] = None, on_expiry: str = "raise") -> Any:
         """A hold as a context manager (`with`, or `async with` on the asyncio client): reserves
         on enter (raising CreditsExhausted and the other refusals), commits on a clean exit —
         what `hold.use(...)` recorded, or the whole hold — and releases when the block raises.
-        `keepalive=True` extends it every ttl/3 while the block runs."""
-        account, member = self._who(account, member)
-        return self.hold_class(self, account, member, product, quantity, ttl, keepalive, key, timeout)
+        `keepalive=True` extends it every ttl/3 while the block runs.
 
-    def gated(self, product, quantity=1, *, account=None, member=None, ttl=60, keepalive=False):
+        A hold that outlived its TTL was released by the server: its credits went back and the
+        work was not charged. `on_expiry` says what the exit does then: "raise" (the default)
+        raises tollgate.HoldExpired, so the caller decides (charge, log, alert); "spend" charges
+        what was used with a SPEND instead (a quantity: the one `use(quantity=…)` gave, or the
+        hold's) — best effort, refused like any spend if the credits are gone meanwhile, and
+        raising HoldExpired when the usage was given in credits. `hold.spent_after_expiry` says
+        which happened."""
+        account, member = self._who(account, member)
+        return self.hold_class(self, account, member, product, quantity, ttl, keepalive, key, timeout, on_expiry)
+
+    def gated(self, product: str, quantity: Any = 1, *, account: Any = None, member: Any = None, ttl: float = 60, keepalive: bool = False) -> Any:
         """A decorator for tool functions (plain ones on Client, async ones on AsyncClient):
         each call runs inside `hold(...)`. `quantity`, `account` and `member` may be callables
         given the call's arguments."""
@@ -161,42 +183,48 @@ class Operations:
             raise ValueError("no account given, and the client has no default account")
         return account, member if member is not None else self.member
 
-    def ping(self, timeout=None):
+    def ping(self, timeout: Optional[float] = None) -> Any:
         return self.call(ops.ping(), timeout)
 
-    def check(self, product, quantity=1, *, account=None, member=None, timeout=None):
+    def check(self, product: str, quantity: int = 1, *, account: Optional[str] = None, member: Optional[str] = None,
+              timeout: Optional[float] = None) -> Any:
         account, member = self._who(account, member)
         return self.call(ops.check(account, product, quantity, member), timeout)
 
-    def reserve(self, product, quantity=1, *, account=None, member=None, ttl=60, key=None, timeout=None):
+    def reserve(self, product: str, quantity: int = 1, *, account: Optional[str] = None, member: Optional[str] = None, ttl: float = 60,
+                key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, member = self._who(account, member)
         return self.call(ops.reserve(account, product, quantity, member, ttl, key), timeout)
 
-    def commit(self, hold, *, quantity=None, credits=None, final=True, account=None, key=None, timeout=None):
+    def commit(self, hold: int, *, quantity: Optional[int] = None, credits: Optional[int] = None, final: bool = True,
+               account: Optional[str] = None, key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, _ = self._who(account, None)
         return self.call(ops.commit(account, hold, quantity, credits, final, key), timeout)
 
-    def release(self, hold, *, account=None, key=None, timeout=None):
+    def release(self, hold: int, *, account: Optional[str] = None, key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, _ = self._who(account, None)
         return self.call(ops.release(account, hold, key), timeout)
 
-    def extend(self, hold, ttl, *, account=None, key=None, timeout=None):
+    def extend(self, hold: int, ttl: float, *, account: Optional[str] = None, key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, _ = self._who(account, None)
         return self.call(ops.extend(account, hold, ttl, key), timeout)
 
-    def spend(self, product, quantity=1, *, account=None, member=None, key=None, timeout=None):
+    def spend(self, product: str, quantity: int = 1, *, account: Optional[str] = None, member: Optional[str] = None,
+              key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, member = self._who(account, member)
         return self.call(ops.spend(account, product, quantity, member, key), timeout)
 
-    def balance(self, *, account=None, member=None, timeout=None):
+    def balance(self, *, account: Optional[str] = None, member: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+        """The balance (a tollgate.Balance; a coroutine of one on AsyncClient)."""
         account, member = self._who(account, member)
         return self.call(ops.balance(account, member), timeout)
 
-    def balance_at(self, at, *, account=None, member=None, timeout=None):
+    def balance_at(self, at: Any, *, account: Optional[str] = None, member: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+        """The balance as it was at `at` (a datetime, or µs since the epoch)."""
         account, member = self._who(account, member)
         return self.call(ops.balance_at(account, at, member), timeout)
 
-    def batch(self, requests, timeout=None):
+    def batch(self, requests: List[Any], timeout: Optional[float] = None) -> Any:
         """Gate requests built with tollgate.ops (check, reserve, commit, release, extend,
         spend) in one frame; per item, its Result or its exception (not raised)."""
         return self.call(ops.batch(requests), timeout)

@@ -153,8 +153,12 @@ class AsyncClient(_common.Operations):
 
     hold_class = AsyncHold
 
-    def __init__(self, address=_common.DEFAULT_ADDRESS, **settings):
-        super().__init__(address, **settings)
+    def __init__(self, address=_common.DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
+                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
+        """The settings of tollgate.AsyncClient (see its class docstring and Operations.__init__)."""
+        super().__init__(address, token=token, token_file=token_file, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                         server_name=server_name, timeout=timeout, retries=retries, client_name=client_name, account=account,
+                         member=member)
         self._connecting = None
 
     async def __aenter__(self):

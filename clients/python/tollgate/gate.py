@@ -17,11 +17,19 @@ def current_hold():
     return _current.get()
 
 
+ON_EXPIRY = ("raise", "spend")
+
+
 class _HoldBase:
-    def __init__(self, client, account, member, product, quantity, ttl, keepalive, key, timeout):
+    def __init__(self, client, account, member, product, quantity, ttl, keepalive, key, timeout, on_expiry="raise"):
+        if on_expiry not in ON_EXPIRY:
+            raise ValueError("on_expiry must be one of %s, not %r" % (", ".join(ON_EXPIRY), on_expiry))
         self.client, self.account, self.member = client, account, member
         self.product, self.quantity, self.ttl = product, quantity, ttl
         self.keepalive, self.key, self.timeout = keepalive, key, timeout
+        self.on_expiry = on_expiry
+        #: True when the hold had expired at the end and what was used was spent instead.
+        self.spent_after_expiry = False
         self.decision = None
         self.result = None
         self._usage = {}
@@ -39,6 +47,15 @@ class _HoldBase:
 
     def _reserve_arguments(self):
         return dict(account=self.account, member=self.member, ttl=self.ttl, key=self.key, timeout=self.timeout)
+
+    def _spend_instead(self):
+        """The SPEND that stands in for the commit of an expired hold (`on_expiry="spend"`): the
+        quantity used (or the hold's), under a key made from the hold's, so a retry is charged once."""
+        if "credits" in self._usage:
+            return None  # SPEND prices a quantity; credits used cannot be charged without a hold
+        quantity = self._usage.get("quantity", self.quantity)
+        key = "%s-expired-%s" % (self.key or "hold", self.id)
+        return dict(product=self.product, quantity=quantity, account=self.account, member=self.member, key=key, timeout=self.timeout)
 
 
 class Hold(_HoldBase):
@@ -69,7 +86,14 @@ class Hold(_HoldBase):
         self._stop.set()
         _current.reset(self._token)
         if exc_type is None:
-            self.result = self.client.commit(self.id, account=self.account, timeout=self.timeout, **self._usage)
+            try:
+                self.result = self.client.commit(self.id, account=self.account, timeout=self.timeout, **self._usage)
+            except errors.HoldExpired:
+                spend = self._spend_instead() if self.on_expiry == "spend" else None
+                if spend is None or spend["quantity"] == 0:
+                    raise
+                self.result = self.client.spend(**spend)  # refused like any spend when the credits are gone
+                self.spent_after_expiry = True
             return False
         try:
             self.result = self.client.release(self.id, account=self.account, timeout=self.timeout)
@@ -103,7 +127,14 @@ class AsyncHold(_HoldBase):
             self._keeper.cancel()
         _current.reset(self._token)
         if exc_type is None:
-            self.result = await self.client.commit(self.id, account=self.account, timeout=self.timeout, **self._usage)
+            try:
+                self.result = await self.client.commit(self.id, account=self.account, timeout=self.timeout, **self._usage)
+            except errors.HoldExpired:
+                spend = self._spend_instead() if self.on_expiry == "spend" else None
+                if spend is None or spend["quantity"] == 0:
+                    raise
+                self.result = await self.client.spend(**spend)
+                self.spent_after_expiry = True
             return False
         try:
             self.result = await self.client.release(self.id, account=self.account, timeout=self.timeout)

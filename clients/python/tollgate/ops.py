@@ -9,7 +9,7 @@ import datetime
 import re
 import uuid
 
-from . import errors, wire
+from . import errors, types, wire
 
 NEVER = (1 << 63) - 1
 
@@ -337,40 +337,56 @@ def batch(requests):
 def _headroom(h):
     if h is None:
         return None
-    out = Result(funds=h["funds"])
-    for name in ("member", "account", "parent"):
-        if name in h:
-            out[name] = h[name]
-    if "group" in h:
-        out["group"] = h["group"][0]
-        out["tightest_group"] = h["group"][1]
-    return out
+    group = h.get("group")
+    return types.Headroom(
+        funds=h["funds"], member=h.get("member"), group=group[0] if group else None, tightest_group=group[1] if group else None,
+        account=h.get("account"), parent=h.get("parent"))
 
 
-_LEVEL_FIELDS = ("level", "subject", "limit", "consumed", "held", "headroom")
-_GRANT_FIELDS = ("id", "account", "member", "amount", "available", "held", "consumed", "expired", "voided", "priority",
-                 "effective_at", "expires_at", "source", "state")
 _SOURCE_NAMES = {value: name for name, value in SOURCES.items()}
 _STATES = ["pending", "active", "expired", "voided"]
+_OVERAGES = ["deny", "overdraft", "finish"]
+
+
+def _overage_name(value):
+    kind, amount = value
+    return _OVERAGES[kind] if kind == 0 else "%s:%d" % (_OVERAGES[kind], amount)
+
+
+def _terms_view(t):
+    scope, per_seat, prorate, removal, rollover_cap, priority = t
+    return types.SubscriptionTerms(
+        scope="pooled" if scope == 0 else "per-member", credits_per_seat=per_seat, prorate=bool(prorate),
+        removal="keep" if removal == 0 else "claw-back", rollover_cap=rollover_cap, priority=priority)
 
 
 def _balance(b):
-    out = Result(account=b["account"], member=b["member"], at=b["at"], period_start=b["periodStart"], period_end=b["periodEnd"],
-                 headroom=_headroom(b["headroom"]), open_holds=b["openHolds"])
-    out["levels"] = [Result(zip(_LEVEL_FIELDS, level)) for level in b["levels"]]
+    moment = types.moment
     member, pool, parent_pool, overage, overdrawn, overdraft_held = b["funds"]
-    out["funds"] = Result(member=member, pool=pool, parent_pool=parent_pool, overage=overage, overdrawn=overdrawn,
-                          overdraft_held=overdraft_held)
     grants = []
     for g in b["grants"]:
-        grant = Result(zip(_GRANT_FIELDS, g))
-        grant["source"] = _SOURCE_NAMES.get(grant["source"], grant["source"])
-        grant["state"] = _STATES[grant["state"]] if grant["state"] < len(_STATES) else grant["state"]
-        grants.append(grant)
-    out["grants"] = grants
-    out["subscription"] = b["subscription"]
-    out["burn_last_minute"], out["burn_last_hour"] = b["burn"]
-    return out
+        (grant_id, account, scope, amount, available, held, consumed, expired, voided, priority, effective_at, expires_at,
+         source, state) = g
+        grants.append(types.Grant(
+            id=grant_id, account=account, member=scope, amount=amount, available=available, held=held, consumed=consumed,
+            expired=expired, voided=voided, priority=priority, effective_at=moment(effective_at), expires_at=moment(expires_at),
+            source=_SOURCE_NAMES.get(source, str(source)), state=_STATES[state] if state < len(_STATES) else str(state)))
+    subscription = None
+    sub = b["subscription"]
+    if sub is not None:
+        kind, following = sub["next"]
+        pending = sub["pendingSeats"]
+        subscription = types.Subscription(
+            terms=_terms_view(sub["terms"]), seats=sub["seats"], period_start=moment(sub["periodStart"]),
+            period_end=moment(sub["periodEnd"]), next="unchanged" if kind == 0 else ("ends" if kind == 1 else _terms_view(following)),
+            pending_seats=None if pending is None else (moment(pending[0]), pending[1]))
+    return types.Balance(
+        account=b["account"], member=b["member"], at=moment(b["at"]), period_start=moment(b["periodStart"]),
+        period_end=moment(b["periodEnd"]), headroom=_headroom(b["headroom"]),
+        levels=[types.Level(*level) for level in b["levels"]],
+        funds=types.Funds(member=member, pool=pool, parent_pool=parent_pool, overage=_overage_name(overage), overdrawn=overdrawn,
+                          overdraft_held=overdraft_held),
+        grants=grants, open_holds=b["openHolds"], subscription=subscription, burn=types.Burn(*b["burn"]))
 
 
 def result(name, status, value, operation=None):
