@@ -72,7 +72,7 @@ svg text { fill:var(--muted); font-size:11px; }
   <div id="banner"></div>
   <div class="cards">
     <div class="card"><div class="label">Balance</div><div class="value" id="balance">—</div><div class="sub" id="balance-sub"></div></div>
-    <div class="card"><div class="label">Period allotment</div><div class="value" id="allotment">—</div><div class="sub" id="period"></div></div>
+    <div class="card"><div class="label">Period allotment</div><div class="value" id="allotment">—</div><div class="sub"><span id="period"></span> · the subscription's included credits</div></div>
     <div class="card"><div class="label">Burn rate</div><div class="value" id="burn-minute">—</div><div class="sub"><span id="burn-hour">—</span> in the last hour</div></div>
     <div class="card"><div class="label">Projected depletion</div><div class="value" id="depletion">—</div><div class="sub" id="depletion-at"></div></div>
     <div class="card"><div class="label">Open holds</div><div class="value" id="open-holds">—</div><div class="sub"><span id="held">—</span> credits held</div></div>
@@ -80,13 +80,14 @@ svg text { fill:var(--muted); font-size:11px; }
   </div>
   <div class="panel">
     <h2>Balance over time</h2>
-    <div class="legend"><span><i style="background:var(--accent)"></i>balance</span><span><i style="background:var(--warn)"></i>period allotment</span><span><i style="background:var(--bad)"></i>projection</span><span id="since"></span></div>
+    <div class="legend"><span><i style="background:var(--accent)"></i>balance</span><span title="the subscription's included credits for this billing period (seats × credits per seat); top-ups come on top"><i style="background:var(--warn)"></i>period allotment (included credits this period; top-ups on top)</span><span><i style="background:var(--bad)"></i>projection</span><span id="since"></span></div>
     <svg id="chart" width="100%" height="220" viewBox="0 0 900 220" preserveAspectRatio="none"></svg>
   </div>
   <div class="row">
     <div class="panel"><h2>Consumption, last minute (5 s) and hour (5 min)</h2><svg id="bars-minute" width="100%" height="80" viewBox="0 0 420 80" preserveAspectRatio="none"></svg><svg id="bars-hour" width="100%" height="80" viewBox="0 0 420 80" preserveAspectRatio="none"></svg></div>
     <div class="panel"><h2>Headroom by level</h2><table id="levels"><thead><tr><th>level</th><th>subject</th><th class="n">cap</th><th class="n">consumed</th><th class="n">held</th><th class="n">headroom</th></tr></thead><tbody></tbody></table></div>
   </div>
+  <div class="panel"><h2>Members seen recently: their caps, holds and headroom</h2><table id="members"><thead><tr><th>member</th><th class="n">cap</th><th class="n">consumed</th><th class="n">held</th><th class="n">open holds</th><th class="n">cap headroom</th><th class="n">can spend now</th></tr></thead><tbody></tbody></table></div>
   <div class="row">
     <div class="panel"><h2>Recent refusals by reason</h2><table id="refusals"><thead><tr><th>reason</th><th class="n">count</th></tr></thead><tbody></tbody></table><table id="refusals-recent" style="margin-top:8px"><thead><tr><th>time</th><th>op</th><th>member</th><th>product</th><th>reason</th></tr></thead><tbody></tbody></table></div>
     <div class="panel alerts"><h2>Alerts</h2><table id="alerts"><thead><tr><th>alert</th><th>threshold</th><th>state</th></tr></thead><tbody></tbody></table><table id="events" style="margin-top:8px"><thead><tr><th>time</th><th>event</th><th class="n">balance</th></tr></thead><tbody></tbody></table></div>
@@ -189,10 +190,15 @@ function render(o) {
   drawChart(o);
   drawBars("bars-minute", o.burn.minuteBuckets, 5000);
   drawBars("bars-hour", o.burn.hourBuckets, 300000);
-  $("levels").tBodies[0].innerHTML = o.levels.map((l) => `<tr><td>${esc(l.level)}</td><td>${esc(l.subject)}</td><td class="n">${l.limit === null ? "—" : fmt.format(l.limit)}</td><td class="n">${fmt.format(l.consumed)}</td><td class="n">${fmt.format(l.held)}</td><td class="n">${l.headroom === null ? "∞" : fmt.format(l.headroom)}</td></tr>`).join("");
+  // A level without a cap limits nothing by itself: "no cap"; what can be spent is also
+  // bounded by the funds, shown as their own row (0 when depleted).
+  $("levels").tBodies[0].innerHTML = o.levels.map((l) => `<tr data-level="${esc(l.level)}"><td>${esc(l.level)}</td><td>${esc(l.subject)}</td><td class="n">${l.limit === null ? "—" : fmt.format(l.limit)}</td><td class="n">${fmt.format(l.consumed)}</td><td class="n">${fmt.format(l.held)}</td><td class="n">${l.headroom === null ? "no cap" : fmt.format(l.headroom)}</td></tr>`).join("")
+    + `<tr data-level="funds"><td>funds</td><td>grants${o.account.overage.policy === "overdraft" ? " + overdraft" : ""}</td><td class="n">—</td><td class="n">—</td><td class="n">—</td><td class="n" data-value="${o.headroom.funds}">${fmt.format(o.headroom.funds)}</td></tr>`;
+  $("members").tBodies[0].innerHTML = o.members.length ? o.members.map((m) => `<tr data-member="${esc(m.member)}"><td>${esc(m.member)}</td><td class="n">${m.limit === null ? "—" : fmt.format(m.limit)}</td><td class="n">${fmt.format(m.consumed)}</td><td class="n">${fmt.format(m.held)}</td><td class="n">${fmt.format(m.openHolds)}</td><td class="n">${m.headroom === null ? "no cap" : fmt.format(m.headroom)}</td><td class="n" data-value="${m.canSpend}">${fmt.format(Math.max(0, m.canSpend))}</td></tr>`).join("") : `<tr><td colspan="7" class="empty">no member activity yet</td></tr>`;
+  const words = (r) => (o.refusals.words && o.refusals.words[r]) || r;
   const reasons = Object.entries(o.refusals.byReason).sort((x, y) => y[1] - x[1]);
-  $("refusals").tBodies[0].innerHTML = reasons.length ? reasons.map(([r, n]) => `<tr data-reason="${esc(r)}"><td>${esc(r)}</td><td class="n" data-value="${n}">${fmt.format(n)}</td></tr>`).join("") : `<tr><td colspan="2" class="empty">no refusals</td></tr>`;
-  $("refusals-recent").tBodies[0].innerHTML = o.refusals.recent.map((e) => `<tr><td>${time(e.atMilliseconds)}</td><td>${esc(e.operation)}</td><td>${esc(e.member || "")}</td><td>${esc(e.product || "")}</td><td>${esc(e.reason || "")}</td></tr>`).join("");
+  $("refusals").tBodies[0].innerHTML = reasons.length ? reasons.map(([r, n]) => `<tr data-reason="${esc(r)}"><td title="${esc(r)}">${esc(words(r))}</td><td class="n" data-value="${n}">${fmt.format(n)}</td></tr>`).join("") : `<tr><td colspan="2" class="empty">no refusals</td></tr>`;
+  $("refusals-recent").tBodies[0].innerHTML = o.refusals.recent.map((e) => `<tr><td>${time(e.atMilliseconds)}</td><td>${esc(e.operation)}</td><td>${esc(e.member || "")}</td><td>${esc(e.product || "")}</td><td title="${esc(e.reason || "")}">${esc(words(e.reason || ""))}</td></tr>`).join("");
   $("alerts").tBodies[0].innerHTML = o.alerts.length ? o.alerts.map((al) => {
     const t = al.threshold.kind === "credits" ? fmt.format(al.threshold.credits) + " credits" : al.threshold.kind === "percentOfAllotment" ? al.threshold.percent + "% of allotment" : "depleted";
     return `<tr data-alert="${esc(al.id)}" data-firing="${al.firing}"><td>${esc(al.id)}${al.member ? " (" + esc(al.member) + ")" : ""}</td><td>${t}</td><td class="${al.firing ? "firing" : "armed"}">${al.firing ? "firing" : "armed"}</td></tr>`;
@@ -207,8 +213,23 @@ function render(o) {
   } else { banner.style.display = "none"; }
 }
 
+// Round tick steps (1, 2 or 5 × 10ⁿ) for about `count` ticks over a span.
+function niceStep(span, count) {
+  const raw = Math.max(span, 1) / count;
+  const power = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((m) => m >= raw);
+  return Math.max(1, step);
+}
+
+// The drawing in the element's own pixels, so text is never stretched.
+function sized(svg, height) {
+  const W = Math.max(300, Math.round(svg.getBoundingClientRect().width || 900));
+  svg.setAttribute("viewBox", `0 0 ${W} ${height}`);
+  return W;
+}
+
 function drawChart(o) {
-  const svg = $("chart"); const W = 900, H = 220, L = 60, R = 10, T = 10, B = 22;
+  const svg = $("chart"); const H = 220, L = 60, R = 10, T = 10, B = 22; const W = sized(svg, H);
   const s = state.samples;
   if (!s.length) { svg.innerHTML = ""; return; }
   const now = o.account.atMilliseconds;
@@ -218,15 +239,21 @@ function drawChart(o) {
   const projecting = d.state === "projected" && d.atMilliseconds - now < (now - t0);
   if (projecting) t1 = d.atMilliseconds;
   const values = s.map((p) => p[1]).concat([o.account.allotment, 0]);
-  const vmax = Math.max(...values, 1), vmin = Math.min(...values, 0);
+  const step = niceStep(Math.max(...values, 1) - Math.min(...values, 0), 4);
+  const vmax = Math.ceil(Math.max(...values, 1) / step) * step, vmin = Math.floor(Math.min(...values, 0) / step) * step;
   const x = (t) => L + (W - L - R) * (t - t0) / Math.max(1, t1 - t0);
   const y = (v) => T + (H - T - B) * (1 - (v - vmin) / Math.max(1, vmax - vmin));
   let out = "";
-  for (let i = 0; i <= 4; i++) {
-    const v = vmin + (vmax - vmin) * i / 4;
-    out += `<line x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="#2a3540"/><text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${fmt.format(Math.round(v))}</text>`;
+  for (let v = vmin; v <= vmax; v += step) {
+    out += `<line x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="#2a3540"/><text class="tick" x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${fmt.format(v)}</text>`;
   }
-  out += `<text x="${L}" y="${H - 6}">${time(t0)}</text><text x="${W - R}" y="${H - 6}" text-anchor="end">${time(t1)}</text>`;
+  // Time ticks on round minutes (or seconds, for a short span), each labelled HH:MM(:SS).
+  const spanSeconds = Math.max(1, (t1 - t0) / 1000);
+  const tickSeconds = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400].find((t) => spanSeconds / t <= 6) || 86400;
+  for (let t = Math.ceil(t0 / (tickSeconds * 1000)) * tickSeconds * 1000; t <= t1; t += tickSeconds * 1000) {
+    const label = tickSeconds < 60 ? time(t) : time(t).slice(0, 5);
+    out += `<line x1="${x(t)}" x2="${x(t)}" y1="${T}" y2="${H - B}" stroke="#1f2a33"/><text class="tick" x="${x(t)}" y="${H - 6}" text-anchor="middle">${label}</text>`;
+  }
   if (o.account.allotment > 0) out += `<line x1="${L}" x2="${W - R}" y1="${y(o.account.allotment)}" y2="${y(o.account.allotment)}" stroke="#d29922" stroke-dasharray="6 4"/>`;
   const points = s.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`);
   points.push(`${x(now).toFixed(1)},${y(o.account.balance).toFixed(1)}`);
@@ -236,7 +263,7 @@ function drawChart(o) {
 }
 
 function drawBars(id, buckets, width) {
-  const svg = $(id); const W = 420, H = 80;
+  const svg = $(id); const H = 80; const W = sized(svg, H);
   const max = Math.max(1, ...buckets.map((b) => b[1]));
   const bw = W / buckets.length;
   svg.innerHTML = buckets.map((b, i) => {

@@ -217,6 +217,28 @@ struct ReadAPI: Sendable {
         let watches = service.watches(of: account)
         // Samples in a later millisecond than `since` (the page asks with its newest sample's).
         let samples = history.samples(of: account, after: since.map { Instant(microsecondsSinceEpoch: $0 * 1_000 + 999) })
+        // The members seen in recent activity (consumption and refusals), with their own level:
+        // most refusals are a member's cap, which the account's levels do not show. Bounded by
+        // what the activity log keeps for the page (20 of each), one balance read each.
+        var seen: [String] = []
+        for entry in recent.refused + recent.consumed {
+            if let member = entry.member, !seen.contains(member), seen.count < 20 { seen.append(member) }
+        }
+        var members: [[String: Any]] = []
+        for member in seen {
+            guard case .success(let balance) = service.balance(account: account, member: member),
+                let level = balance.levels.first(where: { $0.level == .member })
+            else { continue }
+            let funds = balance.funds.member + balance.funds.pool + balance.funds.parentPool
+            members.append([
+                "member": member, "limit": LedgerJSON.nullable(level.limit), "consumed": level.consumed, "held": level.held,
+                "headroom": LedgerJSON.nullable(level.headroom), "funds": funds, "openHolds": balance.openHolds,
+                "canSpend": min(balance.headroom.member ?? Int64.max, balance.headroom.group ?? Int64.max, balance.headroom.account ?? Int64.max,
+                                balance.headroom.parent ?? Int64.max, balance.headroom.funds),
+            ])
+        }
+        var words: [String: String] = [:]
+        for code in LedgerError.Code.allCases { words[code.identifier] = code.name }
         return ok([
             "account": LedgerJSON.summary(summary),
             "levels": accountBalance.levels.map(LedgerJSON.level),
@@ -230,7 +252,8 @@ struct ReadAPI: Sendable {
             ],
             "burn": Self.burn(buckets),
             "consumption": recent.consumed.map(Self.entry),
-            "refusals": ["byReason": recent.byReason, "recent": recent.refused.prefix(10).map(Self.entry), "kept": recent.kept],
+            "refusals": ["byReason": recent.byReason, "recent": recent.refused.prefix(10).map(Self.entry), "kept": recent.kept, "words": words],
+            "members": members,
             "alerts": watches.alerts.map { LedgerJSON.alert($0.rule, armed: $0.armed) },
             "autoRecharge": LedgerJSON.nullable(watches.recharge.map { LedgerJSON.recharge($0.rule, usedThisPeriod: $0.usedThisPeriod) }),
             "events": events.recent(account: account, limit: 10).map(EventJSON.object),

@@ -79,6 +79,10 @@ PAGE = """JSON.stringify({
   samples: state.samples.length,
   points: (document.querySelector('#chart polyline') || {getAttribute: () => ''}).getAttribute('points').split(' ').filter(Boolean).length,
   marker: window.__marker || null,
+  members: Object.fromEntries([...document.querySelectorAll('#members tr[data-member]')].map(r => [r.dataset.member, {cap: r.cells[1].textContent, canSpend: Number(r.cells[6].dataset.value)}])),
+  reasonWords: [...document.querySelectorAll('#refusals tr[data-reason] td:first-child')].map(c => c.textContent),
+  funds: Number((document.querySelector('#levels tr[data-level="funds"] td:last-child') || {dataset: {}}).dataset.value),
+  levelHeadrooms: [...document.querySelectorAll('#levels tbody tr')].map(r => r.cells[5].textContent),
   status: document.getElementById('status').textContent,
 })"""
 
@@ -162,6 +166,14 @@ def test_the_dashboard_shows_credits_burning_down_live_and_agrees_with_the_read_
     assert {alert["id"]: alert["firing"] for alert in settled["alerts"]} == page["alerts"]
     assert page["events"] >= 1 and page["consumption"] >= 1
     assert page["points"] >= 2
+    # Members seen in the activity, with their caps: dee, capped at 50, cannot afford another summary.
+    assert page["members"]["dee"]["cap"] == "50" and page["members"]["dee"]["canSpend"] < RATE
+    assert {member["member"]: member["canSpend"] for member in settled["members"]}["dee"] == page["members"]["dee"]["canSpend"]
+    assert set(page["members"]) == {member["member"] for member in settled["members"]} and "ana" in page["members"]
+    # Reasons in words, funds as their own row, no infinity for a level without a cap.
+    assert "member cap reached" in page["reasonWords"] and "insufficient funds" in page["reasonWords"]
+    assert page["funds"] == settled["headroom"]["funds"]
+    assert "∞" not in page["levelHeadrooms"]
 
     path = browser.screenshot("dashboard.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
