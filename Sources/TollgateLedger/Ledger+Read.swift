@@ -162,3 +162,73 @@ extension Command {
         }
     }
 }
+
+/// A member as `tollgate list members` shows it.
+public struct MemberView: Hashable, Sendable {
+    public var id: String
+    public var cap: Credits?
+    public var consumed: Credits
+    public var held: Credits
+    /// What its own grants have available.
+    public var available: Credits
+    public var openHolds: Int
+    public var groups: [String]
+}
+
+/// A product's rate card entry: the rate in force and the versions still to come.
+public struct ProductView: Hashable, Sendable {
+    public var product: String
+    /// Nil when no version has taken effect yet.
+    public var creditsPerUnit: Credits?
+    public var upcoming: [(effectiveAt: Instant, creditsPerUnit: Credits)]
+
+    public static func == (a: ProductView, b: ProductView) -> Bool {
+        a.product == b.product && a.creditsPerUnit == b.creditsPerUnit && a.upcoming.map(\.effectiveAt) == b.upcoming.map(\.effectiveAt)
+            && a.upcoming.map(\.creditsPerUnit) == b.upcoming.map(\.creditsPerUnit)
+    }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(product) }
+}
+
+extension Ledger {
+    /// The live members of an account, in slot order, at most `limit`; nil for an unknown
+    /// account. It looks at every member of the ledger: call it on a copy (LedgerService does),
+    /// not under the lock decisions take.
+    public func members(of account: String, limit: Int, at now: Instant) -> [MemberView]? {
+        guard let slot = accountSlots[HashedString(account)] else { return nil }
+        var out: [MemberView] = []
+        for member in members where member.isLive && member.account == slot {
+            if out.count == limit { break }
+            out.append(
+                MemberView(
+                    id: member.id, cap: member.capLimit, consumed: member.usage.consumed(at: now), held: member.usage.held,
+                    available: member.available, openHolds: member.openHolds, groups: member.groups.map { groups[Int($0)].id }))
+        }
+        return out
+    }
+
+    /// The open holds of an account by id, at most `limit`; nil for an unknown account. It
+    /// looks at every open hold: call it on a copy.
+    public func openHolds(of account: String, limit: Int) -> [HoldView]? {
+        guard let slot = accountSlots[HashedString(account)] else { return nil }
+        var ids: [HoldID] = []
+        for hold in holds.values where hold.account == slot { ids.append(hold.id) }
+        return ids.sorted().prefix(limit).compactMap { hold($0) }
+    }
+
+    /// Every product of the rate card, by name.
+    public func products(at now: Instant) -> [ProductView] {
+        rates.map { key, history in
+            let current = history.version(at: now)?.creditsPerUnit
+            let upcoming = history.versions.filter { $0.effectiveAt > now }.compactMap { version in
+                version.creditsPerUnit.map { (effectiveAt: version.effectiveAt, creditsPerUnit: $0) }
+            }
+            return ProductView(product: key.string, creditsPerUnit: current, upcoming: upcoming)
+        }.sorted { $0.product < $1.product }
+    }
+
+    /// Every plan template, by name.
+    public var planTemplates: [Plan] {
+        plans.values.sorted { $0.name < $1.name }
+    }
+}

@@ -315,6 +315,15 @@ public final class LedgerService: Sendable {
         return state.withLock { $0.ledger.balance(account: account, member: member, at: now) }
     }
 
+    /// A read that looks at a whole table (every member, every hold), done on a copy of the
+    /// ledger taken under the lock, so decisions never wait for the scan (the copy shares its
+    /// storage until the next change, which copies only the chunks it touches).
+    public func onCopy<T>(_ body: (Ledger, Instant) -> T) -> T {
+        let now = clock()
+        let copy = state.withLock { $0.ledger }
+        return body(copy, now)
+    }
+
     /// Every live grant of the account, by id; nil if there is no such account.
     public func grants(of account: String) -> [GrantView]? {
         state.withLock { $0.ledger.hasAccount(account) ? $0.ledger.grants(of: account) : nil }

@@ -12,6 +12,9 @@ import TollgateWire
 /// | `/api/v1/accounts/ID` | the account at a glance, its alerts and auto-recharge |
 /// | `/api/v1/accounts/ID/balance?member=M` | the balance: per-level usage and headroom, funds, grants, holds, burn |
 /// | `/api/v1/accounts/ID/grants` | every live grant, including pending and spent ones still holding credits |
+/// | `/api/v1/accounts/ID/members?limit=N` | the account's members: caps, consumed, held, own credits, open holds, groups |
+/// | `/api/v1/accounts/ID/holds?limit=N` | the account's open holds |
+/// | `/api/v1/products`, `/api/v1/plans` | the rate card, and the plan templates |
 /// | `/api/v1/accounts/ID/consumption?member=M&limit=N` | recent consumption and the burn buckets |
 /// | `/api/v1/accounts/ID/refusals?limit=N` | recent refusals, and counts by reason |
 /// | `/api/v1/accounts/ID/overview?since=MS` | everything the dashboard shows, in one read |
@@ -51,6 +54,8 @@ struct ReadAPI: Sendable {
             case 0: return ok(index())
             case 1 where parts[0] == "server": return ok(server())
             case 1 where parts[0] == "accounts": return try accounts(query, principal)
+            case 1 where parts[0] == "products": return ok(products())
+            case 1 where parts[0] == "plans": return ok(plans())
             case 2 where parts[0] == "accounts":
                 return try account(parts[1], principal)
             case 3 where parts[0] == "accounts":
@@ -59,6 +64,8 @@ struct ReadAPI: Sendable {
                 switch parts[2] {
                 case "balance": return try balance(account, query)
                 case "grants": return try grants(account)
+                case "members": return try members(account, query)
+                case "holds": return try holds(account, query)
                 case "consumption": return try consumption(account, query)
                 case "refusals": return try refusals(account, query)
                 case "overview": return try overview(account, query)
@@ -120,7 +127,8 @@ struct ReadAPI: Sendable {
             "reads": [
                 "/api/v1/server", "/api/v1/accounts?after=ID&limit=N", "/api/v1/accounts/ID", "/api/v1/accounts/ID/balance?member=M",
                 "/api/v1/accounts/ID/grants", "/api/v1/accounts/ID/consumption?member=M&limit=N", "/api/v1/accounts/ID/refusals?limit=N",
-                "/api/v1/accounts/ID/overview?since=MILLISECONDS",
+                "/api/v1/accounts/ID/overview?since=MILLISECONDS", "/api/v1/accounts/ID/members?limit=N", "/api/v1/accounts/ID/holds?limit=N",
+                "/api/v1/products", "/api/v1/plans",
             ],
             "dashboard": "/dashboard",
         ]
@@ -171,6 +179,90 @@ struct ReadAPI: Sendable {
         case .success(let balance): return ok(LedgerJSON.balance(balance))
         case .failure(let failure): throw Failure(response: error(.notFound, failure.description))
         }
+    }
+
+    /// The rate card: every product, its rate in force and the versions still to come.
+    private func products() -> [String: Any] {
+        let products = service.onCopy { ledger, now in ledger.products(at: now) }
+        return [
+            "products": products.map { product -> [String: Any] in
+                [
+                    "product": product.product, "creditsPerUnit": LedgerJSON.nullable(product.creditsPerUnit),
+                    "upcoming": product.upcoming.map { ["effectiveAt": $0.effectiveAt.description, "creditsPerUnit": $0.creditsPerUnit] },
+                ]
+            }
+        ]
+    }
+
+    /// The plan templates (DEFINE_PLAN): what PROVISION gives an account.
+    private func plans() -> [String: Any] {
+        let plans = service.onCopy { ledger, _ in ledger.planTemplates }
+        return [
+            "plans": plans.map { plan -> [String: Any] in
+                [
+                    "name": plan.name, "overage": LedgerJSON.overage(plan.overage),
+                    "subscription": LedgerJSON.nullable(plan.subscription.map { terms -> [String: Any] in
+                        [
+                            "scope": terms.scope == .pooled ? "pooled" : "per-member", "creditsPerSeat": terms.creditsPerSeat, "prorate": terms.prorate,
+                            "removal": terms.removal == .keep ? "keep" : "claw-back", "rolloverCap": terms.rolloverCap, "priority": terms.priority,
+                        ]
+                    }),
+                    "grants": plan.grants.map { grant -> [String: Any] in
+                        [
+                            "amount": grant.amount, "priority": grant.priority, "source": LedgerJSON.grantSourceName(grant.source),
+                            "lifetimeSeconds": LedgerJSON.nullable(grant.lifetimeMicroseconds.map { $0 / 1_000_000 }),
+                        ]
+                    },
+                    "alerts": plan.alerts.map { alert -> [String: Any] in
+                        var object = LedgerJSON.alert(alert, armed: true)
+                        for key in ["armed", "firing", "member"] { object.removeValue(forKey: key) }
+                        return object
+                    },
+                    "autoRecharge": LedgerJSON.nullable(plan.autoRecharge.map { rule -> [String: Any] in
+                        var object = LedgerJSON.recharge(rule, usedThisPeriod: 0)
+                        object.removeValue(forKey: "usedThisPeriod")
+                        return object
+                    }),
+                ]
+            }
+        ]
+    }
+
+    /// The account's members: caps, what they consumed this period and hold, their own
+    /// grants' credits, open holds and groups. Read on a copy of the ledger (a scan of every
+    /// member), at most `limit` (1,000 by default, 100,000 at most).
+    private func members(_ account: String, _ query: [String: String]) throws -> Response {
+        let limit = try integer(query, "limit", default: 1_000, 1...100_000)
+        guard let members = service.onCopy({ ledger, now in ledger.members(of: account, limit: Int(limit), at: now) }) else {
+            throw Failure(response: error(.notFound, "unknown account \"\(account)\""))
+        }
+        return ok([
+            "account": account,
+            "members": members.map { member -> [String: Any] in
+                [
+                    "member": member.id, "cap": LedgerJSON.nullable(member.cap), "consumed": member.consumed, "held": member.held,
+                    "available": member.available, "openHolds": member.openHolds, "groups": member.groups,
+                ]
+            },
+        ])
+    }
+
+    /// The account's open holds by id, at most `limit` (1,000 by default, 100,000 at most).
+    private func holds(_ account: String, _ query: [String: String]) throws -> Response {
+        let limit = try integer(query, "limit", default: 1_000, 1...100_000)
+        guard let holds = service.onCopy({ ledger, _ in ledger.openHolds(of: account, limit: Int(limit)) }) else {
+            throw Failure(response: error(.notFound, "unknown account \"\(account)\""))
+        }
+        return ok([
+            "account": account,
+            "holds": holds.map { hold -> [String: Any] in
+                [
+                    "hold": hold.id, "member": LedgerJSON.nullable(hold.member), "product": hold.product, "quantity": hold.quantity,
+                    "creditsPerUnit": hold.creditsPerUnit, "original": hold.original, "held": hold.held, "committed": hold.committed,
+                    "createdAt": hold.createdAt.description, "deadline": hold.deadline.description,
+                ]
+            },
+        ])
     }
 
     private func grants(_ account: String) throws -> Response {

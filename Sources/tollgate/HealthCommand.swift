@@ -44,7 +44,7 @@ struct HealthCommand: ParsableCommand {
     }
 
     /// One HTTP/1.1 GET over a plain socket: the status code and the body.
-    static func get(host: String, port: UInt16, path: String, timeoutMilliseconds: Int) throws -> (Int, String) {
+    static func get(host: String, port: UInt16, path: String, timeoutMilliseconds: Int, authorization: String? = nil, maxBytes: Int = 65_536) throws -> (Int, String) {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var found: UnsafeMutablePointer<addrinfo>?
@@ -61,13 +61,14 @@ struct HealthCommand: ParsableCommand {
         guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
             throw HealthError(message: "\(host):\(port): \(String(cString: strerror(errno)))")
         }
-        let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
+        let credential = authorization.map { "Authorization: Bearer \($0)\r\n" } ?? ""
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\n\(credential)Connection: close\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else {
             throw HealthError(message: "cannot send: \(String(cString: strerror(errno)))")
         }
         var reply: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4_096)
-        while reply.count < 65_536 {
+        while reply.count < maxBytes {
             let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if count < 0 { throw HealthError(message: "no answer within \(timeoutMilliseconds) ms") }
             if count == 0 { break }

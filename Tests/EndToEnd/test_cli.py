@@ -44,3 +44,36 @@ def test_health_speaks_json(admin_server):
     assert json.loads(ready.stdout)["ready"] is True
     down = tollgate("health", "--admin", "127.0.0.1:1", "--json")
     assert down.returncode == 1 and json.loads(down.stdout)["ready"] is False
+
+
+def test_list_and_show_read_what_the_server_holds(admin_server):
+    read = ["--admin", admin_server.admin_url.split("//")[1].rstrip("/"), "--token-file", admin_server.token_file]
+    gate = ["--server", admin_server.address, "--token-file", admin_server.token_file]
+    with admin_server.client() as client:
+        client.set_rate("ai.summary", 7)
+        client.create_account("acme")
+        for member in ("ana", "ben"):
+            client.add_member("acme", member)
+        client.set_member_cap("acme", "ben", 50)
+        client.create_group("acme", "research")
+        client.add_to_group("acme", "research", "ana")
+        client.add_grant("acme", 1_000, source="top-up")
+        client.define_plan("starter", grants=[{"amount": 25}])
+        hold = client.reserve("ai.summary", 2, account="acme", member="ana").hold
+    members = json.loads(tollgate("list", "members", "acme", "--json", *read).stdout)["members"]
+    assert {m["member"]: (m["cap"], m["held"], m["groups"]) for m in members} == {"ana": (None, 14, ["research"]), "ben": (50, 0, [])}
+    holds = json.loads(tollgate("list", "holds", "acme", "--json", *read).stdout)["holds"]
+    assert [(h["hold"], h["member"], h["held"]) for h in holds] == [(hold, "ana", 14)]
+    products = json.loads(tollgate("list", "products", "--json", *read).stdout)["products"]
+    assert {p["product"]: p["creditsPerUnit"] for p in products} == {"ai.summary": 7}
+    assert [p["name"] for p in json.loads(tollgate("list", "plans", "--json", *read).stdout)["plans"]] == ["starter"]
+    grants = json.loads(tollgate("list", "grants", "acme", "--json", *read).stdout)["grants"]
+    assert [(g["amount"], g["held"]) for g in grants] == [(1_000, 14)]
+    accounts = tollgate("list", "accounts", *read)
+    assert accounts.returncode == 0 and "acme" in accounts.stdout
+    shown = tollgate("show", "account", "acme", *read)
+    assert shown.returncode == 0 and "balance 986" in shown.stdout and "held 14 by 1 open holds" in shown.stdout
+    # An unknown account is a refusal (4), and the message is the API's.
+    missing = tollgate("list", "members", "nobody", *read)
+    assert missing.returncode == 4 and 'unknown account "nobody"' in missing.stderr
+    assert tollgate("balance", "acme", *gate).returncode == 0
