@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Synchronization
 
@@ -18,7 +21,20 @@ public struct JSONLogHandler: LogHandler {
     /// A handler writing to standard error.
     public static func standardError(label: String) -> JSONLogHandler {
         JSONLogHandler(label: label) { line in
-            lock.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
+            // Straight to descriptor 2: a failed write (a closed stream) drops the line, never
+            // raises (FileHandle's write would).
+            lock.withLock { _ in
+                var text = line
+                text.withUTF8 { bytes in
+                    var offset = 0
+                    while offset < bytes.count {
+                        let written = Glibc.write(2, bytes.baseAddress! + offset, bytes.count - offset)
+                        if written < 0 && errno == EINTR { continue }
+                        if written <= 0 { return }
+                        offset += written
+                    }
+                }
+            }
         }
     }
 
