@@ -13,6 +13,7 @@ from .aio import AsyncClient, AsyncEventStream
 from .client import Client, EventStream
 from .errors import *  # noqa: F401,F403 — the typed exceptions, one per status
 from .errors import ConnectionLost, CreditsExhausted, DeadlineExceeded, ProtocolError, Refused, TollgateError
+from .failsafe import OfflineRefused
 from .gate import AsyncHold, Hold, current_hold
 from .ops import Result, new_key
 from .types import Balance, Burn, Funds, Grant, Headroom, Level, Subscription, SubscriptionTerms
@@ -21,4 +22,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Client", "AsyncClient", "EventStream", "AsyncEventStream", "Hold", "AsyncHold", "current_hold", "Result", "new_key", "ops", "types",
            "Balance", "Burn", "Funds", "Grant", "Headroom", "Level", "Subscription", "SubscriptionTerms",
-           "TollgateError", "Refused", "CreditsExhausted", "ProtocolError", "DeadlineExceeded", "ConnectionLost"]
+           "OfflineRefused", "TollgateError", "Refused", "CreditsExhausted", "ProtocolError", "DeadlineExceeded", "ConnectionLost"]

@@ -10,7 +10,7 @@ import ssl
 import time
 from typing import Any, List, Optional, Union
 
-from . import errors, ops, wire
+from . import errors, failsafe, ops, wire
 from .gate import gated_function
 
 DEFAULT_ADDRESS = "127.0.0.1:7400"
@@ -133,7 +133,8 @@ class Operations:
     def __init__(self, address: Union[str, tuple] = DEFAULT_ADDRESS, *, token: Optional[str] = None, token_file: Optional[str] = None,
                  tls: Union[bool, ssl.SSLContext] = False, ca_file: Optional[str] = None, cert_file: Optional[str] = None,
                  key_file: Optional[str] = None, server_name: Optional[str] = None, timeout: float = 5.0, retries: int = 3,
-                 client_name: str = "tollgate-python", account: Optional[str] = None, member: Optional[str] = None) -> None:
+                 client_name: str = "tollgate-python", account: Optional[str] = None, member: Optional[str] = None,
+                 fail: str = "closed", offline_allowance: Any = None, offline_rates: Optional[dict] = None) -> None:
         """`address` is "HOST:PORT" or (host, port). The token is `token`, else read from
         `token_file`, else TOLLGATE_TOKEN / TOLLGATE_TOKEN_FILE, else a local server's
         ./tollgate-data/admin.token. `tls=True` (or `ca_file`) speaks TLS; `cert_file` and
@@ -141,13 +142,22 @@ class Operations:
         certificate must carry when it is not the host. `timeout` is each call's deadline in
         seconds; `retries` how often a call is retried (with its key) after a dropped
         connection or `unavailable`. `account` and `member` are the defaults of the calls that
-        take them."""
+        take them. `fail` is what happens when the gate cannot be reached: "closed" (raise) or
+        "open" (decide CHECK, RESERVE and SPEND locally within `offline_allowance` credits per
+        account, priced by the last rate seen or `offline_rates`, and settle them with the gate
+        later; tollgate.failsafe says exactly how)."""
         self.host, self.port = parse_address(address)
         self.token = resolve_token(token, token_file)
         self.context = tls_context(tls, ca_file, cert_file, key_file)
         self.server_name = server_name
         self.timeout, self.retries, self.client_name = timeout, retries, client_name
         self.account, self.member = account, member
+        if fail not in ("closed", "open"):
+            raise ValueError("fail must be 'closed' or 'open', not %r" % (fail,))
+        if fail == "open" and offline_allowance is None:
+            raise ValueError("fail='open' needs offline_allowance: the credits per account the client may allow while the gate is unreachable")
+        self.fail = fail
+        self.failsafe = failsafe.FailSafe(offline_allowance, offline_rates) if fail == "open" else None
         self._connection = None
         self._closed = False
 
@@ -199,15 +209,31 @@ class Operations:
     def commit(self, hold: int, *, quantity: Optional[int] = None, credits: Optional[int] = None, final: bool = True,
                account: Optional[str] = None, key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, _ = self._who(account, None)
+        if self.failsafe is not None and self.failsafe.is_local(hold):
+            return self._immediate(lambda: self.failsafe.commit(hold, quantity, credits, final))
         return self.call(ops.commit(account, hold, quantity, credits, final, key), timeout)
 
     def release(self, hold: int, *, account: Optional[str] = None, key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, _ = self._who(account, None)
+        if self.failsafe is not None and self.failsafe.is_local(hold):
+            return self._immediate(lambda: self.failsafe.release(hold))
         return self.call(ops.release(account, hold, key), timeout)
 
     def extend(self, hold: int, ttl: float, *, account: Optional[str] = None, key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, _ = self._who(account, None)
+        if self.failsafe is not None and self.failsafe.is_local(hold):
+            return self._immediate(lambda: ops.Result(hold=hold, deadline=None, headroom=None, offline=True))
         return self.call(ops.extend(account, hold, ttl, key), timeout)
+
+    @property
+    def overspent(self) -> list:
+        """Offline spends the gate refused when they were settled (fail="open"): (request, refusal)."""
+        return [] if self.failsafe is None else list(self.failsafe.overspent)
+
+    @property
+    def offline_pending(self) -> int:
+        """Offline spends not yet settled with the gate (fail="open")."""
+        return 0 if self.failsafe is None else len(self.failsafe.pending)
 
     def spend(self, product: str, quantity: int = 1, *, account: Optional[str] = None, member: Optional[str] = None,
               key: Optional[str] = None, timeout: Optional[float] = None) -> Any:

@@ -4,7 +4,7 @@ one connection shared by every task."""
 import asyncio
 import time
 
-from . import _common, errors, ops
+from . import _common, errors, failsafe, ops
 from .gate import AsyncHold
 
 
@@ -154,11 +154,12 @@ class AsyncClient(_common.Operations):
     hold_class = AsyncHold
 
     def __init__(self, address=_common.DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
-                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
+                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None,
+                 fail="closed", offline_allowance=None, offline_rates=None):
         """The settings of tollgate.AsyncClient (see its class docstring and Operations.__init__)."""
         super().__init__(address, token=token, token_file=token_file, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
                          server_name=server_name, timeout=timeout, retries=retries, client_name=client_name, account=account,
-                         member=member)
+                         member=member, fail=fail, offline_allowance=offline_allowance, offline_rates=offline_rates)
         self._connecting = None
 
     async def __aenter__(self):
@@ -194,7 +195,38 @@ class AsyncClient(_common.Operations):
             if self._connecting is connecting and connecting.done():
                 self._connecting = None
 
+    async def _immediate(self, body):
+        return body()
+
     async def call(self, request, timeout=None):
+        """As Client.call, awaited."""
+        if self.failsafe is None:
+            return await self._call_online(request, timeout)
+        try:
+            result = await self._call_online(request, timeout)
+        except failsafe.UNREACHABLE as cause:
+            return self.failsafe.decide(request, cause)
+        self.failsafe.learn(request, result)
+        if self.failsafe.pending:
+            await self.settle(timeout)
+        return result
+
+    async def settle(self, timeout=None):
+        """As Client.settle, awaited."""
+        while self.failsafe is not None:
+            entry = self.failsafe.next_to_settle()
+            if entry is None:
+                return 0
+            try:
+                await self._call_online(entry[2], timeout)
+                self.failsafe.done(entry)
+            except errors.Refused as refusal:
+                self.failsafe.done(entry, refusal)
+            except failsafe.UNREACHABLE:
+                return len(self.failsafe.pending)
+        return 0
+
+    async def _call_online(self, request, timeout=None):
         deadline = self._deadline(timeout)
         attempt = 0
         while True:

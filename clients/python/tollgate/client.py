@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from . import _common, errors, ops
+from . import _common, errors, failsafe, ops
 from .gate import Hold
 
 
@@ -190,11 +190,12 @@ class Client(_common.Operations):
     hold_class = Hold
 
     def __init__(self, address=_common.DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
-                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None):
+                 key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None,
+                 fail="closed", offline_allowance=None, offline_rates=None):
         """The settings of tollgate.Client (see its class docstring and Operations.__init__)."""
         super().__init__(address, token=token, token_file=token_file, tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
                          server_name=server_name, timeout=timeout, retries=retries, client_name=client_name, account=account,
-                         member=member)
+                         member=member, fail=fail, offline_allowance=offline_allowance, offline_rates=offline_rates)
         self._connect_lock = threading.Lock()
 
     # ---- plumbing ------------------------------------------------------------------------
@@ -228,9 +229,41 @@ class Client(_common.Operations):
                 self._connection = _connect(self.host, self.port, self.context, self.server_name, self.token, self.client_name, deadline)
             return self._connection
 
+    def _immediate(self, body):
+        return body()
+
     def call(self, request, timeout=None):
         """Sends one request (built by tollgate.ops) and returns its Result, retrying as the
-        class says; raises the status's exception."""
+        class says; raises the status's exception. Under fail="open", a gate request that
+        cannot reach the gate is decided locally (tollgate.failsafe)."""
+        if self.failsafe is None:
+            return self._call_online(request, timeout)
+        try:
+            result = self._call_online(request, timeout)
+        except failsafe.UNREACHABLE as cause:
+            return self.failsafe.decide(request, cause)
+        self.failsafe.learn(request, result)
+        if self.failsafe.pending:
+            self.settle(timeout)
+        return result
+
+    def settle(self, timeout=None):
+        """Sends the offline spends (fail="open") to the gate, each under its own key, until they
+        are all answered or the gate is unreachable again; returns how many are left."""
+        while self.failsafe is not None:
+            entry = self.failsafe.next_to_settle()
+            if entry is None:
+                return 0
+            try:
+                self._call_online(entry[2], timeout)
+                self.failsafe.done(entry)
+            except errors.Refused as refusal:
+                self.failsafe.done(entry, refusal)
+            except failsafe.UNREACHABLE:
+                return len(self.failsafe.pending)
+        return 0
+
+    def _call_online(self, request, timeout=None):
         deadline = self._deadline(timeout)
         attempt = 0
         while True:
