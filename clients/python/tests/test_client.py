@@ -287,8 +287,8 @@ class DroppingProxy:
     times a SPEND answer comes back — after the server has applied the spend — and swallows
     the answers whose operation is in `withhold` (a server that is slow to answer)."""
 
-    def __init__(self, target_port, drops, withhold=()):
-        self.target_port, self.drops, self.withhold = target_port, drops, set(withhold)
+    def __init__(self, target_port, drops, withhold=(), drop_on="SPEND"):
+        self.target_port, self.drops, self.withhold, self.drop_on = target_port, drops, set(withhold), drop_on
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen()
@@ -321,7 +321,7 @@ class DroppingProxy:
                         if len(buffer) < 16 + length:
                             break
                         frame, buffer = buffer[:16 + length], buffer[16 + length:]
-                        if frame[3] == wire.OPCODE_BY_NAME["SPEND"] and self.drops > 0:
+                        if frame[3] == wire.OPCODE_BY_NAME[self.drop_on] and self.drops > 0:
                             self.drops -= 1
                             raise ConnectionAbortedError
                         if wire.OPCODES.get(frame[3]) in self.withhold:

@@ -130,12 +130,13 @@ class Operations:
 
     hold_class = None
 
-    def __init__(self, address: Union[str, tuple] = DEFAULT_ADDRESS, *, token: Optional[str] = None, token_file: Optional[str] = None,
+    def __init__(self, address: Union[str, tuple, None] = None, *, token: Optional[str] = None, token_file: Optional[str] = None,
                  tls: Union[bool, ssl.SSLContext] = False, ca_file: Optional[str] = None, cert_file: Optional[str] = None,
                  key_file: Optional[str] = None, server_name: Optional[str] = None, timeout: float = 5.0, retries: int = 3,
                  client_name: str = "tollgate-python", account: Optional[str] = None, member: Optional[str] = None,
                  fail: str = "closed", offline_allowance: Any = None, offline_rates: Optional[dict] = None) -> None:
-        """`address` is "HOST:PORT" or (host, port). The token is `token`, else read from
+        """`address` is "HOST:PORT" or (host, port); by default TOLLGATE_SERVER, else
+        127.0.0.1:7400. The token is `token`, else read from
         `token_file`, else TOLLGATE_TOKEN / TOLLGATE_TOKEN_FILE, else a local server's
         ./tollgate-data/admin.token. `tls=True` (or `ca_file`) speaks TLS; `cert_file` and
         `key_file` add a client certificate (mTLS); `server_name` is the name the server's
@@ -146,7 +147,7 @@ class Operations:
         "open" (decide CHECK, RESERVE and SPEND locally within `offline_allowance` credits per
         account, priced by the last rate seen or `offline_rates`, and settle them with the gate
         later; tollgate.failsafe says exactly how)."""
-        self.host, self.port = parse_address(address)
+        self.host, self.port = parse_address(address if address is not None else os.environ.get("TOLLGATE_SERVER", DEFAULT_ADDRESS))
         self.token = resolve_token(token, token_file)
         self.context = tls_context(tls, ca_file, cert_file, key_file)
         self.server_name = server_name

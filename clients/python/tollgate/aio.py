@@ -153,7 +153,7 @@ class AsyncClient(_common.Operations):
 
     hold_class = AsyncHold
 
-    def __init__(self, address=_common.DEFAULT_ADDRESS, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
+    def __init__(self, address=None, *, token=None, token_file=None, tls=False, ca_file=None, cert_file=None,
                  key_file=None, server_name=None, timeout=5.0, retries=3, client_name="tollgate-python", account=None, member=None,
                  fail="closed", offline_allowance=None, offline_rates=None):
         """The settings of tollgate.AsyncClient (see its class docstring and Operations.__init__)."""

@@ -31,12 +31,15 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tools import BaseTool, ToolException
 
 from . import errors
+from .failsafe import OfflineRefused
 from .gate import current_hold
 
 Price = Union[str, Tuple[str, Union[int, str]]]
 
 
 def _refusal_text(name, refused):
+    if isinstance(refused, OfflineRefused):
+        return "%s was not run: %s. Tell the user, or try again later." % (name, refused.reason)
     headroom = getattr(refused, "headroom", None)
     left = "" if headroom is None else "; %d credits left" % headroom.funds
     return "out of credits: %s was not run (%s %s%s). Tell the user, or try a cheaper action." % (name, refused.name, refused.subject, left)
@@ -72,7 +75,7 @@ class GatedTool(BaseTool):
         try:
             hold = self.client.hold(self.product, units, account=self.account, member=self.member, ttl=self.ttl)
             hold.__enter__()
-        except errors.CreditsExhausted as refused:
+        except (errors.CreditsExhausted, OfflineRefused) as refused:
             raise ToolException(_refusal_text(self.name, refused)) from None
         try:
             result = self.inner.invoke(kwargs)
@@ -89,7 +92,7 @@ class GatedTool(BaseTool):
         try:
             hold = self.client.hold(self.product, units, account=self.account, member=self.member, ttl=self.ttl)
             await hold.__aenter__()
-        except errors.CreditsExhausted as refused:
+        except (errors.CreditsExhausted, OfflineRefused) as refused:
             raise ToolException(_refusal_text(self.name, refused)) from None
         try:
             result = await self.inner.ainvoke(kwargs)

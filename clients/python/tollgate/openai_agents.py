@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 from agents import RunHooks, function_tool
 
 from . import errors
+from .failsafe import OfflineRefused
 
 
 async def _maybe(value: Any) -> Any:
@@ -31,6 +32,8 @@ async def _maybe(value: Any) -> Any:
 
 
 def _refusal_text(name: str, refused: Any) -> str:
+    if isinstance(refused, OfflineRefused):
+        return "%s was not run: %s. Tell the user, or try again later." % (name, refused.reason)
     headroom = getattr(refused, "headroom", None)
     left = "" if headroom is None else "; %d credits left" % headroom.funds
     return "out of credits: %s was not run (%s %s%s). Tell the user, or try a cheaper action." % (name, refused.name, refused.subject, left)
@@ -52,7 +55,7 @@ def gated_tool(client: Any, product: str, quantity: Union[int, str] = 1, *, acco
                 return "%s was not run: its argument %s must be a whole number of at least 1" % (function.__name__, quantity)
             try:
                 decision = await _maybe(client.reserve(product, units, account=account, member=member, ttl=ttl))
-            except errors.CreditsExhausted as refused:
+            except (errors.CreditsExhausted, OfflineRefused) as refused:
                 return _refusal_text(function.__name__, refused)
             try:
                 result = await _maybe(function(*args, **kwargs))
