@@ -75,3 +75,28 @@ def test_unmapped_tools_can_be_refused_and_bad_quantities_are_tool_errors(server
     assert failed(fetch) and "pages" in text(fetch)
     with server.client(account="acme") as admin:
         assert admin.balance().funds.pool == 100
+
+
+def test_with_the_gate_down_closed_refuses_and_open_runs_within_the_allowance(tmp_path):
+    from test_failsafe import Restartable
+    server = Restartable(tmp_path)
+    with tollgate_client(server) as admin:
+        setup_account(admin, credits=100, rate=1)
+        admin.set_rate("web_fetch", 1)
+    server.stop()
+    try:
+        _, (closed,) = asyncio.run(session_calls(gateway(server), [("search", {"query": "x"})]))
+        assert failed(closed) and "credit gate" in text(closed)          # fail closed: not run
+        open_gateway = gateway(server, "--fail", "open", "--offline-allowance", "4", "--offline-rate", "web_search=1")
+        _, (first, second, third) = asyncio.run(session_calls(open_gateway, [("search", {"query": "a"}), ("search", {"query": "b"}),
+                                                                               ("search", {"query": "c"})]))
+        assert not failed(first) and not failed(second)                   # 2 + 2 of the 4 allowed offline
+        assert failed(third) and "offline allowance" in text(third)
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+
+
+def tollgate_client(server):
+    import tollgate
+    return tollgate.Client(server.address, token_file=server.token_file, account="acme")

@@ -98,3 +98,27 @@ def test_an_agents_sdk_agent_is_gated_charged_and_refused(server):
             await hooks.release_all()
             assert (await gate.balance()).open_holds == 0
     asyncio.run(main())
+
+
+def test_the_agents_sdk_tool_fails_open_within_the_allowance(tmp_path):
+    from test_failsafe import Restartable
+    server = Restartable(tmp_path)
+
+    async def main():
+        async with tollgate.AsyncClient(server.address, token_file=server.token_file, account="acme", member="alice", timeout=0.5,
+                                        retries=1, fail="open", offline_allowance=4, offline_rates={"web_search": 2}) as gate:
+            with tollgate.Client(server.address, token_file=server.token_file) as admin:
+                setup_account(admin, credits=100, rate=2)
+                admin.set_rate("web_fetch", 1)
+            server.stop()
+            turns = [[("search", {"query": "a"})], [("search", {"query": "b"})], [("search", {"query": "c"})], "done"]
+            result = await Runner.run(Agent(name="r", tools=tools(gate), model=ScriptedModel(turns)), "go")
+            assert outputs(result)[:2] == ["found a", "found b"] and "offline allowance" in outputs(result)[2]
+            server.start()
+            assert await gate.settle() == 0
+            assert (await gate.balance()).funds.pool == 96
+    try:
+        asyncio.run(main())
+    finally:
+        if server.process.poll() is None:
+            server.stop()

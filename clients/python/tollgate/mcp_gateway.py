@@ -157,12 +157,22 @@ def main(argv=None):
     parser.add_argument("--ttl", type=float, default=600, help="seconds a tool call may run before its hold expires (default 600)")
     parser.add_argument("--fail", choices=["closed", "open"], default="closed", help="when the gate is unreachable (tollgate.failsafe)")
     parser.add_argument("--offline-allowance", type=int, default=None, help="credits per account allowed offline under --fail open")
+    parser.add_argument("--offline-rate", action="append", default=[], metavar="PRODUCT=CREDITS",
+                        help="a product's credits per unit, for pricing offline before any online answer (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="log holds to standard error")
     options = parser.parse_args(argv)
 
     address = options.server or os.environ.get("TOLLGATE_SERVER", "127.0.0.1:7400")
+    rates = {}
+    for text in options.offline_rate:
+        product, _, credits = text.partition("=")
+        if not product or not credits.isdigit():
+            parser.error("--offline-rate is PRODUCT=CREDITS, not %r" % text)
+        rates[product] = int(credits)
+    if options.fail == "open" and options.offline_allowance is None:
+        parser.error("--fail open needs --offline-allowance")
     client = Client(address, token_file=options.token_file, account=options.account, member=options.member,
-                    fail=options.fail, offline_allowance=options.offline_allowance)
+                    fail=options.fail, offline_allowance=options.offline_allowance, offline_rates=rates, timeout=2.0, retries=1)
     log = (lambda message: print("tollgate-mcp: " + message, file=sys.stderr, flush=True)) if options.verbose else None
     gateway = Gateway(client, {name: (product, quantity) for name, product, quantity in options.tool}, options.unmapped, options.ttl, log)
     upstream = subprocess.Popen(shlex.split(options.upstream), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -186,6 +196,9 @@ def main(argv=None):
         # The upstream is gone: nothing more can be answered. Release what is held and exit,
         # rather than leave the client waiting on a pipe that will never speak again.
         gateway.release_all()
+        if client.failsafe is not None and client.settle() > 0:
+            print("tollgate-mcp: %d offline spends could not be settled before exit (the gate is still unreachable): they are lost"
+                  % client.offline_pending, file=sys.stderr, flush=True)
         client.close()
         with out_lock:
             sys.stdout.flush()
@@ -233,6 +246,9 @@ def main(argv=None):
             upstream.kill()
         reader.join(5)
         gateway.release_all()
+        if client.failsafe is not None and client.settle() > 0:
+            print("tollgate-mcp: %d offline spends could not be settled before exit (the gate is still unreachable): they are lost"
+                  % client.offline_pending, file=sys.stderr, flush=True)
         client.close()
     return upstream.returncode or 0
 
