@@ -49,17 +49,19 @@ struct BackupCommand: ParsableCommand {
         guard let copied else {
             fail("the data directory kept changing under the copy (10 attempts: checkpoints or key runs written meanwhile)")
         }
+        // As recovery reads it: the newest checkpoint, then the journal after it (segments
+        // before it may have been pruned, so the journal need not start at record 1).
+        let newest = Checkpoint.newest(in: destination + "/journal", limits: LedgerLimits())
+        if copied.checkpoints > 0 && newest == nil { fail("no copied checkpoint reads back") }
         let scan: JournalScan
         do {
-            scan = try Journal.scan(directory: destination + "/journal", repair: true) { _ in }
+            scan = try Journal.scan(directory: destination + "/journal", repair: true, after: newest?.position) { _ in }
         } catch {
             fail("the copied journal does not read back: \(error)")
         }
-        let newest = Checkpoint.newest(in: destination + "/journal", limits: LedgerLimits())
-        if copied.checkpoints > 0 && newest == nil { fail("no copied checkpoint reads back") }
         let summary: [String: Any] = [
             "destination": destination, "checkpoints": copied.checkpoints, "keyRuns": copied.keyRuns, "segments": scan.segments.count,
-            "records": scan.records, "lastSequence": scan.lastSequence, "bytes": copied.bytes, "attempts": attempts,
+            "recordsAfterCheckpoint": scan.records, "lastSequence": scan.lastSequence, "bytes": copied.bytes, "attempts": attempts,
             "tornTailTruncated": scan.tornTail != nil, "checkpointSequence": newest.map { Int($0.position.sequence) } as Any,
         ]
         if json {
@@ -67,7 +69,7 @@ struct BackupCommand: ParsableCommand {
         } else {
             print(
                 "backed up \(dataDirectory) to \(destination): \(copied.checkpoints) checkpoints (newest at record \(newest.map { String($0.position.sequence) } ?? "-")), "
-                    + "\(copied.keyRuns) key runs, \(scan.segments.count) journal segments with \(scan.records) records (last \(scan.lastSequence))"
+                    + "\(copied.keyRuns) key runs, \(scan.segments.count) journal segments, \(scan.records) records after the checkpoint (last \(scan.lastSequence))"
                     + (scan.tornTail != nil ? ", a record being written at the end left out" : "") + "; \(copied.bytes) bytes")
         }
     }
