@@ -38,7 +38,12 @@ def test_a_backup_of_a_quiet_live_server_restores_the_same_balances_and_answers(
             fixtures.setup_account(admin, credits=100_000)
             first = [admin.spend("web_search", 1, member="alice", key="early-%d" % n).cost for n in range(600)]
             assert first == [1] * 600
-            time.sleep(2.5)  # a checkpoint or two
+            # A checkpoint (every second here) writes the keys waiting for the disk tier: wait
+            # until the data directory holds one and a run of keys, however slow the machine.
+            data = tmp_path / "a" / "data"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (list((data / "journal").glob("*.tgc")) and list((data / "keys").glob("*.tgk"))):
+                time.sleep(0.2)
             for n in range(50):
                 admin.spend("web_search", 2, member="bob", key="late-%d" % n)
             expected = admin.balance().funds.pool
