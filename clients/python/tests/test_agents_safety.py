@@ -81,7 +81,7 @@ def test_a_dropped_connection_after_a_commit_charges_once(server):
 def test_a_gated_tool_fails_open_within_the_allowance_and_settles(tmp_path):
     server = Restartable(tmp_path)
     try:
-        with tollgate.Client(server.address, token_file=server.token_file, account="acme", member="alice", timeout=0.5, retries=1,
+        with tollgate.Client(server.address, token_file=server.token_file, account="acme", member="alice", timeout=5, retries=1,
                              fail="open", offline_allowance=6) as gate:
             setup_account(gate, credits=100, rate=2)
             assert run_agent(gate, 1, "online") == ["found q"]   # the rate (2) is learned

@@ -43,7 +43,7 @@ def gate_server(tmp_path):
 
 
 def settings(server, **extra):
-    return dict(token_file=server.token_file, account="acme", member="alice", timeout=0.5, retries=1, **extra)
+    return dict(token_file=server.token_file, account="acme", member="alice", timeout=5, retries=1, **extra)
 
 
 def test_closed_raises_when_the_gate_is_unreachable(gate_server):

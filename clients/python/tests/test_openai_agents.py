@@ -105,7 +105,7 @@ def test_the_agents_sdk_tool_fails_open_within_the_allowance(tmp_path):
     server = Restartable(tmp_path)
 
     async def main():
-        async with tollgate.AsyncClient(server.address, token_file=server.token_file, account="acme", member="alice", timeout=0.5,
+        async with tollgate.AsyncClient(server.address, token_file=server.token_file, account="acme", member="alice", timeout=5,
                                         retries=1, fail="open", offline_allowance=4, offline_rates={"web_search": 2}) as gate:
             with tollgate.Client(server.address, token_file=server.token_file) as admin:
                 setup_account(admin, credits=100, rate=2)

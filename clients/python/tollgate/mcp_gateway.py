@@ -172,7 +172,7 @@ def main(argv=None):
     if options.fail == "open" and options.offline_allowance is None:
         parser.error("--fail open needs --offline-allowance")
     client = Client(address, token_file=options.token_file, account=options.account, member=options.member,
-                    fail=options.fail, offline_allowance=options.offline_allowance, offline_rates=rates, timeout=2.0, retries=1)
+                    fail=options.fail, offline_allowance=options.offline_allowance, offline_rates=rates, retries=1)
     log = (lambda message: print("tollgate-mcp: " + message, file=sys.stderr, flush=True)) if options.verbose else None
     gateway = Gateway(client, {name: (product, quantity) for name, product, quantity in options.tool}, options.unmapped, options.ttl, log)
     upstream = subprocess.Popen(shlex.split(options.upstream), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
