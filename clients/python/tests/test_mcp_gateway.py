@@ -100,3 +100,31 @@ def test_with_the_gate_down_closed_refuses_and_open_runs_within_the_allowance(tm
 def tollgate_client(server):
     import tollgate
     return tollgate.Client(server.address, token_file=server.token_file, account="acme")
+
+
+def test_a_streamable_http_upstream_is_gated_the_same_way(server):
+    import subprocess
+    from conftest import free_port, wait_for_port
+    with server.client(account="acme") as admin:
+        setup_account(admin, credits=4, rate=1)
+        admin.set_rate("web_fetch", 1)
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, str(HERE / "mcp" / "upstream.py"), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, seconds=60)
+        arguments = ["-m", "tollgate.mcp_gateway", "--upstream-url", "http://127.0.0.1:%d/mcp" % port, "--account", "acme", "--member", "alice",
+                     "--server", server.address, "--token-file", server.token_file, "--tool", "search=web_search:2", "--tool", "boom=web_search"]
+        parameters = StdioServerParameters(command=sys.executable, args=arguments, env={"PYTHONPATH": str(PACKAGE)})
+        tools, (search, boom, again, refused) = asyncio.run(session_calls(
+            parameters, [("search", {"query": "http"}), ("boom", {}), ("search", {"query": "again"}), ("search", {"query": "more"})]))
+        assert {"search", "boom"} <= tools
+        assert not failed(search) and "results for http" in text(search)
+        assert failed(boom)                                     # released
+        assert not failed(again)                                # 2 + 2 of 4
+        assert failed(refused) and "out of credits" in text(refused)
+        with server.client(account="acme") as admin:
+            balance = admin.balance()
+            assert balance.funds.pool == 0 and balance.open_holds == 0
+    finally:
+        upstream.terminate()
+        upstream.wait(10)

@@ -1,8 +1,10 @@
-"""tollgate-mcp: a gateway in front of any MCP server spoken over stdio, gating each
-`tools/call` with Tollgate.
+"""tollgate-mcp: a gateway in front of any MCP server — started over stdio, or reached over
+streamable HTTP — gating each `tools/call` with Tollgate. The MCP client talks to the gateway
+over stdio.
 
     tollgate-mcp --upstream 'python3 my_server.py' --account acme --member ana \\
                  --tool search=web_search --tool fetch=web_fetch:@pages
+    tollgate-mcp --upstream-url http://127.0.0.1:8000/mcp --account acme --tool search=web_search
 
 The MCP client (an agent, an IDE) starts tollgate-mcp as if it were the server; tollgate-mcp
 starts the upstream server and passes every message through, except that a `tools/call` of a
@@ -19,6 +21,8 @@ transport); nothing else is changed. No dependency beyond this package.
 import argparse
 import json
 import os
+import urllib.error
+import urllib.request
 import shlex
 import subprocess
 import sys
@@ -144,9 +148,68 @@ class Gateway:
                 pass
 
 
+class HTTPUpstream:
+    """An MCP server reached over streamable HTTP: each message is POSTed; the answer is JSON,
+    or an event stream of messages, or nothing (202) for a notification. The session id the
+    server gives at initialize is sent back with every later message. Server-initiated streams
+    (GET) are not opened: requests from the server to the client arrive only within answers."""
+
+    def __init__(self, url, deliver, timeout=600):
+        self.url, self.deliver, self.timeout = url, deliver, timeout
+        self.session = None
+        self.protocol = None
+
+    def send(self, message):
+        threading.Thread(target=self._post, args=(message,), name="tollgate-mcp-post", daemon=True).start()
+
+    def _post(self, message):
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if self.session:
+            headers["Mcp-Session-Id"] = self.session
+        if self.protocol:
+            headers["MCP-Protocol-Version"] = self.protocol
+        request = urllib.request.Request(self.url, data=json.dumps(message).encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                self.session = response.headers.get("Mcp-Session-Id") or self.session
+                kind = response.headers.get("Content-Type", "")
+                if response.status == 202 or (isinstance(message, dict) and "id" not in message):
+                    return  # a notification or an answer the client sent: nothing comes back
+                if kind.startswith("text/event-stream"):
+                    data = []
+                    for raw in response:
+                        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                        if line.startswith("data:"):
+                            data.append(line[5:].lstrip())
+                        elif not line and data:
+                            self._answer("\n".join(data))
+                            data = []
+                    if data:
+                        self._answer("\n".join(data))
+                else:
+                    body = response.read()
+                    if body.strip():
+                        self._answer(body.decode("utf-8", "replace"))
+        except (urllib.error.URLError, OSError, ValueError) as failure:
+            if isinstance(message, dict) and "id" in message:
+                self.deliver({"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32603, "message": "upstream %s: %s" % (self.url, failure)}})
+
+    def _answer(self, text):
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        for item in message if isinstance(message, list) else [message]:
+            if isinstance(item, dict) and isinstance(item.get("result"), dict) and "protocolVersion" in item["result"]:
+                self.protocol = item["result"]["protocolVersion"]
+            self.deliver(item)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tollgate-mcp", description="Gate an MCP server's tools/call with Tollgate (stdio).")
-    parser.add_argument("--upstream", required=True, help="the MCP server's command line (stdio), e.g. 'python3 server.py'")
+    upstreams = parser.add_mutually_exclusive_group(required=True)
+    upstreams.add_argument("--upstream", help="the MCP server's command line (stdio), e.g. 'python3 server.py'")
+    upstreams.add_argument("--upstream-url", help="the MCP server's streamable HTTP endpoint, e.g. http://127.0.0.1:8000/mcp")
     parser.add_argument("--account", required=True)
     parser.add_argument("--member")
     parser.add_argument("--tool", action="append", type=parse_tool, default=[], metavar="NAME=PRODUCT[:QUANTITY]",
@@ -175,7 +238,6 @@ def main(argv=None):
                     fail=options.fail, offline_allowance=options.offline_allowance, offline_rates=rates, retries=1)
     log = (lambda message: print("tollgate-mcp: " + message, file=sys.stderr, flush=True)) if options.verbose else None
     gateway = Gateway(client, {name: (product, quantity) for name, product, quantity in options.tool}, options.unmapped, options.ttl, log)
-    upstream = subprocess.Popen(shlex.split(options.upstream), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     out_lock = threading.Lock()
 
     def write(message_or_line):
@@ -183,6 +245,10 @@ def main(argv=None):
         with out_lock:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
+
+    if options.upstream_url:
+        return serve_http(options.upstream_url, gateway, client, write)
+    upstream = subprocess.Popen(shlex.split(options.upstream), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
 
     def pump_upstream():
         for line in upstream.stdout:
@@ -251,6 +317,44 @@ def main(argv=None):
                   % client.offline_pending, file=sys.stderr, flush=True)
         client.close()
     return upstream.returncode or 0
+
+
+def serve_http(url, gateway, client, write):
+    """The client's messages from stdin, to a streamable HTTP upstream, gated the same way."""
+
+    def deliver(message):
+        gateway.from_upstream(message)
+        write(message)
+
+    upstream = HTTPUpstream(url, deliver)
+    try:
+        for line in sys.stdin.buffer:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # not JSON: nothing an HTTP upstream could take
+            if isinstance(message, list):
+                for item in message:
+                    if isinstance(item, dict) and item.get("method") == "tools/call" and "id" in item:
+                        write(tool_error(item["id"], "tool calls in a JSON-RPC batch are not supported by tollgate-mcp"))
+                message = [item for item in message if not (isinstance(item, dict) and item.get("method") == "tools/call")]
+                if message:
+                    upstream.send(message)
+                continue
+            forward, answer = gateway.from_client(message)
+            if answer is not None:
+                write(answer)
+            if forward is not None:
+                upstream.send(forward)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        gateway.release_all()
+        if client.failsafe is not None and client.settle() > 0:
+            print("tollgate-mcp: %d offline spends could not be settled before exit (the gate is still unreachable): they are lost"
+                  % client.offline_pending, file=sys.stderr, flush=True)
+        client.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -33,4 +33,12 @@ def free() -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    import sys
+    if len(sys.argv) > 1:  # a port: streamable HTTP on 127.0.0.1
+        try:
+            server.run("streamable-http", port=int(sys.argv[1]))  # mcp 2.x
+        except TypeError:
+            server.settings.port = int(sys.argv[1])  # mcp 1.x
+            server.run("streamable-http")
+    else:
+        server.run()
