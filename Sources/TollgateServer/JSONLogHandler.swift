@@ -95,13 +95,17 @@ public struct JSONLogHandler: LogHandler {
         return out + "\""
     }
 
-    /// UTC, to the microsecond.
+    /// UTC, to the microsecond. The wall clock is outside input: one set before 1970 or past
+    /// what an Int64 of microseconds holds is written as it is, never a trap.
     static func timestamp(_ date: Date) -> String {
-        let microseconds = Int64((date.timeIntervalSince1970 * 1_000_000).rounded(.down))
-        var seconds = time_t(microseconds / 1_000_000)
+        let raw = (date.timeIntervalSince1970 * 1_000_000).rounded(.down)
+        let microseconds = raw.isFinite && abs(raw) < 9.0e18 ? Int64(raw) : 0
+        // Floor division, so that the fraction is 0 to 999,999 on both sides of 1970.
+        let (quotient, remainder) = microseconds.quotientAndRemainder(dividingBy: 1_000_000)
+        var seconds = time_t(remainder < 0 ? quotient - 1 : quotient)
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        let fraction = String(microseconds % 1_000_000)
+        let fraction = String(remainder < 0 ? remainder + 1_000_000 : remainder)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
         return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))."
             + String(repeating: "0", count: 6 - fraction.count) + fraction + "Z"

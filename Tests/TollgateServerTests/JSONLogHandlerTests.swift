@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
-import TollgateServer
+@testable import TollgateServer
 
 @Suite struct JSONLogHandlerTests {
     @Test func eachMessageIsOneJSONObjectOnOneLine() throws {
@@ -23,6 +23,13 @@ import TollgateServer
         #expect(object["label"] == "tollgated" && object["node"] == "a" && object["seconds"] == "0.004" && object["nested"] == "[x, y]")
         let time = try #require(object["time"])
         #expect(time.count == "2026-12-03T12:00:00.000000Z".count && time.hasSuffix("Z"))
+    }
+
+    /// A clock before 1970 (or absurdly far off) is written, not a trap.
+    @Test func timestampsOfAnyClockAreWritten() {
+        #expect(JSONLogHandler.timestamp(Date(timeIntervalSince1970: -0.5)) == "1969-12-31T23:59:59.500000Z")
+        #expect(JSONLogHandler.timestamp(Date(timeIntervalSince1970: 1.25)) == "1970-01-01T00:00:01.250000Z")
+        #expect(!JSONLogHandler.timestamp(Date(timeIntervalSince1970: 1e300)).isEmpty)
     }
 
     @Test func durationsAreWrittenAsSeconds() {
