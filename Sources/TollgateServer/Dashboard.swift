@@ -2,8 +2,9 @@
 /// `/dashboard` on the admin port. It holds no data: it reads the read API every second with the
 /// token typed into it (kept for the browser tab only, in sessionStorage; `#token=…` in the
 /// address fills it in) and draws each account's balance over time against the period's
-/// allotment, the burn rate and projected depletion, open holds, headroom by level, refusals
-/// by reason and alerts. Numbers carry their raw value in `data-value`, for tests and scrapers.
+/// allotment, the burn rate and projected depletion, open holds, headroom by level (and the
+/// funds), the members seen in recent activity, refusals by reason (in words) and alerts.
+/// Numbers carry their raw value in `data-value`, for tests and scrapers.
 enum Dashboard {
     static let page = #"""
 <!doctype html>

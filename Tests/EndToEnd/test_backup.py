@@ -86,7 +86,9 @@ def test_a_backup_taken_under_load_is_a_consistent_prefix(tmp_path):
 
         worker = threading.Thread(target=load)
         worker.start()
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while len(spent) < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)   # load under way, however slow the machine
         summary = backup(tmp_path / "a" / "data", tmp_path / "copy")
         time.sleep(0.5)
         stop.set()

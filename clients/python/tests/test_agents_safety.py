@@ -14,22 +14,10 @@ from test_failsafe import Restartable
 
 pytest.importorskip("langchain_core")
 langgraph_prebuilt = pytest.importorskip("langgraph.prebuilt")
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
 from langchain_core.messages import AIMessage  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
+from test_langchain import ScriptedModel, search  # noqa: E402  (the same fake model and tool)
 
 from tollgate.langchain import gate_tools  # noqa: E402
-
-
-class ScriptedModel(GenericFakeChatModel):
-    def bind_tools(self, tools, **kwargs):
-        return self
-
-
-@tool
-def search(query: str) -> str:
-    """Searches the web."""
-    return "found " + query
 
 
 def run_agent(client, searches, prefix):

@@ -31,18 +31,11 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.tools import BaseTool, ToolException
 
 from . import errors
+from ._agents import TokenCharging, refusal_text
 from .failsafe import OfflineRefused
 from .gate import current_hold
 
 Price = Union[str, Tuple[str, Union[int, str]]]
-
-
-def _refusal_text(name, refused):
-    if isinstance(refused, OfflineRefused):
-        return "%s was not run: %s. Tell the user, or try again later." % (name, refused.reason)
-    headroom = getattr(refused, "headroom", None)
-    left = "" if headroom is None else "; %d credits left" % headroom.funds
-    return "out of credits: %s was not run (%s %s%s). Tell the user, or try a cheaper action." % (name, refused.name, refused.subject, left)
 
 
 class GatedTool(BaseTool):
@@ -76,7 +69,7 @@ class GatedTool(BaseTool):
             hold = self.client.hold(self.product, units, account=self.account, member=self.member, ttl=self.ttl)
             hold.__enter__()
         except (errors.CreditsExhausted, OfflineRefused) as refused:
-            raise ToolException(_refusal_text(self.name, refused)) from None
+            raise ToolException(refusal_text(self.name, refused)) from None
         try:
             result = self.inner.invoke(kwargs)
         except BaseException as failure:
@@ -93,7 +86,7 @@ class GatedTool(BaseTool):
             hold = self.client.hold(self.product, units, account=self.account, member=self.member, ttl=self.ttl)
             await hold.__aenter__()
         except (errors.CreditsExhausted, OfflineRefused) as refused:
-            raise ToolException(_refusal_text(self.name, refused)) from None
+            raise ToolException(refusal_text(self.name, refused)) from None
         try:
             result = await self.inner.ainvoke(kwargs)
         except BaseException as failure:
@@ -131,7 +124,7 @@ def _tokens(response: Any) -> Optional[int]:
     return None if total is None else int(total)
 
 
-class TollgateCallbackHandler(BaseCallbackHandler):
+class TollgateCallbackHandler(TokenCharging, BaseCallbackHandler):
     """Reserves before each model call and commits the tokens used after it (see the module's
     docstring). Works with the blocking `tollgate.Client`."""
 
@@ -139,16 +132,9 @@ class TollgateCallbackHandler(BaseCallbackHandler):
 
     def __init__(self, client: Any, product: str, *, estimate: int = 4_000, tokens_per_unit: int = 1_000, account: Optional[str] = None,
                  member: Optional[str] = None, ttl: float = 300) -> None:
-        if tokens_per_unit < 1 or estimate < 1:
-            raise ValueError("estimate and tokens_per_unit must be at least 1")
-        self.client, self.product, self.estimate, self.tokens_per_unit = client, product, estimate, tokens_per_unit
-        self.account, self.member, self.ttl = account, member, ttl
+        self._setup_charging(client, product, estimate, tokens_per_unit, account, member, ttl)
         self.holds: Dict[Any, Any] = {}
-        self.charged = 0
         self._lock = threading.Lock()
-
-    def _units(self, tokens: int) -> int:
-        return -(-tokens // self.tokens_per_unit)
 
     def _start(self, run_id: Any) -> None:
         decision = self.client.reserve(self.product, self._units(self.estimate), account=self.account, member=self.member, ttl=self.ttl)

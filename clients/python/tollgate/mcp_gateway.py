@@ -205,6 +205,15 @@ class HTTPUpstream:
             self.deliver(item)
 
 
+def finish(gateway, client):
+    """At exit: release what is still held, settle what was decided offline, say what could not be."""
+    gateway.release_all()
+    if client.failsafe is not None and client.settle() > 0:
+        print("tollgate-mcp: %d offline spends could not be settled before exit (the gate is still unreachable): they are lost"
+              % client.offline_pending, file=sys.stderr, flush=True)
+    client.close()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tollgate-mcp", description="Gate an MCP server's tools/call with Tollgate (stdio).")
     upstreams = parser.add_mutually_exclusive_group(required=True)
@@ -261,11 +270,7 @@ def main(argv=None):
             write(line)
         # The upstream is gone: nothing more can be answered. Release what is held and exit,
         # rather than leave the client waiting on a pipe that will never speak again.
-        gateway.release_all()
-        if client.failsafe is not None and client.settle() > 0:
-            print("tollgate-mcp: %d offline spends could not be settled before exit (the gate is still unreachable): they are lost"
-                  % client.offline_pending, file=sys.stderr, flush=True)
-        client.close()
+        finish(gateway, client)
         with out_lock:
             sys.stdout.flush()
         os._exit(upstream.wait() or 0)
@@ -311,11 +316,7 @@ def main(argv=None):
         except subprocess.TimeoutExpired:
             upstream.kill()
         reader.join(5)
-        gateway.release_all()
-        if client.failsafe is not None and client.settle() > 0:
-            print("tollgate-mcp: %d offline spends could not be settled before exit (the gate is still unreachable): they are lost"
-                  % client.offline_pending, file=sys.stderr, flush=True)
-        client.close()
+        finish(gateway, client)
     return upstream.returncode or 0
 
 
@@ -349,11 +350,7 @@ def serve_http(url, gateway, client, write):
     except (BrokenPipeError, KeyboardInterrupt):
         pass
     finally:
-        gateway.release_all()
-        if client.failsafe is not None and client.settle() > 0:
-            print("tollgate-mcp: %d offline spends could not be settled before exit (the gate is still unreachable): they are lost"
-                  % client.offline_pending, file=sys.stderr, flush=True)
-        client.close()
+        finish(gateway, client)
     return 0
 
 

@@ -24,19 +24,12 @@ from typing import Any, Callable, Optional, Union
 from agents import RunHooks, function_tool
 
 from . import errors
+from ._agents import TokenCharging, refusal_text
 from .failsafe import OfflineRefused
 
 
 async def _maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def _refusal_text(name: str, refused: Any) -> str:
-    if isinstance(refused, OfflineRefused):
-        return "%s was not run: %s. Tell the user, or try again later." % (name, refused.reason)
-    headroom = getattr(refused, "headroom", None)
-    left = "" if headroom is None else "; %d credits left" % headroom.funds
-    return "out of credits: %s was not run (%s %s%s). Tell the user, or try a cheaper action." % (name, refused.name, refused.subject, left)
 
 
 def gated_tool(client: Any, product: str, quantity: Union[int, str] = 1, *, account: Optional[str] = None, member: Optional[str] = None,
@@ -56,7 +49,7 @@ def gated_tool(client: Any, product: str, quantity: Union[int, str] = 1, *, acco
             try:
                 decision = await _maybe(client.reserve(product, units, account=account, member=member, ttl=ttl))
             except (errors.CreditsExhausted, OfflineRefused) as refused:
-                return _refusal_text(function.__name__, refused)
+                return refusal_text(function.__name__, refused)
             try:
                 result = await _maybe(function(*args, **kwargs))
             except BaseException:
@@ -73,20 +66,13 @@ def gated_tool(client: Any, product: str, quantity: Union[int, str] = 1, *, acco
     return decorate
 
 
-class TollgateRunHooks(RunHooks):
+class TollgateRunHooks(TokenCharging, RunHooks):
     """Reserves before each model call and commits the tokens it used (see the module's docstring)."""
 
     def __init__(self, client: Any, product: str, *, estimate: int = 4_000, tokens_per_unit: int = 1_000, account: Optional[str] = None,
                  member: Optional[str] = None, ttl: float = 300) -> None:
-        if tokens_per_unit < 1 or estimate < 1:
-            raise ValueError("estimate and tokens_per_unit must be at least 1")
-        self.client, self.product, self.estimate, self.tokens_per_unit = client, product, estimate, tokens_per_unit
-        self.account, self.member, self.ttl = account, member, ttl
+        self._setup_charging(client, product, estimate, tokens_per_unit, account, member, ttl)
         self.holds: list = []
-        self.charged = 0
-
-    def _units(self, tokens: int) -> int:
-        return -(-tokens // self.tokens_per_unit)
 
     async def on_llm_start(self, context: Any, agent: Any, system_prompt: Any, input_items: Any) -> None:
         decision = await _maybe(self.client.reserve(self.product, self._units(self.estimate), account=self.account, member=self.member,
