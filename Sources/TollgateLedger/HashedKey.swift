@@ -32,6 +32,44 @@ enum FastHash {
         return copy.withUTF8 { bytes in hash(bytes, seed: seed) }
     }
 
+    /// `hash(string, seed: stableSeed)` and `hash(string, seed: stableSecondSeed)` in one pass
+    /// over the bytes: the two halves of an idempotency digest.
+    @inline(__always)
+    static func stablePair(_ string: String) -> (first: UInt64, second: UInt64) {
+        if let value = string.utf8.withContiguousStorageIfAvailable({ stablePair($0) }) { return value }
+        var copy = string
+        return copy.withUTF8 { bytes in stablePair(bytes) }
+    }
+
+    static func stablePair(_ bytes: UnsafeBufferPointer<UInt8>) -> (first: UInt64, second: UInt64) {
+        let length = UInt64(bytes.count) &* 0x9E37_79B9_7F4A_7C15
+        var first = stableSeed ^ length
+        var second = stableSecondSeed ^ length
+        guard let base = bytes.baseAddress else {
+            return (mix(first, 0xA076_1D64_78BD_642F), mix(second, 0xA076_1D64_78BD_642F))
+        }
+        let raw = UnsafeRawPointer(base)
+        var offset = 0
+        while offset + 8 <= bytes.count {
+            let word = raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            first = mix(first ^ word, 0xA076_1D64_78BD_642F)
+            second = mix(second ^ word, 0xA076_1D64_78BD_642F)
+            offset += 8
+        }
+        if offset < bytes.count {
+            var tail: UInt64 = 0
+            var shift: UInt64 = 0
+            while offset < bytes.count {
+                tail |= UInt64(raw.load(fromByteOffset: offset, as: UInt8.self)) << shift
+                shift += 8
+                offset += 1
+            }
+            first = mix(first ^ tail, 0xE703_7ED1_A0B4_28DB)
+            second = mix(second ^ tail, 0xE703_7ED1_A0B4_28DB)
+        }
+        return (mix(first, 0x8EBC_6AF0_9C88_C6E3), mix(second, 0x8EBC_6AF0_9C88_C6E3))
+    }
+
     static func hash(_ bytes: UnsafeBufferPointer<UInt8>, seed: UInt64 = FastHash.seed) -> UInt64 {
         var state = seed ^ UInt64(bytes.count) &* 0x9E37_79B9_7F4A_7C15
         guard let base = bytes.baseAddress else { return mix(state, 0xA076_1D64_78BD_642F) }
@@ -74,7 +112,13 @@ struct FastHasher {
     }
 
     mutating func add(_ string: String) {
-        add(FastHash.hash(string, seed: FastHash.stableSeed))
+        add(stableHash: FastHash.hash(string, seed: FastHash.stableSeed), of: string)
+    }
+
+    /// `add(string)` with the string's stable hash already taken (the account's, which its
+    /// idempotency digest takes too).
+    mutating func add(stableHash: UInt64, of string: String) {
+        add(stableHash)
         add(UInt64(string.utf8.count))
     }
 

@@ -25,11 +25,15 @@ struct IdempotencyTable: Hashable, Sendable {
         let high: UInt64
 
         init(scope: String, key: String) {
-            low = FastHash.mix(
-                FastHash.hash(scope, seed: FastHash.stableSeed) ^ 0x5851_F42D_4C95_7F2D, FastHash.hash(key, seed: FastHash.stableSeed) | 1)
-            high = FastHash.mix(
-                FastHash.hash(scope, seed: FastHash.stableSecondSeed) ^ 0x1405_7B7E_F767_814F,
-                FastHash.hash(key, seed: FastHash.stableSecondSeed) | 1)
+            self.init(scopeHashes: FastHash.stablePair(scope), key: key)
+        }
+
+        /// The digest from the scope's two stable hashes (`FastHash.stablePair`), which the
+        /// caller may use again: the fingerprint of a gate command starts with the first.
+        init(scopeHashes scope: (first: UInt64, second: UInt64), key: String) {
+            let key = FastHash.stablePair(key)
+            low = FastHash.mix(scope.first ^ 0x5851_F42D_4C95_7F2D, key.first | 1)
+            high = FastHash.mix(scope.second ^ 0x1405_7B7E_F767_814F, key.second | 1)
         }
 
         init(low: UInt64, high: UInt64) {
@@ -221,19 +225,25 @@ extension Command {
     /// under the same key without keeping the request. The gate commands, which are most of
     /// the traffic, are hashed field by field; admin commands use the standard hasher.
     var fingerprint: UInt64 {
+        fingerprint(accountHash: nil)
+    }
+
+    /// The fingerprint, given the account's stable hash (`FastHash.hash(account, seed:
+    /// stableSeed)`) if the caller has it: the gate commands start with it.
+    func fingerprint(accountHash: UInt64?) -> UInt64 {
         switch self {
         case .reserve(let reserve):
             var hasher = FastHasher(tag: 1)
-            hasher.add(reserve.request)
+            hasher.add(reserve.request, accountHash: accountHash)
             hasher.add(reserve.ttlMicroseconds)
             return hasher.state
         case .spend(let spend):
             var hasher = FastHasher(tag: 2)
-            hasher.add(spend.request)
+            hasher.add(spend.request, accountHash: accountHash)
             return hasher.state
         case .commit(let commit):
             var hasher = FastHasher(tag: 3)
-            hasher.add(commit.hold)
+            hasher.add(commit.hold, accountHash: accountHash)
             switch commit.amount {
             case .held: hasher.add(0 as UInt64)
             case .quantity(let quantity): hasher.add(1 as UInt64); hasher.add(quantity)
@@ -243,11 +253,11 @@ extension Command {
             return hasher.state
         case .release(let reference):
             var hasher = FastHasher(tag: 4)
-            hasher.add(reference)
+            hasher.add(reference, accountHash: accountHash)
             return hasher.state
         case .extend(let extend):
             var hasher = FastHasher(tag: 5)
-            hasher.add(extend.hold)
+            hasher.add(extend.hold, accountHash: accountHash)
             hasher.add(extend.ttlMicroseconds)
             return hasher.state
         case .createAccount(let create):
@@ -435,16 +445,20 @@ extension FastHasher {
         }
     }
 
-    mutating func add(_ request: DecisionRequest) {
-        add(request.account)
+    mutating func add(_ request: DecisionRequest, accountHash: UInt64?) {
+        add(account: request.account, accountHash)
         add(request.member)
         add(request.product)
         add(request.quantity)
     }
 
-    mutating func add(_ reference: HoldReference) {
-        add(reference.account)
+    mutating func add(_ reference: HoldReference, accountHash: UInt64?) {
+        add(account: reference.account, accountHash)
         add(reference.hold)
+    }
+
+    private mutating func add(account: String, _ stableHash: UInt64?) {
+        if let stableHash { add(stableHash: stableHash, of: account) } else { add(account) }
     }
 }
 

@@ -57,6 +57,11 @@ public protocol OlderKeys {
     func find(low: UInt64, high: UInt64) -> ArchivedKey?
 }
 
+/// No tier beyond the table.
+public enum NoOlderKeys: OlderKeys {
+    public func find(low: UInt64, high: UInt64) -> ArchivedKey? { nil }
+}
+
 /// Keys the table let go of, waiting for the server to take them. Not part of the ledger's
 /// value: where a key is kept does not change what the ledger decides.
 struct EvictedKeys: Hashable, Sendable {

@@ -144,7 +144,7 @@ extension Ledger {
             index -= 1
         }
         addUsage(chain(of: hold), held: -hold.held, consumed: 0, at: now)
-        holds.removeValue(forKey: HoldKey(hold.id))
+        holds.remove(HoldKey(hold.id))
         accounts[Int(hold.account)].openHolds -= 1
         if hold.member != noSlot { members[Int(hold.member)].openHolds -= 1 }
         resolvedHolds.remember(

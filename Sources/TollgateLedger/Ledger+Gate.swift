@@ -78,10 +78,10 @@ extension Ledger {
         let draws = drawFunds(chain, priced.cost, holding: true)
         addUsage(chain, held: priced.cost, consumed: 0, at: now)
         let deadline = now.adding(microseconds: reserve.ttlMicroseconds)
-        holds[HoldKey(id)] = HoldRecord(
+        holds.insert(HoldRecord(
             id: id, account: chain.account, member: chain.member, product: reserve.request.product,
             quantity: reserve.request.quantity, creditsPerUnit: priced.creditsPerUnit, original: priced.cost,
-            held: priced.cost, createdAt: now, deadline: deadline, draws: draws, groups: chain.groups)
+            held: priced.cost, createdAt: now, deadline: deadline, draws: draws, groups: chain.groups))
         accounts[Int(chain.account)].openHolds += 1
         if chain.member != noSlot { members[Int(chain.member)].openHolds += 1 }
         schedule(.holdDeadline(id), at: deadline)
@@ -111,28 +111,51 @@ extension Ledger {
     // MARK: - Commit, release, extend
 
     mutating func commit(_ commit: Commit, at now: Instant) -> Answer {
-        var hold: HoldRecord
+        let slot: Int32
         switch openHold(commit.hold) {
         case .failure(let error): return .refused(Refusal(error))
-        case .success(let value): hold = value
+        case .success(let value): slot = value
         }
+        // The record is moved out of its slot while the commit works on it (no copy of its
+        // draws and groups), and moved back unless the commit resolves the hold.
+        var hold = holds.take(slot: slot)
+        let chain = chain(of: hold)
+        switch self.commit(commit, to: &hold, chain, at: now) {
+        case .failure(let refusal):
+            holds.put(hold, slot: slot)
+            return .refused(refusal)
+        case .success(let actual):
+            let returned = commit.isFinal ? hold.held : 0
+            if commit.isFinal {
+                finish(hold, as: .committed, at: now)
+            } else {
+                holds.put(hold, slot: slot)
+            }
+            return .committed(
+                CommitResult(
+                    hold: hold.id, committed: actual, returned: returned, stillHeld: commit.isFinal ? 0 : hold.held,
+                    headroom: headroom(chain, at: now)))
+        }
+    }
+
+    /// The commit itself, on a hold taken out of its slot: the credits it commits, or why it
+    /// is refused (and then the hold is unchanged).
+    private mutating func commit(_ commit: Commit, to hold: inout HoldRecord, _ chain: Chain, at now: Instant) -> Result<Credits, Refusal> {
         let actual: Credits
         switch commit.amount {
         case .held:
             actual = hold.held
         case .quantity(let quantity):
             guard quantity >= 0, quantity <= limits.quantityMax else {
-                return .refused(Refusal(invalidQuantity(allowZero: true)))
+                return .failure(Refusal(invalidQuantity(allowZero: true)))
             }
             let (credits, overflow) = hold.creditsPerUnit.multipliedReportingOverflow(by: quantity)
-            guard !overflow, credits <= limits.creditsMax else { return .refused(Refusal(costOutOfRange())) }
+            guard !overflow, credits <= limits.creditsMax else { return .failure(Refusal(costOutOfRange())) }
             actual = credits
         case .credits(let credits):
-            if let error = validateCredits(credits, "commit amount", allowZero: true) { return .refused(Refusal(error)) }
+            if let error = validateCredits(credits, "commit amount", allowZero: true) { return .failure(Refusal(error)) }
             actual = credits
         }
-        let chain = chain(of: hold)
-
         if actual <= hold.held {
             consume(actual, from: &hold)
             addUsage(chain, held: -actual, consumed: actual, at: now)
@@ -142,7 +165,7 @@ extension Ledger {
             let headroom = self.headroom(chain, at: now)
             if let error = refusalFor(excess, headroom, chain) {
                 let finishAllowed = error.code == .insufficientFunds && finishAllows(hold, committing: actual)
-                if !finishAllowed { return .refused(Refusal(error, headroom: headroom)) }
+                if !finishAllowed { return .failure(Refusal(error, headroom: headroom)) }
             }
             let held = hold.held
             consume(held, from: &hold)
@@ -151,25 +174,16 @@ extension Ledger {
         }
         hold.committed = hold.committed.addingClamped(actual)
         precondition(hold.held >= 0 && hold.held == hold.draws.total, "a hold's draws must add up to what it holds")
-
-        let returned = commit.isFinal ? hold.held : 0
-        if commit.isFinal {
-            finish(hold, as: .committed, at: now)
-        } else {
-            holds[HoldKey(hold.id)] = hold
-        }
-        return .committed(
-            CommitResult(
-                hold: hold.id, committed: actual, returned: returned, stillHeld: commit.isFinal ? 0 : hold.held,
-                headroom: headroom(chain, at: now)))
+        return .success(actual)
     }
 
     mutating func release(_ reference: HoldReference, at now: Instant) -> Answer {
-        let hold: HoldRecord
+        let slot: Int32
         switch openHold(reference) {
         case .failure(let error): return .refused(Refusal(error))
-        case .success(let value): hold = value
+        case .success(let value): slot = value
         }
+        let hold = holds.take(slot: slot)
         finish(hold, as: .released, at: now)
         return .released(ReleaseResult(hold: hold.id, released: hold.held, headroom: headroom(chain(of: hold), at: now)))
     }
@@ -181,9 +195,10 @@ extension Ledger {
         switch openHold(extend.hold) {
         case .failure(let error):
             return .refused(Refusal(error))
-        case .success(let hold):
+        case .success(let slot):
             let deadline = now.adding(microseconds: extend.ttlMicroseconds)
-            holds[HoldKey(hold.id)]!.deadline = deadline
+            holds[slot: slot].deadline = deadline
+            let hold = holds[slot: slot]
             schedule(.holdDeadline(hold.id), at: deadline)
             return .extended(ExtendResult(hold: hold.id, deadline: deadline, headroom: headroom(chain(of: hold), at: now)))
         }
@@ -199,12 +214,13 @@ extension Ledger {
 
     // MARK: - Resolving and pricing
 
-    func openHold(_ reference: HoldReference) -> Result<HoldRecord, LedgerError> {
+    /// The slot of the open hold a request names, or why there is none.
+    func openHold(_ reference: HoldReference) -> Result<Int32, LedgerError> {
         guard let account = accountSlots[HashedString(reference.account)] else {
             return .failure(LedgerError(.unknownAccount, level: .account, subject: reference.account))
         }
-        if let hold = holds[HoldKey(reference.hold)], hold.account == account {
-            return .success(hold)
+        if let slot = holds.slot(of: HoldKey(reference.hold)), holds[slot: slot].account == account {
+            return .success(slot)
         }
         if let resolved = resolvedHolds[reference.hold], resolved.account == account {
             return .failure(LedgerError(resolved.resolution.error, level: .request, subject: String(reference.hold)))
