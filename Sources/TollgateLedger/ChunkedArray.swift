@@ -12,6 +12,8 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
     private static var shift: Int { 10 }
     private static var chunkSize: Int { 1 << shift }
 
+    /// Each holds `chunkSize` elements but the first (which may start at `base`) and the last;
+    /// one empty chunk may follow the last element, kept for the next.
     private var chunks: [[Element]] = []
     /// Where element 0 sits in the first chunk (elements before it were removed from the front).
     private var base = 0
@@ -75,14 +77,33 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
         base += k
         count -= k
         if count == 0 {
+            let first = takeFirstChunk()
             chunks.removeAll(keepingCapacity: true)
+            if let first { chunks.append(first) }
             base = 0
             return
         }
         if base >= Self.chunkSize {
+            let first = takeFirstChunk()
             chunks.removeFirst(base >> Self.shift)
             base &= Self.chunkSize - 1
+            // At most one empty chunk waits past the last element.
+            if let first, chunks.count == (base + count - 1) >> Self.shift + 1 { chunks.append(first) }
         }
+    }
+
+    /// The first chunk's buffer, emptied, to be kept past the last element for the next chunk
+    /// to start in: a queue (idempotency keys, resolved holds) then turns over without
+    /// allocating. Nil if it is not a whole chunk's buffer. If a copy of the array (a
+    /// checkpoint's) still shares it, emptying allocates a new buffer, which the next chunk
+    /// would have allocated anyway.
+    @inline(never)
+    private mutating func takeFirstChunk() -> [Element]? {
+        guard !chunks.isEmpty, chunks[0].capacity >= Self.chunkSize else { return nil }
+        var chunk: [Element] = []
+        swap(&chunk, &chunks[0])
+        chunk.removeAll(keepingCapacity: true)
+        return chunk
     }
 
     mutating func popFirst() -> Element? {
@@ -95,14 +116,41 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
     mutating func removeLast() -> Element {
         precondition(count > 0, "removing from an empty chunked array")
         let physical = base + count - 1
-        let element = chunks[physical >> Self.shift].removeLast()
+        let last = physical >> Self.shift
+        let element = chunks[last].removeLast()
         count -= 1
-        if chunks[chunks.count - 1].isEmpty { chunks.removeLast() }
         if count == 0 {
-            chunks.removeAll(keepingCapacity: true)
+            // The first chunk may still hold what was removed from the front; it is emptied
+            // and kept for the next element.
+            chunks[0].removeAll(keepingCapacity: true)
+            if chunks.count > 1 { chunks.removeLast(chunks.count - 1) }
             base = 0
+        } else if chunks[last].isEmpty && chunks.count > last + 1 {
+            // The emptied chunk is the one kept past the last element.
+            chunks.removeLast()
         }
         return element
+    }
+
+    /// Removes the last `k` elements.
+    mutating func removeLast(_ k: Int) {
+        precondition(k >= 0 && k <= count, "removing more than the chunked array holds")
+        guard k > 0 else { return }
+        count -= k
+        if count == 0 {
+            chunks[0].removeAll(keepingCapacity: true)
+            if chunks.count > 1 { chunks.removeLast(chunks.count - 1) }
+            base = 0
+            return
+        }
+        let end = base + count
+        let last = (end - 1) >> Self.shift
+        chunks[last].removeLast(chunks[last].count - ((end - 1) & (Self.chunkSize - 1) + 1))
+        if chunks.count > last + 1 {
+            // One emptied chunk is kept past the last element.
+            chunks[last + 1].removeAll(keepingCapacity: true)
+            if chunks.count > last + 2 { chunks.removeLast(chunks.count - last - 2) }
+        }
     }
 
     mutating func reserveCapacity(_ capacity: Int) {

@@ -2,7 +2,7 @@
 /// becoming effective, a grant expiring. A binary min-heap ordered by instant, then by the
 /// order the events were scheduled, so processing is deterministic. An entry whose hold was
 /// resolved or extended, or whose grant ended, is not removed at once; it is skipped when it
-/// comes up, and the ledger drops such entries in bulk (`takeEvents`, `restore`) once they are the majority, so
+/// comes up, and the ledger drops such entries in bulk (`compacted(keeping:)`) once they are the majority, so
 /// the queue stays proportional to what is really pending.
 struct EventQueue: Hashable, Sendable {
     enum Kind: Hashable, Sendable {
@@ -53,16 +53,18 @@ struct EventQueue: Hashable, Sendable {
         set { (heap, nextSequence, compactionThreshold) = (ChunkedArray(newValue.heap), newValue.nextSequence, newValue.compactionThreshold) }
     }
 
-    /// Hands over the events in no particular order, leaving the queue empty, so the caller
-    /// can filter them in place and `restore` them.
-    mutating func takeEvents() -> [Event] {
-        defer { heap = ChunkedArray() }
-        return Array(heap)
-    }
+    /// Compaction in place, done by the ledger (which knows which events are live) with a
+    /// plain loop: `event(at:)` over every position in turn, `keep(_:at:)` for each live one,
+    /// then `compacted(keeping:)`, which restores the heap order and sets the next compaction
+    /// point. Nothing is allocated (it took the events out into an array and back before).
+    @inline(__always)
+    func event(at index: Int) -> Event { heap[index] }
 
-    /// Restores the heap order over `events` in place and sets the next compaction point.
-    mutating func restore(_ events: [Event]) {
-        heap = ChunkedArray(events)
+    @inline(__always)
+    mutating func keep(_ event: Event, at index: Int) { heap[index] = event }
+
+    mutating func compacted(keeping count: Int) {
+        heap.removeLast(heap.count - count)
         var index = heap.count / 2
         while index > 0 {
             index -= 1

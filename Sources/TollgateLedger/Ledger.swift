@@ -283,21 +283,22 @@ public struct Ledger: Hashable, Sendable {
     /// closure: a closure here would capture (and copy) the whole ledger for every event.
     @inline(never)
     private mutating func compactEvents() {
-        var pending = events.takeEvents()
         var kept = 0
-        for index in pending.indices where isLive(pending[index]) {
-            pending[kept] = pending[index]
+        for index in 0..<events.count {
+            let event = events.event(at: index)
+            guard isLive(event) else { continue }
+            events.keep(event, at: kept)
             kept += 1
         }
-        pending.removeLast(pending.count - kept)
-        events.restore(pending)
+        events.compacted(keeping: kept)
     }
 
     /// Whether an event still matches the hold or grant it was scheduled for.
     func isLive(_ event: EventQueue.Event) -> Bool {
         switch event.kind {
         case .holdDeadline(let id):
-            return holds[HoldKey(id)]?.deadline == event.at
+            guard let slot = holds.slot(of: HoldKey(id)) else { return false }
+            return holds[slot: slot].deadline == event.at
         case .grantEffective(let slot, let id):
             let grant = grants[Int(slot)]
             return grant.id == id && grant.isLive && grant.state == .pending
