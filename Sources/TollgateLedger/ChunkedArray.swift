@@ -13,7 +13,7 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
     private static var chunkSize: Int { 1 << shift }
 
     /// Each holds `chunkSize` elements but the first (which may start at `base`) and the last;
-    /// one empty chunk may follow the last element, kept for the next.
+    /// empty chunks may follow the last element, kept for the next ones.
     private var chunks: [[Element]] = []
     /// Where element 0 sits in the first chunk (elements before it were removed from the front).
     private var base = 0
@@ -87,7 +87,7 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
             let first = takeFirstChunk()
             chunks.removeFirst(base >> Self.shift)
             base &= Self.chunkSize - 1
-            // At most one empty chunk waits past the last element.
+            // One emptied chunk is kept past the last element, unless one is there already.
             if let first, chunks.count == (base + count - 1) >> Self.shift + 1 { chunks.append(first) }
         }
     }
@@ -132,25 +132,22 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
         return element
     }
 
-    /// Removes the last `k` elements.
+    /// Removes the last `k` elements, keeping the chunks they emptied for the elements that
+    /// follow: a heap that is compacted and grows again (the ledger's event queue) then
+    /// allocates nothing.
     mutating func removeLast(_ k: Int) {
         precondition(k >= 0 && k <= count, "removing more than the chunked array holds")
         guard k > 0 else { return }
         count -= k
-        if count == 0 {
-            chunks[0].removeAll(keepingCapacity: true)
-            if chunks.count > 1 { chunks.removeLast(chunks.count - 1) }
-            base = 0
-            return
-        }
         let end = base + count
-        let last = (end - 1) >> Self.shift
-        chunks[last].removeLast(chunks[last].count - ((end - 1) & (Self.chunkSize - 1) + 1))
-        if chunks.count > last + 1 {
-            // One emptied chunk is kept past the last element.
-            chunks[last + 1].removeAll(keepingCapacity: true)
-            if chunks.count > last + 2 { chunks.removeLast(chunks.count - last - 2) }
+        // With nothing left, the first chunk may still hold what was removed from the front.
+        let last = count == 0 ? 0 : (end - 1) >> Self.shift
+        let keep = count == 0 ? 0 : (end - 1) & (Self.chunkSize - 1) + 1
+        chunks[last].removeLast(chunks[last].count - keep)
+        for index in (last + 1)..<chunks.count where !chunks[index].isEmpty {
+            chunks[index].removeAll(keepingCapacity: true)
         }
+        if count == 0 { base = 0 }
     }
 
     mutating func reserveCapacity(_ capacity: Int) {

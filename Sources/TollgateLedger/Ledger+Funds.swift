@@ -83,14 +83,8 @@ extension Ledger {
         let index = Int(slot)
         let amount = min(grants[index].available, remaining)
         guard amount > 0 else { return }
-        grants[index].available -= amount
-        if holding {
-            grants[index].held += amount
-            draws.append(Draw(grant: slot, amount: amount))
-        } else {
-            grants[index].consumed += amount
-            if grants[index].available == 0 && grants[index].held == 0 { spentSome = true }
-        }
+        if grants[index].take(amount, holding: holding) { spentSome = true }
+        if holding { draws.append(Draw(grant: slot, amount: amount)) }
         adjustAvailable(of: slot, by: -amount)
         remaining -= amount
     }
@@ -123,8 +117,7 @@ extension Ledger {
                     accounts[Int(hold.account)].overdraftHeld -= take
                     accounts[Int(hold.account)].overdrawn = accounts[Int(hold.account)].overdrawn.addingClamped(take)
                 } else {
-                    grants[Int(slot)].held -= take
-                    grants[Int(slot)].consumed += take
+                    grants[Int(slot)].consumeHeld(take)
                     retireIfDead(slot)
                 }
             }
@@ -184,15 +177,12 @@ extension Ledger {
         let period = accounts[account].period
         if chain.member != noSlot {
             let member = Int(chain.member)
-            members[member].usage.roll(to: now, period: period)
-            members[member].usage.add(held: held, consumed: consumed)
+            members[member].usage.record(held: held, consumed: consumed, at: now, period: period)
             for group in chain.groups {
-                groups[Int(group)].usage.roll(to: now, period: period)
-                groups[Int(group)].usage.add(held: held, consumed: consumed)
+                groups[Int(group)].usage.record(held: held, consumed: consumed, at: now, period: period)
             }
         }
-        accounts[account].usage.roll(to: now, period: period)
-        accounts[account].usage.add(held: held, consumed: consumed)
+        accounts[account].usage.record(held: held, consumed: consumed, at: now, period: period)
         if consumed > 0 {
             ledgerBurn.add(consumed, at: now)
             while accountBurn.count <= account { accountBurn.append(BurnWindow()) }
@@ -205,8 +195,8 @@ extension Ledger {
         }
         if chain.parent != noSlot {
             let parent = Int(chain.parent)
-            accounts[parent].usage.roll(to: now, period: accounts[parent].period)
-            accounts[parent].usage.add(held: held, consumed: consumed)
+            let parentPeriod = accounts[parent].period
+            accounts[parent].usage.record(held: held, consumed: consumed, at: now, period: parentPeriod)
         }
     }
 
