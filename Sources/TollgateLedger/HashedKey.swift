@@ -45,39 +45,31 @@ enum FastHash {
         let length = UInt64(bytes.count) &* 0x9E37_79B9_7F4A_7C15
         var first = stableSeed ^ length
         var second = stableSecondSeed ^ length
-        guard let base = bytes.baseAddress else {
-            return (mix(first, 0xA076_1D64_78BD_642F), mix(second, 0xA076_1D64_78BD_642F))
+        let read = forEachWord(bytes) { word, multiplier in
+            first = mix(first ^ word, multiplier)
+            second = mix(second ^ word, multiplier)
         }
-        let raw = UnsafeRawPointer(base)
-        var offset = 0
-        while offset + 8 <= bytes.count {
-            let word = raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
-            first = mix(first ^ word, 0xA076_1D64_78BD_642F)
-            second = mix(second ^ word, 0xA076_1D64_78BD_642F)
-            offset += 8
-        }
-        if offset < bytes.count {
-            var tail: UInt64 = 0
-            var shift: UInt64 = 0
-            while offset < bytes.count {
-                tail |= UInt64(raw.load(fromByteOffset: offset, as: UInt8.self)) << shift
-                shift += 8
-                offset += 1
-            }
-            first = mix(first ^ tail, 0xE703_7ED1_A0B4_28DB)
-            second = mix(second ^ tail, 0xE703_7ED1_A0B4_28DB)
-        }
+        guard read else { return (mix(first, 0xA076_1D64_78BD_642F), mix(second, 0xA076_1D64_78BD_642F)) }
         return (mix(first, 0x8EBC_6AF0_9C88_C6E3), mix(second, 0x8EBC_6AF0_9C88_C6E3))
     }
 
     static func hash(_ bytes: UnsafeBufferPointer<UInt8>, seed: UInt64 = FastHash.seed) -> UInt64 {
         var state = seed ^ UInt64(bytes.count) &* 0x9E37_79B9_7F4A_7C15
-        guard let base = bytes.baseAddress else { return mix(state, 0xA076_1D64_78BD_642F) }
+        let read = forEachWord(bytes) { word, multiplier in state = mix(state ^ word, multiplier) }
+        guard read else { return mix(state, 0xA076_1D64_78BD_642F) }
+        return mix(state, 0x8EBC_6AF0_9C88_C6E3)
+    }
+
+    /// The hash's walk over the bytes: each whole 8-byte word with one multiplier, then the
+    /// tail's bytes as one word with another. False (and nothing read) for a buffer with no
+    /// base address, which the hash finishes differently (a stored value depends on it).
+    @inline(__always)
+    private static func forEachWord(_ bytes: UnsafeBufferPointer<UInt8>, _ body: (_ word: UInt64, _ multiplier: UInt64) -> Void) -> Bool {
+        guard let base = bytes.baseAddress else { return false }
         let raw = UnsafeRawPointer(base)
         var offset = 0
         while offset + 8 <= bytes.count {
-            let word = raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
-            state = mix(state ^ word, 0xA076_1D64_78BD_642F)
+            body(raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self), 0xA076_1D64_78BD_642F)
             offset += 8
         }
         if offset < bytes.count {
@@ -88,9 +80,9 @@ enum FastHash {
                 shift += 8
                 offset += 1
             }
-            state = mix(state ^ tail, 0xE703_7ED1_A0B4_28DB)
+            body(tail, 0xE703_7ED1_A0B4_28DB)
         }
-        return mix(state, 0x8EBC_6AF0_9C88_C6E3)
+        return true
     }
 }
 
