@@ -228,6 +228,9 @@ class AsyncClient(_common.Operations):
 
     async def _call_online(self, request, timeout=None):
         deadline = self._deadline(timeout)
+        if deadline <= time.monotonic():
+            # Decided before connecting too, so a fresh client answers as a connected one does.
+            raise errors.DeadlineExceeded("%s: the deadline passed before the request was sent" % request.name)
         attempt = 0
         while True:
             try:
