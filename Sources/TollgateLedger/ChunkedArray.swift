@@ -115,20 +115,8 @@ struct ChunkedArray<Element: Hashable & Sendable>: RandomAccessCollection, Mutab
     @discardableResult
     mutating func removeLast() -> Element {
         precondition(count > 0, "removing from an empty chunked array")
-        let physical = base + count - 1
-        let last = physical >> Self.shift
-        let element = chunks[last].removeLast()
-        count -= 1
-        if count == 0 {
-            // The first chunk may still hold what was removed from the front; it is emptied
-            // and kept for the next element.
-            chunks[0].removeAll(keepingCapacity: true)
-            if chunks.count > 1 { chunks.removeLast(chunks.count - 1) }
-            base = 0
-        } else if chunks[last].isEmpty && chunks.count > last + 1 {
-            // The emptied chunk is the one kept past the last element.
-            chunks.removeLast()
-        }
+        let element = self[count - 1]
+        removeLast(1)
         return element
     }
 

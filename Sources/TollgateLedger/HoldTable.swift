@@ -1,7 +1,7 @@
 /// The open holds: each record lives in a slot of a chunked slab and stays there until the hold
 /// is resolved; a sharded index maps a hold id to its slot.
 ///
-/// A hold record is about 180 bytes with three references (product, spilled draws, groups).
+/// A hold record is 176 bytes (`MemoryLayout`) with three references (product, spilled draws, groups).
 /// Kept as the values of a dictionary, every reserve copied it into the table, every commit
 /// copied it out and again out of `removeValue`, and each copy retained and released its
 /// references: about 2,900 instructions per reserve+commit pair under callgrind (insert 1,349,

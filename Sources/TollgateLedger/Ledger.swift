@@ -118,9 +118,7 @@ public struct Ledger: Hashable, Sendable {
     public mutating func applyRecording<Older: OlderKeys>(_ command: Command, key: String, at instant: Instant, older: Older?) -> Applied {
         let now = advance(to: instant)
         if let error = validateKey(key) { return Applied(answer: .refused(Refusal(error)), instant: now, changedState: false) }
-        let scopeHashes = FastHash.stablePair(command.account)
-        let scopedKey = IdempotencyTable.Key(scopeHashes: scopeHashes, key: key)
-        let fingerprint = command.fingerprint(accountHash: scopeHashes.first)
+        let (scopedKey, fingerprint) = Self.idempotencyKey(command, key)
         switch idempotency.lookup(scopedKey, fingerprint: fingerprint) {
         case .replay(let answer): return Applied(answer: answer, instant: now, changedState: false)
         case .conflict: return conflict(key, at: now)
@@ -174,14 +172,21 @@ public struct Ledger: Hashable, Sendable {
     public mutating func replay(_ command: Command, key: String, at instant: Instant) -> Applied {
         let now = advance(to: instant)
         if let error = validateKey(key) { return Applied(answer: .refused(Refusal(error)), instant: now, changedState: false) }
-        let scopedKey = IdempotencyTable.Key(scope: command.account, key: key)
+        let (scopedKey, fingerprint) = Self.idempotencyKey(command, key)
         var forgot = false
         if idempotency.contains(scopedKey) {
             idempotencyKeysForgottenEarly += idempotency.forget(through: scopedKey)
             forgot = true
         }
-        let (answer, remembered) = executeRemembering(command, scopedKey, fingerprint: command.fingerprint, at: now)
+        let (answer, remembered) = executeRemembering(command, scopedKey, fingerprint: fingerprint, at: now)
         return Applied(answer: answer, instant: now, changedState: remembered || forgot)
+    }
+
+    /// A command's idempotency digest and fingerprint, the account hashed once for both.
+    @inline(__always)
+    private static func idempotencyKey(_ command: Command, _ key: String) -> (IdempotencyTable.Key, UInt64) {
+        let scopeHashes = FastHash.stablePair(command.account)
+        return (IdempotencyTable.Key(scopeHashes: scopeHashes, key: key), command.fingerprint(accountHash: scopeHashes.first))
     }
 
     /// The instant `apply` would decide a command at, given `instant`.
