@@ -167,7 +167,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TollgateJournalTests",
-            dependencies: ["TollgateJournal", "TollgateLedger", "TollgateLedgerTestSupport", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: ["TollgateJournal", "TollgateLedger", "TollgateLedgerTestSupport", "TollgateWire", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(
             name: "TollgateWireTests",

@@ -26,18 +26,22 @@ public struct JournalRecord: Hashable, Sendable {
 
     /// Appends the record, chained to the checksum of the record before it; returns its own
     /// checksum, which the next record chains to.
+    /// `body`: the command's request body as it arrived (key and fields, PROTOCOL.md), which
+    /// the decoder read as this command and key; written as it is instead of encoding the
+    /// command again. Nil: the command is encoded here.
     @discardableResult
-    public func write(to buffer: inout ByteBuffer, previousChecksum: UInt32) -> UInt32 {
+    public func write(to buffer: inout ByteBuffer, previousChecksum: UInt32, body: ByteBuffer? = nil) -> UInt32 {
         let start = buffer.writerIndex
-        buffer.writeInteger(UInt32(0))  // length, patched below
-        buffer.writeInteger(UInt32(0))  // checksum, patched below
-        let checked = buffer.writerIndex
-        buffer.writeInteger(sequence)
-        buffer.writeInteger(previousChecksum)
-        buffer.writeInteger(instant.microsecondsSinceEpoch)
-        buffer.writeInteger(JournalRecord.kindCommand)
-        buffer.writeInteger(command.opcode.rawValue)
-        WireRequest.command(command, key: key).encodeBody(into: &buffer)
+        // Length and checksum (patched below), sequence, the checksum chained to, instant,
+        // kind and opcode: one write of the fixed fields.
+        buffer.writeMultipleIntegers(
+            UInt32(0), UInt32(0), sequence, previousChecksum, instant.microsecondsSinceEpoch, JournalRecord.kindCommand, command.opcode.rawValue)
+        let checked = start + 8
+        if let body {
+            buffer.writeImmutableBuffer(body)
+        } else {
+            WireRequest.command(command, key: key).encodeBody(into: &buffer)
+        }
         let length = buffer.writerIndex - checked
         let checksum = buffer.withUnsafeReadableBytes { bytes in
             CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[(checked - buffer.readerIndex)...]))

@@ -213,9 +213,10 @@ public final class JournalWriter: @unchecked Sendable {
         return pending.stopped
     }
 
-    /// Adds a record; returns its sequence number. Cheap: memory only.
+    /// Adds a record; returns its sequence number. Cheap: memory only. `body`: the command's
+    /// request body as it arrived, journaled as it is (see `JournalRecord.write`).
     @discardableResult
-    public func append(_ command: Command, key: String, instant: Instant) -> UInt64 {
+    public func append(_ command: Command, key: String, instant: Instant, body: ByteBuffer? = nil) -> UInt64 {
         condition.lock()
         defer { condition.unlock() }
         let sequence = pending.nextSequence
@@ -231,7 +232,7 @@ public final class JournalWriter: @unchecked Sendable {
             if undurableSince.load(ordering: .relaxed) == 0 { undurableSince.store(now, ordering: .relaxed) }
         }
         let record = JournalRecord(sequence: sequence, instant: instant, key: key, command: command)
-        pending.lastChecksum = record.write(to: &pending.buffer, previousChecksum: pending.lastChecksum)
+        pending.lastChecksum = record.write(to: &pending.buffer, previousChecksum: pending.lastChecksum, body: body)
         appended.store(sequence, ordering: .releasing)
         return sequence
     }

@@ -266,7 +266,9 @@ public final class EventHub: Sendable {
         guard subscriber.queued.increment() <= settings.subscriberQueueMax else {
             unsubscribe(subscriber.channel)
             let error = WireResponse.error(WireError(.tooManyInFlight, "more than \(settings.subscriberQueueMax) events unread; the subscription is ended"))
-            subscriber.channel.writeAndFlush(error.frame(opcode: .subscribe, requestID: subscriber.requestID), promise: nil)
+            var bytes = subscriber.channel.allocator.buffer(capacity: 256)
+            error.writeFrame(opcode: .subscribe, requestID: subscriber.requestID, to: &bytes)
+            subscriber.channel.writeAndFlush(bytes, promise: nil)
             return
         }
         let counter = subscriber.queued
@@ -277,8 +279,9 @@ public final class EventHub: Sendable {
                 return
             }
             subscriber.lastSent.value = event.sequence
-            let frame = WireResponse.event(event).frame(opcode: .event, requestID: subscriber.requestID)
-            subscriber.channel.writeAndFlush(frame).whenComplete { _ in counter.decrement() }
+            var bytes = subscriber.channel.allocator.buffer(capacity: 256)
+            WireResponse.event(event).writeFrame(opcode: .event, requestID: subscriber.requestID, to: &bytes)
+            subscriber.channel.writeAndFlush(bytes).whenComplete { _ in counter.decrement() }
         }
         if subscriber.channel.eventLoop.inEventLoop { write() } else { subscriber.channel.eventLoop.execute(write) }
     }

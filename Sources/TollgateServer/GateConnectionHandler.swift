@@ -47,7 +47,7 @@ final class ConnectionLimiter: Sendable {
 /// are flushed once per read burst.
 final class GateConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = Frame
-    typealias OutboundOut = Frame
+    typealias OutboundOut = ByteBuffer
 
     private let service: LedgerService
     private let metrics: ServerMetrics
@@ -115,6 +115,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var owed: Int { awaitingAnswers + unflushed + inFlight }
 
     func channelActive(context: ChannelHandlerContext) {
+        outbound = context.channel.allocator.buffer(capacity: Self.outboundInitialCapacity)
         guard limiter.acquire() else {
             logger.warning("refused a connection: at the limit of \(limiter.maximum)")
             fail(context: context, WireError(.tooManyConnections, "the server is at its limit of \(limiter.maximum) connections"), requestID: 0)
@@ -251,18 +252,19 @@ final class GateConnectionHandler: ChannelInboundHandler {
             if request.isMutation, let archive = service.archive {
                 let (keys, runsChecked) = service.keysToRead(request, archive: archive)
                 if !keys.isEmpty {
-                    answerAfterReading(keys, archive: archive, context: context, request, refusedItems: refusedItems, requestID: requestID, started: started)
+                    answerAfterReading(
+                        keys, archive: archive, context: context, request, body: frame.body, refusedItems: refusedItems, requestID: requestID, started: started)
                     return
                 }
-                let handled = service.handle(request, refusedItems: refusedItems, runsChecked: runsChecked)
+                let handled = service.handle(request, body: frame.body, refusedItems: refusedItems, runsChecked: runsChecked)
                 deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)
                 return
             }
-            let handled = service.handle(request, refusedItems: refusedItems)
+            let handled = service.handle(request, body: frame.body, refusedItems: refusedItems)
             deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)
             return
         }
-        write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
+        write(context: context, response, opcode: request.opcode, requestID: requestID)
         metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
     }
 
@@ -293,7 +295,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 }
             }
         }
-        write(context: context, response.frame(opcode: request.opcode, requestID: requestID))
+        write(context: context, response, opcode: request.opcode, requestID: requestID)
         metrics.recordRequest(request.opcode, outcome: response.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
     }
 
@@ -313,7 +315,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
             flushThenClose(context: context)
             return
         }
-        write(context: context, answer.frame(opcode: request.opcode, requestID: requestID))
+        write(context: context, answer, opcode: request.opcode, requestID: requestID)
         metrics.recordRequest(request.opcode, outcome: answer.outcome, nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
         deferredAnswerSent(context: context, soon: flushesSoon)
     }
@@ -410,8 +412,8 @@ final class GateConnectionHandler: ChannelInboundHandler {
     /// answers `unavailable` and decides nothing, so a retry is never charged twice because
     /// the disk failed.
     private func answerAfterReading(
-        _ keys: [(low: UInt64, high: UInt64)], archive: KeyArchive, context: ChannelHandlerContext, _ request: WireRequest, refusedItems: [WireError?]?,
-        requestID: UInt32, started: UInt64
+        _ keys: [(low: UInt64, high: UInt64)], archive: KeyArchive, context: ChannelHandlerContext, _ request: WireRequest, body: ByteBuffer,
+        refusedItems: [WireError?]?, requestID: UInt32, started: UInt64
     ) {
         let service = service
         let frame = Frame(opcode: request.opcode.rawValue, isResponse: false, requestID: requestID, body: ByteBuffer())
@@ -435,7 +437,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
             switch result {
             case .success(let read):
                 metrics.recordKeyRead(outcome: read.contains { $0.key != nil } ? "found" : "absent")
-                let handled = service.handle(request, refusedItems: refusedItems, read: read)
+                let handled = service.handle(request, body: body, refusedItems: refusedItems, read: read)
                 handler.deliver(context: context, handled.response, to: request, requestID: requestID, started: started, showsState: handled.showsState)
             case .failure(let error):
                 metrics.recordKeyRead(outcome: "failed")
@@ -481,7 +483,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
         // Without `after`, the stream starts at the sequence this answer names: events decided
         // between reading it and registering the stream come from the hub's recent ones.
         let after = after ?? (next > 0 ? next - 1 : 0)
-        write(context: context, WireResponse.subscribed(nextSequence: next).frame(opcode: .subscribe, requestID: requestID))
+        write(context: context, WireResponse.subscribed(nextSequence: next), opcode: .subscribe, requestID: requestID)
         metrics.recordRequest(.subscribe, outcome: "ok", nanoseconds: Int64(NIODeadline.now().uptimeNanoseconds - started))
         let channel = context.channel
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -489,7 +491,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
             if let refusal = hub.subscribe(channel: channel, requestID: requestID, after: after, account: account) {
                 loopBound.value.1.eventLoop.execute {
                     let (handler, context) = loopBound.value
-                    handler.write(context: context, WireResponse.error(refusal).frame(opcode: .subscribe, requestID: requestID))
+                    handler.write(context: context, WireResponse.error(refusal), opcode: .subscribe, requestID: requestID)
                     handler.flush(context: context)
                 }
             }
@@ -577,22 +579,24 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     // MARK: - Writing
 
-    /// The last answer of the current read burst is held back so the flush can carry a
-    /// promise: writes complete in order, so its completion means the whole burst is sent.
-    private var held: Frame?
+    /// Answers written since the last flush, encoded back to back as whole frames: one
+    /// buffer per connection, kept and reused once the socket has taken its bytes.
+    private var outbound = ByteBuffer()
+    /// What `outbound` starts with, and the most it keeps between flushes (a larger one, from
+    /// a big answer, is let go rather than held for the life of the connection).
+    private static let outboundInitialCapacity = 4 << 10
+    private static let outboundKeptCapacity = 256 << 10
 
-    private func write(context: ChannelHandlerContext, _ frame: Frame) {
-        if let previous = held { context.write(wrapOutboundOut(previous), promise: nil) }
-        held = frame
+    private func write(context: ChannelHandlerContext, _ response: WireResponse, opcode: Opcode, requestID: UInt32) {
+        response.writeFrame(opcode: opcode, requestID: requestID, to: &outbound)
         unflushed += 1
     }
 
     private func flush(context: ChannelHandlerContext, then: (@Sendable () -> Void)? = nil) {
-        guard let last = held else {
+        guard unflushed > 0 else {
             then?()
             return
         }
-        held = nil
         let count = unflushed
         unflushed = 0
         inFlight += count
@@ -602,7 +606,14 @@ final class GateConnectionHandler: ChannelInboundHandler {
             loopBound.value.inFlight -= count
             then?()
         }
-        context.writeAndFlush(wrapOutboundOut(last), promise: promise)
+        context.writeAndFlush(wrapOutboundOut(outbound), promise: promise)
+        // The socket usually took the bytes during the call and let go of the buffer, so this
+        // reuses its storage; if it still holds them, `clear` gives this buffer new storage.
+        if outbound.capacity > Self.outboundKeptCapacity {
+            outbound = context.channel.allocator.buffer(capacity: Self.outboundInitialCapacity)
+        } else {
+            outbound.clear()
+        }
     }
 
     private func flushThenClose(context: ChannelHandlerContext) {
@@ -615,7 +626,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private func answerError(context: ChannelHandlerContext, frame: Frame, _ error: WireError) {
         metrics.recordError(error.status)
         let opcode: Opcode = error.status == .unknownOpcode ? .error : (Opcode(rawValue: frame.header.opcode) ?? .error)
-        write(context: context, WireResponse.error(error).frame(opcode: opcode, requestID: frame.header.requestID))
+        write(context: context, WireResponse.error(error), opcode: opcode, requestID: frame.header.requestID)
         if error.status.closesConnection {
             closing = true
             flushThenClose(context: context)
@@ -628,7 +639,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
         closing = true
         metrics.recordError(error.status)
         logger.debug("closing connection: \(error)")
-        write(context: context, WireResponse.error(error).frame(opcode: .error, requestID: requestID))
+        write(context: context, WireResponse.error(error), opcode: .error, requestID: requestID)
         flushThenClose(context: context)
     }
 }

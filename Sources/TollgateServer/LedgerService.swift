@@ -49,11 +49,13 @@ public final class LedgerService: Sendable {
         /// Applies a command, journals it if it changed the ledger and records what it did.
         /// Keys the table lets go of go to the disk tier before the lock is released, so a
         /// key is always in one tier or the other.
-        mutating func apply(_ command: Command, key: String, at now: Instant, keys: ArchiveKeys?) -> Answer {
+        /// `body`: the request body the command and key were decoded from, which the journal
+        /// keeps as it is; nil, for a command made here, and the journal encodes it.
+        mutating func apply(_ command: Command, key: String, at now: Instant, keys: ArchiveKeys?, body: ByteBuffer? = nil) -> Answer {
             var hold: HoldView?
             if activity.capacity > 0, case .commit(let commit) = command { hold = ledger.hold(commit.hold.hold) }
             let applied = ledger.applyRecording(command, key: key, at: now, older: keys)
-            if applied.changedState { journal?.append(command, key: key, instant: applied.instant) }
+            if applied.changedState { journal?.append(command, key: key, instant: applied.instant, body: body) }
             if ledger.hasEvictedKeys { archive?.add(ledger.takeEvictedKeys()) }
             activity.record(command, applied, hold: hold)
             return applied.answer
@@ -176,7 +178,11 @@ public final class LedgerService: Sendable {
     /// `refusedItems`, for a BATCH, holds the refusal of each item its sender may not send
     /// (nil for the items it may); a refused item is answered with its error and not applied.
     /// `read` holds the keys read from the disk tier for it (`keysToRead`).
-    public func handle(_ request: WireRequest, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: KeyArchive.Mark? = nil) -> Handled {
+    /// `body`: the body `request` was decoded from, if it came off the wire; its commands are
+    /// journaled from those bytes.
+    public func handle(
+        _ request: WireRequest, body: ByteBuffer? = nil, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: KeyArchive.Mark? = nil
+    ) -> Handled {
         let now = clock()
         switch request {
         case .hello, .ping, .subscribe:
@@ -195,7 +201,7 @@ public final class LedgerService: Sendable {
                 if let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
                 let keys = state.archive.map { ArchiveKeys(archive: $0, read: read, runsChecked: runsChecked) }
-                return Handled(response: .answer(state.apply(command, key: key, at: now, keys: keys)))
+                return Handled(response: .answer(state.apply(command, key: key, at: now, keys: keys, body: body)))
             }
         case .batch(let items):
             // Each item is decided on its own, in order; the lock is taken once for the batch.
@@ -203,14 +209,16 @@ public final class LedgerService: Sendable {
                 if request.isMutation, let refusal = state.unavailable { return refusal }
                 defer { state.passEvents(to: hub) }
                 let keys = state.archive.map { ArchiveKeys(archive: $0, read: read, runsChecked: runsChecked) }
+                var bodies = body.flatMap(BatchItemBodies.init)
                 let answers = items.indices.map { index -> BatchItemResponse in
                     let item = items[index]
+                    let itemBody = bodies?.next()
                     if let refusal = refusedItems?[index] { return BatchItemResponse(opcode: item.opcode, response: .error(refusal)) }
                     switch item {
                     case .check(let decision):
                         return BatchItemResponse(opcode: .check, response: .answer(state.ledger.check(decision, at: now)))
                     case .command(let command, let key):
-                        return BatchItemResponse(opcode: command.opcode, response: .answer(state.apply(command, key: key, at: now, keys: keys)))
+                        return BatchItemResponse(opcode: command.opcode, response: .answer(state.apply(command, key: key, at: now, keys: keys, body: itemBody)))
                     default:
                         preconditionFailure("the decoder admits only batchable items")
                     }

@@ -550,7 +550,8 @@ public final class TollgateServer: Service, Sendable {
                     }
                     try sync.addHandler(BackPressureHandler())
                     try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: configuration.maxFrameBody, expectsResponses: false)))
-                    try sync.addHandler(MessageToByteHandler(FrameEncoder()))
+                    // No frame encoder: the handler encodes its answers straight into one
+                    // outbound buffer per connection, and the event hub writes bytes too.
                     try sync.addHandler(GateConnectionHandler(
                             service: service, metrics: metrics, limiter: limiter, logger: logger, history: history, keyReads: keyReads, access: access, tls: tls))
                     self?.track(channel)

@@ -48,14 +48,12 @@ public struct FrameHeader: Hashable, Sendable {
             requestID: buffer.getInteger(at: start + 8, as: UInt32.self)!, bodyLength: buffer.getInteger(at: start + 12, as: UInt32.self)!)
     }
 
+    /// Writes the 16 bytes as two big-endian words: magic, version, opcode, flags and status,
+    /// then request id and body length (one capacity check instead of seven).
     public func write(to buffer: inout ByteBuffer) {
-        buffer.writeInteger(FrameHeader.magic)
-        buffer.writeInteger(FrameHeader.version)
-        buffer.writeInteger(opcode)
-        buffer.writeInteger(isResponse ? FrameHeader.responseFlag : 0)
-        buffer.writeInteger(status)
-        buffer.writeInteger(requestID)
-        buffer.writeInteger(bodyLength)
+        let flags = isResponse ? FrameHeader.responseFlag : 0
+        let first = UInt64(FrameHeader.magic) << 48 | UInt64(FrameHeader.version) << 40 | UInt64(opcode) << 32 | UInt64(flags) << 16 | UInt64(status)
+        buffer.writeMultipleIntegers(first, UInt64(requestID) << 32 | UInt64(bodyLength))
     }
 }
 

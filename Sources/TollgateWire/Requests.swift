@@ -608,3 +608,22 @@ extension BodyReader {
         }
     }
 }
+
+/// The items of a BATCH body the decoder accepted, each item's body as it was received: the
+/// server journals a command from these bytes instead of encoding it again.
+public struct BatchItemBodies: Sendable {
+    private var rest: ByteBuffer
+
+    /// Nil if `body` does not start with an item count.
+    public init?(_ body: ByteBuffer) {
+        rest = body
+        guard rest.readInteger(as: UInt16.self) != nil else { return nil }
+    }
+
+    /// The next item's body; nil past the last item (or where the bytes end early, which the
+    /// decoder has already refused).
+    public mutating func next() -> ByteBuffer? {
+        guard let (_, length) = rest.readMultipleIntegers(as: (UInt8, UInt32).self) else { return nil }
+        return rest.readSlice(length: Int(length))
+    }
+}

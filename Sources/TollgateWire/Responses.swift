@@ -79,6 +79,17 @@ public indirect enum WireResponse: Hashable, Sendable {
         return Frame(opcode: opcode.rawValue, isResponse: true, status: status, requestID: requestID, body: body)
     }
 
+    /// Appends this response as a whole frame to `buffer`: the header, then the body encoded
+    /// in place, then the header's body length set to what was written. The server encodes
+    /// its answers this way straight into a connection's outbound buffer (no buffer per
+    /// answer, no copy); the bytes are the same as `frame(opcode:requestID:)` written out.
+    public func writeFrame(opcode: Opcode, requestID: UInt32, to buffer: inout ByteBuffer) {
+        let start = buffer.writerIndex
+        FrameHeader(opcode: opcode.rawValue, isResponse: true, status: status, requestID: requestID, bodyLength: 0).write(to: &buffer)
+        encodeBody(into: &buffer)
+        buffer.setInteger(UInt32(buffer.writerIndex - start - FrameHeader.size), at: start + 12)
+    }
+
     public func encodeBody(into buffer: inout ByteBuffer) {
         switch self {
         case .hello(let hello):

@@ -1,10 +1,12 @@
 import Foundation
+import NIOCore
 import NIOPosix
 import Synchronization
 import Testing
 import TollgateJournal
 import TollgateLedger
 import TollgateLedgerTestSupport
+import TollgateWire
 
 func temporaryDirectory() -> String {
     let path = NSTemporaryDirectory() + "tollgate-journal-\(UUID().uuidString)"
@@ -224,6 +226,39 @@ func readAll(_ directory: String, repair: Bool = false) throws -> ([JournalRecor
         }
         // Nothing was truncated by the failed attempt.
         #expect(try Data(contentsOf: URL(fileURLWithPath: file)).count == bytes.count)
+    }
+
+    /// The server journals a command from its request body as received. For the encoding the
+    /// clients write, the record is byte for byte the one encoded from the command; a body the
+    /// decoder reads the same way but spells otherwise (an overage value that `deny` ignores)
+    /// is kept as it came and reads back as the same command.
+    @Test func aRecordWrittenFromTheReceivedBodyIsTheEncodedOne() throws {
+        for entry in sampleRecords(200) {
+            var body = ByteBuffer()
+            WireRequest.command(entry.command, key: entry.key).encodeBody(into: &body)
+            let record = JournalRecord(sequence: 7, instant: entry.at, key: entry.key, command: entry.command)
+            var encoded = ByteBuffer()
+            var passed = ByteBuffer()
+            let checksum = record.write(to: &encoded, previousChecksum: 99)
+            #expect(record.write(to: &passed, previousChecksum: 99, body: body) == checksum)
+            #expect(encoded == passed)
+        }
+        let command = Command.setOverage(account: "acme", policy: .deny)
+        var body = ByteBuffer()
+        WireRequest.command(command, key: "k-1").encodeBody(into: &body)
+        // The overage value, the body's last 8 bytes: 0 for deny as encoded, anything as read.
+        body.setInteger(Int64(12_345), at: body.writerIndex - 8)
+        #expect(try WireRequest.decode(opcode: Opcode.setOverage.rawValue, body: body) == .command(command, key: "k-1"))
+        var bytes = ByteBuffer()
+        JournalRecord(sequence: 1, instant: Fixtures.start, key: "k-1", command: command).write(to: &bytes, previousChecksum: 0, body: body)
+        let read = bytes.withUnsafeReadableBytes { JournalRecord.read($0, at: 0) }
+        guard case .success(let back) = read else {
+            Issue.record("the record did not read back: \(read)")
+            return
+        }
+        #expect(back.record.command == command)
+        #expect(back.record.key == "k-1")
+        #expect(back.size == bytes.readableBytes)
     }
 
     @Test func crc32cMatchesTheStandardCheckValue() {

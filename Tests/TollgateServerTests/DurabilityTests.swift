@@ -22,12 +22,32 @@ import Glibc
         try await gate.setUpTeamPlan(topUp: false)
         let reserved = try await gate.reserve(account: "acme", member: "ana", product: "ai.assistant", quantity: 1, key: "r-1")
         let spent = try await gate.spend(account: "acme", member: "ben", product: "ai.summary", quantity: 2, key: "s-1")
+        // A batch's commands are journaled from their bodies as received, a check among them.
+        let request = DecisionRequest(account: "acme", member: "cy", product: "ai.summary", quantity: 1)
+        let items: [WireRequest] = [
+            .command(.spend(Spend(request)), key: "b-1"), .check(request), .command(.reserve(Reserve(request, ttlMicroseconds: 600_000_000)), key: "b-2"),
+        ]
+        let batched = try await gate.batch(items)
+        #expect(batched.map(\.response.status) == [0, 0, 0])
+        let before = first.server.service.snapshot
         await gate.close()
         try await first.stop()
 
         let second = try await TestServer.start { $0.dataDirectory = data; $0.journalMode = mode }
         let again = try await second.client()
-        #expect(try await again.balance(account: "acme").funds.pool == 400 - 12 - 14)
+        #expect(try await again.balance(account: "acme").funds.pool == 400 - 12 - 14 - 7 - 7)
+        // The whole ledger, replayed from the journal, is the one the first server had.
+        var after = second.server.service.snapshot
+        var expected = before
+        let end = max(after.clock, expected.clock)
+        after.advance(to: end)
+        expected.advance(to: end)
+        #expect(after == expected)
+        #expect(before.openHoldCount == 2)
+        // Retried after the restart, the batch's commands answer as they did; the check decides again.
+        let retried = try await again.batch(items)
+        #expect(retried[0] == batched[0])
+        #expect(retried[2] == batched[2])
         // The retry of a spend made before the restart gets the first answer back.
         #expect(try await again.spend(account: "acme", member: "ben", product: "ai.summary", quantity: 2, key: "s-1") == spent)
         // The hold made before the restart can still be committed.

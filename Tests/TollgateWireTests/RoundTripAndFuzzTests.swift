@@ -173,9 +173,25 @@ struct RandomMessages {
             let frame = try requestDecoder.nextFrame(&bytes).required("request frame \(index)")
             if frame.header.requestID != UInt32(index) { found.append("request \(index) came back as \(frame.header.requestID)") }
             if try WireRequest.decode(opcode: frame.header.opcode, body: frame.body) != request { found.append("request \(index): \(request) did not round-trip") }
+            // The server journals a batch's commands from the item bodies as received.
+            if case .batch(let items) = request {
+                var bodies = BatchItemBodies(frame.body)
+                for (position, item) in items.enumerated() {
+                    var expected = ByteBuffer()
+                    item.encodeBody(into: &expected)
+                    if bodies?.next() != expected { found.append("request \(index): item \(position)'s body is not the one encoded") }
+                }
+                if bodies?.next() != nil { found.append("request \(index): a body past the batch's last item") }
+            }
 
             let (opcode, response) = messages.wireResponse()
             var responseBytes = response.frame(opcode: opcode, requestID: UInt32(index)).bytes
+            // The server encodes answers straight into its outbound buffer: the same bytes.
+            var written = ByteBuffer(bytes: [0xAA])
+            response.writeFrame(opcode: opcode, requestID: UInt32(index), to: &written)
+            if written.readSlice(length: 1) != ByteBuffer(bytes: [0xAA]) || written != responseBytes {
+                found.append("response \(index): writeFrame wrote other bytes than frame(opcode:requestID:)")
+            }
             let responseFrame = try responseDecoder.nextFrame(&responseBytes).required("response frame \(index)")
             if try WireResponse.decode(opcode: responseFrame.header.opcode, status: responseFrame.header.status, body: responseFrame.body) != response {
                 found.append("response \(index): \(response) did not round-trip")
