@@ -94,6 +94,14 @@ extension Ledger {
         return taken
     }
 
+    /// Hands the keys the table let go of since the last call to `body`, oldest first, then
+    /// empties the list keeping its storage: the server's path, one call per decision with a
+    /// full table, allocates nothing (`takeEvictedKeys` gives a new array each time).
+    public mutating func passEvictedKeys(to body: ([ArchivedKey]) -> Void) {
+        body(evicted.keys)
+        evicted.keys.removeAll(keepingCapacity: true)
+    }
+
     /// Makes room for one more key: the oldest goes to the evicted keys, or is forgotten
     /// early (and counted) when there is nowhere to put it.
     mutating func makeRoomForKey() {

@@ -56,7 +56,7 @@ public final class LedgerService: Sendable {
             if activity.capacity > 0, case .commit(let commit) = command { hold = ledger.hold(commit.hold.hold) }
             let applied = ledger.applyRecording(command, key: key, at: now, older: keys)
             if applied.changedState { journal?.append(command, key: key, instant: applied.instant, body: body) }
-            if ledger.hasEvictedKeys { archive?.add(ledger.takeEvictedKeys()) }
+            if ledger.hasEvictedKeys, let archive { ledger.passEvictedKeys(to: archive.add) }
             activity.record(command, applied, hold: hold)
             return applied.answer
         }

@@ -549,9 +549,9 @@ public final class TollgateServer: Service, Sendable {
                         tls = handler
                     }
                     try sync.addHandler(BackPressureHandler())
-                    try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxBodyLength: configuration.maxFrameBody, expectsResponses: false)))
-                    // No frame encoder: the handler encodes its answers straight into one
-                    // outbound buffer per connection, and the event hub writes bytes too.
+                    // No frame decoder or encoder of their own: the handler splits frames
+                    // itself and encodes its answers straight into one outbound buffer per
+                    // connection (the event hub writes bytes too).
                     try sync.addHandler(GateConnectionHandler(
                             service: service, metrics: metrics, limiter: limiter, logger: logger, history: history, keyReads: keyReads, access: access, tls: tls))
                     self?.track(channel)

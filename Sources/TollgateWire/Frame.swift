@@ -139,6 +139,25 @@ public struct FrameDecoder: ByteToMessageDecoder, Sendable {
     }
 }
 
+/// The same decoder, embedded in a handler (`NIOSingleStepByteToMessageProcessor`): the server
+/// reads its frames this way, handed to it directly rather than sent down the pipeline, where
+/// every frame (header and body, more than an existential's inline space) was boxed on the heap.
+extension FrameDecoder: NIOSingleStepByteToMessageDecoder {
+    public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
+        try nextFrame(&buffer)
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {
+        if let frame = try nextFrame(&buffer) { return frame }
+        if buffer.readableBytes > 0 {
+            let partial = buffer.readableBytes
+            buffer.moveReaderIndex(forwardBy: partial)
+            throw WireError(.malformedFrame, "connection closed in the middle of a frame (\(partial) bytes)")
+        }
+        return nil
+    }
+}
+
 /// Writes frames.
 public struct FrameEncoder: MessageToByteEncoder, Sendable {
     public typealias OutboundIn = Frame

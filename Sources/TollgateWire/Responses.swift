@@ -50,19 +50,21 @@ public struct BatchItemResponse: Hashable, Sendable {
 }
 
 /// Everything the server can say, as one value per response frame.
-public indirect enum WireResponse: Hashable, Sendable {
-    case hello(HelloAnswer)
+/// Only the rare, large cases are boxed: an answer or an error is stored inline, so deciding
+/// one does not allocate a box per response (it did while the whole enum was `indirect`).
+public enum WireResponse: Hashable, Sendable {
+    indirect case hello(HelloAnswer)
     case pong
     /// The ledger's answer to a CHECK or to a command: success, or a refusal (status 1–22).
     case answer(Answer)
-    case balance(Balance)
+    indirect case balance(Balance)
     case batch([BatchItemResponse])
     /// A protocol-level error (status 100 and up).
     case error(WireError)
     /// The answer to SUBSCRIBE: the sequence number the next new event will carry.
     case subscribed(nextSequence: UInt64)
     /// One event on a SUBSCRIBE stream (opcode EVENT).
-    case event(LedgerEvent)
+    indirect case event(LedgerEvent)
 
     /// The header's status: 0, a ledger refusal code, or a protocol status.
     public var status: UInt16 {
