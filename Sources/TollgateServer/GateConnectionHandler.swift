@@ -269,8 +269,12 @@ final class GateConnectionHandler: ChannelInboundHandler {
             if request.isMutation, let archive = service.archive {
                 let (keys, runsChecked) = service.keysToRead(request, archive: archive)
                 if !keys.isEmpty {
+                    // The body's own copy: a slice would hold the connection's whole read
+                    // buffer while the key is read, and make its next read copy it.
+                    var body = context.channel.allocator.buffer(capacity: frame.body.readableBytes)
+                    body.writeImmutableBuffer(frame.body)
                     answerAfterReading(
-                        keys, archive: archive, context: context, request, body: frame.body, refusedItems: refusedItems, requestID: requestID, started: started)
+                        keys, archive: archive, context: context, request, body: body, refusedItems: refusedItems, requestID: requestID, started: started)
                     return
                 }
                 let handled = service.handle(request, body: frame.body, refusedItems: refusedItems, runsChecked: runsChecked)

@@ -126,16 +126,9 @@ public struct FrameDecoder: ByteToMessageDecoder, Sendable {
     }
 
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        if let frame = try nextFrame(&buffer) {
-            context.fireChannelRead(wrapInboundOut(frame))
-            return .continue
-        }
-        if buffer.readableBytes > 0 {
-            let partial = buffer.readableBytes
-            buffer.moveReaderIndex(forwardBy: partial)
-            throw WireError(.malformedFrame, "connection closed in the middle of a frame (\(partial) bytes)")
-        }
-        return .needMoreData
+        guard let frame = try decodeLast(buffer: &buffer, seenEOF: seenEOF) else { return .needMoreData }
+        context.fireChannelRead(wrapInboundOut(frame))
+        return .continue
     }
 }
 
@@ -147,6 +140,7 @@ extension FrameDecoder: NIOSingleStepByteToMessageDecoder {
         try nextFrame(&buffer)
     }
 
+    /// The next whole frame; at the end, bytes of a frame that never completed are an error.
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {
         if let frame = try nextFrame(&buffer) { return frame }
         if buffer.readableBytes > 0 {
