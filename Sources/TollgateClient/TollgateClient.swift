@@ -53,6 +53,11 @@ public final class TollgateClient: Sendable {
     private let group: any EventLoopGroup
     private let ownsGroup: Bool
     private let pool: Mutex<[Connection?]>
+    /// SUBSCRIBE connections still open, by channel, and whether `close` has run: `close` ends
+    /// them before the event loops stop, and a stream dropped afterwards finds nothing to
+    /// close (closing a channel whose loop has stopped schedules onto a dead loop, which NIO
+    /// reports and will make a crash).
+    private let subscriptions = Mutex<(closed: Bool, open: [ObjectIdentifier: Connection])>((false, [:]))
     private let next = Atomic<Int>(0)
     private let tlsContext: NIOSSLContext?
 
@@ -87,6 +92,12 @@ public final class TollgateClient: Sendable {
     public func close() async {
         let connections = pool.withLock { pool in defer { pool = pool.map { _ in nil } }; return pool }
         for connection in connections { await connection?.close() }
+        let streams = subscriptions.withLock { state in
+            state.closed = true
+            defer { state.open = [:] }
+            return Array(state.open.values)
+        }
+        for connection in streams { await connection.close() }
         if ownsGroup { try? await group.shutdownGracefully() }
     }
 
@@ -223,8 +234,22 @@ public final class TollgateClient: Sendable {
             group: group, host: configuration.host, port: configuration.port, clientName: configuration.clientName,
             token: configuration.token, timeout: .milliseconds(configuration.connectTimeoutMilliseconds),
             tls: tlsContext.map { ($0, configuration.tls?.serverName ?? configuration.host) })
+        let id = ObjectIdentifier(connection.channel)
+        let registered = subscriptions.withLock { state in
+            if state.closed { return false }
+            state.open[id] = connection
+            return true
+        }
+        guard registered else {
+            await connection.close()
+            throw .connection("the client is closed")
+        }
         let (events, continuation) = AsyncStream.makeStream(of: LedgerEvent.self, bufferingPolicy: .bufferingNewest(100_000))
-        continuation.onTermination = { _ in Task { await connection.close() } }
+        // Dropped or finished: the stream's connection closes, unless `close` has closed it.
+        continuation.onTermination = { [weak self] _ in
+            guard let self, let mine = self.subscriptions.withLock({ $0.open.removeValue(forKey: id) }) else { return }
+            mine.channel.close(promise: nil)
+        }
         let response = try await connection.subscribe(
             .subscribe(after: after, account: account), timeout: .milliseconds(configuration.requestTimeoutMilliseconds), stream: continuation)
         switch response {
