@@ -4,7 +4,8 @@
 /// most `LedgerLimits.idempotencyKeysMax` of them. When it has somewhere to put older keys
 /// (`archivesEvictedKeys`), a full table hands its oldest key on instead of forgetting it:
 /// the key, its fingerprint, its answer and the instant it was decided at, as an `ArchivedKey`,
-/// taken by the server with `takeEvictedKeys()` under the ledger's lock and kept on disk.
+/// taken by the server under the ledger's lock (`passEvictedKeys(to:)` after each decision,
+/// `takeEvictedKeys()` after recovery) and kept on disk.
 /// Which tier holds a key never changes what a retry gets: a key is remembered from its
 /// decision until `idempotencyRetentionMicroseconds` later, in whichever tier it is. Both
 /// tiers keep the decision instant — a recorded fact — not an expiry, so what is forgotten
@@ -73,7 +74,7 @@ struct EvictedKeys: Hashable, Sendable {
 }
 
 extension Ledger {
-    /// Whether a full table hands its oldest keys on (`takeEvictedKeys`) rather than forget
+    /// Whether a full table hands its oldest keys on (`passEvictedKeys`, `takeEvictedKeys`) rather than forget
     /// them. The server turns it on when it has a disk tier; it is not journaled or
     /// checkpointed, because it does not change any decision.
     public var archivesEvictedKeys: Bool {
