@@ -39,6 +39,13 @@ public final class EventHub: Sendable {
         /// The last event written to this stream, touched only on the channel's event loop,
         /// where every write to it happens: the backlog and new events, in order, each once.
         var lastSent: NIOLoopBoundBox<UInt64>
+
+        /// A frame of this stream, as bytes (the connection's pipeline has no frame encoder).
+        func frame(_ response: WireResponse, opcode: Opcode) -> ByteBuffer {
+            var bytes = channel.allocator.buffer(capacity: 256)
+            response.writeFrame(opcode: opcode, requestID: requestID, to: &bytes)
+            return bytes
+        }
     }
 
     private struct State {
@@ -266,9 +273,7 @@ public final class EventHub: Sendable {
         guard subscriber.queued.increment() <= settings.subscriberQueueMax else {
             unsubscribe(subscriber.channel)
             let error = WireResponse.error(WireError(.tooManyInFlight, "more than \(settings.subscriberQueueMax) events unread; the subscription is ended"))
-            var bytes = subscriber.channel.allocator.buffer(capacity: 256)
-            error.writeFrame(opcode: .subscribe, requestID: subscriber.requestID, to: &bytes)
-            subscriber.channel.writeAndFlush(bytes, promise: nil)
+            subscriber.channel.writeAndFlush(subscriber.frame(error, opcode: .subscribe), promise: nil)
             return
         }
         let counter = subscriber.queued
@@ -279,9 +284,7 @@ public final class EventHub: Sendable {
                 return
             }
             subscriber.lastSent.value = event.sequence
-            var bytes = subscriber.channel.allocator.buffer(capacity: 256)
-            WireResponse.event(event).writeFrame(opcode: .event, requestID: subscriber.requestID, to: &bytes)
-            subscriber.channel.writeAndFlush(bytes).whenComplete { _ in counter.decrement() }
+            subscriber.channel.writeAndFlush(subscriber.frame(.event(event), opcode: .event)).whenComplete { _ in counter.decrement() }
         }
         if subscriber.channel.eventLoop.inEventLoop { write() } else { subscriber.channel.eventLoop.execute(write) }
     }
