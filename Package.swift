@@ -44,6 +44,18 @@ let package = Package(
             name: "TollgateJournal",
             dependencies: ["TollgateLedger", "TollgateWire", "CTollgateCRC", .product(name: "NIOCore", package: "swift-nio")]
         ),
+        // Beyond one node: etcd's v3 API through its JSON gateway, leader election with
+        // fencing and each shard's replicated journal (docs/CLUSTER.md).
+        .target(
+            name: "TollgateCluster",
+            dependencies: [
+                "TollgateJournal",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // tollgated's insides: connections, the shared ledger, the admin port, shutdown.
         .target(
             name: "TollgateServer",
@@ -168,6 +180,16 @@ let package = Package(
         .testTarget(
             name: "TollgateJournalTests",
             dependencies: ["TollgateJournal", "TollgateLedger", "TollgateLedgerTestSupport", "TollgateWire", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+        ),
+        // Against real etcd members that the tests start and stop (skipped when etcd is not
+        // installed, unless TOLLGATE_REQUIRE_ETCD=1, as in .ci/run).
+        .testTarget(
+            name: "TollgateClusterTests",
+            dependencies: [
+                "TollgateCluster", "TollgateJournal",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "TollgateWireTests",
