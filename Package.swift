@@ -186,7 +186,7 @@ let package = Package(
         .testTarget(
             name: "TollgateClusterTests",
             dependencies: [
-                "TollgateCluster", "TollgateJournal",
+                "TollgateCluster", "TollgateJournal", "TollgateLedger",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -1,0 +1,49 @@
+/// Where a cluster keeps its state in etcd. Everything is under `/tollgate/CLUSTER/`:
+///
+/// - `shards/SHARD/leader`: the shard's leader (a `LeaderRecord` in JSON), attached to the
+///   leader's lease. Its create revision is the leader's fencing token.
+/// - `shards/SHARD/log/FIRST`: the shard's replicated journal, one entry per append, keyed by
+///   the sequence of its first record as 20 decimal digits (so key order is journal order).
+///   The value is journal records exactly as proto/JOURNAL.md §2 lays them out in a segment.
+/// - `shards/SHARD/nodes/NODE`: what each node of the shard has applied and checkpointed
+///   (attached to the node's lease), which bounds how far the log may be trimmed.
+public struct ClusterKeys: Sendable, Hashable {
+    public let cluster: String
+    public let root: String
+
+    /// Cluster, shard and node names: 1 to 63 of `a-z 0-9 - _ .`, not starting with `.`, so a
+    /// name can never reach outside its own prefix.
+    public static func isValidName(_ name: String) -> Bool {
+        guard (1...63).contains(name.utf8.count), name.first != "." else { return false }
+        return name.utf8.allSatisfy { byte in
+            (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
+        }
+    }
+
+    public init?(cluster: String) {
+        guard Self.isValidName(cluster) else { return nil }
+        self.cluster = cluster
+        self.root = "/tollgate/\(cluster)/"
+    }
+
+    public func shard(_ shard: String) -> String { root + "shards/\(shard)/" }
+    public func leader(_ shard: String) -> String { self.shard(shard) + "leader" }
+    public func logPrefix(_ shard: String) -> String { self.shard(shard) + "log/" }
+    public func nodesPrefix(_ shard: String) -> String { self.shard(shard) + "nodes/" }
+    public func node(_ shard: String, _ node: String) -> String { nodesPrefix(shard) + node }
+
+    public func logKey(_ shard: String, first: UInt64) -> String {
+        let digits = String(first)
+        return logPrefix(shard) + String(repeating: "0", count: max(0, 20 - digits.count)) + digits
+    }
+
+    /// The first sequence a log key names, or nil if it is not one of `shard`'s log keys.
+    public func firstSequence(ofLogKey key: String, shard: String) -> UInt64? {
+        let prefix = logPrefix(shard)
+        guard key.hasPrefix(prefix) else { return nil }
+        let digits = key.dropFirst(prefix.count)
+        guard digits.count == 20, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return UInt64(digits)
+    }
+}
