@@ -16,6 +16,25 @@ public enum JournalMode: Sendable, Equatable {
     case async(intervalMicroseconds: Int64)
     /// The answer waits for the group-commit fsync that covers its record.
     case sync
+    /// As `sync`, and each batch is first kept by the writer's replica (a shard's journal in
+    /// etcd, docs/CLUSTER.md): a record is durable once the replica has it and the local file
+    /// too. Without a replica (a follower, which takes records already replicated), as `sync`.
+    case replicated
+}
+
+/// Where a `replicated` journal keeps each batch before the local file.
+public protocol JournalReplica: AnyObject, Sendable {
+    /// Keeps `records` — whole records `first...through`, laid out as in a segment — and
+    /// returns once they are kept, or why not. Called on the writer's thread, which it may
+    /// block. A batch that failed is offered again, possibly with more records after it: the
+    /// replica keeps track of what it has already kept.
+    func keep(_ records: ByteBuffer, first: UInt64, through: UInt64) -> JournalReplicaResult
+}
+
+public enum JournalReplicaResult: Sendable, Equatable {
+    case kept
+    /// Not kept this time; the writer tries again.
+    case failed(String)
 }
 
 /// The file operations the writer uses, so tests can make them fail.
@@ -142,6 +161,8 @@ public final class JournalWriter: @unchecked Sendable {
     private var needsCutBack = false
     /// Failed writes and fsyncs so far, for metrics.
     private let failures = Atomic<Int>(0)
+    /// Where a `replicated` journal keeps batches first; nil while following.
+    private let replica = Mutex<(any JournalReplica)?>(nil)
 
     /// `thread: false` makes a writer that writes only when `flushPending` is called, for
     /// deterministic simulation tests.
@@ -235,6 +256,42 @@ public final class JournalWriter: @unchecked Sendable {
         pending.lastChecksum = record.write(to: &pending.buffer, previousChecksum: pending.lastChecksum, body: body)
         appended.store(sequence, ordering: .releasing)
         return sequence
+    }
+
+    /// A `replicated` journal keeps every batch written from now on in `replica` before its
+    /// local file (nil: stops). Records appended before may be in the next batch: the replica
+    /// is told where it starts, and skips those it holds.
+    public func replicate(to replica: (any JournalReplica)?) {
+        precondition(mode == .replicated || replica == nil, "only a replicated journal has a replica")
+        self.replica.withLock { $0 = replica }
+    }
+
+    /// Appends records another node decided, already encoded and already replicated (a
+    /// follower's journal): `bytes` holds records `first...through` chained from
+    /// `previousChecksum`, the last with checksum `checksum`. Refused unless they continue
+    /// this journal exactly.
+    public func appendRecords(_ bytes: ByteBuffer, first: UInt64, through: UInt64, previousChecksum: UInt32, checksum: UInt32) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        guard first == pending.nextSequence, previousChecksum == pending.lastChecksum, through >= first else {
+            throw JournalError(
+                "records \(first)...\(through) do not continue the journal, which ends at \(pending.nextSequence - 1) (checksum \(pending.lastChecksum), theirs chain to \(previousChecksum))")
+        }
+        pending.nextSequence = through + 1
+        pending.lastChecksum = checksum
+        if mode == .none {
+            appended.store(through, ordering: .releasing)
+            durable.store(through, ordering: .releasing)
+            return
+        }
+        if pending.bufferedSince == 0 {
+            let now = Self.monotonicNow()
+            pending.bufferedSince = now
+            if undurableSince.load(ordering: .relaxed) == 0 { undurableSince.store(now, ordering: .relaxed) }
+        }
+        var bytes = bytes
+        pending.buffer.writeBuffer(&bytes)
+        appended.store(through, ordering: .releasing)
     }
 
     /// Calls `done` once `sequence` is on disk (at once if it already is), on the writer's
@@ -477,6 +534,12 @@ public final class JournalWriter: @unchecked Sendable {
                 try openSegment(firstSequence: position.sequence + 1, previousChecksum: position.checksum)
             } catch {
                 return failed("\(error)")
+            }
+        }
+        if batch.readableBytes > 0, let replica = replica.withLock({ $0 }) {
+            // Kept elsewhere first: the local file never holds a record the replica lacks.
+            if case .failed(let reason) = replica.keep(batch, first: durablePosition.sequence + 1, through: sequence) {
+                return failed("the replicated journal did not keep the batch: \(reason)")
             }
         }
         if batch.readableBytes > 0 {

@@ -57,6 +57,9 @@ public struct JournalScan: Sendable {
     /// A torn tail: the last segment ended in a record that was not completely written. It is
     /// truncated away when the scan may repair.
     public var tornTail: (file: String, offset: Int, reason: String)?
+
+    /// An empty journal's scan.
+    public init() {}
 }
 
 public enum Journal {

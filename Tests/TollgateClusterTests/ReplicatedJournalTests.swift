@@ -1,0 +1,197 @@
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+@testable import TollgateCluster
+import TollgateJournal
+import TollgateLedger
+
+/// A journal writer in `replicated` mode with its batches kept in etcd first.
+@Suite(.enabled(if: EtcdTestCluster.enabled, "etcd is not installed"), .serialized)
+struct ReplicatedJournalTests {
+    let keys = ClusterKeys(cluster: "test")!
+
+    static func directory() throws -> String {
+        let path = NSTemporaryDirectory() + "tollgate-replicated-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    static func localRecords(_ directory: String) throws -> [JournalRecord] {
+        var records: [JournalRecord] = []
+        _ = try Journal.scan(directory: directory, repair: false) { records.append($0) }
+        return records
+    }
+
+    static func command(_ index: Int) -> Command {
+        .addMember(account: "acme", member: "m\(index)")
+    }
+
+    @Test func everyBatchIsInEtcdBeforeItIsDurableAndAFollowerCopiesIt() async throws {
+        let etcd = try await EtcdTestCluster.start()
+        defer { etcd.stop() }
+        let client = EtcdClient(endpoints: etcd.endpoints)
+        defer { client.close() }
+        let log = ShardLog(client: client, keys: keys, shard: "s0")
+        let election = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 5)
+        let leadership = try await election.campaign()
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+
+        let writer = try JournalWriter(directory: directory, mode: .replicated, after: JournalScan())
+        let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { _ in }
+        writer.replicate(to: replica)
+        // Enough records, with long keys, that some batches are cut into several entries.
+        let padding = String(repeating: "k", count: 100)
+        var last: UInt64 = 0
+        for index in 1...12_000 {
+            last = writer.append(Self.command(index), key: "\(padding)-\(index)", instant: Instant(microsecondsSinceEpoch: Int64(index)))
+        }
+        let through = last
+        let durable = await Task.detached { writer.waitUntilDurable(through, timeoutMilliseconds: 20_000) }.value
+        #expect(durable)
+        #expect(replica.keptThrough == last)
+
+        // etcd holds exactly the local journal's records, in entries within the size limit.
+        var fromEtcd: [LogEntry] = []
+        var next: UInt64 = 1
+        while true {
+            let read = try await log.read(from: next)
+            fromEtcd += read.entries
+            guard let tail = read.entries.last else { break }
+            next = try tail.records(chainingTo: nil).get().last!.record.sequence + 1
+            if !read.more { break }
+        }
+        #expect(fromEtcd.allSatisfy { $0.bytes.count <= ShardLog.entryBytesMax })
+        #expect(fromEtcd.count > 1)
+        var chain: UInt32 = 0
+        var replicated: [JournalRecord] = []
+        for entry in fromEtcd {
+            let records = try entry.records(chainingTo: chain).get()
+            replicated += records.map(\.record)
+            chain = records.last!.checksum
+        }
+        let local = try Self.localRecords(directory)
+        #expect(replicated.count == 12_000)
+        #expect(replicated == local)
+
+        // A follower's journal takes the entries as they are and ends up the same.
+        let followerDirectory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: followerDirectory) }
+        let follower = try JournalWriter(directory: followerDirectory, mode: .replicated, after: JournalScan())
+        var previous: UInt32 = 0
+        for entry in fromEtcd {
+            let records = try entry.records(chainingTo: previous).get()
+            try follower.appendRecords(
+                ByteBuffer(bytes: entry.bytes), first: entry.first, through: records.last!.record.sequence, previousChecksum: previous, checksum: records.last!.checksum)
+            previous = records.last!.checksum
+        }
+        // Records that do not continue it are refused.
+        #expect(throws: JournalError.self) {
+            try follower.appendRecords(ByteBuffer(bytes: fromEtcd[0].bytes), first: 1, through: 5, previousChecksum: 0, checksum: 1)
+        }
+        follower.close()
+        writer.close()
+        #expect(try Self.localRecords(followerDirectory) == local)
+    }
+
+    @Test func aFencedLeaderKeepsNothingMoreAndIsTold() async throws {
+        let etcd = try await EtcdTestCluster.start()
+        defer { etcd.stop() }
+        let client = EtcdClient(endpoints: etcd.endpoints)
+        defer { client.close() }
+        let log = ShardLog(client: client, keys: keys, shard: "s0")
+        let a = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 5)
+        let b = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "b", address: "b:1"), ttlSeconds: 5)
+        let leadership = try await a.campaign()
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let writer = try JournalWriter(directory: directory, mode: .replicated, after: JournalScan())
+        let fenced = Mutex<[String]>([])
+        let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { reason in fenced.withLock { $0.append(reason) } }
+        writer.replicate(to: replica)
+        for index in 1...10 { writer.append(Self.command(index), key: "k\(index)", instant: Instant(microsecondsSinceEpoch: Int64(index))) }
+        #expect(await Task.detached { writer.waitUntilDurable(10, timeoutMilliseconds: 10_000) }.value)
+
+        // a's lease is taken away (as if it had been paused past it); b leads.
+        try await client.revoke(lease: leadership.lease)
+        let next = try await b.campaign()
+        #expect(next.token > leadership.token)
+
+        for index in 11...20 { writer.append(Self.command(index), key: "k\(index)", instant: Instant(microsecondsSinceEpoch: Int64(index))) }
+        #expect(!(await Task.detached { writer.waitUntilDurable(11, timeoutMilliseconds: 1_500) }.value))
+        #expect(writer.failureReason?.contains("fenced") == true)
+        #expect(fenced.withLock { $0.count } == 1)
+        #expect(replica.fencedBecause != nil)
+        // Neither etcd nor the local file has anything a fenced leader decided.
+        #expect(try await log.read(from: 11).entries.isEmpty)
+        writer.close()
+        #expect(try Self.localRecords(directory).count == 10)
+    }
+
+    /// etcd paused mid-append: the client times out, and etcd may still apply the append when
+    /// it resumes. The replica reads back what landed and sends only the rest: the log ends up
+    /// with every record once, in order.
+    @Test func anAppendWhoseOutcomeIsUnknownIsSettledFromEtcd() async throws {
+        let etcd = try await EtcdTestCluster.start()
+        defer { etcd.stop() }
+        let client = EtcdClient(endpoints: etcd.endpoints, callTimeout: .milliseconds(500))
+        defer { client.close() }
+        let log = ShardLog(client: client, keys: keys, shard: "s0")
+        let leadership = try await ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 30).campaign()
+        let directory = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let writer = try JournalWriter(directory: directory, mode: .replicated, after: JournalScan())
+        let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { _ in }
+        writer.replicate(to: replica)
+
+        var sequence: UInt64 = 0
+        for round in 0..<6 {
+            for index in 0..<50 {
+                let n = round * 50 + index
+                sequence = writer.append(Self.command(n), key: "k\(n)", instant: Instant(microsecondsSinceEpoch: Int64(n)))
+            }
+            if round == 2 { etcd.pause(0) }
+            if round == 3 {
+                try await Task.sleep(for: .milliseconds(1_500))
+                etcd.resume(0)
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let through = sequence
+        #expect(await Task.detached { writer.waitUntilDurable(through, timeoutMilliseconds: 20_000) }.value)
+        writer.close()
+
+        var next: UInt64 = 1
+        var replicated: [JournalRecord] = []
+        var chain: UInt32 = 0
+        while true {
+            let read = try await log.read(from: next)
+            for entry in read.entries {
+                #expect(entry.first == next)
+                let records = try entry.records(chainingTo: chain).get()
+                replicated += records.map(\.record)
+                chain = records.last!.checksum
+                next = records.last!.record.sequence + 1
+            }
+            if !read.more { break }
+        }
+        #expect(replica.settledCount >= 1)
+        #expect(replicated.count == 300)
+        #expect(replicated == (try Self.localRecords(directory)))
+    }
+
+    @Test func entriesAreCutAtRecordBoundariesAfterWhatIsKept() {
+        let records = makeRecords(50)
+        let batch = ByteBuffer(bytes: records.flatMap { $0 })
+        // All of it in one entry.
+        let whole = ReplicatedJournal.entries(of: batch, first: 1, after: 0).map(\.entry)
+        #expect(whole.map(\.first) == [1])
+        #expect(whole[0].bytes == records.flatMap { $0 })
+        // What etcd holds already is skipped.
+        let rest = ReplicatedJournal.entries(of: batch, first: 1, after: 30).map(\.entry)
+        #expect(rest.map(\.first) == [31])
+        #expect(rest[0].bytes == records[30...].flatMap { $0 })
+        #expect(ReplicatedJournal.entries(of: batch, first: 1, after: 50).isEmpty)
+    }
+}
