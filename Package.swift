@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "TollgateServer",
             dependencies: [
-                "TollgateLedger", "TollgateWire", "TollgateJournal",
+                "TollgateLedger", "TollgateWire", "TollgateJournal", "TollgateCluster",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -186,7 +186,9 @@ let package = Package(
         .testTarget(
             name: "TollgateClusterTests",
             dependencies: [
-                "TollgateCluster", "TollgateJournal", "TollgateLedger",
+                // tollgated itself: the cluster's tests run real nodes and kill them.
+                "tollgated",
+                "TollgateCluster", "TollgateJournal", "TollgateLedger", "TollgateClient", "TollgateWire", "TollgateLedgerTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

@@ -363,8 +363,13 @@ public final class EtcdClient: Sendable {
     // MARK: The API
 
     /// The keys from `key` up to `rangeEnd` (exclusive; nil: `key` alone), in key order.
-    public func range(_ key: String, end rangeEnd: String? = nil, limit: Int64 = 0, revision: Int64 = 0) async throws -> EtcdRange {
+    /// `newestFirst`: in descending key order (with `limit: 1`, the last key of a range).
+    public func range(_ key: String, end rangeEnd: String? = nil, limit: Int64 = 0, revision: Int64 = 0, newestFirst: Bool = false) async throws -> EtcdRange {
         var body: [String: Any] = ["key": Self.base64(key)]
+        if newestFirst {
+            body["sort_order"] = "DESCEND"
+            body["sort_target"] = "KEY"
+        }
         if let rangeEnd { body["range_end"] = Self.base64(rangeEnd) }
         if limit > 0 { body["limit"] = String(limit) }
         if revision > 0 { body["revision"] = String(revision) }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Synchronization
 
 /// Who leads a shard, as its leader key says: what a follower names to a client, and where a
@@ -28,6 +29,9 @@ public struct Leadership: Sendable, Equatable {
     public var lease: Int64
     public var token: Int64
     public var record: LeaderRecord
+    /// Until when the lease surely lasts: its TTL from the moment the grant was sent (etcd
+    /// started its TTL later). Past it, this node must act as if it no longer leads.
+    public var validUntil: NIODeadline
 }
 
 /// The shard's current leader and its token.
@@ -76,13 +80,15 @@ public final class ShardElection: Sendable {
     /// One try: the leader key if it is free, on a lease granted for it. Otherwise the leader
     /// there is now (and the lease is revoked).
     public func tryToLead() async throws -> Attempt {
+        let sent = NIODeadline.now()
         let lease = try await client.grantLease(ttl: ttlSeconds)
+        let validUntil = sent + .seconds(min(ttlSeconds, lease.ttl))
         let key = keys.leader(shard)
         do {
             let result = try await client.txn(
                 [.createRevision(key, .equal, 0)], success: [.put(key: key, value: record.bytes, lease: lease.id)], failure: [.range(key: key)])
             if result.succeeded {
-                return .elected(Leadership(lease: lease.id, token: result.revision, record: record))
+                return .elected(Leadership(lease: lease.id, token: result.revision, record: record, validUntil: validUntil))
             }
             try? await client.revoke(lease: lease.id)
             let kv = result.results.first?.kvs.first
@@ -90,7 +96,7 @@ public final class ShardElection: Sendable {
         } catch let error as EtcdError where error.outcomeUnknown {
             // The put may have landed: look. If the key is ours (on this lease), we lead.
             if let kv = try? await client.range(key).kvs.first, kv.lease == lease.id {
-                return .elected(Leadership(lease: lease.id, token: kv.createRevision, record: record))
+                return .elected(Leadership(lease: lease.id, token: kv.createRevision, record: record, validUntil: validUntil))
             }
             try? await client.revoke(lease: lease.id)
             throw error
@@ -136,28 +142,38 @@ public final class ShardElection: Sendable {
     }
 
     /// Keeps the lease alive until `lost` is called, which happens once: when etcd says the
-    /// lease is gone, or when no renewal succeeded for a whole TTL (the lease may be gone for
-    /// all this node can tell), or when `Keeper.stop` is called. Renews every third of the TTL.
-    public func keep(_ leadership: Leadership, lost: @escaping @Sendable (String) -> Void) -> Keeper {
+    /// lease is gone, or when it was not renewed before `validUntil` (the lease may be gone
+    /// for all this node can tell), or never after `Keeper.stop`. Renews every third of the
+    /// TTL; `renewed` hears each new `validUntil` (the TTL from when that renewal was sent).
+    public func keep(
+        _ leadership: Leadership, renewed: @escaping @Sendable (NIODeadline) -> Void = { _ in }, lost: @escaping @Sendable (String) -> Void
+    ) -> Keeper {
         let keeper = Keeper()
         let client = self.client
         let ttl = ttlSeconds
         let task = Task {
-            var lastRenewed = ContinuousClock.now
+            var validUntil = leadership.validUntil
             while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(ttl * 1000 / 3))
+                let pause = TimeAmount.milliseconds(ttl * 1000 / 3)
+                // Wakes for the next renewal, or at the deadline if that comes first.
+                let wake = min(NIODeadline.now() + pause, validUntil)
+                let wait = wake - NIODeadline.now()
+                if wait > .zero { try? await Task.sleep(for: .nanoseconds(wait.nanoseconds)) }
                 if Task.isCancelled { break }
+                if NIODeadline.now() >= validUntil {
+                    keeper.end("the leader's lease was not renewed within its \(ttl) s")
+                    break
+                }
+                let sent = NIODeadline.now()
                 do {
-                    _ = try await client.keepAlive(lease: leadership.lease)
-                    lastRenewed = ContinuousClock.now
+                    let granted = try await client.keepAlive(lease: leadership.lease)
+                    validUntil = sent + .seconds(min(ttl, granted))
+                    renewed(validUntil)
                 } catch let error as EtcdError where error.kind == .leaseNotFound {
                     keeper.end("the leader's lease has expired")
                     break
                 } catch {
-                    if ContinuousClock.now - lastRenewed >= .seconds(ttl) {
-                        keeper.end("the leader's lease could not be renewed for \(ttl) s: \(error)")
-                        break
-                    }
+                    // Tried again at the next wake; the deadline decides.
                 }
             }
         }

@@ -128,6 +128,22 @@ public struct ShardLog: Sendable {
         return range.kvs.first.flatMap { keys.firstSequence(ofLogKey: $0.keyString, shard: shard) }
     }
 
+    /// The newest entry, or nil if the log is empty: where the log ends.
+    public func newest() async throws -> LogEntry? {
+        let range = try await client.range(keys.logPrefix(shard), end: etcdPrefixEnd(keys.logPrefix(shard)), limit: 1, newestFirst: true)
+        guard let kv = range.kvs.first, let first = keys.firstSequence(ofLogKey: kv.keyString, shard: shard) else { return nil }
+        return LogEntry(first: first, bytes: kv.value, revision: kv.modRevision)
+    }
+
+    /// The sequence of the log's last record (0 if the log is empty).
+    public func lastSequence() async throws -> UInt64 {
+        guard let newest = try await newest() else { return 0 }
+        switch newest.records(chainingTo: nil) {
+        case .success(let records): return records.last!.record.sequence
+        case .failure(let damage): throw damage
+        }
+    }
+
     /// Deletes the entries that start before `first` (the log's trim), fenced like an append
     /// so only the leader trims. Returns how many went, or nil if fenced.
     public func trim(before first: UInt64, token: Int64) async throws -> Int64? {

@@ -19,7 +19,8 @@ public enum JournalMode: Sendable, Equatable {
     /// As `sync`, and each batch is first kept by the writer's replica (a shard's journal in
     /// etcd, docs/CLUSTER.md): a record is durable once the replica has it and the local file
     /// too. Without a replica (a follower, which takes records already replicated), as `sync`.
-    case replicated
+    /// A batch goes as soon as an answer waits for it, else after `intervalMicroseconds`.
+    case replicated(intervalMicroseconds: Int64)
 }
 
 /// Where a `replicated` journal keeps each batch before the local file.
@@ -163,6 +164,9 @@ public final class JournalWriter: @unchecked Sendable {
     private let failures = Atomic<Int>(0)
     /// Where a `replicated` journal keeps batches first; nil while following.
     private let replica = Mutex<(any JournalReplica)?>(nil)
+    /// The replica failed a batch at least once: it may hold records the writer could not
+    /// confirm, so records unwritten at a stop are not known to be lost.
+    private let replicaMayHold = Atomic<Bool>(false)
 
     /// `thread: false` makes a writer that writes only when `flushPending` is called, for
     /// deterministic simulation tests.
@@ -262,7 +266,7 @@ public final class JournalWriter: @unchecked Sendable {
     /// local file (nil: stops). Records appended before may be in the next batch: the replica
     /// is told where it starts, and skips those it holds.
     public func replicate(to replica: (any JournalReplica)?) {
-        precondition(mode == .replicated || replica == nil, "only a replicated journal has a replica")
+        if case .replicated = mode {} else { precondition(replica == nil, "only a replicated journal has a replica") }
         self.replica.withLock { $0 = replica }
     }
 
@@ -392,6 +396,7 @@ public final class JournalWriter: @unchecked Sendable {
 
     private var interval: TimeInterval {
         if case .async(let microseconds) = mode { return Double(microseconds) / 1_000_000 }
+        if case .replicated(let microseconds) = mode { return Double(microseconds) / 1_000_000 }
         return 0.5
     }
 
@@ -505,7 +510,8 @@ public final class JournalWriter: @unchecked Sendable {
         if case .failure = result { failed = true } else { failed = false }
         if stopping {
             let reason = failureReason ?? "the journal closed before writing it"
-            Self.tell(unkept, .failure(JournalError("not kept: \(reason)", notKept: !needsCutBack)))
+            let known = !needsCutBack && !replicaMayHold.load(ordering: .relaxed)
+            Self.tell(unkept, .failure(JournalError("not kept: \(reason)", notKept: known)))
         }
         return (stopping, failed)
     }
@@ -539,6 +545,7 @@ public final class JournalWriter: @unchecked Sendable {
         if batch.readableBytes > 0, let replica = replica.withLock({ $0 }) {
             // Kept elsewhere first: the local file never holds a record the replica lacks.
             if case .failed(let reason) = replica.keep(batch, first: durablePosition.sequence + 1, through: sequence) {
+                replicaMayHold.store(true, ordering: .relaxed)
                 return failed("the replicated journal did not keep the batch: \(reason)")
             }
         }

@@ -40,6 +40,8 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// `async` (the default): answers leave at once and the journal is fsynced every
     /// `journalFlushIntervalMilliseconds`, the window a crash can lose. `sync`: every answer to
     /// a mutation waits for the fsync that keeps it. `none`: nothing is kept (tests, benchmarks).
+    /// In a cluster, `replicated` (answers wait for etcd's commit) or `async` (they do not:
+    /// a failover can lose the window); docs/CLUSTER.md.
     public var journalMode = JournalModeSetting.async
     public var journalFlushIntervalMilliseconds: Int64 = 10
     /// `async` mode's promise: the acknowledged changes a crash can lose span at most this
@@ -61,8 +63,30 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var idempotencyDiskGigabytesMax = 32
 
     public enum JournalModeSetting: String, Sendable, Equatable {
-        case async, sync, none
+        /// `replicated`: in a cluster, every answer waits until etcd has committed the records
+        /// it shows (and the local file holds them): a failover loses no acknowledged change.
+        case async, sync, none, replicated
     }
+
+    // MARK: A cluster (docs/CLUSTER.md)
+
+    /// etcd's client endpoints (HOST:PORT, comma-separated in a setting): set, this node is
+    /// one replica of `shard` in cluster `clusterName`. Empty: a single node, as before.
+    public var etcdEndpoints: [String] = []
+    public var clusterName = "tollgate"
+    public var shard = "s0"
+    /// This node's name in its shard, unique there; empty: the host name.
+    public var nodeName = ""
+    /// The gate address routers and clients reach this node at (HOST:PORT); empty: the host
+    /// and port it listens on.
+    public var advertiseAddress = ""
+    /// The leader's lease in etcd: a leader that stops renewing it (dead, paused, cut off)
+    /// loses the shard this long after its last renewal.
+    public var leaderLeaseSeconds: Int64 = 3
+    /// How long one request to etcd may take before it is tried on another member.
+    public var etcdTimeoutMilliseconds: Int64 = 1_000
+
+    public var isClustered: Bool { !etcdEndpoints.isEmpty }
 
     // MARK: Transport security and access
 

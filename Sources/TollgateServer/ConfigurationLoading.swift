@@ -13,6 +13,7 @@ extension ServerConfiguration {
         "tlsCertificateFile", "tlsKeyFile", "tlsClientCAFile", "tlsClientCertificates", "tlsMinimumVersion", "credentialsFile",
         "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
         "recentActivityKept", "dashboardAccountsMax",
+        "etcdEndpoints", "clusterName", "shard", "nodeName", "advertiseAddress", "leaderLeaseSeconds", "etcdTimeoutMilliseconds",
     ]
 
     /// Every setting with the value in force, in `settingNames` order, as a config file
@@ -38,6 +39,10 @@ extension ServerConfiguration {
             "handshakeTimeoutMilliseconds": "\(handshakeTimeoutMilliseconds)", "webhookURL": webhookURL,
             "webhookTimeoutMilliseconds": "\(webhookTimeoutMilliseconds)", "clockOffsetSeconds": "\(clockOffsetSeconds)",
             "recentActivityKept": "\(recentActivityKept)", "dashboardAccountsMax": "\(dashboardAccountsMax)",
+            "etcdEndpoints": etcdEndpoints.isEmpty ? nil : etcdEndpoints.joined(separator: ","),
+            "clusterName": clusterName, "shard": shard, "nodeName": nodeName.isEmpty ? nil : nodeName,
+            "advertiseAddress": advertiseAddress.isEmpty ? nil : advertiseAddress,
+            "leaderLeaseSeconds": "\(leaderLeaseSeconds)", "etcdTimeoutMilliseconds": "\(etcdTimeoutMilliseconds)",
         ]
         return Self.settingNames.compactMap { name in values[name].flatMap { $0 }.map { (name, $0) } }
     }
@@ -100,7 +105,7 @@ extension ServerConfiguration {
         case "serverName": serverName = value
         case "journalMode":
             guard let mode = JournalModeSetting(rawValue: value) else {
-                throw ConfigurationError("\(source): journalMode must be async, sync or none, not \"\(value)\"")
+                throw ConfigurationError("\(source): journalMode must be async, sync, none or replicated, not \"\(value)\"")
             }
             journalMode = mode
         case "journalFlushIntervalMilliseconds": journalFlushIntervalMilliseconds = try integer(1...1_000)
@@ -153,13 +158,57 @@ extension ServerConfiguration {
         case "clockOffsetSeconds": clockOffsetSeconds = try integer(-315_360_000...315_360_000)
         case "recentActivityKept": recentActivityKept = Int(try integer(0...10_000_000))
         case "dashboardAccountsMax": dashboardAccountsMax = Int(try integer(1...10_000))
+        case "etcdEndpoints":
+            let parts = value.split(separator: ",").map { String(String($0).trimmingSpaces) }.filter { !$0.isEmpty }
+            for part in parts where !Self.isEndpoint(part) {
+                throw ConfigurationError("\(source): etcdEndpoints must be HOST:PORT or http://HOST:PORT, comma-separated; \"\(part)\" is not")
+            }
+            etcdEndpoints = parts
+        case "clusterName", "shard", "nodeName":
+            guard Self.isClusterName(value) || (name == "nodeName" && value.isEmpty) else {
+                throw ConfigurationError("\(source): \(name) must be 1 to 63 of a-z, 0-9, '-', '_' and '.', not starting with '.', not \"\(value)\"")
+            }
+            if name == "clusterName" { clusterName = value } else if name == "shard" { shard = value } else { nodeName = value }
+        case "advertiseAddress":
+            guard value.isEmpty || Self.isEndpoint(value) else {
+                throw ConfigurationError("\(source): advertiseAddress must be HOST:PORT, not \"\(value)\"")
+            }
+            advertiseAddress = value
+        case "leaderLeaseSeconds": leaderLeaseSeconds = try integer(1...60)
+        case "etcdTimeoutMilliseconds": etcdTimeoutMilliseconds = try integer(50...60_000)
         default:
             throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
         }
     }
 
+    /// HOST:PORT (or http://HOST:PORT) with a port from 1 to 65535.
+    static func isEndpoint(_ text: String) -> Bool {
+        var rest = Substring(text)
+        if rest.hasPrefix("http://") { rest = rest.dropFirst(7) }
+        while rest.hasSuffix("/") { rest = rest.dropLast() }
+        guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]) else { return false }
+        return (1...65_535).contains(port) && colon > rest.startIndex
+    }
+
+    /// The names of etcd keys' parts: what `ClusterKeys.isValidName` accepts.
+    static func isClusterName(_ name: String) -> Bool {
+        guard (1...63).contains(name.utf8.count), name.first != "." else { return false }
+        return name.utf8.allSatisfy { byte in
+            (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
+        }
+    }
+
     func validate() throws(ConfigurationError) {
         guard !host.isEmpty, !dataDirectory.isEmpty else { throw ConfigurationError("host and dataDirectory must not be empty") }
+        if isClustered {
+            guard journalMode == .replicated || journalMode == .async else {
+                throw ConfigurationError(
+                    "in a cluster (etcdEndpoints set) journalMode must be replicated (answers wait for etcd's commit: a failover loses no acknowledged change) or async (they do not: a failover can lose up to journalAsyncWindowMilliseconds), not \(journalMode.rawValue)")
+            }
+        } else if journalMode == .replicated {
+            throw ConfigurationError("journalMode replicated needs a cluster: set etcdEndpoints (docs/CLUSTER.md)")
+        }
         guard journalAsyncWindowMilliseconds >= 2 * journalFlushIntervalMilliseconds else {
             throw ConfigurationError(
                 "journalAsyncWindowMilliseconds (\(journalAsyncWindowMilliseconds)) must be at least twice journalFlushIntervalMilliseconds (\(journalFlushIntervalMilliseconds)), or answers would wait for nearly every flush")

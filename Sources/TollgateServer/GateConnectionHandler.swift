@@ -305,7 +305,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
             if covers > journal.durableSequence {
                 let waits: Bool
                 switch configuration.journalMode {
-                case .sync: waits = true
+                case .sync, .replicated: waits = true
                 case .async: waits = request.isMutation && journal.lagNanoseconds(now: NIODeadline.now().uptimeNanoseconds) > asyncWindowNanoseconds
                 case .none: waits = false
                 }

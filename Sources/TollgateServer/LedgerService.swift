@@ -85,6 +85,76 @@ public final class LedgerService: Sendable {
             State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil, activity: ActivityLog(capacity: configuration.recentActivityKept)))
     }
 
+    // MARK: A cluster's roles (docs/CLUSTER.md)
+
+    /// Whether this node decides. A single node always does; in a cluster only the shard's
+    /// leader does, and only until its lease's deadline (`leaseValidUntil`, monotonic
+    /// nanoseconds; 0: no deadline).
+    private let deciding = Atomic<Bool>(true)
+    private let leaseValidUntil = Atomic<UInt64>(0)
+    /// What a node that does not decide answers.
+    private let notDeciding = Mutex(WireError(.notLeader, "no leader yet"))
+
+    /// This node follows: every request is answered `refusal` (naming the leader).
+    public func follow(refusal: WireError) {
+        notDeciding.withLock { $0 = refusal }
+        deciding.store(false, ordering: .releasing)
+    }
+
+    /// The refusal a follower answers with, updated when the leader changes.
+    public func setFollowerRefusal(_ refusal: WireError) {
+        notDeciding.withLock { $0 = refusal }
+    }
+
+    public var isDeciding: Bool { deciding.load(ordering: .acquiring) && !leaseHasRunOut }
+
+    private var leaseHasRunOut: Bool {
+        let until = leaseValidUntil.load(ordering: .relaxed)
+        return until != 0 && NIODeadline.now().uptimeNanoseconds >= until
+    }
+
+    /// The lease's new deadline after a renewal.
+    public func leaseRenewed(until deadline: NIODeadline) {
+        leaseValidUntil.store(deadline.uptimeNanoseconds, ordering: .relaxed)
+    }
+
+    /// This node leads from now: batches are kept by `replica` before the local file, the
+    /// ledger's time goes on from its last record to `now`, and requests are decided until the
+    /// lease's deadline.
+    public func lead(replica: any JournalReplica, leaseValidUntil deadline: NIODeadline, now: Instant) {
+        leaseValidUntil.store(deadline.uptimeNanoseconds, ordering: .relaxed)
+        state.withLock { state in
+            state.journal?.replicate(to: replica)
+            state.ledger.advance(to: now)
+            state.passEvents(to: hub)
+        }
+        deciding.store(true, ordering: .releasing)
+    }
+
+    /// Records the shard's leader decided, taken from the replicated journal: appended to the
+    /// local journal as they are and replayed, as recovery would. `records` are `bytes` read
+    /// and checked (`LogEntry.records`). Refused, with nothing changed, unless they continue
+    /// the local journal exactly.
+    public func ingest(_ bytes: ByteBuffer, records: [ReadRecord]) throws {
+        guard let first = records.first, let last = records.last else { return }
+        try state.withLock { state in
+            guard let journal = state.journal else { throw ServerError("no journal to take replicated records") }
+            try journal.appendRecords(
+                bytes, first: first.record.sequence, through: last.record.sequence, previousChecksum: first.previousChecksum, checksum: last.checksum)
+            for read in records {
+                _ = state.ledger.replay(read.record.command, key: read.record.key, at: read.record.instant)
+                if state.ledger.hasEvictedKeys, let archive = state.archive { state.ledger.passEvictedKeys(to: archive.add) }
+            }
+            state.passEvents(to: hub)
+        }
+    }
+
+    /// The last record the local journal holds and its checksum.
+    public var journalPosition: Checkpoint.Position? { state.withLock { $0.journal?.appendedPosition } }
+
+    /// The ledger's clock: the instant of the last record, or later.
+    public var ledgerClock: Instant { state.withLock { $0.ledger.clock } }
+
     /// Balances in the past waiting for or being read on the history thread, across every
     /// connection: past `historyQueueMax` a BALANCE_AT is answered `unavailable` at once.
     let historyQueued = Atomic<Int>(0)
@@ -183,6 +253,7 @@ public final class LedgerService: Sendable {
     public func handle(
         _ request: WireRequest, body: ByteBuffer? = nil, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: KeyArchive.Mark? = nil
     ) -> Handled {
+        if !isDeciding { return Handled(response: .error(notDeciding.withLock { $0 }), showsState: false) }
         let now = clock()
         switch request {
         case .hello, .ping, .subscribe:
@@ -275,6 +346,9 @@ public final class LedgerService: Sendable {
 
     /// Releases holds past their deadline and expires grants; run every sweep interval.
     public func sweep() {
+        // A follower's time moves only with the records it takes: advancing it by the wall
+        // clock would decide expiries the leader has not reached yet.
+        guard deciding.load(ordering: .acquiring) else { return }
         let now = clock()
         state.withLock { state in
             if let due = state.ledger.nextDue, due <= now { state.ledger.advance(to: now) }

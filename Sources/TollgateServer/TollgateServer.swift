@@ -69,6 +69,15 @@ public final class TollgateServer: Service, Sendable {
     /// The balance over time of the accounts the read API and the dashboard are watching.
     public let history: BalanceHistory
     private let startedAt: Instant
+    /// In a cluster, this node's part in its shard.
+    private let node = Mutex<ClusterNode?>(nil)
+    /// Why the node stopped leading, once it has: the server shuts down and `run` throws.
+    private let deposedBecause = Mutex<String?>(nil)
+
+    /// In a cluster: whether this node leads its shard now, and the leader it knows of.
+    public var clusterRole: (leading: Bool, leader: String?)? {
+        node.withLock { $0 }.map { node in (node.isLeading, node.knownLeader.map { "\($0.node) at \($0.address)" }) }
+    }
 
     /// `journalFiles` and `eventLogFiles` replace the file operations of the journal and of
     /// the event log, for fault-injection tests.
@@ -142,7 +151,31 @@ public final class TollgateServer: Service, Sendable {
                 try recover()
                 service.reserveIdempotencyIndex()
             }
+            // A cluster's node decides nothing until elected, not even while it joins.
+            if configuration.isClustered { service.follow(refusal: .notLeader(node: nil, address: nil, shard: configuration.shard)) }
             gate = try await bindGate()
+            if configuration.isClustered {
+                let bound = gate.localAddress?.port ?? configuration.port
+                let address = configuration.advertiseAddress.isEmpty ? "\(configuration.host):\(bound)" : configuration.advertiseAddress
+                let decisionClock = decisionClock
+                let service = service
+                let made = try ClusterNode(
+                    configuration: configuration, address: address, service: service, logger: logger, now: clock,
+                    leading: { decisionClock.notBefore(service.ledgerClock) },
+                    deposed: { [weak self] reason in
+                        self?.deposedBecause.withLock { $0 = reason }
+                        gate.close(promise: nil)
+                    })
+                node.withLock { $0 = made }
+                readiness.set(notReadyBecause: "starting: joining shard \(configuration.shard) (reading its journal from etcd)")
+                do {
+                    try await made.join()
+                } catch {
+                    await made.stop()
+                    try? await gate.close()
+                    throw error
+                }
+            }
         } catch {
             let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }
             for continuation in waiting { continuation.resume(throwing: error) }
@@ -155,6 +188,7 @@ public final class TollgateServer: Service, Sendable {
         let waiting = started.withLock { waiting in defer { waiting = [] }; return waiting }
         for continuation in waiting { continuation.resume() }
         let eventTask = Task { [events] in await events.run() }
+        node.withLock { $0 }?.start()
         readiness.set(notReadyBecause: nil)
         SystemdNotify.send("READY=1\nSTATUS=taking decisions")
         logger.info(
@@ -235,10 +269,17 @@ public final class TollgateServer: Service, Sendable {
         try? await admin?.close()
         try? await readThread.shutdownGracefully()
         service.journal?.close()
+        // A leader resigns once its journal is closed (everything it answered is in etcd), so
+        // another node takes over at once rather than after the lease.
+        await node.withLock { $0 }?.stop()
         service.archive?.stop()
         events.stop()
         await eventTask.value
         try await group.shutdownGracefully()
+        if let reason = deposedBecause.withLock({ $0 }) {
+            logger.notice("tollgated stopped: it no longer leads its shard and must restart", metadata: ["reason": "\(reason)"])
+            throw ServerError("no longer the shard's leader (\(reason)): restart to follow", restart: true)
+        }
         logger.info("tollgated stopped")
     }
 
@@ -330,8 +371,9 @@ public final class TollgateServer: Service, Sendable {
         }
         ledger.advance(to: clock())
         if ledger.hasPendingEvents { events.accept(ledger.takeEvents()) }
+        let interval = configuration.journalFlushIntervalMilliseconds * 1_000
         let mode: JournalMode =
-            configuration.journalMode == .sync ? .sync : .async(intervalMicroseconds: configuration.journalFlushIntervalMilliseconds * 1_000)
+            configuration.isClustered ? .replicated(intervalMicroseconds: interval) : configuration.journalMode == .sync ? .sync : .async(intervalMicroseconds: interval)
         let writer: JournalWriter
         do {
             writer = try JournalWriter(directory: directory, mode: mode, after: scan, segmentBytes: configuration.journalSegmentBytes, files: journalFiles)
@@ -343,7 +385,7 @@ public final class TollgateServer: Service, Sendable {
         let keys = archive.statistics
         logger.info(
             "idempotency keys", metadata: ["inMemory": "\(ledger.idempotencyKeyCount)", "onDisk": "\(keys.keysOnDisk)", "runs": "\(keys.runs)", "diskBytes": "\(keys.diskBytes)", "damagedRuns": "\(keys.damagedRuns)"])
-        if configuration.journalMode == .sync { events.holdEvents(until: writer) }
+        if configuration.journalMode == .sync || configuration.journalMode == .replicated { events.holdEvents(until: writer) }
         let replayed = progress.current()
         logger.info(
             "recovered from the journal",
@@ -666,8 +708,12 @@ public final class TollgateServer: Service, Sendable {
 
 public struct ServerError: Error, CustomStringConvertible {
     public var description: String
+    /// The server stopped so that it can start again (a cluster node that lost its shard's
+    /// leadership): tollgated exits with status 75 (EX_TEMPFAIL) for its supervisor to restart.
+    public var restart = false
 
-    public init(_ description: String) {
+    public init(_ description: String, restart: Bool = false) {
         self.description = description
+        self.restart = restart
     }
 }

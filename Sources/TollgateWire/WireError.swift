@@ -14,6 +14,9 @@ public enum ProtocolStatus: UInt16, Hashable, Sendable, CaseIterable {
     case forbidden = 110
     case internalError = 111
     case badFrame = 112
+    /// In a cluster: this node does not lead the shard. The message names the leader
+    /// (proto/PROTOCOL.md §7.1): `leader NODE at HOST:PORT`, or `no leader yet`.
+    case notLeader = 113
 
     public var name: String {
         switch self {
@@ -30,6 +33,7 @@ public enum ProtocolStatus: UInt16, Hashable, Sendable, CaseIterable {
         case .forbidden: "forbidden"
         case .internalError: "internalError"
         case .badFrame: "badFrame"
+        case .notLeader: "notLeader"
         }
     }
 
@@ -41,6 +45,26 @@ public enum ProtocolStatus: UInt16, Hashable, Sendable, CaseIterable {
         default:
             false
         }
+    }
+}
+
+extension WireError {
+    /// The `notLeader` refusal that names the shard's leader, if one is known.
+    public static func notLeader(node: String?, address: String?, shard: String) -> WireError {
+        if let node, let address {
+            return WireError(.notLeader, "leader \(node) at \(address): this node does not lead shard \(shard)")
+        }
+        return WireError(.notLeader, "no leader yet: shard \(shard) is electing one; retry shortly")
+    }
+
+    /// The leader's address a `notLeader` message names (HOST:PORT), if it names one.
+    public var leaderAddress: String? {
+        guard status == .notLeader, message.hasPrefix("leader ") else { return nil }
+        let words = message.split(separator: " ", maxSplits: 4)
+        guard words.count >= 4, words[2] == "at" else { return nil }
+        var address = words[3]
+        if address.hasSuffix(":") { address = address.dropLast() }
+        return String(address)
     }
 }
 

@@ -31,7 +31,7 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "Close connections with no complete request for this long, in ms (default 300000).") var idleTimeoutMs: Int?
     @Option(help: "How often expired holds are released, in ms (default 100).") var sweepIntervalMs: Int?
     @Option(help: "Event-loop threads (default: one per core).") var threads: Int?
-    @Option(help: "Journal mode: async (default; fsync every interval), sync (answers wait for fsync) or none (nothing kept).")
+    @Option(help: "Journal mode: async (default; fsync every interval), sync (answers wait for fsync), none (nothing kept), or in a cluster replicated (answers wait for etcd's commit).")
     var journalMode: String?
     @Option(help: "How often the async journal is fsynced, in ms (default 10).")
     var journalFlushIntervalMs: Int?
@@ -55,6 +55,14 @@ struct Tollgated: AsyncParsableCommand {
     var logLevel: String?
     @Option(help: "Log format: text, or json for one JSON object per line (also TOLLGATE_LOG_FORMAT; default text).")
     var logFormat: String?
+
+    @Option(help: "etcd's client endpoints, comma-separated (HOST:PORT): this node is then one replica of --shard in --cluster (docs/CLUSTER.md).")
+    var etcd: String?
+    @Option(help: "The cluster's name: its keys in etcd are under /tollgate/NAME/ (default tollgate).") var cluster: String?
+    @Option(help: "The shard this node serves (default s0).") var shard: String?
+    @Option(help: "This node's name in its shard (default: the host name).") var node: String?
+    @Option(help: "The gate address clients and routers reach this node at, HOST:PORT (default: the listening host and port).")
+    var advertise: String?
 
     @Flag(help: "Print the settings in force (file, environment and flags applied), as a config file, and exit.")
     var printConfig = false
@@ -105,7 +113,7 @@ struct Tollgated: AsyncParsableCommand {
             try await group.run()
         } catch let error as ServerError {
             logger.critical("\(error.description)")
-            throw ExitCode(1)
+            throw ExitCode(error.restart ? 75 : 1)
         }
     }
 
@@ -126,6 +134,11 @@ struct Tollgated: AsyncParsableCommand {
         add("sweepIntervalMilliseconds", sweepIntervalMs)
         add("threads", threads)
         add("journalMode", journalMode)
+        add("etcdEndpoints", etcd)
+        add("clusterName", cluster)
+        add("shard", shard)
+        add("nodeName", node)
+        add("advertiseAddress", advertise)
         add("journalFlushIntervalMilliseconds", journalFlushIntervalMs)
         add("journalAsyncWindowMilliseconds", journalAsyncWindowMs)
         add("tlsCertificateFile", tlsCert)

@@ -38,7 +38,7 @@ struct ReplicatedJournalTests {
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
 
-        let writer = try JournalWriter(directory: directory, mode: .replicated, after: JournalScan())
+        let writer = try JournalWriter(directory: directory, mode: .replicated(intervalMicroseconds: 2_000), after: JournalScan())
         let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { _ in }
         writer.replicate(to: replica)
         // Enough records, with long keys, that some batches are cut into several entries.
@@ -78,7 +78,7 @@ struct ReplicatedJournalTests {
         // A follower's journal takes the entries as they are and ends up the same.
         let followerDirectory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: followerDirectory) }
-        let follower = try JournalWriter(directory: followerDirectory, mode: .replicated, after: JournalScan())
+        let follower = try JournalWriter(directory: followerDirectory, mode: .replicated(intervalMicroseconds: 2_000), after: JournalScan())
         var previous: UInt32 = 0
         for entry in fromEtcd {
             let records = try entry.records(chainingTo: previous).get()
@@ -106,7 +106,7 @@ struct ReplicatedJournalTests {
         let leadership = try await a.campaign()
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let writer = try JournalWriter(directory: directory, mode: .replicated, after: JournalScan())
+        let writer = try JournalWriter(directory: directory, mode: .replicated(intervalMicroseconds: 2_000), after: JournalScan())
         let fenced = Mutex<[String]>([])
         let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { reason in fenced.withLock { $0.append(reason) } }
         writer.replicate(to: replica)
@@ -141,7 +141,7 @@ struct ReplicatedJournalTests {
         let leadership = try await ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 30).campaign()
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let writer = try JournalWriter(directory: directory, mode: .replicated, after: JournalScan())
+        let writer = try JournalWriter(directory: directory, mode: .replicated(intervalMicroseconds: 2_000), after: JournalScan())
         let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { _ in }
         writer.replicate(to: replica)
 

@@ -100,6 +100,8 @@ struct ShardLogTests {
         }
         #expect(sequences == [1, 2, 3, 4])
         #expect(try await log.oldestFirst() == 1)
+        #expect(try await log.newest()?.first == 3)
+        #expect(try await log.lastSequence() == 4)
         #expect(try await log.trim(before: 3, token: new.token) == 1)
         #expect(try await log.oldestFirst() == 3)
     }

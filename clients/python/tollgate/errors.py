@@ -97,6 +97,7 @@ _PROTOCOL = [
     (110, "forbidden", "The credential's role or scope does not allow this request."),
     (111, "internalError", "A server bug; the request may or may not have been applied."),
     (112, "badFrame", "Bad magic, version or flags in a header."),
+    (113, "notLeader", "In a cluster: this node does not lead the shard; the message names the leader."),
 ]
 
 BY_STATUS = {}
@@ -106,7 +107,7 @@ for _status, _name, _doc in _PROTOCOL:
     BY_STATUS[_status] = _define(ProtocolError, _status, _name, _doc)
 
 #: Statuses after which the same request, with the same key, may succeed on a new attempt.
-RETRYABLE = {104, 105, 106, 108, 111}
+RETRYABLE = {104, 105, 106, 108, 111, 113}
 #: Statuses after which the server closes the connection.
 CLOSES_CONNECTION = {101, 103, 105, 106, 107, 109, 112}
 

@@ -30,7 +30,7 @@ LEDGER_STATUS = [
 PROTOCOL_STATUS = {
     100: "malformedFrame", 101: "unsupportedVersion", 102: "unknownOpcode", 103: "frameTooLarge", 104: "tooManyInFlight",
     105: "tooManyConnections", 106: "idleTimeout", 107: "handshakeRequired", 108: "unavailable", 109: "unauthorized",
-    110: "forbidden", 111: "internalError", 112: "badFrame",
+    110: "forbidden", 111: "internalError", 112: "badFrame", 113: "notLeader",
 }
 LEVELS = ["request", "member", "group", "account", "parent", "ledger"]
 

@@ -1,0 +1,267 @@
+import Logging
+import NIOCore
+import Synchronization
+import TollgateCluster
+import TollgateJournal
+import TollgateLedger
+import TollgateWire
+
+/// One replica of a shard (docs/CLUSTER.md): it takes the shard's replicated journal from
+/// etcd while it follows, campaigns for the leader key, and when elected reads the whole
+/// tail, then decides with every batch kept in etcd first, fenced by its token. When its
+/// leadership ends — the lease lapsed, or an append was fenced — it stops deciding at once
+/// and calls `deposed`: its memory may hold decisions no one will ever see, so the server
+/// shuts down and starts again from its local checkpoint and journal, which never hold
+/// anything etcd lacks.
+final class ClusterNode: Sendable {
+    let configuration: ServerConfiguration
+    let client: EtcdClient
+    let log: ShardLog
+    let election: ShardElection
+    let service: LedgerService
+    let logger: Logger
+    private let deposed: @Sendable (String) -> Void
+    private let now: @Sendable () -> Instant
+    private let leading: @Sendable () -> Void
+
+    private struct State {
+        var watch: EtcdWatch?
+        var keeper: ShardElection.Keeper?
+        var leadership: Leadership?
+        var campaign: Task<Void, Never>?
+        var stopped = false
+        var leader: CurrentLeader?
+    }
+
+    private let state = Mutex(State())
+
+    /// The node's identity and address, and where it reports; `leading` runs once elected and
+    /// caught up, before it decides anything (the server moves its decision clock there).
+    init(
+        configuration: ServerConfiguration, address: String, service: LedgerService, logger: Logger, now: @escaping @Sendable () -> Instant,
+        leading: @escaping @Sendable () -> Void, deposed: @escaping @Sendable (String) -> Void
+    ) throws {
+        guard let keys = ClusterKeys(cluster: configuration.clusterName) else { throw ServerError("clusterName \(configuration.clusterName) is not valid") }
+        let endpoints = try EtcdEndpoint.list(configuration.etcdEndpoints.joined(separator: ",")).get()
+        self.configuration = configuration
+        self.client = EtcdClient(endpoints: endpoints, callTimeout: .milliseconds(configuration.etcdTimeoutMilliseconds))
+        self.log = ShardLog(client: client, keys: keys, shard: configuration.shard)
+        let node = configuration.nodeName.isEmpty ? Self.hostName() : configuration.nodeName
+        self.election = ShardElection(
+            client: client, keys: keys, shard: configuration.shard, record: LeaderRecord(node: node, address: address), ttlSeconds: configuration.leaderLeaseSeconds)
+        self.service = service
+        self.logger = logger
+        self.now = now
+        self.leading = leading
+        self.deposed = deposed
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "node" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).lowercased()
+        return ClusterKeys.isValidName(name) ? name : "node"
+    }
+
+    var node: String { election.record.node }
+
+    /// Checks that the local journal is a prefix of the shard's log, then takes every entry
+    /// after it. Before the gate opens: a node that cannot join refuses to start, saying why.
+    func join() async throws {
+        service.follow(refusal: .notLeader(node: nil, address: nil, shard: configuration.shard))
+        let local = service.journalPosition?.sequence ?? 0
+        let last: UInt64
+        do {
+            last = try await log.lastSequence()
+        } catch {
+            throw ServerError("cannot read shard \(configuration.shard)'s journal from etcd (\(configuration.etcdEndpoints.joined(separator: ","))): \(error)")
+        }
+        if local > last {
+            throw ServerError(
+                "this node's journal ends at record \(local) but shard \(configuration.shard)'s journal in etcd ends at \(last): this data directory does not belong to this shard (or etcd's data was replaced). Start the node with an empty data directory, or point it at the right cluster and shard.")
+        }
+        let caughtUp = try await catchUp()
+        logger.info(
+            "joined the shard as a follower",
+            metadata: ["shard": "\(configuration.shard)", "node": "\(node)", "records": "\(service.journalPosition?.sequence ?? 0)", "revision": "\(caughtUp)"])
+    }
+
+    /// Takes every entry after the local journal's end; returns the etcd revision it read at.
+    @discardableResult
+    func catchUp() async throws -> Int64 {
+        while true {
+            let position = service.journalPosition ?? Checkpoint.Position(sequence: 0, checksum: 0)
+            let read = try await log.read(from: position.sequence + 1, limit: 32)
+            if read.entries.isEmpty {
+                if position.sequence == 0, let oldest = try await log.oldestFirst(), oldest > 1 {
+                    throw ServerError(
+                        "shard \(configuration.shard)'s journal in etcd starts at record \(oldest) (older entries were trimmed): a new node must start from a checkpoint of another node (docs/CLUSTER.md, \"Adding a node\")")
+                }
+                return read.revision
+            }
+            for entry in read.entries { try take(entry) }
+            if !read.more { return read.revision }
+        }
+    }
+
+    /// Takes one entry: skipped if the local journal already holds it, else it must follow
+    /// the local journal's last record exactly.
+    private func take(_ entry: LogEntry) throws {
+        let position = service.journalPosition ?? Checkpoint.Position(sequence: 0, checksum: 0)
+        if entry.first <= position.sequence { return }
+        guard entry.first == position.sequence + 1 else {
+            throw ServerError("shard \(configuration.shard)'s journal in etcd has no record \(position.sequence + 1) (its next entry starts at \(entry.first))")
+        }
+        let records = try entry.records(chainingTo: position.checksum).get()
+        try service.ingest(ByteBuffer(bytes: entry.bytes), records: records)
+    }
+
+    /// Follows the log and campaigns, in the background, until stopped or deposed.
+    func start() {
+        follow(after: nil)
+        let task = Task { await campaign() }
+        state.withLock { $0.campaign = task }
+    }
+
+    /// Watches the log after `revision` (nil: reads what is new first).
+    private func follow(after revision: Int64?) {
+        Task {
+            var revision = revision
+            while revision == nil {
+                if state.withLock({ $0.stopped || $0.leadership != nil }) { return }
+                do {
+                    revision = try await catchUp()
+                } catch {
+                    logger.warning("cannot read the shard's journal from etcd; retrying", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            let watch = log.watch(after: revision!) { [weak self] report in
+                guard let self else { return }
+                switch report {
+                case .entries(let entries, _):
+                    do {
+                        for entry in entries { try self.take(entry) }
+                    } catch {
+                        self.logger.warning("a replicated entry did not follow the local journal; reading again", metadata: ["error": "\(error)"])
+                        self.refollow()
+                    }
+                case .ended(let reason):
+                    self.logger.debug("the watch on the shard's journal ended; reading again", metadata: ["reason": "\(reason)"])
+                    self.refollow()
+                }
+            }
+            let cancel = state.withLock { state -> Bool in
+                if state.stopped || state.leadership != nil { return true }
+                state.watch?.cancel()
+                state.watch = watch
+                return false
+            }
+            if cancel { watch.cancel() }
+        }
+    }
+
+    private func refollow() {
+        let again = state.withLock { state -> Bool in
+            guard !state.stopped, state.leadership == nil else { return false }
+            state.watch?.cancel()
+            state.watch = nil
+            return true
+        }
+        if again {
+            Task {
+                try? await Task.sleep(for: .milliseconds(100))
+                follow(after: nil)
+            }
+        }
+    }
+
+    private func noteLeader(_ current: CurrentLeader) {
+        state.withLock { $0.leader = current }
+        service.setFollowerRefusal(.notLeader(node: current.record?.node, address: current.record?.address, shard: configuration.shard))
+    }
+
+    /// The leader this node knows of (itself when it leads).
+    var knownLeader: LeaderRecord? {
+        state.withLock { state in state.leadership != nil ? election.record : state.leader?.record }
+    }
+
+    var isLeading: Bool { state.withLock { $0.leadership != nil } }
+
+    private func campaign() async {
+        let leadership: Leadership
+        do {
+            leadership = try await election.campaign { [weak self] current in self?.noteLeader(current) }
+        } catch {
+            return  // cancelled: stopping
+        }
+        let proceed = state.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.leadership = leadership
+            state.watch?.cancel()
+            state.watch = nil
+            return true
+        }
+        guard proceed else {
+            await election.resign(leadership)
+            return
+        }
+        logger.notice("elected leader of the shard; reading the rest of its journal", metadata: ["shard": "\(configuration.shard)", "token": "\(leadership.token)"])
+        // Everything an earlier leader appended is fixed now (its appends are fenced): read it
+        // all before deciding anything.
+        while true {
+            do {
+                try await catchUp()
+                break
+            } catch let error as ServerError {
+                depose("cannot take over: \(error)")
+                return
+            } catch {
+                if NIODeadline.now() >= leadership.validUntil {
+                    depose("the lease ran out while reading the journal: \(error)")
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        let keptThrough = service.journalPosition?.sequence ?? 0
+        let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: keptThrough) { [weak self] reason in self?.depose(reason) }
+        let keeper = election.keep(
+            leadership, renewed: { [service] deadline in service.leaseRenewed(until: deadline) }, lost: { [weak self] reason in self?.depose(reason) })
+        state.withLock { $0.keeper = keeper }
+        leading()
+        service.lead(replica: replica, leaseValidUntil: leadership.validUntil, now: now())
+        logger.notice(
+            "leading the shard", metadata: ["shard": "\(configuration.shard)", "node": "\(node)", "token": "\(leadership.token)", "records": "\(keptThrough)"])
+    }
+
+    /// Leadership is over: decide nothing more, and have the server restart.
+    private func depose(_ reason: String) {
+        let first = state.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.stopped = true
+            return true
+        }
+        guard first else { return }
+        service.follow(refusal: WireError(.unavailable, "this node lost the shard's leadership and is restarting (\(reason)); retry with the same key"))
+        logger.critical("no longer the shard's leader: stopping, to restart from what etcd holds", metadata: ["reason": "\(reason)"])
+        deposed(reason)
+    }
+
+    /// Stops following and campaigning; a leader resigns, so another takes over at once.
+    func stop() async {
+        let (watch, keeper, leadership, campaign) = state.withLock { state in
+            state.stopped = true
+            return (state.watch, state.keeper, state.leadership, state.campaign)
+        }
+        watch?.cancel()
+        campaign?.cancel()
+        keeper?.stop()
+        if let leadership { await election.resign(leadership) }
+        client.close()
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

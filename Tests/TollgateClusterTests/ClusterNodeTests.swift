@@ -1,0 +1,255 @@
+import Foundation
+import Synchronization
+import Testing
+import TollgateClient
+import TollgateCluster
+import TollgateLedger
+import TollgateLedgerTestSupport
+import TollgateWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real tollgated, started as one node of a shard, that a test kills, pauses and restarts.
+final class NodeProcess: Sendable {
+    static let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent(".build/debug/tollgated").path
+    /// Every node's admin token: written into each data directory before it starts.
+    static let token = "tg_cluster-test-token-0123456789"
+
+    let name: String
+    let port: Int
+    let data: String
+    let etcd: [EtcdEndpoint]
+    let extra: [String]
+    private let pid = Mutex<pid_t>(0)
+
+    init(name: String, directory: String, etcd: [EtcdEndpoint], extra: [String] = []) throws {
+        self.name = name
+        self.port = try freePort()
+        self.data = directory + "/" + name
+        self.etcd = etcd
+        self.extra = extra
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        try (Self.token + "\n").write(toFile: data + "/admin.token", atomically: true, encoding: .utf8)
+        chmod(data + "/admin.token", 0o600)
+    }
+
+    var log: String { data + ".log" }
+
+    func start() throws {
+        let arguments = [
+            Self.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data, "--etcd", etcd.map(\.description).joined(separator: ","),
+            "--cluster", "test", "--shard", "s0", "--node", name, "--journal-mode", "replicated", "--log-level", "info",
+        ] + extra
+        var environment = ProcessInfo.processInfo.environment
+        environment["TOLLGATE_JOURNAL_SEGMENT_BYTES"] = "65536"
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+            posix_spawn_file_actions_destroy(&actions)
+        }
+        var child: pid_t = 0
+        guard posix_spawn(&child, Self.binary, &actions, nil, argv, envp) == 0 else { throw EtcdTestError("cannot start \(Self.binary)") }
+        pid.withLock { $0 = child }
+    }
+
+    var isRunning: Bool { pid.withLock { $0 } != 0 }
+
+    /// SIGKILL; returns once the process is gone.
+    func kill9() async {
+        let child = pid.withLock { pid in defer { pid = 0 }; return pid }
+        guard child != 0 else { return }
+        kill(child, SIGKILL)
+        await OffPool.blocking("reap") {
+            var status: Int32 = 0
+            waitpid(child, &status, 0)
+        }
+    }
+
+    func pause() { kill(pid.withLock { $0 }, SIGSTOP) }
+    func resume() { kill(pid.withLock { $0 }, SIGCONT) }
+
+    /// Waits for the process to exit by itself (a deposed leader does); its exit status, or
+    /// nil if it is still running after `timeout`.
+    func waitForExit(timeout: Duration) async -> Int32? {
+        let child = pid.withLock { $0 }
+        guard child != 0 else { return nil }
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < timeout {
+            var status: Int32 = 0
+            if waitpid(child, &status, WNOHANG) == child {
+                pid.withLock { $0 = 0 }
+                return (status >> 8) & 0xFF
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return nil
+    }
+
+    func stop() {
+        let child = pid.withLock { pid in defer { pid = 0 }; return pid }
+        guard child != 0 else { return }
+        kill(child, SIGCONT)
+        kill(child, SIGKILL)
+        Thread.detachNewThread {
+            var status: Int32 = 0
+            waitpid(child, &status, 0)
+        }
+    }
+
+    func client(timeoutMilliseconds: Int64 = 2_000) async throws -> TollgateClient {
+        try await TollgateClient.connect(.init(port: port, token: Self.token, requestTimeoutMilliseconds: timeoutMilliseconds, retries: 0))
+    }
+
+    /// Whether this node decides now: a read it answers, rather than refusing `notLeader`.
+    func leads() async -> Bool {
+        guard let client = try? await client(timeoutMilliseconds: 1_000) else { return false }
+        defer { Task { await client.close() } }
+        do {
+            _ = try await client.balance(account: "nobody")
+            return true
+        } catch {
+            if case .refused = error { return true }  // unknownAccount: decided
+            return false
+        }
+    }
+}
+
+/// Waits until one of `nodes` leads; returns it.
+func leader(of nodes: [NodeProcess], timeout: Duration = .seconds(30)) async throws -> NodeProcess {
+    let start = ContinuousClock.now
+    while ContinuousClock.now - start < timeout {
+        for node in nodes where node.isRunning {
+            if await node.leads() { return node }
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    throw EtcdTestError("no node led within \(timeout)")
+}
+
+/// Nodes of one shard on a real etcd, killed and restarted under load.
+@Suite(.enabled(if: EtcdTestCluster.enabled, "etcd is not installed"), .serialized)
+struct ClusterNodeTests {
+    struct Outcome {
+        var acknowledged: [(key: String, member: String, answer: Decision)] = []
+        var unanswered: [(key: String, member: String)] = []
+    }
+
+    /// Spends of 1 credit under unique keys, pipelined from several clients, until the node
+    /// stops answering.
+    static func load(_ node: NodeProcess, round: Int, clients: Int) async -> Outcome {
+        await withTaskGroup(of: Outcome.self) { group in
+            for client in 0..<clients {
+                group.addTask {
+                    var outcome = Outcome()
+                    guard let gate = try? await node.client(timeoutMilliseconds: 3_000) else { return outcome }
+                    let member = "m\(client)"
+                    for index in 0..<1_000_000 {
+                        let key = "r\(round)-\(client)-\(index)"
+                        do {
+                            let decision = try await gate.spend(account: "acct", member: member, product: "p", quantity: 1, key: key)
+                            outcome.acknowledged.append((key, member, decision))
+                        } catch {
+                            outcome.unanswered.append((key, member))
+                            break
+                        }
+                    }
+                    await gate.close()
+                    return outcome
+                }
+            }
+            var total = Outcome()
+            for await outcome in group {
+                total.acknowledged += outcome.acknowledged
+                total.unanswered += outcome.unanswered
+            }
+            return total
+        }
+    }
+
+    static func setUp(_ node: NodeProcess, clients: Int) async throws {
+        let setup = try await node.client()
+        _ = try await setup.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch), key: "setup-rate")
+        _ = try await setup.apply(.createAccount(CreateAccount(account: "acct")), key: "setup-account")
+        _ = try await setup.apply(.addGrant(AddGrant(account: "acct", amount: 1_000_000_000, effectiveAt: .epoch)), key: "setup-grant")
+        for client in 0..<clients { _ = try await setup.apply(.addMember(account: "acct", member: "m\(client)"), key: "setup-m\(client)") }
+        await setup.close()
+    }
+
+    /// kill -9 of the leader under load, again and again: a follower takes over; every
+    /// acknowledged spend is kept (its retry answers as first answered), a spend whose answer
+    /// was lost is charged once when retried, and the ledger stays whole.
+    @Test func killingTheLeaderLosesNoAcknowledgedChange() async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: NodeProcess.binary), "build tollgated first")
+        let etcd = try await EtcdTestCluster.start(size: 3)
+        defer { etcd.stop() }
+        let directory = etcd.directory
+        let nodes = try ["a", "b", "c"].map { try NodeProcess(name: $0, directory: directory, etcd: etcd.endpoints) }
+        defer { nodes.forEach { $0.stop() } }
+        for node in nodes { try node.start() }
+        let clients = 4
+        var current = try await leader(of: nodes)
+        try await Self.setUp(current, clients: clients)
+
+        let cycles = Int(ProcessInfo.processInfo.environment["TOLLGATE_FAILOVER_CYCLES"] ?? "") ?? 3
+        var acknowledged: [(key: String, member: String, answer: Decision)] = []
+        var retried = 0
+        var failovers: [Duration] = []
+        for cycle in 0..<cycles {
+            let loaded = current
+            async let outcome = Self.load(loaded, round: cycle, clients: clients)
+            try await Task.sleep(for: .milliseconds(Int.random(in: 300...800)))
+            let killed = ContinuousClock.now
+            await current.kill9()
+            let result = await outcome
+            #expect(result.acknowledged.count > 0, "cycle \(cycle): the load did not get going")
+            acknowledged += result.acknowledged
+
+            let next = try await leader(of: nodes)
+            failovers.append(ContinuousClock.now - killed)
+            #expect(next !== current)
+            let gate = try await next.client()
+            // Every acknowledged spend of this cycle is there: its retry gets the first answer.
+            for spend in result.acknowledged {
+                let retry = try await gate.spend(account: "acct", member: spend.member, product: "p", quantity: 1, key: spend.key)
+                #expect(retry == spend.answer, "cycle \(cycle): acknowledged \(spend.key) was lost or answered differently")
+            }
+            // A spend whose answer was lost is charged once, whether or not it was applied.
+            for lost in result.unanswered {
+                _ = try await gate.spend(account: "acct", member: lost.member, product: "p", quantity: 1, key: lost.key)
+                retried += 1
+            }
+            let balance = try await gate.balance(account: "acct")
+            let consumed = balance.levels.first { $0.level == .account }!.consumed
+            #expect(balance.funds.pool + consumed == 1_000_000_000, "cycle \(cycle)")
+            #expect(consumed == Int64(acknowledged.count + retried), "cycle \(cycle): credits consumed differ from spends made")
+            await gate.close()
+            // The killed node comes back as a follower.
+            try current.start()
+            current = next
+        }
+        // The last killed node has caught up: make it lead, and it holds the same ledger.
+        let before = try await current.client()
+        let consumedBefore = try await before.balance(account: "acct").levels.first { $0.level == .account }!.consumed
+        await before.close()
+        try await Task.sleep(for: .seconds(1))
+        await current.kill9()
+        let last = try await leader(of: nodes)
+        let gate = try await last.client()
+        let consumedAfter = try await gate.balance(account: "acct").levels.first { $0.level == .account }!.consumed
+        #expect(consumedAfter == consumedBefore)
+        await gate.close()
+        print(
+            "cluster failover: \(cycles) leader kills, \(acknowledged.count) spends acknowledged, \(retried) unanswered and retried; failover took \(failovers.map { "\($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) ms" }.joined(separator: ", "))"
+        )
+        for failover in failovers { #expect(failover < .seconds(15)) }
+    }
+}
