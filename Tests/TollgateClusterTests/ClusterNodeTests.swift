@@ -143,16 +143,18 @@ struct ClusterNodeTests {
         var unanswered: [(key: String, member: String)] = []
     }
 
-    /// Spends of 1 credit under unique keys, pipelined from several clients, until the node
-    /// stops answering.
-    static func load(_ node: NodeProcess, round: Int, clients: Int) async -> Outcome {
-        await withTaskGroup(of: Outcome.self) { group in
+    /// Spends of 1 credit under unique keys from several clients, until the node stops
+    /// answering (or `duration` has passed).
+    static func load(_ node: NodeProcess, round: Int, clients: Int, for duration: Duration? = nil) async -> Outcome {
+        let start = ContinuousClock.now
+        return await withTaskGroup(of: Outcome.self) { group in
             for client in 0..<clients {
                 group.addTask {
                     var outcome = Outcome()
                     guard let gate = try? await node.client(timeoutMilliseconds: 3_000) else { return outcome }
                     let member = "m\(client)"
                     for index in 0..<1_000_000 {
+                        if let duration, ContinuousClock.now - start > duration { break }
                         let key = "r\(round)-\(client)-\(index)"
                         do {
                             let decision = try await gate.spend(account: "acct", member: member, product: "p", quantity: 1, key: key)
@@ -251,5 +253,73 @@ struct ClusterNodeTests {
             "cluster failover: \(cycles) leader kills, \(acknowledged.count) spends acknowledged, \(retried) unanswered and retried; failover took \(failovers.map { "\($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) ms" }.joined(separator: ", "))"
         )
         for failover in failovers { #expect(failover < .seconds(15)) }
+    }
+
+    /// The leader is paused (SIGSTOP) past its lease; another node takes over and decides;
+    /// the old leader resumes. It decides nothing more — every request it is sent is refused —
+    /// its appends are fenced, and it exits for its supervisor to restart it.
+    @Test func aPausedLeaderThatResumesIsFencedAndStepsDown() async throws {
+        let etcd = try await EtcdTestCluster.start(size: 1)
+        defer { etcd.stop() }
+        let nodes = try ["a", "b"].map { try NodeProcess(name: $0, directory: etcd.directory, etcd: etcd.endpoints) }
+        defer { nodes.forEach { $0.stop() } }
+        for node in nodes { try node.start() }
+        let clients = 2
+        let old = try await leader(of: nodes)
+        let new = nodes.first { $0 !== old }!
+        try await Self.setUp(old, clients: clients)
+
+        // Load on the old leader, which is paused in the middle of it.
+        async let before = Self.load(old, round: 0, clients: clients)
+        try await Task.sleep(for: .milliseconds(400))
+        old.pause()
+        let first = await before
+        #expect(first.acknowledged.count > 0)
+        // The other node takes over once the lease has lapsed, and decides.
+        let elected = try await leader(of: [new])
+        #expect(elected === new)
+        let during = await Self.load(new, round: 1, clients: clients, for: .milliseconds(500))
+
+        // The old leader wakes up. Whatever it is asked now, it decides nothing.
+        old.resume()
+        var decidedByOld = 0
+        for attempt in 0..<20 {
+            guard let gate = try? await old.client(timeoutMilliseconds: 1_000) else { break }
+            if (try? await gate.spend(account: "acct", member: "m0", product: "p", quantity: 1, key: "old-\(attempt)")) != nil { decidedByOld += 1 }
+            await gate.close()
+        }
+        #expect(decidedByOld == 0, "a deposed leader decided after it woke up")
+        let status = await old.waitForExit(timeout: .seconds(20))
+        #expect(status == 75, "the deposed leader did not exit to restart (status \(status.map(String.init) ?? "none"))")
+
+        // Every acknowledged spend, on either side of the takeover, is kept, once.
+        let gate = try await new.client()
+        var retried = 0
+        for spend in first.acknowledged + during.acknowledged {
+            let retry = try await gate.spend(account: "acct", member: spend.member, product: "p", quantity: 1, key: spend.key)
+            #expect(retry == spend.answer, "acknowledged \(spend.key) was lost")
+        }
+        for lost in first.unanswered + during.unanswered {
+            _ = try await gate.spend(account: "acct", member: lost.member, product: "p", quantity: 1, key: lost.key)
+            retried += 1
+        }
+        let consumed = try await gate.balance(account: "acct").levels.first { $0.level == .account }!.consumed
+        #expect(consumed == Int64(first.acknowledged.count + during.acknowledged.count + retried))
+        // No key the old leader was sent after waking was charged.
+        for attempt in 0..<20 {
+            do {
+                _ = try await gate.spend(account: "acct", member: "m0", product: "p", quantity: 2, key: "old-\(attempt)")
+            } catch {
+                if case .refused(let refusal) = error, refusal.error.code == .idempotencyConflict {
+                    Issue.record("old-\(attempt), sent to the deposed leader, was charged")
+                }
+            }
+        }
+        await gate.close()
+        // Restarted, the old leader follows.
+        try old.start()
+        try await Task.sleep(for: .seconds(2))
+        #expect(!(await old.leads()))
+        #expect(await new.leads())
     }
 }
