@@ -166,6 +166,13 @@ public final class EventHub: Sendable {
     }
 
     /// Ends `run` once the batches already accepted are processed.
+    /// In a cluster only the shard's leader posts to the webhook: a follower's replayed
+    /// events are logged and streamed, and posted once it leads (from its own cursor, so an
+    /// event the old leader posted may be posted again: receivers deduplicate by its id).
+    public func holdWebhook(_ held: Bool) {
+        webhook?.setPaused(held)
+    }
+
     func stop() {
         queue.close()
     }

@@ -152,16 +152,23 @@ public final class TollgateServer: Service, Sendable {
                 service.reserveIdempotencyIndex()
             }
             // A cluster's node decides nothing until elected, not even while it joins.
-            if configuration.isClustered { service.follow(refusal: .notLeader(node: nil, address: nil, shard: configuration.shard)) }
+            if configuration.isClustered {
+                service.follow(refusal: .notLeader(node: nil, address: nil, shard: configuration.shard))
+                events.holdWebhook(true)
+            }
             gate = try await bindGate()
             if configuration.isClustered {
                 let bound = gate.localAddress?.port ?? configuration.port
                 let address = configuration.advertiseAddress.isEmpty ? "\(configuration.host):\(bound)" : configuration.advertiseAddress
                 let decisionClock = decisionClock
                 let service = service
+                let events = events
                 let made = try ClusterNode(
                     configuration: configuration, address: address, service: service, logger: logger, now: clock,
-                    leading: { decisionClock.notBefore(service.ledgerClock) },
+                    leading: {
+                        decisionClock.notBefore(service.ledgerClock)
+                        events.holdWebhook(false)
+                    },
                     deposed: { [weak self] reason in
                         self?.deposedBecause.withLock { $0 = reason }
                         gate.close(promise: nil)

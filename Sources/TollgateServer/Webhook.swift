@@ -24,6 +24,8 @@ final class WebhookDelivery: Sendable {
         var queue: [LedgerEvent] = []
         var cursor: UInt64 = 0
         var stopped = false
+        /// Held (a cluster's follower): events queue up but are not posted.
+        var paused = false
         var waiter: CheckedContinuation<Void, Never>?
     }
 
@@ -100,6 +102,16 @@ final class WebhookDelivery: Sendable {
         waiter?.resume()
     }
 
+    /// Holds deliveries (true) or lets them go on (false).
+    func setPaused(_ paused: Bool) {
+        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
+            state.paused = paused
+            defer { state.waiter = nil }
+            return paused ? nil : state.waiter
+        }
+        waiter?.resume()
+    }
+
     func stop() {
         let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
             state.stopped = true
@@ -118,6 +130,7 @@ final class WebhookDelivery: Sendable {
         while true {
             let next: LedgerEvent?? = state.withLock { state in
                 if state.stopped { return .some(nil) }
+                if state.paused { return nil }
                 return state.queue.first.map { .some($0) } ?? nil
             }
             switch next {
@@ -126,7 +139,7 @@ final class WebhookDelivery: Sendable {
             case .none:
                 await withCheckedContinuation { continuation in
                     let resumeNow = state.withLock { state in
-                        if state.stopped || !state.queue.isEmpty { return true }
+                        if state.stopped || (!state.queue.isEmpty && !state.paused) { return true }
                         state.waiter = continuation
                         return false
                     }
