@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "TollgateServer",
             dependencies: [
-                "TollgateLedger", "TollgateWire", "TollgateJournal", "TollgateCluster",
+                "TollgateLedger", "TollgateWire", "TollgateJournal", "TollgateCluster", "TollgateClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -28,6 +28,12 @@ public struct ClusterKeys: Sendable, Hashable {
     }
 
     public func shard(_ shard: String) -> String { root + "shards/\(shard)/" }
+    /// The shard map: `map/shards` (a JSON array of the shards new account families are
+    /// placed on) and `map/accounts/ACCOUNT` (the shard that holds ACCOUNT).
+    public var mapPrefix: String { root + "map/" }
+    public var shardList: String { root + "map/shards" }
+    public var placementsPrefix: String { root + "map/accounts/" }
+    public func placement(_ account: String) -> String { placementsPrefix + account }
     public func leader(_ shard: String) -> String { self.shard(shard) + "leader" }
     public func logPrefix(_ shard: String) -> String { self.shard(shard) + "log/" }
     public func nodesPrefix(_ shard: String) -> String { self.shard(shard) + "nodes/" }

@@ -86,7 +86,16 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// How long one request to etcd may take before it is tried on another member.
     public var etcdTimeoutMilliseconds: Int64 = 1_000
 
-    public var isClustered: Bool { !etcdEndpoints.isEmpty }
+    public var isClustered: Bool { !etcdEndpoints.isEmpty && !router }
+
+    /// Router mode: no ledger; each request goes to the leader of its account's shard
+    /// (docs/CLUSTER.md, "The routing sidecar"). Needs `etcdEndpoints`.
+    public var router = false
+    /// How long a router keeps resending a request through a failover before it answers
+    /// `unavailable`.
+    public var routerRetrySeconds: Int64 = 15
+    /// The credential a router presents to the shards' nodes; empty: its own admin token.
+    public var upstreamToken = ""
 
     // MARK: Transport security and access
 

@@ -14,6 +14,7 @@ extension ServerConfiguration {
         "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
         "recentActivityKept", "dashboardAccountsMax",
         "etcdEndpoints", "clusterName", "shard", "nodeName", "advertiseAddress", "leaderLeaseSeconds", "etcdTimeoutMilliseconds",
+        "router", "routerRetrySeconds", "upstreamToken",
     ]
 
     /// Every setting with the value in force, in `settingNames` order, as a config file
@@ -43,6 +44,7 @@ extension ServerConfiguration {
             "clusterName": clusterName, "shard": shard, "nodeName": nodeName.isEmpty ? nil : nodeName,
             "advertiseAddress": advertiseAddress.isEmpty ? nil : advertiseAddress,
             "leaderLeaseSeconds": "\(leaderLeaseSeconds)", "etcdTimeoutMilliseconds": "\(etcdTimeoutMilliseconds)",
+            "router": "\(router)", "routerRetrySeconds": "\(routerRetrySeconds)", "upstreamToken": upstreamToken.isEmpty ? nil : upstreamToken,
         ]
         return Self.settingNames.compactMap { name in values[name].flatMap { $0 }.map { (name, $0) } }
     }
@@ -175,6 +177,14 @@ extension ServerConfiguration {
             }
             advertiseAddress = value
         case "leaderLeaseSeconds": leaderLeaseSeconds = try integer(1...60)
+        case "router":
+            switch value.lowercased() {
+            case "true", "yes", "1": router = true
+            case "false", "no", "0": router = false
+            default: throw ConfigurationError("\(source): router must be true or false, not \"\(value)\"")
+            }
+        case "routerRetrySeconds": routerRetrySeconds = try integer(0...600)
+        case "upstreamToken": upstreamToken = value
         case "etcdTimeoutMilliseconds": etcdTimeoutMilliseconds = try integer(50...60_000)
         default:
             throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
@@ -201,12 +211,15 @@ extension ServerConfiguration {
 
     func validate() throws(ConfigurationError) {
         guard !host.isEmpty, !dataDirectory.isEmpty else { throw ConfigurationError("host and dataDirectory must not be empty") }
+        if router && etcdEndpoints.isEmpty {
+            throw ConfigurationError("router mode needs etcdEndpoints: the shard map and each shard's leader are in etcd")
+        }
         if isClustered {
             guard journalMode == .replicated || journalMode == .async else {
                 throw ConfigurationError(
                     "in a cluster (etcdEndpoints set) journalMode must be replicated (answers wait for etcd's commit: a failover loses no acknowledged change) or async (they do not: a failover can lose up to journalAsyncWindowMilliseconds), not \(journalMode.rawValue)")
             }
-        } else if journalMode == .replicated {
+        } else if journalMode == .replicated && !router {
             throw ConfigurationError("journalMode replicated needs a cluster: set etcdEndpoints (docs/CLUSTER.md)")
         }
         guard journalAsyncWindowMilliseconds >= 2 * journalFlushIntervalMilliseconds else {

@@ -80,6 +80,8 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     private let history: NIOThreadPool
     private let keyReads: NIOThreadPool
+    /// In router mode: where requests go instead of the ledger.
+    private let forwarder: (any RequestForwarder)?
 
     // Access: who this connection is, decided at HELLO and again whenever the credentials in
     // force change (so a revoked token stops working on open connections).
@@ -100,8 +102,9 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     init(
         service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool, keyReads: NIOThreadPool,
-        access: AccessControl, tls: NIOSSLServerHandler?
+        access: AccessControl, tls: NIOSSLServerHandler?, forwarder: (any RequestForwarder)? = nil
     ) {
+        self.forwarder = forwarder
         self.access = access
         self.keyReads = keyReads
         self.tls = tls
@@ -250,6 +253,10 @@ final class GateConnectionHandler: ChannelInboundHandler {
             response = .pong
         case .subscribe(let after, let account):
             guard authorized(context: context, frame: frame, request) != nil else { return }
+            if forwarder != nil {
+                answerError(context: context, frame: frame, WireError(.unavailable, "SUBSCRIBE is not passed on by a router yet: subscribe at the shard's leader"))
+                return
+            }
             subscribe(context: context, requestID: requestID, after: after, account: account, started: started)
             return
         default:
@@ -261,6 +268,15 @@ final class GateConnectionHandler: ChannelInboundHandler {
                     if let refusal { noteRefusal(context: context, refusal, opcode: item.opcode) }
                 }
                 if refusals.contains(where: { $0 != nil }) { refusedItems = refusals }
+            }
+            if let forwarder {
+                awaitingAnswers += 1
+                let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                forwarder.forward(request, refusedItems: refusedItems, on: context.eventLoop) { response in
+                    let (handler, context) = loopBound.value
+                    handler.sendDeferred(context: context, response, to: request, requestID: requestID, started: started, flushesSoon: true)
+                }
+                return
             }
             if case .balanceAt = request {
                 answerFromHistory(context: context, request, requestID: requestID, started: started)

@@ -71,6 +71,8 @@ public final class TollgateServer: Service, Sendable {
     private let startedAt: Instant
     /// In a cluster, this node's part in its shard.
     private let node = Mutex<ClusterNode?>(nil)
+    /// In router mode, what passes requests on to the shards.
+    private let router = Mutex<ShardRouter?>(nil)
     /// Why the node stopped leading, once it has: the server shuts down and `run` throws.
     private let deposedBecause = Mutex<String?>(nil)
 
@@ -147,9 +149,23 @@ public final class TollgateServer: Service, Sendable {
             // Replaying a journal is long CPU and file work: on a thread of its own, never on
             // the Swift concurrency pool, whose few threads (one per core) everything else in
             // the process shares.
-            try await NIOThreadPool.singleton.runIfActive { [self] in
-                try recover()
-                service.reserveIdempotencyIndex()
+            if configuration.router {
+                // No ledger here: every request goes to a shard.
+                let token = configuration.upstreamToken.isEmpty ? try adminToken().token : configuration.upstreamToken
+                let made = try ShardRouter(configuration: configuration, token: token, group: group, logger: logger)
+                readiness.set(notReadyBecause: "starting: reading the shard map from etcd")
+                do {
+                    try await made.start()
+                } catch {
+                    await made.stop()
+                    throw ServerError("cannot read the shard map from etcd (\(configuration.etcdEndpoints.joined(separator: ","))): \(error)")
+                }
+                router.withLock { $0 = made }
+            } else {
+                try await NIOThreadPool.singleton.runIfActive { [self] in
+                    try recover()
+                    service.reserveIdempotencyIndex()
+                }
             }
             // A cluster's node decides nothing until elected, not even while it joins.
             if configuration.isClustered {
@@ -279,6 +295,7 @@ public final class TollgateServer: Service, Sendable {
         // A leader resigns once its journal is closed (everything it answered is in etcd), so
         // another node takes over at once rather than after the lease.
         await node.withLock { $0 }?.stop()
+        await router.withLock { $0 }?.stop()
         service.archive?.stop()
         events.stop()
         await eventTask.value
@@ -578,6 +595,7 @@ public final class TollgateServer: Service, Sendable {
         let keyReads = keyThread
         let access = access
         let tlsSource = tlsSource.withLock { $0 }
+        let forwarder: (any RequestForwarder)? = router.withLock { $0 }
         history.start()
         keyReads.start()
         let bootstrap = ServerBootstrap(group: group)
@@ -602,7 +620,8 @@ public final class TollgateServer: Service, Sendable {
                     // itself and encodes its answers straight into one outbound buffer per
                     // connection (the event hub writes bytes too).
                     try sync.addHandler(GateConnectionHandler(
-                            service: service, metrics: metrics, limiter: limiter, logger: logger, history: history, keyReads: keyReads, access: access, tls: tls))
+                            service: service, metrics: metrics, limiter: limiter, logger: logger, history: history, keyReads: keyReads, access: access, tls: tls,
+                            forwarder: forwarder))
                     self?.track(channel)
                 }
             }

@@ -63,6 +63,8 @@ struct Tollgated: AsyncParsableCommand {
     @Option(help: "This node's name in its shard (default: the host name).") var node: String?
     @Option(help: "The gate address clients and routers reach this node at, HOST:PORT (default: the listening host and port).")
     var advertise: String?
+    @Flag(help: "Router mode: no ledger; each request goes to the leader of its account's shard (needs --etcd; docs/CLUSTER.md).")
+    var router = false
 
     @Flag(help: "Print the settings in force (file, environment and flags applied), as a config file, and exit.")
     var printConfig = false
@@ -139,6 +141,7 @@ struct Tollgated: AsyncParsableCommand {
         add("shard", shard)
         add("nodeName", node)
         add("advertiseAddress", advertise)
+        if router { add("router", "true") }
         add("journalFlushIntervalMilliseconds", journalFlushIntervalMs)
         add("journalAsyncWindowMilliseconds", journalAsyncWindowMs)
         add("tlsCertificateFile", tlsCert)

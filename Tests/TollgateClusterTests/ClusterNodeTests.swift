@@ -23,10 +23,15 @@ final class NodeProcess: Sendable {
     let data: String
     let etcd: [EtcdEndpoint]
     let extra: [String]
+    let shard: String
+    /// A router rather than a node of a shard.
+    let isRouter: Bool
     private let pid = Mutex<pid_t>(0)
 
-    init(name: String, directory: String, etcd: [EtcdEndpoint], extra: [String] = []) throws {
+    init(name: String, directory: String, etcd: [EtcdEndpoint], shard: String = "s0", router: Bool = false, extra: [String] = []) throws {
         self.name = name
+        self.shard = shard
+        self.isRouter = router
         self.port = try freePort()
         self.data = directory + "/" + name
         self.etcd = etcd
@@ -39,10 +44,12 @@ final class NodeProcess: Sendable {
     var log: String { data + ".log" }
 
     func start() throws {
-        let arguments = [
-            Self.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data, "--etcd", etcd.map(\.description).joined(separator: ","),
-            "--cluster", "test", "--shard", "s0", "--node", name, "--journal-mode", "replicated", "--log-level", "info",
-        ] + extra
+        let role = isRouter ? ["--router"] : ["--shard", shard, "--node", name, "--journal-mode", "replicated"]
+        let arguments =
+            [
+                Self.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data, "--etcd", etcd.map(\.description).joined(separator: ","),
+                "--cluster", "test", "--log-level", "info",
+            ] + role + extra
         var environment = ProcessInfo.processInfo.environment
         environment["TOLLGATE_JOURNAL_SEGMENT_BYTES"] = "65536"
         let argv = arguments.map { strdup($0) } + [nil]

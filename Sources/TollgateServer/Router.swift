@@ -1,0 +1,384 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import TollgateClient
+import TollgateCluster
+import TollgateLedger
+import TollgateWire
+
+/// Where a router passes on what it does not answer itself. `done` runs on `loop`.
+protocol RequestForwarder: Sendable {
+    func forward(_ request: WireRequest, refusedItems: [WireError?]?, on loop: any EventLoop, _ done: @escaping @Sendable (WireResponse) -> Void)
+}
+
+/// tollgated in router mode (docs/CLUSTER.md, "The routing sidecar"): beside an app, it speaks
+/// the gate protocol, checks each client's credential as a node would, and sends each request
+/// to the leader of the shard that holds its account — a BATCH split by shard and its answers
+/// put back in order; rates and plans, which every shard needs, to every shard. When a shard's
+/// leader changes it asks etcd for the new one and sends the request again with the same
+/// idempotency key, for up to `retrySeconds`, so a failover looks like a slow answer.
+final class ShardRouter: RequestForwarder {
+    let etcd: EtcdClient
+    let keys: ClusterKeys
+    let logger: Logger
+    /// The credential the router presents to the shards' nodes (it has checked its own
+    /// clients' credentials itself).
+    let token: String
+    let group: any EventLoopGroup
+    let retryWindow: Duration
+
+    private struct State {
+        /// The shards new account families are placed on, from `map/shards`.
+        var shards: [String] = ["s0"]
+        /// Where accounts are, as far as this router has asked.
+        var placements: [String: String] = [:]
+        /// Each shard's leader, as last read or named by a `notLeader` answer.
+        var leaders: [String: String] = [:]
+        /// Connections by leader address.
+        var upstreams: [String: TollgateClient] = [:]
+        var watch: EtcdWatch?
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    /// Placements kept in memory at most; past it the cache starts again (a router serves one
+    /// app's accounts, so this is rarely reached).
+    static let placementsMax = 1_000_000
+
+    init(configuration: ServerConfiguration, token: String, group: any EventLoopGroup, logger: Logger) throws {
+        guard let keys = ClusterKeys(cluster: configuration.clusterName) else { throw ServerError("clusterName \(configuration.clusterName) is not valid") }
+        let endpoints = try EtcdEndpoint.list(configuration.etcdEndpoints.joined(separator: ",")).get()
+        self.etcd = EtcdClient(endpoints: endpoints, callTimeout: .milliseconds(configuration.etcdTimeoutMilliseconds))
+        self.keys = keys
+        self.logger = logger
+        self.token = token
+        self.group = group
+        self.retryWindow = .seconds(configuration.routerRetrySeconds)
+    }
+
+    /// Reads the shard map and watches it, so a moved account or a new shard list is seen.
+    func start() async throws {
+        try await loadShardList()
+        watchMap(after: nil)
+    }
+
+    private func loadShardList() async throws {
+        let range = try await etcd.range(keys.shardList)
+        if let value = range.kvs.first?.value {
+            guard let list = try? JSONDecoder().decode([String].self, from: Data(value)), !list.isEmpty, list.allSatisfy(ClusterKeys.isValidName) else {
+                throw ServerError("\(keys.shardList) in etcd is not a JSON array of shard names")
+            }
+            state.withLock { $0.shards = list }
+        }
+    }
+
+    private func watchMap(after revision: Int64?) {
+        Task {
+            var revision = revision
+            while revision == nil {
+                if state.withLock({ $0.stopped }) { return }
+                do {
+                    revision = try await etcd.range(keys.shardList).revision
+                } catch {
+                    try? await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            let watch = etcd.watch(keys.mapPrefix, end: etcdPrefixEnd(keys.mapPrefix), from: revision! + 1) { [weak self] event in
+                guard let self else { return }
+                switch event {
+                case .changes(let changes, _):
+                    for change in changes {
+                        let kv: EtcdKeyValue
+                        var deleted = false
+                        switch change {
+                        case .put(let value): kv = value
+                        case .delete(let value):
+                            kv = value
+                            deleted = true
+                        }
+                        let key = kv.keyString
+                        if key == self.keys.shardList, !deleted, let list = try? JSONDecoder().decode([String].self, from: Data(kv.value)), !list.isEmpty {
+                            self.state.withLock { $0.shards = list }
+                        } else if key.hasPrefix(self.keys.placementsPrefix) {
+                            let account = String(key.dropFirst(self.keys.placementsPrefix.count))
+                            self.state.withLock { state in
+                                if deleted { state.placements[account] = nil } else { state.placements[account] = String(decoding: kv.value, as: UTF8.self) }
+                            }
+                        }
+                    }
+                case .ended:
+                    // What changed meanwhile is unknown: forget the cache and watch again.
+                    self.state.withLock { $0.placements = [:] }
+                    Task {
+                        try? await Task.sleep(for: .milliseconds(200))
+                        self.watchMap(after: nil)
+                    }
+                case .created: break
+                }
+            }
+            let cancel = state.withLock { state -> Bool in
+                if state.stopped { return true }
+                state.watch = watch
+                return false
+            }
+            if cancel { watch.cancel() }
+        }
+    }
+
+    func stop() async {
+        let (watch, upstreams) = state.withLock { state in
+            state.stopped = true
+            defer { state.upstreams = [:] }
+            return (state.watch, Array(state.upstreams.values))
+        }
+        watch?.cancel()
+        for upstream in upstreams { await upstream.close() }
+        etcd.close()
+    }
+
+    // MARK: Placement
+
+    /// The shard a new family `account` goes to: its name's hash over the shard list (FNV-1a,
+    /// the same on every router).
+    func hashShard(_ account: String) -> String {
+        let shards = state.withLock { $0.shards }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in account.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
+        }
+        return shards[Int(hash % UInt64(shards.count))]
+    }
+
+    /// Where `account` is, or nil if no shard holds it.
+    func shard(of account: String) async throws -> String? {
+        if let known = state.withLock({ $0.placements[account] }) { return known }
+        guard let value = try await etcd.range(keys.placement(account)).kvs.first?.value else { return nil }
+        let shard = String(decoding: value, as: UTF8.self)
+        remember(account, on: shard)
+        return shard
+    }
+
+    private func remember(_ account: String, on shard: String) {
+        state.withLock { state in
+            if state.placements.count >= Self.placementsMax { state.placements = [:] }
+            state.placements[account] = shard
+        }
+    }
+
+    /// Places a new account: with its parent's shard, or a new family by its hash. If another
+    /// router placed it first, that placement stands.
+    func place(_ account: String, parent: String?) async throws -> String {
+        var shard: String
+        if let parent {
+            shard = try await self.shard(of: parent) ?? hashShard(parent)
+        } else {
+            shard = hashShard(account)
+        }
+        let key = keys.placement(account)
+        let result = try await etcd.txn([.createRevision(key, .equal, 0)], success: [.put(key: key, value: Array(shard.utf8))], failure: [.range(key: key)])
+        if !result.succeeded, let existing = result.results.first?.kvs.first?.value {
+            shard = String(decoding: existing, as: UTF8.self)
+        }
+        remember(account, on: shard)
+        return shard
+    }
+
+    // MARK: Forwarding
+
+    func forward(_ request: WireRequest, refusedItems: [WireError?]?, on loop: any EventLoop, _ done: @escaping @Sendable (WireResponse) -> Void) {
+        Task {
+            let response = await route(request, refusedItems: refusedItems)
+            loop.execute { done(response) }
+        }
+    }
+
+    func route(_ request: WireRequest, refusedItems: [WireError?]? = nil) async -> WireResponse {
+        do {
+            switch request {
+            case .check(let decision):
+                return await send(request, to: try await target(decision.account))
+            case .balance(let account, _), .balanceAt(let account, _, _):
+                return await send(request, to: try await target(account))
+            case .command(let command, _):
+                switch command {
+                case .setRate, .definePlan:
+                    return await broadcast(request)
+                case .createAccount(let create):
+                    return await send(request, to: try await place(create.account, parent: create.parent))
+                case .provision(let provision):
+                    return await send(request, to: try await place(provision.account, parent: provision.parent))
+                case .setParent(let account, let parent):
+                    let own = try await target(account)
+                    if let parent, try await target(parent) != own {
+                        return .error(
+                            WireError(
+                                .forbidden,
+                                "\(account) is on shard \(own) and \(parent) is not: a family must be on one shard (docs/CLUSTER.md, \"Moving a family\")"))
+                    }
+                    return await send(request, to: own)
+                default:
+                    return await send(request, to: try await target(command.account))
+                }
+            case .batch(let items):
+                return try await routeBatch(items, refusedItems: refusedItems)
+            default:
+                return .error(WireError(.unavailable, "\(request.opcode.name) is not passed on by a router"))
+            }
+        } catch {
+            return .error(WireError(.unavailable, "the router cannot read the shard map from etcd: \(error)"))
+        }
+    }
+
+    /// The shard an existing account's requests go to; an account no shard holds goes to
+    /// the shard its hash names, which answers `unknownAccount`.
+    private func target(_ account: String) async throws -> String {
+        try await shard(of: account) ?? hashShard(account)
+    }
+
+    /// A BATCH: its items grouped by shard, each group sent as a BATCH of its own (all at
+    /// once), the answers put back in the items' order.
+    private func routeBatch(_ items: [WireRequest], refusedItems: [WireError?]?) async throws -> WireResponse {
+        var groups: [String: [Int]] = [:]
+        var answers = [BatchItemResponse?](repeating: nil, count: items.count)
+        for (index, item) in items.enumerated() {
+            if let refusal = refusedItems?[index] {
+                answers[index] = BatchItemResponse(opcode: item.opcode, response: .error(refusal))
+                continue
+            }
+            let account: String
+            switch item {
+            case .check(let decision): account = decision.account
+            case .command(let command, _): account = command.account
+            default: account = ""
+            }
+            groups[try await target(account), default: []].append(index)
+        }
+        let results = await withTaskGroup(of: (String, WireResponse).self) { group in
+            for (shard, indices) in groups {
+                let subset = indices.map { items[$0] }
+                group.addTask { (shard, await self.send(.batch(subset), to: shard)) }
+            }
+            var results: [String: WireResponse] = [:]
+            for await (shard, response) in group { results[shard] = response }
+            return results
+        }
+        for (shard, indices) in groups {
+            switch results[shard] {
+            case .batch(let responses)? where responses.count == indices.count:
+                for (index, response) in zip(indices, responses) { answers[index] = response }
+            case .error(let error)?:
+                for index in indices { answers[index] = BatchItemResponse(opcode: items[index].opcode, response: .error(error)) }
+            default:
+                let error = WireError(.internalError, "shard \(shard) answered a BATCH with something else")
+                for index in indices { answers[index] = BatchItemResponse(opcode: items[index].opcode, response: .error(error)) }
+            }
+        }
+        return .batch(answers.map { $0! })
+    }
+
+    /// A request every shard must apply (rates, plans): sent to each, under the same key; the
+    /// first shard's answer, unless one refused or failed — then that, so the client retries
+    /// with the same key (shards that applied it answer as before).
+    private func broadcast(_ request: WireRequest) async -> WireResponse {
+        let shards = state.withLock { $0.shards }
+        let responses = await withTaskGroup(of: (Int, WireResponse).self) { group in
+            for (index, shard) in shards.enumerated() {
+                group.addTask { (index, await self.send(request, to: shard)) }
+            }
+            var responses = [WireResponse?](repeating: nil, count: shards.count)
+            for await (index, response) in group { responses[index] = response }
+            return responses.map { $0! }
+        }
+        for response in responses {
+            switch response {
+            case .error, .answer(.refused): return response
+            default: continue
+            }
+        }
+        return responses[0]
+    }
+
+    /// Sends to the shard's leader; through a failover (no leader, a `notLeader` answer, a
+    /// connection lost), asks again and resends the same request until `retryWindow` passes.
+    func send(_ request: WireRequest, to shard: String) async -> WireResponse {
+        let start = ContinuousClock.now
+        var attempt = 0
+        var last = WireError(.unavailable, "shard \(shard) has no leader")
+        while true {
+            if attempt > 0 {
+                if ContinuousClock.now - start > retryWindow {
+                    return .error(WireError(last.status == .notLeader ? .unavailable : last.status, "shard \(shard): \(last.message) (retried for \(retryWindow))"))
+                }
+                try? await Task.sleep(for: .milliseconds(min(200, 25 << min(attempt, 3))))
+            }
+            attempt += 1
+            guard let address = await leader(of: shard) else { continue }
+            let upstream: TollgateClient
+            do {
+                upstream = try await connection(to: address)
+            } catch {
+                last = WireError(.unavailable, "cannot reach the leader at \(address): \(error)")
+                forgetLeader(of: shard, address: address)
+                continue
+            }
+            do {
+                let response = try await upstream.send(request)
+                if case .error(let error) = response, error.status == .notLeader || error.status == .unavailable {
+                    last = error
+                    if let named = error.leaderAddress, named != address {
+                        state.withLock { $0.leaders[shard] = named }
+                    } else {
+                        forgetLeader(of: shard, address: address)
+                    }
+                    continue
+                }
+                return response
+            } catch {
+                last = WireError(.unavailable, "the leader at \(address) did not answer: \(error)")
+                await drop(address)
+                forgetLeader(of: shard, address: address)
+            }
+        }
+    }
+
+    private func leader(of shard: String) async -> String? {
+        if let known = state.withLock({ $0.leaders[shard] }) { return known }
+        guard let value = try? await etcd.range(keys.leader(shard)).kvs.first?.value,
+            let record = try? JSONDecoder().decode(LeaderRecord.self, from: Data(value))
+        else { return nil }
+        state.withLock { $0.leaders[shard] = record.address }
+        return record.address
+    }
+
+    private func forgetLeader(of shard: String, address: String) {
+        state.withLock { state in
+            if state.leaders[shard] == address { state.leaders[shard] = nil }
+        }
+    }
+
+    private func connection(to address: String) async throws -> TollgateClient {
+        if let existing = state.withLock({ $0.upstreams[address] }) { return existing }
+        guard let endpoint = EtcdEndpoint(address) else { throw ServerError("the leader's address \(address) is not HOST:PORT") }
+        let client = try await TollgateClient.connect(
+            .init(host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, connections: 2, requestTimeoutMilliseconds: 5_000, retries: 0),
+            group: group)
+        let raced = state.withLock { state -> TollgateClient? in
+            if let other = state.upstreams[address] { return other }
+            state.upstreams[address] = client
+            return nil
+        }
+        if let raced {
+            await client.close()
+            return raced
+        }
+        return client
+    }
+
+    private func drop(_ address: String) async {
+        let client = state.withLock { $0.upstreams.removeValue(forKey: address) }
+        await client?.close()
+    }
+}

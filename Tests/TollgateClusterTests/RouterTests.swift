@@ -1,0 +1,196 @@
+import Foundation
+import Synchronization
+import Testing
+import TollgateClient
+import TollgateCluster
+import TollgateLedger
+import TollgateWire
+
+/// Routers in front of two shards of two nodes each, on a real etcd.
+@Suite(.enabled(if: EtcdTestCluster.enabled, "etcd is not installed"), .serialized)
+struct RouterTests {
+    let keys = ClusterKeys(cluster: "test")!
+
+    struct Cluster {
+        var etcd: EtcdTestCluster
+        var shards: [String: [NodeProcess]]
+        var router: NodeProcess
+
+        var everyone: [NodeProcess] { shards.values.flatMap { $0 } + [router] }
+
+        func stop() {
+            everyone.forEach { $0.stop() }
+            etcd.stop()
+        }
+    }
+
+    func start(shards names: [String]) async throws -> Cluster {
+        let etcd = try await EtcdTestCluster.start(size: 1)
+        let client = EtcdClient(endpoints: etcd.endpoints)
+        try await client.put(keys.shardList, Array(try JSONEncoder().encode(names)))
+        client.close()
+        var shards: [String: [NodeProcess]] = [:]
+        for shard in names {
+            shards[shard] = try ["a", "b"].map { try NodeProcess(name: "\(shard)-\($0)", directory: etcd.directory, etcd: etcd.endpoints, shard: shard) }
+        }
+        let router = try NodeProcess(name: "router", directory: etcd.directory, etcd: etcd.endpoints, router: true)
+        let cluster = Cluster(etcd: etcd, shards: shards, router: router)
+        for node in cluster.everyone { try node.start() }
+        for nodes in shards.values { _ = try await leader(of: nodes) }
+        return cluster
+    }
+
+    /// Account families spread over the shards by the map; each shard holds only its own;
+    /// rates reach every shard; a BATCH across shards is answered in order.
+    @Test func eachFamilyLivesOnOneShardAndAppsSeeOneGate() async throws {
+        let cluster = try await start(shards: ["s0", "s1"])
+        defer { cluster.stop() }
+        let gate = try await routerClient(cluster.router)
+        defer { Task { await gate.close() } }
+
+        _ = try await gate.apply(.setRate(product: "p", creditsPerUnit: 3, effectiveAt: .epoch), key: "rate-p")
+        let accounts = (0..<16).map { "acct\($0)" }
+        for account in accounts {
+            _ = try await gate.apply(.createAccount(CreateAccount(account: account)), key: "create-\(account)")
+            _ = try await gate.apply(.addMember(account: account, member: "m"), key: "member-\(account)")
+            _ = try await gate.apply(.addGrant(AddGrant(account: account, amount: 1_000, effectiveAt: .epoch)), key: "grant-\(account)")
+        }
+        // A child joins its parent's shard.
+        _ = try await gate.apply(.createAccount(CreateAccount(account: "child0", parent: "acct0")), key: "create-child0")
+
+        let etcd = EtcdClient(endpoints: cluster.etcd.endpoints)
+        defer { etcd.close() }
+        var placed: [String: String] = [:]
+        for account in accounts + ["child0"] {
+            placed[account] = try await etcd.range(keys.placement(account)).kvs.first.map { String(decoding: $0.value, as: UTF8.self) }
+        }
+        #expect(Set(placed.values) == ["s0", "s1"], "the families did not spread over both shards: \(placed)")
+        #expect(placed["child0"] == placed["acct0"])
+
+        // Each shard's leader knows its own accounts only, and every shard has the rate.
+        for (shard, nodes) in cluster.shards {
+            let direct = try await leader(of: nodes).client()
+            for account in accounts {
+                let here = placed[account] == shard
+                do {
+                    _ = try await direct.spend(account: account, member: "m", product: "p", quantity: 1, key: "direct-\(account)-\(shard)")
+                    #expect(here, "\(account) is on \(placed[account]!) but \(shard) decided for it")
+                } catch {
+                    guard case .refused(let refusal) = error else { throw error }
+                    #expect(!here && refusal.error.code == .unknownAccount, "\(account) on \(shard): \(refusal)")
+                }
+            }
+            await direct.close()
+        }
+
+        // Through the router, every account spends; a BATCH across both shards comes back in order.
+        let items: [WireRequest] = accounts.map {
+            .command(.spend(Spend(DecisionRequest(account: $0, member: "m", product: "p", quantity: 2))), key: "batch-\($0)")
+        } + [.check(DecisionRequest(account: "acct3", member: "m", product: "p", quantity: 1_000))]
+        guard case .batch(let answers) = try await gate.send(.batch(items)) else {
+            Issue.record("no BATCH answer")
+            return
+        }
+        #expect(answers.count == items.count)
+        for (index, answer) in answers.prefix(accounts.count).enumerated() {
+            guard case .answer(.decision(let decision)) = answer.response else {
+                Issue.record("\(accounts[index]): \(answer.response)")
+                continue
+            }
+            #expect(decision.cost == 6)
+        }
+        guard case .answer(.refused(let refusal)) = answers.last?.response else {
+            Issue.record("the oversized check was not refused")
+            return
+        }
+        #expect(refusal.error.code == .insufficientFunds)
+        let balance = try await gate.balance(account: "acct5")
+        // The grant, less the BATCH's spend and the direct one at its shard's leader.
+        #expect(balance.funds.pool == 1_000 - 6 - 3)
+    }
+
+    /// Load through the router on both shards while one shard's leader is killed: the app sees
+    /// slower answers, not errors, and every spend is charged once.
+    @Test func aFailoverBehindTheRouterIsASlowAnswer() async throws {
+        let cluster = try await start(shards: ["s0", "s1"])
+        defer { cluster.stop() }
+        let gate = try await routerClient(cluster.router, timeoutMilliseconds: 30_000)
+        defer { Task { await gate.close() } }
+        _ = try await gate.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch), key: "rate")
+        let accounts = (0..<6).map { "fam\($0)" }
+        for account in accounts {
+            _ = try await gate.apply(.createAccount(CreateAccount(account: account)), key: "create-\(account)")
+            _ = try await gate.apply(.addGrant(AddGrant(account: account, amount: 1_000_000, effectiveAt: .epoch)), key: "grant-\(account)")
+        }
+        let shared = LoadRecord()
+        let load = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for account in accounts {
+                    group.addTask {
+                        var index = 0
+                        while !shared.stop.withLock({ $0 }) {
+                            let key = "\(account)-\(index)"
+                            do {
+                                let decision = try await gate.spend(account: account, member: nil, product: "p", quantity: 1, key: key)
+                                shared.done.withLock { $0.append((key, account, decision)) }
+                            } catch {
+                                shared.failures.withLock { $0.append("\(key): \(error)") }
+                            }
+                            index += 1
+                        }
+                    }
+                }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(700))
+        let s0 = cluster.shards["s0"]!
+        let killed = try await leader(of: s0)
+        let etcd = EtcdClient(endpoints: cluster.etcd.endpoints)
+        defer { etcd.close() }
+        var onS0: [String] = []
+        for account in accounts where try await etcd.range(keys.placement(account)).kvs.first?.value == Array("s0".utf8) { onS0.append(account) }
+        #expect(!onS0.isEmpty, "no family landed on the shard whose leader is killed")
+        await killed.kill9()
+        let spentAtKill = shared.done.withLock { $0.filter { onS0.contains($0.account) }.count }
+        try await Task.sleep(for: .seconds(6))
+        // The killed shard's families went on spending through the router after the kill.
+        let spentAfter = shared.done.withLock { $0.filter { onS0.contains($0.account) }.count }
+        #expect(spentAfter > spentAtKill + 10, "the families of the killed shard stopped spending: \(spentAtKill) → \(spentAfter)")
+        shared.stop.withLock { $0 = true }
+        await load.value
+
+        #expect(shared.failures.withLock { $0 }.isEmpty, "the app saw errors: \(shared.failures.withLock { $0.prefix(5) })")
+        let spends = shared.done.withLock { $0 }
+        #expect(spends.count > 50)
+        // Every spend is kept, once: retried, it answers as it did; the pools add up.
+        for spend in spends.suffix(200) {
+            let again = try await gate.spend(account: spend.account, member: nil, product: "p", quantity: 1, key: spend.key)
+            #expect(again == spend.decision)
+        }
+        for account in accounts {
+            let made = spends.filter { $0.account == account }.count
+            let balance = try await gate.balance(account: account)
+            #expect(balance.funds.pool == 1_000_000 - Int64(made), "\(account)")
+        }
+    }
+
+    func routerClient(_ router: NodeProcess, timeoutMilliseconds: Int64 = 10_000) async throws -> TollgateClient {
+        let start = ContinuousClock.now
+        while true {
+            if let client = try? await TollgateClient.connect(
+                .init(port: router.port, token: NodeProcess.token, requestTimeoutMilliseconds: timeoutMilliseconds, retries: 0))
+            {
+                return client
+            }
+            if ContinuousClock.now - start > .seconds(30) { throw EtcdTestError("the router did not come up") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}
+
+/// What a load records, shared by its tasks.
+final class LoadRecord: Sendable {
+    let stop = Mutex(false)
+    let failures = Mutex<[String]>([])
+    let done = Mutex<[(key: String, account: String, decision: Decision)]>([])
+}
