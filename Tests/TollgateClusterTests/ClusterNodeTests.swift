@@ -330,3 +330,98 @@ struct ClusterNodeTests {
         #expect(await new.leads())
     }
 }
+
+/// Partitions between a leader and etcd, made by a proxy on the leader's way to etcd.
+@Suite(.enabled(if: EtcdTestCluster.enabled, "etcd is not installed"), .serialized)
+struct PartitionTests {
+    /// `.blackhole`: the leader hears nothing and is heard by no one. `.dropReplies`: etcd
+    /// applies what the leader sends (renewals, appends), the leader never learns it. Either
+    /// way the leader stops deciding by its lease's deadline and exits; the other node takes
+    /// over; every acknowledged spend is kept and every other is charged once when retried.
+    @Test(arguments: [PartitionProxy.Mode.blackhole, .dropReplies])
+    func aLeaderCutOffFromEtcdStepsDownAndLosesNothingAcknowledged(mode: PartitionProxy.Mode) async throws {
+        let etcd = try await EtcdTestCluster.start(size: 1)
+        defer { etcd.stop() }
+        let proxy = PartitionProxy(to: "127.0.0.1", port: etcd.members[0].clientPort)
+        defer { proxy.stop() }
+        let proxied = EtcdEndpoint(host: "127.0.0.1", port: try await proxy.start())
+        let cut = try NodeProcess(name: "a", directory: etcd.directory, etcd: [proxied])
+        let other = try NodeProcess(name: "b", directory: etcd.directory, etcd: etcd.endpoints)
+        defer { [cut, other].forEach { $0.stop() } }
+        try cut.start()
+        #expect(try await leader(of: [cut]) === cut)
+        try other.start()
+        let clients = 2
+        try await ClusterNodeTests.setUp(cut, clients: clients)
+
+        async let outcome = ClusterNodeTests.load(cut, round: 0, clients: clients)
+        try await Task.sleep(for: .milliseconds(400))
+        proxy.set(mode)
+        let first = await outcome
+        #expect(first.acknowledged.count > 0)
+        let status = await cut.waitForExit(timeout: .seconds(20))
+        #expect(status == 75, "the cut-off leader did not step down (exit status \(status.map(String.init) ?? "none"))")
+        #expect(try await leader(of: [other]) === other)
+
+        let gate = try await other.client()
+        for spend in first.acknowledged {
+            let retry = try await gate.spend(account: "acct", member: spend.member, product: "p", quantity: 1, key: spend.key)
+            #expect(retry == spend.answer, "acknowledged \(spend.key) was lost")
+        }
+        for lost in first.unanswered {
+            _ = try await gate.spend(account: "acct", member: lost.member, product: "p", quantity: 1, key: lost.key)
+        }
+        let consumed = try await gate.balance(account: "acct").levels.first { $0.level == .account }!.consumed
+        #expect(consumed == Int64(first.acknowledged.count + first.unanswered.count))
+        await gate.close()
+
+        // Healed, the old leader comes back as a follower and catches up.
+        proxy.set(.open)
+        try cut.start()
+        try await Task.sleep(for: .seconds(2))
+        #expect(!(await cut.leads()))
+    }
+
+    /// etcd's members die and come back under load — a follower's, then etcd's leader: the
+    /// shard's leader moves to the members that are left and goes on deciding; nothing
+    /// acknowledged is lost.
+    @Test func etcdMembersDyingUnderLoadLoseNothingAcknowledged() async throws {
+        let etcd = try await EtcdTestCluster.start(size: 3)
+        defer { etcd.stop() }
+        let nodes = try ["a", "b"].map { try NodeProcess(name: $0, directory: etcd.directory, etcd: etcd.endpoints) }
+        defer { nodes.forEach { $0.stop() } }
+        for node in nodes { try node.start() }
+        let clients = 2
+        let current = try await leader(of: nodes)
+        try await ClusterNodeTests.setUp(current, clients: clients)
+        var acknowledged: [(key: String, member: String, answer: Decision)] = []
+        var unanswered: [(key: String, member: String)] = []
+        for round in 0..<2 {
+            let etcdLeader = await etcd.leaderIndex() ?? 0
+            let victim = round == 0 ? (etcdLeader + 1) % 3 : etcdLeader
+            let deciding = try await leader(of: nodes)
+            async let outcome = ClusterNodeTests.load(deciding, round: round, clients: clients, for: .seconds(4))
+            try await Task.sleep(for: .milliseconds(500))
+            etcd.kill(victim)
+            try await Task.sleep(for: .milliseconds(1_500))
+            try etcd.restart(victim)
+            let result = await outcome
+            #expect(result.acknowledged.count > 0, "round \(round): nothing was decided while etcd member \(victim) was down")
+            acknowledged += result.acknowledged
+            unanswered += result.unanswered
+            try await etcd.waitUntilWritable()
+        }
+        #expect(acknowledged.count > 0)
+        let gate = try await leader(of: nodes).client()
+        for spend in acknowledged {
+            let retry = try await gate.spend(account: "acct", member: spend.member, product: "p", quantity: 1, key: spend.key)
+            #expect(retry == spend.answer, "acknowledged \(spend.key) was lost")
+        }
+        for lost in unanswered {
+            _ = try await gate.spend(account: "acct", member: lost.member, product: "p", quantity: 1, key: lost.key)
+        }
+        let consumed = try await gate.balance(account: "acct").levels.first { $0.level == .account }!.consumed
+        #expect(consumed == Int64(acknowledged.count + unanswered.count))
+        await gate.close()
+    }
+}

@@ -5,6 +5,7 @@ import Testing
 @testable import TollgateCluster
 import TollgateJournal
 import TollgateLedger
+import TollgateLedgerTestSupport
 
 /// A journal writer in `replicated` mode with its batches kept in etcd first.
 @Suite(.enabled(if: EtcdTestCluster.enabled, "etcd is not installed"), .serialized)
@@ -38,17 +39,22 @@ struct ReplicatedJournalTests {
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
 
-        let writer = try JournalWriter(directory: directory, mode: .replicated(intervalMicroseconds: 2_000), after: JournalScan())
+        // A writer without a thread: the test decides when it writes, so the whole journal goes
+        // as one batch, larger than an entry may be.
+        let writer = try JournalWriter(directory: directory, mode: .replicated(intervalMicroseconds: 2_000), after: JournalScan(), thread: false)
         let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { _ in }
         writer.replicate(to: replica)
-        // Enough records, with long keys, that some batches are cut into several entries.
         let padding = String(repeating: "k", count: 100)
         var last: UInt64 = 0
         for index in 1...12_000 {
             last = writer.append(Self.command(index), key: "\(padding)-\(index)", instant: Instant(microsecondsSinceEpoch: Int64(index)))
         }
-        let through = last
-        let durable = await Task.detached { writer.waitUntilDurable(through, timeoutMilliseconds: 20_000) }.value
+        // Blocking (the replica waits for etcd): on a thread of its own, tried until it goes
+        // through (a busy etcd may time out a call).
+        let durable = await OffPool.blocking("flush") { () -> Bool in
+            for _ in 0..<20 where !writer.flushPending() {}
+            return writer.durableSequence == 12_000
+        }
         #expect(durable)
         #expect(replica.keptThrough == last)
 
@@ -111,7 +117,7 @@ struct ReplicatedJournalTests {
         let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: 0) { reason in fenced.withLock { $0.append(reason) } }
         writer.replicate(to: replica)
         for index in 1...10 { writer.append(Self.command(index), key: "k\(index)", instant: Instant(microsecondsSinceEpoch: Int64(index))) }
-        #expect(await Task.detached { writer.waitUntilDurable(10, timeoutMilliseconds: 10_000) }.value)
+        #expect(await OffPool.blocking("wait") { writer.waitUntilDurable(10, timeoutMilliseconds: 60_000) })
 
         // a's lease is taken away (as if it had been paused past it); b leads.
         try await client.revoke(lease: leadership.lease)
@@ -119,7 +125,7 @@ struct ReplicatedJournalTests {
         #expect(next.token > leadership.token)
 
         for index in 11...20 { writer.append(Self.command(index), key: "k\(index)", instant: Instant(microsecondsSinceEpoch: Int64(index))) }
-        #expect(!(await Task.detached { writer.waitUntilDurable(11, timeoutMilliseconds: 1_500) }.value))
+        #expect(!(await OffPool.blocking("wait") { writer.waitUntilDurable(11, timeoutMilliseconds: 1_500) }))
         #expect(writer.failureReason?.contains("fenced") == true)
         #expect(fenced.withLock { $0.count } == 1)
         #expect(replica.fencedBecause != nil)
@@ -159,7 +165,7 @@ struct ReplicatedJournalTests {
             try await Task.sleep(for: .milliseconds(100))
         }
         let through = sequence
-        #expect(await Task.detached { writer.waitUntilDurable(through, timeoutMilliseconds: 20_000) }.value)
+        #expect(await OffPool.blocking("wait") { writer.waitUntilDurable(through, timeoutMilliseconds: 60_000) })
         writer.close()
 
         var next: UInt64 = 1
