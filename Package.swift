@@ -102,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "tollgate",
             dependencies: [
-                "TollgateClient", "TollgateLedger", "TollgateWire", "TollgateJournal", "TollgateServer",
+                "TollgateClient", "TollgateLedger", "TollgateWire", "TollgateJournal", "TollgateServer", "TollgateCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]
@@ -141,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "TollgateLoad",
             dependencies: [
-                "TollgateClient", "TollgateLedger", "TollgateWire",
+                "TollgateClient", "TollgateLedger", "TollgateWire", "TollgateCluster",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

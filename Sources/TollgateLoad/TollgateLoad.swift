@@ -17,7 +17,7 @@ import Glibc
 struct TollgateLoad: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tollgate-load", abstract: "Drive tollgated (or the echo floor) and report latency and throughput.",
-        subcommands: [Run.self, Setup.self, EchoServer.self, Plot.self, FsyncProbe.self])
+        subcommands: [Run.self, Setup.self, EchoServer.self, Plot.self, FsyncProbe.self, EtcdProbe.self])
 }
 
 struct Target: ParsableArguments {

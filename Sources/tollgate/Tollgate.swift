@@ -20,7 +20,7 @@ struct Tollgate: AsyncParsableCommand {
             Ping.self, Check.self, Reserve.self, Commit.self, Release.self, ExtendHold.self, SpendCommand.self, BalanceCommand.self,
             AccountCommand.self, MemberCommand.self, GroupCommand.self, GrantCommand.self, RateCommand.self, Apply.self,
             SubscriptionCommand.self, SeatsCommand.self, PlanCommand.self, AlertCommand.self, RechargeCommand.self, EventsCommand.self, JournalCommand.self,
-            TokenCommand.self, HealthCommand.self, BackupCommand.self, ListCommand.self, ShowCommand.self,
+            TokenCommand.self, HealthCommand.self, BackupCommand.self, ListCommand.self, ShowCommand.self, ClusterCommand.self,
         ])
 
     /// As ArgumentParser's, with two changes: a mistyped command gets a suggestion, and an invalid
