@@ -295,6 +295,12 @@ public final class EtcdClient: Sendable {
                 lastError = error as? EtcdError ?? EtcdError(.unreachable, "\(error)")
                 continue
             }
+            if !connected.isActive {
+                // Closed by the member while idle: nothing was sent on it; try a new one.
+                drop(connected)
+                lastError = EtcdError(.unreachable, "etcd at \(connected.endpoint) closed an idle connection")
+                continue
+            }
             do {
                 let reply = try await connected.call(path, bytes, deadline: .now() + callTimeout).get()
                 return try Self.decode(reply, path: path)

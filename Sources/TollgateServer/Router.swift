@@ -100,7 +100,11 @@ final class ShardRouter: RequestForwarder {
                         }
                         let key = kv.keyString
                         if key == self.keys.shardList, !deleted, let list = try? JSONDecoder().decode([String].self, from: Data(kv.value)), !list.isEmpty {
-                            self.state.withLock { $0.shards = list }
+                            // Accounts no shard holds were sent by the old list's hash: forget them.
+                            self.state.withLock { state in
+                                state.shards = list
+                                state.placements = [:]
+                            }
                         } else if key.hasPrefix(self.keys.placementsPrefix) {
                             let account = String(key.dropFirst(self.keys.placementsPrefix.count))
                             self.state.withLock { state in
@@ -152,10 +156,14 @@ final class ShardRouter: RequestForwarder {
         return shards[Int(hash % UInt64(shards.count))]
     }
 
-    /// Where `account` is, or nil if no shard holds it.
+    /// Where `account` is, or nil if no shard holds it. Both are remembered: the watch on the
+    /// map tells of placements made later (and a new shard list clears what was remembered).
     func shard(of account: String) async throws -> String? {
-        if let known = state.withLock({ $0.placements[account] }) { return known }
-        guard let value = try await etcd.range(keys.placement(account)).kvs.first?.value else { return nil }
+        if let known = state.withLock({ $0.placements[account] }) { return known.isEmpty ? nil : known }
+        guard let value = try await etcd.range(keys.placement(account)).kvs.first?.value else {
+            remember(account, on: "")
+            return nil
+        }
         let shard = String(decoding: value, as: UTF8.self)
         remember(account, on: shard)
         return shard
@@ -195,40 +203,54 @@ final class ShardRouter: RequestForwarder {
         }
     }
 
+    /// Routes a request; when etcd cannot be read (a member down, an election), tries again
+    /// until `retryWindow` has passed.
     func route(_ request: WireRequest, refusedItems: [WireError?]? = nil) async -> WireResponse {
-        do {
-            switch request {
-            case .check(let decision):
-                return await send(request, to: try await target(decision.account))
-            case .balance(let account, _), .balanceAt(let account, _, _):
-                return await send(request, to: try await target(account))
-            case .command(let command, _):
-                switch command {
-                case .setRate, .definePlan:
-                    return await broadcast(request)
-                case .createAccount(let create):
-                    return await send(request, to: try await place(create.account, parent: create.parent))
-                case .provision(let provision):
-                    return await send(request, to: try await place(provision.account, parent: provision.parent))
-                case .setParent(let account, let parent):
-                    let own = try await target(account)
-                    if let parent, try await target(parent) != own {
-                        return .error(
-                            WireError(
-                                .forbidden,
-                                "\(account) is on shard \(own) and \(parent) is not: a family must be on one shard (docs/CLUSTER.md, \"Moving a family\")"))
-                    }
-                    return await send(request, to: own)
-                default:
-                    return await send(request, to: try await target(command.account))
+        let start = ContinuousClock.now
+        var attempt = 0
+        while true {
+            do {
+                return try await routeOnce(request, refusedItems: refusedItems)
+            } catch {
+                attempt += 1
+                if ContinuousClock.now - start > retryWindow {
+                    return .error(WireError(.unavailable, "the router cannot read the shard map from etcd: \(error)"))
                 }
-            case .batch(let items):
-                return try await routeBatch(items, refusedItems: refusedItems)
-            default:
-                return .error(WireError(.unavailable, "\(request.opcode.name) is not passed on by a router"))
+                try? await Task.sleep(for: .milliseconds(min(200, 25 << min(attempt, 3))))
             }
-        } catch {
-            return .error(WireError(.unavailable, "the router cannot read the shard map from etcd: \(error)"))
+        }
+    }
+
+    private func routeOnce(_ request: WireRequest, refusedItems: [WireError?]?) async throws -> WireResponse {
+        switch request {
+        case .check(let decision):
+            return await send(request, to: try await target(decision.account))
+        case .balance(let account, _), .balanceAt(let account, _, _):
+            return await send(request, to: try await target(account))
+        case .command(let command, _):
+            switch command {
+            case .setRate, .definePlan:
+                return await broadcast(request)
+            case .createAccount(let create):
+                return await send(request, to: try await place(create.account, parent: create.parent))
+            case .provision(let provision):
+                return await send(request, to: try await place(provision.account, parent: provision.parent))
+            case .setParent(let account, let parent):
+                let own = try await target(account)
+                if let parent, try await target(parent) != own {
+                    return .error(
+                        WireError(
+                            .forbidden,
+                            "\(account) is on shard \(own) and \(parent) is not: a family must be on one shard (docs/CLUSTER.md, \"The shard map and the routing sidecar\")"))
+                }
+                return await send(request, to: own)
+            default:
+                return await send(request, to: try await target(command.account))
+            }
+        case .batch(let items):
+            return try await routeBatch(items, refusedItems: refusedItems)
+        default:
+            return .error(WireError(.unavailable, "\(request.opcode.name) is not passed on by a router"))
         }
     }
 

@@ -276,7 +276,14 @@ public final class TollgateServer: Service, Sendable {
             gate.close(promise: nil)
         }
 
-        await drainConnections()
+        if deposedBecause.withLock({ $0 }) != nil {
+            // A deposed leader can acknowledge nothing more (its appends are fenced): its
+            // clients are cut off at once, to retry at the new leader with the same keys,
+            // rather than wait out the grace period for answers that will never come.
+            await dropConnections()
+        } else {
+            await drainConnections()
+        }
         sweep.cancel()
         sampling.cancel()
         if let reloads {
