@@ -135,6 +135,14 @@ public struct ShardLog: Sendable {
         return LogEntry(first: first, bytes: kv.value, revision: kv.modRevision)
     }
 
+    /// The entry that holds record `sequence`, or nil if no entry starting at or before it
+    /// is in the log.
+    public func entry(holding sequence: UInt64) async throws -> LogEntry? {
+        let range = try await client.range(keys.logPrefix(shard), end: keys.logKey(shard, first: sequence + 1), limit: 1, newestFirst: true)
+        guard let kv = range.kvs.first, let first = keys.firstSequence(ofLogKey: kv.keyString, shard: shard) else { return nil }
+        return LogEntry(first: first, bytes: kv.value, revision: kv.modRevision)
+    }
+
     /// The sequence of the log's last record (0 if the log is empty).
     public func lastSequence() async throws -> UInt64 {
         guard let newest = try await newest() else { return 0 }

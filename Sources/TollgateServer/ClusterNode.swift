@@ -80,6 +80,15 @@ final class ClusterNode: Sendable {
             throw ServerError(
                 "this node's journal ends at record \(local) but shard \(configuration.shard)'s journal in etcd ends at \(last): this data directory does not belong to this shard (or etcd's data was replaced). Start the node with an empty data directory, or point it at the right cluster and shard.")
         }
+        // The local journal's last record must be the one etcd holds at that sequence.
+        if let position = service.journalPosition, position.sequence > 0, let entry = try await log.entry(holding: position.sequence) {
+            if let records = try? entry.records(chainingTo: nil).get(), let mine = records.first(where: { $0.record.sequence == position.sequence }),
+                mine.checksum != position.checksum
+            {
+                throw ServerError(
+                    "this node's journal and shard \(configuration.shard)'s journal in etcd differ at record \(position.sequence): this data directory does not belong to this shard (or etcd's data was replaced). Start the node with an empty data directory, or point it at the right cluster and shard.")
+            }
+        }
         let caughtUp = try await catchUp()
         logger.info(
             "joined the shard as a follower",
@@ -207,6 +216,10 @@ final class ClusterNode: Sendable {
             return
         }
         logger.notice("elected leader of the shard; reading the rest of its journal", metadata: ["shard": "\(configuration.shard)", "token": "\(leadership.token)"])
+        // The lease is renewed from now on, however long the rest of the journal takes to read.
+        let keeper = election.keep(
+            leadership, renewed: { [service] deadline in service.leaseRenewed(until: deadline) }, lost: { [weak self] reason in self?.depose(reason) })
+        state.withLock { $0.keeper = keeper }
         // Everything an earlier leader appended is fixed now (its appends are fenced): read it
         // all before deciding anything.
         while true {
@@ -217,20 +230,14 @@ final class ClusterNode: Sendable {
                 depose("cannot take over: \(error)")
                 return
             } catch {
-                if NIODeadline.now() >= leadership.validUntil {
-                    depose("the lease ran out while reading the journal: \(error)")
-                    return
-                }
+                if keeper.endReason != nil { return }
                 try? await Task.sleep(for: .milliseconds(100))
             }
         }
         let keptThrough = service.journalPosition?.sequence ?? 0
         let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: keptThrough) { [weak self] reason in self?.depose(reason) }
-        let keeper = election.keep(
-            leadership, renewed: { [service] deadline in service.leaseRenewed(until: deadline) }, lost: { [weak self] reason in self?.depose(reason) })
-        state.withLock { $0.keeper = keeper }
         leading()
-        service.lead(replica: replica, leaseValidUntil: leadership.validUntil, now: now())
+        service.lead(replica: replica, leaseValidUntil: service.currentLeaseDeadline ?? leadership.validUntil, now: now())
         logger.notice(
             "leading the shard", metadata: ["shard": "\(configuration.shard)", "node": "\(node)", "token": "\(leadership.token)", "records": "\(keptThrough)"])
     }

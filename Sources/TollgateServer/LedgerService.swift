@@ -113,6 +113,12 @@ public final class LedgerService: Sendable {
         return until != 0 && NIODeadline.now().uptimeNanoseconds >= until
     }
 
+    /// The lease's deadline as last renewed, if it has been.
+    public var currentLeaseDeadline: NIODeadline? {
+        let until = leaseValidUntil.load(ordering: .relaxed)
+        return until == 0 ? nil : NIODeadline.uptimeNanoseconds(until)
+    }
+
     /// The lease's new deadline after a renewal.
     public func leaseRenewed(until deadline: NIODeadline) {
         leaseValidUntil.store(deadline.uptimeNanoseconds, ordering: .relaxed)
