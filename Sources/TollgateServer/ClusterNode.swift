@@ -234,6 +234,8 @@ final class ClusterNode: Sendable {
                 try? await Task.sleep(for: .milliseconds(100))
             }
         }
+        // Deposed meanwhile (the lease lapsed while reading): it must not start deciding.
+        guard keeper.endReason == nil, !state.withLock({ $0.stopped }) else { return }
         let keptThrough = service.journalPosition?.sequence ?? 0
         let replica = ReplicatedJournal(log: log, token: leadership.token, keptThrough: keptThrough) { [weak self] reason in self?.depose(reason) }
         leading()

@@ -32,8 +32,11 @@ final class ShardRouter: RequestForwarder {
     private struct State {
         /// The shards new account families are placed on, from `map/shards`.
         var shards: [String] = ["s0"]
-        /// Where accounts are, as far as this router has asked.
+        /// Where accounts are ("" for none, when asked of etcd one by one).
         var placements: [String: String] = [:]
+        /// `placements` holds every placement there is (read at start, kept by the watch):
+        /// an account not in it is on no shard.
+        var complete = false
         /// Each shard's leader, as last read or named by a `notLeader` answer.
         var leaders: [String: String] = [:]
         /// Connections by leader address.
@@ -43,8 +46,8 @@ final class ShardRouter: RequestForwarder {
     }
 
     private let state = Mutex(State())
-    /// Placements kept in memory at most; past it the cache starts again (a router serves one
-    /// app's accounts, so this is rarely reached).
+    /// Placements kept in memory at most (about 100 bytes each); past it the router asks etcd
+    /// for the accounts it does not hold.
     static let placementsMax = 1_000_000
 
     init(configuration: ServerConfiguration, token: String, group: any EventLoopGroup, logger: Logger) throws {
@@ -58,76 +61,108 @@ final class ShardRouter: RequestForwarder {
         self.retryWindow = .seconds(configuration.routerRetrySeconds)
     }
 
-    /// Reads the shard map and watches it, so a moved account or a new shard list is seen.
+    /// Reads the shard map — the shard list and every placement, at one revision — and
+    /// watches it from there, so the router knows where every account is without asking etcd
+    /// per request, and sees each placement made or changed later.
     func start() async throws {
-        try await loadShardList()
-        watchMap(after: nil)
+        let revision = try await loadMap()
+        watchMap(after: revision)
     }
 
-    private func loadShardList() async throws {
-        let range = try await etcd.range(keys.shardList)
-        if let value = range.kvs.first?.value {
-            guard let list = try? JSONDecoder().decode([String].self, from: Data(value)), !list.isEmpty, list.allSatisfy(ClusterKeys.isValidName) else {
+    /// Loads the shard list and the placements as of one revision; returns it. Past
+    /// `placementsMax` placements the rest are asked for when needed.
+    private func loadMap() async throws -> Int64 {
+        let head = try await etcd.range(keys.shardList)
+        let revision = head.revision
+        var list: [String]?
+        if let value = head.kvs.first?.value {
+            guard let parsed = try? JSONDecoder().decode([String].self, from: Data(value)), !parsed.isEmpty, parsed.allSatisfy(ClusterKeys.isValidName) else {
                 throw ServerError("\(keys.shardList) in etcd is not a JSON array of shard names")
             }
-            state.withLock { $0.shards = list }
+            list = parsed
         }
+        var placements: [String: String] = [:]
+        var complete = true
+        var from = keys.placementsPrefix
+        let end = etcdPrefixEnd(keys.placementsPrefix)
+        while true {
+            let page = try await etcd.range(from, end: end, limit: 10_000, revision: revision)
+            for kv in page.kvs {
+                placements[String(kv.keyString.dropFirst(keys.placementsPrefix.count))] = String(decoding: kv.value, as: UTF8.self)
+            }
+            guard page.more, let last = page.kvs.last else { break }
+            if placements.count >= Self.placementsMax {
+                complete = false
+                break
+            }
+            from = last.keyString + "\0"
+        }
+        state.withLock { state in
+            if let list { state.shards = list }
+            state.placements = placements
+            state.complete = complete
+        }
+        return revision
     }
 
-    private func watchMap(after revision: Int64?) {
+    private func watchMap(after revision: Int64) {
+        let watch = etcd.watch(keys.mapPrefix, end: etcdPrefixEnd(keys.mapPrefix), from: revision + 1) { [weak self] event in
+            guard let self else { return }
+            switch event {
+            case .changes(let changes, _):
+                for change in changes {
+                    let kv: EtcdKeyValue
+                    var deleted = false
+                    switch change {
+                    case .put(let value): kv = value
+                    case .delete(let value):
+                        kv = value
+                        deleted = true
+                    }
+                    let key = kv.keyString
+                    if key == self.keys.shardList, !deleted, let list = try? JSONDecoder().decode([String].self, from: Data(kv.value)), !list.isEmpty,
+                        list.allSatisfy(ClusterKeys.isValidName)
+                    {
+                        // Accounts no shard holds were sent by the old list's hash: forget them.
+                        self.state.withLock { state in
+                            state.shards = list
+                            state.placements = state.placements.filter { !$0.value.isEmpty }
+                        }
+                    } else if key.hasPrefix(self.keys.placementsPrefix) {
+                        let account = String(key.dropFirst(self.keys.placementsPrefix.count))
+                        self.state.withLock { state in
+                            if deleted { state.placements[account] = nil } else { state.placements[account] = String(decoding: kv.value, as: UTF8.self) }
+                        }
+                    }
+                }
+            case .ended:
+                // What changed meanwhile is unknown: ask etcd per account until the map is
+                // read again, then watch from there.
+                self.state.withLock { state in
+                    state.complete = false
+                    state.placements = [:]
+                }
+                self.reloadMap()
+            case .created: break
+            }
+        }
+        let cancel = state.withLock { state -> Bool in
+            if state.stopped { return true }
+            state.watch = watch
+            return false
+        }
+        if cancel { watch.cancel() }
+    }
+
+    private func reloadMap() {
         Task {
-            var revision = revision
-            while revision == nil {
-                if state.withLock({ $0.stopped }) { return }
-                do {
-                    revision = try await etcd.range(keys.shardList).revision
-                } catch {
-                    try? await Task.sleep(for: .milliseconds(500))
+            while !state.withLock({ $0.stopped }) {
+                try? await Task.sleep(for: .milliseconds(200))
+                if let revision = try? await loadMap() {
+                    watchMap(after: revision)
+                    return
                 }
             }
-            let watch = etcd.watch(keys.mapPrefix, end: etcdPrefixEnd(keys.mapPrefix), from: revision! + 1) { [weak self] event in
-                guard let self else { return }
-                switch event {
-                case .changes(let changes, _):
-                    for change in changes {
-                        let kv: EtcdKeyValue
-                        var deleted = false
-                        switch change {
-                        case .put(let value): kv = value
-                        case .delete(let value):
-                            kv = value
-                            deleted = true
-                        }
-                        let key = kv.keyString
-                        if key == self.keys.shardList, !deleted, let list = try? JSONDecoder().decode([String].self, from: Data(kv.value)), !list.isEmpty {
-                            // Accounts no shard holds were sent by the old list's hash: forget them.
-                            self.state.withLock { state in
-                                state.shards = list
-                                state.placements = [:]
-                            }
-                        } else if key.hasPrefix(self.keys.placementsPrefix) {
-                            let account = String(key.dropFirst(self.keys.placementsPrefix.count))
-                            self.state.withLock { state in
-                                if deleted { state.placements[account] = nil } else { state.placements[account] = String(decoding: kv.value, as: UTF8.self) }
-                            }
-                        }
-                    }
-                case .ended:
-                    // What changed meanwhile is unknown: forget the cache and watch again.
-                    self.state.withLock { $0.placements = [:] }
-                    Task {
-                        try? await Task.sleep(for: .milliseconds(200))
-                        self.watchMap(after: nil)
-                    }
-                case .created: break
-                }
-            }
-            let cancel = state.withLock { state -> Bool in
-                if state.stopped { return true }
-                state.watch = watch
-                return false
-            }
-            if cancel { watch.cancel() }
         }
     }
 
@@ -159,7 +194,9 @@ final class ShardRouter: RequestForwarder {
     /// Where `account` is, or nil if no shard holds it. Both are remembered: the watch on the
     /// map tells of placements made later (and a new shard list clears what was remembered).
     func shard(of account: String) async throws -> String? {
-        if let known = state.withLock({ $0.placements[account] }) { return known.isEmpty ? nil : known }
+        let (known, complete) = state.withLock { ($0.placements[account], $0.complete) }
+        if let known { return known.isEmpty ? nil : known }
+        if complete { return nil }
         guard let value = try await etcd.range(keys.placement(account)).kvs.first?.value else {
             remember(account, on: "")
             return nil
@@ -171,7 +208,10 @@ final class ShardRouter: RequestForwarder {
 
     private func remember(_ account: String, on shard: String) {
         state.withLock { state in
-            if state.placements.count >= Self.placementsMax { state.placements = [:] }
+            if state.placements.count >= Self.placementsMax {
+                state.placements = [:]
+                state.complete = false
+            }
             state.placements[account] = shard
         }
     }

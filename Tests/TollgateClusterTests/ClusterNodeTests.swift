@@ -24,31 +24,38 @@ final class NodeProcess: Sendable {
     let etcd: [EtcdEndpoint]
     let extra: [String]
     let shard: String
+    let cluster: String
     /// A router rather than a node of a shard.
     let isRouter: Bool
     private let pid = Mutex<pid_t>(0)
 
-    init(name: String, directory: String, etcd: [EtcdEndpoint], shard: String = "s0", router: Bool = false, extra: [String] = []) throws {
+    init(
+        name: String, directory: String, etcd: [EtcdEndpoint], shard: String = "s0", cluster: String = "test", router: Bool = false, extra: [String] = [],
+        data: String? = nil
+    ) throws {
         self.name = name
+        self.cluster = cluster
         self.shard = shard
         self.isRouter = router
         self.port = try freePort()
-        self.data = directory + "/" + name
+        self.data = data ?? directory + "/" + name
         self.etcd = etcd
         self.extra = extra
-        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-        try (Self.token + "\n").write(toFile: data + "/admin.token", atomically: true, encoding: .utf8)
-        chmod(data + "/admin.token", 0o600)
+        self.log = directory + "/" + name + ".log"
+        try FileManager.default.createDirectory(atPath: self.data, withIntermediateDirectories: true)
+        try (Self.token + "\n").write(toFile: self.data + "/admin.token", atomically: true, encoding: .utf8)
+        chmod(self.data + "/admin.token", 0o600)
     }
 
-    var log: String { data + ".log" }
+    /// Its standard error: the log.
+    let log: String
 
     func start() throws {
         let role = isRouter ? ["--router"] : ["--shard", shard, "--node", name, "--journal-mode", "replicated"]
         let arguments =
             [
                 Self.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data, "--etcd", etcd.map(\.description).joined(separator: ","),
-                "--cluster", "test", "--log-level", "info",
+                "--cluster", cluster, "--log-level", "info",
             ] + role + extra
         var environment = ProcessInfo.processInfo.environment
         environment["TOLLGATE_JOURNAL_SEGMENT_BYTES"] = "65536"
@@ -328,6 +335,51 @@ struct ClusterNodeTests {
         try await Task.sleep(for: .seconds(2))
         #expect(!(await old.leads()))
         #expect(await new.leads())
+    }
+}
+
+/// A node started on a data directory that is not its shard's.
+@Suite(.enabled(if: EtcdTestCluster.enabled, "etcd is not installed"), .serialized)
+struct JoiningTests {
+    /// A journal that goes past the shard's log in etcd (another cluster's data directory) and
+    /// one that differs from it at its last record: the node refuses to start, saying why,
+    /// rather than follow (or lead) a history that is not the shard's.
+    @Test func aNodeRefusesAJournalThatIsNotItsShards() async throws {
+        let etcd = try await EtcdTestCluster.start(size: 1)
+        defer { etcd.stop() }
+        let first = try NodeProcess(name: "a", directory: etcd.directory, etcd: etcd.endpoints)
+        defer { first.stop() }
+        try first.start()
+        _ = try await leader(of: [first])
+        try await ClusterNodeTests.setUp(first, clients: 2)
+        await first.kill9()
+
+        // The same data directory in another cluster, whose journal in etcd is empty.
+        let stranger = try NodeProcess(name: "a2", directory: etcd.directory, etcd: etcd.endpoints, cluster: "other", data: first.data)
+        defer { stranger.stop() }
+        try stranger.start()
+        #expect(await stranger.waitForExit(timeout: .seconds(30)) == 1)
+        let log = (try? String(contentsOfFile: stranger.log, encoding: .utf8)) ?? ""
+        #expect(log.contains("does not belong to this shard"), "the log says: \(log.suffix(500))")
+
+        // A journal as long as the shard's, with another last record: a node of cluster "other"
+        // writes as many records, then the first node's data directory joins it.
+        let other = try NodeProcess(name: "b", directory: etcd.directory, etcd: etcd.endpoints, cluster: "other")
+        defer { other.stop() }
+        try other.start()
+        _ = try await leader(of: [other])
+        let gate = try await other.client()
+        _ = try await gate.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch), key: "setup-rate")
+        _ = try await gate.apply(.createAccount(CreateAccount(account: "acct")), key: "setup-account")
+        _ = try await gate.apply(.addGrant(AddGrant(account: "acct", amount: 5, effectiveAt: .epoch)), key: "setup-grant")
+        for client in 0..<2 { _ = try await gate.apply(.addMember(account: "acct", member: "x\(client)"), key: "other-m\(client)") }
+        await gate.close()
+        let differing = try NodeProcess(name: "a3", directory: etcd.directory, etcd: etcd.endpoints, cluster: "other", data: first.data)
+        defer { differing.stop() }
+        try differing.start()
+        #expect(await differing.waitForExit(timeout: .seconds(30)) == 1)
+        let text = (try? String(contentsOfFile: differing.log, encoding: .utf8)) ?? ""
+        #expect(text.contains("differ at record"), "the log says: \(text.suffix(500))")
     }
 }
 

@@ -107,6 +107,17 @@ struct RouterTests {
         let balance = try await gate.balance(account: "acct5")
         // The grant, less the BATCH's spend and the direct one at its shard's leader.
         #expect(balance.funds.pool == 1_000 - 6 - 3)
+
+        // A router started now reads the whole map at start: every family is where it is.
+        let late = try NodeProcess(name: "late-router", directory: cluster.etcd.directory, etcd: cluster.etcd.endpoints, router: true)
+        defer { late.stop() }
+        try late.start()
+        let lateGate = try await routerClient(late)
+        for account in accounts + ["child0"] {
+            let decision = try await lateGate.check(account: account, member: account == "child0" ? nil : "m", product: "p", quantity: 1)
+            #expect(decision.cost == 3)
+        }
+        await lateGate.close()
     }
 
     /// Load through the router on both shards while one shard's leader is killed: the app sees
