@@ -39,8 +39,12 @@ final class ShardRouter: RequestForwarder {
         var complete = false
         /// Each shard's leader, as last read or named by a `notLeader` answer.
         var leaders: [String: String] = [:]
-        /// Connections by leader address.
+        /// Connections by leader address, and those being made: every request that needs one
+        /// while it is made waits for the same one (a burst at start makes one, not hundreds).
         var upstreams: [String: TollgateClient] = [:]
+        var connecting: [String: Task<TollgateClient, any Error>] = [:]
+        /// Leader look-ups in progress, by shard, shared the same way.
+        var lookups: [String: Task<String?, Never>] = [:]
         var watch: EtcdWatch?
         var stopped = false
     }
@@ -407,12 +411,27 @@ final class ShardRouter: RequestForwarder {
     }
 
     private func leader(of shard: String) async -> String? {
-        if let known = state.withLock({ $0.leaders[shard] }) { return known }
-        guard let value = try? await etcd.range(keys.leader(shard)).kvs.first?.value,
-            let record = try? JSONDecoder().decode(LeaderRecord.self, from: Data(value))
-        else { return nil }
-        state.withLock { $0.leaders[shard] = record.address }
-        return record.address
+        let lookup = state.withLock { state -> Task<String?, Never>? in
+            if state.leaders[shard] != nil { return nil }
+            if let pending = state.lookups[shard] { return pending }
+            let made = Task { [etcd, keys] () -> String? in
+                guard let value = try? await etcd.range(keys.leader(shard)).kvs.first?.value,
+                    let record = try? JSONDecoder().decode(LeaderRecord.self, from: Data(value))
+                else { return nil }
+                return record.address
+            }
+            state.lookups[shard] = made
+            return made
+        }
+        guard let lookup else { return state.withLock { $0.leaders[shard] } }
+        let address = await lookup.value
+        state.withLock { state in
+            if state.lookups[shard] == lookup {
+                state.lookups[shard] = nil
+                if let address { state.leaders[shard] = address }
+            }
+        }
+        return address
     }
 
     private func forgetLeader(of shard: String, address: String) {
@@ -422,21 +441,39 @@ final class ShardRouter: RequestForwarder {
     }
 
     private func connection(to address: String) async throws -> TollgateClient {
-        if let existing = state.withLock({ $0.upstreams[address] }) { return existing }
-        guard let endpoint = EtcdEndpoint(address) else { throw ServerError("the leader's address \(address) is not HOST:PORT") }
-        let client = try await TollgateClient.connect(
-            .init(host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, connections: 2, requestTimeoutMilliseconds: 5_000, retries: 0),
-            group: group)
-        let raced = state.withLock { state -> TollgateClient? in
-            if let other = state.upstreams[address] { return other }
-            state.upstreams[address] = client
-            return nil
+        let token = self.token
+        let group = self.group
+        let (existing, pending) = state.withLock { state -> (TollgateClient?, Task<TollgateClient, any Error>?) in
+            if let existing = state.upstreams[address] { return (existing, nil) }
+            if let pending = state.connecting[address] { return (nil, pending) }
+            let made = Task { () throws -> TollgateClient in
+                guard let endpoint = EtcdEndpoint(address) else { throw ServerError("the leader's address \(address) is not HOST:PORT") }
+                return try await TollgateClient.connect(
+                    .init(
+                        host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, connections: 2, requestTimeoutMilliseconds: 5_000,
+                        retries: 0),
+                    group: group)
+            }
+            state.connecting[address] = made
+            return (nil, made)
         }
-        if let raced {
-            await client.close()
-            return raced
+        if let existing { return existing }
+        let task = pending!
+        do {
+            let client = try await task.value
+            state.withLock { state in
+                if state.connecting[address] == task {
+                    state.connecting[address] = nil
+                    state.upstreams[address] = client
+                }
+            }
+            return client
+        } catch {
+            state.withLock { state in
+                if state.connecting[address] == task { state.connecting[address] = nil }
+            }
+            throw error
         }
-        return client
     }
 
     private func drop(_ address: String) async {
