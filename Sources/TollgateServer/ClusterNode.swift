@@ -41,10 +41,9 @@ final class ClusterNode: Sendable {
         configuration: ServerConfiguration, address: String, service: LedgerService, logger: Logger, now: @escaping @Sendable () -> Instant,
         leading: @escaping @Sendable () -> Void, deposed: @escaping @Sendable (String) -> Void
     ) throws {
-        guard let keys = ClusterKeys(cluster: configuration.clusterName) else { throw ServerError("clusterName \(configuration.clusterName) is not valid") }
-        let endpoints = try EtcdEndpoint.list(configuration.etcdEndpoints.joined(separator: ",")).get()
+        let (client, keys) = try configuration.etcd()
         self.configuration = configuration
-        self.client = EtcdClient(endpoints: endpoints, callTimeout: .milliseconds(configuration.etcdTimeoutMilliseconds))
+        self.client = client
         self.log = ShardLog(client: client, keys: keys, shard: configuration.shard)
         let node = configuration.nodeName.isEmpty ? Self.hostName() : configuration.nodeName
         self.election = ShardElection(
@@ -268,6 +267,15 @@ final class ClusterNode: Sendable {
         keeper?.stop()
         if let leadership { await election.resign(leadership) }
         client.close()
+    }
+}
+
+extension ServerConfiguration {
+    /// A client of the etcd this configuration names, and where the cluster's keys are.
+    func etcd() throws -> (EtcdClient, ClusterKeys) {
+        guard let keys = ClusterKeys(cluster: clusterName) else { throw ServerError("clusterName \(clusterName) is not valid") }
+        let endpoints = try EtcdEndpoint.list(etcdEndpoints.joined(separator: ",")).get()
+        return (EtcdClient(endpoints: endpoints, callTimeout: .milliseconds(etcdTimeoutMilliseconds)), keys)
     }
 }
 

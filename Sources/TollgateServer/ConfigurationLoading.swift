@@ -1,3 +1,4 @@
+import TollgateCluster
 import TollgateWire
 
 /// Reading `ServerConfiguration` from settings: a config file's keys, environment variables
@@ -191,23 +192,11 @@ extension ServerConfiguration {
         }
     }
 
-    /// HOST:PORT (or http://HOST:PORT) with a port from 1 to 65535.
-    static func isEndpoint(_ text: String) -> Bool {
-        var rest = Substring(text)
-        if rest.hasPrefix("http://") { rest = rest.dropFirst(7) }
-        while rest.hasSuffix("/") { rest = rest.dropLast() }
-        guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]) else { return false }
-        return (1...65_535).contains(port) && colon > rest.startIndex
-    }
+    /// HOST:PORT (or http://HOST:PORT) with a port from 1 to 65535: what the etcd client takes.
+    static func isEndpoint(_ text: String) -> Bool { EtcdEndpoint(text) != nil }
 
-    /// The names of etcd keys' parts: what `ClusterKeys.isValidName` accepts.
-    static func isClusterName(_ name: String) -> Bool {
-        guard (1...63).contains(name.utf8.count), name.first != "." else { return false }
-        return name.utf8.allSatisfy { byte in
-            (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
-                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
-        }
-    }
+    /// The names of etcd keys' parts.
+    static func isClusterName(_ name: String) -> Bool { ClusterKeys.isValidName(name) }
 
     func validate() throws(ConfigurationError) {
         guard !host.isEmpty, !dataDirectory.isEmpty else { throw ConfigurationError("host and dataDirectory must not be empty") }

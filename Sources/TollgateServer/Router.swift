@@ -55,10 +55,7 @@ final class ShardRouter: RequestForwarder {
     static let placementsMax = 1_000_000
 
     init(configuration: ServerConfiguration, token: String, group: any EventLoopGroup, logger: Logger) throws {
-        guard let keys = ClusterKeys(cluster: configuration.clusterName) else { throw ServerError("clusterName \(configuration.clusterName) is not valid") }
-        let endpoints = try EtcdEndpoint.list(configuration.etcdEndpoints.joined(separator: ",")).get()
-        self.etcd = EtcdClient(endpoints: endpoints, callTimeout: .milliseconds(configuration.etcdTimeoutMilliseconds))
-        self.keys = keys
+        (self.etcd, self.keys) = try configuration.etcd()
         self.logger = logger
         self.token = token
         self.group = group
