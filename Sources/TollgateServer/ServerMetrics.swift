@@ -33,6 +33,10 @@ public final class ServerMetrics: Sendable {
     private let connectionCount = Atomic<Int>(0)
     private let labelled = Mutex<[String: CoreMetrics.Counter]>([:])
     private let certificateExpiry: CoreMetrics.Gauge
+    /// In a cluster: 1 while this node leads its shard, 0 while it follows; and the last record
+    /// of its local journal (replicas of a shard compare it to see how far a follower is behind).
+    private let clusterLeading: CoreMetrics.Gauge
+    private let clusterJournalSequence: CoreMetrics.Gauge
 
     public init() {
         latency = CoreMetrics.Timer(label: "tollgate_request_duration_seconds")
@@ -41,6 +45,8 @@ public final class ServerMetrics: Sendable {
         journalHealthy = CoreMetrics.Gauge(label: "tollgate_journal_healthy")
         journalFailures = CoreMetrics.Gauge(label: "tollgate_journal_write_failures")
         certificateExpiry = CoreMetrics.Gauge(label: "tollgate_tls_certificate_not_after_seconds")
+        clusterLeading = CoreMetrics.Gauge(label: "tollgate_cluster_leading")
+        clusterJournalSequence = CoreMetrics.Gauge(label: "tollgate_cluster_journal_sequence")
         var answeredOK = [CoreMetrics.Counter?](repeating: nil, count: 256)
         for opcode in Opcode.allCases {
             answeredOK[Int(opcode.rawValue)] = CoreMetrics.Counter(
@@ -193,6 +199,11 @@ public final class ServerMetrics: Sendable {
     }
 
     /// 1 while the journal writes, 0 while it fails; and how many writes or fsyncs failed.
+    public func recordCluster(leading: Bool, journalSequence: UInt64) {
+        clusterLeading.record(leading ? 1 : 0)
+        clusterJournalSequence.record(Int64(clamping: journalSequence))
+    }
+
     public func recordJournal(healthy: Bool, failures: Int) {
         journalHealthy.record(healthy ? 1 : 0)
         journalFailures.record(failures)

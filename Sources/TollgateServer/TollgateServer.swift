@@ -662,6 +662,7 @@ public final class TollgateServer: Service, Sendable {
 
     private func bindAdmin() async throws -> (any Channel)? {
         guard let port = configuration.adminPort else { return nil }
+        let clusterRole: @Sendable () -> (leading: Bool, leader: String?)? = { [weak self] in self?.clusterRole }
         let readiness = readiness
         let service = service
         let metrics = metrics
@@ -694,6 +695,9 @@ public final class TollgateServer: Service, Sendable {
                                 metrics.recordIdempotency(memoryKeys: keys.memory, forgottenInMemory: keys.forgottenEarly, disk: service.archive?.statistics)
                                 if let journal = service.journal {
                                     metrics.recordJournal(healthy: journal.failureReason == nil, failures: journal.failureCount)
+                                }
+                                if let role = clusterRole() {
+                                    metrics.recordCluster(leading: role.leading, journalSequence: service.journalPosition?.sequence ?? 0)
                                 }
                             }, reads: reads))
                 }

@@ -31,9 +31,10 @@ final class NodeProcess: Sendable {
 
     init(
         name: String, directory: String, etcd: [EtcdEndpoint], shard: String = "s0", cluster: String = "test", router: Bool = false, extra: [String] = [],
-        data: String? = nil
+        data: String? = nil, admin: Bool = false
     ) throws {
         self.name = name
+        self.adminPort = admin ? try freePort() : nil
         self.cluster = cluster
         self.shard = shard
         self.isRouter = router
@@ -49,12 +50,42 @@ final class NodeProcess: Sendable {
 
     /// Its standard error: the log.
     let log: String
+    /// The admin HTTP port, if it has one.
+    let adminPort: Int?
+
+    /// GET of a path on the admin port: the body, or nil.
+    func adminGet(_ path: String) async -> String? {
+        guard let port = adminPort else { return nil }
+        return await OffPool.blocking("admin-get") { () -> String? in
+            let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard descriptor >= 0 else { return nil }
+            defer { close(descriptor) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard connected == 0 else { return nil }
+            let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8)
+            guard request.withUnsafeBytes({ send(descriptor, $0.baseAddress, $0.count, 0) }) == request.count else { return nil }
+            var response: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65_536)
+            while true {
+                let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
+                if count <= 0 { break }
+                response += chunk[0..<count]
+            }
+            return String(decoding: response, as: UTF8.self)
+        }
+    }
 
     func start() throws {
         let role = isRouter ? ["--router"] : ["--shard", shard, "--node", name, "--journal-mode", "replicated"]
         let arguments =
             [
-                Self.binary, "--port", String(port), "--admin-port", "off", "--data-dir", data, "--etcd", etcd.map(\.description).joined(separator: ","),
+                Self.binary, "--port", String(port), "--admin-port", adminPort.map(String.init) ?? "off", "--data-dir", data, "--etcd", etcd.map(\.description).joined(separator: ","),
                 "--cluster", cluster, "--log-level", "info",
             ] + role + extra
         var environment = ProcessInfo.processInfo.environment
@@ -275,7 +306,7 @@ struct ClusterNodeTests {
     @Test func aPausedLeaderThatResumesIsFencedAndStepsDown() async throws {
         let etcd = try await EtcdTestCluster.start(size: 1)
         defer { etcd.stop() }
-        let nodes = try ["a", "b"].map { try NodeProcess(name: $0, directory: etcd.directory, etcd: etcd.endpoints) }
+        let nodes = try ["a", "b"].map { try NodeProcess(name: $0, directory: etcd.directory, etcd: etcd.endpoints, admin: true) }
         defer { nodes.forEach { $0.stop() } }
         for node in nodes { try node.start() }
         let clients = 2
@@ -330,11 +361,19 @@ struct ClusterNodeTests {
             }
         }
         await gate.close()
-        // Restarted, the old leader follows.
+        // Restarted, the old leader follows, caught up; /metrics says who leads.
         try old.start()
         try await Task.sleep(for: .seconds(2))
         #expect(!(await old.leads()))
         #expect(await new.leads())
+        let oldMetrics = await old.adminGet("/metrics") ?? ""
+        let newMetrics = await new.adminGet("/metrics") ?? ""
+        #expect(oldMetrics.contains("tollgate_cluster_leading 0"), "\(oldMetrics.suffix(300))")
+        #expect(newMetrics.contains("tollgate_cluster_leading 1"), "\(newMetrics.suffix(300))")
+        func sequence(_ text: String) -> Double? {
+            text.split(separator: "\n").first { $0.hasPrefix("tollgate_cluster_journal_sequence ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        #expect(sequence(oldMetrics) != nil && sequence(oldMetrics) == sequence(newMetrics), "the follower is not caught up")
     }
 }
 
