@@ -30,7 +30,8 @@ public enum TollgateError: Error, Hashable, Sendable, CustomStringConvertible {
     public var isRetriable: Bool {
         switch self {
         case .connection, .timeout: true
-        case .server(let error): [.unavailable, .internalError, .tooManyInFlight].contains(error.status)
+        // notLeader: in a cluster, during an election (a router follows the leader itself).
+        case .server(let error): [.unavailable, .internalError, .tooManyInFlight, .notLeader].contains(error.status)
         default: false
         }
     }
