@@ -204,6 +204,12 @@ extension ServerConfiguration {
             throw ConfigurationError("router mode needs etcdEndpoints: the shard map and each shard's leader are in etcd")
         }
         if isClustered {
+            // One command is one journal record, sent to etcd whole: it must fit etcd's default
+            // request limit (1.5 MiB) with room to spare.
+            guard maxFrameBody <= 1 << 20 else {
+                throw ConfigurationError(
+                    "in a cluster maxFrameBody must be at most 1048576 (one command's record goes to etcd whole, and etcd refuses requests over 1.5 MiB by default), not \(maxFrameBody)")
+            }
             guard journalMode == .replicated || journalMode == .async else {
                 throw ConfigurationError(
                     "in a cluster (etcdEndpoints set) journalMode must be replicated (answers wait for etcd's commit: a failover loses no acknowledged change) or async (they do not: a failover can lose up to journalAsyncWindowMilliseconds), not \(journalMode.rawValue)")
