@@ -33,6 +33,29 @@ import TollgateServer
         }
     }
 
+    /// A cluster's settings are checked together: the journal modes a cluster allows, the frame
+    /// size etcd takes, endpoints and names.
+    @Test func aClusterConfigurationIsCheckedWhole() throws {
+        func refusal(_ settings: [(String, String)]) -> String? {
+            var configuration = ServerConfiguration()
+            do {
+                try configuration.apply(settings, source: "test")
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+        #expect(refusal([("etcdEndpoints", "127.0.0.1:2379"), ("journalMode", "replicated")]) == nil)
+        #expect(refusal([("etcdEndpoints", "127.0.0.1:2379"), ("journalMode", "sync")])?.contains("must be replicated") == true)
+        #expect(refusal([("journalMode", "replicated")])?.contains("needs a cluster") == true)
+        #expect(refusal([("etcdEndpoints", "127.0.0.1:2379"), ("maxFrameBody", "2000000")])?.contains("at most 1048576") == true)
+        #expect(refusal([("maxFrameBody", "2000000")]) == nil)
+        #expect(refusal([("etcdEndpoints", "127.0.0.1:2379,https://etcd:2379")])?.contains("\"https://etcd:2379\" is not") == true)
+        #expect(refusal([("shard", "S0")])?.contains("shard must be") == true)
+        #expect(refusal([("router", "true")])?.contains("router mode needs etcdEndpoints") == true)
+        #expect(refusal([("router", "true"), ("etcdEndpoints", "e:2379")]) == nil)
+    }
+
     /// A setting that no longer does anything still loads, so an old file starts the server;
     /// it is reported instead, and a bad value is still an error.
     @Test func aRetiredSettingLoadsAndIsReported() throws {
