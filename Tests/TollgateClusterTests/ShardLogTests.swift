@@ -90,7 +90,7 @@ struct ShardLogTests {
         await #expect(throws: ShardLogError.self) { try await log.append(entry(records, 3...3), token: new.token) }
 
         let read = try await log.read(from: 1)
-        #expect(read.entries.map(\.first) == [1, 3])
+        try #require(read.entries.map(\.first) == [1, 3])
         #expect(read.entries[0].bytes == one.bytes)
         var chain: UInt32 = 0
         var sequences: [UInt64] = []
