@@ -190,7 +190,20 @@ struct ClusterNodeTests {
 
     /// Spends of 1 credit under unique keys from several clients, until the node stops
     /// answering (or `duration` has passed).
-    static func load(_ node: NodeProcess, round: Int, clients: Int, for duration: Duration? = nil) async -> Outcome {
+    /// How many spends a running load has had acknowledged: a fault is injected once the load
+    /// is under way, however slow the machine.
+    final class Progress: Sendable {
+        private let count = Mutex(0)
+        func add() { count.withLock { $0 += 1 } }
+        var acknowledged: Int { count.withLock { $0 } }
+
+        /// Waits until `target` spends are acknowledged (or a minute passes).
+        func wait(atLeast target: Int) async throws {
+            try await waitFor(.seconds(60)) { acknowledged >= target }
+        }
+    }
+
+    static func load(_ node: NodeProcess, round: Int, clients: Int, for duration: Duration? = nil, progress: Progress? = nil) async -> Outcome {
         let start = ContinuousClock.now
         return await withTaskGroup(of: Outcome.self) { group in
             for client in 0..<clients {
@@ -204,6 +217,7 @@ struct ClusterNodeTests {
                         do {
                             let decision = try await gate.spend(account: "acct", member: member, product: "p", quantity: 1, key: key)
                             outcome.acknowledged.append((key, member, decision))
+                            progress?.add()
                         } catch {
                             outcome.unanswered.append((key, member))
                             break
@@ -252,8 +266,9 @@ struct ClusterNodeTests {
         var failovers: [Duration] = []
         for cycle in 0..<cycles {
             let loaded = current
-            async let outcome = Self.load(loaded, round: cycle, clients: clients)
-            try await Task.sleep(for: .milliseconds(Int.random(in: 300...800)))
+            let progress = Progress()
+            async let outcome = Self.load(loaded, round: cycle, clients: clients, progress: progress)
+            try await progress.wait(atLeast: Int.random(in: 10...60))
             let killed = ContinuousClock.now
             await current.kill9()
             let result = await outcome
@@ -315,8 +330,9 @@ struct ClusterNodeTests {
         try await Self.setUp(old, clients: clients)
 
         // Load on the old leader, which is paused in the middle of it.
-        async let before = Self.load(old, round: 0, clients: clients)
-        try await Task.sleep(for: .milliseconds(400))
+        let progress = Progress()
+        async let before = Self.load(old, round: 0, clients: clients, progress: progress)
+        try await progress.wait(atLeast: 20)
         old.pause()
         let first = await before
         #expect(first.acknowledged.count > 0)
@@ -445,8 +461,9 @@ struct PartitionTests {
         let clients = 2
         try await ClusterNodeTests.setUp(cut, clients: clients)
 
-        async let outcome = ClusterNodeTests.load(cut, round: 0, clients: clients)
-        try await Task.sleep(for: .milliseconds(400))
+        let progress = ClusterNodeTests.Progress()
+        async let outcome = ClusterNodeTests.load(cut, round: 0, clients: clients, progress: progress)
+        try await progress.wait(atLeast: 20)
         proxy.set(mode)
         let first = await outcome
         #expect(first.acknowledged.count > 0)
@@ -491,8 +508,9 @@ struct PartitionTests {
             let etcdLeader = await etcd.leaderIndex() ?? 0
             let victim = round == 0 ? (etcdLeader + 1) % 3 : etcdLeader
             let deciding = try await leader(of: nodes)
-            async let outcome = ClusterNodeTests.load(deciding, round: round, clients: clients, for: .seconds(4))
-            try await Task.sleep(for: .milliseconds(500))
+            let progress = ClusterNodeTests.Progress()
+            async let outcome = ClusterNodeTests.load(deciding, round: round, clients: clients, for: .seconds(4), progress: progress)
+            try await progress.wait(atLeast: 10)
             etcd.kill(victim)
             try await Task.sleep(for: .milliseconds(1_500))
             try etcd.restart(victim)

@@ -53,10 +53,11 @@ struct ReplicatedJournalTests {
         // Blocking (the replica waits for etcd): on a thread of its own, tried until it goes
         // through (a busy etcd may time out a call).
         let durable = await OffPool.blocking("flush") { () -> Bool in
-            for _ in 0..<20 where !writer.flushPending() {}
+            let start = ContinuousClock.now
+            while !writer.flushPending(), ContinuousClock.now - start < .seconds(90) { Thread.sleep(forTimeInterval: 0.2) }
             return writer.durableSequence == 12_000
         }
-        try #require(durable, "the journal was not kept in etcd")
+        try #require(durable, "the journal was not kept in etcd: \(writer.failureReason ?? "no failure reported")")
         #expect(replica.keptThrough == last)
 
         // etcd holds exactly the local journal's records, in entries within the size limit.
