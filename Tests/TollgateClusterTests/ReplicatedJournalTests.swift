@@ -35,8 +35,12 @@ struct ReplicatedJournalTests {
         let client = EtcdClient(endpoints: etcd.endpoints, callTimeout: .seconds(15))
         defer { client.close() }
         let log = ShardLog(client: client, keys: keys, shard: "s0")
-        let election = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 5)
+        // A lease long enough for the whole test, and renewed: a lapsed lease would fence the
+        // appends (as it should), which is not what this test is about.
+        let election = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 60)
         let leadership = try await election.campaign()
+        let keeper = election.keep(leadership) { _ in }
+        defer { keeper.stop() }
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
 
@@ -109,8 +113,9 @@ struct ReplicatedJournalTests {
         let client = EtcdClient(endpoints: etcd.endpoints)
         defer { client.close() }
         let log = ShardLog(client: client, keys: keys, shard: "s0")
-        let a = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 5)
-        let b = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "b", address: "b:1"), ttlSeconds: 5)
+        // a's lease ends when the test revokes it, not before, however slow the machine.
+        let a = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 60)
+        let b = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "b", address: "b:1"), ttlSeconds: 60)
         let leadership = try await a.campaign()
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -146,7 +151,10 @@ struct ReplicatedJournalTests {
         let client = EtcdClient(endpoints: etcd.endpoints, callTimeout: .milliseconds(500))
         defer { client.close() }
         let log = ShardLog(client: client, keys: keys, shard: "s0")
-        let leadership = try await ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 30).campaign()
+        let election = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 60)
+        let leadership = try await election.campaign()
+        let keeper = election.keep(leadership) { _ in }
+        defer { keeper.stop() }
         let directory = try Self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let writer = try JournalWriter(directory: directory, mode: .replicated(intervalMicroseconds: 2_000), after: JournalScan())

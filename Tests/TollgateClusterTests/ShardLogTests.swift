@@ -11,7 +11,9 @@ import TollgateLedger
 struct ShardLogTests {
     let keys = ClusterKeys(cluster: "test")!
 
-    func election(_ client: EtcdClient, _ node: String, ttl: Int64 = 2) -> ShardElection {
+    /// A candidate whose lease lasts the whole test unless the test ends it (a short lease
+    /// could lapse on a busy machine between two steps, and fence appends the test expects).
+    func election(_ client: EtcdClient, _ node: String, ttl: Int64 = 60) -> ShardElection {
         ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: node, address: "127.0.0.1:\(node.count)"), ttlSeconds: ttl)
     }
 
@@ -72,7 +74,8 @@ struct ShardLogTests {
             Issue.record("the leader could not append")
             return
         }
-        // a is paused past its lease (nothing renews it); b is elected.
+        // a's lease is gone (as if a were paused past it); b is elected.
+        try await client.revoke(lease: old.lease)
         let new = try await election(client, "b").campaign()
 
         // Everything a tries now is refused, and names the new leader's token.

@@ -202,11 +202,15 @@ final class RawSocket: @unchecked Sendable {
     }
 
     /// True when the server has closed the connection (a read returns end of stream).
+    /// Whether the server closed the connection: end of stream, or a reset — a server that
+    /// closes with bytes of ours still unread in its socket makes the kernel send RST (a
+    /// trickling client's last byte may arrive just before the close).
     func isClosedByServer() async -> Bool {
         let descriptor = descriptor
         return await OffPool.blocking("raw-read") {
             var byte: UInt8 = 0
-            return recv(descriptor, &byte, 1, 0) == 0
+            let result = recv(descriptor, &byte, 1, 0)
+            return result == 0 || (result < 0 && errno == ECONNRESET)
         }
     }
 }
