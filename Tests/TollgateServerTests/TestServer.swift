@@ -209,8 +209,15 @@ final class RawSocket: @unchecked Sendable {
         let descriptor = descriptor
         return await OffPool.blocking("raw-read") {
             var byte: UInt8 = 0
-            let result = recv(descriptor, &byte, 1, 0)
-            return result == 0 || (result < 0 && errno == ECONNRESET)
+            // Each recv gives up after the socket's receive timeout: a busy machine may take
+            // longer than one to close, so it waits through several (30 s at most).
+            for _ in 0..<10 {
+                let result = recv(descriptor, &byte, 1, 0)
+                if result == 0 || (result < 0 && errno == ECONNRESET) { return true }
+                if result < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { continue }
+                return false
+            }
+            return false
         }
     }
 }
