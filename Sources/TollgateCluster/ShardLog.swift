@@ -77,8 +77,8 @@ public struct ShardLog: Sendable {
     public let shard: String
     /// An entry's size limit: well under etcd's `--max-request-bytes` (1.5 MiB by default),
     /// and small enough that one append — sent as base64 in JSON, applied and fsynced by a
-    /// quorum — stays far inside a call's deadline on a busy machine (1 MiB entries timed out
-    /// again and again at 2 s with one core kept busy). A bigger batch is several entries.
+    /// quorum — stays short next to a call's deadline (etcd advises small requests). A bigger
+    /// batch is several entries.
     public static let entryBytesMax = 256 << 10
 
     public init(client: EtcdClient, keys: ClusterKeys, shard: String) {
