@@ -120,6 +120,7 @@ final class NodeProcess: Sendable {
     }
 
     func pause() { kill(pid.withLock { $0 }, SIGSTOP) }
+    func terminate() { kill(pid.withLock { $0 }, SIGTERM) }
     func resume() { kill(pid.withLock { $0 }, SIGCONT) }
 
     /// Waits for the process to exit by itself (a deposed leader does); its exit status, or
@@ -390,6 +391,39 @@ struct ClusterNodeTests {
             text.split(separator: "\n").first { $0.hasPrefix("tollgate_cluster_journal_sequence ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
         }
         #expect(sequence(oldMetrics) != nil && sequence(oldMetrics) == sequence(newMetrics), "the follower is not caught up")
+    }
+}
+
+/// A leader stopped cleanly gives its shard up before it exits.
+@Suite(.enabled(if: EtcdTestCluster.enabled, "etcd is not installed"), .serialized)
+struct ResignTests {
+    /// SIGTERM: the leader finishes, resigns (deletes its leader key) and exits 0, so the
+    /// other node does not wait out the lease; nothing it acknowledged is lost.
+    @Test func aLeaderStoppedCleanlyResigns() async throws {
+        let etcd = try await EtcdTestCluster.start(size: 1)
+        defer { etcd.stop() }
+        let nodes = try ["a", "b"].map { try NodeProcess(name: $0, directory: etcd.directory, etcd: etcd.endpoints) }
+        defer { nodes.forEach { $0.stop() } }
+        for node in nodes { try node.start() }
+        let old = try await leader(of: nodes)
+        let other = nodes.first { $0 !== old }!
+        try await ClusterNodeTests.setUp(old, clients: 1)
+        let gate = try await old.client()
+        let decision = try await gate.spend(account: "acct", member: "m0", product: "p", quantity: 1, key: "before-stop")
+        await gate.close()
+
+        old.terminate()
+        #expect(await old.waitForExit(timeout: .seconds(30)) == 0)
+        // The key is not the old leader's any more the moment it has exited: gone, or already
+        // the other node's.
+        let client = EtcdClient(endpoints: etcd.endpoints)
+        defer { client.close() }
+        let current = try await ShardElection(client: client, keys: ClusterKeys(cluster: "test")!, shard: "s0", record: LeaderRecord(node: "-", address: "-"), ttlSeconds: 1).current()
+        #expect(current.record?.node != old.name, "the stopped leader still held the shard")
+        #expect(try await leader(of: [other]) === other)
+        let retry = try await other.client()
+        #expect(try await retry.spend(account: "acct", member: "m0", product: "p", quantity: 1, key: "before-stop") == decision)
+        await retry.close()
     }
 }
 
