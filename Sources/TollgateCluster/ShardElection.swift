@@ -107,7 +107,7 @@ public final class ShardElection: Sendable {
     public func waitForVacancy(after current: CurrentLeader, timeout: Duration) async {
         if current.token == 0 { return }
         let gone = AsyncStream<Void>.makeStream()
-        let watch = client.watch(keys.leader(shard), from: current.revision + 1) { event in
+        let watch = client.watch(keys.leader(shard), from: current.revision &+ 1) { event in
             switch event {
             case .changes(let changes, _):
                 if changes.contains(where: { if case .delete = $0 { return true } else { return false } }) { gone.continuation.yield() }

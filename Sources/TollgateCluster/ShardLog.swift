@@ -29,7 +29,8 @@ public struct LogEntry: Sendable, Equatable {
                 case .failure(let problem):
                     return LogDamage(first: first, reason: "record at byte \(offset): \(problem)")
                 case .success(let read):
-                    guard read.record.sequence == expected else {
+                    // The last sequence is refused: every later step adds one to a sequence.
+                    guard read.record.sequence == expected, expected < UInt64.max else {
                         return LogDamage(first: first, reason: "sequence \(read.record.sequence) where \(expected) was expected")
                     }
                     if let chain, read.previousChecksum != chain {
@@ -140,7 +141,7 @@ public struct ShardLog: Sendable {
     /// The entry that holds record `sequence`, or nil if no entry starting at or before it
     /// is in the log.
     public func entry(holding sequence: UInt64) async throws -> LogEntry? {
-        let range = try await client.range(keys.logPrefix(shard), end: keys.logKey(shard, first: sequence + 1), limit: 1, newestFirst: true)
+        let range = try await client.range(keys.logPrefix(shard), end: keys.logKey(shard, first: sequence &+ 1), limit: 1, newestFirst: true)
         guard let kv = range.kvs.first, let first = keys.firstSequence(ofLogKey: kv.keyString, shard: shard) else { return nil }
         return LogEntry(first: first, bytes: kv.value, revision: kv.modRevision)
     }
@@ -171,7 +172,7 @@ public struct ShardLog: Sendable {
     public func watch(after revision: Int64, _ report: @escaping @Sendable (WatchReport) -> Void) -> EtcdWatch {
         let keys = self.keys
         let shard = self.shard
-        return client.watch(keys.logPrefix(shard), end: etcdPrefixEnd(keys.logPrefix(shard)), from: revision + 1) { event in
+        return client.watch(keys.logPrefix(shard), end: etcdPrefixEnd(keys.logPrefix(shard)), from: revision &+ 1) { event in
             switch event {
             case .created: break
             case .changes(let changes, let revision):

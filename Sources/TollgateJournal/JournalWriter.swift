@@ -277,7 +277,7 @@ public final class JournalWriter: @unchecked Sendable {
     public func appendRecords(_ bytes: ByteBuffer, first: UInt64, through: UInt64, previousChecksum: UInt32, checksum: UInt32) throws {
         condition.lock()
         defer { condition.unlock() }
-        guard first == pending.nextSequence, previousChecksum == pending.lastChecksum, through >= first else {
+        guard first == pending.nextSequence, previousChecksum == pending.lastChecksum, through >= first, through < UInt64.max else {
             throw JournalError(
                 "records \(first)...\(through) do not continue the journal, which ends at \(pending.nextSequence - 1) (checksum \(pending.lastChecksum), theirs chain to \(previousChecksum))")
         }

@@ -107,7 +107,7 @@ final class ShardRouter: RequestForwarder {
     }
 
     private func watchMap(after revision: Int64) {
-        let watch = etcd.watch(keys.mapPrefix, end: etcdPrefixEnd(keys.mapPrefix), from: revision + 1) { [weak self] event in
+        let watch = etcd.watch(keys.mapPrefix, end: etcdPrefixEnd(keys.mapPrefix), from: revision &+ 1) { [weak self] event in
             guard let self else { return }
             switch event {
             case .changes(let changes, _):

@@ -149,6 +149,11 @@ struct ShardLogTests {
         #expect(throws: LogDamage.self) { try LogEntry(first: 1, bytes: bytes).records(chainingTo: 0).get() }
         #expect(throws: LogDamage.self) { try LogEntry(first: 1, bytes: Array(bytes.prefix(40))).records(chainingTo: 0).get() }
         #expect(throws: LogDamage.self) { try LogEntry(first: 1, bytes: []).records(chainingTo: 0).get() }
+        // The last sequence there is: refused, since whatever follows would overflow.
+        var last = ByteBuffer()
+        _ = JournalRecord(sequence: .max, instant: Instant(microsecondsSinceEpoch: 1), key: "k", command: .addMember(account: "a", member: "m"))
+            .write(to: &last, previousChecksum: 0)
+        #expect(throws: LogDamage.self) { try LogEntry(first: .max, bytes: Array(last.readableBytesView)).records(chainingTo: nil).get() }
     }
 
     @Test func theKeeperSaysWhenTheLeaseIsTakenAway() async throws {
