@@ -24,6 +24,24 @@ struct ReplicatedJournalTests {
         return records
     }
 
+    /// The shard's whole log from record 1, page by page: each entry with its records, each
+    /// chained to the one before (a break throws).
+    static func wholeLog(_ log: ShardLog) async throws -> [(entry: LogEntry, records: [ReadRecord])] {
+        var whole: [(entry: LogEntry, records: [ReadRecord])] = []
+        var next: UInt64 = 1
+        var chain: UInt32 = 0
+        while true {
+            let read = try await log.read(from: next)
+            for entry in read.entries {
+                let records = try entry.records(chainingTo: chain).get()
+                whole.append((entry, records))
+                chain = records.last!.checksum
+                next = records.last!.record.sequence + 1
+            }
+            if !read.more || read.entries.isEmpty { return whole }
+        }
+    }
+
     static func command(_ index: Int) -> Command {
         .addMember(account: "acme", member: "m\(index)")
     }
@@ -65,24 +83,11 @@ struct ReplicatedJournalTests {
         #expect(replica.keptThrough == last)
 
         // etcd holds exactly the local journal's records, in entries within the size limit.
-        var fromEtcd: [LogEntry] = []
-        var next: UInt64 = 1
-        while true {
-            let read = try await log.read(from: next)
-            fromEtcd += read.entries
-            guard let tail = read.entries.last else { break }
-            next = try tail.records(chainingTo: nil).get().last!.record.sequence + 1
-            if !read.more { break }
-        }
+        let whole = try await Self.wholeLog(log)
+        let fromEtcd = whole.map(\.entry)
         #expect(fromEtcd.allSatisfy { $0.bytes.count <= ShardLog.entryBytesMax })
         try #require(fromEtcd.count > 1)
-        var chain: UInt32 = 0
-        var replicated: [JournalRecord] = []
-        for entry in fromEtcd {
-            let records = try entry.records(chainingTo: chain).get()
-            replicated += records.map(\.record)
-            chain = records.last!.checksum
-        }
+        let replicated = whole.flatMap { $0.records.map(\.record) }
         let local = try Self.localRecords(directory)
         #expect(replicated.count == 12_000)
         #expect(replicated == local)
@@ -180,17 +185,10 @@ struct ReplicatedJournalTests {
 
         var next: UInt64 = 1
         var replicated: [JournalRecord] = []
-        var chain: UInt32 = 0
-        while true {
-            let read = try await log.read(from: next)
-            for entry in read.entries {
-                #expect(entry.first == next)
-                let records = try entry.records(chainingTo: chain).get()
-                replicated += records.map(\.record)
-                chain = records.last!.checksum
-                next = records.last!.record.sequence + 1
-            }
-            if !read.more { break }
+        for (entry, records) in try await Self.wholeLog(log) {
+            #expect(entry.first == next)
+            replicated += records.map(\.record)
+            next = records.last!.record.sequence + 1
         }
         #expect(replica.settledCount >= 1)
         #expect(replicated.count == 300)
