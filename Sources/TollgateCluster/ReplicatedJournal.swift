@@ -96,7 +96,8 @@ public final class ReplicatedJournal: JournalReplica, Sendable {
     }
 
     /// Cuts a batch into entries of whole records after `keptThrough`, each at most
-    /// `ShardLog.entryBytesMax` (a single larger record goes alone, and etcd may refuse it).
+    /// `ShardLog.entryBytesMax` (a single larger record goes alone, up to
+    /// `ShardLog.loneRecordBytesMax`).
     static func entries(of records: ByteBuffer, first: UInt64, after keptThrough: UInt64) -> [(entry: LogEntry, last: UInt64)] {
         var entries: [(entry: LogEntry, last: UInt64)] = []
         var sequence = first

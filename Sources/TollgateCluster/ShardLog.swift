@@ -81,6 +81,10 @@ public struct ShardLog: Sendable {
     /// quorum — stays short next to a call's deadline (etcd advises small requests). A bigger
     /// batch is several entries.
     public static let entryBytesMax = 256 << 10
+    /// What one record alone may take: a record carries one request of at most 1 MiB (a
+    /// cluster's `maxFrameBody` is held to that), such as a family moved in. As base64 in
+    /// JSON it is still under etcd's 1.5 MiB request limit.
+    public static let loneRecordBytesMax = (1 << 20) + (4 << 10)
 
     public init(client: EtcdClient, keys: ClusterKeys, shard: String) {
         self.client = client
@@ -92,8 +96,8 @@ public struct ShardLog: Sendable {
     /// and no entry starts at `entry.first` yet. Safe to repeat after an error whose outcome
     /// is unknown: if the same bytes are already there, it answers `.appended`.
     public func append(_ entry: LogEntry, token: Int64) async throws -> AppendOutcome {
-        guard entry.bytes.count <= Self.entryBytesMax else {
-            throw ShardLogError("an entry of \(entry.bytes.count) bytes is over the limit of \(Self.entryBytesMax)")
+        guard entry.bytes.count <= Self.loneRecordBytesMax else {
+            throw ShardLogError("an entry of \(entry.bytes.count) bytes is over the limit of \(Self.loneRecordBytesMax)")
         }
         let leaderKey = keys.leader(shard)
         let key = keys.logKey(shard, first: entry.first)

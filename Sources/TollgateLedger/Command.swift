@@ -45,6 +45,11 @@ public enum Command: Hashable, Sendable {
     indirect case definePlan(Plan)
     /// Creates an account on a plan, all in one step.
     indirect case provision(Provision)
+    /// Freezes the family rooted at the account on this shard, recording where it goes
+    /// (Ledger+Move.swift).
+    case moveFamilyOut(account: String, destination: String)
+    /// Adds a family read from its old shard by `familyTransfer`.
+    case moveFamilyIn(account: String, transfer: [UInt8])
 
     /// The account the command belongs to: idempotency keys are scoped by it, and later the
     /// server checks a credential's scope against it. Rate-card changes belong to no account.
@@ -64,6 +69,7 @@ public enum Command: Hashable, Sendable {
             .setAlert(let a, _), .removeAlert(let a, _), .setAutoRecharge(let a, _):
             a
         case .provision(let p): p.account
+        case .moveFamilyOut(let a, _), .moveFamilyIn(let a, _): a
         case .definePlan: ""
         case .addGrant(let g): g.account
         case .setRate: ""

@@ -379,6 +379,16 @@ extension Command {
             hasher.add(UInt64(provision.members.count))
             for member in provision.members { hasher.add(member) }
             return hasher.state
+        case .moveFamilyOut(let account, let destination):
+            return FastHasher.fingerprint(30, [account, destination])
+        case .moveFamilyIn(let account, let transfer):
+            var hasher = FastHasher(tag: 31)
+            hasher.add(account)
+            let digest = transfer.withUnsafeBufferPointer { FastHash.stablePair($0) }
+            hasher.add(digest.first)
+            hasher.add(digest.second)
+            hasher.add(UInt64(transfer.count))
+            return hasher.state
         }
     }
 }

@@ -278,6 +278,9 @@ extension Ledger {
         guard accounts[Int(accountSlot)].liveGrants < limits.grantsPerAccountMax else {
             return refused(LedgerError(.limitReached, level: .account, subject: "grants per account"))
         }
+        guard nextGrantID < idSpaceEnd else {
+            return refused(LedgerError(.limitReached, level: .ledger, subject: "grant ids of this shard's id space"))
+        }
         let id = createGrant(
             account: accountSlot, member: memberSlot, amount: grant.amount, priority: grant.priority, effectiveAt: effectiveAt,
             expiresAt: grant.expiresAt, source: grant.source, at: now)

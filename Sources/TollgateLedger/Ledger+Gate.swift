@@ -73,6 +73,9 @@ extension Ledger {
                 Refusal(LedgerError(.limitReached, level: .account, subject: "open holds per account"), headroom: priced.headroom))
         }
 
+        guard nextHoldID < idSpaceEnd else {
+            return .refused(Refusal(LedgerError(.limitReached, level: .ledger, subject: "hold ids of this shard's id space"), headroom: priced.headroom))
+        }
         let id = nextHoldID
         nextHoldID += 1
         let draws = drawFunds(chain, priced.cost, holding: true)
@@ -239,6 +242,7 @@ extension Ledger {
         guard let accountSlot = accountSlots[HashedString(account)] else {
             return .failure(LedgerError(.unknownAccount, level: .account, subject: account))
         }
+        if !movedOut.isEmpty, let moved = movedOut[accountSlot] { return .failure(familyMovedError(account, moved)) }
         var memberSlot = noSlot
         var groups: [Int32] = []
         if let member {

@@ -3,6 +3,10 @@
 /// decision exceeded a cap, retries never charged twice) are checked by the tests that drive
 /// the history.
 extension Ledger {
+    /// A family moved out keeps its records as they were when it was frozen: time-driven
+    /// checks do not apply to them.
+    private func isFrozen(_ account: Int32) -> Bool { !movedOut.isEmpty && movedOut[account] != nil }
+
     public func invariantViolations() -> [String] {
         var violations: [String] = []
         func expect(_ condition: Bool, _ message: @autoclosure () -> String) {
@@ -19,15 +23,15 @@ extension Ledger {
             switch grant.state {
             case .pending:
                 if grant.member != noSlot { pendingPerMember[Int(grant.member)] += 1 }
-                expect(grant.available == grant.amount && grant.effectiveAt > clock, "pending grant \(grant.id) was drawn or is overdue")
+                expect(grant.available == grant.amount && (grant.effectiveAt > clock || isFrozen(grant.account)), "pending grant \(grant.id) was drawn or is overdue")
             case .active:
-                expect(grant.effectiveAt <= clock && grant.expiresAt > clock, "active grant \(grant.id) is outside its window at \(clock)")
+                expect(grant.effectiveAt <= clock && (grant.expiresAt > clock || isFrozen(grant.account)), "active grant \(grant.id) is outside its window at \(clock)")
                 expect(grant.available > 0 || grant.held > 0, "spent grant \(grant.id) was not retired")
             case .expired, .voided:
                 expect(grant.available == 0, "ended grant \(grant.id) still has credits available")
                 expect(grant.held > 0, "ended grant \(grant.id) with nothing held was not retired")
             }
-            if grant.state == .expired { expect(grant.expiresAt <= clock, "grant \(grant.id) expired early") }
+            if grant.state == .expired { expect(grant.expiresAt <= clock || isFrozen(grant.account), "grant \(grant.id) expired early") }
         }
 
         // Draw orders: sorted, active, and summing to the aggregates.
@@ -66,7 +70,7 @@ extension Ledger {
         var heldPerGroup = [Credits](repeating: 0, count: groups.count)
         for hold in holds.values {
             expect(hold.held >= 0 && hold.held == hold.draws.total, "hold \(hold.id) holds \(hold.held) but its draws total \(hold.draws.total)")
-            expect(hold.deadline > clock, "hold \(hold.id) outlived its deadline \(hold.deadline) at \(clock)")
+            expect(hold.deadline > clock || isFrozen(hold.account), "hold \(hold.id) outlived its deadline \(hold.deadline) at \(clock)")
             for index in 0..<hold.draws.count {
                 let draw = hold.draws[index]
                 if draw.grant == noSlot {
@@ -159,7 +163,7 @@ extension Ledger {
             let id = accounts[Int(slot)].id
             expect(state.seats >= 0 && state.seats <= limits.seatsPerAccountMax, "subscription of \(id) has \(state.seats) seats")
             guard let terms = state.terms else { continue }
-            expect(state.periodStart <= clock && clock < state.periodEnd, "subscription of \(id) is not in its period at \(clock)")
+            expect(state.periodStart <= clock && (clock < state.periodEnd || isFrozen(slot)), "subscription of \(id) is not in its period at \(clock)")
             if terms.scope == .perMember {
                 let live = Set((0..<members.count).filter { members[$0].isLive && members[$0].account == slot }.map { Int32($0) })
                 expect(Set(state.seatMembers) == live && state.seatMembers.count == live.count, "subscription of \(id) does not list its members as seats")

@@ -50,7 +50,7 @@ extension Ledger {
     /// The account at `instant`, or nil if there is no such account.
     public mutating func accountSummary(_ account: String, at instant: Instant) -> AccountSummary? {
         let now = advance(to: instant)
-        guard let slot = accountSlots[HashedString(account)] else { return nil }
+        guard let slot = accountSlots[HashedString(account)], movedOut.isEmpty || movedOut[slot] == nil else { return nil }
         return summary(slot, at: now)
     }
 
@@ -69,7 +69,8 @@ extension Ledger {
         var page: [AccountSummary] = []
         var scanned = 0
         while slot < accounts.count && page.count < limit && scanned < scanLimit {
-            if include(accounts[slot].id) { page.append(summary(Int32(slot), at: now)) }
+            // A family moved to another shard is listed there.
+            if movedOut.isEmpty || movedOut[Int32(slot)] == nil, include(accounts[slot].id) { page.append(summary(Int32(slot), at: now)) }
             slot += 1
             scanned += 1
         }

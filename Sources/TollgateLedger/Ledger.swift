@@ -63,6 +63,11 @@ public struct Ledger: Hashable, Sendable {
     var memberBurn = ChunkedArray<BurnWindow>()
     var ledgerBurn = BurnWindow()
     var plans: [String: Plan] = [:]
+    /// Accounts frozen by `moveFamilyOut`, by slot (Ledger+Move.swift). Empty on a ledger that
+    /// never moved a family out, and then never looked at on the decision path.
+    var movedOut: [Int32: MovedFamily] = [:]
+    /// The end of the hold and grant id space (`useIDSpace(tag:)`); no end without one.
+    var idSpaceEnd: UInt64 = .max
 
     public init(limits: LedgerLimits = LedgerLimits(), startingAt start: Instant = .epoch) {
         self.limits = limits
@@ -237,6 +242,7 @@ public struct Ledger: Hashable, Sendable {
     }
 
     private mutating func execute(_ command: Command, at now: Instant) -> Answer {
+        if !movedOut.isEmpty, let refusal = movedRefusal(command) { return refusal }
         switch command {
         case .reserve(let reserve): return self.reserve(reserve, at: now)
         case .spend(let spend): return self.spend(spend, at: now)
@@ -270,6 +276,8 @@ public struct Ledger: Hashable, Sendable {
         case .setAutoRecharge(let account, let rule): return setAutoRecharge(account, rule: rule, at: now)
         case .definePlan(let plan): return definePlan(plan, at: now)
         case .provision(let provision): return self.provision(provision, at: now)
+        case .moveFamilyOut(let account, let destination): return moveFamilyOut(account, to: destination, at: now)
+        case .moveFamilyIn(let account, let transfer): return moveFamilyIn(account, transfer: transfer, at: now)
         }
     }
 
@@ -342,6 +350,8 @@ public struct Ledger: Hashable, Sendable {
 
     /// Whether an event still matches the hold or grant it was scheduled for.
     func isLive(_ event: EventQueue.Event) -> Bool {
+        // A frozen family's events never fire (Ledger+Move.swift).
+        if !movedOut.isEmpty, movedOut[eventAccount(event)] != nil { return false }
         switch event.kind {
         case .holdDeadline(let id):
             guard let slot = holds.slot(of: HoldKey(id)) else { return false }
@@ -357,6 +367,15 @@ public struct Ledger: Hashable, Sendable {
             return state.terms != nil && state.periodEnd == end
         case .seatChange(let account, let at):
             return subscriptions[account]?.pendingSeats?.at == at
+        }
+    }
+
+    /// The account slot an event belongs to, for a live event's kind (any slot for a stale one).
+    private func eventAccount(_ event: EventQueue.Event) -> Int32 {
+        switch event.kind {
+        case .holdDeadline(let id): return holds.slot(of: HoldKey(id)).map { holds[slot: $0].account } ?? noSlot
+        case .grantEffective(let slot, _), .grantExpiry(let slot, _): return grants[Int(slot)].account
+        case .periodBoundary(let account, _), .seatChange(let account, _): return account
         }
     }
 

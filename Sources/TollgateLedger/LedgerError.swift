@@ -36,6 +36,8 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
         case amountOutOfRange = 20
         case grantNotLive = 21
         case notInGroup = 22
+        /// The account's family is on another shard now (Ledger+Move.swift); the subject names it.
+        case familyMoved = 23
 
         /// The status name of proto/PROTOCOL.md §7.1, for logs, metrics labels and `--json`.
         public var identifier: String {
@@ -62,6 +64,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
             case .amountOutOfRange: "amountOutOfRange"
             case .grantNotLive: "grantNotLive"
             case .notInGroup: "notInGroup"
+            case .familyMoved: "familyMoved"
             }
         }
 
@@ -89,6 +92,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
             case .amountOutOfRange: "amount out of range"
             case .grantNotLive: "grant is expired or voided (credits are still held on it)"
             case .notInGroup: "member is not in the group"
+            case .familyMoved: "account family moved to another shard"
             }
         }
     }
@@ -124,6 +128,8 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
         switch code {
         case .invalidArgument, .amountOutOfRange: false
         case .limitReached: false
+        // Not an answer to remember: the request is answered where the family is now.
+        case .familyMoved: false
         default: true
         }
     }

@@ -89,8 +89,10 @@ struct SnapshotReader {
 
 extension Ledger {
     /// "TGL2": adds subscriptions. A "TGL1" snapshot (before them) is still read.
+    /// Version 5: the families moved out (Ledger+Move.swift), at the end.
+    static let snapshotMagic: UInt32 = 0x5447_4C35
     /// Version 4: a hold carries the groups it counts against (its member's when it was made).
-    static let snapshotMagic: UInt32 = 0x5447_4C34
+    static let snapshotMagicVersion4: UInt32 = 0x5447_4C34
     /// Version 3: idempotency entries carry the instant their request was decided.
     static let snapshotMagicVersion3: UInt32 = 0x5447_4C33
     /// Version 2: idempotency entries carry the instant they expire at.
@@ -223,6 +225,13 @@ extension Ledger {
             w.array(plan.alerts) { w, alert in w.write(alert) }
             w.optional(plan.autoRecharge) { w, rule in w.write(rule) }
         }
+        if !asVersion3 {
+            w.array(movedOut.sorted { $0.key < $1.key }) { w, entry in
+                w.integer(entry.key)
+                w.string(entry.value.destination)
+                w.instant(entry.value.at)
+            }
+        }
         return w.bytes
     }
 
@@ -230,7 +239,7 @@ extension Ledger {
     public init(snapshot bytes: [UInt8], limits: LedgerLimits = LedgerLimits()) throws {
         var r = SnapshotReader(bytes: bytes)
         let magic = try r.integer(UInt32.self)
-        let known = [Ledger.snapshotMagic, Ledger.snapshotMagicVersion3, Ledger.snapshotMagicVersion2, Ledger.snapshotMagicVersion1]
+        let known = [Ledger.snapshotMagic, Ledger.snapshotMagicVersion4, Ledger.snapshotMagicVersion3, Ledger.snapshotMagicVersion2, Ledger.snapshotMagicVersion1]
         guard known.contains(magic) else {
             throw SnapshotError(description: "not a ledger snapshot")
         }
@@ -250,13 +259,14 @@ extension Ledger {
         grants = ChunkedArray(try r.array { try $0.readGrant() })
         freeGrantSlots = try r.array { try $0.integer(Int32.self) }
         nextGrantID = try r.integer()
-        for var hold in try r.array({ try $0.readHold(withGroups: magic == Ledger.snapshotMagic) }) {
+        let holdsCarryGroups = magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion4
+        for var hold in try r.array({ try $0.readHold(withGroups: holdsCarryGroups) }) {
             guard hold.account >= 0, Int(hold.account) < accounts.count else { throw SnapshotError(description: "hold \(hold.id) of an unknown account slot") }
             if hold.member != noSlot {
                 guard hold.member >= 0, Int(hold.member) < members.count else { throw SnapshotError(description: "hold \(hold.id) of an unknown member slot") }
                 // Before version 4 a group counted what its members held: the same as the groups
                 // the holds' members are in now.
-                if magic != Ledger.snapshotMagic { hold.groups = members[Int(hold.member)].groups }
+                if !holdsCarryGroups { hold.groups = members[Int(hold.member)].groups }
             }
             for group in hold.groups where group < 0 || Int(group) >= groups.count || groups[Int(group)].account != hold.account {
                 throw SnapshotError(description: "hold \(hold.id) counts against an unknown group slot \(group)")
@@ -282,7 +292,7 @@ extension Ledger {
         events.storage = (heap, try r.integer(), try r.int())
         let firstPosition = try r.integer(UInt64.self)
         // Before version 3 an entry carried its expiry: taken as decided a retention before.
-        let expiryShift = magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion3 ? 0 : -limits.idempotencyRetentionMicroseconds
+        let expiryShift = holdsCarryGroups || magic == Ledger.snapshotMagicVersion3 ? 0 : -limits.idempotencyRetentionMicroseconds
         let expiries = try r.array { r in
             IdempotencyTable.Expiry(key: IdempotencyTable.Key(low: try r.integer(), high: try r.integer()), at: try r.instant().adding(microseconds: expiryShift))
         }
@@ -356,6 +366,12 @@ extension Ledger {
                 return plan
             }) {
                 plans[plan.name] = plan
+            }
+        }
+        if magic == Ledger.snapshotMagic {
+            for (slot, destination, at) in try r.array({ r in (try r.integer(Int32.self), try r.string(), try r.instant()) }) {
+                guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "moved family of an unknown account slot \(slot)") }
+                movedOut[slot] = MovedFamily(destination: destination, at: at)
             }
         }
         guard r.position == bytes.count else { throw SnapshotError(description: "\(bytes.count - r.position) bytes left over") }

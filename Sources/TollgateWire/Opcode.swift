@@ -23,6 +23,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case balanceAt = 0x18
     /// Opens a stream of events (alerts, recharges) on this connection.
     case subscribe = 0x19
+    /// Admin: a family moved out of this shard, as the bytes MOVE_FAMILY_IN takes.
+    case familyTransfer = 0x1A
 
     // Admin operations.
     case createAccount = 0x20
@@ -49,6 +51,10 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case setAutoRecharge = 0x35
     case definePlan = 0x36
     case provision = 0x37
+    /// Admin: freezes an account family on this shard before it moves to another.
+    case moveFamilyOut = 0x38
+    /// Admin: adds a family read by FAMILY_TRANSFER from its old shard.
+    case moveFamilyIn = 0x39
 
     public var name: String {
         switch self {
@@ -90,6 +96,9 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .setAutoRecharge: "SET_AUTO_RECHARGE"
         case .definePlan: "DEFINE_PLAN"
         case .provision: "PROVISION"
+        case .familyTransfer: "FAMILY_TRANSFER"
+        case .moveFamilyOut: "MOVE_FAMILY_OUT"
+        case .moveFamilyIn: "MOVE_FAMILY_IN"
         }
     }
 

@@ -41,6 +41,8 @@ public enum WireRequest: Hashable, Sendable {
     case batch([WireRequest])
     /// Events with a sequence above `after` (absent: from now on), of one account or all.
     case subscribe(after: UInt64?, account: String?)
+    /// A family moved out of this shard, as bytes for MOVE_FAMILY_IN (admin).
+    case familyTransfer(account: String)
 
     public var opcode: Opcode {
         switch self {
@@ -51,6 +53,7 @@ public enum WireRequest: Hashable, Sendable {
         case .balanceAt: .balanceAt
         case .batch: .batch
         case .subscribe: .subscribe
+        case .familyTransfer: .familyTransfer
         case .command(let command, _): command.opcode
         }
     }
@@ -91,6 +94,8 @@ public enum WireRequest: Hashable, Sendable {
         case .subscribe(let after, let account):
             buffer.writeOptionalInteger(after)
             buffer.writeOptionalString(account)
+        case .familyTransfer(let account):
+            buffer.writeWireString(account)
         }
     }
 
@@ -127,6 +132,8 @@ public enum WireRequest: Hashable, Sendable {
             return .balance(account: try reader.string("account"), member: try reader.optionalString("member"))
         case .balanceAt:
             return .balanceAt(account: try reader.string("account"), member: try reader.optionalString("member"), at: try reader.instant("at"))
+        case .familyTransfer:
+            return .familyTransfer(account: try reader.string("account"))
         case .batch:
             let count = Int(try reader.u16("count"))
             guard count >= 1, count <= limits.maxBatchItems else {
@@ -188,6 +195,8 @@ extension Command {
         case .setAutoRecharge: .setAutoRecharge
         case .definePlan: .definePlan
         case .provision: .provision
+        case .moveFamilyOut: .moveFamilyOut
+        case .moveFamilyIn: .moveFamilyIn
         }
     }
 }
@@ -375,6 +384,13 @@ extension ByteBuffer {
                 writeThreshold(alert.threshold)
             }
             writeOptionalRecharge(plan.autoRecharge)
+        case .moveFamilyOut(let account, let destination):
+            writeWireString(account)
+            writeWireString(destination)
+        case .moveFamilyIn(let account, let transfer):
+            writeWireString(account)
+            writeInteger(UInt32(transfer.count))
+            writeBytes(transfer)
         case .provision(let provision):
             writeWireString(provision.account)
             writeWireString(provision.plan)
@@ -595,6 +611,13 @@ extension BodyReader {
             }
             plan.autoRecharge = try optionalRecharge()
             return .definePlan(plan)
+        case .moveFamilyOut:
+            return .moveFamilyOut(account: try string("account"), destination: try string("destination"))
+        case .moveFamilyIn:
+            let account = try string("account")
+            let length = Int(try u32("transfer length"))
+            var transfer = try slice("transfer", length: length)
+            return .moveFamilyIn(account: account, transfer: transfer.readBytes(length: length) ?? [])
         case .provision:
             let account = try string("account")
             let plan = try string("plan")
@@ -603,7 +626,7 @@ extension BodyReader {
             var members: [String] = []
             for index in 0..<Int(try u16("member count")) { members.append(try string("member \(index)")) }
             return .provision(Provision(account: account, plan: plan, parent: parent, seats: seats, members: members))
-        case .hello, .ping, .error, .event, .subscribe, .check, .balance, .balanceAt, .batch:
+        case .hello, .ping, .error, .event, .subscribe, .check, .balance, .balanceAt, .batch, .familyTransfer:
             preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
         }
     }

@@ -65,6 +65,8 @@ public enum WireResponse: Hashable, Sendable {
     case subscribed(nextSequence: UInt64)
     /// One event on a SUBSCRIBE stream (opcode EVENT).
     indirect case event(LedgerEvent)
+    /// The answer to FAMILY_TRANSFER: the family's bytes.
+    case transfer([UInt8])
 
     /// The header's status: 0, a ledger refusal code, or a protocol status.
     public var status: UInt16 {
@@ -119,6 +121,9 @@ public enum WireResponse: Hashable, Sendable {
             buffer.writeWireString(error.message)
         case .subscribed(let next):
             buffer.writeInteger(next)
+        case .transfer(let bytes):
+            buffer.writeInteger(UInt32(bytes.count))
+            buffer.writeBytes(bytes)
         case .event(let event):
             buffer.writeInteger(event.sequence)
             buffer.writeInstant(event.at)
@@ -176,6 +181,10 @@ public enum WireResponse: Hashable, Sendable {
             return .pong
         case .subscribe:
             return .subscribed(nextSequence: try reader.u64("nextSequence"))
+        case .familyTransfer:
+            let length = Int(try reader.u32("transfer length"))
+            var bytes = try reader.slice("transfer", length: length)
+            return .transfer(bytes.readBytes(length: length) ?? [])
         case .event:
             let sequence = try reader.u64("sequence")
             let at = try reader.instant("at")

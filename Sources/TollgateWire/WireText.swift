@@ -32,6 +32,10 @@ public enum WireText {
         string.map(quote) ?? "-"
     }
 
+    static func hex(_ bytes: [UInt8]) -> String {
+        "0x" + bytes.map { String($0 >> 4, radix: 16) + String($0 & 15, radix: 16) }.joined()
+    }
+
     static func optional(_ value: Int64?) -> String {
         value.map(String.init) ?? "-"
     }
@@ -54,6 +58,8 @@ public enum WireText {
             return ["count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + requestFields($0)).joined(separator: " "))]" }
         case .subscribe(let after, let account):
             return ["after=\(after.map(String.init) ?? "-")", "account=\(optional(account))"]
+        case .familyTransfer(let account):
+            return ["account=\(quote(account))"]
         }
     }
 
@@ -160,6 +166,10 @@ public enum WireText {
                 "name=\(quote(plan.name))", "overage=\(overage(plan.overage))", "subscription=\(plan.subscription.map(subscription) ?? "-")",
                 "grants=[\(grants.joined(separator: ","))]", "alerts=[\(alerts.joined(separator: ","))]", "recharge=\(recharge(plan.autoRecharge))",
             ]
+        case .moveFamilyOut(let account, let destination):
+            return ["account=\(quote(account))", "destination=\(quote(destination))"]
+        case .moveFamilyIn(let account, let transfer):
+            return ["account=\(quote(account))", "transfer=\(hex(transfer))"]
         case .provision(let provision):
             return [
                 "account=\(quote(provision.account))", "plan=\(quote(provision.plan))", "parent=\(optional(provision.parent))", "seats=\(provision.seats)",
@@ -254,6 +264,8 @@ public enum WireText {
             return [status, "message=\(quote(error.message))"]
         case .subscribed(let next):
             return [status, "nextSequence=\(next)"]
+        case .transfer(let bytes):
+            return [status, "transfer=\(hex(bytes))"]
         case .event(let event):
             var fields = [status, "sequence=\(event.sequence)", "at=\(event.at.microsecondsSinceEpoch)", "account=\(quote(event.account))", "member=\(optional(event.member))"]
             switch event.kind {

@@ -1,0 +1,467 @@
+/// Moving an account family — a root account and its children — from one ledger to another:
+/// in a cluster, from one shard to another (docs/CLUSTER.md, "Moving a family").
+///
+/// Three steps, each a journaled command or a read, so every replica of either shard agrees:
+/// 1. `moveFamilyOut` on the old ledger freezes the family there. From then on every command
+///    for it is refused with `familyMoved` — after its idempotency key is looked up, so a
+///    retry of a request decided there still gets its first answer — and its time-driven
+///    events no longer fire. The frozen records stay as a tombstone.
+/// 2. `familyTransfer` reads the frozen family as bytes: its accounts, members, groups, live
+///    grants, open holds, subscriptions, alerts and recharges, as of the instant it was frozen.
+/// 3. `moveFamilyIn` on the new ledger checks those bytes completely (every reference in
+///    range, every amount within the limits, the ledger's invariants over the family alone)
+///    and adds the family, keeping its hold and grant ids, so a client's open hold commits
+///    on the new shard as it would have on the old one.
+///
+/// What stays behind: the family's idempotency keys (the old shard answers retries of them;
+/// the router asks it first while they are kept), its resolved-hold memory, its burn-rate
+/// windows, and undelivered events.
+///
+/// Hold and grant ids must not collide on the new ledger: a cluster's shards allocate them
+/// from disjoint spaces (`useIDSpace(tag:)`), and an import that would collide is refused.
+
+/// A family frozen on this ledger by `moveFamilyOut`.
+public struct MovedFamily: Hashable, Sendable {
+    /// The shard it went to.
+    public var destination: String
+    /// When it was frozen: the instant its transfer describes.
+    public var at: Instant
+}
+
+extension Ledger {
+    /// Bits of the counter within an id space; the tag sits above them, so ids stay below
+    /// 2^53 and survive JSON readers that hold numbers as doubles.
+    public static let idSpaceCounterBits = 41
+    public static let idSpaceTagMax: UInt16 = 4_095
+
+    /// The id space (1...4095) of a shard, from its name: FNV-1a, reduced. Two shards of one
+    /// cluster must not share one (`tollgate cluster shards` and a joining node refuse that).
+    public static func idSpaceTag(forShard name: String) -> UInt16 {
+        var hash: UInt32 = 0x811C_9DC5
+        for byte in name.utf8 { hash = (hash ^ UInt32(byte)) &* 0x0100_0193 }
+        return UInt16(hash % UInt32(idSpaceTagMax)) + 1
+    }
+
+    /// Allocates hold and grant ids from space `tag` from now on: ids `tag << 41 + 1` up to
+    /// the next space. Called when the ledger is made (before a checkpoint or the journal is
+    /// read into it), so a replay allocates as the first run did. Tag 0 (one node, no
+    /// cluster) keeps ids from 1 with no end.
+    public mutating func useIDSpace(tag: UInt16) {
+        guard tag > 0, tag <= Ledger.idSpaceTagMax else { return }
+        let base = UInt64(tag) << UInt64(Ledger.idSpaceCounterBits)
+        idSpaceEnd = base + (1 << UInt64(Ledger.idSpaceCounterBits))
+        if nextHoldID <= base { nextHoldID = base + 1 }
+        if nextGrantID <= base { nextGrantID = base + 1 }
+    }
+
+    /// The families moved out of this ledger, by root account, with where they went.
+    public var movedFamilies: [(root: String, family: MovedFamily)] {
+        movedOut.compactMap { slot, moved in
+            let account = accounts[Int(slot)]
+            guard account.parent == noSlot, accountSlots[HashedString(account.id)] == slot else { return nil }
+            return (account.id, moved)
+        }.sorted { $0.root < $1.root }
+    }
+
+    /// Whether `account` is frozen here, and where it went.
+    public func movedFamily(of account: String) -> MovedFamily? {
+        guard !movedOut.isEmpty, let slot = accountSlots[HashedString(account)] else { return nil }
+        return movedOut[slot]
+    }
+
+    func familyMovedError(_ account: String, _ moved: MovedFamily) -> LedgerError {
+        LedgerError(.familyMoved, level: .account, subject: "\(account) is on shard \(moved.destination) now")
+    }
+
+    /// The refusal for a command naming a frozen account (as its account, or as the parent it
+    /// would attach to). Only called when some family has moved out.
+    @inline(never)
+    func movedRefusal(_ command: Command) -> Answer? {
+        if case .moveFamilyIn = command { return nil }
+        var names = [command.account]
+        switch command {
+        case .createAccount(let create): if let parent = create.parent { names.append(parent) }
+        case .setParent(_, let parent?): names.append(parent)
+        case .provision(let provision): if let parent = provision.parent { names.append(parent) }
+        default: break
+        }
+        for name in names {
+            if let slot = accountSlots[HashedString(name)], let moved = movedOut[slot] {
+                return .refused(Refusal(familyMovedError(name, moved)))
+            }
+        }
+        return nil
+    }
+
+    /// The account slots of the family rooted at `root`: the root first, then its children
+    /// in slot order.
+    func familySlots(root: Int32) -> [Int32] {
+        var slots = [root]
+        if accounts[Int(root)].childCount > 0 {
+            for (slot, account) in accounts.enumerated() where account.parent == root { slots.append(Int32(slot)) }
+        }
+        return slots
+    }
+
+    // MARK: - Step 1: freeze
+
+    mutating func moveFamilyOut(_ root: String, to destination: String, at now: Instant) -> Answer {
+        if let error = validateIdentifier(destination, "shard") { return refused(error) }
+        guard let slot = accountSlots[HashedString(root)] else { return refused(unknownAccount(root)) }
+        let parent = accounts[Int(slot)].parent
+        guard parent == noSlot else {
+            return refused(
+                LedgerError(.invalidArgument, level: .account, subject: "\(root) is a child of \(accounts[Int(parent)].id): move its family's root"))
+        }
+        for member in familySlots(root: slot) { movedOut[member] = MovedFamily(destination: destination, at: now) }
+        return .done
+    }
+
+    // MARK: - Step 2: read
+
+    /// The bytes `moveFamilyIn` takes: the family rooted at `root`, which must have been moved
+    /// out, as it was when it was frozen.
+    public func familyTransfer(root: String) -> Result<[UInt8], LedgerError> {
+        guard let slot = accountSlots[HashedString(root)] else { return .failure(unknownAccount(root)) }
+        guard let moved = movedOut[slot] else {
+            return .failure(LedgerError(.invalidArgument, level: .account, subject: "\(root) has not been moved out of this shard"))
+        }
+        guard accounts[Int(slot)].parent == noSlot else {
+            return .failure(LedgerError(.invalidArgument, level: .account, subject: "\(root) is not a family's root"))
+        }
+        var family = Ledger(limits: limits, startingAt: moved.at)
+        if let error = family.adopt(self, family: familySlots(root: slot)) { return .failure(error) }
+        return .success(family.encodeTransfer(root: root))
+    }
+
+    // MARK: - Step 3: add
+
+    mutating func moveFamilyIn(_ root: String, transfer: [UInt8], at now: Instant) -> Answer {
+        let family: Ledger
+        do {
+            family = try Ledger.decodeTransfer(transfer, root: root, limits: limits)
+        } catch {
+            return refused(LedgerError(.invalidArgument, level: .request, subject: "family transfer: \(error.description)"))
+        }
+        // The state was read at the family's clock: this ledger takes it from then on (the
+        // other shard's clock may be a little ahead of this one's).
+        advance(to: family.clock)
+        if let error = adopt(family, family: (0..<Int32(family.accounts.count)).map { $0 }) { return refused(error) }
+        // Whatever fell due between the freeze and now happens now.
+        advance(to: clock)
+        return .done
+    }
+
+    /// Copies the family `slots` of `source` (root first) into this ledger under new slots,
+    /// keeping ids, and schedules their events. Checks everything first and changes nothing
+    /// when it answers an error. Frozen accounts of the same names here are set aside (their
+    /// names point to the new records from then on).
+    mutating func adopt(_ source: Ledger, family slots: [Int32]) -> LedgerError? {
+        var accountMap: [Int32: Int32] = [:]
+        for (index, slot) in slots.enumerated() { accountMap[slot] = Int32(accounts.count + index) }
+        for slot in slots {
+            let name = source.accounts[Int(slot)].id
+            if let existing = accountSlots[HashedString(name)], movedOut[existing] == nil {
+                return LedgerError(.alreadyExists, level: .account, subject: "account \(name) is already on this shard")
+            }
+        }
+        let sourceMembers = (0..<source.members.count).filter { source.members[$0].isLive && accountMap[source.members[$0].account] != nil }
+        let sourceGroups = (0..<source.groups.count).filter { accountMap[source.groups[$0].account] != nil }
+        let sourceGrants = (0..<source.grants.count).filter { source.grants[$0].isLive && accountMap[source.grants[$0].account] != nil }
+        let sourceHolds = source.holds.values.filter { accountMap[$0.account] != nil }.sorted { $0.id < $1.id }
+        guard accounts.count + slots.count <= limits.accountsMax else {
+            return LedgerError(.limitReached, level: .ledger, subject: "accounts")
+        }
+        guard liveMemberCount + sourceMembers.count <= limits.membersMax else {
+            return LedgerError(.limitReached, level: .ledger, subject: "members")
+        }
+        guard holds.count + sourceHolds.count <= limits.holdsMax else {
+            return LedgerError(.limitReached, level: .ledger, subject: "open holds")
+        }
+        for hold in sourceHolds where holds.slot(of: HoldKey(hold.id)) != nil {
+            return LedgerError(.alreadyExists, level: .ledger, subject: "hold id \(hold.id) is already in use on this shard")
+        }
+        for slot in sourceGrants where grantSlotByID[source.grants[slot].id] != nil {
+            return LedgerError(.alreadyExists, level: .ledger, subject: "grant id \(source.grants[slot].id) is already in use on this shard")
+        }
+        let familyGrants = Set(sourceGrants.map { Int32($0) })
+        for hold in sourceHolds {
+            // A draw consumed to zero may name a grant since retired; any other names one of the family's.
+            for draw in hold.draws.all where draw.grant != noSlot && draw.amount > 0 && !familyGrants.contains(draw.grant) {
+                return LedgerError(.invalidArgument, level: .account, subject: "hold \(hold.id) draws on a grant outside the family")
+            }
+        }
+
+        // Slots: members and grants reuse free ones, as new ones would.
+        var memberMap: [Int32: Int32] = [:]
+        var nextMember = Int32(members.count)
+        var freeMembers = freeMemberSlots
+        for slot in sourceMembers {
+            if let free = freeMembers.popLast() { memberMap[Int32(slot)] = free } else { memberMap[Int32(slot)] = nextMember; nextMember += 1 }
+        }
+        var groupMap: [Int32: Int32] = [:]
+        for (index, slot) in sourceGroups.enumerated() { groupMap[Int32(slot)] = Int32(groups.count + index) }
+        var grantMap: [Int32: Int32] = [:]
+        var nextGrant = Int32(grants.count)
+        var freeGrants = freeGrantSlots
+        for slot in sourceGrants {
+            if let free = freeGrants.popLast() { grantMap[Int32(slot)] = free } else { grantMap[Int32(slot)] = nextGrant; nextGrant += 1 }
+        }
+        func mapped(_ slot: Int32, _ map: [Int32: Int32]) -> Int32 { slot == noSlot ? noSlot : map[slot] ?? noSlot }
+
+        // Set aside frozen accounts of the same names.
+        for slot in slots { accountSlots.removeValue(forKey: HashedString(source.accounts[Int(slot)].id)) }
+
+        for slot in slots {
+            var account = source.accounts[Int(slot)]
+            account.parent = mapped(account.parent, accountMap)
+            account.groupSlots = account.groupSlots.mapValues { mapped($0, groupMap) }
+            account.poolOrder = account.poolOrder.map { mapped($0, grantMap) }
+            let newSlot = Int32(accounts.count)
+            accounts.append(account)
+            accountSlots[HashedString(account.id)] = newSlot
+        }
+        for slot in sourceGroups {
+            var group = source.groups[slot]
+            group.account = mapped(group.account, accountMap)
+            groups.append(group)
+        }
+        freeMemberSlots = freeMembers
+        for slot in sourceMembers {
+            var member = source.members[slot]
+            member.account = mapped(member.account, accountMap)
+            member.groups = member.groups.map { mapped($0, groupMap) }
+            member.grantOrder = member.grantOrder.map { mapped($0, grantMap) }
+            let newSlot = memberMap[Int32(slot)]!
+            if Int(newSlot) < members.count {
+                members[Int(newSlot)] = member
+                if Int(newSlot) < memberBurn.count { memberBurn[Int(newSlot)] = BurnWindow() }
+            } else {
+                members.append(member)
+            }
+            memberSlots[MemberKey(account: member.account, member: member.id)] = newSlot
+            liveMemberCount += 1
+        }
+        freeGrantSlots = freeGrants
+        for slot in sourceGrants {
+            var grant = source.grants[slot]
+            grant.account = mapped(grant.account, accountMap)
+            grant.member = mapped(grant.member, memberMap)
+            let newSlot = grantMap[Int32(slot)]!
+            if Int(newSlot) < grants.count { grants[Int(newSlot)] = grant } else { grants.append(grant) }
+            grantSlotByID[grant.id] = newSlot
+            if grant.state == .pending { schedule(.grantEffective(slot: newSlot, grant: grant.id), at: grant.effectiveAt) }
+            if grant.expiresAt != .distantFuture { schedule(.grantExpiry(slot: newSlot, grant: grant.id), at: grant.expiresAt) }
+        }
+        for var hold in sourceHolds {
+            hold.account = mapped(hold.account, accountMap)
+            hold.member = mapped(hold.member, memberMap)
+            // A draw consumed to zero on a grant since retired is never read again: left out.
+            hold.draws = DrawList(exactly: hold.draws.all.compactMap { draw in
+                if draw.grant == noSlot { return draw }
+                return grantMap[draw.grant].map { Draw(grant: $0, amount: draw.amount) }
+            })
+            hold.groups = hold.groups.map { mapped($0, groupMap) }
+            holds.insert(hold)
+            schedule(.holdDeadline(hold.id), at: hold.deadline)
+        }
+        for slot in slots {
+            let newSlot = accountMap[slot]!
+            if var state = source.subscriptions[slot] {
+                state.seatMembers = state.seatMembers.map { mapped($0, memberMap) }
+                subscriptions[newSlot] = state
+                if state.terms != nil { schedule(.periodBoundary(account: newSlot, end: state.periodEnd), at: state.periodEnd) }
+                if let pending = state.pendingSeats { schedule(.seatChange(account: newSlot, at: pending.at), at: pending.at) }
+            }
+            if let states = source.alerts[slot] {
+                alerts[newSlot] = states.map { state in
+                    var state = state
+                    state.member = mapped(state.member, memberMap)
+                    return state
+                }
+            }
+            if let recharge = source.recharges[slot] { recharges[newSlot] = recharge }
+            accounts[Int(newSlot)].isWatched = alerts[newSlot] != nil || recharges[newSlot] != nil
+        }
+        return nil
+    }
+
+    // MARK: - The transfer's bytes
+
+    /// "TGF1": a family transfer, version 1.
+    static let transferMagic: UInt32 = 0x5447_4631
+
+    /// This ledger (holding one family, root first, slots dense) as a transfer.
+    func encodeTransfer(root: String) -> [UInt8] {
+        var w = SnapshotWriter()
+        w.integer(Ledger.transferMagic)
+        w.instant(clock)
+        w.string(root)
+        w.array(accounts) { w, account in w.write(account) }
+        w.array(members) { w, member in w.write(member) }
+        w.array(groups) { w, group in
+            w.string(group.id)
+            w.integer(group.account)
+            w.bool(group.isLive)
+            w.optional(group.capLimit) { $0.integer($1) }
+            w.write(group.usage)
+            w.int(group.memberCount)
+        }
+        w.array(grants) { w, grant in w.write(grant) }
+        w.array(holds.values.sorted { $0.id < $1.id }) { w, hold in w.write(hold, withGroups: true) }
+        w.array(subscriptions.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.write(entry.value)
+        }
+        w.array(alerts.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.array(entry.value) { w, state in
+                w.write(state.rule)
+                w.integer(state.member)
+                w.bool(state.armed)
+            }
+        }
+        w.array(recharges.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.write(entry.value.rule)
+            w.integer(entry.value.count)
+            w.instant(entry.value.windowEnd)
+        }
+        return w.bytes
+    }
+
+    /// A ledger holding just the family a transfer describes, at the transfer's instant.
+    /// Every reference and amount is checked before anything reads through it, and then the
+    /// ledger's invariants; anything wrong is a `SnapshotError`.
+    static func decodeTransfer(_ bytes: [UInt8], root: String, limits: LedgerLimits) throws(SnapshotError) -> Ledger {
+        func fail(_ reason: String) -> SnapshotError { SnapshotError(description: reason) }
+        var family: Ledger
+        do {
+            var r = SnapshotReader(bytes: bytes)
+            guard try r.integer(UInt32.self) == transferMagic else { throw fail("not a family transfer") }
+            family = Ledger(limits: limits, startingAt: try r.instant())
+            guard try r.string() == root else { throw fail("it is not the family of \(root)") }
+            family.accounts = ChunkedArray(try r.array { try $0.readAccount() })
+            family.members = ChunkedArray(try r.array { try $0.readMember() })
+            family.groups = ChunkedArray(try r.array { r in
+                var group = GroupRecord(id: try r.string(), account: try r.integer(), usage: UsageCounter(windowEnd: .epoch))
+                group.isLive = try r.bool()
+                group.capLimit = try r.optional { try $0.integer(Int64.self) }
+                group.usage = try r.readUsage()
+                group.memberCount = try r.int()
+                return group
+            })
+            family.grants = ChunkedArray(try r.array { try $0.readGrant() })
+            let holds = try r.array { try $0.readHold(withGroups: true) }
+            let subscriptions = try r.array { r in (try r.integer(Int32.self), try r.readSubscription()) }
+            let alerts = try r.array { r in
+                (try r.integer(Int32.self), try r.array { r in AlertState(rule: try r.readAlertRule(), member: try r.integer(), armed: try r.bool()) })
+            }
+            let recharges = try r.array { r in
+                (try r.integer(Int32.self), RechargeState(rule: try r.readRecharge(), count: try r.integer(), windowEnd: try r.instant()))
+            }
+            guard r.position == bytes.count else { throw fail("\(bytes.count - r.position) bytes left over") }
+            try family.checkTransferred(root: root, holds: holds, subscriptions: subscriptions, alerts: alerts, recharges: recharges)
+        } catch let error as SnapshotError {
+            throw error
+        } catch {
+            throw fail("\(error)")
+        }
+        if let violation = family.invariantViolations().first { throw fail(violation) }
+        return family
+    }
+
+    /// Checks a decoded family's references and amounts, then builds its indexes.
+    private mutating func checkTransferred(
+        root: String, holds holdList: [HoldRecord], subscriptions subscriptionList: [(Int32, SubscriptionState)],
+        alerts alertList: [(Int32, [AlertState])], recharges rechargeList: [(Int32, RechargeState)]
+    ) throws(SnapshotError) {
+        func fail(_ reason: String) -> SnapshotError { SnapshotError(description: reason) }
+        let accountCount = accounts.count
+        let memberCount = members.count
+        let groupCount = groups.count
+        let grantCount = grants.count
+        // A transfer is bounded by a frame; these bounds keep every sum the checks make far
+        // from overflowing.
+        let countMax = 1 << 16
+        guard accountCount > 0 else { throw fail("it holds no account") }
+        guard accountCount <= countMax, memberCount <= countMax, groupCount <= countMax, grantCount <= countMax, holdList.count <= countMax else {
+            throw fail("it holds too many records")
+        }
+        let sumMax: Credits = 1 << 46
+        func inRange(_ slot: Int32, _ count: Int, optional: Bool = false) -> Bool { (optional && slot == noSlot) || (slot >= 0 && Int(slot) < count) }
+        func credits(_ value: Credits, _ upTo: Credits) -> Bool { value >= 0 && value <= upTo }
+        func counted(_ value: Int) -> Bool { value >= 0 && value <= countMax }
+        func usage(_ usage: UsageCounter) -> Bool { credits(usage.held, sumMax) && usage.consumed >= 0 }
+        func identifier(_ id: String) -> Bool { !id.isEmpty && id.utf8.count <= limits.identifierBytesMax }
+
+        for (slot, account) in accounts.enumerated() {
+            guard identifier(account.id) else { throw fail("account \(slot) has a bad id") }
+            if slot == 0 {
+                guard account.id == root, account.parent == noSlot, Int(account.childCount) == accountCount - 1 else { throw fail("its first account is not the root \(root) of \(accountCount - 1) children") }
+            } else {
+                guard account.parent == 0, account.childCount == 0 else { throw fail("account \(account.id) is not a child of \(root)") }
+            }
+            guard account.groupSlots.values.allSatisfy({ inRange($0, groupCount) }), account.poolOrder.allSatisfy({ inRange($0, grantCount) }) else {
+                throw fail("account \(account.id) names a group or grant that is not in the transfer")
+            }
+            guard credits(account.poolAvailable, sumMax), credits(account.overdrawn, sumMax), credits(account.overdraftHeld, sumMax), usage(account.usage),
+                counted(account.memberCount), counted(account.liveGrants), counted(account.openHolds), account.capLimit.map({ credits($0, limits.creditsMax) }) ?? true
+            else { throw fail("account \(account.id) has an amount out of range") }
+            guard accountSlots.updateValue(Int32(slot), forKey: HashedString(account.id)) == nil else { throw fail("account \(account.id) is in it twice") }
+        }
+        for (slot, group) in groups.enumerated() {
+            guard identifier(group.id), inRange(group.account, accountCount), usage(group.usage), counted(group.memberCount),
+                group.capLimit.map({ credits($0, limits.creditsMax) }) ?? true
+            else { throw fail("group \(slot) is out of range") }
+        }
+        for (slot, member) in members.enumerated() {
+            guard identifier(member.id), member.isLive, inRange(member.account, accountCount) else { throw fail("member \(slot) is out of range") }
+            guard member.groups.allSatisfy({ inRange($0, groupCount) && groups[Int($0)].account == member.account }), member.grantOrder.allSatisfy({ inRange($0, grantCount) }) else {
+                throw fail("member \(member.id) names a group or grant that is not in the transfer")
+            }
+            guard credits(member.available, sumMax), usage(member.usage), counted(member.openHolds), counted(member.pendingGrants),
+                member.capLimit.map({ credits($0, limits.creditsMax) }) ?? true
+            else { throw fail("member \(member.id) has an amount out of range") }
+            guard memberSlots.updateValue(Int32(slot), forKey: MemberKey(account: member.account, member: member.id)) == nil else { throw fail("member \(member.id) is in it twice") }
+            liveMemberCount += 1
+            accounts[Int(member.account)].membersAvailable += member.available
+        }
+        for (slot, grant) in grants.enumerated() {
+            guard grant.isLive, inRange(grant.account, accountCount), inRange(grant.member, memberCount, optional: true) else { throw fail("grant \(grant.id) is out of range") }
+            guard [grant.amount, grant.available, grant.held, grant.consumed, grant.expired, grant.voided].allSatisfy({ credits($0, limits.creditsMax) }) else {
+                throw fail("grant \(grant.id) has an amount out of range")
+            }
+            guard grantSlotByID[grant.id] == nil else { throw fail("grant \(grant.id) is in it twice") }
+            grantSlotByID[grant.id] = Int32(slot)
+        }
+        for hold in holdList {
+            guard hold.id > 0, inRange(hold.account, accountCount), inRange(hold.member, memberCount, optional: true) else { throw fail("hold \(hold.id) is out of range") }
+            guard hold.draws.all.allSatisfy({ inRange($0.grant, grantCount, optional: true) && credits($0.amount, limits.creditsMax) }),
+                hold.groups.allSatisfy({ inRange($0, groupCount) })
+            else { throw fail("hold \(hold.id) names a grant or group that is not in the transfer") }
+            guard credits(hold.quantity, limits.quantityMax), credits(hold.creditsPerUnit, limits.creditsMax), credits(hold.original, limits.creditsMax),
+                credits(hold.held, limits.creditsMax), credits(hold.committed, limits.creditsMax)
+            else { throw fail("hold \(hold.id) has an amount out of range") }
+            guard holds.slot(of: HoldKey(hold.id)) == nil else { throw fail("hold \(hold.id) is in it twice") }
+            holds.insert(hold)
+        }
+        for (slot, state) in subscriptionList {
+            guard inRange(slot, accountCount), subscriptions[slot] == nil, state.seatMembers.allSatisfy({ inRange($0, memberCount) }) else {
+                throw fail("a subscription is out of range")
+            }
+            subscriptions[slot] = state
+        }
+        for (slot, states) in alertList {
+            guard inRange(slot, accountCount), alerts[slot] == nil, states.allSatisfy({ inRange($0.member, memberCount, optional: true) }) else {
+                throw fail("an alert is out of range")
+            }
+            alerts[slot] = states
+        }
+        for (slot, state) in rechargeList {
+            guard inRange(slot, accountCount), recharges[slot] == nil else { throw fail("a recharge is out of range") }
+            recharges[slot] = state
+        }
+        for slot in Set(alerts.keys).union(recharges.keys) { accounts[Int(slot)].isWatched = true }
+    }
+}
