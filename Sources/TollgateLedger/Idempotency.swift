@@ -504,6 +504,37 @@ struct ResolvedHolds: Hashable, Sendable {
         order.append(Expiry(hold: hold, at: expiry))
     }
 
+    /// The remembered holds of some accounts, oldest first: `accounts` maps each account's
+    /// slot here to the slot it is given.
+    func entries(of accounts: [Int32: Int32]) -> [(hold: HoldID, resolved: Resolved, until: Instant)] {
+        order.compactMap { expiry in
+            guard let resolved = resolutions[HoldKey(expiry.hold)], let account = accounts[resolved.account] else { return nil }
+            return (expiry.hold, Resolved(account: account, resolution: resolved.resolution), expiry.at)
+        }
+    }
+
+    /// Adds entries (oldest first) where their expiries put them, replacing any of the same
+    /// holds; then the oldest go until `capacity` are left.
+    mutating func merge(_ entries: [(hold: HoldID, resolved: Resolved, until: Instant)], capacity: Int) {
+        guard !entries.isEmpty else { return }
+        let incoming = Set(entries.map(\.hold))
+        var merged = ChunkedArray<Expiry>()
+        var next = 0
+        for expiry in order where !incoming.contains(expiry.hold) {
+            while next < entries.count, entries[next].until <= expiry.at {
+                merged.append(Expiry(hold: entries[next].hold, at: entries[next].until))
+                next += 1
+            }
+            merged.append(expiry)
+        }
+        for entry in entries[next...] { merged.append(Expiry(hold: entry.hold, at: entry.until)) }
+        for entry in entries { resolutions[HoldKey(entry.hold)] = entry.resolved }
+        order = merged
+        while resolutions.count > max(0, capacity), let oldest = order.popFirst() {
+            resolutions.removeValue(forKey: HoldKey(oldest.hold))
+        }
+    }
+
     mutating func forget(through instant: Instant) {
         while let first = order.first, first.at <= instant {
             order.removeFirst(1)

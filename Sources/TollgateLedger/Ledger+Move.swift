@@ -14,8 +14,9 @@
 ///    on the new shard as it would have on the old one.
 ///
 /// What stays behind: the family's idempotency keys (the old shard answers retries of them;
-/// the router asks it first while they are kept), its resolved-hold memory, its burn-rate
-/// windows, and undelivered events.
+/// the router asks it first while they are kept), its burn-rate windows, and undelivered
+/// events. What holds it resolved lately goes with it, so a late commit of one is answered
+/// as it would have been.
 ///
 /// Hold and grant ids must not collide on the new ledger: a cluster's shards allocate them
 /// from disjoint spaces (`useIDSpace(tag:)`), and an import that would collide is refused.
@@ -159,11 +160,17 @@ extension Ledger {
     mutating func adopt(_ source: Ledger, family slots: [Int32]) -> LedgerError? {
         var accountMap: [Int32: Int32] = [:]
         for (index, slot) in slots.enumerated() { accountMap[slot] = Int32(accounts.count + index) }
+        // Frozen families here that share a name with the incoming one (it is coming back, or
+        // a move is being undone) are set aside whole.
+        var setAside = Set<Int32>()
         for slot in slots {
             let name = source.accounts[Int(slot)].id
-            if let existing = accountSlots[HashedString(name)], movedOut[existing] == nil {
+            guard let existing = accountSlots[HashedString(name)] else { continue }
+            guard movedOut[existing] != nil else {
                 return LedgerError(.alreadyExists, level: .account, subject: "account \(name) is already on this shard")
             }
+            let parent = accounts[Int(existing)].parent
+            setAside.formUnion(familySlots(root: parent == noSlot ? existing : parent))
         }
         let sourceMembers = (0..<source.members.count).filter { source.members[$0].isLive && accountMap[source.members[$0].account] != nil }
         let sourceGroups = (0..<source.groups.count).filter { accountMap[source.groups[$0].account] != nil }
@@ -178,10 +185,12 @@ extension Ledger {
         guard holds.count + sourceHolds.count <= limits.holdsMax else {
             return LedgerError(.limitReached, level: .ledger, subject: "open holds")
         }
-        for hold in sourceHolds where holds.slot(of: HoldKey(hold.id)) != nil {
+        for hold in sourceHolds {
+            guard let slot = holds.slot(of: HoldKey(hold.id)), !setAside.contains(holds[slot: slot].account) else { continue }
             return LedgerError(.alreadyExists, level: .ledger, subject: "hold id \(hold.id) is already in use on this shard")
         }
-        for slot in sourceGrants where grantSlotByID[source.grants[slot].id] != nil {
+        for slot in sourceGrants {
+            guard let existing = grantSlotByID[source.grants[slot].id], !setAside.contains(grants[Int(existing)].account) else { continue }
             return LedgerError(.alreadyExists, level: .ledger, subject: "grant id \(source.grants[slot].id) is already in use on this shard")
         }
         let familyGrants = Set(sourceGrants.map { Int32($0) })
@@ -191,6 +200,8 @@ extension Ledger {
                 return LedgerError(.invalidArgument, level: .account, subject: "hold \(hold.id) draws on a grant outside the family")
             }
         }
+
+        for slot in setAside.sorted() { clearFrozen(slot) }
 
         // Slots: members and grants reuse free ones, as new ones would.
         var memberMap: [Int32: Int32] = [:]
@@ -265,6 +276,7 @@ extension Ledger {
             holds.insert(hold)
             schedule(.holdDeadline(hold.id), at: hold.deadline)
         }
+        resolvedHolds.merge(source.resolvedHolds.entries(of: accountMap), capacity: limits.resolvedHoldsRemembered)
         for slot in slots {
             let newSlot = accountMap[slot]!
             if var state = source.subscriptions[slot] {
@@ -284,6 +296,47 @@ extension Ledger {
             accounts[Int(newSlot)].isWatched = alerts[newSlot] != nil || recharges[newSlot] != nil
         }
         return nil
+    }
+
+    /// Empties a frozen account set aside for its family's return: its holds, grants, members,
+    /// groups and watches go (they come back with the family, under the same ids); the record
+    /// stays, frozen and nameless, so that the events still queued for it stay dead.
+    private mutating func clearFrozen(_ slot: Int32) {
+        for hold in holds.values where hold.account == slot { holds.remove(HoldKey(hold.id)) }
+        for index in 0..<grants.count where grants[index].isLive && grants[index].account == slot {
+            grants[index].isLive = false
+            grantSlotByID.removeValue(forKey: grants[index].id)
+            freeGrantSlots.append(Int32(index))
+        }
+        for index in 0..<members.count where members[index].isLive && members[index].account == slot {
+            memberSlots.removeValue(forKey: MemberKey(account: slot, member: members[index].id))
+            var member = MemberRecord(id: members[index].id, account: slot, usage: UsageCounter(windowEnd: .epoch))
+            member.isLive = false
+            members[index] = member
+            freeMemberSlots.append(Int32(index))
+            liveMemberCount -= 1
+        }
+        for index in 0..<groups.count where groups[index].account == slot {
+            groups[index].isLive = false
+            groups[index].memberCount = 0
+            groups[index].usage.held = 0
+        }
+        var account = accounts[Int(slot)]
+        account.groupSlots = [:]
+        account.poolOrder = []
+        account.poolAvailable = 0
+        account.membersAvailable = 0
+        account.overdrawn = 0
+        account.overdraftHeld = 0
+        account.liveGrants = 0
+        account.openHolds = 0
+        account.memberCount = 0
+        account.usage.held = 0
+        account.isWatched = false
+        accounts[Int(slot)] = account
+        subscriptions[slot] = nil
+        alerts[slot] = nil
+        recharges[slot] = nil
     }
 
     // MARK: - The transfer's bytes
@@ -327,6 +380,13 @@ extension Ledger {
             w.integer(entry.value.count)
             w.instant(entry.value.windowEnd)
         }
+        let identity = Dictionary(uniqueKeysWithValues: (0..<Int32(accounts.count)).map { ($0, $0) })
+        w.array(resolvedHolds.entries(of: identity)) { w, entry in
+            w.integer(entry.hold)
+            w.integer(entry.resolved.account)
+            w.integer(entry.resolved.resolution.rawValue)
+            w.instant(entry.until)
+        }
         return w.bytes
     }
 
@@ -360,7 +420,18 @@ extension Ledger {
             let recharges = try r.array { r in
                 (try r.integer(Int32.self), RechargeState(rule: try r.readRecharge(), count: try r.integer(), windowEnd: try r.instant()))
             }
+            let resolved = try r.array { r -> (hold: HoldID, resolved: ResolvedHolds.Resolved, until: Instant) in
+                let hold = try r.integer(UInt64.self)
+                let account = try r.integer(Int32.self)
+                guard let resolution = HoldResolution(rawValue: try r.integer(UInt8.self)) else { throw fail("unknown hold resolution") }
+                return (hold, ResolvedHolds.Resolved(account: account, resolution: resolution), try r.instant())
+            }
             guard r.position == bytes.count else { throw fail("\(bytes.count - r.position) bytes left over") }
+            guard resolved.count <= 1 << 16, Set(resolved.map(\.hold)).count == resolved.count,
+                resolved.allSatisfy({ $0.resolved.account >= 0 && Int($0.resolved.account) < family.accounts.count }),
+                zip(resolved, resolved.dropFirst()).allSatisfy({ $0.until <= $1.until })
+            else { throw fail("its resolved holds are out of range or out of order") }
+            family.resolvedHolds.merge(resolved, capacity: limits.resolvedHoldsRemembered)
             try family.checkTransferred(root: root, holds: holds, subscriptions: subscriptions, alerts: alerts, recharges: recharges)
         } catch let error as SnapshotError {
             throw error

@@ -158,6 +158,9 @@ struct GrantRecord: Hashable, Sendable {
     func drawsBefore(_ other: GrantRecord) -> Bool {
         if priority != other.priority { return priority < other.priority }
         if expiresAt != other.expiresAt { return expiresAt < other.expiresAt }
+        // Then the older first. On one ledger ids follow creation, so this is id order; a
+        // family moved in brings ids from another shard's space (Ledger+Move.swift).
+        if createdAt != other.createdAt { return createdAt < other.createdAt }
         return id < other.id
     }
 

@@ -106,7 +106,7 @@ public struct Principal: Hashable, Sendable {
             }
             return check(account)
         case .check(let decision): return check(decision.account)
-        case .balance(let account, _), .balanceAt(let account, _, _): return check(account)
+        case .balance(let account, _), .balanceAt(let account, _, _), .familyTransfer(let account): return check(account)
         case .command(let command, _):
             switch command {
             case .setRate:

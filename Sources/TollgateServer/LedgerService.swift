@@ -273,6 +273,8 @@ public final class LedgerService: Sendable {
             }))
         case .balance(let account, let member):
             return Handled(response: currentBalance(account: account, member: member, at: now))
+        case .familyTransfer(let account):
+            return Handled(response: familyTransfer(account))
         case .command(let command, let key):
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }
@@ -302,6 +304,27 @@ public final class LedgerService: Sendable {
                 }
                 return Handled(response: .batch(answers))
             }
+        }
+    }
+
+    /// A family moved out of this shard, as MOVE_FAMILY_IN takes it. Read from a copy of the
+    /// ledger taken under the lock (the frozen family no longer changes), so the scan of the
+    /// tables does not hold decisions up.
+    private func familyTransfer(_ account: String) -> WireResponse {
+        let ledger = state.withLock { $0.ledger }
+        switch ledger.familyTransfer(root: account) {
+        case .failure(let error):
+            return .answer(.refused(Refusal(error)))
+        case .success(let bytes):
+            // The answer and the MOVE_FAMILY_IN that carries the bytes must each fit a frame.
+            let room = configuration.maxFrameBody - 4 - 2 * 64 - 64
+            guard bytes.count <= room else {
+                return .error(
+                    WireError(
+                        .frameTooLarge,
+                        "the family of \(account) is \(bytes.count) bytes as a transfer; a frame here carries at most \(configuration.maxFrameBody): raise maxFrameBody (up to 1048576 in a cluster) on both shards to move it"))
+            }
+            return .transfer(bytes)
         }
     }
 

@@ -272,6 +272,9 @@ final class ShardRouter: RequestForwarder {
             switch command {
             case .setRate, .definePlan:
                 return await broadcast(request)
+            case .moveFamilyOut, .moveFamilyIn:
+                return .error(
+                    WireError(.forbidden, "\(command.opcode.name) goes to one shard's leader, named by the operator: `tollgate cluster move` sends it"))
             case .createAccount(let create):
                 return await send(request, to: try await place(create.account, parent: create.parent))
             case .provision(let provision):

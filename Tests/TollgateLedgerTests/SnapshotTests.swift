@@ -54,8 +54,9 @@ import TollgateLedgerTestSupport
         // The version-2 section of a ledger without subscriptions, alerts or recharges: no
         // subscriptions, none issued, no alerts, no recharges, the next event 1, none
         // recharged (48 bytes); an unused ledger-wide burn window (an empty list, 8 bytes);
-        // empty burn tables for accounts and members, no plans (40 bytes).
-        let section = 48 + 8 + 40
+        // empty burn tables for accounts and members, no plans (40 bytes); and version 5's
+        // list of families moved out, empty (8 bytes).
+        let section = 48 + 8 + 40 + 8
         var head = [UInt8](repeating: 0, count: 48)
         head[39] = 1
         #expect(Array(bytes.suffix(section).prefix(48)) == head)
@@ -94,10 +95,12 @@ import TollgateLedgerTestSupport
         Fixtures.seedsExample(&driver)
         let ledger = driver.ledger
         let bytes = ledger.snapshot()
-        #expect(Array(bytes.prefix(4)) == [0x54, 0x47, 0x4C, 0x34])
+        #expect(Array(bytes.prefix(4)) == [0x54, 0x47, 0x4C, 0x35])
         #expect(ledger.openHoldCount == 0, "the relabelled bytes below hold no hold, whose groups version 2 lacked")
-        // The same bytes read as version 2: every decision instant is taken as an expiry.
-        let versionTwo = [0x54, 0x47, 0x4C, 0x32] + Array(bytes.dropFirst(4))
+        // The same bytes read as version 2 (without version 5's empty list of families moved
+        // out): every decision instant is taken as an expiry.
+        #expect(Array(bytes.suffix(8)) == [UInt8](repeating: 0, count: 8))
+        let versionTwo = [0x54, 0x47, 0x4C, 0x32] + Array(bytes.dropFirst(4).dropLast(8))
         let loaded = try Ledger(snapshot: versionTwo)
         let retention = ledger.limits.idempotencyRetentionMicroseconds
         #expect(!ledger.rememberedKeys.isEmpty)
