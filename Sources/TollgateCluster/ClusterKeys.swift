@@ -53,3 +53,49 @@ public struct ClusterKeys: Sendable, Hashable {
         return UInt64(digits)
     }
 }
+
+/// The value of `map/accounts/ACCOUNT`: the shard that holds the account — and, after
+/// `tollgate cluster move`, the shard it left and when, as `SHARD from OLD at MICROSECONDS`
+/// (since the epoch), so routers ask the old shard first about requests it may already have
+/// decided, while their idempotency keys are kept there (docs/CLUSTER.md, "Moving a family").
+public struct AccountPlacement: Hashable, Sendable, CustomStringConvertible {
+    public var shard: String
+    public var movedFrom: String?
+    /// When the move was recorded, in microseconds since the epoch; 0 if it never moved.
+    public var movedAt: Int64
+
+    public init(shard: String, movedFrom: String? = nil, movedAt: Int64 = 0) {
+        self.shard = shard
+        self.movedFrom = movedFrom
+        self.movedAt = movedAt
+    }
+
+    /// Nil if `text` is neither form (or names an invalid shard).
+    public init?(text: String) {
+        let parts = text.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        switch parts.count {
+        case 1 where ClusterKeys.isValidName(parts[0]):
+            self.init(shard: parts[0])
+        case 5 where ClusterKeys.isValidName(parts[0]) && parts[1] == "from" && ClusterKeys.isValidName(parts[2]) && parts[3] == "at":
+            guard let at = Int64(parts[4]), at >= 0 else { return nil }
+            self.init(shard: parts[0], movedFrom: parts[2], movedAt: at)
+        default:
+            return nil
+        }
+    }
+
+    public var text: String {
+        guard let movedFrom else { return shard }
+        return "\(shard) from \(movedFrom) at \(movedAt)"
+    }
+
+    public var description: String { text }
+
+    /// The shard to ask first about a request with an idempotency key: the one the family
+    /// left, while keys decided there may still be kept (`retentionMicroseconds` after the
+    /// move, by the wall clock `now`); else where it is.
+    public func firstShard(forKeyedRequestAt now: Int64, retentionMicroseconds: Int64) -> String {
+        guard let movedFrom, now < movedAt &+ retentionMicroseconds else { return shard }
+        return movedFrom
+    }
+}

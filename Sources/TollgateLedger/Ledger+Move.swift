@@ -390,6 +390,16 @@ extension Ledger {
         return w.bytes
     }
 
+    /// The names of the accounts a transfer carries, root first (for placing them), or nil if
+    /// the bytes are not a transfer of `root`'s family.
+    public static func transferAccounts(_ bytes: [UInt8], root: String) -> [String]? {
+        var r = SnapshotReader(bytes: bytes)
+        guard (try? r.integer(UInt32.self)) == transferMagic, (try? r.instant()) != nil, (try? r.string()) == root,
+            let accounts = try? r.array({ try $0.readAccount() })
+        else { return nil }
+        return accounts.map(\.id)
+    }
+
     /// A ledger holding just the family a transfer describes, at the transfer's instant.
     /// Every reference and amount is checked before anything reads through it, and then the
     /// ledger's invariants; anything wrong is a `SnapshotError`.

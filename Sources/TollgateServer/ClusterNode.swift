@@ -1,4 +1,5 @@
 import Logging
+import Foundation
 import NIOCore
 import Synchronization
 import TollgateCluster
@@ -74,6 +75,17 @@ final class ClusterNode: Sendable {
             last = try await log.lastSequence()
         } catch {
             throw ServerError("cannot read shard \(configuration.shard)'s journal from etcd (\(configuration.etcdEndpoints.joined(separator: ","))): \(error)")
+        }
+        // Ids are allocated from a space per shard (Ledger+Move.swift): two shards sharing one
+        // could not take each other's families.
+        if let value = try? await log.client.range(log.keys.shardList).kvs.first?.value,
+            let list = try? JSONDecoder().decode([String].self, from: Data(value))
+        {
+            let mine = configuration.idSpaceTag
+            if let other = list.first(where: { $0 != configuration.shard && Ledger.idSpaceTag(forShard: $0) == mine }) {
+                throw ServerError(
+                    "shards \(configuration.shard) and \(other) would allocate hold and grant ids from the same space (\(mine)): rename one of them (docs/CLUSTER.md, \"Moving a family\")")
+            }
         }
         if local > last {
             throw ServerError(

@@ -87,6 +87,9 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var etcdTimeoutMilliseconds: Int64 = 1_000
 
     public var isClustered: Bool { !etcdEndpoints.isEmpty && !router }
+    /// The hold and grant id space of this node's shard (`Ledger.useIDSpace(tag:)`): shards
+    /// allocate ids apart, so a family moved between them keeps its ids. 0 for a single node.
+    public var idSpaceTag: UInt16 { isClustered ? Ledger.idSpaceTag(forShard: shard) : 0 }
 
     /// Router mode: no ledger; each request goes to the leader of its account's shard
     /// (docs/CLUSTER.md, "The routing sidecar"). Needs `etcdEndpoints`.

@@ -81,8 +81,9 @@ public final class LedgerService: Sendable {
         self.hub = hub
         self.configuration = configuration
         self.clock = clock
-        self.state = Mutex(
-            State(ledger: Ledger(limits: configuration.limits, startingAt: clock()), journal: nil, activity: ActivityLog(capacity: configuration.recentActivityKept)))
+        var ledger = Ledger(limits: configuration.limits, startingAt: clock())
+        ledger.useIDSpace(tag: configuration.idSpaceTag)
+        self.state = Mutex(State(ledger: ledger, journal: nil, activity: ActivityLog(capacity: configuration.recentActivityKept)))
     }
 
     // MARK: A cluster's roles (docs/CLUSTER.md)
@@ -357,6 +358,7 @@ public final class LedgerService: Sendable {
             }
         }
         var history = base?.ledger ?? Ledger(limits: configuration.limits, startingAt: .epoch)
+        history.useIDSpace(tag: configuration.idSpaceTag)
         do {
             _ = try Journal.scan(directory: directory, repair: false, after: base?.position) { record in
                 guard record.instant <= at else { throw StopReplay() }

@@ -28,6 +28,9 @@ final class ShardRouter: RequestForwarder {
     let token: String
     let group: any EventLoopGroup
     let retryWindow: Duration
+    /// How long after a move the shard a family left is asked first about keyed requests:
+    /// the idempotency retention (the router's setting, which should be the nodes').
+    let keyRetentionMicroseconds: Int64
 
     private struct State {
         /// The shards new account families are placed on, from `map/shards`.
@@ -60,6 +63,7 @@ final class ShardRouter: RequestForwarder {
         self.token = token
         self.group = group
         self.retryWindow = .seconds(configuration.routerRetrySeconds)
+        self.keyRetentionMicroseconds = configuration.limits.idempotencyRetentionMicroseconds
     }
 
     /// Reads the shard map — the shard list and every placement, at one revision — and
@@ -195,25 +199,40 @@ final class ShardRouter: RequestForwarder {
     /// Where `account` is, or nil if no shard holds it. Both are remembered: the watch on the
     /// map tells of placements made later (and a new shard list clears what was remembered).
     func shard(of account: String) async throws -> String? {
+        try await placement(of: account)?.shard
+    }
+
+    func placement(of account: String) async throws -> AccountPlacement? {
         let (known, complete) = state.withLock { ($0.placements[account], $0.complete) }
-        if let known { return known.isEmpty ? nil : known }
+        if let known { return known.isEmpty ? nil : parsed(known, account) }
         if complete { return nil }
+        return try await freshPlacement(of: account)
+    }
+
+    /// The placement as etcd has it now, remembered.
+    func freshPlacement(of account: String) async throws -> AccountPlacement? {
         guard let value = try await etcd.range(keys.placement(account)).kvs.first?.value else {
             remember(account, on: "")
             return nil
         }
-        let shard = String(decoding: value, as: UTF8.self)
-        remember(account, on: shard)
-        return shard
+        let text = String(decoding: value, as: UTF8.self)
+        remember(account, on: text)
+        return parsed(text, account)
     }
 
-    private func remember(_ account: String, on shard: String) {
+    private func parsed(_ text: String, _ account: String) -> AccountPlacement? {
+        if let placement = AccountPlacement(text: text) { return placement }
+        logger.warning("a placement in etcd is not a shard name", metadata: ["account": "\(account)", "value": "\(text)"])
+        return nil
+    }
+
+    private func remember(_ account: String, on placement: String) {
         state.withLock { state in
             if state.placements.count >= Self.placementsMax {
                 state.placements = [:]
                 state.complete = false
             }
-            state.placements[account] = shard
+            state.placements[account] = placement
         }
     }
 
@@ -265,9 +284,9 @@ final class ShardRouter: RequestForwarder {
     private func routeOnce(_ request: WireRequest, refusedItems: [WireError?]?) async throws -> WireResponse {
         switch request {
         case .check(let decision):
-            return await send(request, to: try await target(decision.account))
+            return try await sendFollowingMoves(request, account: decision.account, keyed: false)
         case .balance(let account, _), .balanceAt(let account, _, _):
-            return await send(request, to: try await target(account))
+            return try await sendFollowingMoves(request, account: account, keyed: false)
         case .command(let command, _):
             switch command {
             case .setRate, .definePlan:
@@ -287,9 +306,9 @@ final class ShardRouter: RequestForwarder {
                             .forbidden,
                             "\(account) is on shard \(own) and \(parent) is not: a family must be on one shard (docs/CLUSTER.md, \"The shard map and the routing sidecar\")"))
                 }
-                return await send(request, to: own)
+                return try await sendFollowingMoves(request, account: account, keyed: true, first: own)
             default:
-                return await send(request, to: try await target(command.account))
+                return try await sendFollowingMoves(request, account: command.account, keyed: true)
             }
         case .batch(let items):
             return try await routeBatch(items, refusedItems: refusedItems)
@@ -304,6 +323,38 @@ final class ShardRouter: RequestForwarder {
         try await shard(of: account) ?? hashShard(account)
     }
 
+    /// Where a request goes first: for a request with an idempotency key, the shard its
+    /// family left while keys decided there are kept (it answers those as it first did, and
+    /// `familyMoved` to the rest); else the shard that holds it.
+    private func firstTarget(_ account: String, keyed: Bool) async throws -> String {
+        guard let placement = try await placement(of: account) else { return hashShard(account) }
+        guard keyed else { return placement.shard }
+        return placement.firstShard(forKeyedRequestAt: Self.wallMicroseconds(), retentionMicroseconds: keyRetentionMicroseconds)
+    }
+
+    static func wallMicroseconds() -> Int64 { wallClock().microsecondsSinceEpoch }
+
+    /// Sends to the shard the family is on, following it when the shard answers
+    /// `familyMoved`: a shard it left (asked first about keyed requests, or named by a
+    /// placement not yet updated here) sends the router to etcd for where it is now; while
+    /// etcd still names the shard it left (a move under way), the router waits and asks again,
+    /// for up to `retryWindow`.
+    private func sendFollowingMoves(_ request: WireRequest, account: String, keyed: Bool, first: String? = nil) async throws -> WireResponse {
+        var target: String
+        if let first { target = first } else { target = try await firstTarget(account, keyed: keyed) }
+        let start = ContinuousClock.now
+        while true {
+            let response = await send(request, to: target)
+            guard response.isFamilyMoved else { return response }
+            if let now = try await freshPlacement(of: account)?.shard, now != target {
+                target = now
+                continue
+            }
+            if ContinuousClock.now - start > retryWindow { return response }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
     /// A BATCH: its items grouped by shard, each group sent as a BATCH of its own (all at
     /// once), the answers put back in the items' order.
     private func routeBatch(_ items: [WireRequest], refusedItems: [WireError?]?) async throws -> WireResponse {
@@ -314,14 +365,48 @@ final class ShardRouter: RequestForwarder {
                 answers[index] = BatchItemResponse(opcode: item.opcode, response: .error(refusal))
                 continue
             }
-            let account: String
             switch item {
-            case .check(let decision): account = decision.account
-            case .command(let command, _): account = command.account
-            default: account = ""
+            case .check(let decision): groups[try await firstTarget(decision.account, keyed: false), default: []].append(index)
+            case .command(let command, _): groups[try await firstTarget(command.account, keyed: true), default: []].append(index)
+            default: groups[try await target(""), default: []].append(index)
             }
-            groups[try await target(account), default: []].append(index)
         }
+        try await sendBatchGroups(groups, items, into: &answers)
+        // Items whose family is not where they were sent: to where etcd says it is now, as
+        // `sendFollowingMoves` does for one request.
+        let start = ContinuousClock.now
+        var sentTo: [Int: String] = [:]
+        for (shard, indices) in groups { for index in indices { sentTo[index] = shard } }
+        while true {
+            let moved = answers.indices.filter { answers[$0]?.response.isFamilyMoved == true }
+            if moved.isEmpty { break }
+            var regrouped: [String: [Int]] = [:]
+            var waiting = false
+            for index in moved {
+                let account: String
+                switch items[index] {
+                case .check(let decision): account = decision.account
+                case .command(let command, _): account = command.account
+                default: continue
+                }
+                guard let now = try await freshPlacement(of: account)?.shard, now != sentTo[index] else {
+                    waiting = true
+                    continue
+                }
+                regrouped[now, default: []].append(index)
+                sentTo[index] = now
+            }
+            if regrouped.isEmpty {
+                if !waiting || ContinuousClock.now - start > retryWindow { break }
+                try? await Task.sleep(for: .milliseconds(50))
+                continue
+            }
+            try await sendBatchGroups(regrouped, items, into: &answers)
+        }
+        return .batch(answers.map { $0! })
+    }
+
+    private func sendBatchGroups(_ groups: [String: [Int]], _ items: [WireRequest], into answers: inout [BatchItemResponse?]) async throws {
         let results = await withTaskGroup(of: (String, WireResponse).self) { group in
             for (shard, indices) in groups {
                 let subset = indices.map { items[$0] }
@@ -342,7 +427,6 @@ final class ShardRouter: RequestForwarder {
                 for index in indices { answers[index] = BatchItemResponse(opcode: items[index].opcode, response: .error(error)) }
             }
         }
-        return .batch(answers.map { $0! })
     }
 
     /// A request every shard must apply (rates, plans): sent to each, under the same key; the
@@ -479,5 +563,13 @@ final class ShardRouter: RequestForwarder {
     private func drop(_ address: String) async {
         let client = state.withLock { $0.upstreams.removeValue(forKey: address) }
         await client?.close()
+    }
+}
+
+extension WireResponse {
+    /// A refusal because the account's family is on another shard now.
+    var isFamilyMoved: Bool {
+        if case .answer(.refused(let refusal)) = self { return refusal.error.code == .familyMoved }
+        return false
     }
 }

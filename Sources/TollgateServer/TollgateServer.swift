@@ -343,6 +343,7 @@ public final class TollgateServer: Service, Sendable {
             lastCheckpoint.withLock { $0 = checkpoint.position.sequence }
         }
         var ledger = checkpoint?.ledger ?? Ledger(limits: configuration.limits, startingAt: .epoch)
+        ledger.useIDSpace(tag: configuration.idSpaceTag)
         // The disk tier of idempotency keys is there before the replay, which hands it the
         // keys the table lets go of as it did live.
         var archiveSettings = KeyArchive.Settings(directory: configuration.dataDirectory + "/keys", retentionMicroseconds: configuration.limits.idempotencyRetentionMicroseconds)

@@ -65,9 +65,11 @@ struct JournalCommand: ParsableCommand {
                 top-ups to bill.
                 """)
         @Argument(help: "The journal directory (DATA_DIR/journal).") var directory: String
+        @Option(help: "The shard, for the journal of a cluster's node: its hold and grant ids come from the shard's own space.") var shard: String?
 
         func run() throws {
             var ledger = Ledger(startingAt: .epoch)
+            if let shard { ledger.useIDSpace(tag: Ledger.idSpaceTag(forShard: shard)) }
             var progress = TerminalProgress(unit: "records", quiet: TerminalProgress.outputIsTerminal)
             defer { progress.finish() }
             do {
