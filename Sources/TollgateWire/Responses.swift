@@ -55,7 +55,7 @@ public struct BatchItemResponse: Hashable, Sendable {
 public enum WireResponse: Hashable, Sendable {
     indirect case hello(HelloAnswer)
     case pong
-    /// The ledger's answer to a CHECK or to a command: success, or a refusal (status 1–22).
+    /// The ledger's answer to a CHECK or to a command: success, or a refusal (status 1–23).
     case answer(Answer)
     indirect case balance(Balance)
     case batch([BatchItemResponse])

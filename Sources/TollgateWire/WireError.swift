@@ -1,4 +1,4 @@
-/// The status codes of proto/PROTOCOL.md §7.1 that are not ledger refusals (1–22 are
+/// The status codes of proto/PROTOCOL.md §7.1 that are not ledger refusals (1–23 are
 /// `LedgerError.Code`).
 public enum ProtocolStatus: UInt16, Hashable, Sendable, CaseIterable {
     case malformedFrame = 100

@@ -187,6 +187,13 @@ enum Samples {
             request(
                 "provision an account on the Team plan with 4 seats", 58,
                 .command(.provision(Provision(account: "globex", plan: "team", seats: 4, members: ["ana", "ben", "cy", "dee"])), key: "setup-34")),
+            request("freeze a family before it moves to shard s1", 59, .command(.moveFamilyOut(account: "globex", destination: "s1"), key: "move-1")),
+            request("read the frozen family", 60, .familyTransfer(account: "globex")),
+            response("the family as bytes", 60, .familyTransfer, .transfer([0x54, 0x47, 0x46, 0x31, 0x00, 0x01])),
+            request("add the family on the new shard", 61, .command(.moveFamilyIn(account: "globex", transfer: [0x54, 0x47, 0x46, 0x31, 0x00, 0x01]), key: "move-1")),
+            response(
+                "a spend for a family that moved away", 62, .spend,
+                .answer(.refused(Refusal(LedgerError(.familyMoved, level: .account, subject: "globex is on shard s1 now"))))),
             request("subscribe to one account's events from now on", 54, .subscribe(after: nil, account: "acme")),
             request("subscribe to every event after sequence 41", 55, .subscribe(after: 41, account: nil)),
             response("subscribed: the next event will be number 42", 55, .subscribe, .subscribed(nextSequence: 42)),

@@ -1,7 +1,7 @@
 """Typed exceptions, one per status of proto/PROTOCOL.md §7.1, plus the client's own.
 
     TollgateError
-    ├── Refused                 statuses 1–22: the ledger said no (the call reached it)
+    ├── Refused                 statuses 1–23: the ledger said no (the call reached it)
     │   ├── InsufficientFunds, MemberCap, GroupCap, AccountCap, ParentCap  (CreditsExhausted)
     │   └── UnknownProduct, UnknownAccount, …, GrantNotLive, NotInGroup
     ├── ProtocolError           statuses 100 and up
@@ -82,6 +82,7 @@ _REFUSALS = [
     (20, "amountOutOfRange", Refused, "A quantity, amount or cost is out of range, or overflowed."),
     (21, "grantNotLive", Refused, "The grant is expired or voided, with credits still held on it."),
     (22, "notInGroup", Refused, "The member is not in the group."),
+    (23, "familyMoved", Refused, "The account's family is on another shard now (the subject names it)."),
 ]
 _PROTOCOL = [
     (100, "malformedFrame", "The body did not decode."),

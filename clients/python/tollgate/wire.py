@@ -17,7 +17,7 @@ OPCODES = {
     0x27: "SET_MEMBER_CAP", 0x28: "CREATE_GROUP", 0x29: "DELETE_GROUP", 0x2A: "SET_GROUP_CAP", 0x2B: "ADD_TO_GROUP",
     0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
     0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS", 0x33: "SET_ALERT", 0x34: "REMOVE_ALERT", 0x35: "SET_AUTO_RECHARGE",
-    0x36: "DEFINE_PLAN", 0x37: "PROVISION",
+    0x36: "DEFINE_PLAN", 0x37: "PROVISION", 0x1A: "FAMILY_TRANSFER", 0x38: "MOVE_FAMILY_OUT", 0x39: "MOVE_FAMILY_IN",
 }
 OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
 
@@ -25,7 +25,7 @@ LEDGER_STATUS = [
     None, "insufficientFunds", "memberCap", "groupCap", "accountCap", "parentCap", "unknownProduct", "unknownAccount",
     "unknownMember", "unknownGroup", "unknownHold", "unknownGrant", "holdExpired", "holdCommitted", "holdReleased",
     "idempotencyConflict", "limitReached", "invalidArgument", "alreadyExists", "inUse", "amountOutOfRange", "grantNotLive",
-    "notInGroup",
+    "notInGroup", "familyMoved",
 ]
 PROTOCOL_STATUS = {
     100: "malformedFrame", 101: "unsupportedVersion", 102: "unknownOpcode", 103: "frameTooLarge", 104: "tooManyInFlight",
@@ -106,6 +106,8 @@ BOOL = (lambda r: bool(r.int("B")) if r.data[r.at:r.at + 1] in (b"\x00", b"\x01"
         lambda w, v: w.int("B", 1 if v else 0), lambda v: "true" if v else "false")
 STR = (lambda r: r.string(), lambda w, v: w.string(v), quote)
 OPT_STR, OPT_I64, OPT_U64 = _optional(STR), _optional(I64), _optional(U64)
+# A u32 length, then that many bytes (a family transfer); rendered as 0x and hex.
+BYTES = (lambda r: bytes(r.take(r.int("I"))), lambda w, v: (w.int("I", len(v)), w.parts.append(bytes(v))), lambda v: "0x" + bytes(v).hex())
 
 
 def _bad(what):
@@ -283,6 +285,9 @@ REQUESTS = {
     "DEFINE_PLAN": [("key", STR), ("name", STR), ("overage", OVERAGE), ("subscription", OPT_SUBSCRIPTION), ("grants", PLAN_GRANTS),
                     ("alerts", PLAN_ALERTS), ("recharge", OPT_RECHARGE)],
     "PROVISION": [("key", STR), ("account", STR), ("plan", STR), ("parent", OPT_STR), ("seats", I64), ("members", MEMBERS)],
+    "FAMILY_TRANSFER": [("account", STR)],
+    "MOVE_FAMILY_OUT": [("key", STR), ("account", STR), ("destination", STR)],
+    "MOVE_FAMILY_IN": [("key", STR), ("account", STR), ("transfer", BYTES)],
 }
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
@@ -294,6 +299,7 @@ SUCCESS = {
     "EXTEND": [("hold", U64), ("deadline", I64), ("headroom", HEADROOM)],
     "ADD_GRANT": [("grant", U64)],
     "SUBSCRIBE": [("nextSequence", U64)],
+    "FAMILY_TRANSFER": [("transfer", BYTES)],
 }
 REFUSAL = [("level", (lambda r: LEVELS[r.int("B")], lambda w, v: w.int("B", LEVELS.index(v)), str)),
            ("subject", STR), ("headroom", OPT_HEADROOM)]
