@@ -278,9 +278,14 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 }
                 return
             }
-            if case .balanceAt = request {
+            switch request {
+            case .balanceAt, .familyTransfer:
+                // Both read the whole ledger (history, or every table for a family's records):
+                // on the history threads, not this event loop.
                 answerFromHistory(context: context, request, requestID: requestID, started: started)
                 return
+            default:
+                break
             }
             if request.isMutation, let archive = service.archive {
                 let (keys, runsChecked) = service.keysToRead(request, archive: archive)
