@@ -283,7 +283,7 @@ extension WireRequest {
     /// Mutating requests carry an idempotency key, so sending them again is safe.
     var isRetriable: Bool {
         switch self {
-        case .command, .ping, .check, .balance, .balanceAt, .familyTransfer: true
+        case .command, .ping, .check, .balance, .balanceAt, .familyTransfer, .nodeFiles, .readNodeFile: true
         case .subscribe: false
         case .batch(let items): items.allSatisfy(\.isRetriable)
         case .hello: false

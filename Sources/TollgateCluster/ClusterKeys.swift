@@ -99,3 +99,24 @@ public struct AccountPlacement: Hashable, Sendable, CustomStringConvertible {
         return movedFrom
     }
 }
+
+/// What a node of a shard publishes at `shards/SHARD/nodes/NODE`, attached to a lease of its
+/// own (so it vanishes when the node stops renewing it): where it is, what it has applied and
+/// its newest checkpoint. The leader trims the log to what every node's newest checkpoint
+/// leaves needed; a new node copies the files of the node with the newest checkpoint.
+public struct NodeStatus: Codable, Sendable, Equatable {
+    public var node: String
+    /// Its gate address (HOST:PORT).
+    public var address: String
+    /// The last record of its local journal.
+    public var applied: UInt64
+    /// The sequence its newest checkpoint includes (0: none yet).
+    public var checkpoint: UInt64
+
+    public init(node: String, address: String, applied: UInt64, checkpoint: UInt64) {
+        self.node = node
+        self.address = address
+        self.applied = applied
+        self.checkpoint = checkpoint
+    }
+}

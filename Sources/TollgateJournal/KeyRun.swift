@@ -506,7 +506,7 @@ final class KeyRun: Sendable {
 
 /// A file created or renamed in `directory` is only there after a crash once the directory is
 /// synced: segments, checkpoints and runs of keys all end with this.
-func syncDirectory(_ directory: String) throws {
+public func syncDirectory(_ directory: String) throws {
     let descriptor = open(directory, O_RDONLY)
     guard descriptor >= 0 else { throw JournalError("cannot open \(directory): \(String(cString: strerror(errno)))") }
     defer { Glibc.close(descriptor) }

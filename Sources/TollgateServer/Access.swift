@@ -100,6 +100,8 @@ public struct Principal: Hashable, Sendable {
         }
         switch request {
         case .hello, .ping, .batch: return nil
+        case .nodeFiles, .readNodeFile:
+            return WireError(.forbidden, "\(name) may touch only \(scope); \(opcode.name) reads the node's files, every account's")
         case .subscribe(_, let account):
             guard let account else {
                 return WireError(.forbidden, "\(name) may touch only \(scope); subscribe to one of those accounts")

@@ -24,6 +24,15 @@ final class ClusterNode: Sendable {
     private let deposed: @Sendable (String) -> Void
     private let now: @Sendable () -> Instant
     private let leading: @Sendable () -> Void
+    /// The sequence the node's newest checkpoint includes (0: none).
+    private let checkpointed: @Sendable () -> UInt64
+    /// The admin token other nodes of the shard accept, to copy their files.
+    private let token: String
+    /// How often the node publishes its status, and the lease that holds it.
+    static let statusInterval: Duration = .seconds(2)
+    static let statusLeaseSeconds: Int64 = 10
+    /// How often the leader trims the log.
+    static let trimInterval: Duration = .seconds(5)
 
     private struct State {
         var watch: EtcdWatch?
@@ -32,6 +41,12 @@ final class ClusterNode: Sendable {
         var campaign: Task<Void, Never>?
         var stopped = false
         var leader: CurrentLeader?
+        var housekeeping: Task<Void, Never>?
+        var statusLease: Int64 = 0
+        /// The checkpoint floor the last trim saw: a trim goes no further than the lower of it
+        /// and the floor now, so a node that has just copied a checkpoint has a round to
+        /// publish its status before the log moves past it.
+        var previousFloor: UInt64 = 0
     }
 
     private let state = Mutex(State())
@@ -40,6 +55,7 @@ final class ClusterNode: Sendable {
     /// caught up, before it decides anything (the server moves its decision clock there).
     init(
         configuration: ServerConfiguration, address: String, service: LedgerService, logger: Logger, now: @escaping @Sendable () -> Instant,
+        token: String, checkpointed: @escaping @Sendable () -> UInt64,
         leading: @escaping @Sendable () -> Void, deposed: @escaping @Sendable (String) -> Void
     ) throws {
         let (client, keys) = try configuration.etcd()
@@ -54,6 +70,8 @@ final class ClusterNode: Sendable {
         self.now = now
         self.leading = leading
         self.deposed = deposed
+        self.token = token
+        self.checkpointed = checkpointed
     }
 
     static func hostName() -> String {
@@ -100,7 +118,17 @@ final class ClusterNode: Sendable {
                     "this node's journal and shard \(configuration.shard)'s journal in etcd differ at record \(position.sequence): this data directory does not belong to this shard (or etcd's data was replaced). Start the node with an empty data directory, or point it at the right cluster and shard.")
             }
         }
-        let caughtUp = try await catchUp()
+        // Published before reading the log, so the leader trims nothing this node still needs.
+        try? await publishStatus()
+        let housekeeping = Task { await housekeep() }
+        state.withLock { $0.housekeeping = housekeeping }
+        let caughtUp: Int64
+        do {
+            caughtUp = try await catchUp()
+        } catch let behind as BehindTheLog {
+            try await stageCopy(behind)
+            throw ServerError("\(behind); copied another node's files to start from", restart: true)
+        }
         logger.info(
             "joined the shard as a follower",
             metadata: ["shard": "\(configuration.shard)", "node": "\(node)", "records": "\(service.journalPosition?.sequence ?? 0)", "revision": "\(caughtUp)"])
@@ -109,13 +137,22 @@ final class ClusterNode: Sendable {
     /// Takes every entry after the local journal's end; returns the etcd revision it read at.
     @discardableResult
     func catchUp() async throws -> Int64 {
+        var first = true
         while true {
             let position = service.journalPosition ?? Checkpoint.Position(sequence: 0, checksum: 0)
-            let read = try await log.read(from: position.sequence + 1, limit: 32)
+            var from = position.sequence + 1
+            if first {
+                // A node started from a checkpoint taken inside an entry reads that entry too.
+                if let holding = try await log.entry(holding: from), holding.first < from { from = holding.first }
+                first = false
+            }
+            let read = try await log.read(from: from, limit: 32)
+            if let oldest = read.entries.first?.first, oldest > position.sequence + 1 {
+                throw BehindTheLog(shard: configuration.shard, local: position.sequence, oldest: oldest)
+            }
             if read.entries.isEmpty {
-                if position.sequence == 0, let oldest = try await log.oldestFirst(), oldest > 1 {
-                    throw ServerError(
-                        "shard \(configuration.shard)'s journal in etcd starts at record \(oldest) (older entries were trimmed): a new node must start from a checkpoint of another node (docs/CLUSTER.md, \"Adding a node\")")
+                if let oldest = try await log.oldestFirst(), oldest > position.sequence + 1 {
+                    throw BehindTheLog(shard: configuration.shard, local: position.sequence, oldest: oldest)
                 }
                 return read.revision
             }
@@ -124,11 +161,98 @@ final class ClusterNode: Sendable {
         }
     }
 
+    /// The local journal ends before the log in etcd begins: the leader trimmed what this node
+    /// had not applied (it was down for longer than every other node took to checkpoint).
+    struct BehindTheLog: Error, CustomStringConvertible {
+        var shard: String
+        var local: UInt64
+        var oldest: UInt64
+        var description: String {
+            "this node's journal ends at record \(local) and shard \(shard)'s journal in etcd starts at \(oldest) (the records between were trimmed)"
+        }
+    }
+
+    /// Copies another node's files into `DATA/bootstrap/`, for the next start to swap in.
+    private func stageCopy(_ behind: BehindTheLog) async throws {
+        logger.warning("\(behind): copying another node's checkpoint and keys to start again from", metadata: ["shard": "\(configuration.shard)"])
+        let bootstrap = ClusterBootstrap(configuration: configuration, logger: logger, token: token)
+        try await bootstrap.copy(needing: behind.oldest - 1, etcd: client, keys: log.keys)
+    }
+
+    // MARK: Status and trimming
+
+    /// Publishes this node's status, and on the leader trims the log, until the node stops.
+    private func housekeep() async {
+        var lastTrim = ContinuousClock.now
+        while !state.withLock({ $0.stopped }) {
+            try? await Task.sleep(for: Self.statusInterval)
+            if state.withLock({ $0.stopped }) { return }
+            do {
+                try await publishStatus()
+            } catch {
+                logger.debug("cannot publish this node's status to etcd", metadata: ["error": "\(error)"])
+            }
+            if ContinuousClock.now - lastTrim >= Self.trimInterval, let token = state.withLock({ $0.leadership?.token }), service.isDeciding {
+                lastTrim = ContinuousClock.now
+                do {
+                    try await trim(token: token)
+                } catch {
+                    logger.warning("cannot trim the shard's journal in etcd", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// `shards/SHARD/nodes/NODE`, on a lease of the node's own.
+    private func publishStatus() async throws {
+        var lease = state.withLock { $0.statusLease }
+        if lease != 0, (try? await client.keepAlive(lease: lease)) ?? 0 <= 0 { lease = 0 }
+        if lease == 0 {
+            lease = try await client.grantLease(ttl: Self.statusLeaseSeconds).id
+            state.withLock { $0.statusLease = lease }
+        }
+        let status = NodeStatus(
+            node: node, address: election.record.address, applied: service.journalPosition?.sequence ?? 0, checkpoint: checkpointed())
+        _ = try await client.put(log.keys.node(configuration.shard, node), Array(try JSONEncoder().encode(status)), lease: lease)
+    }
+
+    /// Deletes the entries every node of the shard has checkpointed past: the log keeps what
+    /// the node with the oldest newest checkpoint needs after it, so any node can restart
+    /// from its own files, and any node's newest checkpoint can start a new one. Fenced by the
+    /// leader's token, like an append.
+    private func trim(token: Int64) async throws {
+        let statuses = try await client.range(log.keys.nodesPrefix(configuration.shard), end: etcdPrefixEnd(log.keys.nodesPrefix(configuration.shard))).kvs
+            .compactMap { try? JSONDecoder().decode(NodeStatus.self, from: Data($0.value)) }
+        guard statuses.contains(where: { $0.node == node }), let now = statuses.map(\.checkpoint).min() else { return }
+        let floor = state.withLock { state -> UInt64 in
+            defer { state.previousFloor = now }
+            return min(now, state.previousFloor)
+        }
+        guard floor > 0 else { return }
+        guard let keep = try await log.entry(holding: floor + 1), let oldest = try await log.oldestFirst(), keep.first > oldest else { return }
+        if let deleted = try await log.trim(before: keep.first, token: token), deleted > 0 {
+            logger.info(
+                "trimmed the shard's journal in etcd", metadata: ["entries": "\(deleted)", "before": "\(keep.first)", "nodes": "\(statuses.count)", "checkpointFloor": "\(floor)"])
+        }
+    }
+
     /// Takes one entry: skipped if the local journal already holds it, else it must follow
     /// the local journal's last record exactly.
     private func take(_ entry: LogEntry) throws {
         let position = service.journalPosition ?? Checkpoint.Position(sequence: 0, checksum: 0)
-        if entry.first <= position.sequence { return }
+        if entry.first <= position.sequence {
+            // An entry the local journal ends inside (a node started from a checkpoint taken
+            // there): its records after the end, once the one at the end is checked.
+            let records = try entry.records(chainingTo: nil).get()
+            guard let last = records.last, last.record.sequence > position.sequence else { return }
+            guard let mine = records.first(where: { $0.record.sequence == position.sequence }), mine.checksum == position.checksum else {
+                throw ServerError("shard \(configuration.shard)'s journal in etcd differs from this node's at record \(position.sequence)")
+            }
+            let start = records.first(where: { $0.record.sequence == position.sequence + 1 })!.offset
+            let rest = LogEntry(first: position.sequence + 1, bytes: Array(entry.bytes[start...]))
+            try service.ingest(ByteBuffer(bytes: rest.bytes), records: try rest.records(chainingTo: position.checksum).get())
+            return
+        }
         guard entry.first == position.sequence + 1 else {
             throw ServerError("shard \(configuration.shard)'s journal in etcd has no record \(position.sequence + 1) (its next entry starts at \(entry.first))")
         }
@@ -151,6 +275,17 @@ final class ClusterNode: Sendable {
                 if state.withLock({ $0.stopped || $0.leadership != nil }) { return }
                 do {
                     revision = try await catchUp()
+                } catch let behind as BehindTheLog {
+                    // Left behind while running (paused past its status lease, or cut off):
+                    // start again from another node's files.
+                    do {
+                        try await stageCopy(behind)
+                        depose("\(behind); copied another node's files to start from", leadershipLost: false)
+                        return
+                    } catch {
+                        logger.warning("cannot copy another node's files; retrying", metadata: ["error": "\(error)"])
+                        try? await Task.sleep(for: .seconds(2))
+                    }
                 } catch {
                     logger.warning("cannot read the shard's journal from etcd; retrying", metadata: ["error": "\(error)"])
                     try? await Task.sleep(for: .milliseconds(500))
@@ -256,26 +391,33 @@ final class ClusterNode: Sendable {
     }
 
     /// Leadership is over: decide nothing more, and have the server restart.
-    private func depose(_ reason: String) {
+    private func depose(_ reason: String, leadershipLost: Bool = true) {
         let first = state.withLock { state -> Bool in
             guard !state.stopped else { return false }
             state.stopped = true
             return true
         }
         guard first else { return }
-        service.follow(refusal: WireError(.unavailable, "this node lost the shard's leadership and is restarting (\(reason)); retry with the same key"))
-        logger.critical("no longer the shard's leader: stopping, to restart from what etcd holds", metadata: ["reason": "\(reason)"])
+        if leadershipLost {
+            service.follow(refusal: WireError(.unavailable, "this node lost the shard's leadership and is restarting (\(reason)); retry with the same key"))
+            logger.critical("no longer the shard's leader: stopping, to restart from what etcd holds", metadata: ["reason": "\(reason)"])
+        } else {
+            service.follow(refusal: WireError(.unavailable, "this node is restarting (\(reason)); retry with the same key"))
+            logger.warning("stopping, to restart from another node's files", metadata: ["reason": "\(reason)"])
+        }
         deposed(reason)
     }
 
     /// Stops following and campaigning; a leader resigns, so another takes over at once.
     func stop() async {
-        let (watch, keeper, leadership, campaign) = state.withLock { state in
+        let (watch, keeper, leadership, campaign, housekeeping, lease) = state.withLock { state in
             state.stopped = true
-            return (state.watch, state.keeper, state.leadership, state.campaign)
+            return (state.watch, state.keeper, state.leadership, state.campaign, state.housekeeping, state.statusLease)
         }
         watch?.cancel()
         campaign?.cancel()
+        housekeeping?.cancel()
+        if lease != 0 { try? await client.revoke(lease: lease) }
         keeper?.stop()
         if let leadership { await election.resign(leadership) }
         client.close()

@@ -279,7 +279,7 @@ final class GateConnectionHandler: ChannelInboundHandler {
                 return
             }
             switch request {
-            case .balanceAt, .familyTransfer:
+            case .balanceAt, .familyTransfer, .nodeFiles, .readNodeFile:
                 // Both read the whole ledger (history, or every table for a family's records):
                 // on the history threads, not this event loop.
                 answerFromHistory(context: context, request, requestID: requestID, started: started)

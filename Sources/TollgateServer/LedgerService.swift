@@ -260,6 +260,12 @@ public final class LedgerService: Sendable {
     public func handle(
         _ request: WireRequest, body: ByteBuffer? = nil, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: KeyArchive.Mark? = nil
     ) -> Handled {
+        // A node's files are its own, leader or not: a new replica copies them from any node.
+        switch request {
+        case .nodeFiles: return Handled(response: nodeFiles(), showsState: false)
+        case .readNodeFile(let name, let offset, let length): return Handled(response: readNodeFile(name: name, offset: offset, length: length), showsState: false)
+        default: break
+        }
         if !isDeciding { return Handled(response: .error(notDeciding.withLock { $0 }), showsState: false) }
         let now = clock()
         switch request {
@@ -276,6 +282,8 @@ public final class LedgerService: Sendable {
             return Handled(response: currentBalance(account: account, member: member, at: now))
         case .familyTransfer(let account):
             return Handled(response: familyTransfer(account))
+        case .nodeFiles, .readNodeFile:
+            preconditionFailure("answered above")
         case .command(let command, let key):
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }

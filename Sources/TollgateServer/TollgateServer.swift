@@ -151,8 +151,7 @@ public final class TollgateServer: Service, Sendable {
             // the process shares.
             if configuration.router {
                 // No ledger here: every request goes to a shard.
-                let token = configuration.upstreamToken.isEmpty ? try adminToken().token : configuration.upstreamToken
-                let made = try ShardRouter(configuration: configuration, token: token, group: group, logger: logger)
+                let made = try ShardRouter(configuration: configuration, token: try upstreamToken(), group: group, logger: logger)
                 readiness.set(notReadyBecause: "starting: reading the shard map from etcd")
                 do {
                     try await made.start()
@@ -162,6 +161,12 @@ public final class TollgateServer: Service, Sendable {
                 }
                 router.withLock { $0 = made }
             } else {
+                if configuration.isClustered {
+                    // A new replica, or one the shard's log has left behind, starts from another
+                    // node's files (ClusterBootstrap.swift).
+                    readiness.set(notReadyBecause: "starting: checking this node's data against shard \(configuration.shard)'s journal in etcd")
+                    try await ClusterBootstrap(configuration: configuration, logger: logger, token: try upstreamToken()).prepare()
+                }
                 try await NIOThreadPool.singleton.runIfActive { [self] in
                     try recover()
                     service.reserveIdempotencyIndex()
@@ -180,7 +185,8 @@ public final class TollgateServer: Service, Sendable {
                 let service = service
                 let events = events
                 let made = try ClusterNode(
-                    configuration: configuration, address: address, service: service, logger: logger, now: clock,
+                    configuration: configuration, address: address, service: service, logger: logger, now: clock, token: try upstreamToken(),
+                    checkpointed: { [weak self] in self?.lastCheckpoint.withLock { $0 } ?? 0 },
                     leading: {
                         decisionClock.notBefore(service.ledgerClock)
                         events.holdWebhook(false)
@@ -308,8 +314,8 @@ public final class TollgateServer: Service, Sendable {
         await eventTask.value
         try await group.shutdownGracefully()
         if let reason = deposedBecause.withLock({ $0 }) {
-            logger.notice("tollgated stopped: it no longer leads its shard and must restart", metadata: ["reason": "\(reason)"])
-            throw ServerError("no longer the shard's leader (\(reason)): restart to follow", restart: true)
+            logger.notice("tollgated stopped: it must restart to go on as a node of its shard", metadata: ["reason": "\(reason)"])
+            throw ServerError("\(reason): restart to follow the shard", restart: true)
         }
         logger.info("tollgated stopped")
     }
@@ -560,6 +566,12 @@ public final class TollgateServer: Service, Sendable {
 
     /// The admin token of a server without a credentials file: read from
     /// `<dataDirectory>/admin.token`, or made (256 random bits) and written there with mode 0600.
+    /// The admin token this node shows other nodes of its cluster: `upstreamToken`, else its
+    /// own admin token (a cluster's nodes then share one).
+    private func upstreamToken() throws -> String {
+        configuration.upstreamToken.isEmpty ? try adminToken().token : configuration.upstreamToken
+    }
+
     private func adminToken() throws -> (token: String, path: String, created: Bool) {
         let path = configuration.dataDirectory + "/admin.token"
         if let bytes = try? readFile(path, what: "admin token") {

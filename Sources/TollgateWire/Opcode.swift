@@ -25,6 +25,11 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case subscribe = 0x19
     /// Admin: a family moved out of this shard, as the bytes MOVE_FAMILY_IN takes.
     case familyTransfer = 0x1A
+    /// Admin, node to node: the files a new replica starts from (the newest checkpoint, the
+    /// idempotency keys' runs).
+    case nodeFiles = 0x1B
+    /// Admin, node to node: a piece of one of those files.
+    case readNodeFile = 0x1C
 
     // Admin operations.
     case createAccount = 0x20
@@ -97,6 +102,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .definePlan: "DEFINE_PLAN"
         case .provision: "PROVISION"
         case .familyTransfer: "FAMILY_TRANSFER"
+        case .nodeFiles: "NODE_FILES"
+        case .readNodeFile: "READ_NODE_FILE"
         case .moveFamilyOut: "MOVE_FAMILY_OUT"
         case .moveFamilyIn: "MOVE_FAMILY_IN"
         }

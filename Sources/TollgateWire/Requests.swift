@@ -43,6 +43,10 @@ public enum WireRequest: Hashable, Sendable {
     case subscribe(after: UInt64?, account: String?)
     /// A family moved out of this shard, as bytes for MOVE_FAMILY_IN (admin).
     case familyTransfer(account: String)
+    /// The files a new replica of this node's shard starts from (admin).
+    case nodeFiles
+    /// At most `length` bytes of one of them from `offset` (admin).
+    case readNodeFile(name: String, offset: UInt64, length: UInt32)
 
     public var opcode: Opcode {
         switch self {
@@ -54,6 +58,8 @@ public enum WireRequest: Hashable, Sendable {
         case .batch: .batch
         case .subscribe: .subscribe
         case .familyTransfer: .familyTransfer
+        case .nodeFiles: .nodeFiles
+        case .readNodeFile: .readNodeFile
         case .command(let command, _): command.opcode
         }
     }
@@ -96,6 +102,12 @@ public enum WireRequest: Hashable, Sendable {
             buffer.writeOptionalString(account)
         case .familyTransfer(let account):
             buffer.writeWireString(account)
+        case .nodeFiles:
+            break
+        case .readNodeFile(let name, let offset, let length):
+            buffer.writeWireString(name)
+            buffer.writeInteger(offset)
+            buffer.writeInteger(length)
         }
     }
 
@@ -134,6 +146,10 @@ public enum WireRequest: Hashable, Sendable {
             return .balanceAt(account: try reader.string("account"), member: try reader.optionalString("member"), at: try reader.instant("at"))
         case .familyTransfer:
             return .familyTransfer(account: try reader.string("account"))
+        case .nodeFiles:
+            return .nodeFiles
+        case .readNodeFile:
+            return .readNodeFile(name: try reader.string("name"), offset: try reader.u64("offset"), length: try reader.u32("length"))
         case .batch:
             let count = Int(try reader.u16("count"))
             guard count >= 1, count <= limits.maxBatchItems else {
@@ -626,7 +642,7 @@ extension BodyReader {
             var members: [String] = []
             for index in 0..<Int(try u16("member count")) { members.append(try string("member \(index)")) }
             return .provision(Provision(account: account, plan: plan, parent: parent, seats: seats, members: members))
-        case .hello, .ping, .error, .event, .subscribe, .check, .balance, .balanceAt, .batch, .familyTransfer:
+        case .hello, .ping, .error, .event, .subscribe, .check, .balance, .balanceAt, .batch, .familyTransfer, .nodeFiles, .readNodeFile:
             preconditionFailure("\(opcode.name) is not a command; decodeFields handles it")
         }
     }

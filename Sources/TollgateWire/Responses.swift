@@ -65,8 +65,11 @@ public enum WireResponse: Hashable, Sendable {
     case subscribed(nextSequence: UInt64)
     /// One event on a SUBSCRIBE stream (opcode EVENT).
     indirect case event(LedgerEvent)
-    /// The answer to FAMILY_TRANSFER: the family's bytes.
+    /// The answer to FAMILY_TRANSFER (the family's bytes) and to READ_NODE_FILE (a piece of
+    /// the file).
     case transfer([UInt8])
+    /// The answer to NODE_FILES.
+    case files([NodeFile])
 
     /// The header's status: 0, a ledger refusal code, or a protocol status.
     public var status: UInt16 {
@@ -124,6 +127,12 @@ public enum WireResponse: Hashable, Sendable {
         case .transfer(let bytes):
             buffer.writeInteger(UInt32(bytes.count))
             buffer.writeBytes(bytes)
+        case .files(let files):
+            buffer.writeInteger(UInt16(clamping: files.count))
+            for file in files.prefix(Int(UInt16.max)) {
+                buffer.writeWireString(file.name)
+                buffer.writeInteger(file.bytes)
+            }
         case .event(let event):
             buffer.writeInteger(event.sequence)
             buffer.writeInstant(event.at)
@@ -181,7 +190,13 @@ public enum WireResponse: Hashable, Sendable {
             return .pong
         case .subscribe:
             return .subscribed(nextSequence: try reader.u64("nextSequence"))
-        case .familyTransfer:
+        case .nodeFiles:
+            var files: [NodeFile] = []
+            for index in 0..<Int(try reader.u16("file count")) {
+                files.append(NodeFile(name: try reader.string("file \(index) name"), bytes: try reader.u64("file \(index) bytes")))
+            }
+            return .files(files)
+        case .familyTransfer, .readNodeFile:
             let length = Int(try reader.u32("transfer length"))
             var bytes = try reader.slice("transfer", length: length)
             return .transfer(bytes.readBytes(length: length) ?? [])
@@ -467,5 +482,17 @@ extension BodyReader {
         return Balance(
             account: account, member: member, at: at, periodStart: periodStart, periodEnd: periodEnd, headroom: headroom,
             levels: levels, funds: funds, grants: grants, openHolds: openHolds, subscription: subscription, burn: burn)
+    }
+}
+
+/// A file a new replica starts from (NODE_FILES): its name in the node's data directory
+/// (`checkpoint-….tgc`, `keys-….tgk`) and its size.
+public struct NodeFile: Hashable, Sendable {
+    public var name: String
+    public var bytes: UInt64
+
+    public init(name: String, bytes: UInt64) {
+        self.name = name
+        self.bytes = bytes
     }
 }

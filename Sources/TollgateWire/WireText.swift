@@ -60,6 +60,10 @@ public enum WireText {
             return ["after=\(after.map(String.init) ?? "-")", "account=\(optional(account))"]
         case .familyTransfer(let account):
             return ["account=\(quote(account))"]
+        case .nodeFiles:
+            return []
+        case .readNodeFile(let name, let offset, let length):
+            return ["name=\(quote(name))", "offset=\(offset)", "length=\(length)"]
         }
     }
 
@@ -266,6 +270,8 @@ public enum WireText {
             return [status, "nextSequence=\(next)"]
         case .transfer(let bytes):
             return [status, "transfer=\(hex(bytes))"]
+        case .files(let files):
+            return [status, "files=[\(files.map { "(\(quote($0.name)),\($0.bytes))" }.joined(separator: ","))]"]
         case .event(let event):
             var fields = [status, "sequence=\(event.sequence)", "at=\(event.at.microsecondsSinceEpoch)", "account=\(quote(event.account))", "member=\(optional(event.member))"]
             switch event.kind {

@@ -23,6 +23,8 @@ final class NodeProcess: Sendable {
     let data: String
     let etcd: [EtcdEndpoint]
     let extra: [String]
+    /// Settings given as TOLLGATE_* variables.
+    let settings: [String: String]
     let shard: String
     let cluster: String
     /// A router rather than a node of a shard.
@@ -31,9 +33,10 @@ final class NodeProcess: Sendable {
 
     init(
         name: String, directory: String, etcd: [EtcdEndpoint], shard: String = "s0", cluster: String = "test", router: Bool = false, extra: [String] = [],
-        data: String? = nil, admin: Bool = false
+        data: String? = nil, admin: Bool = false, environment: [String: String] = [:]
     ) throws {
         self.name = name
+        self.settings = environment
         self.adminPort = admin ? try freePort() : nil
         self.cluster = cluster
         self.shard = shard
@@ -90,6 +93,7 @@ final class NodeProcess: Sendable {
             ] + role + extra
         var environment = ProcessInfo.processInfo.environment
         environment["TOLLGATE_JOURNAL_SEGMENT_BYTES"] = "65536"
+        environment.merge(settings) { $1 }
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         var actions = posix_spawn_file_actions_t()
