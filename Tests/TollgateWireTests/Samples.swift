@@ -194,6 +194,12 @@ enum Samples {
             response(
                 "a spend for a family that moved away", 62, .spend,
                 .answer(.refused(Refusal(LedgerError(.familyMoved, level: .account, subject: "globex is on shard s1 now"))))),
+            request("a new replica lists a node's files", 63, .nodeFiles),
+            response(
+                "a checkpoint and a run of keys", 63, .nodeFiles,
+                .files([NodeFile(name: "checkpoint-00000000000000004096.tgc", bytes: 31_337), NodeFile(name: "keys-0000000000000007.tgk", bytes: 65_536)])),
+            request("and reads one, half a MiB at a time", 64, .readNodeFile(name: "checkpoint-00000000000000004096.tgc", offset: 524_288, length: 524_288)),
+            response("a piece of the file", 64, .readNodeFile, .transfer([0x54, 0x47, 0x43, 0x31])),
             request("subscribe to one account's events from now on", 54, .subscribe(after: nil, account: "acme")),
             request("subscribe to every event after sequence 41", 55, .subscribe(after: 41, account: nil)),
             response("subscribed: the next event will be number 42", 55, .subscribe, .subscribed(nextSequence: 42)),

@@ -18,6 +18,7 @@ OPCODES = {
     0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
     0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS", 0x33: "SET_ALERT", 0x34: "REMOVE_ALERT", 0x35: "SET_AUTO_RECHARGE",
     0x36: "DEFINE_PLAN", 0x37: "PROVISION", 0x1A: "FAMILY_TRANSFER", 0x38: "MOVE_FAMILY_OUT", 0x39: "MOVE_FAMILY_IN",
+    0x1B: "NODE_FILES", 0x1C: "READ_NODE_FILE",
 }
 OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
 
@@ -106,6 +107,10 @@ BOOL = (lambda r: bool(r.int("B")) if r.data[r.at:r.at + 1] in (b"\x00", b"\x01"
         lambda w, v: w.int("B", 1 if v else 0), lambda v: "true" if v else "false")
 STR = (lambda r: r.string(), lambda w, v: w.string(v), quote)
 OPT_STR, OPT_I64, OPT_U64 = _optional(STR), _optional(I64), _optional(U64)
+# A u16 count of (string name, u64 bytes): NODE_FILES' answer.
+NODE_FILES = (lambda r: [(r.string(), r.int("Q")) for _ in range(r.int("H"))],
+              lambda w, v: (w.int("H", len(v)), [(w.string(n), w.int("Q", b)) for n, b in v]),
+              lambda v: "[" + ",".join("(%s,%d)" % (quote(n), b) for n, b in v) + "]")
 # A u32 length, then that many bytes (a family transfer); rendered as 0x and hex.
 BYTES = (lambda r: bytes(r.take(r.int("I"))), lambda w, v: (w.int("I", len(v)), w.parts.append(bytes(v))), lambda v: "0x" + bytes(v).hex())
 
@@ -288,6 +293,8 @@ REQUESTS = {
     "FAMILY_TRANSFER": [("account", STR)],
     "MOVE_FAMILY_OUT": [("key", STR), ("account", STR), ("destination", STR)],
     "MOVE_FAMILY_IN": [("key", STR), ("account", STR), ("transfer", BYTES)],
+    "NODE_FILES": [],
+    "READ_NODE_FILE": [("name", STR), ("offset", U64), ("length", U32)],
 }
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
@@ -300,6 +307,8 @@ SUCCESS = {
     "ADD_GRANT": [("grant", U64)],
     "SUBSCRIBE": [("nextSequence", U64)],
     "FAMILY_TRANSFER": [("transfer", BYTES)],
+    "NODE_FILES": [("files", NODE_FILES)],
+    "READ_NODE_FILE": [("transfer", BYTES)],
 }
 REFUSAL = [("level", (lambda r: LEVELS[r.int("B")], lambda w, v: w.int("B", LEVELS.index(v)), str)),
            ("subject", STR), ("headroom", OPT_HEADROOM)]
