@@ -31,6 +31,11 @@ final class ShardRouter: RequestForwarder {
     /// How long after a move the shard a family left is asked first about keyed requests:
     /// the idempotency retention (the router's setting, which should be the nodes').
     let keyRetentionMicroseconds: Int64
+    /// How long the router waits for a leader's answer before asking again (with the same key)
+    /// wherever etcd then says the leader is: a leader's lease and half a second. A leader
+    /// answers within its lease or not at all (it stops deciding when the lease may have run
+    /// out), so a leader that is paused or cut off costs a request about a lease, not more.
+    let upstreamTimeoutMilliseconds: Int64
 
     private struct State {
         /// The shards new account families are placed on, from `map/shards`.
@@ -64,6 +69,7 @@ final class ShardRouter: RequestForwarder {
         self.group = group
         self.retryWindow = .seconds(configuration.routerRetrySeconds)
         self.keyRetentionMicroseconds = configuration.limits.idempotencyRetentionMicroseconds
+        self.upstreamTimeoutMilliseconds = max(2_000, configuration.leaderLeaseSeconds * 1_000 + 500)
     }
 
     /// Reads the shard map — the shard list and every placement, at one revision — and
@@ -527,6 +533,7 @@ final class ShardRouter: RequestForwarder {
     private func connection(to address: String) async throws -> TollgateClient {
         let token = self.token
         let group = self.group
+        let timeout = upstreamTimeoutMilliseconds
         let (existing, pending) = state.withLock { state -> (TollgateClient?, Task<TollgateClient, any Error>?) in
             if let existing = state.upstreams[address] { return (existing, nil) }
             if let pending = state.connecting[address] { return (nil, pending) }
@@ -534,7 +541,7 @@ final class ShardRouter: RequestForwarder {
                 guard let endpoint = EtcdEndpoint(address) else { throw ServerError("the leader's address \(address) is not HOST:PORT") }
                 return try await TollgateClient.connect(
                     .init(
-                        host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, connections: 2, requestTimeoutMilliseconds: 5_000,
+                        host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, connections: 2, requestTimeoutMilliseconds: timeout,
                         retries: 0),
                     group: group)
             }

@@ -127,9 +127,14 @@ final class EtcdTestCluster: Sendable {
         return nil
     }
 
-    /// Kills every member and deletes their data.
+    /// Kills every member and deletes their data (and the nodes' logs beside it), unless
+    /// `TOLLGATE_KEEP_TEST_DATA=1` keeps them to read.
     func stop() {
         for index in members.indices { kill(index) }
+        if ProcessInfo.processInfo.environment["TOLLGATE_KEEP_TEST_DATA"] == "1" {
+            FileHandle.standardError.write(Data("kept the test cluster's data and logs in \(directory)\n".utf8))
+            return
+        }
         try? FileManager.default.removeItem(atPath: directory)
     }
 }
