@@ -11,7 +11,10 @@ import TollgateJournal
 /// It remembers how far etcd holds the journal (`keptThrough`), so a batch offered again
 /// after a failure — possibly with more records behind it — sends only what etcd lacks. After
 /// an error whose outcome is unknown (a timeout, a broken connection), it first reads etcd's
-/// entry where it tried to write: if that landed, it counts as kept.
+/// entry where it tried to write: if it holds exactly the entry it sent, that counts as
+/// kept; if it holds another entry, another leader wrote there (this node was paused or cut
+/// off past its lease) and this node is fenced — never "kept", which would acknowledge
+/// records etcd does not have.
 ///
 /// Once fenced it never appends again: every later batch fails, and `fenced` is called once,
 /// for the node to step down.
@@ -22,7 +25,8 @@ public final class ReplicatedJournal: JournalReplica, Sendable {
 
     private struct State {
         var keptThrough: UInt64
-        var uncertain = false
+        /// The entry whose append had an unknown outcome, until it is settled.
+        var uncertain: (entry: LogEntry, last: UInt64)?
         var fencedBecause: String?
         var settled = 0
     }
@@ -45,15 +49,21 @@ public final class ReplicatedJournal: JournalReplica, Sendable {
     public func keep(_ records: ByteBuffer, first: UInt64, through: UInt64) -> JournalReplicaResult {
         var current = state.withLock { $0 }
         if let reason = current.fencedBecause { return .failed(reason) }
-        if current.uncertain {
-            switch settle(after: current.keptThrough) {
-            case .success(let kept):
+        if let attempted = current.uncertain {
+            let kept = current.keptThrough
+            switch blocking({ [log] in try await Self.settle(log, after: kept, attempted: attempted) }) {
+            case .success(.kept(let kept)):
                 current.keptThrough = kept
                 state.withLock {
                     $0.keptThrough = kept
-                    $0.uncertain = false
+                    $0.uncertain = nil
                     $0.settled += 1
                 }
+            case .success(.overwritten(let first)):
+                let reason = "fenced: after an unanswered append, the replicated journal holds another leader's entry at \(first); this node no longer leads"
+                state.withLock { $0.fencedBecause = reason }
+                onFenced(reason)
+                return .failed(reason)
             case .failure(let error):
                 return .failed("cannot read the replicated journal back after an unanswered append: \(error)")
             }
@@ -70,29 +80,28 @@ public final class ReplicatedJournal: JournalReplica, Sendable {
                 onFenced(reason)
                 return .failed(reason)
             case .failure(let error):
-                if (error as? EtcdError)?.outcomeUnknown ?? true { state.withLock { $0.uncertain = true } }
+                if (error as? EtcdError)?.outcomeUnknown ?? true { state.withLock { $0.uncertain = (entry.entry, last) } }
                 return .failed("\(error)")
             }
         }
         return .kept
     }
 
-    /// After an append whose outcome is unknown: the last sequence etcd holds, reading the
-    /// entries from `keptThrough + 1` on.
-    private func settle(after keptThrough: UInt64) -> Result<UInt64, any Error> {
-        blocking { [log] in
-            var kept = keptThrough
-            while true {
-                let read = try await log.read(from: kept + 1, limit: 16)
-                guard let next = read.entries.first, next.first == kept + 1 else { return kept }
-                for entry in read.entries {
-                    guard entry.first == kept + 1 else { return kept }
-                    let records = try entry.records(chainingTo: nil).get()
-                    kept = records.last!.record.sequence
-                }
-                if !read.more { return kept }
-            }
-        }
+    public enum Settled: Equatable, Sendable {
+        /// etcd holds the journal through this sequence (the attempted entry's last, if it landed).
+        case kept(UInt64)
+        /// Another entry is where this node tried to write: another leader's.
+        case overwritten(at: UInt64)
+    }
+
+    /// After an append of `attempted` whose outcome is unknown: whether etcd holds it. Only
+    /// that entry can be this node's (an append stops at its first failure); anything else
+    /// right after `keptThrough` was written by another leader.
+    public static func settle(_ log: ShardLog, after keptThrough: UInt64, attempted: (entry: LogEntry, last: UInt64)) async throws -> Settled {
+        let read = try await log.read(from: keptThrough + 1, limit: 1)
+        guard let next = read.entries.first, next.first == keptThrough + 1 else { return .kept(keptThrough) }
+        guard next.first == attempted.entry.first, next.bytes == attempted.entry.bytes else { return .overwritten(at: next.first) }
+        return .kept(attempted.last)
     }
 
     /// Cuts a batch into entries of whole records after `keptThrough`, each at most

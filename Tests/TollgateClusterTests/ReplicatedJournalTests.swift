@@ -42,6 +42,36 @@ struct ReplicatedJournalTests {
         }
     }
 
+    /// An append whose answer never came is settled by what etcd holds where it wrote: its
+    /// own entry counts as kept; nothing there, as not kept; another leader's entry (this
+    /// leader was paused or cut off past its lease meanwhile) as overwritten — fenced, never
+    /// "kept", which would acknowledge records etcd does not have. (A paused leader once
+    /// counted the new leader's entry as its own and wrote its own records locally.)
+    @Test func anUnansweredAppendIsSettledByItsOwnBytesOnly() async throws {
+        let etcd = try await EtcdTestCluster.start()
+        defer { etcd.stop() }
+        let client = EtcdClient(endpoints: etcd.endpoints, callTimeout: .seconds(15))
+        defer { client.close() }
+        let log = ShardLog(client: client, keys: keys, shard: "s0")
+        let first = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "a", address: "a:1"), ttlSeconds: 60)
+        let a = try await first.campaign()
+        #expect(try await log.append(LogEntry(first: 1, bytes: [1, 1, 1]), token: a.token) == .appended(revision: try await log.newest()!.revision))
+
+        let attempted = (entry: LogEntry(first: 4, bytes: [0xA, 0xA]), last: UInt64(6))
+        #expect(try await ReplicatedJournal.settle(log, after: 3, attempted: attempted) == .kept(3), "nothing landed")
+        _ = try await log.append(attempted.entry, token: a.token)
+        #expect(try await ReplicatedJournal.settle(log, after: 3, attempted: attempted) == .kept(6), "its own entry landed")
+
+        // Another leader takes over and writes where the first one's next append went.
+        await first.resign(a)
+        let second = ShardElection(client: client, keys: keys, shard: "s0", record: LeaderRecord(node: "b", address: "b:1"), ttlSeconds: 60)
+        let b = try await second.campaign()
+        let lost = (entry: LogEntry(first: 7, bytes: [0xB]), last: UInt64(9))
+        _ = try await log.append(LogEntry(first: 7, bytes: [0xC, 0xC]), token: b.token)
+        #expect(try await ReplicatedJournal.settle(log, after: 6, attempted: lost) == .overwritten(at: 7))
+        await second.resign(b)
+    }
+
     static func command(_ index: Int) -> Command {
         .addMember(account: "acme", member: "m\(index)")
     }
