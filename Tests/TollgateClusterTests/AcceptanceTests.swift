@@ -8,7 +8,8 @@ import TollgateWire
 
 /// Issue 19's "done when": three shards of two replicas each on a 3-member etcd, an app
 /// spending through its router on one pipelined connection, while one node after another is
-/// killed, paused past its lease, and cut off from etcd. No acknowledged `replicated` spend is
+/// killed, paused past its lease, and cut off from etcd, and then followers are paused and
+/// cut off. No acknowledged `replicated` spend is
 /// lost, none is charged twice, a deposed leader decides nothing more, each shard fails over,
 /// and every replica holds what its leader held. `TOLLGATE_ACCEPTANCE_ROUNDS=N` repeats the
 /// three faults N times (one round in CI).
@@ -26,6 +27,8 @@ struct AcceptanceTests {
         let acknowledged = Mutex<[(key: String, account: String, decision: Decision, at: ContinuousClock.Instant)]>([])
         let errors = Mutex<[String]>([])
     }
+
+    func log(of node: NodeProcess) -> String { (try? String(contentsOfFile: node.log, encoding: .utf8)) ?? "" }
 
     @Test func threeShardsOfTwoSurviveAnyOneNodeFailingUnderLoad() async throws {
         let etcd = try await EtcdTestCluster.start(size: 3)
@@ -151,6 +154,20 @@ struct AcceptanceTests {
             #expect(cutExit == 75, "round \(round): the cut-off leader did not step down (status \(cutExit.map(String.init) ?? "none"))")
             proxies.forEach { $0.set(.open) }
             try s1[0].start()
+
+            // Followers: s1-a, following now, cut off from etcd and healed; s0's follower paused
+            // and resumed. Their shards decide throughout; both catch up (checked at the end,
+            // when every shard's other replica leads).
+            let spendsBefore = (spendsOn("s0"), spendsOn("s1"))
+            try await waitFor(.seconds(30)) { log(of: s1[0]).components(separatedBy: "joined the shard as a follower").count > round + 2 }
+            proxies.forEach { $0.set(.blackhole) }
+            let s0Follower = try await leader(of: shards["s0"]!) === shards["s0"]![0] ? shards["s0"]![1] : shards["s0"]![0]
+            s0Follower.pause()
+            try await Task.sleep(for: .seconds(4))
+            proxies.forEach { $0.set(.open) }
+            s0Follower.resume()
+            #expect(spendsOn("s0") > spendsBefore.0 + 20 && spendsOn("s1") > spendsBefore.1 + 20, "round \(round): a follower's fault held its shard up")
+            #expect(s1[0].isRunning && s0Follower.isRunning)
         }
         try await Task.sleep(for: .seconds(1))
         record.stop.withLock { $0 = true }
