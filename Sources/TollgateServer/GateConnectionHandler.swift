@@ -99,6 +99,8 @@ final class GateConnectionHandler: ChannelInboundHandler {
     private var refusalsUnlogged = 0
     /// A SUBSCRIBE stream is open: the idle timeout does not apply to a listener.
     private var subscribed = false
+    /// A router's relayed event stream, if this connection subscribed through one.
+    private var routedSubscription: RoutedSubscription?
 
     init(
         service: LedgerService, metrics: ServerMetrics, limiter: ConnectionLimiter, logger: Logger, history: NIOThreadPool, keyReads: NIOThreadPool,
@@ -165,6 +167,8 @@ final class GateConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if subscribed { service.hub?.unsubscribe(context.channel) }
+        routedSubscription?.cancel()
+        routedSubscription = nil
         idleCheck?.cancel()
         idleCheck = nil
         if admitted {
@@ -253,8 +257,27 @@ final class GateConnectionHandler: ChannelInboundHandler {
             response = .pong
         case .subscribe(let after, let account):
             guard authorized(context: context, frame: frame, request) != nil else { return }
-            if forwarder != nil {
-                answerError(context: context, frame: frame, WireError(.unavailable, "SUBSCRIBE is not passed on by a router yet: subscribe at the shard's leader"))
+            if let forwarder {
+                guard let account else {
+                    answerError(
+                        context: context, frame: frame,
+                        WireError(.unavailable, "through a router, SUBSCRIBE names one account: each shard numbers its own events (subscribe at each shard's leader for all of them)"))
+                    return
+                }
+                guard routedSubscription == nil else {
+                    answerError(context: context, frame: frame, WireError(.unavailable, "this connection has a subscription already"))
+                    return
+                }
+                subscribed = true
+                let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                routedSubscription = forwarder.subscribe(account: account, after: after, on: context.eventLoop) { response in
+                    let (handler, context) = loopBound.value
+                    guard context.channel.isActive else { return }
+                    let opcode: Opcode
+                    if case .event = response { opcode = .event } else { opcode = .subscribe }
+                    handler.write(context: context, response, opcode: opcode, requestID: requestID)
+                    handler.flush(context: context)
+                }
                 return
             }
             subscribe(context: context, requestID: requestID, after: after, account: account, started: started)

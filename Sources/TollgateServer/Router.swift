@@ -11,6 +11,20 @@ import TollgateWire
 /// Where a router passes on what it does not answer itself. `done` runs on `loop`.
 protocol RequestForwarder: Sendable {
     func forward(_ request: WireRequest, refusedItems: [WireError?]?, on loop: any EventLoop, _ done: @escaping @Sendable (WireResponse) -> Void)
+    /// One account's events, relayed from its shard: `send` gets the SUBSCRIBE answer, then
+    /// each EVENT, or an error that ends the stream; each on `loop`.
+    func subscribe(account: String, after: UInt64?, on loop: any EventLoop, _ send: @escaping @Sendable (WireResponse) -> Void) -> RoutedSubscription
+}
+
+/// A relayed event stream; cancelled when the client's connection closes.
+final class RoutedSubscription: Sendable {
+    private let task: Task<Void, Never>
+
+    init(_ task: Task<Void, Never>) {
+        self.task = task
+    }
+
+    func cancel() { task.cancel() }
 }
 
 /// tollgated in router mode (docs/CLUSTER.md, "The routing sidecar"): beside an app, it speaks
@@ -258,6 +272,78 @@ final class ShardRouter: RequestForwarder {
         }
         remember(account, on: shard)
         return shard
+    }
+
+    // MARK: Events
+
+    func subscribe(account: String, after: UInt64?, on loop: any EventLoop, _ send: @escaping @Sendable (WireResponse) -> Void) -> RoutedSubscription {
+        RoutedSubscription(Task { await self.relayEvents(account: account, after: after, loop: loop, send: send) })
+    }
+
+    /// Subscribes at a node of the account's shard (any: followers have the events of the
+    /// records they apply) and passes each event on; when that stream ends — the node died or
+    /// restarts — subscribes again, at the shard's leader, after the last event passed on (the
+    /// shard's nodes number events alike: the numbers are in the journal). A family that moves
+    /// ends the stream: its new shard numbers events its own way.
+    private func relayEvents(account: String, after start: UInt64?, loop: any EventLoop, send: @escaping @Sendable (WireResponse) -> Void) async {
+        var after = start
+        var answered = false
+        var shardOfAccount: String?
+        var failingSince: ContinuousClock.Instant?
+        while !Task.isCancelled {
+            do {
+                let shard = try await target(account)
+                if let previous = shardOfAccount, previous != shard {
+                    loop.execute {
+                        send(.error(WireError(.unavailable, "\(account)'s family moved from shard \(previous) to \(shard), which numbers its events its own way: subscribe again")))
+                    }
+                    return
+                }
+                shardOfAccount = shard
+                guard let address = await leader(of: shard), let endpoint = EtcdEndpoint(address) else {
+                    throw ServerError("shard \(shard) has no leader")
+                }
+                let client = try await TollgateClient.connect(
+                    .init(
+                        host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, requestTimeoutMilliseconds: upstreamTimeoutMilliseconds,
+                        retries: 0),
+                    group: group)
+                let subscription: (nextSequence: UInt64, events: AsyncStream<LedgerEvent>)
+                do {
+                    subscription = try await client.subscribe(after: after, account: account)
+                } catch {
+                    await client.close()
+                    forgetLeader(of: shard, address: address)
+                    throw error
+                }
+                failingSince = nil
+                if !answered {
+                    answered = true
+                    let next = subscription.nextSequence
+                    loop.execute { send(.subscribed(nextSequence: next)) }
+                    if after == nil { after = next > 0 ? next - 1 : 0 }
+                }
+                for await event in subscription.events {
+                    if Task.isCancelled { break }
+                    after = event.sequence
+                    loop.execute { send(.event(event)) }
+                }
+                await client.close()
+                if Task.isCancelled { return }
+                forgetLeader(of: shard, address: address)
+                logger.info("an event stream's node went away; subscribing again", metadata: ["account": "\(account)", "shard": "\(shard)", "after": "\(after ?? 0)"])
+            } catch {
+                if Task.isCancelled { return }
+                let since = failingSince ?? ContinuousClock.now
+                failingSince = since
+                if ContinuousClock.now - since > retryWindow {
+                    let message = "the router cannot follow \(account)'s events (tried for \(retryWindow)): \(error)"
+                    loop.execute { send(.error(WireError(.unavailable, message))) }
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
     }
 
     // MARK: Forwarding

@@ -34,6 +34,10 @@ struct BootstrapTests {
 
     func log(of node: NodeProcess) -> String { (try? String(contentsOfFile: node.log, encoding: .utf8)) ?? "" }
 
+    static func keyRuns(of node: NodeProcess) -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: node.data + "/keys")) ?? []).filter { $0.hasPrefix("keys-") && $0.hasSuffix(".tgk") }.count
+    }
+
     /// A node with an empty data directory joins after the log was trimmed: it copies the
     /// newest checkpoint and the key runs of another node while the leader takes spends, then
     /// follows. With the other two killed it leads alone, and every spend ever acknowledged —
@@ -51,6 +55,9 @@ struct BootstrapTests {
         let before = await ClusterNodeTests.load(first, round: 0, clients: 2, for: .seconds(3))
         #expect(before.unanswered.isEmpty)
         let oldest = try await waitForTrim(etcd)
+        // Both nodes have keys on disk by now (a checkpoint writes the waiting ones out), so the
+        // copy must take runs too.
+        try await waitFor(.seconds(60)) { [a, b].allSatisfy { Self.keyRuns(of: $0) > 0 } }
 
         // The new node starts while a load runs at the leader.
         let c = try node("c", etcd)

@@ -29,6 +29,7 @@ final class EtcdTestCluster: Sendable {
     let members: [Member]
     let directory: String
     private let processes: Mutex<[Int: Process]>
+    private let released = Atomic<Bool>(false)
 
     var endpoints: [EtcdEndpoint] { members.map(\.endpoint) }
 
@@ -38,9 +39,22 @@ final class EtcdTestCluster: Sendable {
         self.processes = Mutex([:])
     }
 
-    /// Starts `size` members and waits until the cluster commits a write.
+    /// Starts `size` members and waits until the cluster commits a write. One test cluster runs
+    /// at a time in the test process (`ClusterTestGate`), from here until `stop`: each starts
+    /// etcd members and tollgated processes, and several at once on two cores starved each
+    /// other and every other test of CPU (a CI run failed on timings that way).
     static func start(size: Int = 1) async throws -> EtcdTestCluster {
         guard binary != nil else { throw EtcdTestError("etcd is not installed (apt-get install etcd-server)") }
+        await ClusterTestGate.shared.acquire()
+        do {
+            return try await launch(size: size)
+        } catch {
+            await ClusterTestGate.shared.release()
+            throw error
+        }
+    }
+
+    private static func launch(size: Int) async throws -> EtcdTestCluster {
         let directory = NSTemporaryDirectory() + "tollgate-etcd-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var members: [Member] = []
@@ -131,6 +145,7 @@ final class EtcdTestCluster: Sendable {
     /// `TOLLGATE_KEEP_TEST_DATA=1` keeps them to read.
     func stop() {
         for index in members.indices { kill(index) }
+        if !released.exchange(true, ordering: .relaxed) { Task { await ClusterTestGate.shared.release() } }
         if ProcessInfo.processInfo.environment["TOLLGATE_KEEP_TEST_DATA"] == "1" {
             FileHandle.standardError.write(Data("kept the test cluster's data and logs in \(directory)\n".utf8))
             return
@@ -157,4 +172,24 @@ func freePort() throws -> Int {
     guard bound == 0 else { throw EtcdTestError("bind failed: \(errno)") }
     _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
     return Int(UInt16(bigEndian: address.sin_port))
+}
+
+
+/// Lets one test cluster run at a time (`EtcdTestCluster.start` to `stop`).
+actor ClusterTestGate {
+    static let shared = ClusterTestGate()
+    private var busy = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    func acquire() async {
+        guard busy else {
+            busy = true
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    func release() {
+        if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+    }
 }

@@ -185,6 +185,49 @@ struct RouterTests {
         }
     }
 
+    /// SUBSCRIBE through the router: one account's events, relayed from its shard, go on across
+    /// a failover of that shard's leader with nothing missed and nothing twice; a subscription
+    /// to every account is refused, saying why.
+    @Test func anAccountsEventsComeThroughTheRouterAcrossAFailover() async throws {
+        let cluster = try await start(shards: ["s0"])
+        defer { cluster.stop() }
+        let gate = try await routerClient(cluster.router, timeoutMilliseconds: 30_000)
+        defer { Task { await gate.close() } }
+        _ = try await gate.apply(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: .epoch), key: "rate")
+        _ = try await gate.apply(.createAccount(CreateAccount(account: "watched")), key: "create")
+        _ = try await gate.apply(.addGrant(AddGrant(account: "watched", amount: 1_000, effectiveAt: .epoch)), key: "grant")
+        _ = try await gate.apply(.setAlert(account: "watched", rule: AlertRule(id: "half", threshold: .credits(500))), key: "alert-half")
+        _ = try await gate.apply(.setAlert(account: "watched", rule: AlertRule(id: "low", threshold: .credits(100))), key: "alert-low")
+
+        do {
+            _ = try await gate.subscribe(after: nil, account: nil)
+            Issue.record("a router relayed a subscription to every account")
+        } catch {
+            guard case .server(let wire) = error else { throw error }
+            #expect(wire.status == .unavailable && wire.message.contains("names one account"), "\(wire)")
+        }
+
+        let (_, events) = try await gate.subscribe(account: "watched")
+        let received = Mutex<[LedgerEvent]>([])
+        let reader = Task {
+            for await event in events { received.withLock { $0.append(event) } }
+        }
+        defer { reader.cancel() }
+        _ = try await gate.spend(account: "watched", member: nil, product: "p", quantity: 600, key: "spend-1")
+        try await waitFor(.seconds(20)) { received.withLock { $0.count } == 1 }
+
+        await (try await leader(of: cluster.shards["s0"]!)).kill9()
+        _ = try await gate.spend(account: "watched", member: nil, product: "p", quantity: 350, key: "spend-2")
+        try await waitFor(.seconds(30)) { received.withLock { $0.count } >= 2 }
+        try await Task.sleep(for: .milliseconds(500))
+        let got = received.withLock { $0 }
+        #expect(got.count == 2, "\(got)")
+        guard got.count == 2 else { return }
+        #expect(got[1].sequence > got[0].sequence)
+        if case .alert(let id, _, let balance) = got[0].kind { #expect(id == "half" && balance == 400) } else { Issue.record("\(got[0])") }
+        if case .alert(let id, _, let balance) = got[1].kind { #expect(id == "low" && balance == 50) } else { Issue.record("\(got[1])") }
+    }
+
     func routerClient(_ router: NodeProcess, timeoutMilliseconds: Int64 = 10_000) async throws -> TollgateClient {
         let start = ContinuousClock.now
         while true {
