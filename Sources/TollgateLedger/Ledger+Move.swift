@@ -261,8 +261,12 @@ extension Ledger {
             let newSlot = grantMap[Int32(slot)]!
             if Int(newSlot) < grants.count { grants[Int(newSlot)] = grant } else { grants.append(grant) }
             grantSlotByID[grant.id] = newSlot
+            // The events still to come where the family was: an expiry already past there (an
+            // expired grant kept live by what is held on it) does not happen again.
             if grant.state == .pending { schedule(.grantEffective(slot: newSlot, grant: grant.id), at: grant.effectiveAt) }
-            if grant.expiresAt != .distantFuture { schedule(.grantExpiry(slot: newSlot, grant: grant.id), at: grant.expiresAt) }
+            if grant.expiresAt != .distantFuture, grant.expiresAt > source.clock {
+                schedule(.grantExpiry(slot: newSlot, grant: grant.id), at: grant.expiresAt)
+            }
         }
         for var hold in sourceHolds {
             hold.account = mapped(hold.account, accountMap)
