@@ -95,7 +95,9 @@ struct ClusterBootstrap {
         var host = String(peer.address[..<colon])
         if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         let client = try await TollgateClient.connect(
-            TollgateClient.Configuration(host: host, port: port, clientName: "tollgated-bootstrap", token: token, requestTimeoutMilliseconds: 30_000, retries: 0))
+            TollgateClient.Configuration(
+                host: host, port: port, clientName: "tollgated-bootstrap", token: token, requestTimeoutMilliseconds: 30_000, retries: 0,
+                tls: configuration.upstreamTLS))
         defer { Task { await client.close() } }
         let files = FileManager.default
         try? files.removeItem(atPath: staging)
@@ -198,5 +200,13 @@ struct ClusterBootstrap {
         try files.removeItem(atPath: staging)
         try syncDirectory(data)
         logger.notice("starting from another node's files", metadata: ["previous": "\(aside)"])
+    }
+}
+
+extension ServerConfiguration {
+    /// TLS to the cluster's nodes, if any of `upstreamCAFile`, `upstreamCertificateFile` is set.
+    var upstreamTLS: TLSOptions? {
+        guard upstreamCAFile != nil || upstreamCertificateFile != nil else { return nil }
+        return TLSOptions(caFile: upstreamCAFile, certificateFile: upstreamCertificateFile, keyFile: upstreamKeyFile)
     }
 }

@@ -99,6 +99,12 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var routerRetrySeconds: Int64 = 15
     /// The credential a router presents to the shards' nodes; empty: its own admin token.
     public var upstreamToken = ""
+    /// TLS to the cluster's nodes (a router's requests and relayed events, a new node copying
+    /// another's files), for nodes whose gate speaks TLS: the CAs their certificates chain to
+    /// (nil: the system's), and for mTLS this side's certificate and key. Off unless one is set.
+    public var upstreamCAFile: String?
+    public var upstreamCertificateFile: String?
+    public var upstreamKeyFile: String?
 
     // MARK: Transport security and access
 

@@ -15,7 +15,7 @@ extension ServerConfiguration {
         "allowPlaintext", "reloadCheckSeconds", "handshakeTimeoutMilliseconds", "webhookURL", "webhookTimeoutMilliseconds", "clockOffsetSeconds",
         "recentActivityKept", "dashboardAccountsMax",
         "etcdEndpoints", "clusterName", "shard", "nodeName", "advertiseAddress", "leaderLeaseSeconds", "etcdTimeoutMilliseconds",
-        "router", "routerRetrySeconds", "upstreamToken",
+        "router", "routerRetrySeconds", "upstreamToken", "upstreamCAFile", "upstreamCertificateFile", "upstreamKeyFile",
     ]
 
     /// Every setting with the value in force, in `settingNames` order, as a config file
@@ -46,6 +46,7 @@ extension ServerConfiguration {
             "advertiseAddress": advertiseAddress.isEmpty ? nil : advertiseAddress,
             "leaderLeaseSeconds": "\(leaderLeaseSeconds)", "etcdTimeoutMilliseconds": "\(etcdTimeoutMilliseconds)",
             "router": "\(router)", "routerRetrySeconds": "\(routerRetrySeconds)", "upstreamToken": upstreamToken.isEmpty ? nil : upstreamToken,
+            "upstreamCAFile": upstreamCAFile, "upstreamCertificateFile": upstreamCertificateFile, "upstreamKeyFile": upstreamKeyFile,
         ]
         return Self.settingNames.compactMap { name in values[name].flatMap { $0 }.map { (name, $0) } }
     }
@@ -186,6 +187,9 @@ extension ServerConfiguration {
             }
         case "routerRetrySeconds": routerRetrySeconds = try integer(0...600)
         case "upstreamToken": upstreamToken = value
+        case "upstreamCAFile": upstreamCAFile = value.isEmpty ? nil : value
+        case "upstreamCertificateFile": upstreamCertificateFile = value.isEmpty ? nil : value
+        case "upstreamKeyFile": upstreamKeyFile = value.isEmpty ? nil : value
         case "etcdTimeoutMilliseconds": etcdTimeoutMilliseconds = try integer(50...60_000)
         default:
             throw ConfigurationError("\(source): unknown setting \"\(name)\"; known settings are \(ServerConfiguration.settingNames.joined(separator: ", "))")
@@ -220,6 +224,9 @@ extension ServerConfiguration {
         guard journalAsyncWindowMilliseconds >= 2 * journalFlushIntervalMilliseconds else {
             throw ConfigurationError(
                 "journalAsyncWindowMilliseconds (\(journalAsyncWindowMilliseconds)) must be at least twice journalFlushIntervalMilliseconds (\(journalFlushIntervalMilliseconds)), or answers would wait for nearly every flush")
+        }
+        guard (upstreamCertificateFile == nil) == (upstreamKeyFile == nil) else {
+            throw ConfigurationError("mTLS to the cluster's nodes needs both upstreamCertificateFile and upstreamKeyFile")
         }
         guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {
             throw ConfigurationError("TLS needs both tlsCertificateFile and tlsKeyFile")

@@ -50,6 +50,8 @@ final class ShardRouter: RequestForwarder {
     /// answers within its lease or not at all (it stops deciding when the lease may have run
     /// out), so a leader that is paused or cut off costs a request about a lease, not more.
     let upstreamTimeoutMilliseconds: Int64
+    /// TLS to the nodes (`upstreamCAFile` …), nil for plain TCP.
+    let upstreamTLS: TLSOptions?
 
     private struct State {
         /// The shards new account families are placed on, from `map/shards`.
@@ -84,6 +86,7 @@ final class ShardRouter: RequestForwarder {
         self.retryWindow = .seconds(configuration.routerRetrySeconds)
         self.keyRetentionMicroseconds = configuration.limits.idempotencyRetentionMicroseconds
         self.upstreamTimeoutMilliseconds = max(2_000, configuration.leaderLeaseSeconds * 1_000 + 500)
+        self.upstreamTLS = configuration.upstreamTLS
     }
 
     /// Reads the shard map — the shard list and every placement, at one revision — and
@@ -306,7 +309,7 @@ final class ShardRouter: RequestForwarder {
                 let client = try await TollgateClient.connect(
                     .init(
                         host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, requestTimeoutMilliseconds: upstreamTimeoutMilliseconds,
-                        retries: 0),
+                        retries: 0, tls: upstreamTLS),
                     group: group)
                 let subscription: (nextSequence: UInt64, events: AsyncStream<LedgerEvent>)
                 do {
@@ -620,6 +623,7 @@ final class ShardRouter: RequestForwarder {
         let token = self.token
         let group = self.group
         let timeout = upstreamTimeoutMilliseconds
+        let tls = upstreamTLS
         let (existing, pending) = state.withLock { state -> (TollgateClient?, Task<TollgateClient, any Error>?) in
             if let existing = state.upstreams[address] { return (existing, nil) }
             if let pending = state.connecting[address] { return (nil, pending) }
@@ -628,7 +632,7 @@ final class ShardRouter: RequestForwarder {
                 return try await TollgateClient.connect(
                     .init(
                         host: endpoint.host, port: endpoint.port, clientName: "tollgated-router", token: token, connections: 2, requestTimeoutMilliseconds: timeout,
-                        retries: 0),
+                        retries: 0, tls: tls),
                     group: group)
             }
             state.connecting[address] = made

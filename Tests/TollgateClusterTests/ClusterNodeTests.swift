@@ -25,6 +25,8 @@ final class NodeProcess: Sendable {
     let extra: [String]
     /// Settings given as TOLLGATE_* variables.
     let settings: [String: String]
+    /// The host it advertises to routers and other nodes (with its port), if not 127.0.0.1.
+    let advertiseHost: String?
     let shard: String
     let cluster: String
     /// A router rather than a node of a shard.
@@ -33,10 +35,11 @@ final class NodeProcess: Sendable {
 
     init(
         name: String, directory: String, etcd: [EtcdEndpoint], shard: String = "s0", cluster: String = "test", router: Bool = false, extra: [String] = [],
-        data: String? = nil, admin: Bool = false, environment: [String: String] = [:]
+        data: String? = nil, admin: Bool = false, environment: [String: String] = [:], advertiseHost: String? = nil
     ) throws {
         self.name = name
         self.settings = environment
+        self.advertiseHost = advertiseHost
         self.adminPort = admin ? try freePort() : nil
         self.cluster = cluster
         self.shard = shard
@@ -85,7 +88,7 @@ final class NodeProcess: Sendable {
     }
 
     func start() throws {
-        let role = isRouter ? ["--router"] : ["--shard", shard, "--node", name, "--journal-mode", "replicated"]
+        let role = isRouter ? ["--router"] : ["--shard", shard, "--node", name, "--journal-mode", "replicated"] + (advertiseHost.map { ["--advertise", "\($0):\(port)"] } ?? [])
         let arguments =
             [
                 Self.binary, "--port", String(port), "--admin-port", adminPort.map(String.init) ?? "off", "--data-dir", data, "--etcd", etcd.map(\.description).joined(separator: ","),

@@ -228,6 +228,54 @@ struct RouterTests {
         if case .alert(let id, _, let balance) = got[1].kind { #expect(id == "low" && balance == 50) } else { Issue.record("\(got[1])") }
     }
 
+    /// Nodes whose gate speaks only TLS, and a router that reaches them with
+    /// `upstreamCAFile`: requests go through, events too.
+    @Test func theRouterReachesNodesOverTLS() async throws {
+        let etcd = try await EtcdTestCluster.start(size: 1)
+        defer { etcd.stop() }
+        let pki = etcd.directory + "/pki"
+        try FileManager.default.createDirectory(atPath: pki, withIntermediateDirectories: true)
+        let made = try await OffPoolProcess.run(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", pki + "/node.key", "-out", pki + "/node.pem",
+                "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+            ], environment: [:])
+        #expect(made.status == 0, "\(made.output)")
+        let client = EtcdClient(endpoints: etcd.endpoints)
+        try await client.put(keys.shardList, Array(try JSONEncoder().encode(["s0"])))
+        client.close()
+        let tls = ["TOLLGATE_TLS_CERTIFICATE_FILE": pki + "/node.pem", "TOLLGATE_TLS_KEY_FILE": pki + "/node.key"]
+        let nodes = try ["a", "b"].map {
+            try NodeProcess(name: "s0-\($0)", directory: etcd.directory, etcd: etcd.endpoints, shard: "s0", environment: tls, advertiseHost: "localhost")
+        }
+        let router = try NodeProcess(
+            name: "router", directory: etcd.directory, etcd: etcd.endpoints, router: true, environment: ["TOLLGATE_UPSTREAM_CA_FILE": pki + "/node.pem"])
+        defer { (nodes + [router]).forEach { $0.stop() } }
+        for node in nodes + [router] { try node.start() }
+        let gate = try await routerClient(router, timeoutMilliseconds: 30_000)
+        defer { Task { await gate.close() } }
+        // The first request waits for the shard's first leader.
+        let start = ContinuousClock.now
+        while true {
+            do {
+                _ = try await gate.apply(.setRate(product: "p", creditsPerUnit: 2, effectiveAt: .epoch), key: "rate")
+                break
+            } catch {
+                if ContinuousClock.now - start > .seconds(60) { throw error }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        _ = try await gate.apply(.createAccount(CreateAccount(account: "secure")), key: "create")
+        _ = try await gate.apply(.addGrant(AddGrant(account: "secure", amount: 100, effectiveAt: .epoch)), key: "grant")
+        #expect(try await gate.spend(account: "secure", member: nil, product: "p", quantity: 5, key: "spend").cost == 10)
+        #expect(try await gate.balance(account: "secure").funds.pool == 90)
+        // A plaintext connection to a node is refused: the router's requests went over TLS.
+        let plain = try? await TollgateClient.connect(.init(port: nodes[0].port, token: NodeProcess.token, requestTimeoutMilliseconds: 2_000, retries: 0))
+        #expect(plain == nil)
+        await plain?.close()
+    }
+
     func routerClient(_ router: NodeProcess, timeoutMilliseconds: Int64 = 10_000) async throws -> TollgateClient {
         let start = ContinuousClock.now
         while true {
