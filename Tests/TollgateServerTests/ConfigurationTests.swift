@@ -94,6 +94,7 @@ import TollgateServer
                 ("tlsClientCAFile", "/ca.pem"), ("tlsClientCertificates", "optional"), ("webhookURL", "https://billing/events"),
                 ("credentialsFile", "/creds.yaml"), ("idempotencyRetentionHours", "48"), ("recentActivityKept", "0"), ("dashboardAccountsMax", "3"),
                 ("etcdEndpoints", "10.0.0.9:2379, http://10.0.0.8:2379"), ("nodeName", "n1"), ("advertiseAddress", "10.0.0.1:7400"), ("upstreamToken", "t"),
+                ("upstreamCAFile", "/nodes-ca.pem"), ("upstreamCertificateFile", "/router.pem"), ("upstreamKeyFile", "/router.key"),
             ], source: "test")
         let printed = configuration.settingValues
         // Every setting is printed once it is set.
