@@ -548,5 +548,37 @@ extension Ledger {
             recharges[slot] = state
         }
         for slot in Set(alerts.keys).union(recharges.keys) { accounts[Int(slot)].isWatched = true }
+
+        // The rules the family brings, held to what the commands that set them accept, so that
+        // nothing a command would refuse (a rate, a seat count, a threshold out of range) can
+        // come in this way.
+        for account in accounts {
+            if let error = validate(account.overage) ?? validate(account.period) { throw fail("account \(account.id): \(error)") }
+            guard account.rateOverrides.count <= limits.rateOverridesPerAccountMax,
+                account.rateOverrides.values.allSatisfy({ history in
+                    history.versions.count <= limits.rateVersionsPerProductMax
+                        && history.versions.allSatisfy { $0.creditsPerUnit.map { credits($0, limits.creditsMax) } ?? true }
+                })
+            else { throw fail("account \(account.id) has a rate out of range") }
+        }
+        for (slot, state) in subscriptions {
+            let seatCounts = [state.seats] + (state.pendingSeats.map { [$0.seats] } ?? [])
+            guard seatCounts.allSatisfy({ $0 >= 0 && $0 <= limits.seatsPerAccountMax }) else { throw fail("a subscription has a seat count out of range") }
+            for terms in [state.terms, state.nextTerms ?? nil].compactMap({ $0 }) {
+                for seats in seatCounts {
+                    if let error = problem(subscription: terms, seats: seats, account: slot) { throw fail("the subscription of \(accounts[Int(slot)].id): \(error)") }
+                }
+            }
+        }
+        for (slot, states) in alerts {
+            guard states.count <= limits.alertsPerAccountMax else { throw fail("\(accounts[Int(slot)].id) has too many alerts") }
+            for state in states {
+                if let error = problem(alert: state.rule) { throw fail("an alert of \(accounts[Int(slot)].id): \(error)") }
+            }
+        }
+        for (slot, state) in recharges {
+            if let error = problem(recharge: state.rule) { throw fail("the auto-recharge of \(accounts[Int(slot)].id): \(error)") }
+            guard state.count >= 0 else { throw fail("the auto-recharge of \(accounts[Int(slot)].id) has a negative count") }
+        }
     }
 }
