@@ -120,3 +120,10 @@ public struct NodeStatus: Codable, Sendable, Equatable {
         self.checkpoint = checkpoint
     }
 }
+
+/// FNV-1a, 64 bits: how routers place a new family on the shard list, the same on every router.
+public func fnv1a64(_ text: String) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+    return hash
+}

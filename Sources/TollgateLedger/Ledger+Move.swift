@@ -55,15 +55,6 @@ extension Ledger {
         if nextGrantID <= base { nextGrantID = base + 1 }
     }
 
-    /// The families moved out of this ledger, by root account, with where they went.
-    public var movedFamilies: [(root: String, family: MovedFamily)] {
-        movedOut.compactMap { slot, moved in
-            let account = accounts[Int(slot)]
-            guard account.parent == noSlot, accountSlots[HashedString(account.id)] == slot else { return nil }
-            return (account.id, moved)
-        }.sorted { $0.root < $1.root }
-    }
-
     /// Whether `account` is frozen here, and where it went.
     public func movedFamily(of account: String) -> MovedFamily? {
         guard !movedOut.isEmpty, let slot = accountSlots[HashedString(account)] else { return nil }
@@ -145,7 +136,10 @@ extension Ledger {
             return refused(LedgerError(.invalidArgument, level: .request, subject: "family transfer: \(error.description)"))
         }
         // The state was read at the family's clock: this ledger takes it from then on (the
-        // other shard's clock may be a little ahead of this one's).
+        // other shard's clock may be a little ahead of this one's, never by hours).
+        guard family.clock <= now.adding(microseconds: Microseconds.perHour) else {
+            return refused(LedgerError(.invalidArgument, level: .request, subject: "family transfer: it is dated \(family.clock), more than an hour after this shard's clock \(now)"))
+        }
         advance(to: family.clock)
         if let error = adopt(family, family: (0..<Int32(family.accounts.count)).map { $0 }) { return refused(error) }
         // Whatever fell due between the freeze and now happens now.
@@ -356,34 +350,15 @@ extension Ledger {
         w.string(root)
         w.array(accounts) { w, account in w.write(account) }
         w.array(members) { w, member in w.write(member) }
-        w.array(groups) { w, group in
-            w.string(group.id)
-            w.integer(group.account)
-            w.bool(group.isLive)
-            w.optional(group.capLimit) { $0.integer($1) }
-            w.write(group.usage)
-            w.int(group.memberCount)
-        }
+        w.array(groups) { w, group in w.write(group) }
         w.array(grants) { w, grant in w.write(grant) }
         w.array(holds.values.sorted { $0.id < $1.id }) { w, hold in w.write(hold, withGroups: true) }
         w.array(subscriptions.sorted { $0.key < $1.key }) { w, entry in
             w.integer(entry.key)
             w.write(entry.value)
         }
-        w.array(alerts.sorted { $0.key < $1.key }) { w, entry in
-            w.integer(entry.key)
-            w.array(entry.value) { w, state in
-                w.write(state.rule)
-                w.integer(state.member)
-                w.bool(state.armed)
-            }
-        }
-        w.array(recharges.sorted { $0.key < $1.key }) { w, entry in
-            w.integer(entry.key)
-            w.write(entry.value.rule)
-            w.integer(entry.value.count)
-            w.instant(entry.value.windowEnd)
-        }
+        w.write(alerts: alerts)
+        w.write(recharges: recharges)
         let identity = Dictionary(uniqueKeysWithValues: (0..<Int32(accounts.count)).map { ($0, $0) })
         w.array(resolvedHolds.entries(of: identity)) { w, entry in
             w.integer(entry.hold)
@@ -417,23 +392,12 @@ extension Ledger {
             guard try r.string() == root else { throw fail("it is not the family of \(root)") }
             family.accounts = ChunkedArray(try r.array { try $0.readAccount() })
             family.members = ChunkedArray(try r.array { try $0.readMember() })
-            family.groups = ChunkedArray(try r.array { r in
-                var group = GroupRecord(id: try r.string(), account: try r.integer(), usage: UsageCounter(windowEnd: .epoch))
-                group.isLive = try r.bool()
-                group.capLimit = try r.optional { try $0.integer(Int64.self) }
-                group.usage = try r.readUsage()
-                group.memberCount = try r.int()
-                return group
-            })
+            family.groups = ChunkedArray(try r.array { try $0.readGroup() })
             family.grants = ChunkedArray(try r.array { try $0.readGrant() })
             let holds = try r.array { try $0.readHold(withGroups: true) }
             let subscriptions = try r.array { r in (try r.integer(Int32.self), try r.readSubscription()) }
-            let alerts = try r.array { r in
-                (try r.integer(Int32.self), try r.array { r in AlertState(rule: try r.readAlertRule(), member: try r.integer(), armed: try r.bool()) })
-            }
-            let recharges = try r.array { r in
-                (try r.integer(Int32.self), RechargeState(rule: try r.readRecharge(), count: try r.integer(), windowEnd: try r.instant()))
-            }
+            let alerts = try r.readAlerts()
+            let recharges = try r.readRecharges()
             let resolved = try r.array { r -> (hold: HoldID, resolved: ResolvedHolds.Resolved, until: Instant) in
                 let hold = try r.integer(UInt64.self)
                 let account = try r.integer(Int32.self)
@@ -562,6 +526,10 @@ extension Ledger {
             else { throw fail("account \(account.id) has a rate out of range") }
         }
         for (slot, state) in subscriptions {
+            // A period is a billing window: within the anchors' years, at most 366 days long.
+            guard state.terms == nil || state.periodStart >= Ledger.earliestAnchor, state.periodStart < state.periodEnd, state.periodEnd < Ledger.latestAnchor,
+                state.periodEnd.microseconds(since: state.periodStart) <= 367 * Microseconds.perDay
+            else { throw fail("the subscription of \(accounts[Int(slot)].id) has a period out of range") }
             let seatCounts = [state.seats] + (state.pendingSeats.map { [$0.seats] } ?? [])
             guard seatCounts.allSatisfy({ $0 >= 0 && $0 <= limits.seatsPerAccountMax }) else { throw fail("a subscription has a seat count out of range") }
             for terms in [state.terms, state.nextTerms ?? nil].compactMap({ $0 }) {

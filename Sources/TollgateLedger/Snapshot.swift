@@ -113,14 +113,7 @@ extension Ledger {
         w.array(accounts) { w, account in w.write(account) }
         w.array(members) { w, member in w.write(member) }
         w.array(freeMemberSlots) { $0.integer($1) }
-        w.array(groups) { w, group in
-            w.string(group.id)
-            w.integer(group.account)
-            w.bool(group.isLive)
-            w.optional(group.capLimit) { $0.integer($1) }
-            w.write(group.usage)
-            w.int(group.memberCount)
-        }
+        w.array(groups) { w, group in w.write(group) }
         w.array(grants) { w, grant in w.write(grant) }
         w.array(freeGrantSlots) { $0.integer($1) }
         w.integer(nextGrantID)
@@ -188,20 +181,8 @@ extension Ledger {
             w.write(entry.value)
         }
         w.integer(subscriptionCreditsIssued)
-        w.array(alerts.sorted { $0.key < $1.key }) { w, entry in
-            w.integer(entry.key)
-            w.array(entry.value) { w, state in
-                w.write(state.rule)
-                w.integer(state.member)
-                w.bool(state.armed)
-            }
-        }
-        w.array(recharges.sorted { $0.key < $1.key }) { w, entry in
-            w.integer(entry.key)
-            w.write(entry.value.rule)
-            w.integer(entry.value.count)
-            w.instant(entry.value.windowEnd)
-        }
+        w.write(alerts: alerts)
+        w.write(recharges: recharges)
         w.integer(nextEventSequence)
         w.integer(rechargeCreditsIssued)
         w.array(ledgerBurn.storage) { $0.integer($1) }
@@ -247,15 +228,7 @@ extension Ledger {
         accounts = ChunkedArray(try r.array { try $0.readAccount() })
         members = ChunkedArray(try r.array { try $0.readMember() })
         freeMemberSlots = try r.array { try $0.integer(Int32.self) }
-        groups = ChunkedArray(try r.array { r in
-            let id = try r.string()
-            var group = GroupRecord(id: id, account: try r.integer(), usage: UsageCounter(windowEnd: .epoch))
-            group.isLive = try r.bool()
-            group.capLimit = try r.optional { try $0.integer(Int64.self) }
-            group.usage = try r.readUsage()
-            group.memberCount = try r.int()
-            return group
-        })
+        groups = ChunkedArray(try r.array { try $0.readGroup() })
         grants = ChunkedArray(try r.array { try $0.readGrant() })
         freeGrantSlots = try r.array { try $0.integer(Int32.self) }
         nextGrantID = try r.integer()
@@ -319,15 +292,11 @@ extension Ledger {
                 subscriptions[slot] = state
             }
             subscriptionCreditsIssued = try r.integer()
-            for (slot, states) in try r.array({ r in
-                (try r.integer(Int32.self), try r.array { r in AlertState(rule: try r.readAlertRule(), member: try r.integer(), armed: try r.bool()) })
-            }) {
+            for (slot, states) in try r.readAlerts() {
                 guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "alerts of an unknown account slot \(slot)") }
                 alerts[slot] = states
             }
-            for (slot, state) in try r.array({ r in
-                (try r.integer(Int32.self), RechargeState(rule: try r.readRecharge(), count: try r.integer(), windowEnd: try r.instant()))
-            }) {
+            for (slot, state) in try r.readRecharges() {
                 guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "recharge of an unknown account slot \(slot)") }
                 recharges[slot] = state
             }
@@ -469,6 +438,36 @@ extension SnapshotWriter {
         instant(state.periodEnd)
         array(state.included) { $0.integer($1) }
         array(state.seatMembers) { $0.integer($1) }
+    }
+
+    mutating func write(_ group: GroupRecord) {
+        string(group.id)
+        integer(group.account)
+        bool(group.isLive)
+        optional(group.capLimit) { $0.integer($1) }
+        write(group.usage)
+        int(group.memberCount)
+    }
+
+    /// Each watched account's alerts, by slot in order.
+    mutating func write(alerts: [Int32: [AlertState]]) {
+        array(alerts.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.array(entry.value) { w, state in
+                w.write(state.rule)
+                w.integer(state.member)
+                w.bool(state.armed)
+            }
+        }
+    }
+
+    mutating func write(recharges: [Int32: RechargeState]) {
+        array(recharges.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.write(entry.value.rule)
+            w.integer(entry.value.count)
+            w.instant(entry.value.windowEnd)
+        }
     }
 
     mutating func write(_ account: AccountRecord) {
@@ -619,6 +618,24 @@ extension SnapshotReader {
 
     mutating func readRates() throws -> RateHistory {
         RateHistory(versions: try array { r in RateHistory.Version(effectiveAt: try r.instant(), creditsPerUnit: try r.optional { try $0.integer(Int64.self) }) })
+    }
+
+    mutating func readGroup() throws -> GroupRecord {
+        let id = try string()
+        var group = GroupRecord(id: id, account: try integer(), usage: UsageCounter(windowEnd: .epoch))
+        group.isLive = try bool()
+        group.capLimit = try optional { try $0.integer(Int64.self) }
+        group.usage = try readUsage()
+        group.memberCount = try int()
+        return group
+    }
+
+    mutating func readAlerts() throws -> [(Int32, [AlertState])] {
+        try array { r in (try r.integer(Int32.self), try r.array { r in AlertState(rule: try r.readAlertRule(), member: try r.integer(), armed: try r.bool()) }) }
+    }
+
+    mutating func readRecharges() throws -> [(Int32, RechargeState)] {
+        try array { r in (try r.integer(Int32.self), RechargeState(rule: try r.readRecharge(), count: try r.integer(), windowEnd: try r.instant())) }
     }
 
     mutating func readAccount() throws -> AccountRecord {

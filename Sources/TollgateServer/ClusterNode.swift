@@ -228,7 +228,8 @@ final class ClusterNode: Sendable {
             defer { state.previousFloor = now }
             return min(now, state.previousFloor)
         }
-        guard floor > 0 else { return }
+        // A status is what etcd holds: a floor of the last sequence there is names no record.
+        guard floor > 0, floor < UInt64.max else { return }
         guard let keep = try await log.entry(holding: floor + 1), let oldest = try await log.oldestFirst(), keep.first > oldest else { return }
         if let deleted = try await log.trim(before: keep.first, token: token), deleted > 0 {
             logger.info(
@@ -248,8 +249,10 @@ final class ClusterNode: Sendable {
             guard let mine = records.first(where: { $0.record.sequence == position.sequence }), mine.checksum == position.checksum else {
                 throw ServerError("shard \(configuration.shard)'s journal in etcd differs from this node's at record \(position.sequence)")
             }
-            let start = records.first(where: { $0.record.sequence == position.sequence + 1 })!.offset
-            let rest = LogEntry(first: position.sequence + 1, bytes: Array(entry.bytes[start...]))
+            guard let next = records.first(where: { $0.record.sequence == position.sequence + 1 }) else {
+                throw ServerError("shard \(configuration.shard)'s journal in etcd has no record \(position.sequence + 1) in the entry at \(entry.first)")
+            }
+            let rest = LogEntry(first: position.sequence + 1, bytes: Array(entry.bytes[next.offset...]))
             try service.ingest(ByteBuffer(bytes: rest.bytes), records: try rest.records(chainingTo: position.checksum).get())
             return
         }

@@ -260,13 +260,14 @@ public final class LedgerService: Sendable {
     public func handle(
         _ request: WireRequest, body: ByteBuffer? = nil, refusedItems: [WireError?]? = nil, read: [ReadKey] = [], runsChecked: KeyArchive.Mark? = nil
     ) -> Handled {
-        // A node's files are its own, leader or not: a new replica copies them from any node.
+        // A node's files are its own, leader or not: a new replica copies them from any node
+        // (answered in the switch below).
+        let ownFiles: Bool
         switch request {
-        case .nodeFiles: return Handled(response: nodeFiles(), showsState: false)
-        case .readNodeFile(let name, let offset, let length): return Handled(response: readNodeFile(name: name, offset: offset, length: length), showsState: false)
-        default: break
+        case .nodeFiles, .readNodeFile: ownFiles = true
+        default: ownFiles = false
         }
-        if !isDeciding { return Handled(response: .error(notDeciding.withLock { $0 }), showsState: false) }
+        if !ownFiles, !isDeciding { return Handled(response: .error(notDeciding.withLock { $0 }), showsState: false) }
         let now = clock()
         switch request {
         case .hello, .ping, .subscribe:
@@ -282,8 +283,10 @@ public final class LedgerService: Sendable {
             return Handled(response: currentBalance(account: account, member: member, at: now))
         case .familyTransfer(let account):
             return Handled(response: familyTransfer(account))
-        case .nodeFiles, .readNodeFile:
-            preconditionFailure("answered above")
+        case .nodeFiles:
+            return Handled(response: nodeFiles(), showsState: false)
+        case .readNodeFile(let name, let offset, let length):
+            return Handled(response: readNodeFile(name: name, offset: offset, length: length), showsState: false)
         case .command(let command, let key):
             return state.withLock { state in
                 if let refusal = state.unavailable { return refusal }

@@ -211,12 +211,7 @@ final class ShardRouter: RequestForwarder {
     /// the same on every router).
     func hashShard(_ account: String) -> String {
         let shards = state.withLock { $0.shards }
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in account.utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x0000_0100_0000_01b3
-        }
-        return shards[Int(hash % UInt64(shards.count))]
+        return shards[Int(fnv1a64(account) % UInt64(shards.count))]
     }
 
     /// Where `account` is, or nil if no shard holds it. Both are remembered: the watch on the

@@ -184,7 +184,7 @@ struct ClusterCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard ClusterKeys.isValidName(to) else { throw ValidationError("'\(to)' is not a shard name") }
-            guard keyRetentionHours >= 0 else { throw ValidationError("--key-retention-hours must be 0 or more") }
+            guard (0...87_600).contains(keyRetentionHours) else { throw ValidationError("--key-retention-hours must be 0 to 87600 (ten years)") }
             let (etcd, keys) = try place.connect()
             defer { etcd.close() }
             let started = ContinuousClock.now
@@ -205,9 +205,7 @@ struct ClusterCommand: AsyncParsableCommand {
                     throw MoveError("shards \(source) and \(to) allocate ids from the same space: a family cannot move between them")
                 }
                 // One key per move (the placement's revision names it): running the same move again replays.
-                var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-                for byte in "\(account)\u{0}\(to)".utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-                let key = "move-\(kv.modRevision)-\(String(hash, radix: 16))"
+                let key = "move-\(kv.modRevision)-\(String(fnv1a64("\(account)\u{0}\(to)"), radix: 16))"
                 let sourceNode = try await leaderClient(source, etcd: etcd, keys: keys)
                 defer { Task { await sourceNode.close() } }
                 let destination = try await leaderClient(to, etcd: etcd, keys: keys)

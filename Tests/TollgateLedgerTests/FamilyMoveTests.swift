@@ -55,7 +55,7 @@ import TollgateLedgerTestSupport
         }
         // Its hold's deadline passes without expiring it: the frozen state is the transfer's.
         old.advance(microseconds: 2 * minute)
-        #expect(old.ledger.holdCount == 1)
+        #expect(old.ledger.openHoldCount == 1)
         #expect(old.violations.isEmpty, "\(old.violations)")
 
         // The transfer takes it whole to another shard, open hold included.
@@ -66,7 +66,7 @@ import TollgateLedgerTestSupport
         #expect(new.run(.moveFamilyIn(account: "acct", transfer: transfer)) == .done)
         #expect(new.violations.isEmpty, "\(new.violations)")
         // Its hold's deadline passed while it moved: it expired on arrival.
-        #expect(new.ledger.holdCount == 0)
+        #expect(new.ledger.openHoldCount == 0)
         #expect(new.balance(account: "acct").funds.pool == 990)
         #expect(new.ledger.parent(of: "child") == "acct")
         #expect(new.run(.moveFamilyIn(account: "acct", transfer: transfer)).errorCode == .alreadyExists)
@@ -393,8 +393,4 @@ private struct MoveRun {
         if r != s { failures.append("events: reference \(r), shard \(s)") }
         if !stray.isEmpty { failures.append("events from the shard the family left: \(stray)") }
     }
-}
-
-extension Ledger {
-    var holdCount: Int { openHoldCount }
 }
