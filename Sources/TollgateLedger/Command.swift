@@ -50,6 +50,10 @@ public enum Command: Hashable, Sendable {
     case moveFamilyOut(account: String, destination: String)
     /// Adds a family read from its old shard by `familyTransfer`.
     case moveFamilyIn(account: String, transfer: [UInt8])
+    /// A cap over a window, hard or soft, of the account, a member or a group (Ledger+Windows.swift).
+    case setCap(SetCap)
+    /// The most open holds the account, each member, or one member may have; nil removes it.
+    case setConcurrency(account: String, target: ConcurrencyTarget, limit: Int64?)
 
     /// The account the command belongs to: idempotency keys are scoped by it, and later the
     /// server checks a credential's scope against it. Rate-card changes belong to no account.
@@ -70,6 +74,8 @@ public enum Command: Hashable, Sendable {
             a
         case .provision(let p): p.account
         case .moveFamilyOut(let a, _), .moveFamilyIn(let a, _): a
+        case .setCap(let c): c.account
+        case .setConcurrency(let a, _, _): a
         case .definePlan: ""
         case .addGrant(let g): g.account
         case .setRate: ""

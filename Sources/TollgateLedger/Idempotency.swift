@@ -389,6 +389,28 @@ extension Command {
             hasher.add(digest.second)
             hasher.add(UInt64(transfer.count))
             return hasher.state
+        case .setCap(let set):
+            var hasher = FastHasher(tag: 32)
+            hasher.add(set.account)
+            switch set.target {
+            case .account: hasher.add(0 as UInt64)
+            case .member(let member): hasher.add(1 as UInt64); hasher.add(member)
+            case .group(let group): hasher.add(2 as UInt64); hasher.add(group)
+            }
+            hasher.add(UInt64(set.window.rawValue))
+            hasher.add(UInt64(set.mode.rawValue))
+            hasher.add(optional: set.limit)
+            return hasher.state
+        case .setConcurrency(let account, let target, let limit):
+            var hasher = FastHasher(tag: 33)
+            hasher.add(account)
+            switch target {
+            case .account: hasher.add(0 as UInt64)
+            case .eachMember: hasher.add(1 as UInt64)
+            case .member(let member): hasher.add(2 as UInt64); hasher.add(member)
+            }
+            hasher.add(optional: limit)
+            return hasher.state
         }
     }
 }

@@ -66,6 +66,9 @@ public struct LedgerEvent: Hashable, Sendable {
         case depleted(id: String, balance: Credits)
         /// An auto-recharge added a top-up grant.
         case recharged(grant: GrantID, amount: Credits, balance: Credits)
+        /// A soft cap's window is used past its limit (Ledger+Windows.swift): `subject` is the
+        /// member, group or account id of `level`, `used` its consumed plus held in the window.
+        case softLimit(level: LedgerError.Level, subject: String, window: CapWindow, limit: Credits, used: Credits)
     }
 
     /// Increases by one per event, over the ledger's whole history: an event's id for
@@ -289,7 +292,7 @@ extension Ledger {
         }
     }
 
-    private mutating func emit(_ slot: Int32, member: Int32, at instant: Instant, _ kind: LedgerEvent.Kind) {
+    mutating func emit(_ slot: Int32, member: Int32, at instant: Instant, _ kind: LedgerEvent.Kind) {
         let event = LedgerEvent(
             sequence: nextEventSequence, at: instant, account: accounts[Int(slot)].id, member: member == noSlot ? nil : members[Int(member)].id,
             kind: kind)

@@ -14,6 +14,9 @@ public struct Balance: Hashable, Sendable {
     /// The grants this account (or member) can draw on now, in draw order.
     public var grants: [GrantView]
     public var openHolds: Int
+    /// The most holds that may be open at once: the member's bound (its own or the account's
+    /// for each member) for a member's balance, else the account's; nil when unbounded.
+    public var openHoldsLimit: Int?
     /// The account's seat subscription, if one is running.
     public var subscription: SubscriptionView?
     /// Consumption over the last minute and hour: the member's when the balance is a
@@ -46,15 +49,20 @@ public struct LevelUsage: Hashable, Sendable {
     public var limit: Credits?
     public var consumed: Credits
     public var held: Credits
+    /// What the tightest hard cap (of the period's and the windows') still allows.
     public var headroom: Credits?
+    /// Every cap of the level: the period's hard cap (`limit`) first if set, then the caps over
+    /// other windows and the soft caps (Ledger+Windows.swift).
+    public var caps: [CapView]
 
-    public init(level: LedgerError.Level, subject: String, limit: Credits?, consumed: Credits, held: Credits, headroom: Credits?) {
+    public init(level: LedgerError.Level, subject: String, limit: Credits?, consumed: Credits, held: Credits, headroom: Credits?, caps: [CapView] = []) {
         self.level = level
         self.subject = subject
         self.limit = limit
         self.consumed = consumed
         self.held = held
         self.headroom = headroom
+        self.caps = caps
     }
 }
 
@@ -142,36 +150,39 @@ extension Ledger {
         var ownSlots = record.poolOrder
         var memberAvailable: Credits = 0
         var openHolds = record.openHolds
+        var openHoldsLimit = record.holdLimit
         if chain.member != noSlot {
             let memberRecord = members[Int(chain.member)]
-            levels.append(usage(.member, memberRecord.id, memberRecord.capLimit, memberRecord.usage, now))
+            levels.append(usage(.member, memberRecord.id, memberRecord.capLimit, memberRecord.usage, memberRecord.windows, record.period, now))
             for group in memberRecord.groups {
                 let groupRecord = groups[Int(group)]
-                levels.append(usage(.group, groupRecord.id, groupRecord.capLimit, groupRecord.usage, now))
+                levels.append(usage(.group, groupRecord.id, groupRecord.capLimit, groupRecord.usage, groupRecord.windows, record.period, now))
             }
             memberAvailable = memberRecord.available
             openHolds = memberRecord.openHolds
+            openHoldsLimit = memberRecord.holdLimit ?? record.memberHoldLimit
             // The member's grants and the pool interleave in one draw order.
             ownSlots = (memberRecord.grantOrder + record.poolOrder).sorted { grants[Int($0)].drawsBefore(grants[Int($1)]) }
         }
-        levels.append(usage(.account, record.id, record.capLimit, record.usage, now))
+        levels.append(usage(.account, record.id, record.capLimit, record.usage, record.windows, record.period, now))
         var parentSlots: [Int32] = []
         var parentPool: Credits = 0
         if chain.parent != noSlot {
             let parent = accounts[Int(chain.parent)]
-            levels.append(usage(.parent, parent.id, parent.capLimit, parent.usage, now))
+            levels.append(usage(.parent, parent.id, parent.capLimit, parent.usage, parent.windows, parent.period, now))
             parentPool = parent.poolAvailable
             parentSlots = parent.poolOrder
         }
-        return .success(
-            Balance(
+        var balance = Balance(
                 account: record.id, member: member, at: now, periodStart: window.start, periodEnd: window.end,
                 headroom: headroom(chain, at: now), levels: levels,
                 funds: Funds(
                     member: memberAvailable, pool: record.poolAvailable, parentPool: parentPool, overage: record.overage,
                     overdrawn: record.overdrawn, overdraftHeld: record.overdraftHeld),
                 grants: (ownSlots + parentSlots).map(view), openHolds: openHolds, subscription: subscriptionView(chain.account),
-                burn: burnRate(chain, at: now)))
+                burn: burnRate(chain, at: now))
+        balance.openHoldsLimit = openHoldsLimit
+        return .success(balance)
     }
 
     /// Every live grant of an account, including those not yet effective and those that are
@@ -219,7 +230,7 @@ extension Ledger {
     public func groupUsage(account: String, group: String, at now: Instant) -> LevelUsage? {
         guard case .success(let slots) = groupSlot(account, group) else { return nil }
         let record = groups[Int(slots.group)]
-        return usage(.group, record.id, record.capLimit, record.usage, max(now, clock))
+        return usage(.group, record.id, record.capLimit, record.usage, record.windows, accounts[Int(slots.account)].period, max(now, clock))
     }
 
     public var openHoldCount: Int { holds.count }
@@ -227,10 +238,14 @@ extension Ledger {
     public var memberCount: Int { liveMemberCount }
     public var idempotencyKeyCount: Int { idempotency.count }
 
-    private func usage(_ level: LedgerError.Level, _ subject: String, _ limit: Credits?, _ counter: UsageCounter, _ now: Instant) -> LevelUsage {
+    private func usage(
+        _ level: LedgerError.Level, _ subject: String, _ limit: Credits?, _ counter: UsageCounter, _ windows: [WindowCap], _ period: BillingPeriod,
+        _ now: Instant
+    ) -> LevelUsage {
         LevelUsage(
             level: level, subject: subject, limit: limit, consumed: counter.consumed(at: now), held: counter.held,
-            headroom: counter.headroom(limit: limit, at: now))
+            headroom: Self.tightest(windows, counter.headroom(limit: limit, at: now), at: now),
+            caps: capViews(capLimit: limit, usage: counter, windows: windows, period: period, at: now))
     }
 
     func view(_ slot: Int32) -> GrantView {

@@ -198,6 +198,7 @@ extension Ledger {
             let parentPeriod = accounts[parent].period
             accounts[parent].usage.record(held: held, consumed: consumed, at: now, period: parentPeriod)
         }
+        if chainHasWindows(chain) { addWindowUsage(chain, held: held, consumed: consumed, at: now) }
     }
 
     // MARK: - Grant lifecycle

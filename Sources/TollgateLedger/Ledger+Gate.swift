@@ -40,7 +40,7 @@ extension Ledger {
         case .failure(let refusal):
             return .refused(refusal)
         case .success(let priced):
-            if let error = refusalFor(priced.cost, priced.headroom, priced.chain) {
+            if let error = refusalFor(priced.cost, priced.headroom, priced.chain, at: now) {
                 return .refused(Refusal(error, headroom: priced.headroom))
             }
             return .decision(
@@ -62,7 +62,10 @@ extension Ledger {
         case .success(let value): priced = value
         }
         let chain = priced.chain
-        if let error = refusalFor(priced.cost, priced.headroom, chain) {
+        if let error = refusalFor(priced.cost, priced.headroom, chain, at: now) {
+            return .refused(Refusal(error, headroom: priced.headroom))
+        }
+        if let error = concurrencyRefusal(chain) {
             return .refused(Refusal(error, headroom: priced.headroom))
         }
         guard holds.count < limits.holdsMax else {
@@ -100,7 +103,7 @@ extension Ledger {
         case .failure(let refusal): return .refused(refusal)
         case .success(let value): priced = value
         }
-        if let error = refusalFor(priced.cost, priced.headroom, priced.chain) {
+        if let error = refusalFor(priced.cost, priced.headroom, priced.chain, at: now) {
             return .refused(Refusal(error, headroom: priced.headroom))
         }
         _ = drawFunds(priced.chain, priced.cost, holding: false)
@@ -166,7 +169,7 @@ extension Ledger {
             // Above the hold: the difference is a new draw, under the caps and the overage policy.
             let excess = actual - hold.held
             let headroom = self.headroom(chain, at: now)
-            if let error = refusalFor(excess, headroom, chain) {
+            if let error = refusalFor(excess, headroom, chain, at: now) {
                 let finishAllowed = error.code == .insufficientFunds && finishAllows(hold, committing: actual)
                 if !finishAllowed { return .failure(Refusal(error, headroom: headroom)) }
             }
@@ -295,19 +298,23 @@ extension Ledger {
         if chain.member != noSlot {
             let member = Int(chain.member)
             result.member = members[member].usage.headroom(limit: members[member].capLimit, at: now)
+            if !members[member].windows.isEmpty { result.member = Self.tightest(members[member].windows, result.member, at: now) }
             funds += members[member].available
             for group in chain.groups {
-                let record = groups[Int(group)]
-                if let headroom = record.usage.headroom(limit: record.capLimit, at: now), headroom < (result.group ?? Credits.max) {
+                var headroom = groups[Int(group)].usage.headroom(limit: groups[Int(group)].capLimit, at: now)
+                if !groups[Int(group)].windows.isEmpty { headroom = Self.tightest(groups[Int(group)].windows, headroom, at: now) }
+                if let headroom, headroom < (result.group ?? Credits.max) {
                     result.group = headroom
-                    result.groupID = record.id
+                    result.groupID = groups[Int(group)].id
                 }
             }
         }
         result.account = accounts[account].usage.headroom(limit: accounts[account].capLimit, at: now)
+        if !accounts[account].windows.isEmpty { result.account = Self.tightest(accounts[account].windows, result.account, at: now) }
         if chain.parent != noSlot {
             let parent = Int(chain.parent)
             result.parent = accounts[parent].usage.headroom(limit: accounts[parent].capLimit, at: now)
+            if !accounts[parent].windows.isEmpty { result.parent = Self.tightest(accounts[parent].windows, result.parent, at: now) }
             funds += accounts[parent].poolAvailable
         }
         result.funds = funds
@@ -316,18 +323,30 @@ extension Ledger {
 
     /// The first level, walking member, groups, account, parent and then funds, that cannot
     /// take `cost` more.
-    func refusalFor(_ cost: Credits, _ headroom: Headroom, _ chain: Chain) -> LedgerError? {
+    func refusalFor(_ cost: Credits, _ headroom: Headroom, _ chain: Chain, at now: Instant) -> LedgerError? {
         if let member = headroom.member, member < cost {
-            return LedgerError(.memberCap, level: .member, subject: members[Int(chain.member)].id)
+            let record = members[Int(chain.member)]
+            return LedgerError(
+                .memberCap, level: .member, subject: capSubject(record.id, capLimit: record.capLimit, usage: record.usage, windows: record.windows, cost: cost, at: now))
         }
         if let group = headroom.group, group < cost {
-            return LedgerError(.groupCap, level: .group, subject: headroom.groupID ?? "")
+            let id = headroom.groupID ?? ""
+            var subject = id
+            if let slot = chain.groups.first(where: { groups[Int($0)].id == id }) {
+                let record = groups[Int(slot)]
+                subject = capSubject(id, capLimit: record.capLimit, usage: record.usage, windows: record.windows, cost: cost, at: now)
+            }
+            return LedgerError(.groupCap, level: .group, subject: subject)
         }
         if let account = headroom.account, account < cost {
-            return LedgerError(.accountCap, level: .account, subject: accounts[Int(chain.account)].id)
+            let record = accounts[Int(chain.account)]
+            return LedgerError(
+                .accountCap, level: .account, subject: capSubject(record.id, capLimit: record.capLimit, usage: record.usage, windows: record.windows, cost: cost, at: now))
         }
         if let parent = headroom.parent, parent < cost {
-            return LedgerError(.parentCap, level: .parent, subject: accounts[Int(chain.parent)].id)
+            let record = accounts[Int(chain.parent)]
+            return LedgerError(
+                .parentCap, level: .parent, subject: capSubject(record.id, capLimit: record.capLimit, usage: record.usage, windows: record.windows, cost: cost, at: now))
         }
         if headroom.funds < cost {
             return LedgerError(.insufficientFunds, level: .account, subject: accounts[Int(chain.account)].id)

@@ -12,6 +12,18 @@ extension Ledger {
         func expect(_ condition: Bool, _ message: @autoclosure () -> String) {
             if !condition { violations.append(message()) }
         }
+        // Every window cap of a level counts what the level holds; at most one cap per window
+        // and mode, and the period's hard cap is not among them.
+        func expectWindows(_ windows: [WindowCap], _ usage: UsageCounter, _ level: @autoclosure () -> String) {
+            for cap in windows {
+                expect(cap.usage.held == usage.held, "\(level()) \(cap.window.name) \(cap.mode.name) cap counts \(cap.usage.held) held, the level holds \(usage.held)")
+                expect(cap.limit >= 0 && cap.usage.consumed >= 0, "\(level()) \(cap.window.name) cap has a negative amount")
+            }
+            expect(
+                windows.count <= Ledger.windowCapsPerLevelMax && Set(windows.map { [$0.window.rawValue, $0.mode.rawValue] }).count == windows.count
+                    && !windows.contains { $0.window == .period && $0.mode == .hard },
+                "\(level()) has duplicate window caps")
+        }
 
         // Grants: amount = available + held + consumed + expired + voided, and state rules.
         var liveGrantsPerAccount = [Int](repeating: 0, count: accounts.count)
@@ -105,11 +117,13 @@ extension Ledger {
             expect(account.overdraftHeld == overdraftHeldPerAccount[slot], "account \(account.id) overdraft held mismatch")
             expect(account.usage.held == heldPerAccount[slot], "account \(account.id) counts \(account.usage.held) held, holds add to \(heldPerAccount[slot])")
             expect(account.openHolds == holdsPerAccount[slot], "account \(account.id) open hold count mismatch")
+            expectWindows(account.windows, account.usage, "account \(account.id)")
         }
         var membersPerGroup = [Int](repeating: 0, count: groups.count)
         for (slot, member) in members.enumerated() where member.isLive {
             expect(member.usage.held == heldPerMember[slot], "member \(member.id) counts \(member.usage.held) held, holds add to \(heldPerMember[slot])")
             expect(member.openHolds == holdsPerMember[slot], "member \(member.id) open hold count mismatch")
+            expectWindows(member.windows, member.usage, "member \(member.id)")
             for group in member.groups {
                 expect(groups[Int(group)].isLive && groups[Int(group)].account == member.account, "member \(member.id) is in a closed group or another account's")
                 membersPerGroup[Int(group)] += 1
@@ -120,6 +134,7 @@ extension Ledger {
         for (slot, group) in groups.enumerated() {
             expect(group.usage.held == heldPerGroup[slot], "group \(group.id) counts \(group.usage.held) held, its holds add to \(heldPerGroup[slot])")
             expect(group.memberCount == membersPerGroup[slot], "group \(group.id) member count mismatch")
+            expectWindows(group.windows, group.usage, "group \(group.id)")
         }
         var liveMembersPerAccount = [Int](repeating: 0, count: accounts.count)
         for (slot, member) in members.enumerated() where member.isLive {

@@ -318,6 +318,7 @@ extension Ledger {
             groups[index].isLive = false
             groups[index].memberCount = 0
             groups[index].usage.held = 0
+            groups[index].windows = []
         }
         var account = accounts[Int(slot)]
         account.groupSlots = [:]
@@ -330,6 +331,9 @@ extension Ledger {
         account.openHolds = 0
         account.memberCount = 0
         account.usage.held = 0
+        account.windows = []
+        account.holdLimit = nil
+        account.memberHoldLimit = nil
         account.isWatched = false
         accounts[Int(slot)] = account
         subscriptions[slot] = nil
@@ -339,8 +343,19 @@ extension Ledger {
 
     // MARK: - The transfer's bytes
 
-    /// "TGF1": a family transfer, version 1.
-    static let transferMagic: UInt32 = 0x5447_4631
+    /// "TGF2": a family transfer whose records are in snapshot format 6 (window caps and
+    /// open-hold bounds). "TGF1", format 5, is still read.
+    static let transferMagic: UInt32 = 0x5447_4632
+    static let transferMagicVersion1: UInt32 = 0x5447_4631
+
+    /// The record format of a transfer's magic, or nil if it is not one.
+    static func transferFormat(_ magic: UInt32) -> Int? {
+        switch magic {
+        case transferMagic: snapshotFormat
+        case transferMagicVersion1: 5
+        default: nil
+        }
+    }
 
     /// This ledger (holding one family, root first, slots dense) as a transfer.
     func encodeTransfer(root: String) -> [UInt8] {
@@ -373,7 +388,9 @@ extension Ledger {
     /// the bytes are not a transfer of `root`'s family.
     public static func transferAccounts(_ bytes: [UInt8], root: String) -> [String]? {
         var r = SnapshotReader(bytes: bytes)
-        guard (try? r.integer(UInt32.self)) == transferMagic, (try? r.instant()) != nil, (try? r.string()) == root,
+        guard let format = (try? r.integer(UInt32.self)).flatMap(transferFormat) else { return nil }
+        r.format = format
+        guard (try? r.instant()) != nil, (try? r.string()) == root,
             let accounts = try? r.array({ try $0.readAccount() })
         else { return nil }
         return accounts.map(\.id)
@@ -387,7 +404,8 @@ extension Ledger {
         var family: Ledger
         do {
             var r = SnapshotReader(bytes: bytes)
-            guard try r.integer(UInt32.self) == transferMagic else { throw fail("not a family transfer") }
+            guard let format = transferFormat(try r.integer(UInt32.self)) else { throw fail("not a family transfer") }
+            r.format = format
             family = Ledger(limits: limits, startingAt: try r.instant())
             guard try r.string() == root else { throw fail("it is not the family of \(root)") }
             family.accounts = ChunkedArray(try r.array { try $0.readAccount() })
@@ -443,6 +461,8 @@ extension Ledger {
         func counted(_ value: Int) -> Bool { value >= 0 && value <= countMax }
         func usage(_ usage: UsageCounter) -> Bool { credits(usage.held, sumMax) && usage.consumed >= 0 }
         func identifier(_ id: String) -> Bool { !id.isEmpty && id.utf8.count <= limits.identifierBytesMax }
+        func windows(_ caps: [WindowCap]) -> Bool { caps.allSatisfy { credits($0.limit, limits.creditsMax) && usage($0.usage) } }
+        func bound(_ value: Int?) -> Bool { value.map { $0 >= 0 && $0 <= limits.holdsPerAccountMax } ?? true }
 
         for (slot, account) in accounts.enumerated() {
             guard identifier(account.id) else { throw fail("account \(slot) has a bad id") }
@@ -455,13 +475,14 @@ extension Ledger {
                 throw fail("account \(account.id) names a group or grant that is not in the transfer")
             }
             guard credits(account.poolAvailable, sumMax), credits(account.overdrawn, sumMax), credits(account.overdraftHeld, sumMax), usage(account.usage),
-                counted(account.memberCount), counted(account.liveGrants), counted(account.openHolds), account.capLimit.map({ credits($0, limits.creditsMax) }) ?? true
+                counted(account.memberCount), counted(account.liveGrants), counted(account.openHolds), account.capLimit.map({ credits($0, limits.creditsMax) }) ?? true,
+                windows(account.windows), bound(account.holdLimit), bound(account.memberHoldLimit)
             else { throw fail("account \(account.id) has an amount out of range") }
             guard accountSlots.updateValue(Int32(slot), forKey: HashedString(account.id)) == nil else { throw fail("account \(account.id) is in it twice") }
         }
         for (slot, group) in groups.enumerated() {
             guard identifier(group.id), inRange(group.account, accountCount), usage(group.usage), counted(group.memberCount),
-                group.capLimit.map({ credits($0, limits.creditsMax) }) ?? true
+                group.capLimit.map({ credits($0, limits.creditsMax) }) ?? true, windows(group.windows)
             else { throw fail("group \(slot) is out of range") }
         }
         for (slot, member) in members.enumerated() {
@@ -470,7 +491,7 @@ extension Ledger {
                 throw fail("member \(member.id) names a group or grant that is not in the transfer")
             }
             guard credits(member.available, sumMax), usage(member.usage), counted(member.openHolds), counted(member.pendingGrants),
-                member.capLimit.map({ credits($0, limits.creditsMax) }) ?? true
+                member.capLimit.map({ credits($0, limits.creditsMax) }) ?? true, windows(member.windows), bound(member.holdLimit)
             else { throw fail("member \(member.id) has an amount out of range") }
             guard memberSlots.updateValue(Int32(slot), forKey: MemberKey(account: member.account, member: member.id)) == nil else { throw fail("member \(member.id) is in it twice") }
             liveMemberCount += 1

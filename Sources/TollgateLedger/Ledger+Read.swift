@@ -23,6 +23,11 @@ public struct AccountSummary: Hashable, Sendable {
     /// The period's included credits (all seats'); 0 without a subscription.
     public var allotment: Credits
     public var openHolds: Int
+    /// The most open holds the account may have, and each member (unless it has its own).
+    public var openHoldsLimit: Int?
+    public var memberOpenHoldsLimit: Int?
+    /// The account's caps: the period's hard cap first if set, then window and soft caps.
+    public var caps: [CapView] = []
     public var liveGrants: Int
     public var burn: BurnRate
     public var periodStart: Instant
@@ -113,7 +118,9 @@ extension Ledger {
             account: record.id, parent: record.parent == noSlot ? nil : accounts[Int(record.parent)].id, children: Int(record.childCount),
             members: record.memberCount, pool: record.poolAvailable, membersOwn: record.membersAvailable, held: record.usage.held,
             consumed: record.usage.consumed(at: now), cap: record.capLimit, overdrawn: record.overdrawn, overdraftHeld: record.overdraftHeld,
-            overage: record.overage, allotment: allotment(slot, member: noSlot), openHolds: record.openHolds, liveGrants: record.liveGrants,
+            overage: record.overage, allotment: allotment(slot, member: noSlot), openHolds: record.openHolds, openHoldsLimit: record.holdLimit,
+            memberOpenHoldsLimit: record.memberHoldLimit,
+            caps: capViews(capLimit: record.capLimit, usage: record.usage, windows: record.windows, period: record.period, at: now), liveGrants: record.liveGrants,
             burn: burnRate(Chain(account: slot, member: noSlot, parent: record.parent), at: now), periodStart: window.start, periodEnd: window.end, at: now)
     }
 }
@@ -174,6 +181,10 @@ public struct MemberView: Hashable, Sendable {
     public var available: Credits
     public var openHolds: Int
     public var groups: [String]
+    /// Its own bound on open holds, else the account's for each member.
+    public var openHoldsLimit: Int?
+    /// The period's hard cap first if set, then window and soft caps.
+    public var caps: [CapView] = []
 }
 
 /// A product's rate card entry: the rate in force and the versions still to come.
@@ -203,7 +214,9 @@ extension Ledger {
             out.append(
                 MemberView(
                     id: member.id, cap: member.capLimit, consumed: member.usage.consumed(at: now), held: member.usage.held,
-                    available: member.available, openHolds: member.openHolds, groups: member.groups.map { groups[Int($0)].id }))
+                    available: member.available, openHolds: member.openHolds, groups: member.groups.map { groups[Int($0)].id },
+                    openHoldsLimit: member.holdLimit ?? accounts[Int(slot)].memberHoldLimit,
+                    caps: capViews(capLimit: member.capLimit, usage: member.usage, windows: member.windows, period: accounts[Int(slot)].period, at: now)))
         }
         return out
     }

@@ -278,6 +278,8 @@ public struct Ledger: Hashable, Sendable {
         case .provision(let provision): return self.provision(provision, at: now)
         case .moveFamilyOut(let account, let destination): return moveFamilyOut(account, to: destination, at: now)
         case .moveFamilyIn(let account, let transfer): return moveFamilyIn(account, transfer: transfer, at: now)
+        case .setCap(let set): return setCap(set, at: now)
+        case .setConcurrency(let account, let target, let limit): return setConcurrency(account, target: target, limit: limit)
         }
     }
 

@@ -38,6 +38,8 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
         case notInGroup = 22
         /// The account's family is on another shard now (Ledger+Move.swift); the subject names it.
         case familyMoved = 23
+        /// A reserve would open more holds than the account or member may have open at once.
+        case concurrencyLimit = 24
 
         /// The status name of proto/PROTOCOL.md §7.1, for logs, metrics labels and `--json`.
         public var identifier: String {
@@ -65,6 +67,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
             case .grantNotLive: "grantNotLive"
             case .notInGroup: "notInGroup"
             case .familyMoved: "familyMoved"
+            case .concurrencyLimit: "concurrencyLimit"
             }
         }
 
@@ -93,6 +96,7 @@ public struct LedgerError: Error, Hashable, Sendable, CustomStringConvertible {
             case .grantNotLive: "grant is expired or voided (credits are still held on it)"
             case .notInGroup: "member is not in the group"
             case .familyMoved: "account family moved to another shard"
+            case .concurrencyLimit: "too many open holds"
             }
         }
     }

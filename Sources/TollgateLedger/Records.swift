@@ -75,6 +75,12 @@ struct AccountRecord: Hashable, Sendable {
     var overdraftHeld: Credits = 0
     var liveGrants = 0
     var openHolds = 0
+    /// Caps over other windows, and soft caps (Ledger+Windows.swift); empty for most accounts.
+    var windows: [WindowCap] = []
+    /// The most open holds the account may have at once, and each of its members (unless the
+    /// member has its own bound).
+    var holdLimit: Int?
+    var memberHoldLimit: Int?
     var rateOverrides: [HashedString: RateHistory] = [:]
 
     func overdraftRemaining() -> Credits {
@@ -94,6 +100,8 @@ struct MemberRecord: Hashable, Sendable {
     var grantOrder: [Int32] = []
     var available: Credits = 0
     var openHolds = 0
+    var windows: [WindowCap] = []
+    var holdLimit: Int?
     /// Member-scoped grants that are not yet effective; removing the member voids them.
     var pendingGrants = 0
 }
@@ -105,6 +113,7 @@ struct GroupRecord: Hashable, Sendable {
     var capLimit: Credits?
     var usage: UsageCounter
     var memberCount = 0
+    var windows: [WindowCap] = []
 }
 
 enum GrantState: UInt8, Hashable, Sendable {

@@ -8,6 +8,8 @@ public struct SnapshotError: Error, CustomStringConvertible, Sendable {
 
 struct SnapshotWriter {
     var bytes: [UInt8] = []
+    /// The layout version of the records written: 6 adds window caps and open-hold bounds.
+    var format = Ledger.snapshotFormat
 
     mutating func integer<Value: FixedWidthInteger>(_ value: Value) {
         withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
@@ -36,6 +38,8 @@ struct SnapshotWriter {
 struct SnapshotReader {
     let bytes: [UInt8]
     var position = 0
+    /// The layout version of the records read (see `SnapshotWriter.format`).
+    var format = Ledger.snapshotFormat
 
     mutating func integer<Value: FixedWidthInteger>(_ type: Value.Type = Value.self) throws -> Value {
         let size = MemoryLayout<Value>.size
@@ -89,8 +93,12 @@ struct SnapshotReader {
 
 extension Ledger {
     /// "TGL2": adds subscriptions. A "TGL1" snapshot (before them) is still read.
+    /// Version 6: accounts, members and groups carry their window caps and open-hold bounds
+    /// (Ledger+Windows.swift).
+    static let snapshotMagic: UInt32 = 0x5447_4C36
+    static let snapshotFormat = 6
     /// Version 5: the families moved out (Ledger+Move.swift), at the end.
-    static let snapshotMagic: UInt32 = 0x5447_4C35
+    static let snapshotMagicVersion5: UInt32 = 0x5447_4C35
     /// Version 4: a hold carries the groups it counts against (its member's when it was made).
     static let snapshotMagicVersion4: UInt32 = 0x5447_4C34
     /// Version 3: idempotency entries carry the instant their request was decided.
@@ -101,14 +109,16 @@ extension Ledger {
 
     /// The whole state as bytes.
     public func snapshot() -> [UInt8] {
-        snapshot(asVersion3: false)
+        snapshot(asVersion: Ledger.snapshotFormat)
     }
 
-    /// `asVersion3` writes what a version-3 checkpoint held (holds without their groups), so
-    /// that tests can check how one is read.
-    func snapshot(asVersion3: Bool) -> [UInt8] {
-        var w = SnapshotWriter()
-        w.integer(asVersion3 ? Ledger.snapshotMagicVersion3 : Ledger.snapshotMagic)
+    /// The snapshot as an older version (3 to 6) wrote it, leaving out what that version did
+    /// not have (a hold's groups before 4, the families moved out before 5, window caps and
+    /// open-hold bounds before 6), so that tests can check how one is read.
+    func snapshot(asVersion version: Int) -> [UInt8] {
+        let magics = [3: Ledger.snapshotMagicVersion3, 4: Ledger.snapshotMagicVersion4, 5: Ledger.snapshotMagicVersion5]
+        var w = SnapshotWriter(format: version)
+        w.integer(magics[version] ?? Ledger.snapshotMagic)
         w.instant(clock)
         w.array(accounts) { w, account in w.write(account) }
         w.array(members) { w, member in w.write(member) }
@@ -117,7 +127,7 @@ extension Ledger {
         w.array(grants) { w, grant in w.write(grant) }
         w.array(freeGrantSlots) { $0.integer($1) }
         w.integer(nextGrantID)
-        w.array(holds.values.sorted { $0.id < $1.id }) { w, hold in w.write(hold, withGroups: !asVersion3) }
+        w.array(holds.values.sorted { $0.id < $1.id }) { w, hold in w.write(hold, withGroups: version >= 4) }
         w.integer(nextHoldID)
         w.array(rates.sorted { $0.key.string < $1.key.string }) { w, rate in
             w.string(rate.key.string)
@@ -206,7 +216,7 @@ extension Ledger {
             w.array(plan.alerts) { w, alert in w.write(alert) }
             w.optional(plan.autoRecharge) { w, rule in w.write(rule) }
         }
-        if !asVersion3 {
+        if version >= 5 {
             w.array(movedOut.sorted { $0.key < $1.key }) { w, entry in
                 w.integer(entry.key)
                 w.string(entry.value.destination)
@@ -220,10 +230,14 @@ extension Ledger {
     public init(snapshot bytes: [UInt8], limits: LedgerLimits = LedgerLimits()) throws {
         var r = SnapshotReader(bytes: bytes)
         let magic = try r.integer(UInt32.self)
-        let known = [Ledger.snapshotMagic, Ledger.snapshotMagicVersion4, Ledger.snapshotMagicVersion3, Ledger.snapshotMagicVersion2, Ledger.snapshotMagicVersion1]
-        guard known.contains(magic) else {
+        let known = [
+            Ledger.snapshotMagic, Ledger.snapshotMagicVersion5, Ledger.snapshotMagicVersion4, Ledger.snapshotMagicVersion3, Ledger.snapshotMagicVersion2,
+            Ledger.snapshotMagicVersion1,
+        ]
+        guard let version = known.firstIndex(of: magic).map({ Ledger.snapshotFormat - $0 }) else {
             throw SnapshotError(description: "not a ledger snapshot")
         }
+        r.format = version
         self.init(limits: limits, startingAt: try r.instant())
         accounts = ChunkedArray(try r.array { try $0.readAccount() })
         members = ChunkedArray(try r.array { try $0.readMember() })
@@ -232,7 +246,7 @@ extension Ledger {
         grants = ChunkedArray(try r.array { try $0.readGrant() })
         freeGrantSlots = try r.array { try $0.integer(Int32.self) }
         nextGrantID = try r.integer()
-        let holdsCarryGroups = magic == Ledger.snapshotMagic || magic == Ledger.snapshotMagicVersion4
+        let holdsCarryGroups = version >= 4
         for var hold in try r.array({ try $0.readHold(withGroups: holdsCarryGroups) }) {
             guard hold.account >= 0, Int(hold.account) < accounts.count else { throw SnapshotError(description: "hold \(hold.id) of an unknown account slot") }
             if hold.member != noSlot {
@@ -337,7 +351,7 @@ extension Ledger {
                 plans[plan.name] = plan
             }
         }
-        if magic == Ledger.snapshotMagic {
+        if version >= 5 {
             for (slot, destination, at) in try r.array({ r in (try r.integer(Int32.self), try r.string(), try r.instant()) }) {
                 guard slot >= 0, Int(slot) < accounts.count else { throw SnapshotError(description: "moved family of an unknown account slot \(slot)") }
                 movedOut[slot] = MovedFamily(destination: destination, at: at)
@@ -447,6 +461,17 @@ extension SnapshotWriter {
         optional(group.capLimit) { $0.integer($1) }
         write(group.usage)
         int(group.memberCount)
+        if format >= 6 { write(group.windows) }
+    }
+
+    mutating func write(_ windows: [WindowCap]) {
+        array(windows) { w, cap in
+            w.integer(cap.window.rawValue)
+            w.integer(cap.mode.rawValue)
+            w.integer(cap.limit)
+            w.write(cap.usage)
+            w.bool(cap.fired)
+        }
     }
 
     /// Each watched account's alerts, by slot in order.
@@ -493,6 +518,11 @@ extension SnapshotWriter {
             w.string(entry.key.string)
             w.write(entry.value)
         }
+        if format >= 6 {
+            write(account.windows)
+            optional(account.holdLimit) { $0.int($1) }
+            optional(account.memberHoldLimit) { $0.int($1) }
+        }
     }
 
     mutating func write(_ member: MemberRecord) {
@@ -506,6 +536,10 @@ extension SnapshotWriter {
         integer(member.available)
         int(member.openHolds)
         int(member.pendingGrants)
+        if format >= 6 {
+            write(member.windows)
+            optional(member.holdLimit) { $0.int($1) }
+        }
     }
 
     mutating func write(_ grant: GrantRecord) {
@@ -627,7 +661,22 @@ extension SnapshotReader {
         group.capLimit = try optional { try $0.integer(Int64.self) }
         group.usage = try readUsage()
         group.memberCount = try int()
+        if format >= 6 { group.windows = try readWindows() }
         return group
+    }
+
+    mutating func readWindows() throws -> [WindowCap] {
+        let windows = try array { r -> WindowCap in
+            guard let window = CapWindow(rawValue: try r.integer()), let mode = CapMode(rawValue: try r.integer()) else {
+                throw SnapshotError(description: "unknown cap window or mode")
+            }
+            return WindowCap(window: window, mode: mode, limit: try r.integer(), usage: try r.readUsage(), fired: try r.bool())
+        }
+        guard windows.count <= Ledger.windowCapsPerLevelMax,
+            Set(windows.map { [$0.window.rawValue, $0.mode.rawValue] }).count == windows.count,
+            windows.allSatisfy({ !($0.window == .period && $0.mode == .hard) })
+        else { throw SnapshotError(description: "bad window caps") }
+        return windows
     }
 
     mutating func readAlerts() throws -> [(Int32, [AlertState])] {
@@ -656,6 +705,11 @@ extension SnapshotReader {
         account.liveGrants = try int()
         account.openHolds = try int()
         for (product, history) in try array({ r in (try r.string(), try r.readRates()) }) { account.rateOverrides[HashedString(product)] = history }
+        if format >= 6 {
+            account.windows = try readWindows()
+            account.holdLimit = try optional { try $0.int() }
+            account.memberHoldLimit = try optional { try $0.int() }
+        }
         return account
     }
 
@@ -708,6 +762,10 @@ extension SnapshotReader {
         member.available = try integer()
         member.openHolds = try int()
         member.pendingGrants = try int()
+        if format >= 6 {
+            member.windows = try readWindows()
+            member.holdLimit = try optional { try $0.int() }
+        }
         return member
     }
 

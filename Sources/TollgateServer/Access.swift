@@ -119,6 +119,8 @@ public struct Principal: Hashable, Sendable {
                 return check(account) ?? parent.flatMap(check) ?? parentOf(account).flatMap(check)
             case .setAccountCap(let account, _):
                 return check(account) ?? parentOf(account).flatMap(check)
+            case .setCap(let set) where set.target == .account:
+                return check(set.account) ?? parentOf(set.account).flatMap(check)
             case .provision(let provision):
                 return check(provision.account) ?? provision.parent.flatMap(check)
             case .definePlan:

@@ -357,7 +357,8 @@ final class SharedCounter: Sendable {
 /// {"id":"tollgate-event-7","sequence":7,"type":"alert","at":"2026-11-21T10:00:00.000000Z",
 ///  "atMicroseconds":1795255200000000,"account":"acme","member":null,"alert":"low","threshold":10,"balance":9}
 /// ```
-/// `type` is `alert`, `depleted` or `recharged` (with `grant` and `amount`). `id` is the same
+/// `type` is `alert`, `depleted`, `recharged` (with `grant` and `amount`) or `softLimit` (with
+/// `level`, `subject`, `window`, `limit` and `used`, and no balance). `id` is the same
 /// on every delivery of one event: receivers de-duplicate by it.
 enum EventJSON {
     static func encode(_ event: LedgerEvent) -> Data {
@@ -376,6 +377,8 @@ enum EventJSON {
             fields += [("type", "depleted"), ("alert", id), ("threshold", Int64(0)), ("balance", balance)]
         case .recharged(let grant, let amount, let balance):
             fields += [("type", "recharged"), ("grant", grant), ("amount", amount), ("balance", balance)]
+        case .softLimit(let level, let subject, let window, let limit, let used):
+            fields += [("type", "softLimit"), ("level", level.name), ("subject", subject), ("window", window.name), ("limit", limit), ("used", used)]
         }
         var object: [String: Any] = [:]
         for (key, value) in fields { object[key] = value }
@@ -402,6 +405,12 @@ enum EventJSON {
         case "recharged":
             guard let grant = (object["grant"] as? NSNumber)?.uint64Value, let amount = (object["amount"] as? NSNumber)?.int64Value else { return nil }
             kind = .recharged(grant: grant, amount: amount, balance: balance)
+        case "softLimit":
+            guard let level = (object["level"] as? String).flatMap({ name in LedgerError.Level.allCases.first { $0.name == name } }),
+                let subject = object["subject"] as? String, let window = (object["window"] as? String).flatMap(CapWindow.init(name:)),
+                let limit = (object["limit"] as? NSNumber)?.int64Value, let used = (object["used"] as? NSNumber)?.int64Value
+            else { return nil }
+            kind = .softLimit(level: level, subject: subject, window: window, limit: limit, used: used)
         default:
             return nil
         }

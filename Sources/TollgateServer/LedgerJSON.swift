@@ -140,7 +140,15 @@ public enum LedgerJSON {
     }
 
     public static func level(_ level: LevelUsage) -> [String: Any] {
-        ["level": level.level.name, "subject": level.subject, "limit": nullable(level.limit), "consumed": level.consumed, "held": level.held, "headroom": nullable(level.headroom)]
+        [
+            "level": level.level.name, "subject": level.subject, "limit": nullable(level.limit), "consumed": level.consumed, "held": level.held,
+            "headroom": nullable(level.headroom), "caps": level.caps.map(cap),
+        ]
+    }
+
+    /// A cap over a window: `{"window": "hour", "mode": "hard", "limit": 500, "used": 120, "windowEnd": "..."}`.
+    public static func cap(_ cap: CapView) -> [String: Any] {
+        ["window": cap.window.name, "mode": cap.mode.name, "limit": cap.limit, "used": cap.used, "windowEnd": cap.windowEnd.description]
     }
 
     public static func balance(_ balance: Balance) -> [String: Any] {
@@ -156,6 +164,7 @@ public enum LedgerJSON {
             "levels": balance.levels.map(level),
             "grants": balance.grants.map(grant),
             "openHolds": balance.openHolds,
+            "openHoldsLimit": nullable(balance.openHoldsLimit),
             "subscription": subscription(balance.subscription),
             "burn": ["lastMinute": balance.burn.lastMinute, "lastHour": balance.burn.lastHour],
         ]
@@ -167,6 +176,7 @@ public enum LedgerJSON {
             "balance": summary.balance, "pool": summary.pool, "membersOwn": summary.membersOwn, "held": summary.held,
             "consumed": summary.consumed, "cap": nullable(summary.cap), "overdrawn": summary.overdrawn, "overdraftHeld": summary.overdraftHeld,
             "overage": overage(summary.overage), "allotment": summary.allotment, "openHolds": summary.openHolds, "liveGrants": summary.liveGrants,
+            "openHoldsLimit": nullable(summary.openHoldsLimit), "memberOpenHoldsLimit": nullable(summary.memberOpenHoldsLimit), "caps": summary.caps.map(cap),
             "burn": ["lastMinute": summary.burn.lastMinute, "lastHour": summary.burn.lastHour],
             "periodStart": summary.periodStart.description, "periodEnd": summary.periodEnd.description, "at": summary.at.description,
             "atMilliseconds": milliseconds(summary.at),

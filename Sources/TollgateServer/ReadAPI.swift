@@ -242,6 +242,7 @@ struct ReadAPI: Sendable {
                 [
                     "member": member.id, "cap": LedgerJSON.nullable(member.cap), "consumed": member.consumed, "held": member.held,
                     "available": member.available, "openHolds": member.openHolds, "groups": member.groups,
+                    "openHoldsLimit": LedgerJSON.nullable(member.openHoldsLimit), "caps": member.caps.map(LedgerJSON.cap),
                 ]
             },
         ])

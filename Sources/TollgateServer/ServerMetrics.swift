@@ -100,6 +100,7 @@ public final class ServerMetrics: Sendable {
         case .alert: type = "alert"
         case .depleted: type = "depleted"
         case .recharged: type = "recharged"
+        case .softLimit: type = "softLimit"
         }
         counter("tollgate_events_total", [("type", type)]).increment()
     }

@@ -60,6 +60,10 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case moveFamilyOut = 0x38
     /// Admin: adds a family read by FAMILY_TRANSFER from its old shard.
     case moveFamilyIn = 0x39
+    /// Admin: a cap over a window (minute, hour, day, period), hard or soft.
+    case setCap = 0x3A
+    /// Admin: the most holds an account, each member, or one member may have open.
+    case setConcurrency = 0x3B
 
     public var name: String {
         switch self {
@@ -106,6 +110,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .readNodeFile: "READ_NODE_FILE"
         case .moveFamilyOut: "MOVE_FAMILY_OUT"
         case .moveFamilyIn: "MOVE_FAMILY_IN"
+        case .setCap: "SET_CAP"
+        case .setConcurrency: "SET_CONCURRENCY"
         }
     }
 

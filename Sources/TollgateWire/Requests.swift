@@ -213,6 +213,8 @@ extension Command {
         case .provision: .provision
         case .moveFamilyOut: .moveFamilyOut
         case .moveFamilyIn: .moveFamilyIn
+        case .setCap: .setCap
+        case .setConcurrency: .setConcurrency
         }
     }
 }
@@ -407,6 +409,36 @@ extension ByteBuffer {
             writeWireString(account)
             writeInteger(UInt32(transfer.count))
             writeBytes(transfer)
+        case .setCap(let set):
+            writeWireString(set.account)
+            switch set.target {
+            case .account:
+                writeInteger(UInt8(0))
+                writeWireString("")
+            case .member(let member):
+                writeInteger(UInt8(1))
+                writeWireString(member)
+            case .group(let group):
+                writeInteger(UInt8(2))
+                writeWireString(group)
+            }
+            writeInteger(set.window.rawValue)
+            writeInteger(set.mode.rawValue)
+            writeOptionalInteger(set.limit)
+        case .setConcurrency(let account, let target, let limit):
+            writeWireString(account)
+            switch target {
+            case .account:
+                writeInteger(UInt8(0))
+                writeWireString("")
+            case .eachMember:
+                writeInteger(UInt8(1))
+                writeWireString("")
+            case .member(let member):
+                writeInteger(UInt8(2))
+                writeWireString(member)
+            }
+            writeOptionalInteger(limit)
         case .provision(let provision):
             writeWireString(provision.account)
             writeWireString(provision.plan)
@@ -634,6 +666,37 @@ extension BodyReader {
             let length = Int(try u32("transfer length"))
             var transfer = try slice("transfer", length: length)
             return .moveFamilyIn(account: account, transfer: transfer.readBytes(length: length) ?? [])
+        case .setCap:
+            let account = try string("account")
+            let kind = try u8("target kind")
+            let id = try string("target")
+            let target: CapTarget
+            switch kind {
+            case 0:
+                guard id.isEmpty else { throw malformed("target", "must be empty for the account (kind 0)") }
+                target = .account
+            case 1: target = .member(id)
+            case 2: target = .group(id)
+            default: throw malformed("target kind", "is \(kind); must be 0 (account), 1 (member) or 2 (group)")
+            }
+            let rawWindow = try u8("window")
+            guard let window = CapWindow(rawValue: rawWindow) else { throw malformed("window", "is \(rawWindow); must be 0 (period), 1 (minute), 2 (hour) or 3 (day)") }
+            let rawMode = try u8("mode")
+            guard let mode = CapMode(rawValue: rawMode) else { throw malformed("mode", "is \(rawMode); must be 0 (hard) or 1 (soft)") }
+            return .setCap(SetCap(account: account, target: target, window: window, mode: mode, limit: try optionalI64("limit")))
+        case .setConcurrency:
+            let account = try string("account")
+            let kind = try u8("target kind")
+            let member = try string("member")
+            let target: ConcurrencyTarget
+            switch kind {
+            case 0, 1:
+                guard member.isEmpty else { throw malformed("member", "must be empty for target kind \(kind)") }
+                target = kind == 0 ? .account : .eachMember
+            case 2: target = .member(member)
+            default: throw malformed("target kind", "is \(kind); must be 0 (account), 1 (each member) or 2 (one member)")
+            }
+            return .setConcurrency(account: account, target: target, limit: try optionalI64("limit"))
         case .provision:
             let account = try string("account")
             let plan = try string("plan")

@@ -153,6 +153,13 @@ public enum WireResponse: Hashable, Sendable {
                 buffer.writeInteger(grant)
                 buffer.writeInteger(amount)
                 buffer.writeInteger(balance)
+            case .softLimit(let level, let subject, let window, let limit, let used):
+                buffer.writeInteger(UInt8(3))
+                buffer.writeInteger(level.rawValue)
+                buffer.writeWireString(subject)
+                buffer.writeInteger(window.rawValue)
+                buffer.writeInteger(limit)
+                buffer.writeInteger(used)
             }
         }
     }
@@ -210,7 +217,14 @@ public enum WireResponse: Hashable, Sendable {
             case 0: kind = .alert(id: try reader.string("alert id"), threshold: try reader.i64("threshold"), balance: try reader.i64("balance"))
             case 1: kind = .depleted(id: try reader.string("alert id"), balance: try reader.i64("balance"))
             case 2: kind = .recharged(grant: try reader.u64("grant"), amount: try reader.i64("amount"), balance: try reader.i64("balance"))
-            case let other: throw WireError(.malformedFrame, "event kind is \(other); must be 0, 1 or 2")
+            case 3:
+                let rawLevel = try reader.u8("level")
+                guard let level = LedgerError.Level(rawValue: rawLevel) else { throw WireError(.malformedFrame, "level is \(rawLevel); must be 0 to 5") }
+                let subject = try reader.string("subject")
+                let rawWindow = try reader.u8("window")
+                guard let window = CapWindow(rawValue: rawWindow) else { throw WireError(.malformedFrame, "window is \(rawWindow); must be 0 to 3") }
+                kind = .softLimit(level: level, subject: subject, window: window, limit: try reader.i64("limit"), used: try reader.i64("used"))
+            case let other: throw WireError(.malformedFrame, "event kind is \(other); must be 0 to 3")
             }
             return .event(LedgerEvent(sequence: sequence, at: at, account: account, member: member, kind: kind))
         case .error:
@@ -381,6 +395,17 @@ extension ByteBuffer {
         }
         writeInteger(balance.burn.lastMinute)
         writeInteger(balance.burn.lastHour)
+        let caps = balance.levels.enumerated().flatMap { index, level in level.caps.map { (index, $0) } }
+        writeInteger(UInt16(clamping: caps.count))
+        for (index, cap) in caps.prefix(Int(UInt16.max)) {
+            writeInteger(UInt8(clamping: index))
+            writeInteger(cap.window.rawValue)
+            writeInteger(cap.mode.rawValue)
+            writeInteger(cap.limit)
+            writeInteger(cap.used)
+            writeInstant(cap.windowEnd)
+        }
+        writeOptionalInteger(balance.openHoldsLimit.map { Int64($0) })
     }
 }
 
@@ -479,9 +504,23 @@ extension BodyReader {
             subscription = SubscriptionView(terms: terms, seats: seats, periodStart: start, periodEnd: end, nextTerms: next, pendingSeats: pending)
         }
         let burn = BurnRate(lastMinute: try i64("burnLastMinute"), lastHour: try i64("burnLastHour"))
-        return Balance(
+        for index in 0..<Int(try u16("capCount")) {
+            let levelIndex = Int(try u8("cap \(index) level"))
+            guard levelIndex < levels.count else { throw malformed("cap \(index) level", "is \(levelIndex); there are \(levels.count) levels") }
+            let rawWindow = try u8("cap \(index) window")
+            guard let window = CapWindow(rawValue: rawWindow) else { throw malformed("cap \(index) window", "is \(rawWindow); must be 0 to 3") }
+            let rawMode = try u8("cap \(index) mode")
+            guard let mode = CapMode(rawValue: rawMode) else { throw malformed("cap \(index) mode", "is \(rawMode); must be 0 or 1") }
+            levels[levelIndex].caps.append(
+                CapView(window: window, mode: mode, limit: try i64("cap \(index) limit"), used: try i64("cap \(index) used"), windowEnd: try instant("cap \(index) windowEnd")))
+        }
+        let openHoldsLimit = try optionalI64("openHoldsLimit")
+        guard (openHoldsLimit ?? 0) >= 0 else { throw malformed("openHoldsLimit", "is negative") }
+        var balance = Balance(
             account: account, member: member, at: at, periodStart: periodStart, periodEnd: periodEnd, headroom: headroom,
             levels: levels, funds: funds, grants: grants, openHolds: openHolds, subscription: subscription, burn: burn)
+        balance.openHoldsLimit = openHoldsLimit.map { Int(truncatingIfNeeded: $0) }
+        return balance
     }
 }
 

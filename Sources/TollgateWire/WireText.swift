@@ -179,6 +179,24 @@ public enum WireText {
                 "account=\(quote(provision.account))", "plan=\(quote(provision.plan))", "parent=\(optional(provision.parent))", "seats=\(provision.seats)",
                 "members=[\(provision.members.map(quote).joined(separator: ","))]",
             ]
+        case .setCap(let set):
+            let target: String
+            switch set.target {
+            case .account: target = "account"
+            case .member(let member): target = "member(\(quote(member)))"
+            case .group(let group): target = "group(\(quote(group)))"
+            }
+            return [
+                "account=\(quote(set.account))", "target=\(target)", "window=\(set.window.name)", "mode=\(set.mode.name)", "limit=\(optional(set.limit))",
+            ]
+        case .setConcurrency(let account, let target, let limit):
+            let name: String
+            switch target {
+            case .account: name = "account"
+            case .eachMember: name = "eachMember"
+            case .member(let member): name = "member(\(quote(member)))"
+            }
+            return ["account=\(quote(account))", "target=\(name)", "limit=\(optional(limit))"]
         }
     }
 
@@ -278,6 +296,8 @@ public enum WireText {
             case .alert(let id, let threshold, let balance): fields += ["alert=\(quote(id))", "threshold=\(threshold)", "balance=\(balance)"]
             case .depleted(let id, let balance): fields += ["depleted=\(quote(id))", "balance=\(balance)"]
             case .recharged(let grant, let amount, let balance): fields += ["recharged=\(grant)", "amount=\(amount)", "balance=\(balance)"]
+            case .softLimit(let level, let subject, let window, let limit, let used):
+                fields += ["softLimit=\(level.name)", "subject=\(quote(subject))", "window=\(window.name)", "limit=\(limit)", "used=\(used)"]
             }
             return fields
         }

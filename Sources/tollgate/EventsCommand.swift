@@ -118,6 +118,8 @@ struct EventsCommand: AsyncParsableCommand {
             return "#\(event.sequence) \(event.at) depleted \(id): \(who) at \(balance) credits"
         case .recharged(let grant, let amount, let balance):
             return "#\(event.sequence) \(event.at) recharged \(who): +\(amount) credits (grant \(grant)), balance \(balance)"
+        case .softLimit(let level, let subject, let window, let limit, let used):
+            return "#\(event.sequence) \(event.at) soft limit: \(level.name) \(subject) of \(event.account) used \(used) credits this \(window.name) (soft cap \(limit))"
         }
     }
 
@@ -132,6 +134,8 @@ struct EventsCommand: AsyncParsableCommand {
             object.merge(["type": "depleted", "alert": id, "balance": balance]) { $1 }
         case .recharged(let grant, let amount, let balance):
             object.merge(["type": "recharged", "grant": grant, "amount": amount, "balance": balance]) { $1 }
+        case .softLimit(let level, let subject, let window, let limit, let used):
+            object.merge(["type": "softLimit", "level": level.name, "subject": subject, "window": window.name, "limit": limit, "used": used]) { $1 }
         }
         return object
     }

@@ -245,9 +245,12 @@ struct Output {
         for level in balance.levels {
             let limit = level.limit.map { " of cap \($0)" } ?? ""
             lines.append("  \(level.level.name) \(level.subject): consumed \(level.consumed), held \(level.held)\(limit)")
+            for cap in level.caps where !(cap.window == .period && cap.mode == .hard) {
+                lines.append("    \(cap.mode == .soft ? "soft cap" : "cap") per \(cap.window.name): used \(cap.used) of \(cap.limit), window ends \(cap.windowEnd)")
+            }
         }
         lines.append(headroom(balance.headroom).0)
-        lines.append("open holds: \(balance.openHolds)")
+        lines.append("open holds: \(balance.openHolds)\(balance.openHoldsLimit.map { " of at most \($0)" } ?? "")")
         lines.append("burn: \(balance.burn.lastMinute) credits in the last minute, \(balance.burn.lastHour) in the last hour")
         if let view = balance.subscription {
             let terms = view.terms

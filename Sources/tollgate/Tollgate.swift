@@ -216,7 +216,7 @@ func admin(_ options: GlobalOptions, _ command: Command, key: String? = nil) asy
 struct AccountCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "account", abstract: "Create and change accounts.",
-        subcommands: [Create.self, SetParent.self, SetOverage.self, SetCap.self])
+        subcommands: [Create.self, SetParent.self, SetOverage.self, SetCap.self, SetConcurrency.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create an account (monthly period from now).")
@@ -249,17 +249,56 @@ struct AccountCommand: AsyncParsableCommand {
     }
 
     struct SetCap: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "The account's cap per period (a child's cap at its parent).")
+        static let configuration = CommandConfiguration(
+            commandName: "set-cap", abstract: "A cap of the account over its billing period or another window, hard or soft (a child's cap at its parent).")
         @OptionGroup var options: GlobalOptions
+        @OptionGroup var window: CapWindowOptions
         @Argument(help: "The account id.") var account: String
-        @Argument(help: "Credits per period, or none.") var limit: String
+        @Argument(help: "Credits per window, or none to remove the cap.") var limit: String
 
-        func run() async throws { try await admin(options, .setAccountCap(account: account, limit: try parseLimit(limit))) }
+        func run() async throws { try await admin(options, try window.command(account: account, target: .account, limit: try parseLimit(limit))) }
+    }
+
+    struct SetConcurrency: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-concurrency", abstract: "The most holds the account (or, with --each-member, each of its members) may have open at once.")
+        @OptionGroup var options: GlobalOptions
+        @Flag(name: .long, help: "Bound each member's open holds instead of the account's total (a member's own bound comes first).")
+        var eachMember = false
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "Open holds, or none to remove the bound.") var limit: String
+
+        func run() async throws {
+            try await admin(options, .setConcurrency(account: account, target: eachMember ? .eachMember : .account, limit: try parseLimit(limit)))
+        }
+    }
+}
+
+/// `--per WINDOW` and `--soft`, shared by the set-cap commands.
+struct CapWindowOptions: ParsableArguments {
+    @Option(name: .long, help: "The window the cap counts over: period (the billing period, the default), minute, hour or day (UTC).")
+    var per = "period"
+    @Flag(name: .long, help: "A soft cap: never refuses, fires a softLimit event each time the window's use goes past it.")
+    var soft = false
+
+    func command(account: String, target: CapTarget, limit: Credits?) throws -> Command {
+        guard let window = CapWindow(name: per) else {
+            throw ValidationError("--per must be period, minute, hour or day, not \(per)")
+        }
+        if window == .period, !soft {
+            switch target {
+            case .account: return .setAccountCap(account: account, limit: limit)
+            case .member(let member): return .setMemberCap(account: account, member: member, limit: limit)
+            case .group(let group): return .setGroupCap(account: account, group: group, limit: limit)
+            }
+        }
+        return .setCap(SetCap(account: account, target: target, window: window, mode: soft ? .soft : .hard, limit: limit))
     }
 }
 
 struct MemberCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "member", abstract: "Add, remove and cap members.", subcommands: [Add.self, Remove.self, SetCap.self])
+    static let configuration = CommandConfiguration(
+        commandName: "member", abstract: "Add, remove and cap members.", subcommands: [Add.self, Remove.self, SetCap.self, SetConcurrency.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a member to the account.")
@@ -278,12 +317,23 @@ struct MemberCommand: AsyncParsableCommand {
     }
 
     struct SetCap: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "The member's cap per period.")
+        static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "A cap of the member over the billing period or another window, hard or soft.")
+        @OptionGroup var options: GlobalOptions
+        @OptionGroup var window: CapWindowOptions
+        @Argument(help: "The account id.") var account: String
+        @Argument(help: "The member id.") var member: String
+        @Argument(help: "Credits per window, or none to remove the cap.") var limit: String
+        func run() async throws { try await admin(options, try window.command(account: account, target: .member(member), limit: try parseLimit(limit))) }
+    }
+
+    struct SetConcurrency: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-concurrency", abstract: "The most holds this member may have open at once (before the account's bound for each member).")
         @OptionGroup var options: GlobalOptions
         @Argument(help: "The account id.") var account: String
         @Argument(help: "The member id.") var member: String
-        @Argument(help: "Credits per period, or none.") var limit: String
-        func run() async throws { try await admin(options, .setMemberCap(account: account, member: member, limit: try parseLimit(limit))) }
+        @Argument(help: "Open holds, or none to remove the member's own bound.") var limit: String
+        func run() async throws { try await admin(options, .setConcurrency(account: account, target: .member(member), limit: try parseLimit(limit))) }
     }
 }
 
@@ -308,12 +358,14 @@ struct GroupCommand: AsyncParsableCommand {
     }
 
     struct SetCap: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "set-cap", abstract: "The group's cap per period, over what its members decide while in it.")
+        static let configuration = CommandConfiguration(
+            commandName: "set-cap", abstract: "A cap of the group over the billing period or another window, hard or soft, over what its members decide while in it.")
         @OptionGroup var options: GlobalOptions
+        @OptionGroup var window: CapWindowOptions
         @Argument(help: "The account id.") var account: String
         @Argument(help: "The group id.") var group: String
-        @Argument(help: "Credits per period, or none.") var limit: String
-        func run() async throws { try await admin(options, .setGroupCap(account: account, group: group, limit: try parseLimit(limit))) }
+        @Argument(help: "Credits per window, or none to remove the cap.") var limit: String
+        func run() async throws { try await admin(options, try window.command(account: account, target: .group(group), limit: try parseLimit(limit))) }
     }
 
     struct Add: AsyncParsableCommand {

@@ -187,7 +187,7 @@ struct RandomRun {
     // MARK: - Stepping
 
     mutating func step() {
-        let roll = Int.random(in: 0..<110, using: &rng)
+        let roll = Int.random(in: 0..<114, using: &rng)
         switch roll {
         case 0..<20:
             decide(.reserve(Reserve(randomRequest(), ttlMicroseconds: .random(in: 1...120, using: &rng) * Microseconds.perSecond)))
@@ -295,6 +295,28 @@ struct RandomRun {
             }
         case 109:
             send(.removeAlert(account: randomAccount(), id: "al\(Int.random(in: 0..<4, using: &rng))"))
+        case 110..<113:
+            // Caps over a minute, an hour, a day or the period, hard or soft; bounds on open holds.
+            let account = randomAccount()
+            if chance(30) {
+                let limit: Int64? = chance(25) ? nil : .random(in: 0...4, using: &rng)
+                let target: ConcurrencyTarget
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0: target = .account
+                case 1: target = .eachMember
+                default: target = randomMember(account).map { .member($0) } ?? .account
+                }
+                send(.setConcurrency(account: account, target: target, limit: limit))
+            } else {
+                let limit: Credits? = chance(20) ? nil : .random(in: 0...150, using: &rng)
+                let target: CapTarget
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0: target = randomMember(account).map { .member($0) } ?? .account
+                case 1: target = .group(pick(["g0", "g1"]))
+                default: target = .account
+                }
+                send(.setCap(SetCap(account: account, target: target, window: pick(CapWindow.allCases), mode: chance(30) ? .soft : .hard, limit: limit)))
+            }
         default:
             // Seat changes, now or later.
             let account = pick(["C1", "A0", "A2"])
@@ -355,16 +377,28 @@ struct RandomRun {
         }
         var probe = driver.ledger
         let before = try? probe.balance(account: account, member: member, at: driver.now).get()
+        let accountBefore = try? probe.balance(account: account, at: driver.now).get()
         let answer = send(command)
         guard !answer.isRefused, let before else { return }
         var after = driver.ledger
         guard let afterBalance = try? after.balance(account: account, member: member, at: driver.now).get() else { return }
         for level in afterBalance.levels {
-            guard let limit = level.limit, level.consumed + level.held > limit else { continue }
             let previous = before.levels.first { $0.level == level.level && $0.subject == level.subject }
-            let usedBefore = previous.map { $0.consumed + $0.held } ?? 0
-            if level.consumed + level.held > usedBefore {
-                failures.append("\(command) took \(level.level.name) \(level.subject) to \(level.consumed + level.held) over its cap \(limit)")
+            // Every hard cap, over the period and over every other window.
+            for cap in level.caps where cap.mode == .hard && cap.used > cap.limit {
+                let usedBefore = previous?.caps.first { $0.window == cap.window && $0.mode == .hard }?.used ?? 0
+                if cap.used > usedBefore {
+                    failures.append("\(command) took \(level.level.name) \(level.subject) to \(cap.used) over its cap \(cap.limit) per \(cap.window.name)")
+                }
+            }
+        }
+        // A reserve opens a hold only under the bounds on open holds.
+        if case .reserve = command {
+            if let limit = before.openHoldsLimit, before.openHolds >= limit {
+                failures.append("\(command) opened hold \(before.openHolds + 1) of \(member ?? account) past its bound \(limit)")
+            }
+            if member != nil, let accountBefore, let limit = accountBefore.openHoldsLimit, accountBefore.openHolds >= limit {
+                failures.append("\(command) opened hold \(accountBefore.openHolds + 1) of \(account) past its bound \(limit)")
             }
         }
         let owedBefore = before.funds.overdrawn + before.funds.overdraftHeld
