@@ -279,6 +279,13 @@ public enum WireText {
                     "subscription=(\(subscription(view.terms)),seats=\(view.seats),periodStart=\(view.periodStart.microsecondsSinceEpoch),periodEnd=\(view.periodEnd.microsecondsSinceEpoch),next=\(next),pendingSeats=\(pending))")
             }
             fields.append("burn=(lastMinute=\(balance.burn.lastMinute),lastHour=\(balance.burn.lastHour))")
+            for (index, level) in balance.levels.enumerated() {
+                for cap in level.caps {
+                    fields.append(
+                        "cap=(level=\(index),window=\(cap.window.name),mode=\(cap.mode.name),limit=\(cap.limit),used=\(cap.used),windowEnd=\(cap.windowEnd.microsecondsSinceEpoch))")
+                }
+            }
+            fields.append("openHoldsLimit=\(optional(balance.openHoldsLimit.map { Int64($0) }))")
             return fields
         case .batch(let items):
             return [status, "count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + responseFields($0.response)).joined(separator: " "))]" }

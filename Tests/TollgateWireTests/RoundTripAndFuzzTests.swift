@@ -46,7 +46,7 @@ struct RandomMessages {
     }
 
     mutating func command() -> Command {
-        switch int(0...21) {
+        switch int(0...23) {
         case 0: return .reserve(Reserve(request(), ttlMicroseconds: any64()))
         case 1: return .spend(Spend(request()))
         case 2:
@@ -74,6 +74,15 @@ struct RandomMessages {
                     effectiveAt: instant(), expiresAt: instant(), source: GrantSource.allCases.randomElement(using: &rng)!))
         case 19: return .voidGrant(account: string(), grant: rng.next())
         case 20: return .setRate(product: string(), creditsPerUnit: any64(), effectiveAt: instant())
+        case 22:
+            let target: CapTarget = [.account, .member(string()), .group(string())][Int(int(0...2))]
+            return .setCap(
+                SetCap(
+                    account: string(), target: target, window: CapWindow.allCases.randomElement(using: &rng)!, mode: CapMode.allCases.randomElement(using: &rng)!,
+                    limit: optional64()))
+        case 23:
+            let target: ConcurrencyTarget = [.account, .eachMember, .member(string())][Int(int(0...2))]
+            return .setConcurrency(account: string(), target: target, limit: optional64())
         default: return .setAccountRate(account: string(), product: string(), creditsPerUnit: optional64(), effectiveAt: instant())
         }
     }
@@ -132,7 +141,13 @@ struct RandomMessages {
             return ([.createAccount, .addMember, .setRate, .voidGrant].randomElement(using: &rng)!, .answer(.done))
         case 8:
             let levels = (0..<int(0...4)).map { _ in
-                LevelUsage(level: LedgerError.Level.allCases.randomElement(using: &rng)!, subject: string(), limit: optional64(), consumed: any64(), held: any64(), headroom: optional64())
+                LevelUsage(
+                    level: LedgerError.Level.allCases.randomElement(using: &rng)!, subject: string(), limit: optional64(), consumed: any64(), held: any64(), headroom: optional64(),
+                    caps: (0..<int(0...3)).map { _ in
+                        CapView(
+                            window: CapWindow.allCases.randomElement(using: &rng)!, mode: CapMode.allCases.randomElement(using: &rng)!, limit: any64(), used: any64(),
+                            windowEnd: instant())
+                    })
             }
             let grants = (0..<int(0...3)).map { _ in
                 GrantView(
@@ -140,10 +155,11 @@ struct RandomMessages {
                     consumed: any64(), expired: any64(), voided: any64(), priority: Int32.random(in: .min ... .max, using: &rng), effectiveAt: instant(),
                     expiresAt: instant(), source: GrantSource.allCases.randomElement(using: &rng)!, state: GrantView.State.allCases.randomElement(using: &rng)!)
             }
-            let balance = Balance(
+            var balance = Balance(
                 account: string(), member: optionalString(), at: instant(), periodStart: instant(), periodEnd: instant(), headroom: headroom(),
                 levels: levels, funds: Funds(member: any64(), pool: any64(), parentPool: any64(), overage: overage(), overdrawn: any64(), overdraftHeld: any64()),
                 grants: grants, openHolds: Int(int(0...1_000_000)))
+            balance.openHoldsLimit = chance() ? Int(int(0...10_000)) : nil
             return (.balance, .balance(balance))
         default:
             let items = (0..<int(1...4)).map { _ -> BatchItemResponse in

@@ -43,12 +43,19 @@ enum Samples {
                 terms: Subscription(creditsPerSeat: 100, rolloverCap: 50), seats: 4, periodStart: t0, periodEnd: periodEnd,
                 nextTerms: .some(Subscription(creditsPerSeat: 120)), pendingSeats: SubscriptionView.SeatChange(at: t0.adding(microseconds: 172_800_000_000), seats: 5)),
             burn: BurnRate(lastMinute: 24, lastHour: 310))
-        let balance = Balance(
+        var balance = Balance(
             account: "acme", member: "ana", at: t0, periodStart: t0, periodEnd: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000),
-            headroom: Headroom(funds: 1_390),
+            headroom: Headroom(member: 490, account: 4_990, funds: 1_390),
             levels: [
-                LevelUsage(level: .member, subject: "ana", limit: nil, consumed: 10, held: 0, headroom: nil),
-                LevelUsage(level: .account, subject: "acme", limit: 5_000, consumed: 10, held: 0, headroom: 4_990),
+                LevelUsage(
+                    level: .member, subject: "ana", limit: nil, consumed: 10, held: 0, headroom: 490,
+                    caps: [CapView(window: .hour, mode: .hard, limit: 500, used: 10, windowEnd: t0.adding(microseconds: Microseconds.perHour))]),
+                LevelUsage(
+                    level: .account, subject: "acme", limit: 5_000, consumed: 10, held: 0, headroom: 4_990,
+                    caps: [
+                        CapView(window: .period, mode: .hard, limit: 5_000, used: 10, windowEnd: Instant(microsecondsSinceEpoch: 1_769_904_000_000_000)),
+                        CapView(window: .day, mode: .soft, limit: 300, used: 10, windowEnd: t0.adding(microseconds: Microseconds.perDay)),
+                    ]),
             ],
             funds: Funds(member: 0, pool: 1_390, parentPool: 0, overage: .deny, overdrawn: 0, overdraftHeld: 0),
             grants: [
@@ -61,6 +68,7 @@ enum Samples {
                     voided: 0, priority: 100, effectiveAt: t0, expiresAt: .distantFuture, source: .topUp, state: .active),
             ],
             openHolds: 0)
+        balance.openHoldsLimit = 4
         return [
             request("hello", 1, .hello(Hello(clientName: "example-client", token: ""))),
             request("hello with a token", 1, .hello(Hello(clientName: "example-client", token: "tg_3f9c2a71d04e8b65a1c7f0e29d4b8a63"))),
@@ -212,6 +220,26 @@ enum Samples {
             response(
                 "event: an auto-recharge added grant 7", 55, .event,
                 .event(LedgerEvent(sequence: 44, at: t0, account: "acme", member: nil, kind: .recharged(grant: 7, amount: 200, balance: 249)))),
+            request(
+                "an hourly cap on a member", 65,
+                .command(.setCap(SetCap(account: "acme", target: .member("ana"), window: .hour, mode: .hard, limit: 500)), key: "setup-35")),
+            request(
+                "a soft daily cap on a group", 66,
+                .command(.setCap(SetCap(account: "acme", target: .group("research"), window: .day, mode: .soft, limit: 2_000)), key: "setup-36")),
+            request("at most 4 open holds for each member", 67, .command(.setConcurrency(account: "acme", target: .eachMember, limit: 4), key: "setup-37")),
+            request("no bound of its own for ana", 68, .command(.setConcurrency(account: "acme", target: .member("ana"), limit: nil), key: "setup-38")),
+            response(
+                "refused: ana's hourly cap", 69, .reserve,
+                .answer(.refused(Refusal(LedgerError(.memberCap, level: .member, subject: "ana per hour"), headroom: Headroom(member: 3, account: nil, funds: 1_000))))),
+            response(
+                "refused: too many open holds", 70, .reserve,
+                .answer(.refused(Refusal(LedgerError(.concurrencyLimit, level: .member, subject: "ana"), headroom: Headroom(member: 300, funds: 1_000))))),
+            response(
+                "event: a soft cap was passed", 55, .event,
+                .event(
+                    LedgerEvent(
+                        sequence: 45, at: t0, account: "acme", member: nil,
+                        kind: .softLimit(level: .group, subject: "research", window: .day, limit: 2_000, used: 2_010)))),
             response("malformed body", 41, .reserve, .error(WireError(.malformedFrame, "2 bytes left over after the last field"))),
             response("forbidden: a gate identity asked to add a grant", 43, .addGrant, .error(WireError(.forbidden, "agent-runtime has the gate role, which may not send ADD_GRANT"))),
             Sample(

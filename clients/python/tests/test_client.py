@@ -465,6 +465,36 @@ def test_events_arrive_on_a_subscription(server):
             assert event.sequence >= events.next_sequence
 
 
+def test_window_caps_soft_caps_and_open_hold_bounds(server):
+    # The hour and the UTC day roll on the server's clock: start well inside one.
+    to_next_hour = 3600 - time.time() % 3600
+    if to_next_hour < 30:
+        time.sleep(to_next_hour + 1)
+    with server.client(account="winco", member="alice") as gate:
+        setup_account(gate, account="winco", credits=1000)
+        gate.set_cap("winco", 10, member="alice", per="hour")
+        gate.set_cap("winco", 5, member="alice", per="day", soft=True)
+        gate.set_concurrency("winco", 2, each_member=True)
+        with gate.subscribe(account="winco") as events:
+            gate.spend("web_search", 6)
+            event = events.next(timeout=5)
+            assert event.kind == "softLimit" and event.soft_limit == "member" and event.subject == "alice"
+            assert event.window == "day" and event.limit == 5 and event.used == 6
+        with pytest.raises(tollgate.MemberCap) as refused:
+            gate.spend("web_search", 5)
+        assert refused.value.subject == "alice per hour"
+        gate.reserve("web_search", 1)
+        gate.reserve("web_search", 1)
+        with pytest.raises(tollgate.ConcurrencyLimit):
+            gate.reserve("web_search", 1)
+        balance = gate.balance()
+        member = next(level for level in balance.levels if level.level == "member")
+        assert [(c.window, c.mode, c.limit, c.used) for c in member.caps] == [("hour", "hard", 10, 8), ("day", "soft", 5, 8)]
+        assert balance.open_holds == 2 and balance.open_holds_limit == 2
+        with pytest.raises(ValueError):
+            gate.set_cap("winco", 5, per="fortnight")
+
+
 # ---- TLS and mTLS -----------------------------------------------------------------------------
 
 def test_tls_and_mtls(start_server, pki, tmp_path):

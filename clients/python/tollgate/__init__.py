@@ -16,10 +16,10 @@ from .errors import ConnectionLost, CreditsExhausted, DeadlineExceeded, Protocol
 from .failsafe import OfflineRefused
 from .gate import AsyncHold, Hold, current_hold
 from .ops import Result, new_key
-from .types import Balance, Burn, Funds, Grant, Headroom, Level, Subscription, SubscriptionTerms
+from .types import Balance, Burn, Cap, Funds, Grant, Headroom, Level, Subscription, SubscriptionTerms
 
 __version__ = "0.1.0"
 
 __all__ = ["Client", "AsyncClient", "EventStream", "AsyncEventStream", "Hold", "AsyncHold", "current_hold", "Result", "new_key", "ops", "types",
-           "Balance", "Burn", "Funds", "Grant", "Headroom", "Level", "Subscription", "SubscriptionTerms",
+           "Balance", "Burn", "Cap", "Funds", "Grant", "Headroom", "Level", "Subscription", "SubscriptionTerms",
            "OfflineRefused", "TollgateError", "Refused", "CreditsExhausted", "ProtocolError", "DeadlineExceeded", "ConnectionLost"]

@@ -269,6 +269,7 @@ ADMIN_OPERATIONS = [
     "create_account", "set_parent", "set_overage", "set_period", "set_account_cap", "add_member", "remove_member", "set_member_cap",
     "create_group", "delete_group", "set_group_cap", "add_to_group", "remove_from_group", "add_grant", "void_grant", "set_rate",
     "set_account_rate", "set_subscription", "set_seats", "set_alert", "remove_alert", "set_auto_recharge", "define_plan", "provision",
+    "set_cap", "set_concurrency",
 ]
 for _name in ADMIN_OPERATIONS:
     setattr(Operations, _name, _admin(getattr(ops, _name)))

@@ -1,7 +1,7 @@
 """Typed exceptions, one per status of proto/PROTOCOL.md §7.1, plus the client's own.
 
     TollgateError
-    ├── Refused                 statuses 1–23: the ledger said no (the call reached it)
+    ├── Refused                 statuses 1–24: the ledger said no (the call reached it)
     │   ├── InsufficientFunds, MemberCap, GroupCap, AccountCap, ParentCap  (CreditsExhausted)
     │   └── UnknownProduct, UnknownAccount, …, GrantNotLive, NotInGroup
     ├── ProtocolError           statuses 100 and up
@@ -61,10 +61,10 @@ def _define(base, status, name, doc):
 
 _REFUSALS = [
     (1, "insufficientFunds", CreditsExhausted, "The grants (and the overdraft allowance) cannot cover the cost."),
-    (2, "memberCap", CreditsExhausted, "The member's cap for the period is reached."),
-    (3, "groupCap", CreditsExhausted, "A group's cap is reached (the subject names the group)."),
-    (4, "accountCap", CreditsExhausted, "The account's cap is reached."),
-    (5, "parentCap", CreditsExhausted, "The parent account's cap for the whole family is reached."),
+    (2, "memberCap", CreditsExhausted, "A cap of the member is reached (the subject ends ' per hour' etc. for a cap over another window than the period)."),
+    (3, "groupCap", CreditsExhausted, "A group's cap is reached (the subject names the group, and the window if not the period)."),
+    (4, "accountCap", CreditsExhausted, "A cap of the account is reached (the subject names the window if not the period)."),
+    (5, "parentCap", CreditsExhausted, "A cap of the parent account for the whole family is reached."),
     (6, "unknownProduct", Refused, "No rate in force for the product."),
     (7, "unknownAccount", Refused, "No such account."),
     (8, "unknownMember", Refused, "No such member in the account."),
@@ -83,6 +83,7 @@ _REFUSALS = [
     (21, "grantNotLive", Refused, "The grant is expired or voided, with credits still held on it."),
     (22, "notInGroup", Refused, "The member is not in the group."),
     (23, "familyMoved", Refused, "The account's family is on another shard now (the subject names it)."),
+    (24, "concurrencyLimit", Refused, "The member (or account) has as many holds open as it may; commit or release one first."),
 ]
 _PROTOCOL = [
     (100, "malformedFrame", "The body did not decode."),

@@ -231,6 +231,26 @@ def set_member_cap(account, member, limit, key=None):
     return _mutation("SET_MEMBER_CAP", key, [("account", account), ("member", member), ("limit", limit)])
 
 
+def set_cap(account, limit, member=None, group=None, per="period", soft=False, key=None):
+    """A cap over `per` ("period", "minute", "hour" or "day", UTC) of the account, or of `member`
+    or `group`; `soft` caps never refuse and fire a softLimit event. `limit` None removes it."""
+    if member is not None and group is not None:
+        raise ValueError("set_cap: a member or a group, not both")
+    if per not in wire.WINDOWS:
+        raise ValueError("set_cap: per must be one of %s, not %r" % (", ".join(wire.WINDOWS), per))
+    target = ("member", member) if member is not None else (("group", group) if group is not None else "account")
+    return _mutation("SET_CAP", key, [("account", account), ("target", target), ("window", per), ("mode", "soft" if soft else "hard"),
+                                      ("limit", limit)])
+
+
+def set_concurrency(account, limit, member=None, each_member=False, key=None):
+    """The most holds the account (or `member`, or with `each_member` each member) may have open at once; None removes it."""
+    if member is not None and each_member:
+        raise ValueError("set_concurrency: a member or each_member, not both")
+    target = ("member", member) if member is not None else ("eachMember" if each_member else "account")
+    return _mutation("SET_CONCURRENCY", key, [("account", account), ("target", target), ("limit", limit)])
+
+
 def create_group(account, group, key=None):
     return _mutation("CREATE_GROUP", key, [("account", account), ("group", group)])
 
@@ -383,10 +403,13 @@ def _balance(b):
     return types.Balance(
         account=b["account"], member=b["member"], at=moment(b["at"]), period_start=moment(b["periodStart"]),
         period_end=moment(b["periodEnd"]), headroom=_headroom(b["headroom"]),
-        levels=[types.Level(*level) for level in b["levels"]],
+        levels=[types.Level(*level, caps=[types.Cap(window=c[1], mode=c[2], limit=c[3], used=c[4], window_end=moment(c[5]))
+                                          for c in b["caps"] if c[0] == index])
+                for index, level in enumerate(b["levels"])],
         funds=types.Funds(member=member, pool=pool, parent_pool=parent_pool, overage=_overage_name(overage), overdrawn=overdrawn,
                           overdraft_held=overdraft_held),
-        grants=grants, open_holds=b["openHolds"], subscription=subscription, burn=types.Burn(*b["burn"]))
+        grants=grants, open_holds=b["openHolds"], subscription=subscription, burn=types.Burn(*b["burn"]),
+        open_holds_limit=b["openHoldsLimit"])
 
 
 def result(name, status, value, operation=None):
@@ -415,7 +438,7 @@ def success(name, value):
     if name == "EVENT":
         head, kind, fields = value
         event = Result((snake(k), v) for k, v in head)
-        event["kind"] = ["alert", "depleted", "recharged"][kind]
+        event["kind"] = ["alert", "depleted", "recharged", "softLimit"][kind]
         event.update((snake(k), v) for k, v in fields)
         return event
     out = Result((snake(k), v) for k, v in value)

@@ -54,6 +54,20 @@ class Level(_Items):
     consumed: int
     held: int
     headroom: Optional[int]
+    #: Every cap of the level: the period's hard cap (`limit`) first if set, then caps over
+    #: other windows and soft caps.
+    caps: List["Cap"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Cap(_Items):
+    """A cap over a window: "period", "minute", "hour" or "day" (UTC); "hard" refuses, "soft" only notifies."""
+    window: str
+    mode: str
+    limit: int
+    #: Consumed plus held in the current window.
+    used: int
+    window_end: Optional[datetime.datetime]
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,8 @@ class Balance(_Items):
     open_holds: int
     subscription: Optional[Subscription]
     burn: Burn = field(default_factory=lambda: Burn(0, 0))
+    #: The most holds that may be open at once (the member's bound for a member's balance); None: unbounded.
+    open_holds_limit: Optional[int] = None
 
     @property
     def burn_last_minute(self) -> int:

@@ -18,7 +18,7 @@ OPCODES = {
     0x2C: "REMOVE_FROM_GROUP", 0x2D: "ADD_GRANT", 0x2E: "VOID_GRANT", 0x2F: "SET_RATE", 0x30: "SET_ACCOUNT_RATE",
     0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS", 0x33: "SET_ALERT", 0x34: "REMOVE_ALERT", 0x35: "SET_AUTO_RECHARGE",
     0x36: "DEFINE_PLAN", 0x37: "PROVISION", 0x1A: "FAMILY_TRANSFER", 0x38: "MOVE_FAMILY_OUT", 0x39: "MOVE_FAMILY_IN",
-    0x1B: "NODE_FILES", 0x1C: "READ_NODE_FILE",
+    0x1B: "NODE_FILES", 0x1C: "READ_NODE_FILE", 0x3A: "SET_CAP", 0x3B: "SET_CONCURRENCY",
 }
 OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
 
@@ -26,7 +26,7 @@ LEDGER_STATUS = [
     None, "insufficientFunds", "memberCap", "groupCap", "accountCap", "parentCap", "unknownProduct", "unknownAccount",
     "unknownMember", "unknownGroup", "unknownHold", "unknownGrant", "holdExpired", "holdCommitted", "holdReleased",
     "idempotencyConflict", "limitReached", "invalidArgument", "alreadyExists", "inUse", "amountOutOfRange", "grantNotLive",
-    "notInGroup", "familyMoved",
+    "notInGroup", "familyMoved", "concurrencyLimit",
 ]
 PROTOCOL_STATUS = {
     100: "malformedFrame", 101: "unsupportedVersion", 102: "unknownOpcode", 103: "frameTooLarge", 104: "tooManyInFlight",
@@ -34,6 +34,8 @@ PROTOCOL_STATUS = {
     110: "forbidden", 111: "internalError", 112: "badFrame", 113: "notLeader",
 }
 LEVELS = ["request", "member", "group", "account", "parent", "ledger"]
+WINDOWS = ["period", "minute", "hour", "day"]
+MODES = ["hard", "soft"]
 
 
 class Malformed(Exception):
@@ -247,6 +249,41 @@ def _render_headroom(h):
 
 
 HEADROOM = (_read_headroom, _write_headroom, _render_headroom)
+
+
+def _named(names, what):
+    """A u8 that indexes `names`; the value is the name."""
+    def read(r):
+        raw = r.int("B")
+        if raw >= len(names):
+            raise Malformed("%s %d" % (what, raw))
+        return names[raw]
+    return (read, lambda w, v: w.int("B", names.index(v)), str)
+
+
+WINDOW, MODE, LEVEL = _named(WINDOWS, "window"), _named(MODES, "mode"), _named(LEVELS, "level")
+
+
+def _target(kinds):
+    """SET_CAP's and SET_CONCURRENCY's target: a u8 kind and a string id (empty unless the kind names one).
+    The value is the kind's name, or (name, id) for a kind that names one."""
+    def read(r):
+        raw, ident = r.int("B"), r.string()
+        if raw >= len(kinds):
+            raise Malformed("target kind %d" % raw)
+        name, named = kinds[raw]
+        if not named and ident:
+            raise Malformed("target %s takes no id" % name)
+        return (name, ident) if named else name
+
+    def write(w, v):
+        name, ident = v if isinstance(v, tuple) else (v, "")
+        w.int("B", [k for k, _ in kinds].index(name)); w.string(ident)
+    return (read, write, lambda v: "%s(%s)" % (v[0], quote(v[1])) if isinstance(v, tuple) else v)
+
+
+CAP_TARGET = _target([("account", False), ("member", True), ("group", True)])
+CONCURRENCY_TARGET = _target([("account", False), ("eachMember", False), ("member", True)])
 OPT_HEADROOM = _optional(HEADROOM)
 
 DECISION_REQUEST = [("account", STR), ("member", OPT_STR), ("product", STR), ("quantity", I64)]
@@ -295,6 +332,8 @@ REQUESTS = {
     "MOVE_FAMILY_IN": [("key", STR), ("account", STR), ("transfer", BYTES)],
     "NODE_FILES": [],
     "READ_NODE_FILE": [("name", STR), ("offset", U64), ("length", U32)],
+    "SET_CAP": [("key", STR), ("account", STR), ("target", CAP_TARGET), ("window", WINDOW), ("mode", MODE), ("limit", OPT_I64)],
+    "SET_CONCURRENCY": [("key", STR), ("account", STR), ("target", CONCURRENCY_TARGET), ("limit", OPT_I64)],
 }
 
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
@@ -349,6 +388,13 @@ def read_balance(r):
         sub["pendingSeats"] = (r.int("q"), r.int("q")) if r.present() else None
         b["subscription"] = sub
     b["burn"] = (r.int("q"), r.int("q"))
+    b["caps"] = []
+    for _ in range(r.int("H")):
+        level = r.int("B")
+        if level >= len(b["levels"]):
+            raise Malformed("cap of level %d" % level)
+        b["caps"].append((level, WINDOW[0](r), MODE[0](r), r.int("q"), r.int("q"), r.int("q")))
+    b["openHoldsLimit"] = OPT_I64[0](r)
     return b
 
 
@@ -387,6 +433,10 @@ def write_balance(w, b):
         else:
             w.int("B", 1); w.int("q", sub["pendingSeats"][0]); w.int("q", sub["pendingSeats"][1])
     w.int("q", b["burn"][0]); w.int("q", b["burn"][1])
+    w.int("H", len(b["caps"]))
+    for level, window, mode, limit, used, window_end in b["caps"]:
+        w.int("B", level); WINDOW[1](w, window); MODE[1](w, mode); w.int("q", limit); w.int("q", used); w.int("q", window_end)
+    OPT_I64[1](w, b["openHoldsLimit"])
 
 
 def render_balance(b):
@@ -412,6 +462,9 @@ def render_balance(b):
         out.append("subscription=(%s,seats=%d,periodStart=%d,periodEnd=%d,next=%s,pendingSeats=%s)" % (
             SUBSCRIPTION[2](sub["terms"]), sub["seats"], sub["periodStart"], sub["periodEnd"], following, pending))
     out.append("burn=(lastMinute=%d,lastHour=%d)" % b["burn"])
+    for cap in b["caps"]:
+        out.append("cap=(level=%d,window=%s,mode=%s,limit=%d,used=%d,windowEnd=%d)" % cap)
+    out.append("openHoldsLimit=" + OPT_I64[2](b["openHoldsLimit"]))
     return out
 
 
@@ -420,6 +473,7 @@ EVENT_KINDS = [
     [("alert", STR), ("threshold", I64), ("balance", I64)],
     [("depleted", STR), ("balance", I64)],
     [("recharged", U64), ("amount", I64), ("balance", I64)],
+    [("softLimit", LEVEL), ("subject", STR), ("window", WINDOW), ("limit", I64), ("used", I64)],
 ]
 
 
