@@ -3,7 +3,7 @@ import TollgateWire
 
 /// What a call can fail with, mirroring the status table of proto/PROTOCOL.md §7.1.
 public enum TollgateError: Error, Hashable, Sendable, CustomStringConvertible {
-    /// The ledger refused (status 1–23): the code, the level and subject, and the headroom.
+    /// The ledger refused (status 1–24): the code, the level and subject, and the headroom.
     case refused(Refusal)
     /// The server reported a protocol error (status 100 and up).
     case server(WireError)

@@ -335,15 +335,26 @@ struct PlanStep {
 /// A plan file, read into values. Every mapping accepts only the keys listed for it, and every
 /// value must be of its kind: a mistyped key or value is an error naming the line, never ignored.
 struct Plan {
+    /// A cap over a window (`caps:` of an account, member or group): `{per, limit, soft}`.
+    struct WindowCap {
+        var window: CapWindow
+        var mode: CapMode
+        var limit: Credits?
+    }
+
     struct Member {
         var id: String
         var cap: Credits?
+        var caps: [WindowCap] = []
+        /// The most holds it may have open at once (`concurrency:`).
+        var concurrency: Int64?
         var line: Int?
     }
 
     struct Group {
         var id: String
         var cap: Credits?
+        var caps: [WindowCap] = []
         var members: [String]
         var line: Int?
     }
@@ -374,6 +385,11 @@ struct Plan {
         var overageSet = false
         var cap: Credits?
         var capSet = false
+        var caps: [WindowCap] = []
+        /// The most holds the account may have open at once, and each member (`concurrency:`,
+        /// `memberConcurrency:`).
+        var concurrency: Int64?
+        var memberConcurrency: Int64?
         var members: [Member]
         var groups: [Group]
         var grants: [Grant]
@@ -489,6 +505,20 @@ struct Plan {
             if account.capSet {
                 add("cap \(id) = \(account.cap.map(String.init) ?? "none")", id, .setAccountCap(account: id, limit: account.cap), .accountCap(account.cap), line: account.line)
             }
+            func addCaps(_ caps: [WindowCap], _ target: CapTarget, _ name: String, line: Int?) {
+                for cap in caps {
+                    add(
+                        "\(cap.mode == .soft ? "soft cap" : "cap") per \(cap.window.name) \(name) = \(cap.limit.map(String.init) ?? "none")", id,
+                        .setCap(SetCap(account: id, target: target, window: cap.window, mode: cap.mode, limit: cap.limit)), .setting, line: line)
+                }
+            }
+            addCaps(account.caps, .account, id, line: account.line)
+            if let limit = account.concurrency {
+                add("open holds \(id) at most \(limit)", id, .setConcurrency(account: id, target: .account, limit: limit), .setting, line: account.line)
+            }
+            if let limit = account.memberConcurrency {
+                add("open holds of each member of \(id) at most \(limit)", id, .setConcurrency(account: id, target: .eachMember, limit: limit), .setting, line: account.line)
+            }
             for (product, rate) in account.rates {
                 add(
                     "rate \(product) = \(rate.map(String.init) ?? "the rate card") for \(id)", id,
@@ -499,12 +529,19 @@ struct Plan {
                 if let cap = member.cap {
                     add("cap \(id)/\(member.id) = \(cap)", id, .setMemberCap(account: id, member: member.id, limit: cap), .memberCap(member.id, cap), line: member.line)
                 }
+                addCaps(member.caps, .member(member.id), "\(id)/\(member.id)", line: member.line)
+                if let limit = member.concurrency {
+                    add(
+                        "open holds \(id)/\(member.id) at most \(limit)", id, .setConcurrency(account: id, target: .member(member.id), limit: limit), .setting,
+                        line: member.line)
+                }
             }
             for group in account.groups {
                 add("group \(id)/\(group.id)", id, .createGroup(account: id, group: group.id), .group(group.id, members: group.members), line: group.line, tolerating: [.alreadyExists])
                 if let cap = group.cap {
                     add("cap group \(id)/\(group.id) = \(cap)", id, .setGroupCap(account: id, group: group.id, limit: cap), .setting, line: group.line)
                 }
+                addCaps(group.caps, .group(group.id), "group \(id)/\(group.id)", line: group.line)
                 for member in group.members {
                     add(
                         "group \(id)/\(group.id) + \(member)", id, .addToGroup(account: id, group: group.id, member: member), .groupMember(group.id, member),
@@ -551,6 +588,22 @@ struct Plan {
     static func string(_ node: Node, _ what: String) throws -> String {
         guard let scalar = node.scalar else { throw PlanError("\(what) must be a single value", at: node) }
         return scalar.string
+    }
+
+    /// `caps:`, a list of `{per: minute | hour | day | period, limit: CREDITS | none, soft: BOOL}`.
+    static func windowCaps(_ node: Node, _ what: String) throws -> [WindowCap] {
+        try sequence(node, "\(what): caps").map { entry in
+            let fields = try Plan.mapping(entry, "\(what): each cap ({per, limit, soft})")
+            for field in fields.keys { _ = try Plan.key(field, of: "\(what): cap", known: ["per", "limit", "soft"]) }
+            guard let per = fields["per"], let limit = fields["limit"] else { throw PlanError("\(what): each cap needs per and limit", at: entry) }
+            let name = try string(per, "\(what): per")
+            guard let window = CapWindow(name: name) else {
+                throw PlanError("\(what): per must be minute, hour, day or period, not \"\(name)\"", at: per)
+            }
+            let soft = try fields["soft"].map { try bool($0, "\(what): soft") } ?? false
+            return WindowCap(
+                window: window, mode: soft ? .soft : .hard, limit: limit.string == "none" ? nil : try credits(limit, "\(what): cap limit"))
+        }
     }
 
     static func credits(_ node: Node, _ what: String) throws -> Credits {
@@ -600,7 +653,9 @@ struct Plan {
         var account = Account(
             id: id, parent: nil, overage: .deny, cap: nil, members: [], groups: [], grants: [], rates: [], subscription: nil,
             seats: nil, plan: nil, line: node.mark?.line)
-        let known = ["id", "parent", "overage", "cap", "members", "groups", "grants", "subscription", "plan", "seats", "rates"]
+        let known = [
+            "id", "parent", "overage", "cap", "caps", "concurrency", "memberConcurrency", "members", "groups", "grants", "subscription", "plan", "seats", "rates",
+        ]
         for (key, value) in mapping {
             switch try Plan.key(key, of: what, known: known) {
             case "id": break
@@ -611,23 +666,31 @@ struct Plan {
             case "cap":
                 account.cap = value.string == "none" ? nil : try credits(value, "\(what): cap")
                 account.capSet = true
+            case "caps": account.caps = try windowCaps(value, what)
+            case "concurrency": account.concurrency = try credits(value, "\(what): concurrency")
+            case "memberConcurrency": account.memberConcurrency = try credits(value, "\(what): memberConcurrency")
             case "members":
                 account.members = try sequence(value, "\(what): members").map { member in
                     if member.scalar != nil { return Member(id: try string(member, "a member id"), cap: nil, line: member.mark?.line) }
-                    let fields = try Plan.mapping(member, "\(what): each member (an id or {id, cap})")
-                    for field in fields.keys { _ = try Plan.key(field, of: "\(what): member", known: ["id", "cap"]) }
+                    let fields = try Plan.mapping(member, "\(what): each member (an id or {id, cap, caps, concurrency})")
+                    for field in fields.keys { _ = try Plan.key(field, of: "\(what): member", known: ["id", "cap", "caps", "concurrency"]) }
                     guard let name = fields["id"] else { throw PlanError("\(what): each member needs an id", at: member) }
                     let memberID = try string(name, "a member id")
-                    return Member(id: memberID, cap: try fields["cap"].map { try credits($0, "member \(memberID) cap") }, line: member.mark?.line)
+                    return Member(
+                        id: memberID, cap: try fields["cap"].map { try credits($0, "member \(memberID) cap") },
+                        caps: try fields["caps"].map { try windowCaps($0, "member \(memberID)") } ?? [],
+                        concurrency: try fields["concurrency"].map { try credits($0, "member \(memberID) concurrency") }, line: member.mark?.line)
                 }
             case "groups":
                 account.groups = try sequence(value, "\(what): groups").map { group in
                     let fields = try Plan.mapping(group, "\(what): each group")
-                    for field in fields.keys { _ = try Plan.key(field, of: "\(what): group", known: ["id", "cap", "members"]) }
+                    for field in fields.keys { _ = try Plan.key(field, of: "\(what): group", known: ["id", "cap", "caps", "members"]) }
                     guard let name = fields["id"] else { throw PlanError("\(what): each group needs an id", at: group) }
                     let groupID = try string(name, "a group id")
                     let members = try fields["members"].map { try sequence($0, "group \(groupID) members").map { try string($0, "a member id") } } ?? []
-                    return Group(id: groupID, cap: try fields["cap"].map { try credits($0, "group \(groupID) cap") }, members: members, line: group.mark?.line)
+                    return Group(
+                        id: groupID, cap: try fields["cap"].map { try credits($0, "group \(groupID) cap") },
+                        caps: try fields["caps"].map { try windowCaps($0, "group \(groupID)") } ?? [], members: members, line: group.mark?.line)
                 }
             case "grants":
                 account.grants = try sequence(value, "\(what): grants").enumerated().map { index, grant in try Plan.grant(grant, of: what, index: index + 1) }

@@ -126,3 +126,40 @@ def test_exit_statuses_and_a_missing_server(admin_server, tmp_path):
     assert missing.returncode == 1 and "cannot connect to 127.0.0.1:1 — is tollgated running?" in missing.stderr
     as_json = subprocess.run([binary("tollgate"), "balance", "acme", "--json", "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert as_json.returncode == 1 and "is tollgated running?" in json.loads(as_json.stdout)["error"]
+
+
+def test_the_agent_limits_example_sets_window_caps_soft_caps_and_open_hold_bounds(admin_server):
+    """examples/agent-limits.yaml: an agent is held to an hourly cap and to four actions in flight."""
+    import pathlib
+    import time
+
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "agent-limits.yaml"
+    # The hour rolls on the server's clock: start well inside one.
+    to_next_hour = 3600 - time.time() % 3600
+    if to_next_hour < 60:
+        time.sleep(to_next_hour + 1)
+    applied = run(admin_server, "apply", str(example))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    planner = json.loads(run(admin_server, "balance", "agents-co", "--member", "planner", "--json").stdout)
+    member = next(level for level in planner["levels"] if level["level"] == "member")
+    assert [(c["window"], c["mode"], c["limit"]) for c in member["caps"]] == [("hour", "hard", 200), ("hour", "soft", 150), ("day", "hard", 1000)]
+    assert planner["openHoldsLimit"] == 4
+    # Four actions in flight, then a fifth is refused for concurrency (exit 4, another reason).
+    for _ in range(4):
+        held = run(admin_server, "reserve", "agents-co", "llm.call", "10", "--member", "planner", "--ttl", "5m")
+        assert held.returncode == 0, held.stdout + held.stderr
+    fifth = run(admin_server, "reserve", "agents-co", "llm.call", "10", "--member", "planner", "--ttl", "5m", "--json")
+    assert fifth.returncode == 4, fifth.stdout + fifth.stderr
+    assert json.loads(fifth.stdout)["reason"] == "concurrencyLimit"
+    # 40 held; 161 more would pass the hourly cap of 200, and the refusal names the window.
+    over = run(admin_server, "spend", "agents-co", "llm.call", "161", "--member", "planner", "--json")
+    assert over.returncode == 3, over.stdout + over.stderr
+    refusal = json.loads(over.stdout)
+    assert refusal["reason"] == "memberCap" and refusal["subject"] == "planner per hour"
+    assert run(admin_server, "spend", "agents-co", "llm.call", "160", "--member", "planner").returncode == 0
+    # Re-applying converges: nothing is refused and the caps are the same.
+    again = run(admin_server, "apply", str(example))
+    assert again.returncode == 0, again.stdout + again.stderr
+    # A cap over an unknown window is refused before anything is sent.
+    bad = run(admin_server, "member", "set-cap", "agents-co", "planner", "5", "--per", "week")
+    assert bad.returncode == 64 and "--per" in bad.stderr
