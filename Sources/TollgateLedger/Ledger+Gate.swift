@@ -298,11 +298,11 @@ extension Ledger {
         if chain.member != noSlot {
             let member = Int(chain.member)
             result.member = members[member].usage.headroom(limit: members[member].capLimit, at: now)
-            if !members[member].windows.isEmpty { result.member = Self.tightest(members[member].windows, result.member, at: now) }
+            if limitsInUse.value, !members[member].windows.isEmpty { result.member = Self.tightest(members[member].windows, result.member, at: now) }
             funds += members[member].available
             for group in chain.groups {
                 var headroom = groups[Int(group)].usage.headroom(limit: groups[Int(group)].capLimit, at: now)
-                if !groups[Int(group)].windows.isEmpty { headroom = Self.tightest(groups[Int(group)].windows, headroom, at: now) }
+                if limitsInUse.value, !groups[Int(group)].windows.isEmpty { headroom = Self.tightest(groups[Int(group)].windows, headroom, at: now) }
                 if let headroom, headroom < (result.group ?? Credits.max) {
                     result.group = headroom
                     result.groupID = groups[Int(group)].id
@@ -310,11 +310,11 @@ extension Ledger {
             }
         }
         result.account = accounts[account].usage.headroom(limit: accounts[account].capLimit, at: now)
-        if !accounts[account].windows.isEmpty { result.account = Self.tightest(accounts[account].windows, result.account, at: now) }
+        if limitsInUse.value, !accounts[account].windows.isEmpty { result.account = Self.tightest(accounts[account].windows, result.account, at: now) }
         if chain.parent != noSlot {
             let parent = Int(chain.parent)
             result.parent = accounts[parent].usage.headroom(limit: accounts[parent].capLimit, at: now)
-            if !accounts[parent].windows.isEmpty { result.parent = Self.tightest(accounts[parent].windows, result.parent, at: now) }
+            if limitsInUse.value, !accounts[parent].windows.isEmpty { result.parent = Self.tightest(accounts[parent].windows, result.parent, at: now) }
             funds += accounts[parent].poolAvailable
         }
         result.funds = funds

@@ -152,6 +152,7 @@ extension Ledger {
     /// when it answers an error. Frozen accounts of the same names here are set aside (their
     /// names point to the new records from then on).
     mutating func adopt(_ source: Ledger, family slots: [Int32]) -> LedgerError? {
+        if source.hasLimits() { limitsInUse.value = true }
         var accountMap: [Int32: Int32] = [:]
         for (index, slot) in slots.enumerated() { accountMap[slot] = Int32(accounts.count + index) }
         // Frozen families here that share a name with the incoming one (it is coming back, or

@@ -21,6 +21,14 @@
 /// member; a reserve past the bound is refused with `concurrencyLimit`. Spends open no hold
 /// and are not counted.
 
+/// A flag that equality and hashing ignore: a hint for the decision path, not state (a
+/// ledger read back from a snapshot may have it clear where the one that wrote it had it set).
+struct LimitsHint: Hashable, Sendable {
+    var value = false
+    static func == (lhs: LimitsHint, rhs: LimitsHint) -> Bool { true }
+    func hash(into hasher: inout Hasher) {}
+}
+
 /// The window a cap counts over.
 public enum CapWindow: UInt8, Hashable, Sendable, CaseIterable {
     /// The account's billing period (a parent's own period for a parent's cap).
@@ -143,6 +151,7 @@ extension Ledger {
 
     mutating func setCap(_ set: SetCap, at now: Instant) -> Answer {
         if let limit = set.limit, let error = validateCredits(limit, "cap", allowZero: true) { return refused(error) }
+        if set.limit != nil, !(set.window == .period && set.mode == .hard) { limitsInUse.value = true }
         switch set.target {
         case .account:
             guard let slot = accountSlots[HashedString(set.account)] else { return refused(unknownAccount(set.account)) }
@@ -206,6 +215,7 @@ extension Ledger {
             return refused(LedgerError(.amountOutOfRange, level: .request, subject: "open holds limit must be 0 to \(limits.holdsPerAccountMax)"))
         }
         let bound = limit.map { Int($0) }
+        if bound != nil { limitsInUse.value = true }
         switch target {
         case .account:
             guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
@@ -227,6 +237,7 @@ extension Ledger {
     /// Why a reserve on `chain` may not open one more hold, or nil.
     @inline(__always)
     func concurrencyRefusal(_ chain: Chain) -> LedgerError? {
+        guard limitsInUse.value else { return nil }
         let account = Int(chain.account)
         if let bound = accounts[account].holdLimit, accounts[account].openHolds >= bound {
             return LedgerError(.concurrencyLimit, level: .account, subject: accounts[account].id)
@@ -321,6 +332,7 @@ extension Ledger {
     /// Whether any level of the chain has window caps (then `addWindowUsage` has work).
     @inline(__always)
     func chainHasWindows(_ chain: Chain) -> Bool {
+        guard limitsInUse.value else { return false }
         if !accounts[Int(chain.account)].windows.isEmpty { return true }
         if chain.parent != noSlot, !accounts[Int(chain.parent)].windows.isEmpty { return true }
         if chain.member != noSlot {
@@ -328,6 +340,17 @@ extension Ledger {
             for group in chain.groups where !groups[Int(group)].windows.isEmpty { return true }
         }
         return false
+    }
+
+    /// Sets `limitsInUse` if any record has window caps or open-hold bounds (after a snapshot
+    /// is read or a family moves in).
+    mutating func noteLimitsInUse() {
+        if hasLimits() { limitsInUse.value = true }
+    }
+
+    func hasLimits() -> Bool {
+        accounts.contains(where: { !$0.windows.isEmpty || $0.holdLimit != nil || $0.memberHoldLimit != nil })
+            || members.contains(where: { !$0.windows.isEmpty || $0.holdLimit != nil }) || groups.contains(where: { !$0.windows.isEmpty })
     }
 
     // MARK: - Reads

@@ -374,6 +374,7 @@ extension Ledger {
             }
         }
         for slot in Set(alerts.keys).union(recharges.keys) { accounts[Int(slot)].isWatched = true }
+        noteLimitsInUse()
     }
 }
 

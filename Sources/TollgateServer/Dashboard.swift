@@ -104,6 +104,13 @@ const hashParams = new URLSearchParams(location.hash.slice(1));
 if (hashParams.get("token")) { state.token = hashParams.get("token"); sessionStorage.setItem("tollgate-token", state.token); }
 $("token").value = state.token;
 
+// A level's caps: the period's cap, then caps over other windows ("200/hour"), soft ones marked.
+function capText(limit, caps) {
+  const others = (caps || []).filter((c) => !(c.window === "period" && c.mode === "hard"))
+    .map((c) => `${c.mode === "soft" ? "soft " : ""}${fmt.format(c.limit)}/${esc(c.window)}`);
+  const period = limit === null || limit === undefined ? (others.length ? "" : "—") : fmt.format(limit);
+  return [period, ...others].filter((t) => t).join(", ");
+}
 function esc(text) { return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
 function time(ms) { return new Date(ms).toISOString().slice(11, 19); }
 function setStatus(text, kind) { const s = $("status"); s.textContent = text; s.className = kind || ""; }
@@ -193,9 +200,9 @@ function render(o) {
   drawBars("bars-hour", o.burn.hourBuckets, 300000);
   // A level without a cap limits nothing by itself: "no cap"; what can be spent is also
   // bounded by the funds, shown as their own row (0 when depleted).
-  $("levels").tBodies[0].innerHTML = o.levels.map((l) => `<tr data-level="${esc(l.level)}"><td>${esc(l.level)}</td><td>${esc(l.subject)}</td><td class="n">${l.limit === null ? "—" : fmt.format(l.limit)}</td><td class="n">${fmt.format(l.consumed)}</td><td class="n">${fmt.format(l.held)}</td><td class="n">${l.headroom === null ? "no cap" : fmt.format(l.headroom)}</td></tr>`).join("")
+  $("levels").tBodies[0].innerHTML = o.levels.map((l) => `<tr data-level="${esc(l.level)}"><td>${esc(l.level)}</td><td>${esc(l.subject)}</td><td class="n">${capText(l.limit, l.caps)}</td><td class="n">${fmt.format(l.consumed)}</td><td class="n">${fmt.format(l.held)}</td><td class="n">${l.headroom === null ? "no cap" : fmt.format(l.headroom)}</td></tr>`).join("")
     + `<tr data-level="funds"><td>funds</td><td>grants${o.account.overage.policy === "overdraft" ? " + overdraft" : ""}</td><td class="n">—</td><td class="n">—</td><td class="n">—</td><td class="n" data-value="${o.headroom.funds}">${fmt.format(o.headroom.funds)}</td></tr>`;
-  $("members").tBodies[0].innerHTML = o.members.length ? o.members.map((m) => `<tr data-member="${esc(m.member)}"><td>${esc(m.member)}</td><td class="n">${m.limit === null ? "—" : fmt.format(m.limit)}</td><td class="n">${fmt.format(m.consumed)}</td><td class="n">${fmt.format(m.held)}</td><td class="n">${fmt.format(m.openHolds)}</td><td class="n">${m.headroom === null ? "no cap" : fmt.format(m.headroom)}</td><td class="n" data-value="${m.canSpend}">${fmt.format(Math.max(0, m.canSpend))}</td></tr>`).join("") : `<tr><td colspan="7" class="empty">no member activity yet</td></tr>`;
+  $("members").tBodies[0].innerHTML = o.members.length ? o.members.map((m) => `<tr data-member="${esc(m.member)}"><td>${esc(m.member)}</td><td class="n">${capText(m.limit, m.caps)}</td><td class="n">${fmt.format(m.consumed)}</td><td class="n">${fmt.format(m.held)}</td><td class="n">${fmt.format(m.openHolds)}</td><td class="n">${m.headroom === null ? "no cap" : fmt.format(m.headroom)}</td><td class="n" data-value="${m.canSpend}">${fmt.format(Math.max(0, m.canSpend))}</td></tr>`).join("") : `<tr><td colspan="7" class="empty">no member activity yet</td></tr>`;
   const words = (r) => (o.refusals.words && o.refusals.words[r]) || r;
   const reasons = Object.entries(o.refusals.byReason).sort((x, y) => y[1] - x[1]);
   $("refusals").tBodies[0].innerHTML = reasons.length ? reasons.map(([r, n]) => `<tr data-reason="${esc(r)}"><td title="${esc(r)}">${esc(words(r))}</td><td class="n" data-value="${n}">${fmt.format(n)}</td></tr>`).join("") : `<tr><td colspan="2" class="empty">no refusals</td></tr>`;
@@ -204,7 +211,7 @@ function render(o) {
     const t = al.threshold.kind === "credits" ? fmt.format(al.threshold.credits) + " credits" : al.threshold.kind === "percentOfAllotment" ? al.threshold.percent + "% of allotment" : "depleted";
     return `<tr data-alert="${esc(al.id)}" data-firing="${al.firing}"><td>${esc(al.id)}${al.member ? " (" + esc(al.member) + ")" : ""}</td><td>${t}</td><td class="${al.firing ? "firing" : "armed"}">${al.firing ? "firing" : "armed"}</td></tr>`;
   }).join("") : `<tr><td colspan="3" class="empty">no alerts set</td></tr>`;
-  $("events").tBodies[0].innerHTML = o.events.map((e) => `<tr><td>${time(e.atMicroseconds / 1000)}</td><td>${esc(e.type)}${e.alert ? " " + esc(e.alert) : ""}${e.amount ? " +" + fmt.format(e.amount) : ""}</td><td class="n">${fmt.format(e.balance)}</td></tr>`).join("");
+  $("events").tBodies[0].innerHTML = o.events.map((e) => `<tr><td>${time(e.atMicroseconds / 1000)}</td><td>${esc(e.type)}${e.alert ? " " + esc(e.alert) : ""}${e.amount ? " +" + fmt.format(e.amount) : ""}${e.type === "softLimit" ? " " + esc(e.subject) + " " + fmt.format(e.used) + " of " + fmt.format(e.limit) + " per " + esc(e.window) : ""}</td><td class="n">${e.balance === undefined ? "—" : fmt.format(e.balance)}</td></tr>`).join("");
   $("consumption").tBodies[0].innerHTML = o.consumption.map((e) => `<tr><td>${time(e.atMilliseconds)}</td><td>${esc(e.operation)}</td><td>${esc(e.member || "")}</td><td>${esc(e.product || "")}</td><td class="n">${fmt.format(e.credits)}</td></tr>`).join("");
   const firing = o.alerts.filter((al) => al.firing).map((al) => al.id);
   const banner = $("banner");

@@ -326,6 +326,7 @@ struct ReadAPI: Sendable {
             members.append([
                 "member": member, "limit": LedgerJSON.nullable(level.limit), "consumed": level.consumed, "held": level.held,
                 "headroom": LedgerJSON.nullable(level.headroom), "funds": funds, "openHolds": balance.openHolds,
+                "caps": level.caps.map(LedgerJSON.cap), "openHoldsLimit": LedgerJSON.nullable(balance.openHoldsLimit),
                 "canSpend": min(balance.headroom.member ?? Int64.max, balance.headroom.group ?? Int64.max, balance.headroom.account ?? Int64.max,
                                 balance.headroom.parent ?? Int64.max, balance.headroom.funds),
             ])
