@@ -270,11 +270,14 @@ public struct AddGrant: Hashable, Sendable {
     /// `Instant.distantFuture` for a grant that never expires.
     public var expiresAt: Instant
     public var source: GrantSource
+    /// The products the grant may pay for; empty: any product (Ledger+Scopes.swift).
+    public var products: [String]
 
     public init(
         account: String, scope: GrantScope = .pool, amount: Credits, priority: Int32 = 0,
-        effectiveAt: Instant, expiresAt: Instant = .distantFuture, source: GrantSource = .manual
+        effectiveAt: Instant, expiresAt: Instant = .distantFuture, source: GrantSource = .manual, products: [String] = []
     ) {
+        self.products = products
         self.account = account
         self.scope = scope
         self.amount = amount

@@ -307,6 +307,11 @@ extension Command {
             case .pool: hasher.add(0 as UInt64)
             case .member(let member): hasher.add(1 as UInt64); hasher.add(member)
             }
+            // Only a scoped grant adds its products, so an unscoped grant's fingerprint is what it was.
+            if !grant.products.isEmpty {
+                hasher.add(UInt64(grant.products.count))
+                for product in grant.products { hasher.add(product) }
+            }
             hasher.add(grant.amount)
             hasher.add(Int64(grant.priority))
             hasher.add(grant.effectiveAt.microsecondsSinceEpoch)

@@ -275,6 +275,7 @@ extension Ledger {
             }
             memberSlot = slot
         }
+        if let error = problem(products: grant.products) { return refused(error) }
         guard accounts[Int(accountSlot)].liveGrants < limits.grantsPerAccountMax else {
             return refused(LedgerError(.limitReached, level: .account, subject: "grants per account"))
         }
@@ -284,6 +285,7 @@ extension Ledger {
         let id = createGrant(
             account: accountSlot, member: memberSlot, amount: grant.amount, priority: grant.priority, effectiveAt: effectiveAt,
             expiresAt: grant.expiresAt, source: grant.source, at: now)
+        if !grant.products.isEmpty, let slot = grantSlotByID[id] { scope(slot, to: grant.products) }
         return .grantAdded(id)
     }
 

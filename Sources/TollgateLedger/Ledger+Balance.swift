@@ -111,12 +111,15 @@ public struct GrantView: Hashable, Sendable {
     public var expiresAt: Instant
     public var source: GrantSource
     public var state: State
+    /// The products it may pay for; empty: any.
+    public var products: [String]
 
     public init(
         id: GrantID, account: String, scope: GrantScope, amount: Credits, available: Credits, held: Credits,
         consumed: Credits, expired: Credits, voided: Credits, priority: Int32, effectiveAt: Instant, expiresAt: Instant,
-        source: GrantSource, state: State
+        source: GrantSource, state: State, products: [String] = []
     ) {
+        self.products = products
         self.id = id
         self.account = account
         self.scope = scope
@@ -261,7 +264,7 @@ extension Ledger {
             id: grant.id, account: accounts[Int(grant.account)].id, scope: grant.memberID.map { .member($0) } ?? .pool,
             amount: grant.amount, available: grant.available, held: grant.held, consumed: grant.consumed,
             expired: grant.expired, voided: grant.voided, priority: grant.priority, effectiveAt: grant.effectiveAt,
-            expiresAt: grant.expiresAt, source: grant.source, state: state)
+            expiresAt: grant.expiresAt, source: grant.source, state: state, products: grant.isScoped ? products(ofGrant: grant.id) : [])
     }
 }
 

@@ -10,7 +10,9 @@ extension Ledger {
     /// the overdraft. When `holding`, the credits move to held and the draws are returned for
     /// the hold; otherwise they are consumed at once. The caller has checked that the funds
     /// (or the overage policy) cover `amount`.
-    mutating func drawFunds(_ chain: Chain, _ amount: Credits, holding: Bool) -> DrawList {
+    mutating func drawFunds(_ chain: Chain, _ amount: Credits, holding: Bool, product: String) -> DrawList {
+        // Grants scoped to other products are passed over (Ledger+Scopes.swift).
+        let only: String? = rulesInUse.value && chainHasScopedGrants(chain) ? product : nil
         var draws = DrawList()
         var remaining = amount
         var spentSome = false
@@ -42,12 +44,12 @@ extension Ledger {
                 } else {
                     break
                 }
-                take(from: slot, &remaining, holding: holding, into: &draws, spentSome: &spentSome)
+                take(from: slot, &remaining, holding: holding, into: &draws, spentSome: &spentSome, only: only)
             }
         } else {
             var poolIndex = 0
             while remaining > 0 && poolIndex < accounts[account].poolOrder.count {
-                take(from: accounts[account].poolOrder[poolIndex], &remaining, holding: holding, into: &draws, spentSome: &spentSome)
+                take(from: accounts[account].poolOrder[poolIndex], &remaining, holding: holding, into: &draws, spentSome: &spentSome, only: only)
                 poolIndex += 1
             }
         }
@@ -55,7 +57,7 @@ extension Ledger {
             let parent = Int(chain.parent)
             var poolIndex = 0
             while remaining > 0 && poolIndex < accounts[parent].poolOrder.count {
-                take(from: accounts[parent].poolOrder[poolIndex], &remaining, holding: holding, into: &draws, spentSome: &spentSome)
+                take(from: accounts[parent].poolOrder[poolIndex], &remaining, holding: holding, into: &draws, spentSome: &spentSome, only: only)
                 poolIndex += 1
             }
         }
@@ -78,9 +80,10 @@ extension Ledger {
     }
 
     private mutating func take(
-        from slot: Int32, _ remaining: inout Credits, holding: Bool, into draws: inout DrawList, spentSome: inout Bool
+        from slot: Int32, _ remaining: inout Credits, holding: Bool, into draws: inout DrawList, spentSome: inout Bool, only product: String?
     ) {
         let index = Int(slot)
+        if let product, grants[index].isScoped, !covers(slot, product) { return }
         let amount = min(grants[index].available, remaining)
         guard amount > 0 else { return }
         if grants[index].take(amount, holding: holding) { spentSome = true }
@@ -274,6 +277,7 @@ extension Ledger {
 
     private mutating func retire(_ slot: Int32) {
         let grant = Int(slot)
+        if grants[grant].isScoped { unscope(slot) }
         grants[grant].isLive = false
         retiredTotals.add(grants[grant])
         accounts[Int(grants[grant].account)].liveGrants -= 1

@@ -81,7 +81,7 @@ extension Ledger {
         }
         let id = nextHoldID
         nextHoldID += 1
-        let draws = drawFunds(chain, priced.cost, holding: true)
+        let draws = drawFunds(chain, priced.cost, holding: true, product: reserve.request.product)
         addUsage(chain, held: priced.cost, consumed: 0, at: now)
         let deadline = now.adding(microseconds: reserve.ttlMicroseconds)
         holds.insert(HoldRecord(
@@ -106,7 +106,7 @@ extension Ledger {
         if let error = refusalFor(priced.cost, priced.headroom, priced.chain, at: now) {
             return .refused(Refusal(error, headroom: priced.headroom))
         }
-        _ = drawFunds(priced.chain, priced.cost, holding: false)
+        _ = drawFunds(priced.chain, priced.cost, holding: false, product: spend.request.product)
         addUsage(priced.chain, held: 0, consumed: priced.cost, at: now)
         return .decision(
             Decision(
@@ -140,7 +140,7 @@ extension Ledger {
             return .committed(
                 CommitResult(
                     hold: hold.id, committed: actual, returned: returned, stillHeld: commit.isFinal ? 0 : hold.held,
-                    headroom: headroom(chain, at: now)))
+                    headroom: headroom(chain, at: now, product: hold.product)))
         }
     }
 
@@ -168,14 +168,14 @@ extension Ledger {
         } else {
             // Above the hold: the difference is a new draw, under the caps and the overage policy.
             let excess = actual - hold.held
-            let headroom = self.headroom(chain, at: now)
+            let headroom = self.headroom(chain, at: now, product: hold.product)
             if let error = refusalFor(excess, headroom, chain, at: now) {
                 let finishAllowed = error.code == .insufficientFunds && finishAllows(hold, committing: actual)
                 if !finishAllowed { return .failure(Refusal(error, headroom: headroom)) }
             }
             let held = hold.held
             consume(held, from: &hold)
-            _ = drawFunds(chain, excess, holding: false)
+            _ = drawFunds(chain, excess, holding: false, product: hold.product)
             addUsage(chain, held: -held, consumed: actual, at: now)
         }
         hold.committed = hold.committed.addingClamped(actual)
@@ -191,7 +191,7 @@ extension Ledger {
         }
         let hold = holds.take(slot: slot)
         finish(hold, as: .released, at: now)
-        return .released(ReleaseResult(hold: hold.id, released: hold.held, headroom: headroom(chain(of: hold), at: now)))
+        return .released(ReleaseResult(hold: hold.id, released: hold.held, headroom: headroom(chain(of: hold), at: now, product: hold.product)))
     }
 
     mutating func extend(_ extend: Extend, at now: Instant) -> Answer {
@@ -206,7 +206,7 @@ extension Ledger {
             holds[slot: slot].deadline = deadline
             let hold = holds[slot: slot]
             schedule(.holdDeadline(hold.id), at: deadline)
-            return .extended(ExtendResult(hold: hold.id, deadline: deadline, headroom: headroom(chain(of: hold), at: now)))
+            return .extended(ExtendResult(hold: hold.id, deadline: deadline, headroom: headroom(chain(of: hold), at: now, product: hold.product)))
         }
     }
 
@@ -279,7 +279,7 @@ extension Ledger {
         case .failure(let error): return .failure(Refusal(error))
         case .success(let value): chain = value
         }
-        let headroom = self.headroom(chain, at: now)
+        let headroom = self.headroom(chain, at: now, product: request.product)
         guard let rate = rate(request.product, account: chain.account, at: now) else {
             return .failure(Refusal(LedgerError(.unknownProduct, level: .request, subject: request.product), headroom: headroom))
         }
@@ -290,19 +290,20 @@ extension Ledger {
         return .success(PricedRequest(chain: chain, creditsPerUnit: rate, cost: cost, headroom: headroom))
     }
 
-    /// The headroom at every level of the chain at `now`.
-    func headroom(_ chain: Chain, at now: Instant) -> Headroom {
+    /// The headroom at every level of the chain at `now`; for `product`, the funds leave out
+    /// grants scoped to other products.
+    func headroom(_ chain: Chain, at now: Instant, product: String? = nil) -> Headroom {
         let account = Int(chain.account)
         var result = Headroom(funds: 0)
         var funds = accounts[account].poolAvailable + accounts[account].overdraftRemaining()
         if chain.member != noSlot {
             let member = Int(chain.member)
             result.member = members[member].usage.headroom(limit: members[member].capLimit, at: now)
-            if limitsInUse.value, !members[member].windows.isEmpty { result.member = Self.tightest(members[member].windows, result.member, at: now) }
+            if rulesInUse.value, !members[member].windows.isEmpty { result.member = Self.tightest(members[member].windows, result.member, at: now) }
             funds += members[member].available
             for group in chain.groups {
                 var headroom = groups[Int(group)].usage.headroom(limit: groups[Int(group)].capLimit, at: now)
-                if limitsInUse.value, !groups[Int(group)].windows.isEmpty { headroom = Self.tightest(groups[Int(group)].windows, headroom, at: now) }
+                if rulesInUse.value, !groups[Int(group)].windows.isEmpty { headroom = Self.tightest(groups[Int(group)].windows, headroom, at: now) }
                 if let headroom, headroom < (result.group ?? Credits.max) {
                     result.group = headroom
                     result.groupID = groups[Int(group)].id
@@ -310,13 +311,14 @@ extension Ledger {
             }
         }
         result.account = accounts[account].usage.headroom(limit: accounts[account].capLimit, at: now)
-        if limitsInUse.value, !accounts[account].windows.isEmpty { result.account = Self.tightest(accounts[account].windows, result.account, at: now) }
+        if rulesInUse.value, !accounts[account].windows.isEmpty { result.account = Self.tightest(accounts[account].windows, result.account, at: now) }
         if chain.parent != noSlot {
             let parent = Int(chain.parent)
             result.parent = accounts[parent].usage.headroom(limit: accounts[parent].capLimit, at: now)
-            if limitsInUse.value, !accounts[parent].windows.isEmpty { result.parent = Self.tightest(accounts[parent].windows, result.parent, at: now) }
+            if rulesInUse.value, !accounts[parent].windows.isEmpty { result.parent = Self.tightest(accounts[parent].windows, result.parent, at: now) }
             funds += accounts[parent].poolAvailable
         }
+        if let product, rulesInUse.value, chainHasScopedGrants(chain) { funds -= availableElsewhere(chain, product) }
         result.funds = funds
         return result
     }

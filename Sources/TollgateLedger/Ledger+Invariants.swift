@@ -110,6 +110,26 @@ extension Ledger {
                 heldPerGroup[Int(group)] += hold.held
             }
         }
+        var scopedPerAccount = [Int](repeating: 0, count: accounts.count)
+        for grant in grants where grant.isLive && grant.isScoped { scopedPerAccount[Int(grant.account)] += 1 }
+        for (slot, account) in accounts.enumerated() {
+            expect(account.scopedGrants == scopedPerAccount[slot], "account \(account.id) counts \(account.scopedGrants) scoped grants, has \(scopedPerAccount[slot])")
+        }
+        expect(grantProducts.count == scopedPerAccount.reduce(0, +), "\(grantProducts.count) grants have products, \(scopedPerAccount.reduce(0, +)) live grants are scoped")
+        for (id, products) in grantProducts {
+            guard let slot = grantSlotByID[id] else {
+                expect(false, "grant \(id) has products and is not live")
+                continue
+            }
+            expect(grants[Int(slot)].isScoped && !products.isEmpty && products == products.sorted(), "grant \(id)'s products are out of order or it is not scoped")
+        }
+        // A hold draws only on grants that cover its product.
+        for hold in holds.values {
+            for draw in hold.draws.all where draw.grant != noSlot && draw.amount > 0 {
+                let grant = grants[Int(draw.grant)]
+                if grant.isScoped { expect(covers(draw.grant, hold.product), "hold \(hold.id) of \(hold.product) draws on grant \(grant.id), scoped to other products") }
+            }
+        }
         for (slot, grant) in grants.enumerated() where grant.isLive {
             expect(grant.held == heldPerGrant[slot], "grant \(grant.id) shows \(grant.held) held, its holds draw \(heldPerGrant[slot])")
         }

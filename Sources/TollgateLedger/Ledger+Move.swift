@@ -152,7 +152,7 @@ extension Ledger {
     /// when it answers an error. Frozen accounts of the same names here are set aside (their
     /// names point to the new records from then on).
     mutating func adopt(_ source: Ledger, family slots: [Int32]) -> LedgerError? {
-        if source.hasLimits() { limitsInUse.value = true }
+        if source.hasLimits() { rulesInUse.value = true }
         var accountMap: [Int32: Int32] = [:]
         for (index, slot) in slots.enumerated() { accountMap[slot] = Int32(accounts.count + index) }
         // Frozen families here that share a name with the incoming one (it is coming back, or
@@ -256,6 +256,7 @@ extension Ledger {
             let newSlot = grantMap[Int32(slot)]!
             if Int(newSlot) < grants.count { grants[Int(newSlot)] = grant } else { grants.append(grant) }
             grantSlotByID[grant.id] = newSlot
+            if grant.isScoped { grantProducts[grant.id] = source.grantProducts[grant.id] ?? [] }
             // The events still to come where the family was: an expiry already past there (an
             // expired grant kept live by what is held on it) does not happen again.
             if grant.state == .pending { schedule(.grantEffective(slot: newSlot, grant: grant.id), at: grant.effectiveAt) }
@@ -303,6 +304,10 @@ extension Ledger {
     private mutating func clearFrozen(_ slot: Int32) {
         for hold in holds.values where hold.account == slot { holds.remove(HoldKey(hold.id)) }
         for index in 0..<grants.count where grants[index].isLive && grants[index].account == slot {
+            if grants[index].isScoped {
+                grantProducts.removeValue(forKey: grants[index].id)
+                grants[index].isScoped = false
+            }
             grants[index].isLive = false
             grantSlotByID.removeValue(forKey: grants[index].id)
             freeGrantSlots.append(Int32(index))
@@ -329,6 +334,7 @@ extension Ledger {
         account.overdrawn = 0
         account.overdraftHeld = 0
         account.liveGrants = 0
+        account.scopedGrants = 0
         account.openHolds = 0
         account.memberCount = 0
         account.usage.held = 0
@@ -382,6 +388,7 @@ extension Ledger {
             w.integer(entry.resolved.resolution.rawValue)
             w.instant(entry.until)
         }
+        w.write(grantProducts: grantProducts)
         return w.bytes
     }
 
@@ -423,6 +430,7 @@ extension Ledger {
                 guard let resolution = HoldResolution(rawValue: try r.integer(UInt8.self)) else { throw fail("unknown hold resolution") }
                 return (hold, ResolvedHolds.Resolved(account: account, resolution: resolution), try r.instant())
             }
+            let products = r.format >= 6 ? try r.readGrantProducts() : [:]
             guard r.position == bytes.count else { throw fail("\(bytes.count - r.position) bytes left over") }
             guard resolved.count <= 1 << 16, Set(resolved.map(\.hold)).count == resolved.count,
                 resolved.allSatisfy({ $0.resolved.account >= 0 && Int($0.resolved.account) < family.accounts.count }),
@@ -430,6 +438,8 @@ extension Ledger {
             else { throw fail("its resolved holds are out of range or out of order") }
             family.resolvedHolds.merge(resolved, capacity: limits.resolvedHoldsRemembered)
             try family.checkTransferred(root: root, holds: holds, subscriptions: subscriptions, alerts: alerts, recharges: recharges)
+            family.grantProducts = products
+            if let problem = family.rebuildScopes() { throw fail(problem) }
         } catch let error as SnapshotError {
             throw error
         } catch {

@@ -151,7 +151,7 @@ extension Ledger {
 
     mutating func setCap(_ set: SetCap, at now: Instant) -> Answer {
         if let limit = set.limit, let error = validateCredits(limit, "cap", allowZero: true) { return refused(error) }
-        if set.limit != nil, !(set.window == .period && set.mode == .hard) { limitsInUse.value = true }
+        if set.limit != nil, !(set.window == .period && set.mode == .hard) { rulesInUse.value = true }
         switch set.target {
         case .account:
             guard let slot = accountSlots[HashedString(set.account)] else { return refused(unknownAccount(set.account)) }
@@ -215,7 +215,7 @@ extension Ledger {
             return refused(LedgerError(.amountOutOfRange, level: .request, subject: "open holds limit must be 0 to \(limits.holdsPerAccountMax)"))
         }
         let bound = limit.map { Int($0) }
-        if bound != nil { limitsInUse.value = true }
+        if bound != nil { rulesInUse.value = true }
         switch target {
         case .account:
             guard let slot = accountSlots[HashedString(account)] else { return refused(unknownAccount(account)) }
@@ -237,7 +237,7 @@ extension Ledger {
     /// Why a reserve on `chain` may not open one more hold, or nil.
     @inline(__always)
     func concurrencyRefusal(_ chain: Chain) -> LedgerError? {
-        guard limitsInUse.value else { return nil }
+        guard rulesInUse.value else { return nil }
         let account = Int(chain.account)
         if let bound = accounts[account].holdLimit, accounts[account].openHolds >= bound {
             return LedgerError(.concurrencyLimit, level: .account, subject: accounts[account].id)
@@ -332,7 +332,7 @@ extension Ledger {
     /// Whether any level of the chain has window caps (then `addWindowUsage` has work).
     @inline(__always)
     func chainHasWindows(_ chain: Chain) -> Bool {
-        guard limitsInUse.value else { return false }
+        guard rulesInUse.value else { return false }
         if !accounts[Int(chain.account)].windows.isEmpty { return true }
         if chain.parent != noSlot, !accounts[Int(chain.parent)].windows.isEmpty { return true }
         if chain.member != noSlot {
@@ -342,10 +342,10 @@ extension Ledger {
         return false
     }
 
-    /// Sets `limitsInUse` if any record has window caps or open-hold bounds (after a snapshot
+    /// Sets `rulesInUse` if any record has window caps or open-hold bounds (after a snapshot
     /// is read or a family moves in).
     mutating func noteLimitsInUse() {
-        if hasLimits() { limitsInUse.value = true }
+        if hasLimits() { rulesInUse.value = true }
     }
 
     func hasLimits() -> Bool {

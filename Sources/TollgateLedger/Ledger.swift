@@ -63,10 +63,13 @@ public struct Ledger: Hashable, Sendable {
     var memberBurn = ChunkedArray<BurnWindow>()
     var ledgerBurn = BurnWindow()
     var plans: [String: Plan] = [:]
-    /// Whether any level may have window caps or open-hold bounds (Ledger+Windows.swift): set
-    /// when one is set, a family that has some moves in, or a snapshot that has some is read, so a
-    /// ledger that uses none checks one flag per decision. Not part of the state.
-    var limitsInUse = LimitsHint()
+    /// Whether any level may have window caps or open-hold bounds (Ledger+Windows.swift), or any
+    /// grant be scoped to products (Ledger+Scopes.swift): set when one is set, a family that has
+    /// some moves in, or a snapshot that has some is read, so a ledger that uses none checks one
+    /// flag per decision. Not part of the state.
+    var rulesInUse = LimitsHint()
+    /// The products each product-scoped grant covers, by grant id (sorted, without repeats).
+    var grantProducts: [GrantID: [String]] = [:]
     /// Accounts frozen by `moveFamilyOut`, by slot (Ledger+Move.swift). Empty on a ledger that
     /// never moved a family out, and then never looked at on the decision path.
     var movedOut: [Int32: MovedFamily] = [:]

@@ -21,6 +21,8 @@ public struct LedgerLimits: Hashable, Sendable {
     public var holdsPerAccountMax = 10_000
     public var holdsMax = 2_000_000
     public var productsMax = 10_000
+    /// Products a product-scoped grant may list.
+    public var productsPerGrantMax = 16
     public var rateVersionsPerProductMax = 1_000
     public var rateOverridesPerAccountMax = 1_000
     /// Account, member, group and product identifiers: 1 to this many bytes of printable

@@ -74,6 +74,9 @@ struct AccountRecord: Hashable, Sendable {
     /// Held by open holds beyond the grants, under an overdraft policy.
     var overdraftHeld: Credits = 0
     var liveGrants = 0
+    /// Live grants of the account (pool and members') scoped to products; rebuilt from
+    /// `Ledger.grantProducts` when a snapshot or a transfer is read.
+    var scopedGrants = 0
     var openHolds = 0
     /// Caps over other windows, and soft caps (Ledger+Windows.swift); empty for most accounts.
     var windows: [WindowCap] = []
@@ -144,6 +147,8 @@ struct GrantRecord: Hashable, Sendable {
     var state: GrantState
     /// False once the grant can neither hand out nor take back credits and its slot is free.
     var isLive = true
+    /// Usable only for the products `Ledger.grantProducts` lists for it.
+    var isScoped = false
 
     /// Takes `amount` (at most what is available) to held or to consumed; whether a consumed
     /// grant is now spent to nothing. One access to the grant's record instead of three.

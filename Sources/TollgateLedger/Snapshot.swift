@@ -223,6 +223,7 @@ extension Ledger {
                 w.instant(entry.value.at)
             }
         }
+        if version >= 6 { w.write(grantProducts: grantProducts) }
         return w.bytes
     }
 
@@ -357,6 +358,7 @@ extension Ledger {
                 movedOut[slot] = MovedFamily(destination: destination, at: at)
             }
         }
+        if version >= 6 { grantProducts = try r.readGrantProducts() }
         guard r.position == bytes.count else { throw SnapshotError(description: "\(bytes.count - r.position) bytes left over") }
 
         // Rebuild the indexes the snapshot leaves out.
@@ -374,6 +376,7 @@ extension Ledger {
             }
         }
         for slot in Set(alerts.keys).union(recharges.keys) { accounts[Int(slot)].isWatched = true }
+        if let problem = rebuildScopes() { throw SnapshotError(description: problem) }
         noteLimitsInUse()
     }
 }
@@ -463,6 +466,14 @@ extension SnapshotWriter {
         write(group.usage)
         int(group.memberCount)
         if format >= 6 { write(group.windows) }
+    }
+
+    /// Product-scoped grants' products, by grant id in order.
+    mutating func write(grantProducts: [GrantID: [String]]) {
+        array(grantProducts.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.array(entry.value) { $0.string($1) }
+        }
     }
 
     mutating func write(_ windows: [WindowCap]) {
@@ -664,6 +675,14 @@ extension SnapshotReader {
         group.memberCount = try int()
         if format >= 6 { group.windows = try readWindows() }
         return group
+    }
+
+    mutating func readGrantProducts() throws -> [GrantID: [String]] {
+        var table: [GrantID: [String]] = [:]
+        for (id, products) in try array({ r in (try r.integer(UInt64.self), try r.array { try $0.string() }) }) {
+            guard table.updateValue(products, forKey: id) == nil else { throw SnapshotError(description: "products of grant \(id) twice") }
+        }
+        return table
     }
 
     mutating func readWindows() throws -> [WindowCap] {

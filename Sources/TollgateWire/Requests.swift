@@ -345,6 +345,11 @@ extension ByteBuffer {
             writeInstant(grant.effectiveAt)
             writeInstant(grant.expiresAt)
             writeInteger(grant.source.rawValue)
+            // Products only for a scoped grant: an unscoped grant's body is what it always was.
+            if !grant.products.isEmpty {
+                writeInteger(UInt8(clamping: grant.products.count))
+                for product in grant.products.prefix(255) { writeWireString(product) }
+            }
         case .voidGrant(let account, let grant):
             writeWireString(account)
             writeInteger(grant)
@@ -619,10 +624,15 @@ extension BodyReader {
         case .removeFromGroup:
             return .removeFromGroup(account: try string("account"), group: try string("group"), member: try string("member"))
         case .addGrant:
-            return .addGrant(
-                AddGrant(
-                    account: try string("account"), scope: try scope(), amount: try i64("amount"), priority: try i32("priority"),
-                    effectiveAt: try instant("effectiveAt"), expiresAt: try instant("expiresAt"), source: try source()))
+            var grant = AddGrant(
+                account: try string("account"), scope: try scope(), amount: try i64("amount"), priority: try i32("priority"),
+                effectiveAt: try instant("effectiveAt"), expiresAt: try instant("expiresAt"), source: try source())
+            if !isAtEnd {
+                let count = Int(try u8("product count"))
+                guard count > 0 else { throw malformed("product count", "is 0; leave the products out for a grant usable for any product") }
+                for index in 0..<count { grant.products.append(try string("product \(index)")) }
+            }
+            return .addGrant(grant)
         case .voidGrant:
             return .voidGrant(account: try string("account"), grant: try u64("grant"))
         case .setRate:

@@ -406,6 +406,13 @@ extension ByteBuffer {
             writeInstant(cap.windowEnd)
         }
         writeOptionalInteger(balance.openHoldsLimit.map { Int64($0) })
+        let scoped = balance.grants.enumerated().filter { !$0.element.products.isEmpty }
+        writeInteger(UInt16(clamping: scoped.count))
+        for (index, grant) in scoped.prefix(Int(UInt16.max)) {
+            writeInteger(UInt16(clamping: index))
+            writeInteger(UInt8(clamping: grant.products.count))
+            for product in grant.products.prefix(255) { writeWireString(product) }
+        }
     }
 }
 
@@ -516,6 +523,12 @@ extension BodyReader {
         }
         let openHoldsLimit = try optionalI64("openHoldsLimit")
         guard (openHoldsLimit ?? 0) >= 0 else { throw malformed("openHoldsLimit", "is negative") }
+        for index in 0..<Int(try u16("scopedGrantCount")) {
+            let grant = Int(try u16("scoped grant \(index)"))
+            guard grant < grants.count else { throw malformed("scoped grant \(index)", "is \(grant); there are \(grants.count) grants") }
+            let count = Int(try u8("scoped grant \(index) product count"))
+            for product in 0..<count { grants[grant].products.append(try string("scoped grant \(index) product \(product)")) }
+        }
         var balance = Balance(
             account: account, member: member, at: at, periodStart: periodStart, periodEnd: periodEnd, headroom: headroom,
             levels: levels, funds: funds, grants: grants, openHolds: openHolds, subscription: subscription, burn: burn)

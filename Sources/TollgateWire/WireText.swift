@@ -142,7 +142,7 @@ public enum WireText {
             return [
                 "account=\(quote(grant.account))", "scope=\(scope(grant.scope))", "amount=\(grant.amount)", "priority=\(grant.priority)",
                 "effectiveAt=\(grant.effectiveAt.microsecondsSinceEpoch)", "expiresAt=\(grant.expiresAt.microsecondsSinceEpoch)",
-                "source=\(grant.source.rawValue)",
+                "source=\(grant.source.rawValue)", "products=[\(grant.products.map(quote).joined(separator: ","))]",
             ]
         case .voidGrant(let account, let grant):
             return ["account=\(quote(account))", "grant=\(grant)"]
@@ -286,6 +286,9 @@ public enum WireText {
                 }
             }
             fields.append("openHoldsLimit=\(optional(balance.openHoldsLimit.map { Int64($0) }))")
+            for (index, grant) in balance.grants.enumerated() where !grant.products.isEmpty {
+                fields.append("grantProducts=(grant=\(index),[\(grant.products.map(quote).joined(separator: ","))])")
+            }
             return fields
         case .batch(let items):
             return [status, "count=\(items.count)"] + items.map { "[\(([$0.opcode.name] + responseFields($0.response)).joined(separator: " "))]" }

@@ -181,7 +181,9 @@ struct RandomRun {
             .addGrant(
                 AddGrant(
                     account: account, scope: scope, amount: .random(in: 1...120, using: &rng), priority: .random(in: 0...3, using: &rng),
-                    effectiveAt: effective, expiresAt: expires, source: pick(GrantSource.allCases))))
+                    effectiveAt: effective, expiresAt: expires, source: pick(GrantSource.allCases),
+                    // Some grants pay for one or two products only.
+                    products: chance(25) ? Array(Set([pick(Self.products), pick(Self.products)])) : [])))
     }
 
     // MARK: - Stepping
@@ -377,10 +379,25 @@ struct RandomRun {
         }
         var probe = driver.ledger
         let before = try? probe.balance(account: account, member: member, at: driver.now).get()
+        let product: String?
+        switch command {
+        case .reserve(let reserve): product = reserve.request.product
+        case .spend(let spend): product = spend.request.product
+        case .commit: product = holdBefore?.product
+        default: product = nil
+        }
+        // What each grant of the ledger had consumed or held, to see which ones the decision drew on.
+        let drawnBefore = Dictionary(uniqueKeysWithValues: probe.grantUsage().map { ($0.id, $0.used) })
         let accountBefore = try? probe.balance(account: account, at: driver.now).get()
         let answer = send(command)
         guard !answer.isRefused, let before else { return }
         var after = driver.ledger
+        // A decision draws only on grants that cover its product.
+        if let product {
+            for grant in after.grantUsage() where grant.used > (drawnBefore[grant.id] ?? 0) && !grant.products.isEmpty && !grant.products.contains(product) {
+                failures.append("\(command) drew on grant \(grant.id), scoped to \(grant.products), for \(product)")
+            }
+        }
         guard let afterBalance = try? after.balance(account: account, member: member, at: driver.now).get() else { return }
         for level in afterBalance.levels {
             let previous = before.levels.first { $0.level == level.level && $0.subject == level.subject }

@@ -71,7 +71,8 @@ struct RandomMessages {
             return .addGrant(
                 AddGrant(
                     account: string(), scope: chance() ? .pool : .member(string()), amount: any64(), priority: Int32.random(in: .min ... .max, using: &rng),
-                    effectiveAt: instant(), expiresAt: instant(), source: GrantSource.allCases.randomElement(using: &rng)!))
+                    effectiveAt: instant(), expiresAt: instant(), source: GrantSource.allCases.randomElement(using: &rng)!,
+                    products: (0..<int(0...3)).map { _ in string() }))
         case 19: return .voidGrant(account: string(), grant: rng.next())
         case 20: return .setRate(product: string(), creditsPerUnit: any64(), effectiveAt: instant())
         case 22:
@@ -153,7 +154,8 @@ struct RandomMessages {
                 GrantView(
                     id: rng.next(), account: string(), scope: chance() ? .pool : .member(string()), amount: any64(), available: any64(), held: any64(),
                     consumed: any64(), expired: any64(), voided: any64(), priority: Int32.random(in: .min ... .max, using: &rng), effectiveAt: instant(),
-                    expiresAt: instant(), source: GrantSource.allCases.randomElement(using: &rng)!, state: GrantView.State.allCases.randomElement(using: &rng)!)
+                    expiresAt: instant(), source: GrantSource.allCases.randomElement(using: &rng)!, state: GrantView.State.allCases.randomElement(using: &rng)!,
+                    products: (0..<int(0...2)).map { _ in string() })
             }
             var balance = Balance(
                 account: string(), member: optionalString(), at: instant(), periodStart: instant(), periodEnd: instant(), headroom: headroom(),

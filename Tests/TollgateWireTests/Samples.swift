@@ -66,6 +66,10 @@ enum Samples {
                 GrantView(
                     id: 2, account: "acme", scope: .member("ana"), amount: 1_000, available: 1_000, held: 0, consumed: 0, expired: 0,
                     voided: 0, priority: 100, effectiveAt: t0, expiresAt: .distantFuture, source: .topUp, state: .active),
+                GrantView(
+                    id: 9, account: "acme", scope: .pool, amount: 50, available: 50, held: 0, consumed: 0, expired: 0,
+                    voided: 0, priority: -1, effectiveAt: t0, expiresAt: .distantFuture, source: .promotional, state: .active,
+                    products: ["ai.preview", "ai.summary"]),
             ],
             openHolds: 0)
         balance.openHoldsLimit = 4
@@ -226,6 +230,11 @@ enum Samples {
             request(
                 "a soft daily cap on a group", 66,
                 .command(.setCap(SetCap(account: "acme", target: .group("research"), window: .day, mode: .soft, limit: 2_000)), key: "setup-36")),
+            request(
+                "promotional credits for two products only", 71,
+                .command(
+                    .addGrant(AddGrant(account: "acme", amount: 50, priority: -1, effectiveAt: t0, source: .promotional, products: ["ai.preview", "ai.summary"])),
+                    key: "setup-39")),
             request("at most 4 open holds for each member", 67, .command(.setConcurrency(account: "acme", target: .eachMember, limit: 4), key: "setup-37")),
             request("no bound of its own for ana", 68, .command(.setConcurrency(account: "acme", target: .member("ana"), limit: nil), key: "setup-38")),
             response(

@@ -282,6 +282,20 @@ def _target(kinds):
     return (read, write, lambda v: "%s(%s)" % (v[0], quote(v[1])) if isinstance(v, tuple) else v)
 
 
+def _read_products(r):
+    if r.at == len(r.data):
+        return []
+    count = r.int("B")
+    if count == 0:
+        raise Malformed("product count 0")
+    return [r.string() for _ in range(count)]
+
+
+# ADD_GRANT's trailing products: absent for a grant usable for any product, else a u8 count (1 or more) and the product ids.
+PRODUCTS = (_read_products,
+            lambda w, v: (w.int("B", len(v)), [w.string(p) for p in v]) if v else None,
+            lambda v: "[" + ",".join(quote(p) for p in v) + "]")
+
 CAP_TARGET = _target([("account", False), ("member", True), ("group", True)])
 CONCURRENCY_TARGET = _target([("account", False), ("eachMember", False), ("member", True)])
 OPT_HEADROOM = _optional(HEADROOM)
@@ -314,7 +328,7 @@ REQUESTS = {
     "ADD_TO_GROUP": [("key", STR), ("account", STR), ("group", STR), ("member", STR)],
     "REMOVE_FROM_GROUP": [("key", STR), ("account", STR), ("group", STR), ("member", STR)],
     "ADD_GRANT": [("key", STR), ("account", STR), ("scope", SCOPE), ("amount", I64), ("priority", I32),
-                  ("effectiveAt", I64), ("expiresAt", I64), ("source", U8)],
+                  ("effectiveAt", I64), ("expiresAt", I64), ("source", U8), ("products", PRODUCTS)],
     "VOID_GRANT": [("key", STR), ("account", STR), ("grant", U64)],
     "SET_RATE": [("key", STR), ("product", STR), ("creditsPerUnit", I64), ("effectiveAt", I64)],
     "SET_ACCOUNT_RATE": [("key", STR), ("account", STR), ("product", STR), ("creditsPerUnit", OPT_I64), ("effectiveAt", I64)],
@@ -395,6 +409,12 @@ def read_balance(r):
             raise Malformed("cap of level %d" % level)
         b["caps"].append((level, WINDOW[0](r), MODE[0](r), r.int("q"), r.int("q"), r.int("q")))
     b["openHoldsLimit"] = OPT_I64[0](r)
+    b["grantProducts"] = []
+    for _ in range(r.int("H")):
+        index = r.int("H")
+        if index >= len(b["grants"]):
+            raise Malformed("products of grant %d" % index)
+        b["grantProducts"].append((index, [r.string() for _ in range(r.int("B"))]))
     return b
 
 
@@ -437,6 +457,11 @@ def write_balance(w, b):
     for level, window, mode, limit, used, window_end in b["caps"]:
         w.int("B", level); WINDOW[1](w, window); MODE[1](w, mode); w.int("q", limit); w.int("q", used); w.int("q", window_end)
     OPT_I64[1](w, b["openHoldsLimit"])
+    w.int("H", len(b["grantProducts"]))
+    for index, products in b["grantProducts"]:
+        w.int("H", index); w.int("B", len(products))
+        for product in products:
+            w.string(product)
 
 
 def render_balance(b):
@@ -465,6 +490,8 @@ def render_balance(b):
     for cap in b["caps"]:
         out.append("cap=(level=%d,window=%s,mode=%s,limit=%d,used=%d,windowEnd=%d)" % cap)
     out.append("openHoldsLimit=" + OPT_I64[2](b["openHoldsLimit"]))
+    for index, products in b["grantProducts"]:
+        out.append("grantProducts=(grant=%d,[%s])" % (index, ",".join(quote(p) for p in products)))
     return out
 
 
