@@ -115,7 +115,7 @@ public enum LedgerJSON {
             "id": grant.id, "account": grant.account, "scope": scope, "amount": grant.amount, "available": grant.available,
             "held": grant.held, "consumed": grant.consumed, "expired": grant.expired, "voided": grant.voided,
             "priority": grant.priority, "effectiveAt": grant.effectiveAt.description, "expiresAt": grant.expiresAt.description,
-            "source": grantSourceName(grant.source), "state": state,
+            "source": grantSourceName(grant.source), "state": state, "products": grant.products,
         ]
     }
 

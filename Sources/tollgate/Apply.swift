@@ -259,6 +259,7 @@ struct PlanStep {
         var priority: Int32
         var expires: Plan.Expiry
         var source: GrantSource
+        var products: [String] = []
 
         func command(account: String, now: Instant, periodEnd: Instant) -> Command {
             var expiresAt = Instant.distantFuture
@@ -268,7 +269,8 @@ struct PlanStep {
             case .after(let microseconds): expiresAt = now.adding(microseconds: microseconds)
             case .periodEnd: expiresAt = periodEnd
             }
-            return .addGrant(AddGrant(account: account, scope: scope, amount: amount, priority: priority, effectiveAt: now, expiresAt: expiresAt, source: source))
+            return .addGrant(
+                AddGrant(account: account, scope: scope, amount: amount, priority: priority, effectiveAt: now, expiresAt: expiresAt, source: source, products: products))
         }
     }
 
@@ -375,6 +377,8 @@ struct Plan {
         var expires: Expiry
         var expiresText: String
         var source: GrantSource
+        /// The products it pays for (`products:`); empty: any.
+        var products: [String] = []
         var line: Int?
     }
 
@@ -557,9 +561,11 @@ struct Plan {
             }
             for grant in account.grants {
                 let step = PlanStep.Grant(
-                    scope: grant.member.map { .member($0) } ?? .pool, amount: grant.amount, priority: grant.priority, expires: grant.expires, source: grant.source)
+                    scope: grant.member.map { .member($0) } ?? .pool, amount: grant.amount, priority: grant.priority, expires: grant.expires, source: grant.source,
+                    products: grant.products)
                 // Everything the grant says is in its label, so an edited grant is another key.
-                let label = "grant \(grant.identity) of \(id): \(grant.amount)\(grant.member.map { " to \($0)" } ?? "") at priority \(grant.priority), \(Plan.sourceName(grant.source)), expires \(grant.expiresText)"
+                let products = grant.products.isEmpty ? "" : ", for \(grant.products.joined(separator: ", "))"
+                let label = "grant \(grant.identity) of \(id): \(grant.amount)\(grant.member.map { " to \($0)" } ?? "") at priority \(grant.priority), \(Plan.sourceName(grant.source)), expires \(grant.expiresText)\(products)"
                 add(label, id, step.command(account: id, now: now, periodEnd: now), .grant(step), line: grant.line)
             }
         }
@@ -802,7 +808,7 @@ struct Plan {
         return plan
     }
 
-    static func grant(_ node: Node, of what: String, index: Int, known: [String] = ["id", "amount", "priority", "member", "expires", "source"]) throws -> Grant {
+    static func grant(_ node: Node, of what: String, index: Int, known: [String] = ["id", "amount", "priority", "member", "expires", "source", "products"]) throws -> Grant {
         let mapping = try Plan.mapping(node, "\(what): each grant")
         for key in mapping.keys { _ = try Plan.key(key, of: "\(what): grant #\(index)", known: known) }
         guard let amountNode = mapping["amount"] else { throw PlanError("\(what): grant #\(index) needs an amount", at: node) }
@@ -834,6 +840,7 @@ struct Plan {
             identity: try mapping["id"].map { try string($0, "a grant id") } ?? "#\(index)", amount: amount,
             priority: try mapping["priority"].map { try priority($0, "\(what): grant priority") } ?? 0,
             member: try mapping["member"].map { try string($0, "a member id") }, expires: expiry, expiresText: expiresText, source: source,
+            products: try mapping["products"].map { try sequence($0, "\(what): grant #\(index) products").map { try string($0, "a product id") } } ?? [],
             line: node.mark?.line)
     }
 

@@ -268,8 +268,9 @@ struct Output {
         for grant in balance.grants {
             let scope: String
             if case .member(let member) = grant.scope { scope = "member \(member)" } else { scope = "pool" }
+            let products = grant.products.isEmpty ? "" : ", for \(grant.products.joined(separator: ", ")) only"
             lines.append(
-                "  grant \(grant.id) [\(scope), priority \(grant.priority), expires \(grant.expiresAt)]: \(grant.available) of \(grant.amount) available, \(grant.held) held, \(grant.consumed) consumed")
+                "  grant \(grant.id) [\(scope), priority \(grant.priority), expires \(grant.expiresAt)\(products)]: \(grant.available) of \(grant.amount) available, \(grant.held) held, \(grant.consumed) consumed")
         }
         return Output(text: lines.joined(separator: "\n"), object: LedgerJSON.balance(balance))
     }

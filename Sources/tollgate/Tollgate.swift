@@ -400,6 +400,8 @@ struct GrantCommand: AsyncParsableCommand {
         @Option(help: "When it takes effect: now, a time, or a duration from now.") var effective = "now"
         @Option(help: "When it expires: never, a time, or a duration from now such as 365d.") var expires = "never"
         @Option(help: "recurring, top-up, promotional or manual.") var source = "manual"
+        @Option(name: .customLong("product"), help: "Usable only for this product (repeat for several; default: any product).")
+        var products: [String] = []
         @Option var key: String?
 
         func run() async throws {
@@ -407,7 +409,7 @@ struct GrantCommand: AsyncParsableCommand {
             guard let grantSource = sources[source] else { throw ValidationError("source must be one of \(sources.keys.sorted().joined(separator: ", "))") }
             let grant = AddGrant(
                 account: account, scope: member.map { .member($0) } ?? .pool, amount: amount, priority: priority,
-                effectiveAt: try TimeParser.instant(effective), expiresAt: try TimeParser.instant(expires), source: grantSource)
+                effectiveAt: try TimeParser.instant(effective), expiresAt: try TimeParser.instant(expires), source: grantSource, products: products)
             try await admin(options, .addGrant(grant), key: key)
         }
     }

@@ -495,6 +495,20 @@ def test_window_caps_soft_caps_and_open_hold_bounds(server):
             gate.set_cap("winco", 5, per="fortnight")
 
 
+def test_a_grant_scoped_to_one_product(server):
+    with server.client(account="promo", member="alice") as gate:
+        setup_account(gate, account="promo", credits=5)
+        gate.set_rate("image_gen", 1)
+        promo = gate.add_grant("promo", 50, source="promotional", products=["image_gen"], priority=-1).grant
+        with pytest.raises(tollgate.InsufficientFunds):
+            gate.spend("web_search", 6)
+        gate.spend("image_gen", 40)
+        grants = {g.id: g for g in gate.balance().grants}
+        assert grants[promo].products == ["image_gen"] and grants[promo].available == 10
+        with pytest.raises(ValueError):
+            gate.add_grant("promo", 5, products="image_gen")
+
+
 # ---- TLS and mTLS -----------------------------------------------------------------------------
 
 def test_tls_and_mtls(start_server, pki, tmp_path):
@@ -543,8 +557,13 @@ def test_a_balance_is_typed_with_datetimes_and_names():
     assert balance.period_end > balance.period_start
     assert balance.funds.overage == "deny" and balance.funds.pool == 1390 and balance.funds.balance == 1390
     assert [level.level for level in balance.levels] == ["member", "account"]
-    pool, own = balance.grants
+    pool, own, promo = balance.grants
     assert (pool.member, own.member) == (None, "ana")
+    assert promo.products == ["ai.preview", "ai.summary"] and pool.products == [] and promo.source == "promotional"
+    member, account = balance.levels
+    assert [(c.window, c.mode, c.limit) for c in member.caps] == [("hour", "hard", 500)]
+    assert [(c.window, c.mode) for c in account.caps] == [("period", "hard"), ("day", "soft")]
+    assert balance.open_holds_limit == 4
     assert pool.source == "recurring" and own.source == "top-up" and own.state == "active"
     assert own.expires_at is None and pool.expires_at == balance.period_end
     assert balance.subscription is None and balance.burn == tollgate.types.Burn(0, 0)

@@ -271,11 +271,14 @@ def remove_from_group(account, group, member, key=None):
     return _mutation("REMOVE_FROM_GROUP", key, [("account", account), ("group", group), ("member", member)])
 
 
-def add_grant(account, amount, member=None, priority=0, effective_at=None, expires_at=None, source="manual", key=None):
+def add_grant(account, amount, member=None, priority=0, effective_at=None, expires_at=None, source="manual", products=(), key=None):
+    """A grant of `amount` credits; `products` limits what it may pay for (default: any product)."""
+    if isinstance(products, str):
+        raise ValueError("add_grant: products is a list of product ids, not one string")
     return _mutation("ADD_GRANT", key, [
         ("account", account), ("scope", member), ("amount", _integer("amount", amount)), ("priority", priority),
         ("effectiveAt", instant(effective_at)), ("expiresAt", NEVER if expires_at is None else instant(expires_at)),
-        ("source", _source(source))])
+        ("source", _source(source)), ("products", list(products))])
 
 
 def void_grant(account, grant, key=None):
@@ -384,13 +387,15 @@ def _balance(b):
     moment = types.moment
     member, pool, parent_pool, overage, overdrawn, overdraft_held = b["funds"]
     grants = []
-    for g in b["grants"]:
+    scoped = dict(b["grantProducts"])
+    for index, g in enumerate(b["grants"]):
         (grant_id, account, scope, amount, available, held, consumed, expired, voided, priority, effective_at, expires_at,
          source, state) = g
         grants.append(types.Grant(
             id=grant_id, account=account, member=scope, amount=amount, available=available, held=held, consumed=consumed,
             expired=expired, voided=voided, priority=priority, effective_at=moment(effective_at), expires_at=moment(expires_at),
-            source=_SOURCE_NAMES.get(source, str(source)), state=_STATES[state] if state < len(_STATES) else str(state)))
+            source=_SOURCE_NAMES.get(source, str(source)), state=_STATES[state] if state < len(_STATES) else str(state),
+            products=scoped.get(index, [])))
     subscription = None
     sub = b["subscription"]
     if sub is not None:

@@ -106,6 +106,8 @@ class Grant(_Items):
     source: str
     #: "pending", "active", "expired" or "voided".
     state: str
+    #: The products it may pay for; empty: any product.
+    products: List[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
