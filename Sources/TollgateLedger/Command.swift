@@ -10,6 +10,11 @@ public enum Command: Hashable, Sendable {
     case commit(Commit)
     case release(HoldReference)
     case extend(Extend)
+    /// A metered product's hold, priced by dimension at the rates in force now (Ledger+Metered.swift).
+    indirect case reserveMetered(MeteredRequest, ttlMicroseconds: Int64)
+    indirect case spendMetered(MeteredRequest)
+    /// Commits a metered hold's actual quantities, priced at the rates it was made at.
+    indirect case commitMetered(hold: HoldReference, dimensions: [DimensionQuantity], isFinal: Bool)
 
     // Admin operations.
     case createAccount(CreateAccount)
@@ -54,6 +59,8 @@ public enum Command: Hashable, Sendable {
     case setCap(SetCap)
     /// The most open holds the account, each member, or one member may have; nil removes it.
     case setConcurrency(account: String, target: ConcurrencyTarget, limit: Int64?)
+    /// A metered product's dimension rate for everyone from `effectiveAt` on.
+    case setMeteredRate(product: String, dimension: String, rate: MeteredRate, effectiveAt: Instant)
 
     /// The account the command belongs to: idempotency keys are scoped by it, and later the
     /// server checks a credential's scope against it. Rate-card changes belong to no account.
@@ -64,6 +71,8 @@ public enum Command: Hashable, Sendable {
         case .commit(let c): c.hold.account
         case .release(let h): h.account
         case .extend(let e): e.hold.account
+        case .reserveMetered(let r, _), .spendMetered(let r): r.account
+        case .commitMetered(let hold, _, _): hold.account
         case .createAccount(let c): c.account
         case .setParent(let a, _), .setOverage(let a, _), .setPeriod(let a, _), .setAccountCap(let a, _),
             .addMember(let a, _), .removeMember(let a, _), .setMemberCap(let a, _, _),
@@ -78,14 +87,14 @@ public enum Command: Hashable, Sendable {
         case .setConcurrency(let a, _, _): a
         case .definePlan: ""
         case .addGrant(let g): g.account
-        case .setRate: ""
+        case .setRate, .setMeteredRate: ""
         }
     }
 
     /// Gate commands are what an agent runtime may send; everything else is admin.
     public var isGate: Bool {
         switch self {
-        case .reserve, .spend, .commit, .release, .extend: true
+        case .reserve, .spend, .commit, .release, .extend, .reserveMetered, .spendMetered, .commitMetered: true
         default: false
         }
     }

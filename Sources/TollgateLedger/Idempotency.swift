@@ -406,6 +406,30 @@ extension Command {
             hasher.add(UInt64(set.mode.rawValue))
             hasher.add(optional: set.limit)
             return hasher.state
+        case .reserveMetered(let request, let ttl):
+            var hasher = FastHasher(tag: 34)
+            hasher.add(request)
+            hasher.add(ttl)
+            return hasher.state
+        case .spendMetered(let request):
+            var hasher = FastHasher(tag: 35)
+            hasher.add(request)
+            return hasher.state
+        case .commitMetered(let hold, let dimensions, let isFinal):
+            var hasher = FastHasher(tag: 36)
+            hasher.add(hold.account)
+            hasher.add(hold.hold)
+            hasher.add(dimensions)
+            hasher.add(isFinal ? 1 as UInt64 : 0)
+            return hasher.state
+        case .setMeteredRate(let product, let dimension, let rate, let effectiveAt):
+            var hasher = FastHasher(tag: 37)
+            hasher.add(product)
+            hasher.add(dimension)
+            hasher.add(rate.credits)
+            hasher.add(rate.per)
+            hasher.add(effectiveAt.microsecondsSinceEpoch)
+            return hasher.state
         case .setConcurrency(let account, let target, let limit):
             var hasher = FastHasher(tag: 33)
             hasher.add(account)
@@ -421,6 +445,21 @@ extension Command {
 }
 
 extension FastHasher {
+    mutating func add(_ request: MeteredRequest) {
+        add(request.account)
+        add(request.member)
+        add(request.product)
+        add(request.dimensions)
+    }
+
+    mutating func add(_ dimensions: [DimensionQuantity]) {
+        add(UInt64(dimensions.count))
+        for entry in dimensions {
+            add(entry.dimension)
+            add(entry.quantity)
+        }
+    }
+
     mutating func add(_ terms: Subscription?) {
         guard let terms else { return add(0 as UInt64) }
         add(1 as UInt64)

@@ -141,6 +141,7 @@ extension Ledger {
         }
         addUsage(chain(of: hold), held: -hold.held, consumed: 0, at: now)
         holds.remove(HoldKey(hold.id))
+        if rulesInUse.value, !holdRates.isEmpty { holdRates.removeValue(forKey: hold.id) }
         accounts[Int(hold.account)].openHolds -= 1
         if hold.member != noSlot { members[Int(hold.member)].openHolds -= 1 }
         resolvedHolds.remember(

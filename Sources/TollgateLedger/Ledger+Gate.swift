@@ -61,6 +61,12 @@ extension Ledger {
         case .failure(let refusal): return .refused(refusal)
         case .success(let value): priced = value
         }
+        return holdPriced(priced, product: reserve.request.product, quantity: reserve.request.quantity, ttl: reserve.ttlMicroseconds, at: now)
+    }
+
+    /// A reserve that has been priced: the checks, the draw and the hold.
+    @inline(__always)
+    mutating func holdPriced(_ priced: PricedRequest, product: String, quantity: Int64, ttl: Int64, at now: Instant) -> Answer {
         let chain = priced.chain
         if let error = refusalFor(priced.cost, priced.headroom, chain, at: now) {
             return .refused(Refusal(error, headroom: priced.headroom))
@@ -81,12 +87,12 @@ extension Ledger {
         }
         let id = nextHoldID
         nextHoldID += 1
-        let draws = drawFunds(chain, priced.cost, holding: true, product: reserve.request.product)
+        let draws = drawFunds(chain, priced.cost, holding: true, product: product)
         addUsage(chain, held: priced.cost, consumed: 0, at: now)
-        let deadline = now.adding(microseconds: reserve.ttlMicroseconds)
+        let deadline = now.adding(microseconds: ttl)
         holds.insert(HoldRecord(
-            id: id, account: chain.account, member: chain.member, product: reserve.request.product,
-            quantity: reserve.request.quantity, creditsPerUnit: priced.creditsPerUnit, original: priced.cost,
+            id: id, account: chain.account, member: chain.member, product: product,
+            quantity: quantity, creditsPerUnit: priced.creditsPerUnit, original: priced.cost,
             held: priced.cost, createdAt: now, deadline: deadline, draws: draws, groups: chain.groups))
         accounts[Int(chain.account)].openHolds += 1
         if chain.member != noSlot { members[Int(chain.member)].openHolds += 1 }
@@ -103,10 +109,16 @@ extension Ledger {
         case .failure(let refusal): return .refused(refusal)
         case .success(let value): priced = value
         }
+        return spendPriced(priced, product: spend.request.product, at: now)
+    }
+
+    /// A spend that has been priced: the checks and the draw.
+    @inline(__always)
+    mutating func spendPriced(_ priced: PricedRequest, product: String, at now: Instant) -> Answer {
         if let error = refusalFor(priced.cost, priced.headroom, priced.chain, at: now) {
             return .refused(Refusal(error, headroom: priced.headroom))
         }
-        _ = drawFunds(priced.chain, priced.cost, holding: false, product: spend.request.product)
+        _ = drawFunds(priced.chain, priced.cost, holding: false, product: product)
         addUsage(priced.chain, held: 0, consumed: priced.cost, at: now)
         return .decision(
             Decision(
@@ -152,6 +164,9 @@ extension Ledger {
         case .held:
             actual = hold.held
         case .quantity(let quantity):
+            if rulesInUse.value, holdRates[hold.id] != nil {
+                return .failure(Refusal(LedgerError(.invalidArgument, level: .request, subject: "hold \(hold.id) is metered: commit it by its dimensions")))
+            }
             guard quantity >= 0, quantity <= limits.quantityMax else {
                 return .failure(Refusal(invalidQuantity(allowZero: true)))
             }

@@ -123,6 +123,7 @@ extension Ledger {
             }
             expect(grants[Int(slot)].isScoped && !products.isEmpty && products == products.sorted(), "grant \(id)'s products are out of order or it is not scoped")
         }
+        for id in holdRates.keys { expect(holds[HoldKey(id)] != nil, "hold \(id) has metered rates and is not open") }
         // A hold draws only on grants that cover its product.
         for hold in holds.values {
             for draw in hold.draws.all where draw.grant != noSlot && draw.amount > 0 {

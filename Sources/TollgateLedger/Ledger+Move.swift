@@ -274,6 +274,10 @@ extension Ledger {
             })
             hold.groups = hold.groups.map { mapped($0, groupMap) }
             holds.insert(hold)
+            if let rates = source.holdRates[hold.id] {
+                holdRates[hold.id] = rates
+                rulesInUse.value = true
+            }
             schedule(.holdDeadline(hold.id), at: hold.deadline)
         }
         resolvedHolds.merge(source.resolvedHolds.entries(of: accountMap), capacity: limits.resolvedHoldsRemembered)
@@ -302,7 +306,10 @@ extension Ledger {
     /// groups and watches go (they come back with the family, under the same ids); the record
     /// stays, frozen and nameless, so that the events still queued for it stay dead.
     private mutating func clearFrozen(_ slot: Int32) {
-        for hold in holds.values where hold.account == slot { holds.remove(HoldKey(hold.id)) }
+        for hold in holds.values where hold.account == slot {
+            holds.remove(HoldKey(hold.id))
+            holdRates.removeValue(forKey: hold.id)
+        }
         for index in 0..<grants.count where grants[index].isLive && grants[index].account == slot {
             if grants[index].isScoped {
                 grantProducts.removeValue(forKey: grants[index].id)
@@ -389,6 +396,7 @@ extension Ledger {
             w.instant(entry.until)
         }
         w.write(grantProducts: grantProducts)
+        w.write(holdRates: holdRates)
         return w.bytes
     }
 
@@ -431,6 +439,7 @@ extension Ledger {
                 return (hold, ResolvedHolds.Resolved(account: account, resolution: resolution), try r.instant())
             }
             let products = r.format >= 6 ? try r.readGrantProducts() : [:]
+            let holdRates = r.format >= 6 ? try r.readHoldRates() : [:]
             guard r.position == bytes.count else { throw fail("\(bytes.count - r.position) bytes left over") }
             guard resolved.count <= 1 << 16, Set(resolved.map(\.hold)).count == resolved.count,
                 resolved.allSatisfy({ $0.resolved.account >= 0 && Int($0.resolved.account) < family.accounts.count }),
@@ -440,6 +449,9 @@ extension Ledger {
             try family.checkTransferred(root: root, holds: holds, subscriptions: subscriptions, alerts: alerts, recharges: recharges)
             family.grantProducts = products
             if let problem = family.rebuildScopes() { throw fail(problem) }
+            guard holdRates.keys.allSatisfy({ family.holds[HoldKey($0)] != nil }) else { throw fail("rates of a hold that is not in the transfer") }
+            family.holdRates = holdRates
+            if !holdRates.isEmpty { family.rulesInUse.value = true }
         } catch let error as SnapshotError {
             throw error
         } catch {

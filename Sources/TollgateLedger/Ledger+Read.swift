@@ -165,6 +165,10 @@ extension Command {
             return Consumption(account: spend.request.account, member: spend.request.member, product: spend.request.product, credits: decision.cost)
         case (.commit(let commit), .committed(let result)) where result.committed > 0:
             return Consumption(account: commit.hold.account, member: hold?.member, product: hold?.product, credits: result.committed, hold: result.hold)
+        case (.spendMetered(let request), .decision(let decision)):
+            return Consumption(account: request.account, member: request.member, product: request.product, credits: decision.cost)
+        case (.commitMetered(let reference, _, _), .committed(let result)) where result.committed > 0:
+            return Consumption(account: reference.account, member: hold?.member, product: hold?.product, credits: result.committed, hold: result.hold)
         default:
             return nil
         }

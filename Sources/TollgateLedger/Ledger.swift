@@ -70,6 +70,10 @@ public struct Ledger: Hashable, Sendable {
     var rulesInUse = LimitsHint()
     /// The products each product-scoped grant covers, by grant id (sorted, without repeats).
     var grantProducts: [GrantID: [String]] = [:]
+    /// Metered products' dimension rates, and the rates each open metered hold was priced at
+    /// (Ledger+Metered.swift).
+    var meteredRates: [HashedString: [String: MeteredHistory]] = [:]
+    var holdRates: [HoldID: [PricedDimension]] = [:]
     /// Accounts frozen by `moveFamilyOut`, by slot (Ledger+Move.swift). Empty on a ledger that
     /// never moved a family out, and then never looked at on the decision path.
     var movedOut: [Int32: MovedFamily] = [:]
@@ -256,6 +260,11 @@ public struct Ledger: Hashable, Sendable {
         case .commit(let commit): return self.commit(commit, at: now)
         case .release(let reference): return self.release(reference, at: now)
         case .extend(let extend): return self.extend(extend, at: now)
+        case .reserveMetered(let request, let ttl): return reserveMetered(request, ttlMicroseconds: ttl, at: now)
+        case .spendMetered(let request): return spendMetered(request, at: now)
+        case .commitMetered(let hold, let dimensions, let isFinal): return commitMetered(hold, dimensions: dimensions, isFinal: isFinal, at: now)
+        case .setMeteredRate(let product, let dimension, let rate, let effectiveAt):
+            return setMeteredRate(product, dimension: dimension, rate: rate, effectiveAt: effectiveAt, at: now)
         case .createAccount(let create): return createAccount(create, at: now)
         case .setParent(let account, let parent): return setParent(account, parent: parent, at: now)
         case .setOverage(let account, let policy): return setOverage(account, policy: policy)

@@ -223,7 +223,20 @@ extension Ledger {
                 w.instant(entry.value.at)
             }
         }
-        if version >= 6 { w.write(grantProducts: grantProducts) }
+        if version >= 6 {
+            w.write(grantProducts: grantProducts)
+            w.write(holdRates: holdRates)
+            w.array(meteredRates.sorted { $0.key.string < $1.key.string }) { w, product in
+                w.string(product.key.string)
+                w.array(product.value.sorted { $0.key < $1.key }) { w, dimension in
+                    w.string(dimension.key)
+                    w.array(dimension.value.versions) { w, version in
+                        w.instant(version.effectiveAt)
+                        w.write(version.rate)
+                    }
+                }
+            }
+        }
         return w.bytes
     }
 
@@ -358,7 +371,22 @@ extension Ledger {
                 movedOut[slot] = MovedFamily(destination: destination, at: at)
             }
         }
-        if version >= 6 { grantProducts = try r.readGrantProducts() }
+        if version >= 6 {
+            grantProducts = try r.readGrantProducts()
+            holdRates = try r.readHoldRates()
+            for (product, dimensions) in try r.array({ r in
+                (
+                    try r.string(),
+                    try r.array { r in
+                        (try r.string(), MeteredHistory(versions: try r.array { r in MeteredHistory.Version(effectiveAt: try r.instant(), rate: try r.readMeteredRate()) }))
+                    }
+                )
+            }) {
+                meteredRates[HashedString(product)] = Dictionary(dimensions, uniquingKeysWith: { $1 })
+            }
+            guard holdRates.keys.allSatisfy({ holds[HoldKey($0)] != nil }) else { throw SnapshotError(description: "rates of a hold that is not open") }
+            if !holdRates.isEmpty { rulesInUse.value = true }
+        }
         guard r.position == bytes.count else { throw SnapshotError(description: "\(bytes.count - r.position) bytes left over") }
 
         // Rebuild the indexes the snapshot leaves out.
@@ -466,6 +494,22 @@ extension SnapshotWriter {
         write(group.usage)
         int(group.memberCount)
         if format >= 6 { write(group.windows) }
+    }
+
+    mutating func write(_ rate: MeteredRate) {
+        integer(rate.credits)
+        integer(rate.per)
+    }
+
+    /// Each open metered hold's rates, by hold id in order.
+    mutating func write(holdRates: [HoldID: [PricedDimension]]) {
+        array(holdRates.sorted { $0.key < $1.key }) { w, entry in
+            w.integer(entry.key)
+            w.array(entry.value) { w, priced in
+                w.string(priced.dimension)
+                w.write(priced.rate)
+            }
+        }
     }
 
     /// Product-scoped grants' products, by grant id in order.
@@ -675,6 +719,22 @@ extension SnapshotReader {
         group.memberCount = try int()
         if format >= 6 { group.windows = try readWindows() }
         return group
+    }
+
+    mutating func readMeteredRate() throws -> MeteredRate {
+        let rate = MeteredRate(credits: try integer(), per: try integer())
+        guard rate.credits >= 0, MeteredRate.pers.contains(rate.per) else { throw SnapshotError(description: "bad metered rate") }
+        return rate
+    }
+
+    mutating func readHoldRates() throws -> [HoldID: [PricedDimension]] {
+        var table: [HoldID: [PricedDimension]] = [:]
+        for (id, rates) in try array({ r in (try r.integer(UInt64.self), try r.array { r in PricedDimension(dimension: try r.string(), rate: try r.readMeteredRate()) }) }) {
+            guard !rates.isEmpty, rates.count <= Ledger.dimensionsMax, table.updateValue(rates, forKey: id) == nil else {
+                throw SnapshotError(description: "bad rates of hold \(id)")
+            }
+        }
+        return table
     }
 
     mutating func readGrantProducts() throws -> [GrantID: [String]] {

@@ -32,7 +32,7 @@ public enum Role: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .hello, .ping, .error, .event: true
         case .balance: true
         case .balanceAt, .subscribe: self == .read || self == .admin
-        case .check, .reserve, .spend, .commit, .release, .extend, .batch: self == .gate || self == .admin
+        case .check, .reserve, .spend, .commit, .release, .extend, .batch, .reserveMetered, .spendMetered, .commitMetered: self == .gate || self == .admin
         default: self == .admin
         }
     }

@@ -58,6 +58,14 @@ struct ActivityLog: Sendable {
             append(refused.asking(reserve.request))
         case .spend(let spend):
             append(refused.asking(spend.request))
+        case .reserveMetered(let request, _), .spendMetered(let request):
+            var entry = refused
+            (entry.member, entry.product) = (request.member, request.product)
+            append(entry)
+        case .commitMetered(let reference, _, _):
+            var entry = refused
+            (entry.member, entry.product, entry.hold) = (hold?.member, hold?.product, reference.hold)
+            append(entry)
         case .commit(let commit):
             var entry = refused
             (entry.member, entry.product, entry.hold) = (hold?.member, hold?.product, commit.hold.hold)

@@ -53,7 +53,13 @@ public final class LedgerService: Sendable {
         /// keeps as it is; nil, for a command made here, and the journal encodes it.
         mutating func apply(_ command: Command, key: String, at now: Instant, keys: ArchiveKeys?, body: ByteBuffer? = nil) -> Answer {
             var hold: HoldView?
-            if activity.capacity > 0, case .commit(let commit) = command { hold = ledger.hold(commit.hold.hold) }
+            if activity.capacity > 0 {
+                switch command {
+                case .commit(let commit): hold = ledger.hold(commit.hold.hold)
+                case .commitMetered(let reference, _, _): hold = ledger.hold(reference.hold)
+                default: break
+                }
+            }
             let applied = ledger.applyRecording(command, key: key, at: now, older: keys)
             if applied.changedState { journal?.append(command, key: key, instant: applied.instant, body: body) }
             if ledger.hasEvictedKeys, let archive { ledger.passEvictedKeys(to: archive.add) }

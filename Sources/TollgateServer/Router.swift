@@ -379,7 +379,7 @@ final class ShardRouter: RequestForwarder {
             return try await sendFollowingMoves(request, account: account, keyed: false)
         case .command(let command, _):
             switch command {
-            case .setRate, .definePlan:
+            case .setRate, .setMeteredRate, .definePlan:
                 return await broadcast(request)
             case .moveFamilyOut, .moveFamilyIn:
                 return .error(

@@ -30,6 +30,11 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case nodeFiles = 0x1B
     /// Admin, node to node: a piece of one of those files.
     case readNodeFile = 0x1C
+    /// A metered product's hold, priced by dimension (Ledger+Metered.swift).
+    case reserveMetered = 0x1D
+    case spendMetered = 0x1E
+    /// Commits a metered hold's actual quantities at the rates it was made at.
+    case commitMetered = 0x1F
 
     // Admin operations.
     case createAccount = 0x20
@@ -64,6 +69,8 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
     case setCap = 0x3A
     /// Admin: the most holds an account, each member, or one member may have open.
     case setConcurrency = 0x3B
+    /// Admin: a metered product's dimension rate, per 1, 1,000 or 1,000,000 units.
+    case setMeteredRate = 0x3C
 
     public var name: String {
         switch self {
@@ -112,13 +119,17 @@ public enum Opcode: UInt8, Hashable, Sendable, CaseIterable {
         case .moveFamilyIn: "MOVE_FAMILY_IN"
         case .setCap: "SET_CAP"
         case .setConcurrency: "SET_CONCURRENCY"
+        case .reserveMetered: "RESERVE_METERED"
+        case .spendMetered: "SPEND_METERED"
+        case .commitMetered: "COMMIT_METERED"
+        case .setMeteredRate: "SET_METERED_RATE"
         }
     }
 
     /// The operations a BATCH may carry.
     public var isBatchable: Bool {
         switch self {
-        case .check, .reserve, .commit, .release, .extend, .spend: true
+        case .check, .reserve, .commit, .release, .extend, .spend, .reserveMetered, .spendMetered, .commitMetered: true
         default: false
         }
     }

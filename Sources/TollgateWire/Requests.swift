@@ -215,6 +215,10 @@ extension Command {
         case .moveFamilyIn: .moveFamilyIn
         case .setCap: .setCap
         case .setConcurrency: .setConcurrency
+        case .reserveMetered: .reserveMetered
+        case .spendMetered: .spendMetered
+        case .commitMetered: .commitMetered
+        case .setMeteredRate: .setMeteredRate
         }
     }
 }
@@ -227,6 +231,23 @@ extension ByteBuffer {
         writeOptionalString(request.member)
         writeWireString(request.product)
         writeInteger(request.quantity)
+    }
+
+    /// A metered request: `string account`, `opt<string> member`, `string product`, dimensions.
+    mutating func writeMeteredRequest(_ request: MeteredRequest) {
+        writeWireString(request.account)
+        writeOptionalString(request.member)
+        writeWireString(request.product)
+        writeDimensions(request.dimensions)
+    }
+
+    /// `u8 count`, then that many `string dimension`, `i64 quantity`.
+    mutating func writeDimensions(_ dimensions: [DimensionQuantity]) {
+        writeInteger(UInt8(clamping: dimensions.count))
+        for entry in dimensions.prefix(255) {
+            writeWireString(entry.dimension)
+            writeInteger(entry.quantity)
+        }
     }
 
     mutating func writeHoldReference(_ reference: HoldReference) {
@@ -430,6 +451,21 @@ extension ByteBuffer {
             writeInteger(set.window.rawValue)
             writeInteger(set.mode.rawValue)
             writeOptionalInteger(set.limit)
+        case .reserveMetered(let request, let ttl):
+            writeMeteredRequest(request)
+            writeInteger(ttl)
+        case .spendMetered(let request):
+            writeMeteredRequest(request)
+        case .commitMetered(let hold, let dimensions, let isFinal):
+            writeHoldReference(hold)
+            writeDimensions(dimensions)
+            writeBool(isFinal)
+        case .setMeteredRate(let product, let dimension, let rate, let effectiveAt):
+            writeWireString(product)
+            writeWireString(dimension)
+            writeInteger(rate.credits)
+            writeInteger(rate.per)
+            writeInstant(effectiveAt)
         case .setConcurrency(let account, let target, let limit):
             writeWireString(account)
             switch target {
@@ -499,6 +535,18 @@ extension BodyReader {
         DecisionRequest(
             account: try string("account"), member: try optionalString("member"), product: try string("product"),
             quantity: try i64("quantity"))
+    }
+
+    mutating func meteredRequest() throws(WireError) -> MeteredRequest {
+        MeteredRequest(account: try string("account"), member: try optionalString("member"), product: try string("product"), dimensions: try dimensions())
+    }
+
+    mutating func dimensions() throws(WireError) -> [DimensionQuantity] {
+        var dimensions: [DimensionQuantity] = []
+        for index in 0..<Int(try u8("dimension count")) {
+            dimensions.append(DimensionQuantity(try string("dimension \(index)"), try i64("dimension \(index) quantity")))
+        }
+        return dimensions
     }
 
     mutating func holdReference() throws(WireError) -> HoldReference {
@@ -694,6 +742,16 @@ extension BodyReader {
             let rawMode = try u8("mode")
             guard let mode = CapMode(rawValue: rawMode) else { throw malformed("mode", "is \(rawMode); must be 0 (hard) or 1 (soft)") }
             return .setCap(SetCap(account: account, target: target, window: window, mode: mode, limit: try optionalI64("limit")))
+        case .reserveMetered:
+            return .reserveMetered(try meteredRequest(), ttlMicroseconds: try i64("ttlMicroseconds"))
+        case .spendMetered:
+            return .spendMetered(try meteredRequest())
+        case .commitMetered:
+            return .commitMetered(hold: try holdReference(), dimensions: try dimensions(), isFinal: try bool("final"))
+        case .setMeteredRate:
+            return .setMeteredRate(
+                product: try string("product"), dimension: try string("dimension"), rate: MeteredRate(credits: try i64("credits"), per: try i64("per")),
+                effectiveAt: try instant("effectiveAt"))
         case .setConcurrency:
             let account = try string("account")
             let kind = try u8("target kind")

@@ -229,9 +229,9 @@ public enum WireResponse: Hashable, Sendable {
             return .event(LedgerEvent(sequence: sequence, at: at, account: account, member: member, kind: kind))
         case .error:
             throw WireError(.malformedFrame, "an ERROR frame must carry a status of 100 or more")
-        case .check, .reserve, .spend:
+        case .check, .reserve, .spend, .reserveMetered, .spendMetered:
             return .answer(.decision(try reader.decision()))
-        case .commit:
+        case .commit, .commitMetered:
             return .answer(
                 .committed(
                     CommitResult(

@@ -97,12 +97,31 @@ public enum WireText {
         }
     }
 
+    static func meteredRequest(_ request: MeteredRequest) -> [String] {
+        ["account=\(quote(request.account))", "member=\(optional(request.member))", "product=\(quote(request.product))", "dimensions=\(dimensions(request.dimensions))"]
+    }
+
+    static func dimensions(_ dimensions: [DimensionQuantity]) -> String {
+        "[" + dimensions.map { "\(quote($0.dimension))=\($0.quantity)" }.joined(separator: ",") + "]"
+    }
+
     static func commandFields(_ command: Command) -> [String] {
         switch command {
         case .reserve(let reserve):
             return decisionRequest(reserve.request) + ["ttlMicroseconds=\(reserve.ttlMicroseconds)"]
         case .spend(let spend):
             return decisionRequest(spend.request)
+        case .reserveMetered(let request, let ttl):
+            return meteredRequest(request) + ["ttlMicroseconds=\(ttl)"]
+        case .spendMetered(let request):
+            return meteredRequest(request)
+        case .commitMetered(let hold, let dimensions, let isFinal):
+            return ["account=\(quote(hold.account))", "hold=\(hold.hold)", "dimensions=\(Self.dimensions(dimensions))", "final=\(isFinal)"]
+        case .setMeteredRate(let product, let dimension, let rate, let effectiveAt):
+            return [
+                "product=\(quote(product))", "dimension=\(quote(dimension))", "credits=\(rate.credits)", "per=\(rate.per)",
+                "effectiveAt=\(effectiveAt.microsecondsSinceEpoch)",
+            ]
         case .commit(let commit):
             let amount: String
             switch commit.amount {

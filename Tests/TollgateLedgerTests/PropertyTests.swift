@@ -131,6 +131,9 @@ struct RandomRun {
         send(.setRate(product: "p", creditsPerUnit: 1, effectiveAt: driver.now))
         send(.setRate(product: "q", creditsPerUnit: 3, effectiveAt: driver.now))
         send(.setRate(product: "r", creditsPerUnit: 5, effectiveAt: driver.now))
+        // r is also metered: 7 credits per 1,000 "in" and 1 per "out".
+        send(.setMeteredRate(product: "r", dimension: "in", rate: MeteredRate(credits: 7, per: 1_000), effectiveAt: driver.now))
+        send(.setMeteredRate(product: "r", dimension: "out", rate: MeteredRate(credits: 1, per: 1), effectiveAt: driver.now))
         send(.createAccount(CreateAccount(account: "A0")))
         send(.createAccount(CreateAccount(account: "A1", overage: .overdraft(limit: 40))))
         send(.createAccount(CreateAccount(account: "A2", overage: .finish(percent: 50))))
@@ -189,7 +192,7 @@ struct RandomRun {
     // MARK: - Stepping
 
     mutating func step() {
-        let roll = Int.random(in: 0..<114, using: &rng)
+        let roll = Int.random(in: 0..<119, using: &rng)
         switch roll {
         case 0..<20:
             decide(.reserve(Reserve(randomRequest(), ttlMicroseconds: .random(in: 1...120, using: &rng) * Microseconds.perSecond)))
@@ -297,6 +300,21 @@ struct RandomRun {
             }
         case 109:
             send(.removeAlert(account: randomAccount(), id: "al\(Int.random(in: 0..<4, using: &rng))"))
+        case 114..<119:
+            // Metered: reserve at an estimate, commit the actual, spend; now and then a rate change.
+            let account = randomAccount()
+            let dimensions = [DimensionQuantity("in", .random(in: 0...9_000, using: &rng)), DimensionQuantity("out", .random(in: 0...12, using: &rng))]
+                .filter { _ in chance(80) }
+            let request = MeteredRequest(account: account, member: randomMember(account), product: "r", dimensions: dimensions.isEmpty ? [DimensionQuantity("out", 1)] : dimensions)
+            switch Int.random(in: 0..<5, using: &rng) {
+            case 0, 1: decide(.reserveMetered(request, ttlMicroseconds: .random(in: 1...120, using: &rng) * Microseconds.perSecond))
+            case 2: decide(.spendMetered(request))
+            case 3:
+                let (hold, holdAccount) = randomHold()
+                decide(.commitMetered(hold: HoldReference(account: holdAccount, hold: hold), dimensions: request.dimensions, isFinal: chance(70)))
+            default:
+                send(.setMeteredRate(product: "r", dimension: pick(["in", "out"]), rate: MeteredRate(credits: .random(in: 0...9, using: &rng), per: pick(MeteredRate.pers)), effectiveAt: driver.now))
+            }
         case 110..<113:
             // Caps over a minute, an hour, a day or the period, hard or soft; bounds on open holds.
             let account = randomAccount()
@@ -346,11 +364,16 @@ struct RandomRun {
         switch (command, answer) {
         case (.reserve(let reserve), .decision(let decision)):
             openHolds[decision.hold!] = OpenHold(account: reserve.request.account, deadline: decision.deadline!)
-        case (.spend, .decision(let decision)):
+        case (.reserveMetered(let request, _), .decision(let decision)):
+            openHolds[decision.hold!] = OpenHold(account: request.account, deadline: decision.deadline!)
+        case (.spend, .decision(let decision)), (.spendMetered, .decision(let decision)):
             totalCommitted += decision.cost
         case (.commit(let commit), .committed(let result)):
             totalCommitted += result.committed
             if commit.isFinal { openHolds.removeValue(forKey: result.hold) }
+        case (.commitMetered(_, _, let isFinal), .committed(let result)):
+            totalCommitted += result.committed
+            if isFinal { openHolds.removeValue(forKey: result.hold) }
         case (.release, .released(let result)):
             openHolds.removeValue(forKey: result.hold)
         case (.extend, .extended(let result)):
@@ -375,6 +398,10 @@ struct RandomRun {
         case .commit(let commit):
             holdBefore = driver.ledger.hold(commit.hold.hold)
             member = holdBefore?.member
+        case .reserveMetered(let request, _), .spendMetered(let request): member = request.member
+        case .commitMetered(let reference, _, _):
+            holdBefore = driver.ledger.hold(reference.hold)
+            member = holdBefore?.member
         default: member = nil
         }
         var probe = driver.ledger
@@ -383,7 +410,8 @@ struct RandomRun {
         switch command {
         case .reserve(let reserve): product = reserve.request.product
         case .spend(let spend): product = spend.request.product
-        case .commit: product = holdBefore?.product
+        case .commit, .commitMetered: product = holdBefore?.product
+        case .reserveMetered(let request, _), .spendMetered(let request): product = request.product
         default: product = nil
         }
         // What each grant of the ledger had consumed or held, to see which ones the decision drew on.
@@ -427,7 +455,10 @@ struct RandomRun {
         case .overdraft(let limit):
             if owedAfter > limit { failures.append("\(command) overdrew \(owedAfter) past the limit \(limit)") }
         case .finish(let percent):
-            guard case .commit = command, let hold = holdBefore, case .committed(let result) = answer else {
+            var isCommit = false
+            if case .commit = command { isCommit = true }
+            if case .commitMetered = command { isCommit = true }
+            guard isCommit, let hold = holdBefore, case .committed(let result) = answer else {
                 failures.append("\(command) overdrew a finish account outside a commit")
                 return
             }

@@ -45,8 +45,16 @@ struct RandomMessages {
         return Headroom(member: optional64(), group: group, groupID: group == nil ? nil : string(), account: optional64(), parent: optional64(), funds: any64())
     }
 
+    mutating func dimensions() -> [DimensionQuantity] {
+        (0..<int(0...4)).map { _ in DimensionQuantity(string(), any64()) }
+    }
+
+    mutating func metered() -> MeteredRequest {
+        MeteredRequest(account: string(), member: optionalString(), product: string(), dimensions: dimensions())
+    }
+
     mutating func command() -> Command {
-        switch int(0...23) {
+        switch int(0...27) {
         case 0: return .reserve(Reserve(request(), ttlMicroseconds: any64()))
         case 1: return .spend(Spend(request()))
         case 2:
@@ -81,6 +89,14 @@ struct RandomMessages {
                 SetCap(
                     account: string(), target: target, window: CapWindow.allCases.randomElement(using: &rng)!, mode: CapMode.allCases.randomElement(using: &rng)!,
                     limit: optional64()))
+        case 24:
+            return .reserveMetered(metered(), ttlMicroseconds: any64())
+        case 25:
+            return .spendMetered(metered())
+        case 26:
+            return .commitMetered(hold: hold(), dimensions: dimensions(), isFinal: chance())
+        case 27:
+            return .setMeteredRate(product: string(), dimension: string(), rate: MeteredRate(credits: any64(), per: any64()), effectiveAt: instant())
         case 23:
             let target: ConcurrencyTarget = [.account, .eachMember, .member(string())][Int(int(0...2))]
             return .setConcurrency(account: string(), target: target, limit: optional64())

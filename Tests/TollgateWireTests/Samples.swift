@@ -235,6 +235,31 @@ enum Samples {
                 .command(
                     .addGrant(AddGrant(account: "acme", amount: 50, priority: -1, effectiveAt: t0, source: .promotional, products: ["ai.preview", "ai.summary"])),
                     key: "setup-39")),
+            request(
+                "a model's output tokens: 15 credits per 1,000", 72,
+                .command(.setMeteredRate(product: "gpt-x", dimension: "output", rate: MeteredRate(credits: 15, per: 1_000), effectiveAt: t0), key: "setup-40")),
+            request(
+                "reserve an LLM call at its worst case", 73,
+                .command(
+                    .reserveMetered(
+                        MeteredRequest(
+                            account: "acme", member: "ana", product: "gpt-x", dimensions: [DimensionQuantity("input", 8_000), DimensionQuantity("output", 4_000)]),
+                        ttlMicroseconds: 120_000_000), key: "call-7")),
+            response(
+                "reserved: 84 credits held", 73, .reserveMetered,
+                .answer(.decision(Decision(hold: 12, cost: 84, creditsPerUnit: 0, deadline: t0.adding(microseconds: 120_000_000), headroom: Headroom(funds: 916))))),
+            request(
+                "commit the tokens the call used", 74,
+                .command(
+                    .commitMetered(
+                        hold: HoldReference(account: "acme", hold: 12), dimensions: [DimensionQuantity("input", 5_123), DimensionQuantity("output", 1_001)],
+                        isFinal: true), key: "call-7-done")),
+            response(
+                "committed 31, returned 53", 74, .commitMetered,
+                .answer(.committed(CommitResult(hold: 12, committed: 31, returned: 53, stillHeld: 0, headroom: Headroom(funds: 969))))),
+            request(
+                "spend a metered call in one step", 75,
+                .command(.spendMetered(MeteredRequest(account: "acme", member: nil, product: "gpt-x", dimensions: [DimensionQuantity("input", 900)])), key: "call-8")),
             request("at most 4 open holds for each member", 67, .command(.setConcurrency(account: "acme", target: .eachMember, limit: 4), key: "setup-37")),
             request("no bound of its own for ana", 68, .command(.setConcurrency(account: "acme", target: .member("ana"), limit: nil), key: "setup-38")),
             response(

@@ -509,6 +509,23 @@ def test_a_grant_scoped_to_one_product(server):
             gate.add_grant("promo", 5, products="image_gen")
 
 
+def test_an_llm_call_reserved_at_its_worst_case_and_committed_by_its_tokens(server):
+    with server.client(account="llm", member="alice") as gate:
+        setup_account(gate, account="llm", credits=1000)
+        gate.set_metered_rate("gpt-x", "input", 3, per=1000)
+        gate.set_metered_rate("gpt-x", "output", 15, per=1000)
+        held = gate.reserve_metered("gpt-x", {"input": 8000, "output": 4000})
+        assert held.cost == 84
+        done = gate.commit_metered(held.hold, {"input": 5123, "output": 1001})
+        assert done.committed == 31 and done.returned == 53
+        assert gate.spend_metered("gpt-x", [("input", 1)]).cost == 1  # 0.003 rounds up
+        with pytest.raises(tollgate.UnknownProduct):
+            gate.spend_metered("gpt-x", {"images": 1})
+        with pytest.raises(ValueError):
+            gate.set_metered_rate("gpt-x", "input", 3, per=10)
+        assert gate.balance().funds.pool == 1000 - 31 - 1
+
+
 # ---- TLS and mTLS -----------------------------------------------------------------------------
 
 def test_tls_and_mtls(start_server, pki, tmp_path):

@@ -236,6 +236,23 @@ class Operations:
         """Offline spends not yet settled with the gate (fail="open")."""
         return 0 if self.failsafe is None else len(self.failsafe.pending)
 
+    def reserve_metered(self, product: str, dimensions: Any, *, account: Optional[str] = None, member: Optional[str] = None, ttl: float = 60,
+                        key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+        """Holds the cost of `dimensions` ({"input": 8000, "output": 4000}) at the product's dimension rates."""
+        account, member = self._who(account, member)
+        return self.call(ops.reserve_metered(account, product, dimensions, member, ttl, key), timeout)
+
+    def commit_metered(self, hold: int, dimensions: Any, *, final: bool = True, account: Optional[str] = None, key: Optional[str] = None,
+                       timeout: Optional[float] = None) -> Any:
+        """Commits a metered hold's actual quantities, priced at the rates of its reserve."""
+        account, _ = self._who(account, None)
+        return self.call(ops.commit_metered(account, hold, dimensions, final, key), timeout)
+
+    def spend_metered(self, product: str, dimensions: Any, *, account: Optional[str] = None, member: Optional[str] = None,
+                      key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+        account, member = self._who(account, member)
+        return self.call(ops.spend_metered(account, product, dimensions, member, key), timeout)
+
     def spend(self, product: str, quantity: int = 1, *, account: Optional[str] = None, member: Optional[str] = None,
               key: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         account, member = self._who(account, member)
@@ -269,7 +286,7 @@ ADMIN_OPERATIONS = [
     "create_account", "set_parent", "set_overage", "set_period", "set_account_cap", "add_member", "remove_member", "set_member_cap",
     "create_group", "delete_group", "set_group_cap", "add_to_group", "remove_from_group", "add_grant", "void_grant", "set_rate",
     "set_account_rate", "set_subscription", "set_seats", "set_alert", "remove_alert", "set_auto_recharge", "define_plan", "provision",
-    "set_cap", "set_concurrency",
+    "set_cap", "set_concurrency", "set_metered_rate",
 ]
 for _name in ADMIN_OPERATIONS:
     setattr(Operations, _name, _admin(getattr(ops, _name)))

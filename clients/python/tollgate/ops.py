@@ -179,6 +179,41 @@ def commit(account, hold, quantity=None, credits=None, final=True, key=None):
     return _mutation("COMMIT", key, [("account", account), ("hold", hold), ("amount", amount), ("final", bool(final))])
 
 
+def _dimensions(dimensions):
+    """A mapping (or pairs) of dimension names to quantities, as the wire's list."""
+    pairs = list(dimensions.items()) if hasattr(dimensions, "items") else list(dimensions)
+    if not pairs or len(pairs) > 16:
+        raise ValueError("a metered request names 1 to 16 dimensions, e.g. {'input': 1200, 'output': 300}")
+    return [(str(name), _integer("quantity of %s" % name, quantity)) for name, quantity in pairs]
+
+
+def reserve_metered(account, product, dimensions, member=None, ttl=60, key=None):
+    """Holds the cost of `dimensions` (e.g. {"input": 8000, "output": 4000}: an estimate or the worst case)
+    at the product's dimension rates now."""
+    return _mutation("RESERVE_METERED", key, [("account", account), ("member", member), ("product", product),
+                                              ("dimensions", _dimensions(dimensions)), ("ttlMicroseconds", microseconds(ttl))])
+
+
+def spend_metered(account, product, dimensions, member=None, key=None):
+    return _mutation("SPEND_METERED", key, [("account", account), ("member", member), ("product", product),
+                                            ("dimensions", _dimensions(dimensions))])
+
+
+def commit_metered(account, hold, dimensions, final=True, key=None):
+    """Commits a metered hold's actual quantities, priced at the rates of its reserve."""
+    pairs = list(dimensions.items()) if hasattr(dimensions, "items") else list(dimensions)
+    return _mutation("COMMIT_METERED", key, [("account", account), ("hold", hold), ("dimensions", [(str(n), _integer("quantity of %s" % n, q)) for n, q in pairs]),
+                                             ("final", bool(final))])
+
+
+def set_metered_rate(product, dimension, credits, per=1, effective_at=None, key=None):
+    """`credits` per `per` units (1, 1000 or 1000000) of a product's dimension, from `effective_at` (now)."""
+    if per not in (1, 1_000, 1_000_000):
+        raise ValueError("set_metered_rate: per must be 1, 1000 or 1000000, not %r" % (per,))
+    return _mutation("SET_METERED_RATE", key, [("product", product), ("dimension", dimension), ("credits", _integer("credits", credits)),
+                                               ("per", per), ("effectiveAt", instant(effective_at))])
+
+
 def release(account, hold, key=None):
     return _mutation("RELEASE", key, [("account", account), ("hold", hold)])
 
@@ -341,7 +376,7 @@ def subscribe(after=None, account=None):
     return Request("SUBSCRIBE", [("after", after), ("account", account)])
 
 
-BATCHABLE = {"CHECK", "RESERVE", "COMMIT", "RELEASE", "EXTEND", "SPEND"}
+BATCHABLE = {"CHECK", "RESERVE", "COMMIT", "RELEASE", "EXTEND", "SPEND", "RESERVE_METERED", "SPEND_METERED", "COMMIT_METERED"}
 
 
 def batch(requests):

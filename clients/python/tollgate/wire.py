@@ -19,6 +19,7 @@ OPCODES = {
     0x31: "SET_SUBSCRIPTION", 0x32: "SET_SEATS", 0x33: "SET_ALERT", 0x34: "REMOVE_ALERT", 0x35: "SET_AUTO_RECHARGE",
     0x36: "DEFINE_PLAN", 0x37: "PROVISION", 0x1A: "FAMILY_TRANSFER", 0x38: "MOVE_FAMILY_OUT", 0x39: "MOVE_FAMILY_IN",
     0x1B: "NODE_FILES", 0x1C: "READ_NODE_FILE", 0x3A: "SET_CAP", 0x3B: "SET_CONCURRENCY",
+    0x1D: "RESERVE_METERED", 0x1E: "SPEND_METERED", 0x1F: "COMMIT_METERED", 0x3C: "SET_METERED_RATE",
 }
 OPCODE_BY_NAME = {name: code for code, name in OPCODES.items()}
 
@@ -301,6 +302,11 @@ CONCURRENCY_TARGET = _target([("account", False), ("eachMember", False), ("membe
 OPT_HEADROOM = _optional(HEADROOM)
 
 DECISION_REQUEST = [("account", STR), ("member", OPT_STR), ("product", STR), ("quantity", I64)]
+# A metered request's dimensions: a u8 count of (string dimension, i64 quantity); rendered ["input"=8000,...].
+DIMENSIONS = (lambda r: [(r.string(), r.int("q")) for _ in range(r.int("B"))],
+              lambda w, v: (w.int("B", len(v)), [(w.string(d), w.int("q", q)) for d, q in v]),
+              lambda v: "[" + ",".join("%s=%d" % (quote(d), q) for d, q in v) + "]")
+METERED_REQUEST = [("account", STR), ("member", OPT_STR), ("product", STR), ("dimensions", DIMENSIONS)]
 HOLD_REF = [("account", STR), ("hold", U64)]
 
 REQUESTS = {
@@ -346,6 +352,10 @@ REQUESTS = {
     "MOVE_FAMILY_IN": [("key", STR), ("account", STR), ("transfer", BYTES)],
     "NODE_FILES": [],
     "READ_NODE_FILE": [("name", STR), ("offset", U64), ("length", U32)],
+    "RESERVE_METERED": [("key", STR)] + METERED_REQUEST + [("ttlMicroseconds", I64)],
+    "SPEND_METERED": [("key", STR)] + METERED_REQUEST,
+    "COMMIT_METERED": [("key", STR), ("account", STR), ("hold", U64), ("dimensions", DIMENSIONS), ("final", BOOL)],
+    "SET_METERED_RATE": [("key", STR), ("product", STR), ("dimension", STR), ("credits", I64), ("per", I64), ("effectiveAt", I64)],
     "SET_CAP": [("key", STR), ("account", STR), ("target", CAP_TARGET), ("window", WINDOW), ("mode", MODE), ("limit", OPT_I64)],
     "SET_CONCURRENCY": [("key", STR), ("account", STR), ("target", CONCURRENCY_TARGET), ("limit", OPT_I64)],
 }
@@ -353,7 +363,8 @@ REQUESTS = {
 DECISION = [("hold", OPT_U64), ("cost", I64), ("creditsPerUnit", I64), ("deadline", OPT_I64), ("headroom", HEADROOM)]
 SUCCESS = {
     "HELLO": [("version", U8), ("serverName", STR), ("maxFrameBody", U32), ("maxInFlight", U16), ("maxBatchItems", U16), ("identity", STR), ("role", U8)],
-    "PING": [], "CHECK": DECISION, "RESERVE": DECISION, "SPEND": DECISION,
+    "PING": [], "CHECK": DECISION, "RESERVE": DECISION, "SPEND": DECISION, "RESERVE_METERED": DECISION, "SPEND_METERED": DECISION,
+    "COMMIT_METERED": [("hold", U64), ("committed", I64), ("returned", I64), ("stillHeld", I64), ("headroom", HEADROOM)],
     "COMMIT": [("hold", U64), ("committed", I64), ("returned", I64), ("stillHeld", I64), ("headroom", HEADROOM)],
     "RELEASE": [("hold", U64), ("released", I64), ("headroom", HEADROOM)],
     "EXTEND": [("hold", U64), ("deadline", I64), ("headroom", HEADROOM)],
