@@ -333,6 +333,23 @@ func parseOverage(_ text: String) throws -> OveragePolicy {
 }
 
 /// A cap: a number of credits, or `none`.
+/// `--dimension NAME=QUANTITY` options as a metered request's dimensions; nil when there are
+/// none (then `quantity` is required), and an error when both or neither are given.
+func parseDimensions(_ options: [String], quantity: Int64?) throws -> [DimensionQuantity]? {
+    if options.isEmpty {
+        guard quantity != nil else { throw ValidationError("give a quantity, or --dimension NAME=QUANTITY for a metered product") }
+        return nil
+    }
+    guard quantity == nil else { throw ValidationError("give a quantity or --dimension, not both") }
+    return try options.map { option in
+        let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, let value = Int64(parts[1]) else {
+            throw ValidationError("--dimension takes NAME=QUANTITY, such as input=8000, not \"\(option)\"")
+        }
+        return DimensionQuantity(parts[0], value)
+    }
+}
+
 func parseLimit(_ text: String) throws -> Credits? {
     if text.lowercased() == "none" { return nil }
     guard let limit = Int64(text) else { throw ValidationError("a cap is a number of credits or none, not \"\(text)\"") }

@@ -102,19 +102,22 @@ struct Reserve: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
     @Argument(help: "The account id.") var account: String
     @Argument(help: "The product id; its rate prices the request.") var product: String
-    @Argument(help: "Units of the product, 1 to 10^12.") var quantity: Int64
+    @Argument(help: "Units of the product, 1 to 10^12 (or --dimension for a metered product).") var quantity: Int64?
+    @Option(name: .customLong("dimension"), help: "A metered product's NAME=QUANTITY, e.g. input=8000 (repeat for each; an estimate or the worst case).")
+    var dimensions: [String] = []
     @Option var member: String?
     @Option(help: "How long the hold lives: 30s, 5m, … (default 60s).") var ttl = "60s"
     @Option(help: "Idempotency key (default: a fresh random key).") var key: String?
 
     func run() async throws {
         let ttlMicroseconds = try TimeParser.duration(ttl)
-        try await runCall(options) { client throws(TollgateError) in
-            Output.answer(
-                try await client.apply(
-                    .reserve(TollgateLedger.Reserve(DecisionRequest(account: account, member: member, product: product, quantity: quantity), ttlMicroseconds: ttlMicroseconds)),
-                    key: key))
+        let command: Command
+        if let metered = try parseDimensions(dimensions, quantity: quantity) {
+            command = .reserveMetered(MeteredRequest(account: account, member: member, product: product, dimensions: metered), ttlMicroseconds: ttlMicroseconds)
+        } else {
+            command = .reserve(TollgateLedger.Reserve(DecisionRequest(account: account, member: member, product: product, quantity: quantity ?? 0), ttlMicroseconds: ttlMicroseconds))
         }
+        try await runCall(options) { client throws(TollgateError) in Output.answer(try await client.apply(command, key: key)) }
     }
 }
 
@@ -125,15 +128,24 @@ struct Commit: AsyncParsableCommand {
     @Argument(help: "The hold id that reserve printed.") var hold: UInt64
     @Option(help: "The actual cost in credits.") var credits: Int64?
     @Option(help: "The actual quantity, priced at the hold's rate.") var quantity: Int64?
+    @Option(name: .customLong("dimension"), help: "A metered hold's actual NAME=QUANTITY (repeat for each), priced at the rates of its reserve.")
+    var dimensions: [String] = []
     @Flag(help: "Keep the rest held (a partial commit).") var partial = false
     @Option var key: String?
 
     func run() async throws {
-        guard credits == nil || quantity == nil else { throw ValidationError("give --credits or --quantity, not both") }
-        let amount: TollgateLedger.Commit.Amount = credits.map { .credits($0) } ?? quantity.map { .quantity($0) } ?? .held
-        try await runCall(options) { client throws(TollgateError) in
-            Output.answer(try await client.apply(.commit(TollgateLedger.Commit(HoldReference(account: account, hold: hold), amount: amount, isFinal: !partial)), key: key))
+        guard [credits != nil, quantity != nil, !dimensions.isEmpty].filter({ $0 }).count <= 1 else {
+            throw ValidationError("give one of --credits, --quantity or --dimension")
         }
+        let reference = HoldReference(account: account, hold: hold)
+        let command: Command
+        if !dimensions.isEmpty {
+            command = .commitMetered(hold: reference, dimensions: try parseDimensions(dimensions, quantity: nil) ?? [], isFinal: !partial)
+        } else {
+            let amount: TollgateLedger.Commit.Amount = credits.map { .credits($0) } ?? quantity.map { .quantity($0) } ?? .held
+            command = .commit(TollgateLedger.Commit(reference, amount: amount, isFinal: !partial))
+        }
+        try await runCall(options) { client throws(TollgateError) in Output.answer(try await client.apply(command, key: key)) }
     }
 }
 
@@ -172,14 +184,20 @@ struct SpendCommand: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
     @Argument(help: "The account id.") var account: String
     @Argument(help: "The product id; its rate prices the request.") var product: String
-    @Argument(help: "Units of the product, 1 to 10^12.") var quantity: Int64
+    @Argument(help: "Units of the product, 1 to 10^12 (or --dimension for a metered product).") var quantity: Int64?
+    @Option(name: .customLong("dimension"), help: "A metered product's NAME=QUANTITY, e.g. output=300 (repeat for each).")
+    var dimensions: [String] = []
     @Option var member: String?
     @Option var key: String?
 
     func run() async throws {
-        try await runCall(options) { client throws(TollgateError) in
-            Output.answer(try await client.apply(.spend(Spend(DecisionRequest(account: account, member: member, product: product, quantity: quantity))), key: key))
+        let command: Command
+        if let metered = try parseDimensions(dimensions, quantity: quantity) {
+            command = .spendMetered(MeteredRequest(account: account, member: member, product: product, dimensions: metered))
+        } else {
+            command = .spend(Spend(DecisionRequest(account: account, member: member, product: product, quantity: quantity ?? 0)))
         }
+        try await runCall(options) { client throws(TollgateError) in Output.answer(try await client.apply(command, key: key)) }
     }
 }
 
@@ -424,7 +442,25 @@ struct GrantCommand: AsyncParsableCommand {
 }
 
 struct RateCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "rate", abstract: "Set the rate card, or an account's own rate.", subcommands: [Set.self])
+    static let configuration = CommandConfiguration(
+        commandName: "rate", abstract: "Set the rate card, or an account's own rate.", subcommands: [Set.self, SetMetered.self])
+
+    struct SetMetered: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-metered", abstract: "A metered product's rate for one dimension: credits per 1, 1000 or 1000000 units (e.g. tokens).")
+        @OptionGroup var options: GlobalOptions
+        @Argument(help: "The product id, e.g. a model.") var product: String
+        @Argument(help: "The dimension, e.g. input, output or cached.") var dimension: String
+        @Argument(help: "Credits per --per units.") var credits: Int64
+        @Option(help: "The units the credits are for: 1, 1000 or 1000000 (default 1).") var per: Int64 = 1
+        @Option(help: "When it takes effect: now, a time, or a duration from now.") var effective = "now"
+
+        func run() async throws {
+            guard MeteredRate.pers.contains(per) else { throw ValidationError("--per must be 1, 1000 or 1000000, not \(per)") }
+            try await admin(
+                options, .setMeteredRate(product: product, dimension: dimension, rate: MeteredRate(credits: credits, per: per), effectiveAt: try TimeParser.instant(effective)))
+        }
+    }
 
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Credits per unit of a product, from a given time (default now).")

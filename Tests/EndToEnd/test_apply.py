@@ -163,3 +163,30 @@ def test_the_agent_limits_example_sets_window_caps_soft_caps_and_open_hold_bound
     # A cap over an unknown window is refused before anything is sent.
     bad = run(admin_server, "member", "set-cap", "agents-co", "planner", "5", "--per", "week")
     assert bad.returncode == 64 and "--per" in bad.stderr
+
+
+def test_the_cli_meters_an_llm_call_and_scopes_a_grant(admin_server):
+    """`tollgate rate set-metered`, `reserve/commit --dimension` and `grant add --product`."""
+    def ok(*arguments):
+        result = run(admin_server, *arguments)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    ok("account", "create", "llmco")
+    ok("rate", "set-metered", "gpt-x", "input", "3", "--per", "1000")
+    ok("rate", "set-metered", "gpt-x", "output", "15", "--per", "1000")
+    ok("grant", "add", "llmco", "100")
+    ok("grant", "add", "llmco", "50", "--product", "gpt-mini", "--source", "promotional")
+    held = json.loads(ok("reserve", "llmco", "gpt-x", "--dimension", "input=8000", "--dimension", "output=4000", "--json").stdout)
+    assert held["cost"] == 84
+    done = json.loads(ok("commit", "llmco", str(held["hold"]), "--dimension", "input=5123", "--dimension", "output=1001", "--json").stdout)
+    assert done["committed"] == 31 and done["returned"] == 53
+    # The promotional grant pays for gpt-mini only: gpt-x has 69 left, not 119.
+    over = run(admin_server, "spend", "llmco", "gpt-x", "--dimension", "output=4700", "--json")
+    assert over.returncode == 3 and json.loads(over.stdout)["reason"] == "insufficientFunds", over.stdout + over.stderr
+    grants = balance(admin_server, "llmco")["grants"]
+    assert sorted(g["products"] for g in grants) == [[], ["gpt-mini"]]
+    bad = run(admin_server, "rate", "set-metered", "gpt-x", "input", "3", "--per", "10")
+    assert bad.returncode == 64 and "--per" in bad.stderr
+    both = run(admin_server, "spend", "llmco", "gpt-x", "5", "--dimension", "input=1")
+    assert both.returncode == 64
