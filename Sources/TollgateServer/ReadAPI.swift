@@ -183,14 +183,22 @@ struct ReadAPI: Sendable {
 
     /// The rate card: every product, its rate in force and the versions still to come.
     private func products() -> [String: Any] {
-        let products = service.onCopy { ledger, now in ledger.products(at: now) }
+        let (products, metered) = service.onCopy { ledger, now in (ledger.products(at: now), ledger.meteredRateCard(at: now)) }
+        func rate(_ rate: MeteredRate) -> [String: Any] { ["credits": rate.credits, "per": rate.per] }
         return [
             "products": products.map { product -> [String: Any] in
                 [
                     "product": product.product, "creditsPerUnit": LedgerJSON.nullable(product.creditsPerUnit),
                     "upcoming": product.upcoming.map { ["effectiveAt": $0.effectiveAt.description, "creditsPerUnit": $0.creditsPerUnit] },
                 ]
-            }
+            },
+            // Metered products' dimension rates (SET_METERED_RATE), by product and dimension.
+            "metered": metered.map { view -> [String: Any] in
+                [
+                    "product": view.product, "dimension": view.dimension, "rate": view.rate.map(rate) as Any? ?? NSNull(),
+                    "upcoming": view.upcoming.map { ["effectiveAt": $0.effectiveAt.description, "rate": rate($0.rate)] },
+                ]
+            },
         ]
     }
 

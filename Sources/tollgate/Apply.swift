@@ -408,6 +408,8 @@ struct Plan {
     var products: [(String, Credits)] = []
     var templates: [TollgateLedger.Plan] = []
     var accounts: [Account] = []
+    /// Metered products' dimension rates (`metered:`).
+    var metered: [(product: String, dimension: String, rate: MeteredRate)] = []
 
     init(yaml: String) throws {
         let root: Node?
@@ -418,7 +420,20 @@ struct Plan {
         }
         guard let root, let mapping = root.mapping else { throw PlanError("the top level must be a mapping of products, plans and accounts", at: root) }
         for (key, value) in mapping {
-            switch try Plan.key(key, of: "the top level", known: ["products", "plans", "accounts"]) {
+            switch try Plan.key(key, of: "the top level", known: ["products", "metered", "plans", "accounts"]) {
+            case "metered":
+                // metered: {gpt-x: {input: {credits: 3, per: 1000}, output: {credits: 15, per: 1000}}}
+                for (product, dimensions) in try Plan.mapping(value, "metered (product ids to their dimensions' rates)") {
+                    let name = try Plan.string(product, "a product id")
+                    for (dimension, rate) in try Plan.mapping(dimensions, "metered \(name) (dimensions to {credits, per})") {
+                        let fields = try Plan.mapping(rate, "the rate of \(name) \(dimension.string ?? "?")")
+                        for field in fields.keys { _ = try Plan.key(field, of: "the rate of \(name) \(dimension.string ?? "?")", known: ["credits", "per"]) }
+                        guard let credits = fields["credits"] else { throw PlanError("the rate of \(name) \(dimension.string ?? "?") needs credits", at: rate) }
+                        let per = try fields["per"].map { try Plan.credits($0, "per") } ?? 1
+                        guard MeteredRate.pers.contains(per) else { throw PlanError("per must be 1, 1000 or 1000000, not \(per)", at: fields["per"]) }
+                        metered.append((name, try Plan.string(dimension, "a dimension"), MeteredRate(credits: try Plan.credits(credits, "credits"), per: per)))
+                    }
+                }
             case "products":
                 for (product, rate) in try Plan.mapping(value, "products (product ids to credits per unit)") {
                     products.append((try Plan.string(product, "a product id"), try Plan.credits(rate, "the rate of \(product.string ?? "?")")))
@@ -486,6 +501,11 @@ struct Plan {
         }
         for (product, rate) in products {
             add("rate \(product) = \(rate)", "", .setRate(product: product, creditsPerUnit: rate, effectiveAt: now), .setting, line: nil)
+        }
+        for entry in metered {
+            add(
+                "rate \(entry.product) \(entry.dimension) = \(entry.rate.credits) per \(entry.rate.per)", "",
+                .setMeteredRate(product: entry.product, dimension: entry.dimension, rate: entry.rate, effectiveAt: now), .setting, line: nil)
         }
         for template in templates {
             add("plan \(template.name)", "", .definePlan(template), .setting, line: nil)

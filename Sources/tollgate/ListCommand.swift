@@ -170,6 +170,21 @@ struct ListCommand: ParsableCommand {
                     return [text(p["product"]), text(p["creditsPerUnit"]), upcoming.isEmpty ? "—" : upcoming.joined(separator: "; ")]
                 },
                 header: ["product", "credits per unit", "upcoming"])
+            let metered = object["metered"] as? [[String: Any]] ?? []
+            if !options.json, !metered.isEmpty {
+                func rate(_ value: Any?) -> String {
+                    guard let rate = value as? [String: Any] else { return "—" }
+                    return "\(text(rate["credits"])) per \(text(rate["per"]))"
+                }
+                Swift.print("")
+                options.print(
+                    object,
+                    rows: metered.map { m in
+                        let upcoming = (m["upcoming"] as? [[String: Any]] ?? []).map { "\(rate($0["rate"])) from \(text($0["effectiveAt"]))" }
+                        return [text(m["product"]), text(m["dimension"]), rate(m["rate"]), upcoming.isEmpty ? "—" : upcoming.joined(separator: "; ")]
+                    },
+                    header: ["metered product", "dimension", "credits", "upcoming"])
+            }
         }
     }
 

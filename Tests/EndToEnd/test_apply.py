@@ -157,6 +157,11 @@ def test_the_agent_limits_example_sets_window_caps_soft_caps_and_open_hold_bound
     refusal = json.loads(over.stdout)
     assert refusal["reason"] == "memberCap" and refusal["subject"] == "planner per hour"
     assert run(admin_server, "spend", "agents-co", "llm.call", "160", "--member", "planner").returncode == 0
+    # The file's metered model: the worst case of a call, 8,000 in and 4,000 out, is 84 credits.
+    call = run(admin_server, "reserve", "agents-co", "gpt-x", "--member", "coder", "--dimension", "input=8000", "--dimension", "output=4000", "--json")
+    assert call.returncode == 0 and json.loads(call.stdout)["cost"] == 84, call.stdout + call.stderr
+    grants = balance(admin_server, "agents-co")["grants"]
+    assert sorted(g["products"] for g in grants) == [[], ["llm.call"]]
     # Re-applying converges: nothing is refused and the caps are the same.
     again = run(admin_server, "apply", str(example))
     assert again.returncode == 0, again.stdout + again.stderr
