@@ -223,6 +223,16 @@ private struct MoveRun {
         _ = family(.setAlert(account: "org", rule: AlertRule(id: "low", threshold: .credits(150))))
         _ = family(.setAutoRecharge(account: "team", rule: AutoRecharge(below: 20, amount: 50, maxPerPeriod: 3)))
         _ = family(.addGrant(AddGrant(account: "team", amount: 200, effectiveAt: reference.now)))
+        // Issue 21's rules move with the family: window and soft caps, bounds on open holds,
+        // a grant for q only, and holds of a metered product priced at the rates of their reserve.
+        everywhere(.setMeteredRate(product: "m", dimension: "in", rate: MeteredRate(credits: 7, per: 1_000), effectiveAt: reference.now))
+        everywhere(.setMeteredRate(product: "m", dimension: "out", rate: MeteredRate(credits: 2, per: 1), effectiveAt: reference.now))
+        _ = family(.setCap(SetCap(account: "org", target: .member("a"), window: .hour, limit: 200)))
+        _ = family(.setCap(SetCap(account: "org", target: .account, window: .day, mode: .soft, limit: 900)))
+        _ = family(.setCap(SetCap(account: "org", target: .group("eng"), window: .minute, mode: .hard, limit: 120)))
+        _ = family(.setConcurrency(account: "org", target: .eachMember, limit: 3))
+        _ = family(.setConcurrency(account: "team", target: .account, limit: 4))
+        _ = family(.addGrant(AddGrant(account: "org", amount: 300, effectiveAt: reference.now, source: .promotional, products: ["q"])))
         // Another account on shard 0 only, which moves never touch.
         _ = shards[0].run(.createAccount(CreateAccount(account: "bystander")))
         _ = shards[0].run(.addGrant(AddGrant(account: "bystander", amount: 1_000, effectiveAt: reference.now)))
@@ -265,9 +275,29 @@ private struct MoveRun {
             let (r, s) = family(.reserve(Reserve(request, ttlMicroseconds: ttl)))
             if let rh = r.decision?.hold, let sh = s.decision?.hold { holds.append((rh, sh, account)) }
             compare(step, "reserve", r, s)
-        case 25..<40:
+        case 25..<33:
             let (r, s) = family(.spend(Spend(request)))
             compare(step, "spend", r, s)
+        case 33..<40:
+            let metered = MeteredRequest(
+                account: account, member: member, product: "m",
+                dimensions: [DimensionQuantity("in", .random(in: 0...9_000, using: &rng)), DimensionQuantity("out", .random(in: 0...20, using: &rng))])
+            if Bool.random(using: &rng) {
+                let (r, s) = family(.reserveMetered(metered, ttlMicroseconds: Int64.random(in: 1...90, using: &rng) * second))
+                if let rh = r.decision?.hold, let sh = s.decision?.hold { holds.append((rh, sh, account)) }
+                compare(step, "reserve metered", r, s)
+            } else if !holds.isEmpty, Bool.random(using: &rng) {
+                let index = Int.random(in: 0..<holds.count, using: &rng)
+                let hold = holds[index]
+                let final = Bool.random(using: &rng)
+                let r = reference.run(.commitMetered(hold: HoldReference(account: hold.account, hold: hold.reference), dimensions: metered.dimensions, isFinal: final))
+                let s = shards[holder].run(.commitMetered(hold: HoldReference(account: hold.account, hold: hold.shard), dimensions: metered.dimensions, isFinal: final))
+                if final && r.refusal == nil { holds.remove(at: index) }
+                compare(step, "commit metered", r, s)
+            } else {
+                let (r, s) = family(.spendMetered(metered))
+                compare(step, "spend metered", r, s)
+            }
         case 40..<55 where !holds.isEmpty:
             let index = Int.random(in: 0..<holds.count, using: &rng)
             let hold = holds[index]
@@ -360,6 +390,10 @@ private struct MoveRun {
         case .grantAdded: return .grantAdded(0)
         case .refused(var refusal) where [.holdExpired, .holdCommitted, .holdReleased, .unknownHold].contains(refusal.error.code):
             refusal.error.subject = ""
+            return .refused(refusal)
+        case .refused(var refusal) where refusal.error.code == .invalidArgument && refusal.error.subject.hasPrefix("hold "):
+            // A metered hold committed by quantity, or a plain one by dimensions: the subject names the hold's id.
+            refusal.error.subject = refusal.error.subject.split(separator: " ").dropFirst(2).joined(separator: " ")
             return .refused(refusal)
         default: return answer
         }
