@@ -12,7 +12,8 @@ extension Ledger {
     /// (or the overage policy) cover `amount`.
     mutating func drawFunds(_ chain: Chain, _ amount: Credits, holding: Bool, product: String) -> DrawList {
         // Grants scoped to other products are passed over (Ledger+Scopes.swift).
-        let only: String? = rulesInUse.value && chainHasScopedGrants(chain) ? product : nil
+        var only: String?
+        if rulesInUse.value, chainHasScopedGrants(chain) { only = product }
         var draws = DrawList()
         var remaining = amount
         var spentSome = false
@@ -80,10 +81,10 @@ extension Ledger {
     }
 
     private mutating func take(
-        from slot: Int32, _ remaining: inout Credits, holding: Bool, into draws: inout DrawList, spentSome: inout Bool, only product: String?
+        from slot: Int32, _ remaining: inout Credits, holding: Bool, into draws: inout DrawList, spentSome: inout Bool, only: String?
     ) {
         let index = Int(slot)
-        if let product, grants[index].isScoped, !covers(slot, product) { return }
+        if only != nil, grants[index].isScoped, !covers(slot, only!) { return }
         let amount = min(grants[index].available, remaining)
         guard amount > 0 else { return }
         if grants[index].take(amount, holding: holding) { spentSome = true }

@@ -305,9 +305,17 @@ extension Ledger {
         return .success(PricedRequest(chain: chain, creditsPerUnit: rate, cost: cost, headroom: headroom))
     }
 
-    /// The headroom at every level of the chain at `now`; for `product`, the funds leave out
-    /// grants scoped to other products.
-    func headroom(_ chain: Chain, at now: Instant, product: String? = nil) -> Headroom {
+    /// The headroom for a decision on `product`: the funds leave out grants scoped to other
+    /// products (Ledger+Scopes.swift).
+    @inline(__always)
+    func headroom(_ chain: Chain, at now: Instant, product: String) -> Headroom {
+        var result = headroom(chain, at: now)
+        if rulesInUse.value, chainHasScopedGrants(chain) { result.funds -= availableElsewhere(chain, product) }
+        return result
+    }
+
+    /// The headroom at every level of the chain at `now`, over all its grants.
+    func headroom(_ chain: Chain, at now: Instant) -> Headroom {
         let account = Int(chain.account)
         var result = Headroom(funds: 0)
         var funds = accounts[account].poolAvailable + accounts[account].overdraftRemaining()
@@ -333,7 +341,6 @@ extension Ledger {
             if rulesInUse.value, !accounts[parent].windows.isEmpty { result.parent = Self.tightest(accounts[parent].windows, result.parent, at: now) }
             funds += accounts[parent].poolAvailable
         }
-        if let product, rulesInUse.value, chainHasScopedGrants(chain) { funds -= availableElsewhere(chain, product) }
         result.funds = funds
         return result
     }
