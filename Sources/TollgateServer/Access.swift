@@ -111,7 +111,7 @@ public struct Principal: Hashable, Sendable {
         case .balance(let account, _), .balanceAt(let account, _, _), .familyTransfer(let account): return check(account)
         case .command(let command, _):
             switch command {
-            case .setRate:
+            case .setRate, .setMeteredRate:
                 return WireError(.forbidden, "\(name) may touch only \(scope); \(opcode.name) changes the rate card of every account")
             case .createAccount(let create):
                 return check(create.account) ?? create.parent.flatMap(check)

@@ -22,7 +22,7 @@ def test_a_bad_value_is_shown_with_its_commands_usage():
     result = tollgate("reserve", "acme", "ai.summary", "1", "--ttl", "5x")
     assert result.returncode == 64
     assert '"5x" is not a duration' in result.stderr and "now, never" not in result.stderr
-    assert "Usage: tollgate reserve [<options>] <account> <product> <quantity>" in result.stderr
+    assert "Usage: tollgate reserve [<options>] <account> <product> [<quantity>]" in result.stderr
     nested = tollgate("grant", "add", "acme", "5", "--expires", "5q")
     assert nested.returncode == 64 and "Usage: tollgate grant add" in nested.stderr
     assert "out of range" in tollgate("reserve", "acme", "p", "1", "--ttl", "99999999999999999d").stderr

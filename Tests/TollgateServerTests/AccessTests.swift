@@ -122,7 +122,7 @@ final class CollectedLog: Sendable {
     }
 
     @Test func rolesAllowExactlyTheirOperations() {
-        let gateOps: [Opcode] = [.check, .reserve, .spend, .commit, .release, .extend, .balance, .batch]
+        let gateOps: [Opcode] = [.check, .reserve, .spend, .commit, .release, .extend, .balance, .batch, .reserveMetered, .spendMetered, .commitMetered]
         for opcode in Opcode.allCases where ![.error, .event, .hello, .ping].contains(opcode) {
             #expect(Role.admin.allows(opcode))
             #expect(Role.gate.allows(opcode) == gateOps.contains(opcode), "gate \(opcode.name)")
@@ -240,6 +240,9 @@ final class CollectedLog: Sendable {
             .setGroupCap(account: "acme", group: "g", limit: nil),
             .addToGroup(account: "acme", group: "g", member: "ana"),
             .removeFromGroup(account: "acme", group: "g", member: "ana"),
+            .setCap(SetCap(account: "acme", target: .member("ana"), window: .hour, limit: nil)),
+            .setConcurrency(account: "acme", target: .eachMember, limit: nil),
+            .setMeteredRate(product: "gpt-x", dimension: "input", rate: MeteredRate(credits: 0, per: 1), effectiveAt: now),
         ]
         for command in adminCommands {
             await expectForbidden("\(command.opcode.name)") { _ = try await gate.apply(command) }
@@ -252,6 +255,12 @@ final class CollectedLog: Sendable {
         await expectForbidden("commit on globex") { try await gate.commit(account: "globex", hold: 1) }
         await expectForbidden("release on globex") { try await gate.release(account: "globex", hold: 1) }
         await expectForbidden("extend on globex") { try await gate.extend(account: "globex", hold: 1, ttlMilliseconds: 1_000) }
+        let metered = MeteredRequest(account: "globex", member: nil, product: "gpt-x", dimensions: [DimensionQuantity("input", 1)])
+        await expectForbidden("metered reserve on globex") { _ = try await gate.apply(.reserveMetered(metered, ttlMicroseconds: 1_000_000)) }
+        await expectForbidden("metered spend on globex") { _ = try await gate.apply(.spendMetered(metered)) }
+        await expectForbidden("metered commit on globex") {
+            _ = try await gate.apply(.commitMetered(hold: HoldReference(account: "globex", hold: 1), dimensions: [], isFinal: true))
+        }
         // History is the read role's.
         await expectForbidden("balance at a past time") { _ = try await gate.balance(account: "acme", at: Instant(microsecondsSinceEpoch: 1)) }
 
@@ -311,6 +320,10 @@ final class CollectedLog: Sendable {
         await expectForbidden("set parent outside") { _ = try await euAdmin.apply(.setParent(account: "eu-2", parent: "acme")) }
         await expectForbidden("set the rate card") {
             _ = try await euAdmin.apply(.setRate(product: "ai.assistant", creditsPerUnit: 1, effectiveAt: Instant(microsecondsSinceEpoch: 0)))
+        }
+        await expectForbidden("set a metered rate") {
+            _ = try await euAdmin.apply(
+                .setMeteredRate(product: "gpt-x", dimension: "input", rate: MeteredRate(credits: 1, per: 1_000), effectiveAt: Instant(microsecondsSinceEpoch: 0)))
         }
 
         let gate = try await server.client(token: Tokens.gateEU)

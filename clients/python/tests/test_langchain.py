@@ -98,3 +98,23 @@ def test_model_calls_are_charged_by_the_tokens_they_report(server):
         with pytest.raises(tollgate.CreditsExhausted):
             agent(gate, [AIMessage(content="never")], handler)
         assert gate.balance().open_holds == 0
+
+
+def test_model_calls_are_priced_by_input_and_output_tokens_per_model(server):
+    with server.client(account="acme", member="alice") as gate:
+        setup_account(gate, credits=1000, rate=1)
+        gate.set_metered_rate("gpt-x", "input", 3, per=1000)
+        gate.set_metered_rate("gpt-x", "output", 15, per=1000)
+        handler = TollgateCallbackHandler(gate, "gpt-x", estimate={"input": 8000, "output": 4000})
+        # Each reply reports 30 input and 5 output tokens: 0.09 + 0.075 = 0.165 → 1 credit a call.
+        agent(gate, [call("search", {"query": "a"}, 1), AIMessage(content="done", usage_metadata={"input_tokens": 6000, "output_tokens": 2000,
+                                                                                                  "total_tokens": 8000})], handler)
+        # 1 + (18 + 30 = 48) for the model calls; 1 for the search.
+        assert handler.charged == 1 + 48
+        assert gate.balance().funds.pool == 1000 - 49 - 1 and gate.balance().open_holds == 0
+        # The worst case (24 + 60 = 84) must fit before the call is made.
+        gate.spend("web_search", gate.balance().funds.pool - 80)
+        with pytest.raises(tollgate.CreditsExhausted):
+            agent(gate, [AIMessage(content="never")], handler)
+        with pytest.raises(ValueError):
+            TollgateCallbackHandler(gate, "gpt-x", estimate={"images": 3})

@@ -122,3 +122,22 @@ def test_the_agents_sdk_tool_fails_open_within_the_allowance(tmp_path):
     finally:
         if server.process.poll() is None:
             server.stop()
+
+
+def test_model_calls_are_priced_by_input_output_and_cached_tokens(server):
+    async def main():
+        async with server.async_client(account="acme", member="alice") as gate:
+            with server.client() as admin:
+                setup_account(admin, credits=1000, rate=1)
+                admin.set_metered_rate("gpt-x", "input", 3, per=1000)
+                admin.set_metered_rate("gpt-x", "output", 15, per=1000)
+                admin.set_metered_rate("gpt-x", "cached", 300, per=1_000_000)
+            hooks = TollgateRunHooks(gate, "gpt-x", estimate={"input": 8000, "output": 4000, "cached": 8000})
+            agent = Agent(name="writer", instructions="write", model=ScriptedModel(["done"]))
+            result = await Runner.run(agent, "go", hooks=hooks)
+            assert result.final_output == "done"
+            # 30 input and 5 output tokens: 0.09 + 0.075 → 1 credit.
+            assert hooks.charged == 1
+            balance = await gate.balance()
+            assert balance.funds.pool == 1000 - 1 and balance.open_holds == 0
+    asyncio.run(main())

@@ -80,6 +80,8 @@ class FailSafe:
     def decide(self, request, cause):
         """The local answer to a gate request that could not reach the gate, or raises."""
         fields = dict(request.fields)
+        if request.name in ("RESERVE_METERED", "SPEND_METERED"):
+            raise OfflineRefused("a metered call (%s) is not decided locally while the gate is unreachable" % fields.get("product"), cause, request.name)
         if request.name not in ("CHECK", "RESERVE", "SPEND"):
             raise OfflineRefused("%s of a hold the gate made cannot be decided while it is unreachable" % request.name, cause, request.name)
         account, product, quantity = fields["account"], fields["product"], fields["quantity"]

@@ -20,8 +20,15 @@ Before each model call it reserves `estimate` tokens' worth (`ceil(estimate / to
 units of `product`); after it, it commits the tokens the response reports in its usage
 (`usage_metadata`, or the provider's `token_usage`), in units rounded up, so the gate never
 under-charges; on an error it releases. A refusal is raised (`tollgate.CreditsExhausted`):
-a callback cannot skip a model call, so it stops the run before the call is made. Pricing input,
-output and cached tokens apart waits for the gate's per-dimension rates (a later version).
+a callback cannot skip a model call, so it stops the run before the call is made.
+
+Priced by dimension, per model (the model is a metered product with a rate for its input and
+output tokens, and optionally cached ones: `tollgate rate set-metered gpt-x output 15 --per 1000`):
+
+    handler = TollgateCallbackHandler(gate, product="gpt-x", estimate={"input": 8_000, "output": 4_000})
+
+reserves that worst case at the model's rates, then commits the input and output tokens of the
+response's `usage_metadata` (or `token_usage`'s prompt and completion tokens) at those rates.
 """
 
 import threading
@@ -111,17 +118,23 @@ def gate_tools(tools: Iterable[BaseTool], client: Any, prices: Dict[str, Price],
     return gated
 
 
-def _tokens(response: Any) -> Optional[int]:
-    """Total tokens a model response reports, wherever the provider put them."""
+def _usage(response: Any) -> Tuple[Optional[int], Optional[int], Optional[int], Optional[int]]:
+    """(total, input, output, cached input) tokens a model response reports, wherever the
+    provider put them; None for what it does not say."""
+    def number(value: Any) -> Optional[int]:
+        return None if value is None else int(value)
+
     for generations in getattr(response, "generations", []) or []:
         for generation in generations:
             usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
             if usage and usage.get("total_tokens") is not None:
-                return int(usage["total_tokens"])
+                details = usage.get("input_token_details") or {}
+                return (number(usage["total_tokens"]), number(usage.get("input_tokens")), number(usage.get("output_tokens")),
+                        number(details.get("cache_read")))
     output = getattr(response, "llm_output", None) or {}
     usage = output.get("token_usage") or output.get("usage") or {}
-    total = usage.get("total_tokens")
-    return None if total is None else int(total)
+    return (number(usage.get("total_tokens")), number(usage.get("prompt_tokens", usage.get("input_tokens"))),
+            number(usage.get("completion_tokens", usage.get("output_tokens"))), None)
 
 
 class TollgateCallbackHandler(TokenCharging, BaseCallbackHandler):
@@ -130,14 +143,14 @@ class TollgateCallbackHandler(TokenCharging, BaseCallbackHandler):
 
     raise_error = True  # a refusal must stop the call, not be logged and ignored
 
-    def __init__(self, client: Any, product: str, *, estimate: int = 4_000, tokens_per_unit: int = 1_000, account: Optional[str] = None,
-                 member: Optional[str] = None, ttl: float = 300) -> None:
+    def __init__(self, client: Any, product: str, *, estimate: Union[int, Dict[str, int]] = 4_000, tokens_per_unit: int = 1_000,
+                 account: Optional[str] = None, member: Optional[str] = None, ttl: float = 300) -> None:
         self._setup_charging(client, product, estimate, tokens_per_unit, account, member, ttl)
         self.holds: Dict[Any, Any] = {}
         self._lock = threading.Lock()
 
     def _start(self, run_id: Any) -> None:
-        decision = self.client.reserve(self.product, self._units(self.estimate), account=self.account, member=self.member, ttl=self.ttl)
+        decision = self._reserve_request()
         with self._lock:
             self.holds[run_id] = decision.hold
 
@@ -152,11 +165,8 @@ class TollgateCallbackHandler(TokenCharging, BaseCallbackHandler):
             hold = self.holds.pop(run_id, None)
         if hold is None:
             return
-        tokens = _tokens(response)
-        if tokens is None:
-            result = self.client.commit(hold, account=self.account)  # no usage reported: the estimate is charged
-        else:
-            result = self.client.commit(hold, quantity=self._units(tokens), account=self.account)
+        # No usage reported: the estimate is charged.
+        result = self._commit_request(hold, *_usage(response))
         with self._lock:
             self.charged += result.committed
 

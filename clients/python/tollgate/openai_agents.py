@@ -14,6 +14,9 @@ it raises; out of credits, the function does not run and the model gets, as the 
 a message it can read. `TollgateRunHooks` reserves `estimate` tokens' worth before each model
 call and commits the tokens the response's usage reports (units rounded up), releasing on
 an error; a refusal is raised (`tollgate.CreditsExhausted`) and ends the run before the call.
+With `estimate={"input": 8_000, "output": 4_000}` and `product` a metered model (a rate per
+dimension), each call is reserved at that worst case and committed by the usage's input and
+output tokens (and cached ones, if the estimate names "cached") at the rates of the reserve.
 Both take a `tollgate.Client` or a `tollgate.AsyncClient` (better: the SDK runs on asyncio).
 """
 
@@ -69,14 +72,13 @@ def gated_tool(client: Any, product: str, quantity: Union[int, str] = 1, *, acco
 class TollgateRunHooks(TokenCharging, RunHooks):
     """Reserves before each model call and commits the tokens it used (see the module's docstring)."""
 
-    def __init__(self, client: Any, product: str, *, estimate: int = 4_000, tokens_per_unit: int = 1_000, account: Optional[str] = None,
+    def __init__(self, client: Any, product: str, *, estimate: Any = 4_000, tokens_per_unit: int = 1_000, account: Optional[str] = None,
                  member: Optional[str] = None, ttl: float = 300) -> None:
         self._setup_charging(client, product, estimate, tokens_per_unit, account, member, ttl)
         self.holds: list = []
 
     async def on_llm_start(self, context: Any, agent: Any, system_prompt: Any, input_items: Any) -> None:
-        decision = await _maybe(self.client.reserve(self.product, self._units(self.estimate), account=self.account, member=self.member,
-                                                    ttl=self.ttl))
+        decision = await _maybe(self._reserve_request())
         self.holds.append(decision.hold)
 
     async def on_llm_end(self, context: Any, agent: Any, response: Any) -> None:
@@ -84,11 +86,14 @@ class TollgateRunHooks(TokenCharging, RunHooks):
             return
         hold = self.holds.pop(0)
         usage = getattr(response, "usage", None)
-        tokens = getattr(usage, "total_tokens", 0) or 0
-        if tokens > 0:
-            result = await _maybe(self.client.commit(hold, quantity=self._units(tokens), account=self.account))
+        total = getattr(usage, "total_tokens", 0) or 0
+        if total > 0:
+            details = getattr(usage, "input_tokens_details", None)
+            call = self._commit_request(hold, total, getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None),
+                                        getattr(details, "cached_tokens", None))
         else:
-            result = await _maybe(self.client.commit(hold, account=self.account))  # no usage reported: the estimate
+            call = self.client.commit(hold, account=self.account)  # no usage reported: the estimate
+        result = await _maybe(call)
         self.charged += result.committed
 
     async def release_all(self) -> None:

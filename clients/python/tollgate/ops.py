@@ -179,10 +179,10 @@ def commit(account, hold, quantity=None, credits=None, final=True, key=None):
     return _mutation("COMMIT", key, [("account", account), ("hold", hold), ("amount", amount), ("final", bool(final))])
 
 
-def _dimensions(dimensions):
+def _dimensions(dimensions, allow_empty=False):
     """A mapping (or pairs) of dimension names to quantities, as the wire's list."""
     pairs = list(dimensions.items()) if hasattr(dimensions, "items") else list(dimensions)
-    if not pairs or len(pairs) > 16:
+    if (not pairs and not allow_empty) or len(pairs) > 16:
         raise ValueError("a metered request names 1 to 16 dimensions, e.g. {'input': 1200, 'output': 300}")
     return [(str(name), _integer("quantity of %s" % name, quantity)) for name, quantity in pairs]
 
@@ -201,8 +201,7 @@ def spend_metered(account, product, dimensions, member=None, key=None):
 
 def commit_metered(account, hold, dimensions, final=True, key=None):
     """Commits a metered hold's actual quantities, priced at the rates of its reserve."""
-    pairs = list(dimensions.items()) if hasattr(dimensions, "items") else list(dimensions)
-    return _mutation("COMMIT_METERED", key, [("account", account), ("hold", hold), ("dimensions", [(str(n), _integer("quantity of %s" % n, q)) for n, q in pairs]),
+    return _mutation("COMMIT_METERED", key, [("account", account), ("hold", hold), ("dimensions", _dimensions(dimensions, allow_empty=True)),
                                              ("final", bool(final))])
 
 
