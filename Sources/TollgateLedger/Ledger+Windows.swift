@@ -13,9 +13,9 @@
 /// Windows roll by the ledger's clock, aligned on UTC (minute, hour and day boundaries since
 /// the Unix epoch) or on the account's billing period, so replaying the journal rolls them at
 /// the same instants. A window cap counts what is decided from the moment it is set: what was
-/// consumed earlier in its current window is not known to it (the billing-period cap is the
-/// exception, as the period's consumption is always counted). What is held when it is set
-/// counts at once.
+/// consumed earlier in its current window is not known to it (the billing-period hard cap is
+/// the exception, as the period's consumption is always counted; a soft cap over the period
+/// counts from when it is set, like the others). What is held when it is set counts at once.
 ///
 /// SET_CONCURRENCY bounds the open holds of an account, of each of its members, or of one
 /// member; a reserve past the bound is refused with `concurrencyLimit`. Spends open no hold
