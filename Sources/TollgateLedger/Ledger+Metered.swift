@@ -55,32 +55,7 @@ public struct MeteredRate: Hashable, Sendable {
 }
 
 /// A dimension's rate over time, as `RateHistory` is a product's.
-struct MeteredHistory: Hashable, Sendable {
-    struct Version: Hashable, Sendable {
-        var effectiveAt: Instant
-        var rate: MeteredRate
-    }
-
-    var versions: [Version] = []
-
-    func rate(at instant: Instant) -> MeteredRate? {
-        versions.last { $0.effectiveAt <= instant }?.rate
-    }
-
-    /// Adds a version (replacing one at the same instant) and drops those superseded at `now`.
-    mutating func set(_ rate: MeteredRate, from effectiveAt: Instant, now: Instant) {
-        var index = versions.count
-        while index > 0 && versions[index - 1].effectiveAt > effectiveAt { index -= 1 }
-        if index > 0 && versions[index - 1].effectiveAt == effectiveAt {
-            versions[index - 1].rate = rate
-        } else {
-            versions.insert(Version(effectiveAt: effectiveAt, rate: rate), at: index)
-        }
-        if let inForce = versions.lastIndex(where: { $0.effectiveAt <= now }), inForce > 0 {
-            versions.removeFirst(inForce)
-        }
-    }
-}
+typealias MeteredHistory = VersionHistory<MeteredRate>
 
 /// A dimension as a hold was priced: its name and the rate then.
 struct PricedDimension: Hashable, Sendable {
@@ -146,8 +121,8 @@ extension Ledger {
             for (dimension, history) in dimensions {
                 views.append(
                     MeteredRateView(
-                        product: product.string, dimension: dimension, rate: history.rate(at: now),
-                        upcoming: history.versions.filter { $0.effectiveAt > now }.map { ($0.effectiveAt, $0.rate) }))
+                        product: product.string, dimension: dimension, rate: history.version(at: now)?.value,
+                        upcoming: history.versions.filter { $0.effectiveAt > now }.map { ($0.effectiveAt, $0.value) }))
             }
         }
         return views.sorted { ($0.product, $0.dimension) < ($1.product, $1.dimension) }
@@ -198,7 +173,7 @@ extension Ledger {
         let headroom = self.headroom(chain, at: now, product: request.product)
         var rates: [PricedDimension] = []
         for entry in request.dimensions {
-            guard let rate = meteredRates[HashedString(request.product)]?[entry.dimension]?.rate(at: now) else {
+            guard let rate = meteredRates[HashedString(request.product)]?[entry.dimension]?.version(at: now)?.value else {
                 return .failure(Refusal(LedgerError(.unknownProduct, level: .request, subject: "\(request.product) \(entry.dimension)"), headroom: headroom))
             }
             rates.append(PricedDimension(dimension: entry.dimension, rate: rate))

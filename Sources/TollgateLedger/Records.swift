@@ -278,12 +278,23 @@ struct HoldRecord: Hashable, Sendable {
     var groups: [Int32] = []
 }
 
-/// A product's rate over time. Versions are sorted by `effectiveAt`; an account override's
-/// `nil` version means "back to the rate card" from that instant.
-struct RateHistory: Hashable, Sendable {
+/// A product's rate over time. An account override's `nil` version means "back to the rate
+/// card" from that instant.
+typealias RateHistory = VersionHistory<Credits?>
+
+extension VersionHistory.Version where Value == Credits? {
+    init(effectiveAt: Instant, creditsPerUnit: Credits?) {
+        self.init(effectiveAt: effectiveAt, value: creditsPerUnit)
+    }
+
+    var creditsPerUnit: Credits? { value }
+}
+
+/// A value over time (a rate, a metered dimension's rate). Versions are sorted by `effectiveAt`.
+struct VersionHistory<Value: Hashable & Sendable>: Hashable, Sendable {
     struct Version: Hashable, Sendable {
         var effectiveAt: Instant
-        var creditsPerUnit: Credits?
+        var value: Value
     }
 
     var versions: [Version] = []
@@ -302,13 +313,13 @@ struct RateHistory: Hashable, Sendable {
     /// one in force at `now` has superseded: rates are only read at the ledger's clock, which
     /// never goes back, so they can never apply again. What is kept is the version in force
     /// and those still to come.
-    mutating func set(_ creditsPerUnit: Credits?, from effectiveAt: Instant, now: Instant) {
+    mutating func set(_ value: Value, from effectiveAt: Instant, now: Instant) {
         var index = versions.count
         while index > 0 && versions[index - 1].effectiveAt > effectiveAt { index -= 1 }
         if index > 0 && versions[index - 1].effectiveAt == effectiveAt {
-            versions[index - 1].creditsPerUnit = creditsPerUnit
+            versions[index - 1].value = value
         } else {
-            versions.insert(Version(effectiveAt: effectiveAt, creditsPerUnit: creditsPerUnit), at: index)
+            versions.insert(Version(effectiveAt: effectiveAt, value: value), at: index)
         }
         if let inForce = versions.lastIndex(where: { $0.effectiveAt <= now }), inForce > 0 {
             versions.removeFirst(inForce)

@@ -232,7 +232,7 @@ extension Ledger {
                     w.string(dimension.key)
                     w.array(dimension.value.versions) { w, version in
                         w.instant(version.effectiveAt)
-                        w.write(version.rate)
+                        w.write(version.value)
                     }
                 }
             }
@@ -378,7 +378,7 @@ extension Ledger {
                 (
                     try r.string(),
                     try r.array { r in
-                        (try r.string(), MeteredHistory(versions: try r.array { r in MeteredHistory.Version(effectiveAt: try r.instant(), rate: try r.readMeteredRate()) }))
+                        (try r.string(), MeteredHistory(versions: try r.array { r in MeteredHistory.Version(effectiveAt: try r.instant(), value: try r.readMeteredRate()) }))
                     }
                 )
             }) {
