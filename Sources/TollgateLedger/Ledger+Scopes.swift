@@ -82,9 +82,11 @@ extension Ledger {
     mutating func rebuildScopes() -> String? {
         for (id, products) in grantProducts {
             guard let slot = grantSlotByID[id], grants[Int(slot)].isLive else { return "products of grant \(id), which is not live" }
+            let account = grants[Int(slot)].account
+            guard account >= 0, Int(account) < accounts.count else { return "grant \(id) of an unknown account slot \(account)" }
             guard !products.isEmpty, problem(products: products) == nil, products == products.sorted() else { return "bad products of grant \(id)" }
             grants[Int(slot)].isScoped = true
-            accounts[Int(grants[Int(slot)].account)].scopedGrants += 1
+            accounts[Int(account)].scopedGrants += 1
         }
         if !grantProducts.isEmpty { rulesInUse.value = true }
         return nil
