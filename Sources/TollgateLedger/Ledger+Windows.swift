@@ -23,9 +23,9 @@
 
 /// A flag that equality and hashing ignore: a hint for the decision path, not state (a
 /// ledger read back from a snapshot may have it clear where the one that wrote it had it set).
-struct LimitsHint: Hashable, Sendable {
+struct RulesHint: Hashable, Sendable {
     var value = false
-    static func == (lhs: LimitsHint, rhs: LimitsHint) -> Bool { true }
+    static func == (lhs: RulesHint, rhs: RulesHint) -> Bool { true }
     func hash(into hasher: inout Hasher) {}
 }
 

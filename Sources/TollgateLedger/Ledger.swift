@@ -67,7 +67,7 @@ public struct Ledger: Hashable, Sendable {
     /// grant be scoped to products (Ledger+Scopes.swift): set when one is set, a family that has
     /// some moves in, or a snapshot that has some is read, so a ledger that uses none checks one
     /// flag per decision. Not part of the state.
-    var rulesInUse = LimitsHint()
+    var rulesInUse = RulesHint()
     /// The products each product-scoped grant covers, by grant id (sorted, without repeats).
     var grantProducts: [GrantID: [String]] = [:]
     /// Metered products' dimension rates, and the rates each open metered hold was priced at
