@@ -524,6 +524,10 @@ def test_an_llm_call_reserved_at_its_worst_case_and_committed_by_its_tokens(serv
         with pytest.raises(ValueError):
             gate.set_metered_rate("gpt-x", "input", 3, per=10)
         assert gate.balance().funds.pool == 1000 - 31 - 1
+        # Metered operations batch like the others.
+        held, spent = gate.batch([tollgate.ops.reserve_metered("llm", "gpt-x", {"input": 1000}, member="alice"),
+                                  tollgate.ops.spend_metered("llm", "gpt-x", {"output": 1000}, member="alice")])
+        assert held.cost == 3 and held.hold is not None and spent.cost == 15
 
 
 # ---- TLS and mTLS -----------------------------------------------------------------------------
